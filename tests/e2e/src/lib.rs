@@ -1,0 +1,108 @@
+//! Harness for Strait's end-to-end tests.
+//!
+//! The services (Kafka, Mosquitto, a Kubernetes control plane) are started by
+//! `tests/e2e/services up`, and their addresses reach the tests as environment variables
+//! (`eval "$(tests/e2e/services env)"`, which `tests/e2e/run` does). A test asks for each peer
+//! with [`service`]: under `CI=true` a missing service fails the test; on a developer machine the
+//! test is skipped with a loud message, so `cargo test` alone still runs the unit tests.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The value of `var`, published by `tests/e2e/services env` for `service`.
+///
+/// Returns `None` (after printing why) when the service is not running outside CI; panics in CI.
+pub fn service(var: &str, service: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if in_ci() => panic!(
+            "{var} is not set: the {service} service is required in CI \
+             (run `tests/e2e/services up {service}` and `eval \"$(tests/e2e/services env)\"`)"
+        ),
+        _ => {
+            // Straight to stderr: the test harness captures eprintln! of passing tests.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!! SKIPPING {}: {var} is not set, so {service} is not running. \
+                 Start it with `tests/e2e/services up {service}` and \
+                 `eval \"$(tests/e2e/services env)\"`, or run everything with `tests/e2e/run`.\n",
+                std::thread::current().name().unwrap_or("test"),
+            );
+            None
+        }
+    }
+}
+
+/// `let x = require!("VAR", "service");` returns from the test early when the service is absent
+/// outside CI (see [`service`]).
+#[macro_export]
+macro_rules! require {
+    ($var:expr, $service:expr) => {
+        match $crate::service($var, $service) {
+            Some(value) => value,
+            None => return,
+        }
+    };
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A name no other test run has used: `prefix-<pid>-<nanos>`, valid for Kafka topics, MQTT
+/// topics and Kubernetes objects.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics naming `what` after `deadline`.
+pub async fn wait_until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET (enough for admin endpoints): the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(bad)?
+        .1
+        .to_string();
+    Ok((status, body))
+}
+
+/// A loopback address with a port that was free a moment ago, for a child process to bind.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+}
