@@ -1,0 +1,12 @@
+//! Compiles proto/strait/mqtt/v1/relay.proto with protox (pure Rust: no protoc to install).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = "../../proto";
+    let file = "strait/mqtt/v1/relay.proto";
+    println!("cargo:rerun-if-changed={proto_root}/{file}");
+    let descriptors = protox::compile([file], [proto_root])?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

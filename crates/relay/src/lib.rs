@@ -1,0 +1,7 @@
+//! The MqttRelay protocol (`proto/strait/mqtt/v1/relay.proto`): one bidirectional gRPC stream per
+//! MQTT client session between r-proxy and s-proxy.
+
+/// Generated protobuf types and the tonic client and server for `strait.mqtt.v1`.
+pub mod v1 {
+    tonic::include_proto!("strait.mqtt.v1");
+}
