@@ -1,10 +1,9 @@
 //! `strait-proxy`: one binary, a subcommand per data-plane role.
-//!
-//! The roles (r-proxy, s-proxy, grpc-kafka, kafka-grpc, dev) each arrive with their issue; what
-//! they share — flags, runtime sizing, tracing, the admin endpoint and shutdown — lives in
-//! `strait-runtime`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{CommandFactory, Parser, Subcommand};
+use strait_proxy::{rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -26,7 +25,23 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Role {}
+enum Role {
+    /// MQTT server for clients (TCP, TLS, WebSocket); relays each session to s-proxy over gRPC.
+    RProxy(rproxy::RProxyArgs),
+    /// gRPC end of the relay; drives an MQTT broker on each client's behalf.
+    SProxy(sproxy::SProxyArgs),
+}
+
+impl Role {
+    /// Each role has its own default admin port so all of them can run on one machine.
+    fn default_metrics_addr(&self) -> SocketAddr {
+        let port = match self {
+            Self::RProxy(_) => 9090,
+            Self::SProxy(_) => 9092,
+        };
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -34,6 +49,21 @@ fn main() -> anyhow::Result<()> {
         Cli::command().print_long_help()?;
         std::process::exit(2);
     };
+    strait_proxy::tls::install_crypto_provider();
     let runtime = strait_runtime::build_runtime(cli.process.worker_threads)?;
-    runtime.block_on(async move { match role {} })
+    runtime.block_on(async move {
+        let process = cli
+            .process
+            .start("strait-proxy", role.default_metrics_addr())
+            .await?;
+        let result = match role {
+            Role::RProxy(args) => rproxy::run(args, &process).await,
+            Role::SProxy(args) => sproxy::run(args, &process).await,
+        };
+        if let Err(error) = &result {
+            tracing::error!(error = format!("{error:#}"), "stopped with an error");
+        }
+        process.admin.stop().await;
+        result
+    })
 }

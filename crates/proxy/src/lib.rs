@@ -1,0 +1,9 @@
+//! Strait's data plane. Each role is a module with an `Args` struct (its CLI) and a `run`;
+//! the `strait-proxy` binary only picks the role.
+
+pub mod metrics;
+pub mod net;
+pub mod relay_rules;
+pub mod rproxy;
+pub mod sproxy;
+pub mod tls;

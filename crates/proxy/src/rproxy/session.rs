@@ -1,0 +1,407 @@
+//! One client session: read CONNECT, open the relay stream, pump packets both ways, and end the
+//! session cleanly whichever side ends it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use strait_mqtt_codec::{self as mqtt, Packet, Protocol, ReasonCode};
+use strait_relay::v1;
+
+use super::Context;
+use super::conn::{ClientConn, ClientReader, ClientWriter};
+use super::listener::Transport;
+use super::upstream::RelayStream;
+use crate::metrics::{ActiveSession, Direction};
+use crate::relay_rules::{SessionRules, refusal};
+
+/// Packets are batched into one frame up to about this many payload bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Read buffer of an idle connection; grows while a client sends a lot.
+const IDLE_READ_BUFFER: usize = 1024;
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// How long a parting DISCONNECT or close may take before the connection is simply dropped.
+const PARTING_WRITE: Duration = Duration::from_secs(1);
+
+/// Why a session ended, and so what the client and s-proxy are told.
+#[derive(Debug)]
+enum End {
+    /// The client closed its connection (after a DISCONNECT, or abruptly).
+    ClientClosed,
+    ClientIo(std::io::Error),
+    /// The client broke the protocol or a limit; v5 clients get a DISCONNECT with the code.
+    ClientError(ReasonCode, String),
+    KeepAliveExpired,
+    /// s-proxy ended the session; a non-zero code is passed on as a DISCONNECT unless the
+    /// upstream's own DISCONNECT was already relayed.
+    UpstreamClosed {
+        reason: u32,
+        disconnect_sent: bool,
+    },
+    /// The relay stream failed (s-proxy died, network).
+    UpstreamLost(tonic::Status),
+    /// s-proxy sent something that cannot be given to the client.
+    UpstreamInvalid(String),
+    Shutdown,
+}
+
+pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: &Context) {
+    let (mut reader, mut writer) = conn.split();
+    let mut inbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+    let started = Instant::now();
+
+    let (protocol, connect) = match tokio::time::timeout(
+        ctx.connect_timeout,
+        read_connect(&mut reader, &mut inbuf, ctx.max_packet_size as usize),
+    )
+    .await
+    {
+        Ok(Ok(Some(first))) => first,
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::info!(%error.error, "refusing connection: invalid CONNECT");
+            ctx.metrics.error(error.error.metric_label());
+            if let Some((protocol, connack)) = error.connack() {
+                write_parting(&mut writer, protocol, Packet::ConnAck(connack)).await;
+            }
+            writer.close().await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(timeout = ?ctx.connect_timeout, "no CONNECT in time; closing");
+            ctx.metrics.error("connect_timeout");
+            writer.close().await;
+            return;
+        }
+    };
+    tracing::Span::current().record("client_id", connect.client_id.as_str());
+    ctx.metrics
+        .packet(Direction::Inbound, mqtt::PacketType::Connect);
+    let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size);
+
+    // Packets the client pipelined behind CONNECT travel in the same first frame.
+    let mut first_packets = vec![v1::Packet::from(Packet::Connect(connect))];
+    if let Err((reason, detail)) = decode_batch(&mut inbuf, &rules, ctx, &mut first_packets) {
+        tracing::info!(%detail, "protocol error right after CONNECT");
+        ctx.metrics.error("protocol");
+        write_parting(&mut writer, protocol, refusal(reason)).await;
+        writer.close().await;
+        return;
+    }
+    let first = v1::ClientFrame {
+        open: Some(v1::SessionOpen {
+            session_id: next_session_id(),
+            client_address: peer.to_string(),
+            listener: transport.to_string(),
+            transport: transport.as_proto().into(),
+            protocol: v1::ProtocolVersion::from(protocol).into(),
+            identity: None,
+        }),
+        packets: first_packets,
+        close: None,
+    };
+    let relay = match ctx.upstream.open(first).await {
+        Ok(relay) => relay,
+        Err(status) => {
+            tracing::warn!(%status, "no s-proxy could take the session; refusing");
+            ctx.metrics.error("upstream_unavailable");
+            write_parting(
+                &mut writer,
+                protocol,
+                refusal(ReasonCode::SERVER_UNAVAILABLE),
+            )
+            .await;
+            writer.close().await;
+            return;
+        }
+    };
+    let _active = ActiveSession::start(&ctx.metrics);
+    tracing::debug!(endpoint = %relay.endpoint, "session relayed");
+    let RelayStream {
+        to_server,
+        mut from_server,
+        ..
+    } = relay;
+
+    let idle_millis = AtomicU64::new(millis(rules.idle_timeout()));
+    let end = {
+        let inbound = client_to_server(
+            &mut reader,
+            &mut inbuf,
+            &to_server,
+            &rules,
+            &idle_millis,
+            ctx,
+        );
+        let outbound = server_to_client(
+            &mut from_server,
+            &mut writer,
+            &rules,
+            &idle_millis,
+            ctx,
+            started,
+        );
+        tokio::select! {
+            end = inbound => end,
+            end = outbound => end,
+            _ = ctx.shutdown.cancelled() => End::Shutdown,
+        }
+    };
+
+    // Tell s-proxy why (0 = the client simply went away), then the client, then close.
+    let (close_reason, to_client) = match &end {
+        End::ClientClosed => (0, None),
+        End::ClientIo(error) => {
+            tracing::debug!(%error, "client connection failed");
+            (0, None)
+        }
+        End::ClientError(reason, detail) => {
+            tracing::info!(reason = reason.name(), %detail, "disconnecting client: protocol error");
+            ctx.metrics.error("protocol");
+            (reason.0.into(), Some((*reason, None)))
+        }
+        End::KeepAliveExpired => {
+            tracing::info!("keep-alive expired");
+            ctx.metrics.error("keep_alive");
+            let reason = ReasonCode::KEEP_ALIVE_TIMEOUT;
+            (reason.0.into(), Some((reason, None)))
+        }
+        End::UpstreamClosed {
+            reason,
+            disconnect_sent,
+        } => {
+            let reason = u8::try_from(*reason).ok().map(ReasonCode);
+            let tell = reason
+                .filter(|r| r.0 != 0 && !disconnect_sent)
+                .map(|r| (r, None));
+            (0, tell)
+        }
+        End::UpstreamLost(status) => {
+            tracing::warn!(%status, "relay stream to s-proxy lost; disconnecting client");
+            ctx.metrics.error("upstream_lost");
+            (
+                0,
+                Some((ReasonCode::UNSPECIFIED_ERROR, Some("upstream relay lost"))),
+            )
+        }
+        End::UpstreamInvalid(detail) => {
+            tracing::error!(%detail, "s-proxy sent an invalid packet; disconnecting client");
+            ctx.metrics.error("upstream_invalid");
+            let reason = ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR;
+            (reason.0.into(), Some((reason, None)))
+        }
+        End::Shutdown => {
+            let reason = ReasonCode::SERVER_SHUTTING_DOWN;
+            (reason.0.into(), Some((reason, None)))
+        }
+    };
+    if !matches!(end, End::UpstreamClosed { .. } | End::UpstreamLost(_)) {
+        let close = v1::ClientFrame {
+            close: Some(v1::SessionClose {
+                reason_code: close_reason,
+                detail: format!("{end:?}"),
+            }),
+            ..Default::default()
+        };
+        let _ = tokio::time::timeout(PARTING_WRITE, to_server.send(close)).await;
+    }
+    drop(to_server);
+    if let Some((reason, detail)) = to_client
+        && let Some(disconnect) = rules.disconnect(reason, detail)
+    {
+        write_parting(&mut writer, protocol, disconnect).await;
+    }
+    writer.close().await;
+}
+
+/// Reads until a whole CONNECT is in `buf`; `Ok(None)` when the client closed first.
+async fn read_connect(
+    reader: &mut ClientReader,
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Option<(Protocol, mqtt::Connect)>, mqtt::ConnectError> {
+    loop {
+        if let Some(first) = mqtt::decode_first(buf, max_packet_size)? {
+            return Ok(Some(first));
+        }
+        match reader.read_into(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Decodes the complete packets in `buf` into `out`, up to about [`BATCH_BYTES`].
+fn decode_batch(
+    buf: &mut BytesMut,
+    rules: &SessionRules,
+    ctx: &Context,
+    out: &mut Vec<v1::Packet>,
+) -> Result<(), (ReasonCode, String)> {
+    let mut batched = 0;
+    while batched < BATCH_BYTES {
+        let before = buf.len();
+        let packet = match mqtt::decode(buf, rules.protocol(), ctx.max_packet_size as usize) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            Err(error) => return Err((error.reason_code(), error.to_string())),
+        };
+        rules.check_inbound(&packet).map_err(|reason| {
+            (
+                reason,
+                format!("{} not allowed from a client here", packet.name()),
+            )
+        })?;
+        ctx.metrics.packet(Direction::Inbound, packet.packet_type());
+        batched += before - buf.len();
+        out.push(packet.into());
+    }
+    Ok(())
+}
+
+async fn client_to_server(
+    reader: &mut ClientReader,
+    buf: &mut BytesMut,
+    to_server: &tokio::sync::mpsc::Sender<v1::ClientFrame>,
+    rules: &SessionRules,
+    idle_millis: &AtomicU64,
+    ctx: &Context,
+) -> End {
+    loop {
+        loop {
+            let mut packets = Vec::new();
+            if let Err((reason, detail)) = decode_batch(buf, rules, ctx, &mut packets) {
+                return End::ClientError(reason, detail);
+            }
+            if packets.is_empty() {
+                break;
+            }
+            let frame = v1::ClientFrame {
+                packets,
+                ..Default::default()
+            };
+            // Waiting here is the back-pressure: a full queue stops reading the client.
+            if to_server.send(frame).await.is_err() {
+                return End::UpstreamLost(tonic::Status::unavailable("relay stream closed"));
+            }
+        }
+        let spare = buf.capacity() - buf.len();
+        if spare < IDLE_READ_BUFFER / 2 {
+            buf.reserve(if buf.len() > IDLE_READ_BUFFER {
+                BUSY_READ_BUFFER
+            } else {
+                IDLE_READ_BUFFER
+            });
+        }
+        let read = reader.read_into(buf);
+        let read = match idle_millis.load(Ordering::Relaxed) {
+            0 => read.await,
+            ms => match tokio::time::timeout(Duration::from_millis(ms), read).await {
+                Ok(read) => read,
+                Err(_) => return End::KeepAliveExpired,
+            },
+        };
+        match read {
+            Ok(0) => return End::ClientClosed,
+            Ok(n) => ctx.metrics.bytes(Direction::Inbound, n),
+            Err(error) => return End::ClientIo(error),
+        }
+    }
+}
+
+/// Relays s-proxy's frames to the client, adjusting the CONNACK on its way (see
+/// [`SessionRules::apply_connack`]), until the stream ends.
+async fn server_to_client(
+    from_server: &mut tonic::Streaming<v1::ServerFrame>,
+    writer: &mut ClientWriter,
+    rules: &SessionRules,
+    idle_millis: &AtomicU64,
+    ctx: &Context,
+    started: Instant,
+) -> End {
+    let mut out = BytesMut::new();
+    let mut disconnect_sent = false;
+    loop {
+        let frame = match from_server.message().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                return End::UpstreamClosed {
+                    reason: 0,
+                    disconnect_sent,
+                };
+            }
+            Err(status) => return End::UpstreamLost(status),
+        };
+        let mut frames = vec![frame];
+        // Batch whatever else has already arrived into the same write.
+        while let Some(Ok(Some(frame))) = from_server.message().now_or_never() {
+            frames.push(frame);
+        }
+        let mut close = None;
+        for frame in frames {
+            for packet in frame.packets {
+                let mut packet = match Packet::try_from(packet) {
+                    Ok(packet) => packet,
+                    Err(error) => return End::UpstreamInvalid(error.to_string()),
+                };
+                match &mut packet {
+                    Packet::ConnAck(connack) => {
+                        if let Some(idle) = rules.apply_connack(connack) {
+                            idle_millis.store(millis(idle), Ordering::Relaxed);
+                        }
+                        ctx.metrics
+                            .session_setup_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Packet::Disconnect(_) => disconnect_sent = true,
+                    _ => {}
+                }
+                if let Err(error) = mqtt::encode(&packet, rules.protocol(), &mut out) {
+                    return End::UpstreamInvalid(error.to_string());
+                }
+                ctx.metrics
+                    .packet(Direction::Outbound, packet.packet_type());
+            }
+            close = close.or(frame.close);
+        }
+        if !out.is_empty() {
+            let data = out.split().freeze();
+            ctx.metrics.bytes(Direction::Outbound, data.len());
+            if let Err(error) = writer.write(data).await {
+                return End::ClientIo(error);
+            }
+        }
+        if let Some(close) = close {
+            return End::UpstreamClosed {
+                reason: close.reason_code,
+                disconnect_sent,
+            };
+        }
+    }
+}
+
+async fn write_parting(writer: &mut ClientWriter, protocol: Protocol, packet: Packet) {
+    let mut out = BytesMut::new();
+    if mqtt::encode(&packet, protocol, &mut out).is_ok() {
+        let _ = tokio::time::timeout(PARTING_WRITE, writer.write(out.freeze())).await;
+    }
+}
+
+fn millis(duration: Option<Duration>) -> u64 {
+    duration.map_or(0, |d| d.as_millis().max(1) as u64)
+}
+
+/// Unique within the process and, with the process prefix, across restarts and replicas.
+fn next_session_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}{:x}", std::process::id(), nanos & 0xff_ffff)
+    });
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,118 @@
+//! The link to s-proxy: a few HTTP/2 connections per endpoint, each carrying many sessions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use strait_relay::v1::mqtt_relay_client::MqttRelayClient;
+use strait_relay::v1::{ClientFrame, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+use crate::tls::ClientTlsFiles;
+
+/// Frames queued from a client towards s-proxy before r-proxy stops reading the client.
+pub const FRAME_QUEUE: usize = 16;
+
+pub struct SProxyPool {
+    /// `connections_per_endpoint` channels for each endpoint, endpoint-major.
+    channels: Vec<(Uri, MqttRelayClient<Channel>)>,
+    per_endpoint: usize,
+    next: AtomicUsize,
+}
+
+/// An open relay stream: frames go out through `to_server`, come back from `from_server`.
+pub struct RelayStream {
+    pub endpoint: Uri,
+    pub to_server: mpsc::Sender<ClientFrame>,
+    pub from_server: tonic::Streaming<ServerFrame>,
+}
+
+impl SProxyPool {
+    pub fn new(
+        endpoints: &[Uri],
+        tls: &ClientTlsFiles,
+        per_endpoint: usize,
+        max_packet_size: u32,
+    ) -> anyhow::Result<Self> {
+        let per_endpoint = per_endpoint.max(1);
+        // A frame carries at least one whole packet plus a batch of small ones.
+        let max_message = max_packet_size as usize + 1024 * 1024;
+        let mut channels = Vec::new();
+        for uri in endpoints {
+            let mut endpoint = Endpoint::from(uri.clone())
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+                .initial_connection_window_size(Some(8 * 1024 * 1024))
+                .initial_stream_window_size(Some(1024 * 1024));
+            if uri.scheme_str() == Some("https") {
+                endpoint = endpoint
+                    .tls_config(client_tls(tls)?)
+                    .with_context(|| format!("TLS settings for {uri}"))?;
+            } else if tls.ca.is_some() || tls.cert.is_some() {
+                anyhow::bail!("{uri}: TLS options are set but the endpoint is not https://");
+            }
+            for _ in 0..per_endpoint {
+                let client = MqttRelayClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message);
+                channels.push((uri.clone(), client));
+            }
+        }
+        anyhow::ensure!(!channels.is_empty(), "no s-proxy endpoint given");
+        Ok(Self {
+            channels,
+            per_endpoint,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Opens a relay stream whose first frame is `first`, trying each endpoint once starting
+    /// from the next in turn, so sessions spread out and a dead endpoint is skipped.
+    pub async fn open(&self, first: ClientFrame) -> Result<RelayStream, tonic::Status> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let endpoints = self.channels.len() / self.per_endpoint;
+        let mut last_error = tonic::Status::unavailable("no s-proxy endpoint");
+        for attempt in 0..endpoints {
+            let index = (start + attempt * self.per_endpoint) % self.channels.len();
+            let (uri, client) = &self.channels[index];
+            let (to_server, outbound) = mpsc::channel(FRAME_QUEUE);
+            to_server
+                .try_send(first.clone())
+                .expect("fresh channel has room");
+            match client.clone().session(ReceiverStream::new(outbound)).await {
+                Ok(response) => {
+                    return Ok(RelayStream {
+                        endpoint: uri.clone(),
+                        to_server,
+                        from_server: response.into_inner(),
+                    });
+                }
+                Err(status) => {
+                    tracing::warn!(endpoint = %uri, %status, "s-proxy refused or unreachable");
+                    last_error = status;
+                }
+            }
+        }
+        Err(last_error)
+    }
+}
+
+fn client_tls(files: &ClientTlsFiles) -> anyhow::Result<ClientTlsConfig> {
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = &files.ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("reading --s-proxy-ca {}", ca.display()))?;
+        config = config.ca_certificate(Certificate::from_pem(pem));
+    }
+    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    Ok(config)
+}

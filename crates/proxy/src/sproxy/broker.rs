@@ -1,0 +1,360 @@
+//! The broker upstream: each relayed session becomes one MQTT connection to a real broker, made
+//! on the client's behalf with the client's own CONNECT, so the broker sees the same client id,
+//! credentials, will and properties, and enforces its own rules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use strait_mqtt_codec::{self as mqtt, Disconnect, Packet, Protocol, ReasonCode};
+use strait_relay::v1::{self, ClientFrame, ServerFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::Context;
+use crate::metrics::{ActiveSession, Direction};
+use crate::net::BoxedIo;
+use crate::relay_rules::refusal;
+
+const READ_BUFFER: usize = 4 * 1024;
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Where and how s-proxy connects to the broker.
+pub struct BrokerTarget {
+    address: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    connect_timeout: Duration,
+}
+
+impl BrokerTarget {
+    pub fn new(
+        address: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        server_name: Option<String>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let host = address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']))
+            .with_context(|| format!("--broker {address:?} is not HOST:PORT"))?
+            .to_string();
+        let tls = match tls {
+            Some(config) => {
+                let name = crate::tls::server_name(server_name.as_deref().unwrap_or(&host))?;
+                Some((tokio_rustls::TlsConnector::from(config), name))
+            }
+            None => None,
+        };
+        Ok(Self {
+            address,
+            tls,
+            connect_timeout,
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<BoxedIo> {
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&self.address).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<BoxedIo, anyhow::Error>(match &self.tls {
+                Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+                None => Box::new(tcp),
+            })
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .with_context(|| {
+                format!(
+                    "no connection to {} within {:?}",
+                    self.address, self.connect_timeout
+                )
+            })?
+            .with_context(|| format!("connecting to broker {}", self.address))
+    }
+}
+
+/// The validated first frame of a relay stream.
+pub struct Opening {
+    pub open: v1::SessionOpen,
+    pub protocol: Protocol,
+    pub connect: mqtt::Connect,
+    /// Packets the client pipelined behind CONNECT.
+    pub pipelined: Vec<Packet>,
+}
+
+impl Opening {
+    pub fn parse(frame: ClientFrame) -> Result<Self, Status> {
+        let open = frame
+            .open
+            .ok_or_else(|| Status::invalid_argument("first frame has no SessionOpen"))?;
+        let protocol = Protocol::try_from(open.protocol())
+            .map_err(|e| Status::invalid_argument(format!("SessionOpen.protocol: {e}")))?;
+        let mut packets = frame
+            .packets
+            .into_iter()
+            .map(|p| Packet::try_from(p).map_err(|e| Status::invalid_argument(e.to_string())));
+        let Some(Packet::Connect(connect)) = packets.next().transpose()? else {
+            return Err(Status::invalid_argument(
+                "first packet of a session must be CONNECT",
+            ));
+        };
+        let pipelined = packets.collect::<Result<_, _>>()?;
+        Ok(Self {
+            open,
+            protocol,
+            connect,
+            pipelined,
+        })
+    }
+}
+
+type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
+
+/// Why the session ended.
+enum End {
+    /// r-proxy closed the session, with its reason (0: the client went away).
+    ClientSide(u32),
+    /// r-proxy's stream ended or failed without a close.
+    ClientGone,
+    /// The broker closed the connection.
+    BrokerClosed,
+    /// The broker sent something undecodable or too large.
+    BrokerInvalid(mqtt::DecodeError),
+    BrokerIo(std::io::Error),
+    InvalidFrame(String),
+    Shutdown,
+}
+
+pub async fn run(
+    opening: Opening,
+    inbound: Streaming<ClientFrame>,
+    to_client: ToClient,
+    ctx: Arc<Context>,
+) {
+    let started = std::time::Instant::now();
+    let Opening {
+        protocol,
+        connect,
+        pipelined,
+        ..
+    } = opening;
+    let broker = match ctx.broker.connect().await {
+        Ok(io) => io,
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "broker unreachable; refusing the client"
+            );
+            ctx.metrics.error("broker_unavailable");
+            let frame = ServerFrame {
+                packets: vec![refusal(ReasonCode::SERVER_UNAVAILABLE).into()],
+                close: Some(v1::SessionClose {
+                    reason_code: 0,
+                    detail: format!("{error:#}"),
+                }),
+            };
+            let _ = to_client.send(Ok(frame)).await;
+            return;
+        }
+    };
+    let _active = ActiveSession::start(&ctx.metrics);
+    let (mut reader, mut writer) = tokio::io::split(broker);
+
+    let mut out = BytesMut::new();
+    for packet in std::iter::once(Packet::Connect(connect)).chain(pipelined) {
+        if let Err(error) = encode(&packet, protocol, &mut out, &ctx) {
+            tracing::warn!(%error, "cannot encode the client's opening packets");
+            return;
+        }
+    }
+    if let Err(error) = write(&mut writer, &mut out).await {
+        tracing::warn!(%error, "broker connection failed while sending CONNECT");
+        let _ = to_client.send(Ok(refusal_frame())).await;
+        return;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "CONNECT relayed to broker");
+    ctx.metrics
+        .session_setup_seconds
+        .observe(started.elapsed().as_secs_f64());
+
+    let end = tokio::select! {
+        end = client_to_broker(inbound, &mut writer, protocol, &ctx) => end,
+        end = broker_to_client(&mut reader, &to_client, protocol, &ctx) => end,
+        _ = to_client.closed() => End::ClientGone,
+        _ = ctx.shutdown.cancelled() => End::Shutdown,
+    };
+    match end {
+        // The client is gone without a DISCONNECT: dropping the broker connection abruptly
+        // makes the broker publish the will, exactly as if the client had dropped off.
+        End::ClientSide(0) | End::ClientGone => {}
+        End::ClientSide(reason) if reason == u32::from(ReasonCode::SERVER_SHUTTING_DOWN.0) => {
+            // r-proxy is restarting: leave gracefully so the client's will is not published
+            // for an outage the client does not have (it reconnects through another r-proxy).
+            disconnect_gracefully(&mut writer, protocol).await;
+        }
+        End::ClientSide(reason) => tracing::debug!(reason, "r-proxy ended the session"),
+        End::BrokerClosed => {
+            let _ = to_client
+                .send(Ok(close_frame(0, "broker closed the connection")))
+                .await;
+        }
+        End::BrokerInvalid(error) => {
+            tracing::warn!(%error, "broker sent an invalid packet");
+            ctx.metrics.error(error.metric_label());
+            let reason = error.reason_code().0.into();
+            let _ = to_client
+                .send(Ok(close_frame(reason, &error.to_string())))
+                .await;
+        }
+        End::BrokerIo(error) => {
+            tracing::info!(%error, "broker connection failed");
+            ctx.metrics.error("broker_io");
+            let _ = to_client.send(Ok(close_frame(0, &error.to_string()))).await;
+        }
+        End::InvalidFrame(detail) => {
+            tracing::error!(%detail, "invalid frame from r-proxy");
+            ctx.metrics.error("invalid_frame");
+            let _ = to_client.send(Err(Status::invalid_argument(detail))).await;
+        }
+        End::Shutdown => {
+            disconnect_gracefully(&mut writer, protocol).await;
+            let reason = ReasonCode::SERVER_SHUTTING_DOWN.0.into();
+            let _ = to_client
+                .send(Ok(close_frame(reason, "s-proxy shutting down")))
+                .await;
+        }
+    }
+}
+
+async fn client_to_broker(
+    mut inbound: Streaming<ClientFrame>,
+    writer: &mut WriteHalf<BoxedIo>,
+    protocol: Protocol,
+    ctx: &Context,
+) -> End {
+    let mut out = BytesMut::new();
+    loop {
+        let frame = match inbound.message().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => return End::ClientGone,
+        };
+        for packet in frame.packets {
+            let packet = match Packet::try_from(packet) {
+                Ok(packet) => packet,
+                Err(error) => return End::InvalidFrame(error.to_string()),
+            };
+            if let Err(error) = encode(&packet, protocol, &mut out, ctx) {
+                return End::InvalidFrame(error.to_string());
+            }
+        }
+        if let Err(error) = write(writer, &mut out).await {
+            return End::BrokerIo(error);
+        }
+        if let Some(close) = frame.close {
+            return End::ClientSide(close.reason_code);
+        }
+    }
+}
+
+async fn broker_to_client(
+    reader: &mut ReadHalf<BoxedIo>,
+    to_client: &ToClient,
+    protocol: Protocol,
+    ctx: &Context,
+) -> End {
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    loop {
+        loop {
+            let mut packets = Vec::new();
+            let mut batched = 0;
+            while batched < BATCH_BYTES {
+                let before = buf.len();
+                match mqtt::decode(&mut buf, protocol, ctx.max_packet_size) {
+                    Ok(Some(packet)) => {
+                        ctx.metrics
+                            .packet(Direction::Outbound, packet.packet_type());
+                        batched += before - buf.len();
+                        packets.push(packet.into());
+                    }
+                    Ok(None) => break,
+                    Err(error) => return End::BrokerInvalid(error),
+                }
+            }
+            if packets.is_empty() {
+                break;
+            }
+            let frame = ServerFrame {
+                packets,
+                close: None,
+            };
+            // A full queue stops reading the broker: TCP back-pressure does the rest.
+            if to_client.send(Ok(frame)).await.is_err() {
+                return End::ClientGone;
+            }
+        }
+        if buf.capacity() - buf.len() < READ_BUFFER / 2 {
+            buf.reserve(READ_BUFFER);
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => return End::BrokerClosed,
+            Ok(n) => ctx.metrics.bytes(Direction::Outbound, n),
+            Err(error) => return End::BrokerIo(error),
+        }
+    }
+}
+
+fn encode(
+    packet: &Packet,
+    protocol: Protocol,
+    out: &mut BytesMut,
+    ctx: &Context,
+) -> Result<(), mqtt::EncodeError> {
+    let before = out.len();
+    mqtt::encode(packet, protocol, out)?;
+    ctx.metrics.packet(Direction::Inbound, packet.packet_type());
+    ctx.metrics.bytes(Direction::Inbound, out.len() - before);
+    Ok(())
+}
+
+async fn write(writer: &mut WriteHalf<BoxedIo>, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let data = out.split();
+    writer.write_all(&data).await?;
+    writer.flush().await
+}
+
+async fn disconnect_gracefully(writer: &mut WriteHalf<BoxedIo>, protocol: Protocol) {
+    let mut out = BytesMut::new();
+    let disconnect = Packet::Disconnect(Disconnect::default());
+    if mqtt::encode(&disconnect, protocol, &mut out).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), write(writer, &mut out)).await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+fn close_frame(reason_code: u32, detail: &str) -> ServerFrame {
+    ServerFrame {
+        packets: Vec::new(),
+        close: Some(v1::SessionClose {
+            reason_code,
+            detail: detail.to_string(),
+        }),
+    }
+}
+
+fn refusal_frame() -> ServerFrame {
+    ServerFrame {
+        packets: vec![refusal(ReasonCode::SERVER_UNAVAILABLE).into()],
+        close: Some(v1::SessionClose {
+            reason_code: 0,
+            detail: "broker connection failed".into(),
+        }),
+    }
+}
