@@ -83,6 +83,8 @@
 //! it. The only allocations are the `String`s and `Vec`s a packet holds
 //! (for a PUBLISH, its topic). Encoding reserves the output once.
 
+#[cfg(feature = "arbitrary")]
+pub mod arbitrary;
 mod decode;
 mod encode;
 mod error;
