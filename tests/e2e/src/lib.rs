@@ -106,3 +106,73 @@ pub fn free_local_addr() -> std::net::SocketAddr {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
 }
+
+/// A Strait process started by a test: its admin endpoint tells when it is ready, its stderr
+/// goes to a log file that failing assertions can show, and it is killed when dropped.
+pub struct Daemon {
+    child: tokio::process::Child,
+    pub admin: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Runs `program args… --metrics-addr <free port>` and waits until `/readyz` answers 200.
+    pub async fn start(program: &str, args: &[&str]) -> Self {
+        let admin = free_local_addr();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("strait-daemon")));
+        let file = std::fs::File::create(&log).expect("create daemon log");
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .arg("--metrics-addr")
+            .arg(admin.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let mut daemon = Self { child, admin, log };
+        let what = format!("{program} {} to be ready", args.join(" "));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(admin, "/readyz").await {
+                return daemon;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("{what}: exited with {status}\n{}", daemon.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits up to `deadline` for the exit status.
+    pub async fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running").to_string();
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(signalled.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within {deadline:?} of SIGTERM\n{}", self.log()))
+            .expect("wait for exit")
+    }
+}

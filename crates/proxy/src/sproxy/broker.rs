@@ -93,7 +93,7 @@ impl Opening {
             .open
             .ok_or_else(|| Status::invalid_argument("first frame has no SessionOpen"))?;
         let protocol = Protocol::try_from(open.protocol())
-            .map_err(|e| Status::invalid_argument(format!("SessionOpen.protocol: {e}")))?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut packets = frame
             .packets
             .into_iter()
