@@ -39,7 +39,7 @@ fn bad_flag_value_names_the_flag() {
 #[tokio::test]
 async fn serves_telemetry_and_stops_on_sigterm() {
     let addr = free_local_addr();
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .args(["--log-format", "json", "--metrics-addr", &addr.to_string()])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
