@@ -49,16 +49,20 @@ start_bg() {
 # pid_alive PID: the process exists and is not a zombie.
 pid_alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 
-# stop_svc SVC: TERM each recorded process group, wait up to 15 s, then KILL; remove the pid file.
+# stop_svc SVC: stop the recorded process groups newest first (TERM, up to 15 s each, then
+# KILL), so a service's clients stop before its servers (kube-apiserver before etcd: stopping
+# all at once leaves etcd waiting on watches); remove the pid and env files.
 stop_svc() {
-  local svc=$1 dir pids=() pid
+  local svc=$1 dir pids=() pid i
   dir=$(svc_dir "$svc")
   [ -f "$dir/pids" ] || return 0
   mapfile -t pids <"$dir/pids"
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + 15))
-  for pid in "${pids[@]}"; do
-    while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[i]}
+    pid_alive "$pid" || continue
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 15))
+    while pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
     if pid_alive "$pid"; then
       log "$svc: pid $pid ignored TERM, killing"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
