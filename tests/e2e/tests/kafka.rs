@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use strait_e2e::{require, unique_name};
+use strait_e2e::{require, unique_name, wait_until};
 
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
@@ -111,16 +111,18 @@ async fn created_topic_reports_its_partitions_and_config() {
     )
     .await;
 
+    // A new topic's config becomes visible once the broker has applied the creation.
     let admin = admin(&bootstrap);
-    let configs = admin
-        .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
-        .await
-        .expect("describe_configs request");
-    let config = configs
-        .into_iter()
-        .next()
-        .expect("one resource")
-        .expect("topic config");
+    let config = wait_until(Duration::from_secs(30), "the topic's config", || async {
+        let configs = admin
+            .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+            .await
+            .ok()?;
+        let config = configs.into_iter().next()?.ok()?;
+        config.get("cleanup.policy")?.value.as_ref()?;
+        Some(config)
+    })
+    .await;
     let value = |name: &str| config.get(name).and_then(|e| e.value.clone());
     assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
     assert_eq!(value("retention.ms").as_deref(), Some("3600000"));
