@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: ProcessArgs) -> anyhow::Result<()> {
-    let process = args.start("strait-operator", DEFAULT_METRICS_ADDR).await?;
+    let process = args
+        .start("strait-operator", DEFAULT_METRICS_ADDR, &[])
+        .await?;
     // Controllers register here as they arrive; until then the process is ready at once.
     process.shutdown.requested().await;
     tracing::info!("stopping");

@@ -33,6 +33,14 @@ enum Role {
 }
 
 impl Role {
+    /// The parts that must be up before the role reports ready.
+    fn readiness(&self) -> &'static [&'static str] {
+        match self {
+            Self::RProxy(_) => &[rproxy::READINESS],
+            Self::SProxy(_) => &[sproxy::READINESS],
+        }
+    }
+
     /// Each role has its own default admin port so all of them can run on one machine.
     fn default_metrics_addr(&self) -> SocketAddr {
         let port = match self {
@@ -54,7 +62,11 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let process = cli
             .process
-            .start("strait-proxy", role.default_metrics_addr())
+            .start(
+                "strait-proxy",
+                role.default_metrics_addr(),
+                role.readiness(),
+            )
             .await?;
         let result = match role {
             Role::RProxy(args) => rproxy::run(args, &process).await,

@@ -59,12 +59,15 @@ impl ProcessArgs {
     /// Installs tracing, starts the admin endpoint and the signal listener.
     ///
     /// `binary` names the process in logs; `default_metrics_addr` is used when `--metrics-addr`
-    /// is not given. Metrics are registered unprefixed so the standard `process_*` series keep
+    /// is not given. `readiness` names the parts that must report ready (see [`Health::flag`])
+    /// before `/readyz` says so; they are registered before the endpoint opens, so no probe can
+    /// see the process ready before its parts are. Metrics are registered unprefixed so the standard `process_*` series keep
     /// their names; Strait's own metrics are named `strait_…` where they are defined.
     pub async fn start(
         &self,
         binary: &'static str,
         default_metrics_addr: SocketAddr,
+        readiness: &[&'static str],
     ) -> Result<Process, StartError> {
         logging::init(self.log_format).map_err(StartError::Tracing)?;
         let metrics = prometheus::Registry::new();
@@ -72,6 +75,9 @@ impl ProcessArgs {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         let health = Health::default();
+        for part in readiness {
+            health.flag(part);
+        }
         let shutdown = Shutdown::on_signals();
         let addr = self.metrics_addr.unwrap_or(default_metrics_addr);
         let admin = AdminServer::start(addr, metrics.clone(), health.clone(), shutdown.token())

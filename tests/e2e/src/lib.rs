@@ -137,8 +137,13 @@ impl Daemon {
         let mut daemon = Self { child, admin, log };
         let what = format!("{program} {} to be ready", args.join(" "));
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The port was free when picked; another process may have taken it since, so the
+        // endpoint only counts once our child logged that it serves it.
+        let ours = format!("admin={admin}");
         loop {
-            if let Ok((200, _)) = http_get(admin, "/readyz").await {
+            if daemon.log().contains(&ours)
+                && let Ok((200, _)) = http_get(admin, "/readyz").await
+            {
                 return daemon;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {

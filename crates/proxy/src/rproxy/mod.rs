@@ -91,6 +91,9 @@ pub struct RProxyArgs {
     pub drain_timeout: Duration,
 }
 
+/// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
+pub const READINESS: &str = "listeners";
+
 /// Shared by every session of the process.
 pub(crate) struct Context {
     pub upstream: upstream::SProxyPool,
@@ -122,6 +125,7 @@ pub async fn start(
     args: RProxyArgs,
     process: &Process,
 ) -> anyhow::Result<(Bound, impl Future<Output = anyhow::Result<()>> + use<>)> {
+    let ready = process.health.flag(READINESS);
     let server_tls = args
         .tls
         .load(&[])
@@ -173,7 +177,6 @@ pub async fn start(
             .collect(),
     };
 
-    let ready = process.health.flag("listeners");
     let drain_timeout = args.drain_timeout;
     let limit = Arc::new(Semaphore::new(args.max_connections));
     let serving = async move {

@@ -197,7 +197,8 @@ pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: 
             (reason.0.into(), Some((reason, None)))
         }
     };
-    if !matches!(end, End::UpstreamClosed { .. } | End::UpstreamLost(_)) {
+    let upstream_open = !matches!(end, End::UpstreamClosed { .. } | End::UpstreamLost(_));
+    if upstream_open {
         let close = v1::ClientFrame {
             close: Some(v1::SessionClose {
                 reason_code: close_reason,
@@ -214,6 +215,16 @@ pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: 
         write_parting(&mut writer, protocol, disconnect).await;
     }
     writer.close().await;
+    if upstream_open {
+        // Keep the stream until s-proxy ends it, so the close reaches it: dropping the stream
+        // resets it (discarding a close not yet sent), and a shutting-down process may exit
+        // first. s-proxy needs the reason: on 0x8B it leaves the broker gracefully, so the
+        // client's will is not published.
+        let _ = tokio::time::timeout(PARTING_WRITE, async {
+            while let Ok(Some(_)) = from_server.message().await {}
+        })
+        .await;
+    }
 }
 
 /// Reads until a whole CONNECT is in `buf`; `Ok(None)` when the client closed first.

@@ -20,6 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::RelayMetrics;
 use crate::tls::{ClientTlsFiles, ServerTlsFiles};
 
+/// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
+pub const READINESS: &str = "listener";
+
 /// Frames queued towards r-proxy before s-proxy stops reading the upstream.
 const FRAME_QUEUE: usize = 16;
 
@@ -128,6 +131,7 @@ pub async fn start(
     args: SProxyArgs,
     process: &Process,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
+    let ready = process.health.flag(READINESS);
     let Upstream::Broker = args.upstream;
     let address = args
         .broker
@@ -177,7 +181,6 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for r-proxy on {}", args.listen))?;
     let local_addr = listener.local_addr()?;
-    let ready = process.health.flag("listener");
     let shutdown = process.shutdown.token();
     let drain_timeout = args.drain_timeout;
     let serving = async move {

@@ -1,0 +1,287 @@
+//! Clients that break the protocol or r-proxy's limits, as they see it: each is refused or
+//! disconnected with the reason the spec (and our codec) gives, and the well-behaved client
+//! connected before it keeps working.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use strait_e2e::{require, unique_name};
+use strait_mqtt_codec::topic::TopicError;
+use strait_mqtt_codec::{self as mqtt, DecodeError, Packet, Protocol, Publish, QoS, ReasonCode};
+use support::{Bystander, RawClient, Relay, assert_disconnected_with, connect_packet};
+
+/// A CONNECT with any protocol name and level, otherwise a plain 3.1.1 one.
+fn connect_with_level(name: &[u8], level: u8) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(name);
+    body.push(level);
+    body.push(0b0000_0010); // clean session
+    body.extend_from_slice(&30u16.to_be_bytes());
+    body.extend_from_slice(&6u16.to_be_bytes());
+    body.extend_from_slice(b"client");
+    let mut packet = vec![0x10, u8::try_from(body.len()).unwrap()];
+    packet.extend(body);
+    packet
+}
+
+fn encode(packet: &Packet, protocol: Protocol) -> BytesMut {
+    let mut out = BytesMut::new();
+    mqtt::encode(packet, protocol, &mut out).expect("the codec encodes it");
+    out
+}
+
+#[tokio::test]
+async fn garbage_instead_of_connect_is_closed_and_the_server_keeps_serving() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start(&broker).await;
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+
+    let garbage: [&[u8]; 5] = [
+        b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\n\r\n", // HTTP on the MQTT port
+        b"\x00\x01\x02\x03",                              // reserved packet type 0
+        b"\xff\xff\xff\xff\xff\xff\xff\xff",              // AUTH with a broken length
+        b"\x10\xff\xff\xff\xff\xff",                      // CONNECT, malformed remaining length
+        b"\x10\x0a0123456789",                            // a whole CONNECT frame of nonsense
+    ];
+    for bytes in garbage {
+        let mut client = RawClient::connect(relay.mqtt, Protocol::V5).await;
+        client.send_raw(bytes).await;
+        assert_eq!(
+            client.raw_until_closed().await,
+            b"",
+            "{bytes:?}: closed without an answer (nothing tells the client's version)"
+        );
+    }
+
+    // A new, normal client is served as usual, and the one connected before never noticed.
+    let mut newcomer = Bystander::join(relay.mqtt, Protocol::V311).await;
+    newcomer.assert_alive().await;
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_levels_are_refused_with_connack_then_closed() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start(&broker).await;
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+
+    // The client's version is unknown, so the answer is the one every version understands: a
+    // 3.1.1 CONNACK with return code 1 ("unacceptable protocol version", 0x84 in v5 terms).
+    for (name, level) in [
+        (&b"MQTT"[..], 6),
+        (b"MQTT", 3),
+        (b"MQIsdp", 3), // MQTT 3.1
+        (b"MQTT", 0),
+    ] {
+        let connect = connect_with_level(name, level);
+        let codec_says = mqtt::decode_first(&mut BytesMut::from(&connect[..]), 1 << 20)
+            .expect_err("the codec refuses the level")
+            .connack();
+        let expected_ack = mqtt::ConnAck {
+            reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            ..Default::default()
+        };
+        assert_eq!(codec_says, Some((Protocol::V311, expected_ack)));
+
+        let mut client = RawClient::connect(relay.mqtt, Protocol::V311).await;
+        client.send_raw(&connect).await;
+        assert_eq!(
+            client.raw_until_closed().await,
+            [0x20, 0x02, 0x00, 0x01],
+            "{} level {level}: CONNACK return code 1, then close",
+            String::from_utf8_lossy(name)
+        );
+    }
+
+    // A v5 CONNECT that is broken after the level gets a v5 CONNACK with the codec's reason.
+    let mut broken = encode(
+        &Packet::Connect(connect_packet(&unique_name("broken"))),
+        Protocol::V5,
+    );
+    // Properties: Receive Maximum 0, which the spec forbids.
+    let properties_at = 2 + 6 + 1 + 1 + 2;
+    assert_eq!(broken[properties_at], 0, "no properties in our CONNECT");
+    let mut patched = broken.split_to(properties_at).to_vec();
+    patched.extend_from_slice(&[3, 0x21, 0, 0]);
+    patched.extend_from_slice(&broken[1..]);
+    patched[1] += 3;
+    let (_, codec_ack) = mqtt::decode_first(&mut BytesMut::from(&patched[..]), 1 << 20)
+        .expect_err("Receive Maximum 0 is refused")
+        .connack()
+        .expect("a v5 CONNECT error is answered");
+    assert_eq!(codec_ack.reason_code, ReasonCode::PROTOCOL_ERROR);
+    let mut client = RawClient::connect(relay.mqtt, Protocol::V5).await;
+    client.send_raw(&patched).await;
+    match &client.until_closed().await[..] {
+        [Packet::ConnAck(ack)] => assert_eq!(ack.reason_code, ReasonCode::PROTOCOL_ERROR),
+        other => panic!("expected a CONNACK 0x82, got {other:?}"),
+    }
+
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn oversized_packets_get_disconnect_0x95_and_v5_clients_are_told_the_limit() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start_with(&broker, &["--max-packet-size", "1024"]).await;
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+    let topic = format!("relay/{}/big", unique_name("big"));
+
+    let (mut client, ack) = RawClient::session(
+        relay.mqtt,
+        Protocol::V5,
+        connect_packet(&unique_name("big")),
+    )
+    .await;
+    assert_eq!(
+        ack.properties.maximum_packet_size,
+        Some(1024),
+        "CONNACK advertises --max-packet-size"
+    );
+    client.subscribe(1, &topic).await;
+
+    // A packet of exactly the limit is relayed.
+    let mut at_limit = Publish {
+        qos: QoS::AtLeastOnce,
+        topic: topic.clone(),
+        packet_id: 2,
+        ..Default::default()
+    };
+    let mut payload_len =
+        1024 - mqtt::encoded_len(&Packet::Publish(at_limit.clone()), Protocol::V5).unwrap();
+    loop {
+        at_limit.payload = "x".repeat(payload_len).into();
+        match mqtt::encoded_len(&Packet::Publish(at_limit.clone()), Protocol::V5).unwrap() {
+            1024 => break,
+            len => payload_len = payload_len + 1024 - len,
+        }
+    }
+    client
+        .publish_and_receive(2, &topic, &"x".repeat(payload_len))
+        .await;
+
+    // 4 KiB is refused from its fixed header.
+    let big = Packet::Publish(Publish {
+        topic: topic.clone(),
+        payload: vec![b'x'; 4096].into(),
+        ..Default::default()
+    });
+    client.send(&big).await;
+    assert_disconnected_with(&client.until_closed().await, ReasonCode::PACKET_TOO_LARGE);
+
+    // 3.1.1 has no DISCONNECT from the server: the connection is just closed.
+    let (mut v3, _) = RawClient::session(
+        relay.mqtt,
+        Protocol::V311,
+        connect_packet(&unique_name("big3")),
+    )
+    .await;
+    v3.send(&big).await;
+    assert_eq!(v3.until_closed().await, []);
+
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_client_without_connect_is_closed_after_the_connect_timeout() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start_with(&broker, &["--connect-timeout", "1s"]).await;
+    // Connected before, and idle for longer than the connect timeout: it must not be affected.
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+
+    let started = Instant::now();
+    let mut silent = RawClient::connect(relay.mqtt, Protocol::V5).await;
+    let mut slow = RawClient::connect(relay.mqtt, Protocol::V5).await;
+    let connect = encode(
+        &Packet::Connect(connect_packet(&unique_name("slow"))),
+        Protocol::V5,
+    );
+    slow.send_raw(&connect[..connect.len() / 2]).await; // and never the rest
+
+    let (silent_bytes, slow_bytes) =
+        tokio::join!(silent.raw_until_closed(), slow.raw_until_closed());
+    let elapsed = started.elapsed();
+    assert_eq!(silent_bytes, b"", "closed without a packet");
+    assert_eq!(slow_bytes, b"", "closed without a packet");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed <= Duration::from_secs(3),
+        "closed {elapsed:?} after connecting, expected about --connect-timeout 1s"
+    );
+
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_second_connect_is_a_protocol_error() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start(&broker).await;
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+
+    let connect = connect_packet(&unique_name("twice"));
+    let (mut v5, _) = RawClient::session(relay.mqtt, Protocol::V5, connect.clone()).await;
+    v5.send(&Packet::Connect(connect)).await;
+    assert_disconnected_with(&v5.until_closed().await, ReasonCode::PROTOCOL_ERROR);
+
+    let connect = connect_packet(&unique_name("twice3"));
+    let (mut v3, _) = RawClient::session(relay.mqtt, Protocol::V311, connect.clone()).await;
+    v3.send(&Packet::Connect(connect)).await;
+    assert_eq!(
+        v3.until_closed().await,
+        [],
+        "3.1.1: closed without a packet"
+    );
+
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_publish_to_a_wildcard_topic_is_disconnected_with_the_codecs_reason() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start(&broker).await;
+    let mut bystander = Bystander::join(relay.mqtt, Protocol::V5).await;
+
+    // What the codec says about a wildcard in a topic name: 0x90 Topic Name invalid.
+    let expected = DecodeError::InvalidTopicName(TopicError::WildcardInName).reason_code();
+    assert_eq!(expected, ReasonCode::TOPIC_NAME_INVALID);
+
+    for topic in ["relay/+/status", "relay/#"] {
+        // The encoder does not check topic syntax, so it writes what a broken client would.
+        let publish = Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: topic.into(),
+            packet_id: 1,
+            payload: "x".into(),
+            ..Default::default()
+        });
+        let bytes = encode(&publish, Protocol::V5);
+        assert_eq!(
+            mqtt::decode(&mut bytes.clone(), Protocol::V5, 1 << 20)
+                .expect_err("a wildcard is not a topic name")
+                .reason_code(),
+            expected
+        );
+
+        let (mut v5, _) = RawClient::session(
+            relay.mqtt,
+            Protocol::V5,
+            connect_packet(&unique_name("wild")),
+        )
+        .await;
+        v5.send_raw(&bytes).await;
+        assert_disconnected_with(&v5.until_closed().await, expected);
+
+        let (mut v3, _) = RawClient::session(
+            relay.mqtt,
+            Protocol::V311,
+            connect_packet(&unique_name("wild3")),
+        )
+        .await;
+        v3.send(&publish).await;
+        assert_eq!(v3.until_closed().await, [], "{topic}: 3.1.1 is just closed");
+    }
+
+    bystander.assert_alive().await;
+}
