@@ -1,0 +1,51 @@
+//! `strait-bench`: Strait's data plane measured against the system it fronts, in one command
+//! per protocol, on this machine.
+
+mod load;
+mod mqtt;
+mod procs;
+mod report;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strait-bench",
+    version,
+    about = "Benchmarks Strait's data plane against the system it fronts, on this machine.",
+    long_about = "Benchmarks Strait's data plane against the system it fronts, on this machine.\n\n\
+        Each subcommand runs the same load straight to the backend and through Strait's proxies \
+        (started here as child processes on 127.0.0.1), and prints both, their ratio and our \
+        targets. Build everything in release first:\n  \
+        cargo build --release -p strait-proxy -p strait-bench\n\n\
+        On a 2-core machine the load generator, the proxies and the backend compete for the same \
+        cores: compare ratios rather than absolute numbers, and note what else was running."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// MQTT: a broker (Mosquitto) directly vs through r-proxy → s-proxy → broker.
+    #[command(long_about = mqtt::LONG_ABOUT, after_help = mqtt::EXAMPLES)]
+    Mqtt(mqtt::MqttArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut terminate = signal(SignalKind::terminate())?;
+    // Dropping the benchmark's future on a signal kills the proxies it started.
+    tokio::select! {
+        result = async {
+            match cli.command {
+                Command::Mqtt(args) => mqtt::run(args).await,
+            }
+        } => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; proxies stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated; proxies stopped"),
+    }
+}

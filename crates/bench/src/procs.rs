@@ -1,0 +1,333 @@
+//! The processes under test: r-proxy and s-proxy started as children, the broker found by its
+//! port, and what `/proc` says about each (CPU time, resident memory, limits).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// `/proc/<pid>/stat` counts CPU time in clock ticks of `USER_HZ`, which Linux fixes at 100 on
+/// every mainstream architecture (x86, arm64); `getconf CLK_TCK` shows it. So readings have a
+/// 10 ms resolution, which is why cases run for seconds.
+const TICKS_PER_SECOND: u64 = 100;
+
+/// How long a proxy may take to answer 200 on `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A process whose CPU time and memory a case reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Broker,
+    RProxy,
+    SProxy,
+    /// This process: the load generator.
+    Bench,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Broker => "mosquitto",
+            Self::RProxy => "r-proxy",
+            Self::SProxy => "s-proxy",
+            Self::Bench => "bench",
+        }
+    }
+}
+
+/// The processes a case watches, by role.
+#[derive(Debug, Clone, Default)]
+pub struct Watched(Vec<(Role, u32)>);
+
+impl Watched {
+    pub fn new(broker: Option<u32>) -> Self {
+        let mut list = vec![(Role::Bench, std::process::id())];
+        list.extend(broker.map(|pid| (Role::Broker, pid)));
+        Self(list)
+    }
+
+    pub fn with_relay(&self, relay: &Relay) -> Self {
+        let mut list = self.0.clone();
+        list.push((Role::RProxy, relay.r_proxy.pid));
+        list.push((Role::SProxy, relay.s_proxy.pid));
+        Self(list)
+    }
+
+    /// User + system CPU time of each process now (a process that vanished is left out).
+    pub fn cpu(&self) -> BTreeMap<Role, Duration> {
+        self.0
+            .iter()
+            .filter_map(|&(role, pid)| cpu_time(pid).ok().map(|t| (role, t)))
+            .collect()
+    }
+
+    /// Resident memory of each process now, in KiB.
+    pub fn rss_kib(&self) -> BTreeMap<Role, u64> {
+        self.0
+            .iter()
+            .filter_map(|&(role, pid)| rss_kib(pid).ok().map(|kib| (role, kib)))
+            .collect()
+    }
+}
+
+/// CPU µs per message for each process between two [`Watched::cpu`] readings.
+pub fn cpu_us_per_message(
+    before: &BTreeMap<Role, Duration>,
+    after: &BTreeMap<Role, Duration>,
+    messages: u64,
+) -> BTreeMap<Role, f64> {
+    after
+        .iter()
+        .filter_map(|(role, end)| {
+            let used = end.saturating_sub(*before.get(role)?);
+            Some((*role, used.as_secs_f64() * 1e6 / messages.max(1) as f64))
+        })
+        .collect()
+}
+
+/// utime + stime of a process, from `/proc/<pid>/stat` (all its threads).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse()?)
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(total * 1000 / TICKS_PER_SECOND))
+}
+
+/// VmRSS of a process in KiB, from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmRSS:")?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context("parsing VmRSS")
+}
+
+/// The soft "Max open files" limit of a process, from `/proc/<pid>/limits`.
+pub fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn status_field(pid: u32, name: &str) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::to_owned)
+        .with_context(|| format!("no {name} in /proc/{pid}/status"))
+}
+
+/// The process listening on `port` on this machine, found the way `ss -ltnp` does: the
+/// listening socket's inode from `/proc/net/tcp{,6}`, then the process holding a file
+/// descriptor `socket:[inode]` under `/proc/*/fd`. `None` if not found (for instance a process
+/// of another user whose descriptors cannot be read).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    const LISTEN: &str = "0A";
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let local_port = cols.get(1)?.rsplit_once(':')?.1;
+                let listening = *cols.get(3)? == LISTEN;
+                (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                    .then(|| cols.get(9).map(|s| s.to_string()))
+                    .flatten()
+            })
+        })?;
+    let wanted = format!("socket:[{inode}]");
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == &*wanted)
+        });
+        if holds {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A loopback address whose port was free a moment ago, for a child process to bind.
+pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A `strait-proxy` role running as a child process. It is killed when dropped, so an error or
+/// Ctrl-C anywhere in the benchmark leaves no proxy behind.
+pub struct Daemon {
+    child: Child,
+    pub pid: u32,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Runs `bin args… --metrics-addr <free port>`, stderr to `log`, and waits until `/readyz`
+    /// answers 200 and `listen` accepts connections.
+    async fn start(
+        bin: &Path,
+        args: &[String],
+        listen: SocketAddr,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let admin = free_local_addr()?;
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .args(args)
+            .arg("--metrics-addr")
+            .arg(admin.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("child exited at once")?;
+        let mut daemon = Self { child, pid, log };
+        let what = format!("{} {}", bin.display(), args.join(" "));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(200) = http_status(admin, "/readyz").await
+                && tokio::net::TcpStream::connect(listen).await.is_ok()
+            {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("`{what}` exited with {status}:\n{}", daemon.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "`{what}` not ready after {READY_TIMEOUT:?}:\n{}",
+                    daemon.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines the process wrote to stderr.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails with the log if the process has exited (crashed) since it started.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "strait-proxy (pid {}) exited with {status}:\n{}",
+                self.pid,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// s-proxy in front of the broker and r-proxy in front of s-proxy, on free loopback ports.
+pub struct Relay {
+    pub s_proxy: Daemon,
+    pub r_proxy: Daemon,
+    /// Where MQTT clients connect (r-proxy's listener).
+    pub mqtt: SocketAddr,
+}
+
+/// How to start the relay: the binary, the broker, extra flags, where logs go.
+#[derive(Debug, Clone)]
+pub struct RelaySpec {
+    pub bin: PathBuf,
+    pub broker: String,
+    pub r_proxy_args: Vec<String>,
+    pub s_proxy_args: Vec<String>,
+    pub log_dir: PathBuf,
+}
+
+impl Relay {
+    pub async fn start(spec: &RelaySpec) -> anyhow::Result<Self> {
+        let grpc = free_local_addr()?;
+        let mut args: Vec<String> = ["s-proxy", "--listen", &grpc.to_string()]
+            .into_iter()
+            .chain(["--broker", &spec.broker])
+            .map(String::from)
+            .collect();
+        args.extend(spec.s_proxy_args.iter().cloned());
+        let s_proxy =
+            Daemon::start(&spec.bin, &args, grpc, spec.log_dir.join("s-proxy.log")).await?;
+
+        let mqtt = free_local_addr()?;
+        let mut args: Vec<String> = ["r-proxy", "--listen", &mqtt.to_string()]
+            .into_iter()
+            .chain(["--s-proxy", &format!("http://{grpc}")])
+            .map(String::from)
+            .collect();
+        args.extend(spec.r_proxy_args.iter().cloned());
+        let r_proxy =
+            Daemon::start(&spec.bin, &args, mqtt, spec.log_dir.join("r-proxy.log")).await?;
+        Ok(Self {
+            s_proxy,
+            r_proxy,
+            mqtt,
+        })
+    }
+
+    /// Fails if either proxy died during a case (its figures would be meaningless).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.s_proxy.check_running()?;
+        self.r_proxy.check_running()
+    }
+
+    pub async fn stop(self) {
+        self.r_proxy.stop().await;
+        self.s_proxy.stop().await;
+    }
+}
+
+/// The status code of a plain HTTP/1.1 GET (enough for the admin endpoints).
+async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let status = std::str::from_utf8(response.get(9..12).context("short HTTP response")?)?;
+    Ok(status.parse()?)
+}
