@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use strait_mqtt_codec::{ConnAck, Connect, Disconnect, Packet, Protocol, ReasonCode};
 
+/// Packets are batched into one relay frame up to about this many bytes, in both directions.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// Frames queued per session and direction before the relay stops reading the sending side.
+pub const FRAME_QUEUE: usize = 16;
+
+/// Largest gRPC message of the relay: one whole packet of `max_packet_size` plus a batch of
+/// small ones.
+pub fn max_frame_size(max_packet_size: u32) -> usize {
+    max_packet_size as usize + 1024 * 1024
+}
+
 /// Per-session rules, created from the client's CONNECT.
 #[derive(Debug, Clone)]
 pub struct SessionRules {

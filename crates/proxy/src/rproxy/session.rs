@@ -15,10 +15,8 @@ use super::conn::{ClientConn, ClientReader, ClientWriter};
 use super::listener::Transport;
 use super::upstream::RelayStream;
 use crate::metrics::{ActiveSession, Direction};
-use crate::relay_rules::{SessionRules, refusal};
+use crate::relay_rules::{BATCH_BYTES, SessionRules, refusal};
 
-/// Packets are batched into one frame up to about this many payload bytes.
-const BATCH_BYTES: usize = 64 * 1024;
 /// Read buffer of an idle connection; grows while a client sends a lot.
 const IDLE_READ_BUFFER: usize = 1024;
 const BUSY_READ_BUFFER: usize = 16 * 1024;

@@ -10,10 +10,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
+use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
 use crate::tls::ClientTlsFiles;
-
-/// Frames queued from a client towards s-proxy before r-proxy stops reading the client.
-pub const FRAME_QUEUE: usize = 16;
 
 pub struct SProxyPool {
     /// `connections_per_endpoint` channels for each endpoint, endpoint-major.
@@ -37,8 +35,7 @@ impl SProxyPool {
         max_packet_size: u32,
     ) -> anyhow::Result<Self> {
         let per_endpoint = per_endpoint.max(1);
-        // A frame carries at least one whole packet plus a batch of small ones.
-        let max_message = max_packet_size as usize + 1024 * 1024;
+        let max_message = max_frame_size(max_packet_size);
         let mut channels = Vec::new();
         for uri in endpoints {
             let mut endpoint = Endpoint::from(uri.clone())

@@ -16,10 +16,9 @@ use tonic::{Status, Streaming};
 use super::Context;
 use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
-use crate::relay_rules::refusal;
+use crate::relay_rules::{BATCH_BYTES, refusal};
 
 const READ_BUFFER: usize = 4 * 1024;
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// Where and how s-proxy connects to the broker.
 pub struct BrokerTarget {

@@ -18,13 +18,11 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::RelayMetrics;
+use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
 use crate::tls::{ClientTlsFiles, ServerTlsFiles};
 
 /// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
 pub const READINESS: &str = "listener";
-
-/// Frames queued towards r-proxy before s-proxy stops reading the upstream.
-const FRAME_QUEUE: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Upstream {
@@ -163,7 +161,7 @@ pub async fn start(
         shutdown: process.shutdown.token(),
         sessions: sessions.clone(),
     });
-    let max_message = args.max_packet_size as usize + 1024 * 1024;
+    let max_message = max_frame_size(args.max_packet_size);
     let service = MqttRelayServer::new(RelayService { ctx: ctx.clone() })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
