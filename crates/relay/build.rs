@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([file], [proto_root])?;
     tonic_prost_build::configure()
         .bytes(".")
+        // Keeps ClientFrame small: it sits in every session's bounded channel.
+        .boxed(".strait.mqtt.v1.ClientFrame.open")
+        .codec_path("crate::codec::RelayCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

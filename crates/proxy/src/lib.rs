@@ -1,6 +1,7 @@
 //! Strait's data plane. Each role is a module with an `Args` struct (its CLI) and a `run`;
 //! the `strait-proxy` binary only picks the role.
 
+pub mod batch;
 pub mod metrics;
 pub mod net;
 pub mod relay_rules;

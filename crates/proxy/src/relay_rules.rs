@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use strait_mqtt_codec::{ConnAck, Connect, Disconnect, Packet, Protocol, ReasonCode};
 
-/// Packets are batched into one relay frame up to about this many bytes, in both directions.
-pub const BATCH_BYTES: usize = 64 * 1024;
-
 /// Frames queued per session and direction before the relay stops reading the sending side.
 pub const FRAME_QUEUE: usize = 16;
 

@@ -136,3 +136,28 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// The identity a verified client certificate establishes: its subject DN, with the common
+/// name, issuer and serial number as attributes. `None` when the certificate cannot be parsed
+/// (rustls has verified it already, so that does not happen with a sane CA).
+pub fn client_identity(
+    cert: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<strait_relay::v1::Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = cert.subject();
+    let mut attributes = std::collections::HashMap::new();
+    if let Some(cn) = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        attributes.insert("cn".to_string(), cn.to_string());
+    }
+    attributes.insert("issuer".to_string(), cert.issuer().to_string());
+    attributes.insert("serial".to_string(), cert.raw_serial_as_string());
+    Some(strait_relay::v1::Identity {
+        subject: subject.to_string(),
+        method: "tls-client-cert".to_string(),
+        attributes,
+    })
+}

@@ -18,7 +18,7 @@ use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as V5Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use strait_e2e::{free_local_addr, require, unique_name};
+use strait_e2e::{free_local_addr, require, unique_name, wait_until};
 use strait_mqtt_codec::{self as mqtt, Packet, Protocol, Publish, QoS, ReasonCode};
 use support::{
     Bystander, RawClient, Relay, connect_packet, start_r_proxy, start_s_proxy_with,
@@ -214,7 +214,7 @@ async fn tls_with_a_client_ca_requires_a_client_certificate() {
     let tls = free_local_addr();
     let mut args = pki.tls_listener_args("--tls-listen", tls);
     args.extend(["--tls-client-ca".into(), pki.path("ca.pem")]);
-    let _relay = Relay::start_with(&broker, &strs(&args)).await;
+    let relay = Relay::start_with(&broker, &strs(&args)).await;
 
     // With TLS 1.3 the client finishes its side of the handshake before the server checks
     // it, so the refusal (a certificate_required alert) ends the connection instead of a CONNACK.
@@ -233,6 +233,20 @@ async fn tls_with_a_client_ca_requires_a_client_certificate() {
         ConnectReturnCode::Success
     );
     assert_round_trip(&client, &mut events, "over mutual TLS").await;
+
+    // s-proxy learns who the client is from r-proxy, and names it in the session's logs.
+    wait_until(
+        Duration::from_secs(10),
+        "the client certificate's subject in s-proxy's log",
+        || {
+            let log = relay.s_proxy.log();
+            async move {
+                log.contains(r#"identity="CN=strait test client""#)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

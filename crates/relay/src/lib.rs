@@ -2,6 +2,7 @@
 //! MQTT client session between r-proxy and s-proxy, and the conversion of its packets from and to
 //! the MQTT codec's ([`convert`]).
 
+pub mod codec;
 pub mod convert;
 
 pub use convert::{ConvertError, ErrorKind};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use strait_relay::v1;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -115,7 +116,9 @@ impl Listener {
                         handshake(tcp, transport, tls, &ctx.ws_path),
                     );
                     match handshake.await {
-                        Ok(Ok(conn)) => super::session::run(conn, peer, transport, &ctx).await,
+                        Ok(Ok((conn, identity))) => {
+                            super::session::run(conn, peer, transport, identity, &ctx).await
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "handshake failed");
                             ctx.metrics.error("handshake");
@@ -139,13 +142,23 @@ async fn handshake(
     transport: Transport,
     tls: Option<TlsAcceptor>,
     ws_path: &str,
-) -> anyhow::Result<ClientConn> {
-    let io: BoxedIo = match &tls {
-        Some(acceptor) => Box::new(acceptor.accept(tcp).await?),
-        None => Box::new(tcp),
+) -> anyhow::Result<(ClientConn, Option<v1::Identity>)> {
+    let (io, identity): (BoxedIo, _) = match &tls {
+        Some(acceptor) => {
+            let stream = acceptor.accept(tcp).await?;
+            // Present only when the listener verifies client certificates.
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::client_identity);
+            (Box::new(stream), identity)
+        }
+        None => (Box::new(tcp), None),
     };
     if !transport.is_websocket() {
-        return Ok(ClientConn::Stream(io));
+        return Ok((ClientConn::Stream(io), identity));
     }
     let check_request =
         |request: &Request, response: Response| check_ws_request(ws_path, request, response);
@@ -155,7 +168,7 @@ async fn handshake(
         .write_buffer_size(0);
     let ws =
         tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config)).await?;
-    Ok(ClientConn::WebSocket(Box::new(ws)))
+    Ok((ClientConn::WebSocket(Box::new(ws)), identity))
 }
 
 /// Accepts the WebSocket upgrade on `ws_path` only, answering the MQTT subprotocol offered.

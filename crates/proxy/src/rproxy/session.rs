@@ -14,12 +14,10 @@ use super::Context;
 use super::conn::{ClientConn, ClientReader, ClientWriter};
 use super::listener::Transport;
 use super::upstream::RelayStream;
+use crate::batch::{BatchError, decode_batch, read_buffer, reserve_for_read};
 use crate::metrics::{ActiveSession, Direction};
-use crate::relay_rules::{BATCH_BYTES, SessionRules, refusal};
+use crate::relay_rules::{SessionRules, refusal};
 
-/// Read buffer of an idle connection; grows while a client sends a lot.
-const IDLE_READ_BUFFER: usize = 1024;
-const BUSY_READ_BUFFER: usize = 16 * 1024;
 /// How long a parting DISCONNECT or close may take before the connection is simply dropped.
 const PARTING_WRITE: Duration = Duration::from_secs(1);
 
@@ -45,9 +43,15 @@ enum End {
     Shutdown,
 }
 
-pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: &Context) {
+pub async fn run(
+    conn: ClientConn,
+    peer: SocketAddr,
+    transport: Transport,
+    identity: Option<v1::Identity>,
+    ctx: &Context,
+) {
     let (mut reader, mut writer) = conn.split();
-    let mut inbuf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+    let mut inbuf = read_buffer();
     let started = Instant::now();
 
     let (protocol, connect) = match tokio::time::timeout(
@@ -81,7 +85,8 @@ pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: 
 
     // Packets the client pipelined behind CONNECT travel in the same first frame.
     let mut first_packets = vec![v1::Packet::from(Packet::Connect(connect))];
-    if let Err((reason, detail)) = decode_batch(&mut inbuf, &rules, ctx, &mut first_packets) {
+    if let Err((reason, detail)) = decode_client_batch(&mut inbuf, &rules, ctx, &mut first_packets)
+    {
         tracing::info!(%detail, "protocol error right after CONNECT");
         ctx.metrics.error("protocol");
         write_parting(&mut writer, protocol, refusal(reason)).await;
@@ -89,14 +94,14 @@ pub async fn run(conn: ClientConn, peer: SocketAddr, transport: Transport, ctx: 
         return;
     }
     let first = v1::ClientFrame {
-        open: Some(v1::SessionOpen {
+        open: Some(Box::new(v1::SessionOpen {
             session_id: next_session_id(),
             client_address: peer.to_string(),
             listener: transport.to_string(),
             transport: transport.as_proto().into(),
             protocol: v1::ProtocolVersion::from(protocol).into(),
-            identity: None,
-        }),
+            identity,
+        })),
         packets: first_packets,
         close: None,
     };
@@ -242,32 +247,28 @@ async fn read_connect(
     }
 }
 
-/// Decodes the complete packets in `buf` into `out`, up to about [`BATCH_BYTES`].
-fn decode_batch(
+/// Decodes the client's complete packets in `buf` into `out`, checking each against the rules;
+/// `Err` carries the reason code and detail to disconnect the client with.
+fn decode_client_batch(
     buf: &mut BytesMut,
     rules: &SessionRules,
     ctx: &Context,
     out: &mut Vec<v1::Packet>,
 ) -> Result<(), (ReasonCode, String)> {
-    let mut batched = 0;
-    while batched < BATCH_BYTES {
-        let before = buf.len();
-        let packet = match mqtt::decode(buf, rules.protocol(), ctx.max_packet_size as usize) {
-            Ok(Some(packet)) => packet,
-            Ok(None) => break,
-            Err(error) => return Err((error.reason_code(), error.to_string())),
-        };
-        rules.check_inbound(&packet).map_err(|reason| {
-            (
-                reason,
-                format!("{} not allowed from a client here", packet.name()),
-            )
-        })?;
+    let max_packet_size = ctx.max_packet_size as usize;
+    decode_batch(buf, rules.protocol(), max_packet_size, out, |packet| {
+        rules
+            .check_inbound(packet)
+            .map_err(|reason| (reason, packet.name()))?;
         ctx.metrics.packet(Direction::Inbound, packet.packet_type());
-        batched += before - buf.len();
-        out.push(packet.into());
-    }
-    Ok(())
+        Ok(())
+    })
+    .map_err(|error| match error {
+        BatchError::Decode(error) => (error.reason_code(), error.to_string()),
+        BatchError::Rejected((reason, name)) => {
+            (reason, format!("{name} not allowed from a client here"))
+        }
+    })
 }
 
 async fn client_to_server(
@@ -281,7 +282,7 @@ async fn client_to_server(
     loop {
         loop {
             let mut packets = Vec::new();
-            if let Err((reason, detail)) = decode_batch(buf, rules, ctx, &mut packets) {
+            if let Err((reason, detail)) = decode_client_batch(buf, rules, ctx, &mut packets) {
                 return End::ClientError(reason, detail);
             }
             if packets.is_empty() {
@@ -296,14 +297,7 @@ async fn client_to_server(
                 return End::UpstreamLost(tonic::Status::unavailable("relay stream closed"));
             }
         }
-        let spare = buf.capacity() - buf.len();
-        if spare < IDLE_READ_BUFFER / 2 {
-            buf.reserve(if buf.len() > IDLE_READ_BUFFER {
-                BUSY_READ_BUFFER
-            } else {
-                IDLE_READ_BUFFER
-            });
-        }
+        reserve_for_read(buf);
         let read = reader.read_into(buf);
         let read = match idle_millis.load(Ordering::Relaxed) {
             0 => read.await,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::BytesMut;
+use futures::FutureExt as _;
 use strait_mqtt_codec::{self as mqtt, Disconnect, Packet, Protocol, ReasonCode};
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -14,11 +15,10 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::Context;
+use crate::batch::{BATCH_BYTES, BatchError, decode_batch, read_buffer, reserve_for_read};
 use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
-use crate::relay_rules::{BATCH_BYTES, refusal};
-
-const READ_BUFFER: usize = 4 * 1024;
+use crate::relay_rules::refusal;
 
 /// Where and how s-proxy connects to the broker.
 pub struct BrokerTarget {
@@ -79,7 +79,7 @@ impl BrokerTarget {
 
 /// The validated first frame of a relay stream.
 pub struct Opening {
-    pub open: v1::SessionOpen,
+    pub open: Box<v1::SessionOpen>,
     pub protocol: Protocol,
     pub connect: mqtt::Connect,
     /// Packets the client pipelined behind CONNECT.
@@ -176,7 +176,7 @@ pub async fn run(
         let _ = to_client.send(Ok(refusal_frame())).await;
         return;
     }
-    tracing::debug!(elapsed = ?started.elapsed(), "CONNECT relayed to broker");
+    tracing::info!(elapsed = ?started.elapsed(), "session opened: CONNECT relayed to the broker");
     ctx.metrics
         .session_setup_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -266,23 +266,16 @@ async fn broker_to_client(
     protocol: Protocol,
     ctx: &Context,
 ) -> End {
-    let mut buf = BytesMut::with_capacity(READ_BUFFER);
+    let mut buf = read_buffer();
     loop {
         loop {
             let mut packets = Vec::new();
-            let mut batched = 0;
-            while batched < BATCH_BYTES {
-                let before = buf.len();
-                match mqtt::decode(&mut buf, protocol, ctx.max_packet_size) {
-                    Ok(Some(packet)) => {
-                        ctx.metrics
-                            .packet(Direction::Outbound, packet.packet_type());
-                        batched += before - buf.len();
-                        packets.push(packet.into());
-                    }
-                    Ok(None) => break,
-                    Err(error) => return End::BrokerInvalid(error),
-                }
+            let batch = decode_batch(&mut buf, protocol, ctx.max_packet_size, &mut packets, |p| {
+                ctx.metrics.packet(Direction::Outbound, p.packet_type());
+                Ok::<_, std::convert::Infallible>(())
+            });
+            if let Err(BatchError::Decode(error)) = batch {
+                return End::BrokerInvalid(error);
             }
             if packets.is_empty() {
                 break;
@@ -296,15 +289,32 @@ async fn broker_to_client(
                 return End::ClientGone;
             }
         }
-        if buf.capacity() - buf.len() < READ_BUFFER / 2 {
-            buf.reserve(READ_BUFFER);
-        }
-        match reader.read_buf(&mut buf).await {
+        match read_available(reader, &mut buf).await {
             Ok(0) => return End::BrokerClosed,
             Ok(n) => ctx.metrics.bytes(Direction::Outbound, n),
             Err(error) => return End::BrokerIo(error),
         }
     }
+}
+
+/// Waits for the broker to send something, then takes whatever else is already there, up to a
+/// batch. Brokers write each packet on its own (Mosquitto does), so without this every packet
+/// would become a frame of its own; with it a burst becomes one.
+async fn read_available(
+    reader: &mut ReadHalf<BoxedIo>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    reserve_for_read(buf);
+    let mut total = reader.read_buf(buf).await?;
+    while total > 0 && buf.len() < BATCH_BYTES {
+        reserve_for_read(buf);
+        match reader.read_buf(buf).now_or_never() {
+            Some(Ok(n)) if n > 0 => total += n,
+            // Nothing more yet, or the connection ended or failed: the next await reports it.
+            _ => break,
+        }
+    }
+    Ok(total)
 }
 
 fn encode(

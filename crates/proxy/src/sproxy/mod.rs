@@ -115,7 +115,11 @@ impl MqttRelay for RelayService {
             session_id = %opening.open.session_id,
             client_id = %opening.connect.client_id,
             client = %opening.open.client_address,
+            identity = tracing::field::Empty,
         );
+        if let Some(identity) = &opening.open.identity {
+            span.record("identity", identity.subject.as_str());
+        }
         self.ctx.sessions.spawn(tracing::Instrument::instrument(
             broker::run(opening, inbound, to_client, ctx),
             span,
