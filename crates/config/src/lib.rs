@@ -1,0 +1,60 @@
+//! Strait's configuration types. Each proxy role has one Rust type that is at once the shape of
+//! its YAML config file, the source of its defaults and the place its rules are checked, so the
+//! operator renders exactly what the proxy reads. Field names are camelCase, as in Kubernetes.
+
+pub mod relay;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+pub use relay::{RProxyConfig, SProxyConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// serde_norway names the offending field path and its line and column.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A config whose rules go beyond what its types express.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Reads a YAML config file; unknown fields are errors (a typo never silently means a default).
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Renders a config as YAML (what the operator writes into a ConfigMap).
+pub fn to_yaml<T: serde::Serialize>(config: &T) -> String {
+    serde_norway::to_string(config).expect("config types always serialize")
+}

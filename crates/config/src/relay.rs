@@ -1,0 +1,464 @@
+//! The MQTT relay: r-proxy (the MQTT server clients connect to) and s-proxy (the gRPC end that
+//! drives the upstream broker).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{ClientTls, ServerTls};
+use crate::{ConfigError, Validate};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// MQTT's largest packet is 256 MiB; the default keeps one client from pinning that much memory.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455 + 5;
+
+/// `strait-proxy r-proxy --config FILE`.
+///
+/// ```yaml
+/// listeners: { tcp: 0.0.0.0:1883, tls: 0.0.0.0:8883, ws: 0.0.0.0:8080, wsPath: /mqtt }
+/// tls: { cert: /etc/strait/tls/tls.crt, key: /etc/strait/tls/tls.key }
+/// sProxy: { endpoints: [http://s-proxy-0:50516, http://s-proxy-1:50516] }
+/// limits: { connectTimeout: 10s, maxPacketSize: 1048576, maxConnections: 100000 }
+/// drainTimeout: 10s
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RProxyConfig {
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// Certificate for the `tls` and `wss` listeners.
+    #[serde(default)]
+    pub tls: ServerTls,
+    pub s_proxy: SProxyLink,
+    #[serde(default)]
+    pub limits: ClientLimits,
+    /// How long to wait for sessions to close on shutdown before dropping them.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+/// Where r-proxy accepts MQTT clients; any of them may be left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listeners {
+    /// Plain MQTT over TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over TLS (needs `tls.cert` and `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SocketAddr>,
+    /// MQTT over WebSocket (path `wsPath`, subprotocol `mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<SocketAddr>,
+    /// MQTT over WebSocket with TLS (needs `tls.cert` and `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss: Option<SocketAddr>,
+    /// HTTP path WebSocket clients connect to.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            tcp: Some(SocketAddr::new(LOCALHOST, 1883)),
+            tls: None,
+            ws: None,
+            wss: None,
+            ws_path: default_ws_path(),
+        }
+    }
+}
+
+/// r-proxy's gRPC link to s-proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SProxyLink {
+    /// s-proxy endpoints (`http://HOST:PORT` or `https://HOST:PORT`). Sessions are spread over
+    /// them; a session whose endpoint is down is opened on the next one.
+    pub endpoints: Vec<String>,
+    /// TLS for `https://` endpoints (`ca` required; `cert` and `key` for mutual TLS).
+    #[serde(default)]
+    pub tls: ClientTls,
+    /// HTTP/2 connections opened to each endpoint; sessions are multiplexed over them.
+    #[serde(default = "default_connections_per_endpoint")]
+    pub connections_per_endpoint: usize,
+}
+
+/// What one client may do to r-proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientLimits {
+    /// How long a new connection may take to complete TLS/WebSocket handshakes and send CONNECT.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted from a client, in bytes (v5 clients are told in CONNACK).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: u32,
+    /// Most client connections served at once; further connections wait in the accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            max_packet_size: default_max_packet_size(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl RProxyConfig {
+    /// The defaults, relaying to `endpoints`.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            listeners: Listeners::default(),
+            tls: ServerTls::default(),
+            s_proxy: SProxyLink {
+                endpoints,
+                tls: ClientTls::default(),
+                connections_per_endpoint: default_connections_per_endpoint(),
+            },
+            limits: ClientLimits::default(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+impl Validate for RProxyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.listeners;
+        if l.tcp.is_none() && l.tls.is_none() && l.ws.is_none() && l.wss.is_none() {
+            return Err(ConfigError::invalid(
+                "listeners",
+                "no listener: set at least one of tcp, tls, ws, wss",
+            ));
+        }
+        self.tls.check("tls")?;
+        if (l.tls.is_some() || l.wss.is_some()) && !self.tls.is_enabled() {
+            return Err(ConfigError::invalid(
+                "tls",
+                "listeners.tls and listeners.wss need a certificate: set tls.cert and tls.key",
+            ));
+        }
+        if !l.ws_path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "listeners.wsPath",
+                format!("{:?} must start with '/'", l.ws_path),
+            ));
+        }
+        if self.s_proxy.endpoints.is_empty() {
+            return Err(ConfigError::invalid(
+                "sProxy.endpoints",
+                "no s-proxy endpoint: give at least one http:// or https:// URL",
+            ));
+        }
+        for endpoint in &self.s_proxy.endpoints {
+            let Some(host) = endpoint
+                .strip_prefix("https://")
+                .or_else(|| endpoint.strip_prefix("http://"))
+            else {
+                return Err(ConfigError::invalid(
+                    "sProxy.endpoints",
+                    format!("{endpoint:?} must start with http:// or https://"),
+                ));
+            };
+            if host.is_empty() {
+                return Err(ConfigError::invalid(
+                    "sProxy.endpoints",
+                    format!("{endpoint:?} has no host"),
+                ));
+            }
+            if endpoint.starts_with("https://") && self.s_proxy.tls.ca.is_none() {
+                return Err(ConfigError::invalid(
+                    "sProxy.tls.ca",
+                    format!("{endpoint:?} uses TLS: set the CA that signs s-proxy's certificate"),
+                ));
+            }
+        }
+        self.s_proxy.tls.check("sProxy.tls")?;
+        if self.s_proxy.connections_per_endpoint == 0 {
+            return Err(ConfigError::invalid(
+                "sProxy.connectionsPerEndpoint",
+                "must be at least 1",
+            ));
+        }
+        check_packet_size("limits.maxPacketSize", self.limits.max_packet_size)?;
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "limits.maxConnections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `strait-proxy s-proxy --config FILE`.
+///
+/// ```yaml
+/// listen: 0.0.0.0:50516
+/// tls: { cert: /etc/strait/tls/tls.crt, key: /etc/strait/tls/tls.key, clientCa: /etc/strait/tls/ca.crt }
+/// upstream: broker
+/// broker: { address: mosquitto:1883, connectTimeout: 5s }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SProxyConfig {
+    /// gRPC listener for r-proxy's relay streams.
+    #[serde(default = "default_s_proxy_listen")]
+    pub listen: SocketAddr,
+    /// TLS for the relay link; `clientCa` requires r-proxy to present a certificate.
+    #[serde(default)]
+    pub tls: ServerTls,
+    /// What serves the sessions.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// The MQTT broker, for `upstream: broker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerConfig>,
+    /// Largest MQTT packet accepted from the upstream towards a client, in bytes.
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: u32,
+    /// How long to wait for sessions to close on shutdown before dropping them.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_s_proxy_listen(),
+            tls: ServerTls::default(),
+            upstream: Upstream::default(),
+            broker: None,
+            max_packet_size: default_max_packet_size(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+/// What holds sessions and messages behind s-proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Upstream {
+    /// A real MQTT broker (`broker`).
+    #[default]
+    Broker,
+}
+
+/// s-proxy's connection to an MQTT broker, one per client session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `HOST:PORT` of the broker.
+    pub address: String,
+    /// Connect over TLS, trusting `tls.ca` (`cert` and `key` for mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+    /// Name checked against the broker's certificate (default: the host of `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// How long connecting to the broker may take before the client is refused (0x88).
+    #[serde(default = "default_broker_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            tls: None,
+            server_name: None,
+            connect_timeout: default_broker_connect_timeout(),
+        }
+    }
+}
+
+impl Validate for SProxyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.check("tls")?;
+        check_packet_size("maxPacketSize", self.max_packet_size)?;
+        match self.upstream {
+            Upstream::Broker => {
+                let Some(broker) = &self.broker else {
+                    return Err(ConfigError::invalid(
+                        "broker",
+                        "upstream is broker: set broker.address (HOST:PORT)",
+                    ));
+                };
+                match broker.address.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "broker.address",
+                            format!("{:?} is not HOST:PORT", broker.address),
+                        ));
+                    }
+                }
+                if let Some(tls) = &broker.tls {
+                    if tls.ca.is_none() {
+                        return Err(ConfigError::invalid(
+                            "broker.tls.ca",
+                            "TLS to the broker needs the CA that signs its certificate",
+                        ));
+                    }
+                    tls.check("broker.tls")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_packet_size(field: &'static str, size: u32) -> Result<(), ConfigError> {
+    if !(128..=MQTT_MAX_PACKET_SIZE).contains(&size) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{size} is outside 128..={MQTT_MAX_PACKET_SIZE} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+fn default_connections_per_endpoint() -> usize {
+    2
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_broker_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_packet_size() -> u32 {
+    DEFAULT_MAX_PACKET_SIZE
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_s_proxy_listen() -> SocketAddr {
+    SocketAddr::new(LOCALHOST, 50516)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_norway::Error> {
+        serde_norway::from_str(yaml)
+    }
+
+    #[test]
+    fn r_proxy_minimal_file_gets_the_defaults() {
+        let config: RProxyConfig = parse("sProxy: { endpoints: [http://s:50516] }").unwrap();
+        assert_eq!(config, RProxyConfig::new(vec!["http://s:50516".into()]));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn r_proxy_round_trips_through_yaml() {
+        let mut config = RProxyConfig::new(vec!["https://s:50516".into()]);
+        config.listeners.wss = Some("0.0.0.0:8443".parse().unwrap());
+        config.tls.cert = Some("/tls/tls.crt".into());
+        config.tls.key = Some("/tls/tls.key".into());
+        config.s_proxy.tls.ca = Some("/tls/ca.crt".into());
+        config.limits.connect_timeout = Duration::from_millis(1500);
+        config.validate().unwrap();
+        let yaml = crate::to_yaml(&config);
+        assert_eq!(parse::<RProxyConfig>(&yaml).unwrap(), config, "{yaml}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let error = parse::<RProxyConfig>("sProxy: { endpoints: [] }\nlimit: {}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `limit`"), "{error}");
+    }
+
+    #[test]
+    fn invalid_r_proxy_configs_name_the_field() {
+        let base = || RProxyConfig::new(vec!["http://s:50516".into()]);
+        let cases: Vec<(RProxyConfig, &str)> = vec![
+            (RProxyConfig::new(vec![]), "sProxy.endpoints"),
+            (
+                RProxyConfig::new(vec!["s:50516".into()]),
+                "sProxy.endpoints",
+            ),
+            (
+                RProxyConfig::new(vec!["https://s:1".into()]),
+                "sProxy.tls.ca",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.listeners.tls = Some("0.0.0.0:8883".parse().unwrap());
+                    c
+                },
+                "tls",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.listeners.tcp = None;
+                    c
+                },
+                "listeners",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.limits.max_packet_size = 10;
+                    c
+                },
+                "limits.maxPacketSize",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.listeners.ws_path = "mqtt".into();
+                    c
+                },
+                "listeners.wsPath",
+            ),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(ConfigError::Invalid { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("{config:?}: expected an error naming {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn s_proxy_needs_a_broker_address() {
+        let config: SProxyConfig = parse("upstream: broker").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("broker"), "{error}");
+        let config: SProxyConfig = parse("broker: { address: mosquitto }").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("broker.address"), "{error}");
+        let config: SProxyConfig =
+            parse("broker: { address: 'mosquitto:1883', connectTimeout: 2s }").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.broker.unwrap().connect_timeout,
+            Duration::from_secs(2)
+        );
+    }
+}
