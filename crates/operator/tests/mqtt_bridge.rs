@@ -1,0 +1,399 @@
+//! MqttBridge against a real kube-apiserver (with controller-manager, scheduler and a kwok node,
+//! so Deployments really roll out): the CRD is served, bad specs are refused naming the field, and
+//! the operator turns an example into owned objects, reports Ready, rolls on change, reports a
+//! missing Secret, and Kubernetes deletes what it owns with the bridge.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use strait_config::{RProxyConfig, SProxyConfig, Validate};
+use strait_e2e::{Daemon, require, unique_name, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = Command::new(&kubectl)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{kubectl}: {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Installs the checked-in CRDs and waits until they are served.
+fn install_crds() {
+    let crds = repo_file("crds/strait.yaml");
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().unwrap(),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/mqttbridges.strait.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+}
+
+async fn namespace(client: &Client) -> String {
+    let name = unique_name("mqb");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+fn bridge_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1\nkind: MqttBridge\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_naming_the_field() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let cases = [
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  listener: {port: 70000}\n",
+            "spec.listener.port",
+        ),
+        ("  upstream: {}\n", "spec.upstream.broker is required"),
+        (
+            "  upstream: {broker: {address: nohost}}\n",
+            "spec.upstream.broker.address must be HOST:PORT",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  rProxy: {serviceType: Magic}\n",
+            "serviceType must be ClusterIP, NodePort or LoadBalancer",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let out = kubectl(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            Some(&bridge_yaml("bad", spec)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{spec} should be refused");
+        assert!(
+            stderr.contains(expected),
+            "{spec}: expected {expected:?} in {stderr}"
+        );
+    }
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    bridge["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn get_bridge(ns: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(
+        &["get", "mqttbridge", name, "-n", ns, "-o", "json"],
+        None,
+    ))
+    .unwrap()
+}
+
+fn template_hash(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["strait.dev/config-hash"]
+        .clone()
+}
+
+#[tokio::test]
+async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let operator =
+        Daemon::start(BIN, &["--proxy-image", "example.invalid/strait-proxy:test"]).await;
+
+    let example = repo_file("examples/mqttbridge-broker.yaml");
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "-n",
+            &ns,
+            "-f",
+            example.to_str().unwrap(),
+        ],
+        None,
+    );
+    let wait = kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "mqttbridge/devices",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "kubectl wait: {}\nbridge: {}\noperator log:\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        get_bridge(&ns, "devices"),
+        operator.log()
+    );
+
+    // The owned objects, with owner references so Kubernetes deletes them with the bridge.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for name in ["devices-r-proxy", "devices-s-proxy"] {
+        let deployment = deployments.get(name).await.unwrap();
+        let owner = &deployment.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("MqttBridge", "devices")
+        );
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("example.invalid/strait-proxy:test")
+        );
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+    let config = config_maps
+        .get("devices-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let r_proxy: RProxyConfig = serde_saphyr::from_str(&config["r-proxy.yaml"]).unwrap();
+    r_proxy.validate().unwrap();
+    assert_eq!(
+        r_proxy.s_proxy.endpoints,
+        [format!("http://devices-s-proxy.{ns}.svc:50516")]
+    );
+    assert_eq!(r_proxy.limits.max_packet_size, 262_144);
+    let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
+    assert_eq!(
+        s_proxy.broker.unwrap().address,
+        "mosquitto.mqtt.svc.cluster.local:1883"
+    );
+    let ports: Vec<_> = services
+        .get("devices")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [1883, 8080]);
+
+    let bridge = get_bridge(&ns, "devices");
+    assert_eq!(
+        bridge["status"]["observedGeneration"],
+        bridge["metadata"]["generation"]
+    );
+    assert_eq!(bridge["status"]["replicas"], 2);
+    assert_eq!(bridge["status"]["mode"], "broker");
+    assert_eq!(
+        bridge["status"]["endpoints"][0],
+        format!("mqtt://devices.{ns}.svc:1883")
+    );
+    assert_eq!(
+        condition(&bridge, "ProxiesReady").unwrap()["status"],
+        "True"
+    );
+
+    // A spec change rolls the r-proxy pods (new config hash) and Ready follows the new generation.
+    let before = template_hash(&deployments.get("devices-r-proxy").await.unwrap());
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "devices",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"limits":{"maxPacketSize":4096}}}"#,
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "r-proxy template to change",
+        || {
+            let deployments = deployments.clone();
+            let before = before.clone();
+            async move {
+                let now = template_hash(&deployments.get("devices-r-proxy").await.ok()?);
+                (now != before).then_some(())
+            }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "Ready for the new generation",
+        || {
+            let ns = ns.clone();
+            async move {
+                let bridge = get_bridge(&ns, "devices");
+                let ready = condition(&bridge, "Ready")?;
+                (ready["status"] == "True"
+                    && ready["observedGeneration"] == bridge["metadata"]["generation"])
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A Secret that does not exist: Ready=False naming it; creating it recovers.
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "devices",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"listener":{"tls":{"secretName":"devices-tls"}}}}"#,
+        ],
+        None,
+    );
+    let ready = wait_until(
+        Duration::from_secs(30),
+        "Ready=False for the missing Secret",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
+                (ready["status"] == "False" && ready["reason"] == "SecretNotFound").then_some(ready)
+            }
+        },
+    )
+    .await;
+    assert!(
+        ready["message"].as_str().unwrap().contains("devices-tls"),
+        "{ready}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "devices-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "cert", "tls.key": "key"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "Ready again once the Secret exists",
+        || {
+            let ns = ns.clone();
+            async move {
+                let bridge = get_bridge(&ns, "devices");
+                let ready = condition(&bridge, "Ready")?;
+                (ready["status"] == "True" && bridge["status"]["endpoints"].as_array()?.len() == 3)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Deleting the bridge deletes everything it owns (Kubernetes' garbage collector).
+    kubectl_ok(&["delete", "mqttbridge", "devices", "-n", &ns], None);
+    wait_until(
+        Duration::from_secs(60),
+        "owned objects to be deleted",
+        || {
+            let (deployments, config_maps) = (deployments.clone(), config_maps.clone());
+            async move {
+                let left = deployments
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .len()
+                    + config_maps
+                        .get_opt("devices-config")
+                        .await
+                        .ok()?
+                        .iter()
+                        .count();
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(operator);
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = ResourceExt::name_any(&secret);
+}
