@@ -12,6 +12,7 @@ use strait_runtime::ProcessArgs;
 
 mod context;
 mod crd;
+mod leader;
 mod mqtt_bridge;
 mod status;
 
@@ -49,6 +50,9 @@ struct OperatorArgs {
         default_value = concat!("ghcr.io/strait-dev/strait-proxy:", env!("CARGO_PKG_VERSION"))
     )]
     proxy_image: String,
+
+    #[command(flatten)]
+    leader: leader::LeaderArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,14 +98,32 @@ async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
     )?);
     warn_if_crds_missing(&ctx.client).await;
     let ready = process.health.flag(READINESS);
+    let mut leadership = leader::Leadership::join(ctx.client.clone(), &operator.leader).await?;
+    // A standby replica is healthy and ready: it is doing its job, waiting.
     ready.set(true);
-    tracing::info!("reconciling MqttBridge resources");
-    // Every reconcile is idempotent (server-side apply of the whole desired state), so stopping
-    // in the middle of one loses nothing: the next operator process redoes it.
     tokio::select! {
-        () = mqtt_bridge::run(ctx) => {}
-        () = process.shutdown.requested() => {}
+        acquired = leadership.acquired() => acquired?,
+        () = process.shutdown.requested() => {
+            leadership.release().await;
+            process.admin.stop().await;
+            return Ok(());
+        }
     }
+    tracing::info!("leading: reconciling MqttBridge resources");
+    // Every reconcile is idempotent (server-side apply of the whole desired state), so stopping
+    // in the middle of one loses nothing: the next leader redoes it.
+    let lost = tokio::select! {
+        () = mqtt_bridge::run(ctx) => false,
+        () = leadership.lost() => true,
+        () = process.shutdown.requested() => false,
+    };
+    if lost {
+        // Another replica leads now; exiting lets Kubernetes restart this one as a standby,
+        // with no controller state left from the time it led.
+        process.admin.stop().await;
+        anyhow::bail!("lost the leader lease; exiting so another replica alone reconciles");
+    }
+    leadership.release().await;
     ready.set(false);
     tracing::info!("stopping");
     process.admin.stop().await;

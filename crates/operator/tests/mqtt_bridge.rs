@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
+use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
 
@@ -44,6 +45,20 @@ fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&helm)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{helm}: {e}"));
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -164,8 +179,54 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     install_crds();
     let client = Client::try_default().await.unwrap();
     let ns = namespace(&client).await;
-    let operator =
-        Daemon::start(BIN, &["--proxy-image", "example.invalid/strait-proxy:test"]).await;
+
+    // Installed with the chart; the operator runs as a local process with exactly the chart's
+    // ServiceAccount permissions (impersonation), which proves the RBAC.
+    let release = format!("strait-{ns}");
+    let chart = repo_file("charts/strait");
+    helm_ok(&[
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--set",
+        "image.repository=example.invalid/strait-operator",
+    ]);
+    let account = format!("system:serviceaccount:{ns}:{release}");
+    for (verb, resource, allowed) in [
+        ("patch", "deployments.apps", "yes"),
+        ("get", "secrets", "yes"),
+        ("delete", "secrets", "no"),
+        ("create", "pods", "no"),
+        ("delete", "mqttbridges.strait.dev", "no"),
+    ] {
+        let out = kubectl(
+            &["auth", "can-i", verb, resource, "-n", &ns, "--as", &account],
+            None,
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(answer, allowed, "can the operator {verb} {resource}?");
+    }
+    let operator = Daemon::start_with_env(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-namespace",
+            &ns,
+            "--lease-name",
+            &release,
+        ],
+        &[
+            ("KUBE_RS_DEBUG_IMPERSONATE_USER", &account),
+            (
+                "KUBE_RS_DEBUG_IMPERSONATE_GROUP",
+                "system:serviceaccounts,system:authenticated",
+            ),
+        ],
+    )
+    .await;
 
     let example = repo_file("examples/mqttbridge-broker.yaml");
     kubectl_ok(
@@ -376,7 +437,10 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
             let (deployments, config_maps) = (deployments.clone(), config_maps.clone());
             async move {
                 let left = deployments
-                    .list(&Default::default())
+                    .list(
+                        &kube::api::ListParams::default()
+                            .labels("app.kubernetes.io/instance=devices"),
+                    )
                     .await
                     .ok()?
                     .items
@@ -392,8 +456,60 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         },
     )
     .await;
+    assert!(
+        !operator.log().contains("Forbidden"),
+        "RBAC denied something:\n{}",
+        operator.log()
+    );
     drop(operator);
+    helm_ok(&["uninstall", &release, "-n", &ns]);
     let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     let _ = ResourceExt::name_any(&secret);
+}
+
+#[tokio::test]
+async fn one_of_two_operators_reconciles_and_the_other_takes_over() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let lease = unique_name("strait-lease");
+    let args = [
+        "--lease-name",
+        lease.as_str(),
+        "--lease-namespace",
+        "default",
+    ];
+    let mut first = Daemon::start(BIN, &args).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first operator to lead",
+        || {
+            let log = first.log();
+            async move { log.contains("leading").then_some(()) }
+        },
+    )
+    .await;
+    let second = Daemon::start(BIN, &args).await;
+    // The second is ready (a standby is healthy) but does not lead while the first holds the lease.
+    let standby_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < standby_until {
+        assert!(
+            !second.log().contains("leading"),
+            "two leaders:\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = first.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", first.log());
+    assert!(first.log().contains("lease released"), "{}", first.log());
+    wait_until(
+        Duration::from_secs(20),
+        "the second operator to take over",
+        || {
+            let log = second.log();
+            async move { log.contains("leading").then_some(()) }
+        },
+    )
+    .await;
 }
