@@ -299,6 +299,11 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         s_proxy.broker.unwrap().address,
         "mosquitto.mqtt.svc.cluster.local:1883"
     );
+    relay_through_rendered_configs(&config["r-proxy.yaml"], &config["s-proxy.yaml"]).await;
+    let budget: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &ns);
+    let budget = budget.get("devices-r-proxy").await.unwrap();
+    assert_eq!(budget.owner_references()[0].name, "devices");
     let ports: Vec<_> = services
         .get("devices")
         .await
@@ -512,4 +517,85 @@ async fn one_of_two_operators_reconciles_and_the_other_takes_over() {
         },
     )
     .await;
+}
+
+/// The proxies started as local processes with the configs the operator rendered (addresses moved
+/// to loopback, the broker to the test Mosquitto): a message goes through them.
+async fn relay_through_rendered_configs(r_yaml: &str, s_yaml: &str) {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let proxy = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("strait-proxy"))
+        .filter(|path| path.exists())
+        .expect("strait-proxy next to the test binaries (cargo test --workspace builds it)");
+    let (grpc, mqtt) = (strait_e2e::free_local_addr(), strait_e2e::free_local_addr());
+    let mut s_config: SProxyConfig = serde_saphyr::from_str(s_yaml).unwrap();
+    s_config.listen = grpc;
+    s_config.broker.as_mut().unwrap().address = broker.clone();
+    let mut r_config: RProxyConfig = serde_saphyr::from_str(r_yaml).unwrap();
+    r_config.listeners.tcp = Some(mqtt);
+    r_config.listeners.ws = None;
+    r_config.s_proxy.endpoints = vec![format!("http://{grpc}")];
+    let dir = std::env::temp_dir().join(unique_name("rendered"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s_path, r_path) = (dir.join("s-proxy.yaml"), dir.join("r-proxy.yaml"));
+    std::fs::write(&s_path, strait_config::to_yaml(&s_config)).unwrap();
+    std::fs::write(&r_path, strait_config::to_yaml(&r_config)).unwrap();
+    let proxy = proxy.to_str().unwrap();
+    let _s_proxy = Daemon::start(proxy, &["s-proxy", "--config", s_path.to_str().unwrap()]).await;
+    let _r_proxy = Daemon::start(proxy, &["r-proxy", "--config", r_path.to_str().unwrap()]).await;
+
+    // A retained message, so the subscriber gets it whenever it subscribes.
+    let topic = format!("strait/operator/{}", unique_name("rendered"));
+    let port = mqtt.port().to_string();
+    let published = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            &topic,
+            "-m",
+            "via rendered config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let received = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        "via rendered config"
+    );
+    // Clear the retained message again.
+    let _ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-r", "-n", "-t", &topic])
+        .status();
 }

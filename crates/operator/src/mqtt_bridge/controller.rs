@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -136,6 +137,12 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     for service in &rendered.services {
         services
             .patch(&service.name_any(), &params, &Patch::Apply(service))
+            .await?;
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+    for budget in &rendered.disruption_budgets {
+        budgets
+            .patch(&budget.name_any(), &params, &Patch::Apply(budget))
             .await?;
     }
     checks.push(Check::ok(

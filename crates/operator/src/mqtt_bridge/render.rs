@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -28,6 +29,8 @@ pub struct Rendered {
     pub config_map: ConfigMap,
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
+    /// One per role: voluntary evictions (node drains) take one pod at a time.
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
     /// What devices connect to, for the status.
     pub endpoints: Vec<String>,
 }
@@ -69,6 +72,13 @@ pub fn labels(bridge: &MqttBridge, component: &str) -> BTreeMap<String, String> 
             "strait-operator".into(),
         ),
     ])
+}
+
+/// The labels that select a role's pods (all but `managed-by`, which may change owner).
+fn selector_labels(bridge: &MqttBridge, component: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(bridge, component);
+    labels.remove("app.kubernetes.io/managed-by");
+    labels
 }
 
 pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
@@ -227,10 +237,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         let mut ports = ports;
         ports.push(json!({"name": "admin", "containerPort": ADMIN_PORT}));
         let labels = labels(bridge, role);
-        let selector: BTreeMap<_, _> = labels
-            .iter()
-            .filter(|(k, _)| *k != "app.kubernetes.io/managed-by")
-            .collect();
+        let selector = selector_labels(bridge, role);
         from_json::<Deployment>(json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -296,10 +303,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         ),
     ];
     let service = |object_name: String, role: &str, type_: &str, ports: Vec<serde_json::Value>| {
-        let selector: BTreeMap<_, _> = labels(bridge, role)
-            .into_iter()
-            .filter(|(k, _)| k != "app.kubernetes.io/managed-by")
-            .collect();
+        let selector = selector_labels(bridge, role);
         from_json::<Service>(json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -321,10 +325,25 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             service_ports,
         ),
     ];
+    let disruption_budgets = ["s-proxy", "r-proxy"]
+        .into_iter()
+        .map(|role| {
+            from_json::<PodDisruptionBudget>(json!({
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": meta(format!("{name}-{role}"), role),
+                "spec": {
+                    "maxUnavailable": 1,
+                    "selector": {"matchLabels": selector_labels(bridge, role)},
+                },
+            }))
+        })
+        .collect();
     Ok(Rendered {
         config_map,
         deployments,
         services,
+        disruption_budgets,
         endpoints,
     })
 }
