@@ -8,16 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use strait_operator::{context, crd, leader, mqtt_bridge};
 use strait_runtime::ProcessArgs;
-
-mod context;
-mod crd;
-mod leader;
-mod mqtt_bridge;
-mod status;
-
-/// The one field manager for everything the operator applies.
-pub const FIELD_MANAGER: &str = "strait-operator";
 
 #[derive(Debug, Parser)]
 #[command(
