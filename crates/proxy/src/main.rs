@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{CommandFactory, Parser, Subcommand};
-use strait_proxy::{rproxy, sproxy};
+use strait_proxy::{grpckafka, kafkagrpc, rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -30,6 +30,11 @@ enum Role {
     RProxy(rproxy::RProxyArgs),
     /// gRPC end of the relay; drives an MQTT broker on each client's behalf.
     SProxy(sproxy::SProxyArgs),
+    /// gRPC server for any .proto service: each call becomes records on a Kafka request topic,
+    /// answered from a reply topic; fetch routes stream a topic to clients.
+    GrpcKafka(grpckafka::GrpcKafkaArgs),
+    /// Consumes request topics in a consumer group, calls the real gRPC service, writes replies.
+    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
 }
 
 impl Role {
@@ -38,6 +43,8 @@ impl Role {
         match self {
             Self::RProxy(_) => &[rproxy::READINESS],
             Self::SProxy(_) => &[sproxy::READINESS],
+            Self::GrpcKafka(_) => &grpckafka::READINESS,
+            Self::KafkaGrpc(_) => &kafkagrpc::READINESS,
         }
     }
 
@@ -46,6 +53,8 @@ impl Role {
         let port = match self {
             Self::RProxy(_) => 9090,
             Self::SProxy(_) => 9092,
+            Self::GrpcKafka(_) => 9094,
+            Self::KafkaGrpc(_) => 9096,
         };
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
     }
@@ -71,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         let result = match role {
             Role::RProxy(args) => rproxy::run(args, &process).await,
             Role::SProxy(args) => sproxy::run(args, &process).await,
+            Role::GrpcKafka(args) => grpckafka::run(args, &process).await,
+            Role::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
         };
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "stopped with an error");
