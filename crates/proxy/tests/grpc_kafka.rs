@@ -1,0 +1,910 @@
+//! gRPC over Kafka as clients and services see it: a real tonic service with all four RPC
+//! kinds behind grpc-kafka → Kafka → kafka-grpc, against the Kafka of the test services.
+
+mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/strait.test.v1.rs"));
+}
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use pb::echo_client::EchoClient;
+use pb::echo_server::{Echo, EchoServer};
+use pb::{EchoReply, EchoRequest};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use strait_e2e::{Daemon, free_local_addr, http_get, require, unique_name, wait_until};
+use strait_proxy::grpc::codec::RawCodec;
+use strait_proxy::grpc::fetch_id;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
+
+// ---------------------------------------------------------------------------------------------
+// The test service.
+
+#[derive(Clone, Default)]
+struct Service {
+    /// Calls seen, by request text.
+    calls: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Service {
+    fn count(&self, text: &str) -> u32 {
+        self.calls.lock().unwrap().get(text).copied().unwrap_or(0)
+    }
+
+    fn seen(&self, request: &EchoRequest) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(request.text.clone())
+            .or_default() += 1;
+    }
+}
+
+fn x_metadata(metadata: &MetadataMap) -> HashMap<String, String> {
+    metadata
+        .iter()
+        .filter_map(|entry| match entry {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-") => {
+                Some((k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_response_metadata<T>(request_metadata: &MetadataMap, body: T) -> Response<T> {
+    let mut response = Response::new(body);
+    response
+        .metadata_mut()
+        .insert("x-served-by", "echo".parse().unwrap());
+    if let Some(bin) = request_metadata.get_bin("x-trace-bin") {
+        response
+            .metadata_mut()
+            .insert_bin("x-trace-bin", bin.clone());
+    }
+    response
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for Service {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
+        self.seen(&request);
+        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        if request.code != 0 {
+            return Err(Status::new(Code::from_i32(request.code), request.error));
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            EchoReply {
+                text: request.text,
+                index: 0,
+                metadata: x_metadata(&metadata),
+            },
+        ))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
+        self.seen(&request);
+        let mut items: Vec<Result<EchoReply, Status>> = (0..request.repeat)
+            .map(|index| {
+                Ok(EchoReply {
+                    text: format!("{}#{index}", request.text),
+                    index,
+                    metadata: HashMap::new(),
+                })
+            })
+            .collect();
+        if request.code != 0 {
+            items.push(Err(Status::new(
+                Code::from_i32(request.code),
+                request.error,
+            )));
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            Box::pin(futures::stream::iter(items)),
+        ))
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let mut texts = Vec::new();
+        while let Some(message) = inbound.message().await? {
+            self.seen(&message);
+            texts.push(message.text);
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            EchoReply {
+                text: texts.join("+"),
+                index: texts.len() as i32,
+                metadata: HashMap::new(),
+            },
+        ))
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut index = 0;
+            while let Ok(Some(message)) = inbound.message().await {
+                service.seen(&message);
+                let reply = EchoReply {
+                    text: message.text.to_uppercase(),
+                    index,
+                    metadata: HashMap::new(),
+                };
+                index += 1;
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(with_response_metadata(
+            &metadata,
+            Box::pin(ReceiverStream::new(rx)),
+        ))
+    }
+}
+
+async fn start_service() -> (SocketAddr, Service) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = Service::default();
+    let server = tonic::transport::Server::builder()
+        .add_service(EchoServer::new(service.clone()))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    (addr, service)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge: topics, grpc-kafka and kafka-grpc processes.
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+}
+
+fn proto_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/proto")
+}
+
+fn write_config(name: &str, yaml: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique_name(name)));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+struct Bridge {
+    bootstrap: String,
+    requests: String,
+    replies: String,
+    events: String,
+    group: String,
+    target: SocketAddr,
+    front: Daemon,
+    back: Vec<Daemon>,
+    addr: SocketAddr,
+}
+
+impl Bridge {
+    async fn start(bootstrap: &str, target: SocketAddr) -> Self {
+        let requests = unique_name("grpc-req");
+        let replies = unique_name("grpc-rep");
+        let events = unique_name("grpc-events");
+        create_topic(bootstrap, &requests, 3).await;
+        create_topic(bootstrap, &replies, 2).await;
+        create_topic(bootstrap, &events, 2).await;
+        let addr = free_local_addr();
+        let front_config = write_config(
+            "grpc-kafka",
+            &format!(
+                "kafka: {{ bootstrap: '{bootstrap}' }}\n\
+                 protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
+                 routes:\n\
+                 - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
+                 - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n",
+                proto_dir().display()
+            ),
+        );
+        let front = Daemon::start(
+            BIN,
+            &[
+                "grpc-kafka",
+                "--config",
+                front_config.to_str().unwrap(),
+                "--listen",
+                &addr.to_string(),
+            ],
+        )
+        .await;
+        let mut bridge = Self {
+            bootstrap: bootstrap.into(),
+            group: unique_name("grpc-backend"),
+            requests,
+            replies,
+            events,
+            target,
+            front,
+            back: Vec::new(),
+            addr,
+        };
+        bridge.add_backend().await;
+        bridge
+    }
+
+    async fn add_backend(&mut self) {
+        let config = write_config(
+            "kafka-grpc",
+            &format!(
+                "kafka: {{ bootstrap: '{}' }}\n\
+                 target: http://{}\n\
+                 groupId: {}\n\
+                 routes: [{{ topic: {} }}]\n\
+                 sessionTimeout: 6s\n\
+                 retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n",
+                self.bootstrap, self.target, self.group, self.requests
+            ),
+        );
+        let daemon =
+            Daemon::start(BIN, &["kafka-grpc", "--config", config.to_str().unwrap()]).await;
+        self.back.push(daemon);
+    }
+
+    async fn client(&self) -> EchoClient<Channel> {
+        EchoClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    async fn raw(&self) -> tonic::client::Grpc<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic::client::Grpc::new(channel)
+    }
+
+    fn logs(&self) -> String {
+        let mut all = format!("--- grpc-kafka\n{}", self.front.log());
+        for (i, back) in self.back.iter().enumerate() {
+            all.push_str(&format!("\n--- kafka-grpc {i}\n{}", back.log()));
+        }
+        all
+    }
+}
+
+fn request(text: &str) -> EchoRequest {
+    EchoRequest {
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+async fn direct_client(target: SocketAddr) -> EchoClient<Channel> {
+    EchoClient::connect(format!("http://{target}"))
+        .await
+        .unwrap()
+}
+
+async fn collect<T>(mut stream: Streaming<T>) -> (Vec<T>, Option<Status>) {
+    let mut items = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, None),
+            Err(status) => return (items, Some(status)),
+        }
+    }
+}
+
+fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+const CALL: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_rpc_kind_through_kafka_returns_what_the_service_returns() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut direct = direct_client(target).await;
+    let mut kafka = bridge.client().await;
+
+    // Unary.
+    let want = direct.unary(request("hello")).await.unwrap().into_inner();
+    let got = kafka
+        .unary(with_timeout(request("hello"), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("unary: {s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(got.text, want.text);
+    assert_eq!(got.text, "hello");
+
+    // Server streaming.
+    let stream_request = || EchoRequest {
+        text: "tick".into(),
+        repeat: 5,
+        ..Default::default()
+    };
+    let (want, _) = collect(
+        direct
+            .server_stream(stream_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let (got, error) = collect(
+        kafka
+            .server_stream(with_timeout(stream_request(), CALL))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 5);
+
+    // Client streaming.
+    let texts = ["a", "b", "c"];
+    let want = direct
+        .client_stream(futures::stream::iter(texts.map(request)))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = kafka
+        .client_stream(with_timeout(
+            futures::stream::iter(texts.map(request)),
+            CALL,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, want);
+    assert_eq!(got.text, "a+b+c");
+
+    // Bidi, interactive: each request is answered before the next is sent. Response headers
+    // carry the first reply record's metadata, so the call resolves once the first request
+    // has been answered.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request("one")).await.unwrap();
+    let mut replies = kafka
+        .bidi(with_timeout(ReceiverStream::new(rx), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("bidi: {s}"))
+        .into_inner();
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        if i > 0 {
+            tx.send(request(text)).await.unwrap();
+        }
+        let reply = tokio::time::timeout(CALL, replies.message())
+            .await
+            .expect("bidi reply in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.text, text.to_uppercase());
+        assert_eq!(reply.index, i as i32);
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none(), "bidi ends OK");
+}
+
+#[tokio::test]
+async fn status_message_and_metadata_propagate_both_ways() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+
+    // Non-OK status of a unary call (Zilla's spec example: 9, "Custom Error Message").
+    let status = kafka
+        .unary(with_timeout(
+            EchoRequest {
+                text: "fail".into(),
+                code: 9,
+                error: "Custom Error Message".into(),
+                ..Default::default()
+            },
+            CALL,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "Custom Error Message");
+
+    // An error after two messages of a stream: the messages, then the status.
+    let (items, error) = collect(
+        kafka
+            .server_stream(with_timeout(
+                EchoRequest {
+                    text: "partial".into(),
+                    repeat: 2,
+                    code: 14,
+                    error: "backend went away".into(),
+                    ..Default::default()
+                },
+                CALL,
+            ))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(items.len(), 2);
+    let error = error.expect("stream ends with the error");
+    assert_eq!(error.code(), Code::Unavailable);
+    assert_eq!(error.message(), "backend went away");
+
+    // Metadata: ASCII and binary, request → service and response → client.
+    let mut call = with_timeout(request("meta"), CALL);
+    call.metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    call.metadata_mut().insert_bin(
+        "x-trace-bin",
+        MetadataValue::from_bytes(&[0, 1, 2, 254, 255]),
+    );
+    let response = kafka.unary(call).await.unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-served-by")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "echo"
+    );
+    assert_eq!(
+        response
+            .metadata()
+            .get_bin("x-trace-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        [0, 1, 2, 254, 255]
+    );
+    let reply = response.into_inner();
+    assert_eq!(
+        reply.metadata.get("x-tenant").map(String::as_str),
+        Some("acme")
+    );
+
+    // The request records carry Zilla's headers.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&bridge.requests]).unwrap();
+    let headers = wait_until(
+        Duration::from_secs(20),
+        "the meta request record",
+        || async {
+            let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+                .await
+                .ok()?
+                .ok()?;
+            let headers: HashMap<String, String> = message
+                .headers()?
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect();
+            (headers.get("meta:x-tenant").map(String::as_str) == Some("acme")).then_some(headers)
+        },
+    )
+    .await;
+    assert_eq!(headers["zilla:service"], "strait.test.v1.Echo");
+    assert_eq!(headers["zilla:method"], "Unary");
+    assert_eq!(headers["zilla:reply-to"], bridge.replies);
+    assert!(headers.contains_key("zilla:correlation-id"));
+    assert!(headers.contains_key("meta:x-trace-bin"), "{headers:?}");
+}
+
+#[tokio::test]
+async fn deadline_is_honoured_with_deadline_exceeded() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let started = std::time::Instant::now();
+    let status = kafka
+        .unary(with_timeout(
+            EchoRequest {
+                text: "slow".into(),
+                delay_ms: 5_000,
+                ..Default::default()
+            },
+            Duration::from_millis(1500),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The call did reach the service: the bridge, not the transport, cut it short.
+    wait_until(
+        Duration::from_secs(10),
+        "the slow call at the service",
+        || async { (service.count("slow") > 0).then_some(()) },
+    )
+    .await;
+    // The cancel record made kafka-grpc stop the call (CANCELLED) instead of waiting out the
+    // service's 5 s.
+    wait_until(
+        Duration::from_secs(3),
+        "kafka-grpc to cancel the call",
+        || async {
+            let (_, metrics) = http_get(bridge.back[0].admin, "/metrics").await.ok()?;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("strait_grpc_calls_total") && l.contains("code=\"1\""))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idempotent_retry_gets_the_written_answer_without_calling_again() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let call = || {
+        let mut call = with_timeout(request("once"), CALL);
+        call.metadata_mut()
+            .insert("idempotency-key", "order-42".parse().unwrap());
+        call
+    };
+    let first = kafka.unary(call()).await.unwrap().into_inner();
+    let second = kafka.unary(call()).await.unwrap().into_inner();
+    assert_eq!(first, second);
+    assert_eq!(
+        service.count("once"),
+        1,
+        "the retry was answered from Kafka, not the service"
+    );
+}
+
+#[tokio::test]
+async fn kafka_grpc_killed_mid_call_completes_after_restart() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let mut bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let call = tokio::spawn(async move {
+        kafka
+            .unary(with_timeout(
+                EchoRequest {
+                    text: "survivor".into(),
+                    delay_ms: 3_000,
+                    ..Default::default()
+                },
+                Duration::from_secs(60),
+            ))
+            .await
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the call to reach the service",
+        || async { (service.count("survivor") > 0).then_some(()) },
+    )
+    .await;
+    bridge.back[0].kill().await;
+    bridge.back.clear();
+    bridge.add_backend().await;
+    let reply = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call completes")
+        .unwrap()
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(reply.text, "survivor");
+    assert!(
+        service.count("survivor") >= 2,
+        "the restarted kafka-grpc made the call again"
+    );
+}
+
+#[tokio::test]
+async fn two_kafka_grpc_replicas_share_the_partitions() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let mut bridge = Bridge::start(&bootstrap, target).await;
+    bridge.add_backend().await;
+    // Both members hold partitions once the group has rebalanced.
+    wait_until(
+        Duration::from_secs(30),
+        "both replicas to hold partitions",
+        || async {
+            bridge
+                .back
+                .iter()
+                .all(|b| {
+                    b.log()
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("assigned"))
+                        .is_some_and(|l| l.contains(&bridge.requests))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let mut kafka = bridge.client().await;
+    let calls = (0..30).map(|i| {
+        let mut kafka = kafka.clone();
+        async move {
+            kafka
+                .unary(with_timeout(request(&format!("r{i}")), CALL))
+                .await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
+    }
+    kafka
+        .unary(with_timeout(request("last"), CALL))
+        .await
+        .unwrap();
+    for back in &bridge.back {
+        let (_, metrics) = http_get(back.admin, "/metrics").await.unwrap();
+        let served: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("strait_grpc_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served > 0.0, "each replica served calls:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let event = |i: usize| {
+        prost::Message::encode_to_vec(&pb::Event {
+            text: format!("e{i}"),
+        })
+    };
+    for i in 0..10 {
+        producer
+            .send(
+                FutureRecord::to(&bridge.events)
+                    .key(&format!("k{}", i % 3))
+                    .payload(&event(i)),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Events/Fetch");
+    let fetch = |resume: Option<String>| {
+        let path = path.clone();
+        let bridge = &bridge;
+        async move {
+            let mut raw = bridge.raw().await;
+            raw.ready().await.unwrap();
+            let mut request = Request::new(futures::stream::iter([Bytes::new()]));
+            if let Some(id) = resume {
+                request
+                    .metadata_mut()
+                    .insert("last-message-id", id.parse().unwrap());
+            }
+            raw.streaming(request, path, RawCodec)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let decode = |bytes: &Bytes| -> (String, Vec<u8>) {
+        let event: pb::Event = prost::Message::decode(bytes.as_ref()).unwrap();
+        (
+            event.text,
+            fetch_id::find_id(bytes, 32767).expect("message id in field 32767"),
+        )
+    };
+    let mut seen = Vec::new();
+    let mut stream = fetch(None).await;
+    let mut last_id = Vec::new();
+    for _ in 0..4 {
+        let message = tokio::time::timeout(CALL, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let (text, id) = decode(&message);
+        seen.push(text);
+        last_id = id;
+    }
+    drop(stream);
+    let mut stream = fetch(Some(fetch_id::to_text(&last_id))).await;
+    while seen.len() < 10 {
+        let message = tokio::time::timeout(CALL, stream.message())
+            .await
+            .expect("the rest of the events")
+            .unwrap()
+            .unwrap();
+        seen.push(decode(&message).0);
+    }
+    // Nothing more arrives: no duplicate after the tenth.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), stream.message())
+            .await
+            .is_err()
+    );
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 10, "every event exactly once: {seen:?}");
+}
+
+#[tokio::test]
+async fn bad_input_unknown_method_malformed_protobuf_and_records_without_headers() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut raw = bridge.raw().await;
+
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            Request::new(Bytes::new()),
+            http::uri::PathAndQuery::from_static("/strait.test.v1.Echo/Nope"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    raw.ready().await.unwrap();
+    let status = raw
+        .unary(
+            Request::new(Bytes::from_static(&[0x0a, 0xff, 0xff])),
+            http::uri::PathAndQuery::from_static("/strait.test.v1.Echo/Unary"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // A request record without service/method headers: kafka-grpc answers 13 and lives on.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&bridge.replies]).unwrap();
+    let id = unique_name("headerless");
+    producer
+        .send(
+            FutureRecord::to(&bridge.requests)
+                .key(&id)
+                .payload(&[0x0a, 0x01, 0x41][..])
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "zilla:reply-to",
+                            value: Some(&bridge.replies),
+                        })
+                        .insert(Header {
+                            key: "zilla:correlation-id",
+                            value: Some(&id),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let status = wait_until(Duration::from_secs(30), "the status-13 reply", || async {
+        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .ok()?
+            .ok()?;
+        if message.key() != Some(id.as_bytes()) {
+            return None;
+        }
+        assert!(
+            message.payload().is_none(),
+            "the answer is the null end record"
+        );
+        let headers = message.headers()?;
+        headers
+            .iter()
+            .find(|h| h.key == "zilla:status")
+            .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
+    })
+    .await;
+    assert_eq!(status, "13");
+    let mut kafka = bridge.client().await;
+    let reply = kafka
+        .unary(with_timeout(request("still alive"), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
+    assert_eq!(reply.into_inner().text, "still alive");
+}
