@@ -243,10 +243,16 @@ struct Bridge {
     front: Daemon,
     back: Vec<Daemon>,
     addr: SocketAddr,
+    backend_extra: String,
 }
 
 impl Bridge {
     async fn start(bootstrap: &str, target: SocketAddr) -> Self {
+        Self::start_with(bootstrap, target, "").await
+    }
+
+    /// `backend_extra`: more kafka-grpc config lines.
+    async fn start_with(bootstrap: &str, target: SocketAddr, backend_extra: &str) -> Self {
         let requests = unique_name("grpc-req");
         let replies = unique_name("grpc-rep");
         let events = unique_name("grpc-events");
@@ -286,7 +292,9 @@ impl Bridge {
             front,
             back: Vec::new(),
             addr,
+            backend_extra: String::new(),
         };
+        bridge.backend_extra = backend_extra.into();
         bridge.add_backend().await;
         bridge
     }
@@ -300,8 +308,8 @@ impl Bridge {
                  groupId: {}\n\
                  routes: [{{ topic: {} }}]\n\
                  sessionTimeout: 6s\n\
-                 retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n",
-                self.bootstrap, self.target, self.group, self.requests
+                 retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n{}",
+                self.bootstrap, self.target, self.group, self.requests, self.backend_extra
             ),
         );
         let daemon =
@@ -907,4 +915,142 @@ async fn bad_input_unknown_method_malformed_protobuf_and_records_without_headers
         .await
         .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
     assert_eq!(reply.into_inner().text, "still alive");
+}
+
+#[tokio::test]
+async fn unavailable_service_is_retried_then_dead_lettered() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let dead_letters = unique_name("grpc-dlq");
+    create_topic(&bootstrap, &dead_letters, 1).await;
+    // Nothing listens on the target: every attempt is UNAVAILABLE.
+    let nowhere = free_local_addr();
+    let bridge = Bridge::start_with(
+        &bootstrap,
+        nowhere,
+        &format!("deadLetterTopic: {dead_letters}\n"),
+    )
+    .await;
+    let mut kafka = bridge.client().await;
+    let status = kafka
+        .unary(with_timeout(request("lost"), CALL))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "{status:?}\n{}",
+        bridge.logs()
+    );
+    assert!(status.message().contains("after 3 attempts"), "{status:?}");
+    assert!(status.message().contains(&dead_letters), "{status:?}");
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dead_letters]).unwrap();
+    let (value, headers) = wait_until(Duration::from_secs(20), "the dead letter", || async {
+        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .ok()?
+            .ok()?;
+        let headers: HashMap<String, String> = message
+            .headers()?
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        Some((message.payload()?.to_vec(), headers))
+    })
+    .await;
+    let dead: EchoRequest = prost::Message::decode(value.as_slice()).unwrap();
+    assert_eq!(dead.text, "lost");
+    assert_eq!(headers["strait:attempts"], "3");
+    assert_eq!(headers["zilla:method"], "Unary");
+    assert!(headers.contains_key("strait:error"));
+    let (_, metrics) = http_get(bridge.back[0].admin, "/metrics").await.unwrap();
+    assert!(metrics.contains("strait_grpc_retries_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_calls_in_progress() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let mut bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let call = tokio::spawn(async move {
+        kafka
+            .unary(with_timeout(
+                EchoRequest {
+                    text: "draining".into(),
+                    delay_ms: 1_500,
+                    ..Default::default()
+                },
+                CALL,
+            ))
+            .await
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the call to reach the service",
+        || async { (service.count("draining") > 0).then_some(()) },
+    )
+    .await;
+    // Both at once: grpc-kafka waits for the reply; kafka-grpc finishes the call and commits.
+    let (front, back) = (&mut bridge.front, &mut bridge.back[0]);
+    let (status, back_status) = tokio::join!(
+        front.terminate(Duration::from_secs(15)),
+        back.terminate(Duration::from_secs(15))
+    );
+    assert!(
+        back_status.success(),
+        "kafka-grpc exit: {back_status}\n{}",
+        bridge.logs()
+    );
+    assert!(
+        status.success(),
+        "grpc-kafka exit: {status}\n{}",
+        bridge.logs()
+    );
+    let reply = call
+        .await
+        .unwrap()
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
+    assert_eq!(reply.into_inner().text, "draining");
+}
+
+#[test]
+fn help_teaches_and_bad_config_names_the_field() {
+    for role in ["grpc-kafka", "kafka-grpc"] {
+        let out = std::process::Command::new(BIN)
+            .args([role, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(
+            help.contains("Example:") && help.contains("routes:"),
+            "{help}"
+        );
+    }
+    let config = write_config(
+        "bad-grpc-kafka",
+        "kafka: { bootstrap: 'k:9092' }\nprotos: { paths: [/p] }\n\
+         routes: [{ method: a.B/C, produce: { topic: 'no spaces' } }]\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["grpc-kafka", "--config", config.to_str().unwrap()])
+        .arg("--metrics-addr")
+        .arg(free_local_addr().to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("routes[].produce.topic"), "{stderr}");
 }

@@ -102,6 +102,8 @@ pub(crate) struct Frontend {
     pub pending: Pending,
     pub metrics: GrpcMetrics,
     pub shutdown: CancellationToken,
+    /// Stops the reply readers: only after the drain, so calls in progress still get answers.
+    pub readers_stop: CancellationToken,
     calls: TaskTracker,
 }
 
@@ -142,6 +144,7 @@ pub async fn start(
         producers,
         metrics,
         shutdown: shutdown.clone(),
+        readers_stop: CancellationToken::new(),
         calls: TaskTracker::new(),
         config,
     });

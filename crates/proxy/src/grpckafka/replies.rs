@@ -135,7 +135,7 @@ async fn read_replies(
     remaining: Arc<AtomicUsize>,
     ready: ReadinessFlag,
 ) {
-    let shutdown = frontend.shutdown.clone();
+    let shutdown = frontend.readers_stop.clone();
     loop {
         let (c, t) = (consumer.clone(), topic.clone());
         match tokio::task::spawn_blocking(move || {
