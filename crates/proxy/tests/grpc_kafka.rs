@@ -239,7 +239,7 @@ struct Bridge {
     replies: String,
     events: String,
     group: String,
-    target: SocketAddr,
+    target: String,
     front: Daemon,
     back: Vec<Daemon>,
     addr: SocketAddr,
@@ -253,6 +253,16 @@ impl Bridge {
 
     /// `backend_extra`: more kafka-grpc config lines.
     async fn start_with(bootstrap: &str, target: SocketAddr, backend_extra: &str) -> Self {
+        Self::start_full(bootstrap, &format!("http://{target}"), "", backend_extra).await
+    }
+
+    /// `target`: the service URL; `front_extra`, `backend_extra`: more config lines.
+    async fn start_full(
+        bootstrap: &str,
+        target: &str,
+        front_extra: &str,
+        backend_extra: &str,
+    ) -> Self {
         let requests = unique_name("grpc-req");
         let replies = unique_name("grpc-rep");
         let events = unique_name("grpc-events");
@@ -267,7 +277,7 @@ impl Bridge {
                  protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
                  routes:\n\
                  - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
-                 - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n",
+                 - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
                 proto_dir().display()
             ),
         );
@@ -288,7 +298,7 @@ impl Bridge {
             requests,
             replies,
             events,
-            target,
+            target: target.into(),
             front,
             back: Vec::new(),
             addr,
@@ -304,7 +314,7 @@ impl Bridge {
             "kafka-grpc",
             &format!(
                 "kafka: {{ bootstrap: '{}' }}\n\
-                 target: http://{}\n\
+                 target: {}\n\
                  groupId: {}\n\
                  routes: [{{ topic: {} }}]\n\
                  sessionTimeout: 6s\n\
@@ -1053,4 +1063,83 @@ fn help_teaches_and_bad_config_names_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("routes[].produce.topic"), "{stderr}");
+}
+
+/// A throw-away CA and a certificate for localhost/127.0.0.1, as PEM files.
+fn test_pki() -> (PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(unique_name("strait-grpc-pki"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let (ca, cert, key) = (ca.pem(), cert.pem(), key.serialize_pem());
+    for (file, pem) in [("ca.pem", &ca), ("tls.pem", &cert), ("tls.key", &key)] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    (dir, ca, cert, key)
+}
+
+#[tokio::test]
+async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (dir, ca, cert, key) = test_pki();
+    // The service over TLS.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let service = Service::default();
+    let server = tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&cert, &key)),
+        )
+        .unwrap()
+        .add_service(EchoServer::new(service.clone()))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    let file = |name: &str| dir.join(name).display().to_string();
+    let bridge = Bridge::start_full(
+        &bootstrap,
+        &format!("https://localhost:{}", target.port()),
+        &format!(
+            "tls: {{ cert: '{}', key: '{}' }}\n",
+            file("tls.pem"),
+            file("tls.key")
+        ),
+        &format!("targetTls: {{ ca: '{}' }}\n", file("ca.pem")),
+    )
+    .await;
+    let channel = Channel::from_shared(format!("https://localhost:{}", bridge.addr.port()))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("TLS connect: {e:?}\n{}", bridge.logs()));
+    let reply = EchoClient::new(channel)
+        .unary(with_timeout(request("secret"), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(reply.text, "secret");
+    assert_eq!(service.count("secret"), 1);
+    // Plain h2c to the TLS listener is refused.
+    let plain = Channel::from_shared(format!("http://{}", bridge.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let status = EchoClient::new(channel)
+            .unary(with_timeout(request("plain"), Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_ne!(status.code(), Code::Ok);
+    }
 }

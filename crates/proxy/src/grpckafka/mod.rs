@@ -85,11 +85,6 @@ impl GrpcKafkaArgs {
             config.kafka.bootstrap = kafka.clone();
         }
         config.validate()?;
-        if config.tls.is_enabled() {
-            anyhow::bail!(
-                "tls: TLS on the grpc-kafka listener is not supported yet; terminate TLS in front of it"
-            );
-        }
         Ok(config)
     }
 }
@@ -150,17 +145,32 @@ pub async fn start(
     });
     replies::start_readers(&frontend, kafka_ready)?;
 
+    let tls = crate::tls::ServerTlsFiles {
+        cert: frontend.config.tls.cert.clone(),
+        key: frontend.config.tls.key.clone(),
+        client_ca: frontend.config.tls.client_ca.clone(),
+    }
+    .load(&[b"h2"])
+    .context("tls")?
+    .map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(frontend.config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", frontend.config.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, routes = frontend.routes.len(), "grpc-kafka serving");
+    tracing::info!(listen = %local, tls = tls.is_some(), routes = frontend.routes.len(), "grpc-kafka serving");
     listener_ready.set(true);
     let serve = async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // TLS handshakes run in their own tasks and hand finished streams back here, so every
+        // connection is watched by the one graceful-shutdown handle.
+        let (handshaken, mut secured) = mpsc::channel(64);
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some((stream, peer)) = secured.recv() => {
+                    serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer);
+                    continue;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -171,19 +181,25 @@ pub async fn start(
                 },
             };
             let _ = stream.set_nodelay(true);
-            let frontend = frontend.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let frontend = frontend.clone();
-                async move { Ok::<_, Infallible>(frontend.handle(request).await) }
-            });
-            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+            match tls.clone() {
+                None => serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer),
+                Some(acceptor) => {
+                    let handshaken = handshaken.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                let _ = handshaken.send((stream, peer)).await;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
                 }
-            });
+            }
         }
         listener_ready.set(false);
         drop(listener);
@@ -206,6 +222,28 @@ pub async fn start(
         Ok(())
     };
     Ok((local, serve))
+}
+
+fn serve_connection<IO>(
+    frontend: Arc<Frontend>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    io: TokioIo<IO>,
+    peer: SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let frontend = frontend.clone();
+        async move { Ok::<_, Infallible>(frontend.handle(request).await) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    });
 }
 
 impl Frontend {
