@@ -1143,3 +1143,55 @@ async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
         assert_ne!(status.code(), Code::Ok);
     }
 }
+
+/// The Python of `tests/e2e/python-grpcio` (installed on first use). Outside CI a failed install
+/// skips the test with the reason; in CI it fails.
+fn python_grpcio() -> Option<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/python-grpcio");
+    let out = std::process::Command::new(&script).output();
+    match out {
+        Ok(out) if out.status.success() => {
+            Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+        other => {
+            let why = format!("{} failed: {other:?}", script.display());
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("{why}");
+            }
+            eprintln!("\n!!! SKIPPING the grpcio client test: {why}\n");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_python_grpcio_client_calls_through_kafka() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let Some(python) = python_grpcio() else {
+        return;
+    };
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/echo_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&client)
+        .arg(bridge.addr.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bridge.logs()
+    );
+    let seen: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(seen["unary"]["text"], "from python");
+    assert_eq!(seen["unary"]["metadata"]["x-lang"], "python");
+    assert_eq!(seen["served_by"], "echo");
+    assert_eq!(seen["trace_bin"], serde_json::json!([0, 1, 254, 255]));
+    assert_eq!(seen["stream"], serde_json::json!(["py#0", "py#1", "py#2"]));
+    assert_eq!(seen["client_stream"], "x+y");
+    assert_eq!(seen["error"], serde_json::json!([5, "no such thing"]));
+}
