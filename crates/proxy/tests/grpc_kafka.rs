@@ -1195,3 +1195,37 @@ async fn a_python_grpcio_client_calls_through_kafka() {
     assert_eq!(seen["client_stream"], "x+y");
     assert_eq!(seen["error"], serde_json::json!([5, "no such thing"]));
 }
+
+#[tokio::test]
+async fn a_retry_after_a_deadline_calls_the_service_again() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let call = |delay_ms, timeout| {
+        let mut call = with_timeout(
+            EchoRequest {
+                text: "retried".into(),
+                delay_ms,
+                ..Default::default()
+            },
+            timeout,
+        );
+        call.metadata_mut()
+            .insert("idempotency-key", unique_name("key").parse().unwrap());
+        call
+    };
+    let first = call(3_000, Duration::from_millis(800));
+    let key = first.metadata().get("idempotency-key").unwrap().clone();
+    let status = kafka.unary(first).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // The cancelled attempt is not an answer: the retry reaches the service and succeeds.
+    let mut retry = call(0, CALL);
+    retry.metadata_mut().insert("idempotency-key", key);
+    let reply = kafka
+        .unary(retry)
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
+    assert_eq!(reply.into_inner().text, "retried");
+    assert_eq!(service.count("retried"), 2);
+}

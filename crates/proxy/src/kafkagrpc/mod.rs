@@ -114,6 +114,9 @@ struct OpenCall {
     requests: Option<mpsc::Sender<Bytes>>,
     records: Vec<(String, i32, i64)>,
     cancel: CancellationToken,
+    /// Records came after the request stream ended: a client repeats the call (same
+    /// idempotency key) and waits for this call's answer, so a cancel must not stop it.
+    repeated: bool,
 }
 
 struct GroupContext {
@@ -365,7 +368,9 @@ async fn on_record(
     }
     if value.is_none() && headers.status.is_some() {
         // Cancel: the client gave up (deadline or gone).
-        if let Some(call) = calls.get(&id) {
+        if let Some(call) = calls.get(&id)
+            && !call.repeated
+        {
             call.cancel.cancel();
         }
         tracker.done(topic, partition, offset);
@@ -373,6 +378,10 @@ async fn on_record(
     }
     if let Some(call) = calls.get_mut(&id) {
         call.records.push(record);
+        if call.requests.is_none() {
+            call.repeated = true;
+            return;
+        }
         match value {
             Some(value) => {
                 if let Some(requests) = &call.requests
@@ -386,9 +395,22 @@ async fn on_record(
         return;
     }
     if let Some(answered) = dedup.get_mut(&id) {
-        if let Some(replies) = answered.replies.clone() {
-            if value.is_none() && answered.request_ended {
-                // A retried call (same idempotency key) or a redelivery: answer it again.
+        if !answered.request_ended {
+            // A late record of the original request stream (the call ended before reading it).
+            if value.is_none() {
+                answered.request_ended = true;
+            }
+            tracker.done(topic, partition, offset);
+            return;
+        }
+        // The original ended: this record belongs to a repeat of the call (a redelivery, or a
+        // client retrying with the same idempotency key).
+        match answered.replies.clone() {
+            Some(answer) => {
+                if value.is_some() {
+                    tracker.done(topic, partition, offset);
+                    return;
+                }
                 backend
                     .metrics
                     .duplicates
@@ -398,19 +420,16 @@ async fn on_record(
                 let backend = backend.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
-                    if resend(&backend, &replies).await {
+                    if resend(&backend, &answer).await {
                         let _ = done_tx.send(Done::Records(vec![record]));
                     }
                 });
-            } else {
-                if value.is_none() {
-                    answered.request_ended = true;
-                }
-                tracker.done(topic, partition, offset);
+                return;
             }
-            return;
+            // No answer worth repeating (too big, or the call was cancelled, timed out or
+            // found the service unavailable): make the call again.
+            None => dedup.remove(&id),
         }
-        dedup.remove(&id);
     }
     // A new call.
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
@@ -428,6 +447,7 @@ async fn on_record(
             requests,
             records: vec![record],
             cancel: cancel.clone(),
+            repeated: false,
         },
     );
     let span = tracing::info_span!("call", method = %full_name, correlation_id = %id);
@@ -563,7 +583,20 @@ async fn run_call(
         () = cancel.cancelled() => Status::cancelled("the client cancelled the call"),
         () = tokio::time::sleep_until(deadline) => Status::deadline_exceeded(format!("the service did not answer within {timeout:?}")),
     };
-    let (durable, replies) = writer.end(&status).await;
+    // Nobody waits for a cancelled call's answer, and a stale end record could reach a retry
+    // of the call (same correlation id): a cancelled call ends without one.
+    let (durable, mut replies) = if status.code() == Code::Cancelled && cancel.is_cancelled() {
+        writer.flush().await
+    } else {
+        writer.end(&status).await
+    };
+    if matches!(
+        status.code(),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable
+    ) {
+        // Not the service's answer: a repeat of this call should really call it.
+        replies = None;
+    }
     backend.metrics.in_flight.dec();
     backend
         .metrics
@@ -852,6 +885,11 @@ impl ReplyWriter {
             extra.push((names.message.clone(), status.message().as_bytes().to_vec()));
         }
         self.write(None, extra).await;
+        self.flush().await
+    }
+
+    /// Waits for the records written so far to be acknowledged.
+    async fn flush(&mut self) -> (bool, Option<Answer>) {
         while let Some(delivery) = self.deliveries.next().await {
             self.check(Some(delivery));
         }
