@@ -724,3 +724,45 @@ fn field_key(message: &DynamicMessage, field: &str) -> Result<String, Status> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_type() -> prost_reflect::MessageDescriptor {
+        let dir = std::env::temp_dir().join(format!(
+            "strait-field-key-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("k.proto"),
+            "syntax = \"proto3\"; package k; \
+             message M { string tenant = 1; int64 id = 2; bytes raw = 3; repeated string tags = 4; }",
+        )
+        .unwrap();
+        let protos = Protos::load(strait_config::grpc::Protos {
+            paths: vec![dir],
+            includes: vec![],
+            reload_interval: Duration::ZERO,
+        })
+        .unwrap();
+        protos.pool().get_message_by_name("k.M").unwrap()
+    }
+
+    #[test]
+    fn record_keys_come_from_scalar_fields() {
+        let descriptor = message_type();
+        // tenant = "acme", id = 42, tags = ["x"]
+        let bytes = [0x0a, 4, b'a', b'c', b'm', b'e', 0x10, 42, 0x22, 1, b'x'];
+        let message = DynamicMessage::decode(descriptor, &bytes[..]).unwrap();
+        assert_eq!(field_key(&message, "tenant").unwrap(), "acme");
+        assert_eq!(field_key(&message, "id").unwrap(), "42");
+        assert_eq!(field_key(&message, "raw").unwrap(), "");
+        let error = field_key(&message, "tags").unwrap_err();
+        assert!(error.message().contains("not a scalar"), "{error:?}");
+        let error = field_key(&message, "nope").unwrap_err();
+        assert!(error.message().contains("not a field of k.M"), "{error:?}");
+    }
+}
