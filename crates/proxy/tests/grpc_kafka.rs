@@ -238,6 +238,7 @@ struct Bridge {
     requests: String,
     replies: String,
     events: String,
+    oneway: String,
     group: String,
     target: String,
     front: Daemon,
@@ -266,6 +267,8 @@ impl Bridge {
         let requests = unique_name("grpc-req");
         let replies = unique_name("grpc-rep");
         let events = unique_name("grpc-events");
+        let oneway = unique_name("grpc-oneway");
+        create_topic(bootstrap, &oneway, 1).await;
         create_topic(bootstrap, &requests, 3).await;
         create_topic(bootstrap, &replies, 2).await;
         create_topic(bootstrap, &events, 2).await;
@@ -276,6 +279,7 @@ impl Bridge {
                 "kafka: {{ bootstrap: '{bootstrap}' }}\n\
                  protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
                  routes:\n\
+                 - {{ method: strait.test.v1.Echo/Unary, metadata: {{ x-route: oneway }}, produce: {{ topic: {oneway} }} }}\n\
                  - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
                  - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
                 proto_dir().display()
@@ -298,6 +302,7 @@ impl Bridge {
             requests,
             replies,
             events,
+            oneway,
             target: target.into(),
             front,
             back: Vec::new(),
@@ -1228,4 +1233,61 @@ async fn a_retry_after_a_deadline_calls_the_service_again() {
         .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
     assert_eq!(reply.into_inner().text, "retried");
     assert_eq!(service.count("retried"), 2);
+}
+
+#[tokio::test]
+async fn a_route_chosen_by_metadata_makes_a_one_way_call() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut kafka = bridge.client().await;
+    let mut call = with_timeout(request("fire and forget"), CALL);
+    call.metadata_mut()
+        .insert("x-route", "oneway".parse().unwrap());
+    let reply = kafka
+        .unary(call)
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(
+        reply,
+        EchoReply::default(),
+        "one-way calls answer an empty message"
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&bridge.oneway]).unwrap();
+    let (value, headers) = wait_until(Duration::from_secs(20), "the one-way record", || async {
+        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .ok()?
+            .ok()?;
+        let headers: Vec<String> = message
+            .headers()
+            .map(|h| h.iter().map(|h| h.key.to_owned()).collect())
+            .unwrap_or_default();
+        Some((message.payload().map(<[u8]>::to_vec), headers))
+    })
+    .await;
+    let sent: EchoRequest =
+        prost::Message::decode(value.expect("a message, not an end record").as_slice()).unwrap();
+    assert_eq!(sent.text, "fire and forget");
+    assert!(headers.contains(&"meta:x-route".to_owned()), "{headers:?}");
+    assert!(
+        !headers.iter().any(|h| h.starts_with("zilla:")),
+        "no correlation headers: {headers:?}"
+    );
+    // Without the metadata, the same method goes to the service.
+    let reply = kafka
+        .unary(with_timeout(request("routed"), CALL))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.text, "routed");
+    assert_eq!(service.count("fire and forget"), 0);
 }
