@@ -310,7 +310,9 @@ impl Bridge {
             backend_extra: String::new(),
         };
         bridge.backend_extra = backend_extra.into();
-        bridge.add_backend().await;
+        if backend_extra != NO_BACKEND {
+            bridge.add_backend().await;
+        }
         bridge
     }
 
@@ -387,6 +389,9 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 }
 
 const CALL: Duration = Duration::from_secs(20);
+
+/// `backend_extra` that starts grpc-kafka alone (the test plays kafka-grpc).
+const NO_BACKEND: &str = "none";
 
 // ---------------------------------------------------------------------------------------------
 
@@ -1290,4 +1295,182 @@ async fn a_route_chosen_by_metadata_makes_a_one_way_call() {
         .into_inner();
     assert_eq!(reply.text, "routed");
     assert_eq!(service.count("fire and forget"), 0);
+}
+
+fn header_map(message: &impl rdkafka::Message) -> HashMap<String, Option<Vec<u8>>> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Kafka side is Zilla's record layout: grpc-kafka's requests can be answered by anything
+/// that writes Zilla-style replies, and kafka-grpc answers Zilla-style requests.
+#[tokio::test]
+async fn the_kafka_side_is_zillas_record_layout() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let consumer = |topic: &str| {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique_name("inspect"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    };
+
+    // 1. grpc-kafka alone; the test answers its request by hand.
+    let front = Bridge::start_with(&bootstrap, target, NO_BACKEND).await;
+    let requests = consumer(&front.requests);
+    let mut client = front.client().await;
+    let call = tokio::spawn(async move {
+        let mut call = with_timeout(request("by hand"), CALL);
+        call.metadata_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
+        client.unary(call).await
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = tokio::time::timeout(CALL, requests.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push((
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
+            header_map(&message),
+        ));
+    }
+    let (key, value, headers) = &seen[0];
+    let text = |v: &Option<Vec<u8>>| String::from_utf8(v.clone().unwrap()).unwrap();
+    let id = text(&headers["zilla:correlation-id"]);
+    assert_eq!(key.as_deref(), Some(id.as_bytes()), "key = correlation id");
+    let sent: EchoRequest = prost::Message::decode(value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        sent.text, "by hand",
+        "value = the message without gRPC framing"
+    );
+    assert_eq!(text(&headers["zilla:service"]), "strait.test.v1.Echo");
+    assert_eq!(text(&headers["zilla:method"]), "Unary");
+    assert_eq!(text(&headers["zilla:reply-to"]), front.replies);
+    assert_eq!(text(&headers["meta:x-tenant"]), "acme");
+    assert!(seen[1].1.is_none(), "a null record ends the request stream");
+    let reply = prost::Message::encode_to_vec(&EchoReply {
+        text: "answered by hand".into(),
+        ..Default::default()
+    });
+    let reply_headers = |end: bool| {
+        let mut h = OwnedHeaders::new()
+            .insert(Header {
+                key: "zilla:correlation-id",
+                value: Some(&id),
+            })
+            .insert(Header {
+                key: "meta:x-answered-by",
+                value: Some("a test"),
+            });
+        if end {
+            h = h.insert(Header {
+                key: "zilla:status",
+                value: Some("0"),
+            });
+        }
+        h
+    };
+    for record in [
+        FutureRecord::to(&front.replies)
+            .key(&id)
+            .payload(&reply)
+            .headers(reply_headers(false)),
+        FutureRecord::to(&front.replies)
+            .key(&id)
+            .headers(reply_headers(true)),
+    ] {
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(response.metadata().get("x-answered-by").unwrap(), "a test");
+    assert_eq!(response.into_inner().text, "answered by hand");
+
+    // 2. kafka-grpc answers a request written by hand in Zilla's layout.
+    let back = Bridge::start(&bootstrap, target).await;
+    let replies = consumer(&back.replies);
+    let id = unique_name("zilla-style");
+    let request_headers = || {
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "zilla:service",
+                value: Some("strait.test.v1.Echo"),
+            })
+            .insert(Header {
+                key: "zilla:method",
+                value: Some("Unary"),
+            })
+            .insert(Header {
+                key: "zilla:reply-to",
+                value: Some(&back.replies),
+            })
+            .insert(Header {
+                key: "zilla:correlation-id",
+                value: Some(&id),
+            })
+            .insert(Header {
+                key: "meta:x-tenant",
+                value: Some("zilla"),
+            })
+    };
+    let body = prost::Message::encode_to_vec(&request("from zilla"));
+    for record in [
+        FutureRecord::to(&back.requests)
+            .key(&id)
+            .payload(&body)
+            .headers(request_headers()),
+        FutureRecord::to(&back.requests)
+            .key(&id)
+            .headers(request_headers()),
+    ] {
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let mut answer = Vec::new();
+    while answer.len() < 2 {
+        let message = tokio::time::timeout(CALL, replies.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no reply\n{}", back.logs()))
+            .unwrap();
+        if message.key() == Some(id.as_bytes()) {
+            answer.push((message.payload().map(<[u8]>::to_vec), header_map(&message)));
+        }
+    }
+    let got: EchoReply = prost::Message::decode(answer[0].0.as_deref().unwrap()).unwrap();
+    assert_eq!(got.text, "from zilla");
+    assert_eq!(
+        got.metadata.get("x-tenant").map(String::as_str),
+        Some("zilla"),
+        "meta:* became metadata"
+    );
+    assert_eq!(text(&answer[0].1["zilla:correlation-id"]), id);
+    assert_eq!(
+        text(&answer[0].1["meta:x-served-by"]),
+        "echo",
+        "response metadata as meta:*"
+    );
+    assert!(answer[1].0.is_none(), "a null record ends the reply");
+    assert_eq!(text(&answer[1].1["zilla:status"]), "0");
+    drop(front);
 }
