@@ -1474,3 +1474,50 @@ async fn the_kafka_side_is_zillas_record_layout() {
     assert_eq!(text(&answer[1].1["zilla:status"]), "0");
     drop(front);
 }
+
+/// grpc-kafka is not ready while a reply topic cannot be read, and becomes ready once it can.
+#[tokio::test]
+async fn grpc_kafka_is_ready_only_once_its_reply_topic_is_read() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (requests, replies) = (unique_name("grpc-req"), unique_name("grpc-rep-later"));
+    create_topic(&bootstrap, &requests, 1).await;
+    let config = write_config(
+        "grpc-kafka-ready",
+        &format!(
+            "kafka: {{ bootstrap: '{bootstrap}' }}\n\
+             protos: {{ paths: ['{}'] }}\n\
+             routes: [{{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}]\n",
+            proto_dir().display()
+        ),
+    );
+    let admin = free_local_addr();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["grpc-kafka", "--config", config.to_str().unwrap()])
+        .arg("--listen")
+        .arg(free_local_addr().to_string())
+        .arg("--metrics-addr")
+        .arg(admin.to_string())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let body = wait_until(Duration::from_secs(20), "/readyz to answer 503", || async {
+        match http_get(admin, "/readyz").await {
+            Ok((503, body)) => Some(body),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(body.contains("kafka"), "{body}");
+    assert_eq!(
+        http_get(admin, "/healthz").await.unwrap().0,
+        200,
+        "alive all along"
+    );
+    create_topic(&bootstrap, &replies, 2).await;
+    wait_until(Duration::from_secs(30), "/readyz to answer 200", || async {
+        matches!(http_get(admin, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    child.kill().await.unwrap();
+}
