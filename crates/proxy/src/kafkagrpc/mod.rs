@@ -238,6 +238,9 @@ async fn consume(
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
     let mut dedup = Dedup::new(config.dedup_window, 100_000);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    // Calls whose requests are all read but not answered yet are bounded: past this many, the
+    // consumer waits for answers instead of buffering more requests in memory.
+    let max_open = config.concurrency.saturating_mul(8).max(64);
     let mut commit_tick = tokio::time::interval(Duration::from_millis(100));
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -253,7 +256,7 @@ async fn consume(
                 }
                 commit(&consumer, &mut tracker, CommitMode::Async);
             }
-            message = consumer.recv() => {
+            message = consumer.recv(), if room_for_more(&calls, max_open) => {
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
@@ -291,6 +294,12 @@ async fn consume(
     }
     commit(&consumer, &mut tracker, CommitMode::Sync);
     Ok(())
+}
+
+/// Whether to read more records: below `max_open` calls, or while some open call still waits
+/// for its own request records (stopping then could never end).
+fn room_for_more(calls: &HashMap<String, OpenCall>, max_open: usize) -> bool {
+    calls.len() < max_open || calls.values().any(|c| c.requests.is_some())
 }
 
 #[allow(clippy::too_many_arguments)]
