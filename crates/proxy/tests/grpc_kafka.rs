@@ -390,6 +390,48 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
 
 const CALL: Duration = Duration::from_secs(20);
 
+type NoTimerClient = tonic::client::Grpc<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic::body::Body,
+    >,
+>;
+
+/// A gRPC client that sends `grpc-timeout` but keeps no timer of its own (tonic's channel would
+/// cancel locally at the deadline), so a test sees what the server answers.
+fn no_timer_client(addr: SocketAddr) -> NoTimerClient {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    tonic::client::Grpc::with_origin(client, format!("http://{addr}").parse().unwrap())
+}
+
+/// A unary Echo call with `grpc-timeout` set by hand.
+async fn unary_with_deadline(
+    client: &mut NoTimerClient,
+    message: EchoRequest,
+    timeout: Duration,
+    idempotency_key: Option<&str>,
+) -> Result<EchoReply, Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("{e:?}")))?;
+    let mut request = Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
+    request.metadata_mut().insert(
+        "grpc-timeout",
+        format!("{}m", timeout.as_millis()).parse().unwrap(),
+    );
+    if let Some(key) = idempotency_key {
+        request
+            .metadata_mut()
+            .insert("idempotency-key", key.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Echo/Unary");
+    let reply = client.unary(request, path, RawCodec).await?.into_inner();
+    Ok(prost::Message::decode(reply.as_ref()).unwrap())
+}
+
 /// `backend_extra` that starts grpc-kafka alone (the test plays kafka-grpc).
 const NO_BACKEND: &str = "none";
 
@@ -605,19 +647,20 @@ async fn deadline_is_honoured_with_deadline_exceeded() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let (target, service) = start_service().await;
     let bridge = Bridge::start(&bootstrap, target).await;
-    let mut kafka = bridge.client().await;
     let started = std::time::Instant::now();
-    let status = kafka
-        .unary(with_timeout(
-            EchoRequest {
-                text: "slow".into(),
-                delay_ms: 5_000,
-                ..Default::default()
-            },
-            Duration::from_millis(1500),
-        ))
-        .await
-        .unwrap_err();
+    let mut client = no_timer_client(bridge.addr);
+    let status = unary_with_deadline(
+        &mut client,
+        EchoRequest {
+            text: "slow".into(),
+            delay_ms: 5_000,
+            ..Default::default()
+        },
+        Duration::from_millis(1500),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -1211,32 +1254,22 @@ async fn a_retry_after_a_deadline_calls_the_service_again() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let (target, service) = start_service().await;
     let bridge = Bridge::start(&bootstrap, target).await;
-    let mut kafka = bridge.client().await;
-    let call = |delay_ms, timeout| {
-        let mut call = with_timeout(
-            EchoRequest {
-                text: "retried".into(),
-                delay_ms,
-                ..Default::default()
-            },
-            timeout,
-        );
-        call.metadata_mut()
-            .insert("idempotency-key", unique_name("key").parse().unwrap());
-        call
+    let key = unique_name("key");
+    let mut client = no_timer_client(bridge.addr);
+    let slow = EchoRequest {
+        text: "retried".into(),
+        delay_ms: 3_000,
+        ..Default::default()
     };
-    let first = call(3_000, Duration::from_millis(800));
-    let key = first.metadata().get("idempotency-key").unwrap().clone();
-    let status = kafka.unary(first).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let status = unary_with_deadline(&mut client, slow, Duration::from_millis(800), Some(&key))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     // The cancelled attempt is not an answer: the retry reaches the service and succeeds.
-    let mut retry = call(0, CALL);
-    retry.metadata_mut().insert("idempotency-key", key);
-    let reply = kafka
-        .unary(retry)
+    let reply = unary_with_deadline(&mut client, request("retried"), CALL, Some(&key))
         .await
         .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
-    assert_eq!(reply.into_inner().text, "retried");
+    assert_eq!(reply.text, "retried");
     assert_eq!(service.count("retried"), 2);
 }
 

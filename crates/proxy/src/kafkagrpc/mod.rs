@@ -104,6 +104,7 @@ struct Backend {
 enum Done {
     Call {
         correlation_id: String,
+        instance: u64,
         replies: Option<Arc<Answer>>,
         durable: bool,
     },
@@ -111,6 +112,8 @@ enum Done {
 }
 
 struct OpenCall {
+    /// Tells this run of the call from a later one with the same correlation id.
+    instance: u64,
     requests: Option<mpsc::Sender<Bytes>>,
     records: Vec<(String, i32, i64)>,
     cancel: CancellationToken,
@@ -237,6 +240,7 @@ async fn consume(
     let mut tracker = OffsetTracker::default();
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
     let mut dedup = Dedup::new(config.dedup_window, 100_000);
+    let mut superseded: Superseded = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     // Calls whose requests are all read but not answered yet are bounded: past this many, the
     // consumer waits for answers instead of buffering more requests in memory.
@@ -248,7 +252,7 @@ async fn consume(
             biased;
             () = shutdown.cancelled() => break,
             Some(done) = done_rx.recv() => {
-                finish(done, &mut calls, &mut tracker, &mut dedup);
+                finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded);
             }
             _ = commit_tick.tick() => {
                 for (topic, partition) in consumer.context().revoked.lock().expect("revoked lock poisoned").drain(..) {
@@ -270,7 +274,7 @@ async fn consume(
                 let headers = CallHeaders::read(&message, names);
                 let value = message.payload().map(Bytes::copy_from_slice);
                 drop(message);
-                on_record(&backend, record, headers, value, &mut calls, &mut tracker, &mut dedup, &done_tx).await;
+                on_record(&backend, record, headers, value, &mut calls, &mut tracker, &mut dedup, &mut superseded, &done_tx).await;
             }
         }
     }
@@ -281,7 +285,7 @@ async fn consume(
     }
     while !calls.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(done)) => finish(done, &mut calls, &mut tracker, &mut dedup),
+            Ok(Some(done)) => finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded),
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(
@@ -302,6 +306,12 @@ fn room_for_more(calls: &HashMap<String, OpenCall>, max_open: usize) -> bool {
     calls.len() < max_open || calls.values().any(|c| c.requests.is_some())
 }
 
+/// Records of calls replaced by a repeat (same correlation id) after they were cancelled, by
+/// instance: done when the replaced run finishes.
+type Superseded = HashMap<u64, Vec<(String, i32, i64)>>;
+
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[allow(clippy::too_many_arguments)]
 async fn on_record(
     backend: &Arc<Backend>,
@@ -311,6 +321,7 @@ async fn on_record(
     calls: &mut HashMap<String, OpenCall>,
     tracker: &mut OffsetTracker,
     dedup: &mut Dedup,
+    superseded: &mut Superseded,
     done_tx: &mpsc::UnboundedSender<Done>,
 ) {
     let config = &backend.config;
@@ -385,7 +396,16 @@ async fn on_record(
         tracker.done(topic, partition, offset);
         return;
     }
-    if let Some(call) = calls.get_mut(&id) {
+    if value.is_some()
+        && let Some(call) = calls.get(&id)
+        && call.requests.is_none()
+        && call.cancel.is_cancelled()
+    {
+        // A client repeats a call whose first run it cancelled (e.g. a retry after its
+        // deadline), before that run has wound down: this record starts a new run.
+        let old = calls.remove(&id).expect("present");
+        superseded.insert(old.instance, old.records);
+    } else if let Some(call) = calls.get_mut(&id) {
         call.records.push(record);
         if call.requests.is_none() {
             call.repeated = true;
@@ -450,9 +470,11 @@ async fn on_record(
         None => None,
     };
     let cancel = CancellationToken::new();
+    let instance = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     calls.insert(
         id.clone(),
         OpenCall {
+            instance,
             requests,
             records: vec![record],
             cancel: cancel.clone(),
@@ -469,7 +491,17 @@ async fn on_record(
         timeout: headers.timeout_ms.map(Duration::from_millis),
         headers: headers.all,
     };
-    tokio::spawn(run_call(backend.clone(), start, rx, cancel, done_tx.clone()).instrument(span));
+    tokio::spawn(
+        run_call(
+            backend.clone(),
+            start,
+            instance,
+            rx,
+            cancel,
+            done_tx.clone(),
+        )
+        .instrument(span),
+    );
 }
 
 fn finish(
@@ -477,6 +509,7 @@ fn finish(
     calls: &mut HashMap<String, OpenCall>,
     tracker: &mut OffsetTracker,
     dedup: &mut Dedup,
+    superseded: &mut Superseded,
 ) {
     match done {
         Done::Records(records) => {
@@ -486,12 +519,25 @@ fn finish(
         }
         Done::Call {
             correlation_id,
+            instance,
             replies,
             durable,
         } => {
-            let Some(call) = calls.remove(&correlation_id) else {
+            if calls
+                .get(&correlation_id)
+                .is_none_or(|c| c.instance != instance)
+            {
+                // A run replaced by a repeat: only its records remain to be done.
+                if let Some(records) = superseded.remove(&instance)
+                    && durable
+                {
+                    for (topic, partition, offset) in records {
+                        tracker.done(&topic, partition, offset);
+                    }
+                }
                 return;
-            };
+            }
+            let call = calls.remove(&correlation_id).expect("checked");
             if !durable {
                 tracing::error!(%correlation_id, "the reply was not acknowledged by Kafka; its request stays uncommitted and will be redelivered");
                 return;
@@ -566,6 +612,7 @@ fn request_stream(
 async fn run_call(
     backend: Arc<Backend>,
     start: CallStart,
+    instance: u64,
     rx: mpsc::Receiver<Bytes>,
     cancel: CancellationToken,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -613,6 +660,7 @@ async fn run_call(
     tracing::debug!(code = ?status.code(), "call finished");
     let _ = done_tx.send(Done::Call {
         correlation_id: start.correlation_id,
+        instance,
         replies: replies.map(Arc::new),
         durable,
     });
