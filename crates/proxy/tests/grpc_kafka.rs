@@ -281,6 +281,7 @@ impl Bridge {
                  routes:\n\
                  - {{ method: strait.test.v1.Echo/Unary, metadata: {{ x-route: oneway }}, produce: {{ topic: {oneway} }} }}\n\
                  - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
+                 - {{ method: strait.test.v1.Events/Fetch, metadata: {{ x-only: k1 }}, fetch: {{ topic: {events}, filters: [{{ key: k1 }}] }} }}\n\
                  - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
                 proto_dir().display()
             ),
@@ -830,7 +831,7 @@ async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
             .unwrap();
     }
     let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Events/Fetch");
-    let fetch = |resume: Option<String>| {
+    let fetch_with = |resume: Option<String>, only: Option<&'static str>| {
         let path = path.clone();
         let bridge = &bridge;
         async move {
@@ -842,12 +843,18 @@ async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
                     .metadata_mut()
                     .insert("last-message-id", id.parse().unwrap());
             }
+            if let Some(key) = only {
+                request
+                    .metadata_mut()
+                    .insert("x-only", key.parse().unwrap());
+            }
             raw.streaming(request, path, RawCodec)
                 .await
                 .unwrap()
                 .into_inner()
         }
     };
+    let fetch = |resume: Option<String>| fetch_with(resume, None);
     let decode = |bytes: &Bytes| -> (String, Vec<u8>) {
         let event: pb::Event = prost::Message::decode(bytes.as_ref()).unwrap();
         (
@@ -888,6 +895,25 @@ async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), 10, "every event exactly once: {seen:?}");
+
+    // A route with a key filter delivers only that key's events.
+    let mut stream = fetch_with(None, Some("k1")).await;
+    let mut filtered = Vec::new();
+    while filtered.len() < 3 {
+        let message = tokio::time::timeout(CALL, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        filtered.push(decode(&message).0);
+    }
+    filtered.sort();
+    assert_eq!(filtered, ["e1", "e4", "e7"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), stream.message())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
