@@ -641,22 +641,29 @@ async fn ensure_topics(
             }
         }
     }
-    let resources: Vec<ResourceSpecifier<'_>> = compacted
-        .iter()
-        .map(|t| ResourceSpecifier::Topic(t.as_str()))
-        .collect();
-    let described = admin
-        .describe_configs(&resources, &options)
-        .await
-        .context("describing the retained and sessions topics")?;
-    for (topic, result) in compacted.iter().zip(described) {
-        let resource = result.with_context(|| {
-            format!("Kafka topic {topic} is missing (set kafka.createTopics: true or create it compacted)")
-        })?;
-        let policy = resource
-            .get("cleanup.policy")
-            .and_then(|e| e.value.clone())
-            .unwrap_or_default();
+    for topic in compacted {
+        // A topic created a moment ago may not be described yet: retry briefly.
+        let mut attempts = 0;
+        let policy = loop {
+            attempts += 1;
+            let described = admin
+                .describe_configs(&[ResourceSpecifier::Topic(topic.as_str())], &options)
+                .await
+                .context("describing the retained and sessions topics")?;
+            let policy = match described.into_iter().next() {
+                Some(Ok(resource)) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+                Some(Err(error)) if attempts >= 20 => bail!(
+                    "Kafka topic {topic} cannot be described ({error}): is it missing? Set \
+                     kafka.createTopics: true or create it with cleanup.policy=compact"
+                ),
+                _ => None,
+            };
+            match policy {
+                Some(policy) if !policy.is_empty() => break policy,
+                _ if attempts >= 20 => break String::new(),
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
         if !policy.split(',').any(|p| p.trim() == "compact") {
             bail!(
                 "Kafka topic {topic} has cleanup.policy={policy}, but the retained and sessions topics must \

@@ -653,6 +653,14 @@ impl Session {
     async fn acknowledge(&mut self, ack: Ack, result: ProduceResult, ctx: &Context) -> Option<End> {
         if let Err(reason) = result {
             ctx.metrics.error("kafka_produce_failed");
+            if reason == ReasonCode::PACKET_TOO_LARGE {
+                // Kafka's record limit is below the packet size: PUBACK/PUBREC cannot carry
+                // 0x95, so the session ends with it, as for any packet that is too large.
+                return Some(End::Server(
+                    reason,
+                    "message larger than Kafka accepts".into(),
+                ));
+            }
             if self.protocol == Protocol::V311 {
                 // 3.1.1 cannot refuse a PUBLISH: close without acknowledging it.
                 return Some(End::Server(reason, "Kafka did not take the message".into()));
