@@ -645,3 +645,125 @@ async fn set_topic_config(kafka: &str, topic: &str, key: &str, value: &str) {
         r.expect("config altered");
     });
 }
+
+#[tokio::test]
+async fn qos2_is_written_once_even_when_the_publish_is_resent_after_a_reconnect() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "qos2").await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("once/#", QoS::ExactlyOnce)]).await;
+
+    let id = unique_name("qos2pub");
+    let publish = |dup| {
+        Packet::Publish(mqtt::Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "once/x".into(),
+            packet_id: 7,
+            payload: Bytes::from_static(b"exactly"),
+            ..Default::default()
+        })
+    };
+    let (mut client, _) = raw_session(&relay, Protocol::V5, v5_connect(&id, true, 300)).await;
+    client.send(&publish(false)).await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7 && r.reason_code == ReasonCode::SUCCESS)
+    );
+    // The connection drops before PUBREL; the client resends on its next connection.
+    drop(client);
+    let (mut client, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, false, 300)).await;
+    assert!(ack.session_present);
+    client.send(&publish(true)).await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7 && r.reason_code == ReasonCode::SUCCESS)
+    );
+    client
+        .send(&Packet::PubRel(mqtt::PubRel {
+            packet_id: 7,
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubComp(c)) if c.packet_id == 7 && c.reason_code == ReasonCode::SUCCESS)
+    );
+
+    // The subscriber gets it at QoS 2, once, through PUBREC/PUBREL/PUBCOMP.
+    let got = match sub.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected the QoS 2 PUBLISH, got {other:?}"),
+    };
+    assert_eq!(
+        (got.qos, &got.payload[..]),
+        (QoS::ExactlyOnce, &b"exactly"[..])
+    );
+    sub.send(&Packet::PubRec(mqtt::PubRec {
+        packet_id: got.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.packet_id == got.packet_id));
+    sub.send(&Packet::PubComp(mqtt::PubComp {
+        packet_id: got.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        next_publish(&mut sub, QUIET).await.map(|p| p.topic),
+        None,
+        "delivered once"
+    );
+    assert_eq!(
+        count_records(&kafka, &relay.topics.messages, "once/x").await,
+        1,
+        "written to Kafka once"
+    );
+}
+
+#[tokio::test]
+async fn a_will_with_a_delay_waits_and_is_cancelled_by_a_reconnect() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "willdelay").await;
+    let (mut watcher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("watch"))).await;
+    subscribe(&mut watcher, 1, &[("late/#", QoS::AtLeastOnce)]).await;
+    let with_delay = |id: &str, topic: &str| {
+        let mut connect = v5_connect(id, true, 60);
+        connect.will = Some(mqtt::Will {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            properties: mqtt::WillProperties {
+                will_delay_interval: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        connect
+    };
+    // Comes back within the delay: no will.
+    let back = unique_name("back");
+    let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&back, "late/back")).await;
+    drop(client);
+    let (_returned, _) = raw_session(&relay, Protocol::V5, v5_connect(&back, false, 60)).await;
+    // Stays away: the will comes after the delay, not before.
+    let away = unique_name("away");
+    let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&away, "late/away")).await;
+    let dropped_at = std::time::Instant::now();
+    drop(client);
+    let got = next_publish(&mut watcher, Duration::from_secs(15))
+        .await
+        .expect("the delayed will");
+    assert_eq!(
+        got.topic, "late/away",
+        "only the will of the client that stayed away"
+    );
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(1900),
+        "will came after {:?}",
+        dropped_at.elapsed()
+    );
+    assert_eq!(
+        next_publish(&mut watcher, QUIET).await.map(|p| p.topic),
+        None
+    );
+}

@@ -246,3 +246,27 @@ pub async fn raw_session(
 ) -> (RawClient, mqtt::ConnAck) {
     RawClient::session(relay.mqtt, protocol, connect).await
 }
+
+/// How many records with `key` `topic` holds (reads until 2 s pass without a new record).
+pub async fn count_records(bootstrap: &str, topic: &str, key: &str) -> usize {
+    let (bootstrap, topic, key) = (bootstrap.to_string(), topic.to_string(), key.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = plain_consumer(&bootstrap, &topic);
+        let mut count = 0;
+        let mut quiet_since = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2)
+            || started.elapsed() < Duration::from_secs(5)
+        {
+            if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+                quiet_since = std::time::Instant::now();
+                if record.key() == Some(key.as_bytes()) {
+                    count += 1;
+                }
+            }
+        }
+        count
+    })
+    .await
+    .expect("reader thread")
+}
