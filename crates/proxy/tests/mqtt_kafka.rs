@@ -767,3 +767,69 @@ async fn a_will_with_a_delay_waits_and_is_cancelled_by_a_reconnect() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_shared_subscription_splits_the_messages_among_three_members() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "shared").await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let (mut member, ack) =
+            raw_session(&relay, Protocol::V5, connect_packet(&unique_name("member"))).await;
+        assert_eq!(ack.properties.shared_subscription_available, Some(true));
+        assert_eq!(
+            subscribe(
+                &mut member,
+                1,
+                &[("$share/workers/jobs/+", QoS::AtLeastOnce)]
+            )
+            .await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        members.push(member);
+    }
+    let (mut everything, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("all"))).await;
+    subscribe(&mut everything, 1, &[("jobs/+", QoS::AtLeastOnce)]).await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=30u16 {
+        assert_eq!(
+            publish_qos1(
+                &mut publisher,
+                "jobs/build",
+                i,
+                format!("job{i}").as_bytes()
+            )
+            .await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut all = Vec::new();
+    while all.len() < 30 {
+        let p = next_publish(&mut everything, Duration::from_secs(10))
+            .await
+            .expect("the plain subscriber gets every job");
+        all.push(p.payload);
+    }
+    let mut seen = BTreeSet::new();
+    let mut counts = Vec::new();
+    for member in &mut members {
+        let mut count = 0;
+        while let Some(p) = next_publish(member, QUIET).await {
+            assert!(
+                seen.insert(p.payload.clone()),
+                "{:?} went to two members",
+                p.payload
+            );
+            count += 1;
+        }
+        counts.push(count);
+    }
+    assert_eq!(seen.len(), 30, "every job reached one member: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c >= 5),
+        "members share the work: {counts:?}"
+    );
+}

@@ -293,7 +293,9 @@ pub struct KafkaUpstream {
     /// sessions it matches.
     positions: Vec<Vec<AtomicI64>>,
     partitions: HashMap<String, i32>,
-    subscriptions: RwLock<Trie<u64>>,
+    subscriptions: RwLock<Trie<Target>>,
+    /// Round-robin over the members of shared subscriptions.
+    shared_turn: AtomicU64,
     inboxes: RwLock<HashMap<u64, Arc<Inbox>>>,
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
@@ -460,6 +462,7 @@ impl KafkaUpstream {
             positions,
             partitions,
             subscriptions: RwLock::default(),
+            shared_turn: AtomicU64::new(0),
             inboxes: RwLock::default(),
             retained,
             sessions,
@@ -511,10 +514,23 @@ impl KafkaUpstream {
         ) {
             Ok(message) => {
                 let mut ids = Vec::new();
-                self.subscriptions
-                    .read()
-                    .expect("trie lock")
-                    .matches(&message.topic, |id| ids.push(*id));
+                let mut groups: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+                let trie = self.subscriptions.read().expect("trie lock");
+                trie.matches(&message.topic, |target| match &target.shared {
+                    None => ids.push(target.session),
+                    Some(group) => groups
+                        .entry(group.clone())
+                        .or_default()
+                        .push(target.session),
+                });
+                // A shared subscription (`$share/GROUP/FILTER`) gets each record once: its
+                // members take turns.
+                for (_, mut members) in groups {
+                    members.sort_unstable();
+                    let turn = self.shared_turn.fetch_add(1, Ordering::Relaxed);
+                    ids.push(members[(turn % members.len() as u64) as usize]);
+                }
+                drop(trie);
                 if !ids.is_empty() {
                     ids.sort_unstable();
                     ids.dedup();
@@ -565,24 +581,57 @@ impl KafkaUpstream {
     fn unregister(&self, id: u64, filters: impl IntoIterator<Item = String>) {
         let mut trie = self.subscriptions.write().expect("trie lock");
         for filter in filters {
-            trie.remove(&filter, &id);
+            let (inner, target) = Target::of(id, &filter);
+            trie.remove(inner, &target);
         }
         drop(trie);
         self.inboxes.write().expect("inbox lock").remove(&id);
     }
 
     fn subscribe(&self, id: u64, filter: &str) {
+        let (inner, target) = Target::of(id, filter);
         self.subscriptions
             .write()
             .expect("trie lock")
-            .insert(filter, id);
+            .insert(inner, target);
     }
 
     fn unsubscribe(&self, id: u64, filter: &str) {
+        let (inner, target) = Target::of(id, filter);
         self.subscriptions
             .write()
             .expect("trie lock")
-            .remove(filter, &id);
+            .remove(inner, &target);
+    }
+}
+
+/// What a trie entry reaches: a session, through a plain or a shared subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    session: u64,
+    /// The whole `$share/GROUP/FILTER` of a shared subscription.
+    shared: Option<Arc<str>>,
+}
+
+impl Target {
+    /// The filter to match and the entry for subscription `filter` of session `id`.
+    fn of(id: u64, filter: &str) -> (&str, Self) {
+        match strait_mqtt_codec::topic::parse_shared(filter) {
+            Some((_, inner)) => (
+                inner,
+                Self {
+                    session: id,
+                    shared: Some(filter.into()),
+                },
+            ),
+            None => (
+                filter,
+                Self {
+                    session: id,
+                    shared: None,
+                },
+            ),
+        }
     }
 }
 

@@ -240,7 +240,7 @@ pub(crate) async fn run(
         p.retain_available = Some(true);
         p.wildcard_subscription_available = Some(true);
         p.subscription_identifier_available = Some(true);
-        p.shared_subscription_available = Some(false);
+        p.shared_subscription_available = Some(true);
         p.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         p.assigned_client_identifier = assigned;
     }
@@ -714,9 +714,13 @@ impl Session {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if mqtt::topic::parse_shared(&sub.filter).is_some() {
-                reason_codes.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-                continue;
+            let shared = mqtt::topic::parse_shared(&sub.filter).is_some();
+            if shared && sub.options.no_local {
+                // MQTT-3.8.3-4.
+                return Some(End::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local on a shared subscription".into(),
+                ));
             }
             let stored = StoredSubscription::new(sub, subscription_id);
             let new = self
@@ -726,11 +730,13 @@ impl Session {
             if new {
                 self.up.subscribe(self.id, &sub.filter);
             }
-            let send_retained = match sub.options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendAtSubscribeIfNew => new,
-                RetainHandling::DoNotSend => false,
-            };
+            // Shared subscriptions get no retained messages on subscribe.
+            let send_retained = !shared
+                && match sub.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => new,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 retained_for.push(sub.filter.clone());
             }
@@ -849,10 +855,18 @@ impl Session {
         if from_catch_up && delivery.message.qos == QoS::AtMostOnce {
             return;
         }
+        // A catch-up reads every record: shared subscriptions, whose records other members
+        // may have had, are not caught up.
         let matching: Vec<&StoredSubscription> = self
             .subscriptions
             .values()
-            .filter(|s| mqtt::topic::matches(&s.filter, &delivery.message.topic))
+            .filter(|s| {
+                let (filter, shared) = match mqtt::topic::parse_shared(&s.filter) {
+                    Some((_, inner)) => (inner, true),
+                    None => (s.filter.as_str(), false),
+                };
+                !(shared && from_catch_up) && mqtt::topic::matches(filter, &delivery.message.topic)
+            })
             .collect();
         if matching.is_empty() {
             return;
