@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,11 @@ pub struct KafkaConfig {
     /// QoS 1/2 delivery is paused.
     #[serde(default = "default_session_queue")]
     pub session_queue: usize,
+    /// How long an s-proxy replica may stay silent in the sessions topic before the others
+    /// consider it dead and publish the wills of the clients it served.
+    #[serde(default = "default_replica_lease", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub replica_lease: Duration,
     /// Extra librdkafka properties (e.g. `linger.ms`); they may not replace the ones Strait sets
     /// from the fields above.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -76,6 +82,7 @@ impl KafkaConfig {
             routes: Vec::new(),
             clients: Vec::new(),
             session_queue: default_session_queue(),
+            replica_lease: default_replica_lease(),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -171,6 +178,12 @@ impl KafkaConfig {
                     format!("{pattern:?} must capture exactly one level as {{identity}}"),
                 ));
             }
+        }
+        if self.replica_lease < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "kafka.replicaLease",
+                "must be at least 1s",
+            ));
         }
         if self.session_queue == 0 {
             return Err(ConfigError::invalid(
@@ -374,6 +387,9 @@ fn default_replication() -> i32 {
 }
 fn default_session_queue() -> usize {
     1024
+}
+fn default_replica_lease() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[cfg(test)]

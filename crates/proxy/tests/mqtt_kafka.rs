@@ -833,3 +833,39 @@ async fn a_shared_subscription_splits_the_messages_among_three_members() {
         "members share the work: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_surviving_replica_publishes_the_will_when_the_clients_s_proxy_dies() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let lease = "  replicaLease: 3s\n";
+    let mut doomed = KafkaRelay::start_with(&kafka, Topics::unique("orphan"), lease).await;
+    let survivor = KafkaRelay::start_with(&kafka, doomed.topics.clone(), lease).await;
+    let (mut watcher, _) = raw_session(
+        &survivor,
+        Protocol::V5,
+        connect_packet(&unique_name("watch")),
+    )
+    .await;
+    subscribe(&mut watcher, 1, &[("orphans/#", QoS::AtLeastOnce)]).await;
+    let id = unique_name("orphan");
+    let (_client, _) = raw_session(
+        &doomed,
+        Protocol::V311,
+        support::connect_with_will(&id, "orphans/x", b"my s-proxy died"),
+    )
+    .await;
+
+    doomed.s_proxy.kill().await;
+    let got = next_publish(&mut watcher, Duration::from_secs(30))
+        .await
+        .expect("the will, from the surviving replica");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("orphans/x", &b"my s-proxy died"[..])
+    );
+    assert_eq!(
+        next_publish(&mut watcher, QUIET).await.map(|p| p.topic),
+        None,
+        "published once"
+    );
+}

@@ -12,6 +12,7 @@ pub mod routing;
 mod session;
 pub mod state;
 pub mod trie;
+mod watchdog;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -472,6 +473,7 @@ impl KafkaUpstream {
             config,
         });
         upstream.start_dispatcher()?;
+        tokio::spawn(watchdog::run(upstream.clone()));
         Ok(upstream)
     }
 

@@ -141,6 +141,13 @@ pub(crate) async fn run(
         connect.client_id = format!("strait-{}-{}", up.instance, up.next_id());
         assigned = Some(connect.client_id.clone());
     }
+    if connect.client_id.starts_with(super::state::REPLICA_PREFIX) {
+        return refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client ids starting with $strait/ are reserved".into(),
+        )
+        .await;
+    }
     let client_id = connect.client_id.clone();
     let expiry = match protocol {
         Protocol::V311 if connect.clean_start => 0,
@@ -1187,7 +1194,7 @@ fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64)
 }
 
 /// Writes (or with `None` deletes) a client's session record, acks=all.
-async fn put_session(
+pub(super) async fn put_session(
     up: &KafkaUpstream,
     client_id: &str,
     value: Option<Vec<u8>>,

@@ -8,6 +8,18 @@ use strait_mqtt_codec::{self as mqtt, QoS};
 
 pub const VERSION: u32 = 1;
 
+/// Sessions-topic key prefix of replica heartbeats (`$strait/replica/<instance>`); MQTT client
+/// ids with this prefix are refused.
+pub const REPLICA_PREFIX: &str = "$strait/replica/";
+
+/// A replica's heartbeat in the sessions topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub version: u32,
+    pub alive_at_ms: i64,
+}
+
 /// A session as stored. A null record (tombstone) means no session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
