@@ -869,3 +869,36 @@ async fn a_surviving_replica_publishes_the_will_when_the_clients_s_proxy_dies() 
         "published once"
     );
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_is_paused_not_disconnected_and_misses_nothing() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    // A delivery queue of 4 messages per session.
+    let relay = KafkaRelay::start_with(&kafka, Topics::unique("slow"), "  sessionQueue: 4\n").await;
+    let mut connect = connect_packet(&unique_name("slow"));
+    connect.properties.receive_maximum = Some(1);
+    let (mut slow, _) = raw_session(&relay, Protocol::V5, connect).await;
+    subscribe(&mut slow, 1, &[("burst/#", QoS::AtLeastOnce)]).await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=40u16 {
+        assert_eq!(
+            publish_qos1(&mut publisher, "burst/x", i, format!("m{i}").as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let p = next_publish(&mut slow, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 40 arrived", got.len()));
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    let want: Vec<String> = (1..=40).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "every message, in order, once");
+    assert_eq!(
+        next_publish(&mut slow, QUIET).await.map(|p| p.payload),
+        None
+    );
+}

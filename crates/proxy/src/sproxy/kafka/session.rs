@@ -41,6 +41,9 @@ const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 /// How a produce ended, for the acknowledgement.
 type ProduceResult = Result<(), ReasonCode>;
 
+/// Records a session missed, read from Kafka (an error ends the session).
+type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
+
 /// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
 type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
 
@@ -405,7 +408,7 @@ impl Session {
         to_client: &ToClient,
         ctx: &Context,
         kicked: &mut mpsc::Receiver<()>,
-        mut catch_up: Option<mpsc::Receiver<Arc<Delivery>>>,
+        mut catch_up: Option<CatchUp>,
     ) -> End {
         let mut acks: Acks = FuturesOrdered::new();
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
@@ -417,6 +420,10 @@ impl Session {
         }
         loop {
             self.fill_window();
+            if catch_up.is_none() {
+                // The window may have opened (an acknowledgement came): take what is queued.
+                self.drain_inbox();
+            }
             if !self.out.is_empty() {
                 let frame = ServerFrame {
                     packets: std::mem::take(&mut self.out),
@@ -426,11 +433,10 @@ impl Session {
                     return End::Dropped;
                 }
             }
-            if self.inbox_overflowed() {
-                return End::Server(
-                    ReasonCode::QUOTA_EXCEEDED,
-                    "the client reads too slowly: delivery queue full".into(),
-                );
+            if catch_up.is_none() {
+                // The inbox overflowed (the client was slow): once it is drained, read what was
+                // left out from Kafka, then go on live. QoS >= 1 delivery pauses, nothing is lost.
+                catch_up = self.resume_overflow();
             }
             let window_open = self.outgoing.len() < self.client_receive_max;
             tokio::select! {
@@ -469,7 +475,12 @@ impl Session {
                     if catch_up.is_some() && window_open =>
                 {
                     match delivery {
-                        Some(delivery) => {
+                        Some(Err(error)) => {
+                            // Without what it missed the session cannot go on: the client
+                            // reconnects and resumes from the stored progress.
+                            return End::Server(ReasonCode::UNSPECIFIED_ERROR, format!("reading missed messages: {error}"));
+                        }
+                        Some(Ok(delivery)) => {
                             let key = (delivery.topic, delivery.partition);
                             self.catching_up.insert(key, delivery.offset + 1);
                             self.deliver(&delivery, true);
@@ -493,16 +504,6 @@ impl Session {
                 _ = self.up.shutdown.cancelled() => return End::Shutdown,
             }
         }
-    }
-
-    fn inbox_overflowed(&self) -> bool {
-        !self
-            .inbox
-            .state
-            .lock()
-            .expect("inbox lock")
-            .overflow
-            .is_empty()
     }
 
     /// Handles one packet from the client; `Some` ends the session.
@@ -967,7 +968,7 @@ impl Session {
     fn start_catch_up(
         &mut self,
         offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
-    ) -> Option<mpsc::Receiver<Arc<Delivery>>> {
+    ) -> Option<CatchUp> {
         let now = self.up.positions();
         let mut ranges = Vec::new();
         for (t, topic) in self.up.topics.iter().enumerate() {
@@ -976,23 +977,56 @@ impl Session {
             };
             for (p, end) in now[t].iter().enumerate() {
                 let p = p as i32;
-                self.live_from.insert((t, p), *end);
-                if let Some(from) = stored.get(&p)
-                    && from < end
-                {
-                    ranges.push((t, topic.clone(), p, *from, *end));
-                    self.catching_up.insert((t, p), *from);
+                if let Some(from) = stored.get(&p) {
+                    ranges.push((t, p, *from, *end));
                 }
             }
         }
-        if ranges.is_empty() {
+        self.catch_up(ranges)
+    }
+
+    /// After an overflow, once the inbox is drained: a catch-up over what was dropped.
+    fn resume_overflow(&mut self) -> Option<CatchUp> {
+        // Positions first: every record before them is in the inbox or in `overflow`.
+        let now = self.up.positions();
+        let overflow = {
+            let mut state = self.inbox.state.lock().expect("inbox lock");
+            if state.overflow.is_empty() || !state.items.is_empty() {
+                return None;
+            }
+            std::mem::take(&mut state.overflow)
+        };
+        tracing::debug!(
+            partitions = overflow.len(),
+            "delivery queue overflowed; reading the rest from Kafka"
+        );
+        let ranges = overflow
+            .into_iter()
+            .map(|((t, p), from)| (t, p, from, now[t][p as usize]))
+            .collect();
+        self.catch_up(ranges)
+    }
+
+    /// Reads `ranges` (topic index, partition, from, to) for this session; live deliveries below
+    /// `to` are skipped from now on.
+    fn catch_up(&mut self, ranges: Vec<(usize, i32, i64, i64)>) -> Option<CatchUp> {
+        let mut reads = Vec::new();
+        for (t, p, from, to) in ranges {
+            self.live_from.insert((t, p), to);
+            if from < to {
+                reads.push((t, self.up.topics[t].clone(), p, from, to));
+                self.catching_up.insert((t, p), from);
+            }
+        }
+        if reads.is_empty() {
             return None;
         }
         let (tx, rx) = mpsc::channel(256);
         let client = super::reader_config(&self.up.client);
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = catch_up(client, ranges, tx) {
+            if let Err(error) = catch_up(client, reads, &tx) {
                 tracing::warn!(error = format!("{error:#}"), "catch-up failed");
+                let _ = tx.blocking_send(Err(format!("{error:#}")));
             }
         });
         Some(rx)
@@ -1215,7 +1249,7 @@ pub(super) async fn put_session(
 fn catch_up(
     client: rdkafka::ClientConfig,
     ranges: Vec<(usize, String, i32, i64, i64)>,
-    tx: mpsc::Sender<Arc<Delivery>>,
+    tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
 ) -> anyhow::Result<()> {
     let consumer: BaseConsumer = client.create()?;
     let mut assignment = TopicPartitionList::new();
@@ -1263,7 +1297,7 @@ fn catch_up(
                 timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                 message,
             });
-            if tx.blocking_send(delivery).is_err() {
+            if tx.blocking_send(Ok(delivery)).is_err() {
                 return Ok(());
             }
         }
