@@ -49,7 +49,7 @@ async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action,
     if let Err(error) = &result {
         // The failure goes into the status too, so `kubectl get mqb` says why it is not Ready.
         let check = Check::failed(status::READY, error.reason(), error.to_string());
-        let _ = write_status(&bridge, &ctx, vec![check], Vec::new(), None).await;
+        let _ = write_status(&bridge, &ctx, vec![check], Vec::new(), None, None).await;
     } else {
         ctx.reset_backoff(bridge.as_ref());
     }
@@ -109,6 +109,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let mut checks = Vec::new();
     let mut ready_r_proxies = None;
+    let mut rolling = Vec::new();
     for deployment in &rendered.deployments {
         let applied = deployments
             .patch(&deployment.name_any(), &params, &Patch::Apply(deployment))
@@ -119,20 +120,18 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
             ready_r_proxies = applied.status.as_ref().and_then(|s| s.ready_replicas);
         }
         if !ready {
-            checks.push(Check::failed(
-                status::PROXIES_READY,
-                "RollingOut",
-                format!("{role}: {message}"),
-            ));
+            rolling.push(format!("{role}: {message}"));
         }
     }
-    if checks.is_empty() {
-        checks.push(Check::ok(
+    checks.push(if rolling.is_empty() {
+        Check::ok(
             status::PROXIES_READY,
             "PodsReady",
             "r-proxy and s-proxy pods are ready",
-        ));
-    }
+        )
+    } else {
+        Check::failed(status::PROXIES_READY, "RollingOut", rolling.join("; "))
+    });
     let services: Api<Service> = Api::namespaced(client, &namespace);
     for service in &rendered.services {
         services
@@ -145,17 +144,30 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
             .patch(&budget.name_any(), &params, &Patch::Apply(budget))
             .await?;
     }
-    checks.push(Check::ok(
-        status::TOPICS_READY,
-        "NotNeeded",
-        "broker mode keeps no Kafka topics",
-    ));
+    let mode = if let Some(kafka) = &bridge.spec.upstream.kafka {
+        let topics = render::kafka_topics(bridge);
+        let partitions = crate::topics::ensure(&kafka.bootstrap, &topics).await?;
+        checks.push(Check::ok(
+            status::TOPICS_READY,
+            "TopicsExist",
+            format!("{} topics ready in Kafka", partitions.len()),
+        ));
+        "kafka"
+    } else {
+        checks.push(Check::ok(
+            status::TOPICS_READY,
+            "NotNeeded",
+            "broker mode keeps no Kafka topics",
+        ));
+        "broker"
+    };
     write_status(
         bridge,
         ctx,
         checks,
         rendered.endpoints,
         ready_r_proxies.or(Some(0)),
+        Some(mode),
     )
     .await?;
     // Owned Deployments wake the controller when their pods change; the periodic resync is a
@@ -224,6 +236,7 @@ async fn write_status(
     mut checks: Vec<Check>,
     endpoints: Vec<String>,
     replicas: Option<i32>,
+    mode: Option<&str>,
 ) -> Result<(), ReconcileError> {
     if checks.iter().all(|c| c.type_ != status::READY) {
         let ready = status::ready(&checks);
@@ -241,7 +254,7 @@ async fn write_status(
     let next = MqttBridgeStatus {
         observed_generation: generation,
         conditions,
-        mode: Some("broker".into()),
+        mode: mode.map(str::to_string).or(previous.mode.clone()),
         endpoints: if endpoints.is_empty() {
             previous.endpoints.clone()
         } else {

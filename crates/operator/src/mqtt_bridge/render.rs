@@ -6,11 +6,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use strait_config::relay::{BrokerConfig, Listeners, SProxyLink};
+use std::collections::BTreeMap;
+
+use strait_config::mqtt_kafka::KafkaConfig;
+use strait_config::relay::{BrokerConfig, Listeners, SProxyLink, Upstream};
 use strait_config::tls::{ClientTls, ServerTls};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 
 use super::spec::MqttBridge;
+use crate::topics::TopicSpec;
 use crate::workload::{self, Owner, ProxyPods, from_json};
 
 pub const S_PROXY_PORT: i32 = 50516;
@@ -39,7 +43,7 @@ pub struct Inputs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("spec.upstream.broker is required")]
+    #[error("spec.upstream needs broker or kafka")]
     NoUpstream,
     #[error("the rendered {role} config is invalid: {error}")]
     Config {
@@ -89,12 +93,28 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
 }
 
 pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConfig, RenderError> {
-    let broker = bridge
-        .spec
-        .upstream
-        .broker
-        .as_ref()
-        .ok_or(RenderError::NoUpstream)?;
+    let upstream = &bridge.spec.upstream;
+    let mut config = SProxyConfig {
+        listen: format!("0.0.0.0:{S_PROXY_PORT}")
+            .parse()
+            .expect("valid address"),
+        max_packet_size: bridge.spec.limits.max_packet_size,
+        ..SProxyConfig::default()
+    };
+    if let Some(kafka) = &upstream.kafka {
+        let mut target = KafkaConfig::new(kafka.bootstrap.clone());
+        target.topics = kafka.topics.clone();
+        // The operator creates the topics (with the right cleanup policies); s-proxy only checks.
+        target.create_topics = false;
+        target.new_topics = kafka.new_topics.clone();
+        target.qos0_acks = kafka.qos0_acks;
+        target.routes = kafka.routes.clone();
+        target.clients = kafka.clients.clone();
+        config.upstream = Upstream::Kafka;
+        config.kafka = Some(Box::new(target));
+        return Ok(config);
+    }
+    let broker = upstream.broker.as_ref().ok_or(RenderError::NoUpstream)?;
     let mut target = BrokerConfig::new(broker.address.clone());
     if let Some(tls) = &broker.tls {
         let mut files = ClientTls {
@@ -108,14 +128,36 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
         target.tls = Some(files);
         target.server_name = tls.server_name.clone();
     }
-    Ok(SProxyConfig {
-        listen: format!("0.0.0.0:{S_PROXY_PORT}")
-            .parse()
-            .expect("valid address"),
-        broker: Some(target),
-        max_packet_size: bridge.spec.limits.max_packet_size,
-        ..SProxyConfig::default()
-    })
+    config.broker = Some(target);
+    Ok(config)
+}
+
+/// The three topics of Kafka mode (routed messages topics with `${params}` are made by s-proxy's
+/// publishers' routes at run time and are not pre-created).
+pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
+    let Some(kafka) = &bridge.spec.upstream.kafka else {
+        return Vec::new();
+    };
+    let compacted = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    let topic = |name: &str, config: BTreeMap<String, String>| TopicSpec {
+        name: name.into(),
+        partitions: kafka.new_topics.partitions,
+        replication_factor: kafka.new_topics.replication_factor,
+        config,
+    };
+    let mut topics = vec![
+        topic(&kafka.topics.messages, BTreeMap::new()),
+        topic(&kafka.topics.retained, compacted.clone()),
+        topic(&kafka.topics.sessions, compacted),
+    ];
+    topics.extend(
+        kafka
+            .routes
+            .iter()
+            .filter(|r| !r.messages.contains("${"))
+            .map(|r| topic(&r.messages, BTreeMap::new())),
+    );
+    topics
 }
 
 pub fn owner(bridge: &MqttBridge) -> Owner {

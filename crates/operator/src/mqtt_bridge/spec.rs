@@ -6,9 +6,10 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics};
 use strait_config::relay::ClientLimits;
 
-/// An MQTT endpoint for devices, bridged to an MQTT broker (or, later, to Kafka).
+/// An MQTT endpoint for devices, bridged to an MQTT broker or to Kafka acting as the broker.
 // Clippy reads the repeated `type_ =` of the printer columns as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -59,12 +60,43 @@ pub struct MqttBridgeSpec {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.broker)")
-    .message("spec.upstream.broker is required: give the MQTT broker's address"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.broker) != has(self.kafka)")
+    .message("spec.upstream needs exactly one of broker or kafka"))]
 pub struct Upstream {
     /// A real MQTT broker: s-proxy opens one connection per client session to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerUpstream>,
+    /// Kafka as the broker: messages, retained messages and sessions live in topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaUpstream>,
+}
+
+/// MQTT on Kafka, in Zilla's record layout. The operator creates the topics (retained and
+/// sessions compacted); s-proxy does not.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaUpstream {
+    /// Comma-separated `HOST:PORT` list of brokers.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[^:,]+:[0-9]{1,5}(,[^:,]+:[0-9]{1,5})*$')")
+        .message("spec.upstream.kafka.bootstrap must be a comma-separated HOST:PORT list"))]
+    #[schemars(length(max = 1024))]
+    pub bootstrap: String,
+    /// Topic names (Zilla's defaults: mqtt-messages, mqtt-retained, mqtt-sessions).
+    #[serde(default)]
+    pub topics: MqttKafkaTopics,
+    /// Partitions and replication of the three topics.
+    #[serde(default)]
+    pub new_topics: NewTopics,
+    /// Produce acknowledgement for QoS 0 (QoS 1 and 2 always wait for all replicas).
+    #[serde(default)]
+    pub qos0_acks: Acks,
+    /// MQTT topic filters routed to other messages topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub routes: Vec<MqttKafkaRoute>,
+    /// Topic patterns whose `{identity}` level is the partition key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
