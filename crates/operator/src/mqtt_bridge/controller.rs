@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -23,22 +24,38 @@ use crate::status::{self, Check};
 /// Runs the controller (until the process stops it).
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    Controller::new(
+    let controller = Controller::new(
         Api::<MqttBridge>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .owns(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
-    .run(reconcile, crate::context::error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    );
+    // A referenced Secret that appears or changes wakes the bridges that name it.
+    let bridges = controller.store();
+    controller
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| {
+                let (name, namespace) = (secret.name_any(), secret.namespace());
+                bridges
+                    .state()
+                    .into_iter()
+                    .filter(|bridge| bridge.namespace() == namespace && names_secret(bridge, &name))
+                    .map(|bridge| ObjectRef::from_obj(bridge.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .run(reconcile, crate::context::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -173,6 +190,23 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     // Owned Deployments wake the controller when their pods change; the periodic resync is a
     // safety net.
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn names_secret(bridge: &MqttBridge, secret: &str) -> bool {
+    let listener = bridge
+        .spec
+        .listener
+        .tls
+        .as_ref()
+        .map(|t| t.secret_name.as_str());
+    let broker = bridge
+        .spec
+        .upstream
+        .broker
+        .as_ref()
+        .and_then(|b| b.tls.as_ref())
+        .map(|t| t.secret_name.as_str());
+    listener == Some(secret) || broker == Some(secret)
 }
 
 /// Whether a Deployment has rolled out its current template, and if not, how far it got.
