@@ -280,6 +280,7 @@ impl Bridge {
                  protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
                  routes:\n\
                  - {{ method: strait.test.v1.Echo/Unary, metadata: {{ x-route: oneway }}, produce: {{ topic: {oneway} }} }}\n\
+                 - {{ method: strait.test.v1.Echo/*, metadata: {{ x-key: fixed }}, produce: {{ topic: {requests}, replyTo: {replies}, key: 'metadata:x-key' }} }}\n\
                  - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
                  - {{ method: strait.test.v1.Events/Fetch, metadata: {{ x-only: k1 }}, fetch: {{ topic: {events}, filters: [{{ key: k1 }}] }} }}\n\
                  - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
@@ -1579,4 +1580,60 @@ async fn grpc_kafka_is_ready_only_once_its_reply_topic_is_read() {
     })
     .await;
     child.kill().await.unwrap();
+}
+
+/// Two client streams on one partition with one call allowed at a time: the second stream's
+/// many messages must not stall the consumer while the first still needs its own records.
+#[tokio::test]
+async fn interleaved_client_streams_on_one_partition_do_not_stall() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start_with(&bootstrap, target, "concurrency: 1\n").await;
+    let kafka = bridge.client().await;
+    // A: one message, then the stream stays open.
+    let (a_tx, a_rx) = tokio::sync::mpsc::channel(4);
+    a_tx.send(request("a0")).await.unwrap();
+    let a = tokio::spawn({
+        let mut kafka = kafka.clone();
+        let request = same_partition(ReceiverStream::new(a_rx));
+        async move { kafka.client_stream(request).await }
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "A to hold the only call slot",
+        || async { (service.count("a0") > 0).then_some(()) },
+    )
+    .await;
+    // B: 300 messages behind A's first, on the same partition, waiting for A's slot.
+    let b = tokio::spawn({
+        let mut kafka = kafka.clone();
+        let messages: Vec<EchoRequest> = (0..300).map(|i| request(&format!("b{i}"))).collect();
+        let request = same_partition(futures::stream::iter(messages));
+        async move { kafka.client_stream(request).await }
+    });
+    // Let B's records reach kafka-grpc before A's last message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a_tx.send(request("a1")).await.unwrap();
+    drop(a_tx);
+    let a = tokio::time::timeout(Duration::from_secs(60), a)
+        .await
+        .unwrap_or_else(|_| panic!("A stalled\n{}", bridge.logs()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.into_inner().text, "a0+a1");
+    let b = tokio::time::timeout(Duration::from_secs(60), b)
+        .await
+        .unwrap_or_else(|_| panic!("B stalled\n{}", bridge.logs()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.into_inner().index, 300);
+}
+
+/// A request whose `x-key` routes it to the route keyed by that metadata (one partition).
+fn same_partition<T>(stream: T) -> Request<T> {
+    let mut request = with_timeout(stream, Duration::from_secs(60));
+    request
+        .metadata_mut()
+        .insert("x-key", "fixed".parse().unwrap());
+    request
 }

@@ -676,7 +676,24 @@ async fn attempts(
     deadline: Instant,
 ) -> Status {
     let config = &backend.config;
-    let Ok(_permit) = backend.permits.acquire().await else {
+    // While waiting for a permit, keep taking this call's request messages off the consumer
+    // loop's hands (up to a bound), so a full queue never stalls the partition.
+    const MAX_BUFFERED_WHILE_WAITING: usize = 4096;
+    let permit = loop {
+        let mut u = upload.lock().await;
+        if u.ended || u.buffered.len() >= MAX_BUFFERED_WHILE_WAITING {
+            drop(u);
+            break backend.permits.acquire().await;
+        }
+        tokio::select! {
+            permit = backend.permits.acquire() => break permit,
+            message = u.rx.recv() => match message {
+                Some(message) => u.buffered.push(message),
+                None => u.ended = true,
+            },
+        }
+    };
+    let Ok(_permit) = permit else {
         return Status::unavailable("kafka-grpc is shutting down");
     };
     let mut attempt = 0;
