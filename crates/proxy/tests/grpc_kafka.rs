@@ -525,6 +525,31 @@ async fn every_rpc_kind_through_kafka_returns_what_the_service_returns() {
     }
     drop(tx);
     assert!(replies.message().await.unwrap().is_none(), "bidi ends OK");
+
+    // Every call is counted by method and status, with its latency, on both sides.
+    let (_, metrics) = http_get(bridge.front.admin, "/metrics").await.unwrap();
+    for kind in ["Unary", "ServerStream", "ClientStream", "Bidi"] {
+        let series = format!(
+            "strait_grpc_calls_total{{code=\"0\",method=\"strait.test.v1.Echo/{kind}\",role=\"grpc-kafka\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("strait_grpc_call_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strait_grpc_calls_in_flight{role=\"grpc-kafka\"} 0"),
+        "{metrics}"
+    );
+    let back = bridge.back[0].admin;
+    wait_until(Duration::from_secs(15), "kafka-grpc's call and lag metrics", || async {
+        let (_, metrics) = http_get(back, "/metrics").await.ok()?;
+        (metrics.contains("strait_grpc_calls_total{code=\"0\",method=\"strait.test.v1.Echo/Bidi\",role=\"kafka-grpc\"} 1")
+            && metrics.contains("strait_grpc_consumer_lag{"))
+        .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
