@@ -840,7 +840,7 @@ mod tests {
     use super::*;
 
     fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-        serde_norway::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     fn field_of(result: Result<(), ConfigError>) -> &'static str {
@@ -873,7 +873,7 @@ mod tests {
         assert_eq!(config.reliability.field, 32767);
         let yaml = crate::to_yaml(&config);
         assert_eq!(
-            serde_norway::from_str::<GrpcKafkaConfig>(&yaml).unwrap(),
+            serde_saphyr::from_str::<GrpcKafkaConfig>(&yaml).unwrap(),
             config
         );
     }

@@ -15,16 +15,17 @@ pub use relay::{RProxyConfig, SProxyConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The underlying errors are part of the message rather than a `source`, so a report shows
+    // them once (the YAML parser's already quotes the offending line and column).
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// serde_norway names the offending field path and its line and column.
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}: {error}")]
     Parse {
         path: PathBuf,
-        source: serde_norway::Error,
+        error: Box<serde_saphyr::Error>,
     },
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -46,17 +47,17 @@ pub trait Validate {
 
 /// Reads a YAML config file; unknown fields are errors (a typo never silently means a default).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
-    serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
+    serde_saphyr::from_str(&text).map_err(|error| ConfigError::Parse {
         path: path.into(),
-        source,
+        error: Box::new(error),
     })
 }
 
 /// Renders a config as YAML (what the operator writes into a ConfigMap).
 pub fn to_yaml<T: serde::Serialize>(config: &T) -> String {
-    serde_norway::to_string(config).expect("config types always serialize")
+    serde_saphyr::to_string(config).expect("config types always serialize")
 }

@@ -359,8 +359,8 @@ fn default_s_proxy_listen() -> SocketAddr {
 mod tests {
     use super::*;
 
-    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_norway::Error> {
-        serde_norway::from_str(yaml)
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, serde_saphyr::Error> {
+        serde_saphyr::from_str(yaml)
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `strait-proxy`: one binary, a subcommand per data-plane role.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
 use strait_proxy::{grpckafka, kafkagrpc, rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
@@ -37,7 +39,25 @@ enum Role {
     KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
 }
 
+/// A role's validated settings: its config file with the command line laid over it.
+/// (The gRPC roles read their config file, with its .proto files, when they start.)
+enum RoleConfig {
+    RProxy(RProxyConfig),
+    SProxy(SProxyConfig),
+    GrpcKafka(grpckafka::GrpcKafkaArgs),
+    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
+}
+
 impl Role {
+    fn into_config(self) -> Result<RoleConfig, ConfigError> {
+        Ok(match self {
+            Self::RProxy(args) => RoleConfig::RProxy(args.into_config()?),
+            Self::SProxy(args) => RoleConfig::SProxy(args.into_config()?),
+            Self::GrpcKafka(args) => RoleConfig::GrpcKafka(args),
+            Self::KafkaGrpc(args) => RoleConfig::KafkaGrpc(args),
+        })
+    }
+
     /// The parts that must be up before the role reports ready.
     fn readiness(&self) -> &'static [&'static str] {
         match self {
@@ -60,28 +80,38 @@ impl Role {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(role) = cli.role else {
-        Cli::command().print_long_help()?;
-        std::process::exit(2);
+        let _ = Cli::command().print_long_help();
+        return ExitCode::from(2);
     };
+    match run(cli.process, role) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the whole chain of causes, no backtrace: this is what users read.
+            eprintln!("strait-proxy: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
+    let readiness = role.readiness();
+    let default_metrics_addr = role.default_metrics_addr();
+    // A bad config stops the process before it binds anything, with the field named.
+    let config = role.into_config()?;
     strait_proxy::tls::install_crypto_provider();
-    let runtime = strait_runtime::build_runtime(cli.process.worker_threads)?;
+    let runtime = strait_runtime::build_runtime(process_args.worker_threads)?;
     runtime.block_on(async move {
-        let process = cli
-            .process
-            .start(
-                "strait-proxy",
-                role.default_metrics_addr(),
-                role.readiness(),
-            )
+        let process = process_args
+            .start("strait-proxy", default_metrics_addr, readiness)
             .await?;
-        let result = match role {
-            Role::RProxy(args) => rproxy::run(args, &process).await,
-            Role::SProxy(args) => sproxy::run(args, &process).await,
-            Role::GrpcKafka(args) => grpckafka::run(args, &process).await,
-            Role::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
+        let result = match config {
+            RoleConfig::RProxy(config) => rproxy::run(config, &process).await,
+            RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
+            RoleConfig::GrpcKafka(args) => grpckafka::run(args, &process).await,
+            RoleConfig::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
         };
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "stopped with an error");

@@ -10,6 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use strait_config::tls::{ClientTls, ServerTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -69,61 +70,66 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// A server's TLS settings: its certificate chain and key, and optionally the CA that client
-/// certificates must chain to (mutual TLS).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerTlsFiles {
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`: laid over the config file's `tls` block.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
     /// PEM certificate chain served to clients; enables TLS on the listener.
-    #[arg(long = "tls-cert", requires = "key")]
+    #[arg(long = "tls-cert")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long = "tls-key", requires = "cert")]
+    #[arg(long = "tls-key")]
     pub key: Option<PathBuf>,
     /// PEM CA bundle; when set, clients must present a certificate signed by it.
-    #[arg(long = "tls-client-ca", requires = "cert")]
+    #[arg(long = "tls-client-ca")]
     pub client_ca: Option<PathBuf>,
 }
 
-impl ServerTlsFiles {
-    /// `None` when no certificate is configured (plain listener).
-    pub fn load(&self, alpn: &[&[u8]]) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-        let (Some(cert), Some(key_path)) = (&self.cert, &self.key) else {
-            return Ok(None);
-        };
-        let builder = ServerConfig::builder();
-        let builder = match &self.client_ca {
-            Some(ca) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder(roots(ca)?.into()).build()?,
-            ),
-            None => builder.with_no_client_auth(),
-        };
-        let mut config = builder.with_single_cert(certs(cert)?, key(key_path)?)?;
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Some(Arc::new(config)))
+impl ServerTlsArgs {
+    pub fn apply(self, tls: &mut ServerTls) {
+        overlay(&mut tls.cert, self.cert);
+        overlay(&mut tls.key, self.key);
+        overlay(&mut tls.client_ca, self.client_ca);
     }
 }
 
-/// A client's TLS settings: the CA to trust and optionally a client certificate (mutual TLS).
-#[derive(Debug, Clone, Default)]
-pub struct ClientTlsFiles {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
+/// A flag given on the command line replaces the config file's value.
+pub(crate) fn overlay<T>(field: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *field = flag;
+    }
 }
 
-impl ClientTlsFiles {
-    /// Trusts `ca` (required: Strait does not silently fall back to the system roots) and presents
-    /// the client certificate when one is configured.
-    pub fn load(&self, ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-        let builder = ClientConfig::builder().with_root_certificates(roots(ca)?);
-        let config = match (&self.cert, &self.key) {
-            (Some(cert), Some(key_path)) => {
-                builder.with_client_auth_cert(certs(cert)?, key(key_path)?)?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        Ok(Arc::new(config))
-    }
+/// The rustls server config for `tls`, or `None` when no certificate is configured (plain
+/// listener).
+pub fn server_config(
+    tls: &ServerTls,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    let (Some(cert), Some(key_path)) = (&tls.cert, &tls.key) else {
+        return Ok(None);
+    };
+    let builder = ServerConfig::builder();
+    let builder = match &tls.client_ca {
+        Some(ca) => builder
+            .with_client_cert_verifier(WebPkiClientVerifier::builder(roots(ca)?.into()).build()?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs(cert)?, key(key_path)?)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Some(Arc::new(config)))
+}
+
+/// The rustls client config for `tls`: trusts `ca` (required: Strait does not silently fall
+/// back to the system roots) and presents the client certificate when one is configured.
+pub fn client_config(tls: &ClientTls, ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder().with_root_certificates(roots(ca)?);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key_path)) => {
+            builder.with_client_auth_cert(certs(cert)?, key(key_path)?)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// Parses the host part of `host:port` into the name checked against the server certificate.

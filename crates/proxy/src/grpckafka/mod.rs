@@ -145,14 +145,9 @@ pub async fn start(
     });
     replies::start_readers(&frontend, kafka_ready)?;
 
-    let tls = crate::tls::ServerTlsFiles {
-        cert: frontend.config.tls.cert.clone(),
-        key: frontend.config.tls.key.clone(),
-        client_ca: frontend.config.tls.client_ca.clone(),
-    }
-    .load(&[b"h2"])
-    .context("tls")?
-    .map(tokio_rustls::TlsAcceptor::from);
+    let tls = crate::tls::server_config(&frontend.config.tls, &[b"h2"])
+        .context("tls")?
+        .map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(frontend.config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", frontend.config.listen))?;

@@ -17,20 +17,37 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::RelayMetrics;
-use crate::tls::{ClientTlsFiles, ServerTlsFiles};
+use crate::tls::{ServerTlsArgs, overlay};
 pub use listener::Transport;
+use strait_config::{ConfigError, RProxyConfig, Validate};
 
 /// `strait-proxy r-proxy`: serve MQTT clients and relay their sessions to s-proxy.
+///
+/// Settings come from `--config FILE` (YAML, `strait_config::RProxyConfig`), then flags given on
+/// the command line replace single values; defaults are shown in brackets.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Example:\n  strait-proxy r-proxy --listen 0.0.0.0:1883 \
-    --s-proxy http://s-proxy-0:50516 --s-proxy http://s-proxy-1:50516")]
+#[command(
+    after_help = "Examples:\n  strait-proxy r-proxy --listen 0.0.0.0:1883 \
+    --s-proxy http://s-proxy-0:50516 --s-proxy http://s-proxy-1:50516\n  \
+    strait-proxy r-proxy --config /etc/strait/r-proxy.yaml\n\n\
+    Config file (every field optional but sProxy.endpoints):\n  \
+    listeners: { tcp: 0.0.0.0:1883, tls: 0.0.0.0:8883, ws: 0.0.0.0:8080, wss: 0.0.0.0:8443, wsPath: /mqtt }\n  \
+    tls: { cert: tls.crt, key: tls.key, clientCa: ca.crt }\n  \
+    sProxy: { endpoints: [https://s-proxy:50516], tls: { ca: ca.crt, cert: r.crt, key: r.key }, connectionsPerEndpoint: 2 }\n  \
+    limits: { connectTimeout: 10s, maxPacketSize: 1048576, maxConnections: 100000 }\n  \
+    drainTimeout: 10s"
+)]
 pub struct RProxyArgs {
-    /// Plain MQTT over TCP listener.
-    #[arg(long, default_value = "127.0.0.1:1883", env = "STRAIT_LISTEN")]
-    pub listen: SocketAddr,
+    /// YAML config file; flags given on the command line override its values.
+    #[arg(long, env = "STRAIT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Plain MQTT over TCP listener [default: 127.0.0.1:1883].
+    #[arg(long, env = "STRAIT_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// MQTT over TLS listener (needs --tls-cert and --tls-key).
-    #[arg(long, requires = "cert")]
+    #[arg(long)]
     pub tls_listen: Option<SocketAddr>,
 
     /// MQTT over WebSocket listener (path --ws-path, subprotocol `mqtt`).
@@ -38,57 +55,91 @@ pub struct RProxyArgs {
     pub ws_listen: Option<SocketAddr>,
 
     /// MQTT over WebSocket with TLS listener (needs --tls-cert and --tls-key).
-    #[arg(long, requires = "cert")]
+    #[arg(long)]
     pub wss_listen: Option<SocketAddr>,
 
-    /// HTTP path WebSocket clients connect to.
-    #[arg(long, default_value = "/mqtt")]
-    pub ws_path: String,
+    /// HTTP path WebSocket clients connect to [default: /mqtt].
+    #[arg(long)]
+    pub ws_path: Option<String>,
 
     #[command(flatten)]
-    pub tls: ServerTlsFiles,
+    pub tls: ServerTlsArgs,
 
     /// s-proxy endpoint (http:// or https://). Repeat to spread sessions over several; a session
-    /// whose endpoint is down is opened on the next one.
-    #[arg(
-        long = "s-proxy",
-        required = true,
-        env = "STRAIT_S_PROXY",
-        value_delimiter = ','
-    )]
-    pub s_proxy: Vec<tonic::transport::Uri>,
+    /// whose endpoint is down is opened on the next one. Replaces the config file's list.
+    #[arg(long = "s-proxy", env = "STRAIT_S_PROXY", value_delimiter = ',')]
+    pub s_proxy: Vec<String>,
 
     /// CA bundle trusted for https:// s-proxy endpoints.
     #[arg(long)]
     pub s_proxy_ca: Option<PathBuf>,
 
     /// Client certificate presented to s-proxy (mutual TLS).
-    #[arg(long, requires = "s_proxy_key")]
+    #[arg(long)]
     pub s_proxy_cert: Option<PathBuf>,
 
     /// Private key of --s-proxy-cert.
-    #[arg(long, requires = "s_proxy_cert")]
+    #[arg(long)]
     pub s_proxy_key: Option<PathBuf>,
 
-    /// HTTP/2 connections opened to each s-proxy endpoint; sessions are multiplexed over them.
-    #[arg(long, default_value_t = 2)]
-    pub connections_per_endpoint: usize,
+    /// HTTP/2 connections opened to each s-proxy endpoint; sessions are multiplexed over them
+    /// [default: 2].
+    #[arg(long)]
+    pub connections_per_endpoint: Option<usize>,
 
-    /// How long a new connection may take to complete TLS/WebSocket handshakes and send CONNECT.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
+    /// How long a new connection may take to complete TLS/WebSocket handshakes and send CONNECT
+    /// [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
 
-    /// Largest MQTT packet accepted from a client, in bytes (v5 clients are told in CONNACK).
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_packet_size: u32,
+    /// Largest MQTT packet accepted from a client, in bytes; v5 clients are told in CONNACK
+    /// [default: 1048576].
+    #[arg(long)]
+    pub max_packet_size: Option<u32>,
 
-    /// Most client connections served at once; further connections wait in the accept backlog.
-    #[arg(long, default_value_t = 100_000)]
-    pub max_connections: usize,
+    /// Most client connections served at once; further connections wait in the accept backlog
+    /// [default: 100000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 
-    /// How long to wait for sessions to close on shutdown before dropping them.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+}
+
+impl RProxyArgs {
+    /// The config file (or the defaults) with the command line laid over it, validated.
+    pub fn into_config(self) -> Result<RProxyConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => strait_config::load(path)?,
+            None => RProxyConfig::new(Vec::new()),
+        };
+        overlay(&mut config.listeners.tcp, self.listen);
+        overlay(&mut config.listeners.tls, self.tls_listen);
+        overlay(&mut config.listeners.ws, self.ws_listen);
+        overlay(&mut config.listeners.wss, self.wss_listen);
+        if let Some(path) = self.ws_path {
+            config.listeners.ws_path = path;
+        }
+        self.tls.apply(&mut config.tls);
+        let link = &mut config.s_proxy;
+        if !self.s_proxy.is_empty() {
+            link.endpoints = self.s_proxy;
+        }
+        overlay(&mut link.tls.ca, self.s_proxy_ca);
+        overlay(&mut link.tls.cert, self.s_proxy_cert);
+        overlay(&mut link.tls.key, self.s_proxy_key);
+        let limits = &mut config.limits;
+        link.connections_per_endpoint = self
+            .connections_per_endpoint
+            .unwrap_or(link.connections_per_endpoint);
+        limits.connect_timeout = self.connect_timeout.unwrap_or(limits.connect_timeout);
+        limits.max_packet_size = self.max_packet_size.unwrap_or(limits.max_packet_size);
+        limits.max_connections = self.max_connections.unwrap_or(limits.max_connections);
+        config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
@@ -111,8 +162,8 @@ pub struct Bound {
 }
 
 /// Binds every listener and serves until shutdown, then drains.
-pub async fn run(args: RProxyArgs, process: &Process) -> anyhow::Result<()> {
-    let (bound, serving) = start(args, process).await?;
+pub async fn run(config: RProxyConfig, process: &Process) -> anyhow::Result<()> {
+    let (bound, serving) = start(config, process).await?;
     for (transport, addr) in &bound.listeners {
         tracing::info!(%transport, %addr, "r-proxy listening");
     }
@@ -122,45 +173,37 @@ pub async fn run(args: RProxyArgs, process: &Process) -> anyhow::Result<()> {
 /// Binds the listeners and returns their addresses and the future that serves them (used by
 /// `dev`, which needs the addresses before serving).
 pub async fn start(
-    args: RProxyArgs,
+    config: RProxyConfig,
     process: &Process,
 ) -> anyhow::Result<(Bound, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
-    let server_tls = args
-        .tls
-        .load(&[])
-        .context("loading the MQTT listener's TLS certificate")?;
-    let link_tls = ClientTlsFiles {
-        ca: args.s_proxy_ca.clone(),
-        cert: args.s_proxy_cert.clone(),
-        key: args.s_proxy_key.clone(),
-    };
-    let upstream = upstream::SProxyPool::new(
-        &args.s_proxy,
-        &link_tls,
-        args.connections_per_endpoint,
-        args.max_packet_size,
-    )
-    .context("configuring the s-proxy endpoints")?;
+    let server_tls = crate::tls::server_config(&config.tls, &[])
+        .context("loading the MQTT listener's TLS certificate (tls)")?;
+    let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
+        .context("configuring the s-proxy endpoints (sProxy)")?;
     let metrics = RelayMetrics::register(&process.metrics, "r-proxy")?;
     let ctx = Arc::new(Context {
         upstream,
         metrics,
-        connect_timeout: args.connect_timeout,
-        max_packet_size: args.max_packet_size,
-        ws_path: args.ws_path.clone(),
+        connect_timeout: config.limits.connect_timeout,
+        max_packet_size: config.limits.max_packet_size,
+        ws_path: config.listeners.ws_path.clone(),
         shutdown: process.shutdown.token(),
     });
 
-    let mut specs = vec![(Transport::Tcp, args.listen)];
-    specs.extend(args.tls_listen.map(|a| (Transport::Tls, a)));
-    specs.extend(args.ws_listen.map(|a| (Transport::WebSocket, a)));
-    specs.extend(args.wss_listen.map(|a| (Transport::WebSocketTls, a)));
+    let l = &config.listeners;
+    let specs = [
+        (Transport::Tcp, l.tcp),
+        (Transport::Tls, l.tls),
+        (Transport::WebSocket, l.ws),
+        (Transport::WebSocketTls, l.wss),
+    ];
+    let specs = specs.into_iter().filter_map(|(t, a)| Some((t, a?)));
     let mut listeners = Vec::new();
     for (transport, addr) in specs {
         let tls = if transport.is_tls() {
             Some(server_tls.clone().context(
-                "--tls-listen/--wss-listen need a certificate: pass --tls-cert and --tls-key",
+                "listeners.tls/listeners.wss need a certificate: set tls.cert and tls.key",
             )?)
         } else {
             None
@@ -177,8 +220,8 @@ pub async fn start(
             .collect(),
     };
 
-    let drain_timeout = args.drain_timeout;
-    let limit = Arc::new(Semaphore::new(args.max_connections));
+    let drain_timeout = config.drain_timeout;
+    let limit = Arc::new(Semaphore::new(config.limits.max_connections));
     let serving = async move {
         let sessions = TaskTracker::new();
         let accepting: Vec<_> = listeners

@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
-use crate::tls::ClientTlsFiles;
+use strait_config::relay::SProxyLink;
+use strait_config::tls::ClientTls;
 
 pub struct SProxyPool {
     /// `connections_per_endpoint` channels for each endpoint, endpoint-major.
@@ -28,16 +29,15 @@ pub struct RelayStream {
 }
 
 impl SProxyPool {
-    pub fn new(
-        endpoints: &[Uri],
-        tls: &ClientTlsFiles,
-        per_endpoint: usize,
-        max_packet_size: u32,
-    ) -> anyhow::Result<Self> {
-        let per_endpoint = per_endpoint.max(1);
+    pub fn new(link: &SProxyLink, max_packet_size: u32) -> anyhow::Result<Self> {
+        let per_endpoint = link.connections_per_endpoint.max(1);
+        let tls = &link.tls;
         let max_message = max_frame_size(max_packet_size);
         let mut channels = Vec::new();
-        for uri in endpoints {
+        for endpoint in &link.endpoints {
+            let uri: Uri = endpoint
+                .parse()
+                .with_context(|| format!("sProxy.endpoints: {endpoint:?} is not a URL"))?;
             let mut endpoint = Endpoint::from(uri.clone())
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
@@ -51,7 +51,7 @@ impl SProxyPool {
                     .tls_config(client_tls(tls)?)
                     .with_context(|| format!("TLS settings for {uri}"))?;
             } else if tls.ca.is_some() || tls.cert.is_some() {
-                anyhow::bail!("{uri}: TLS options are set but the endpoint is not https://");
+                anyhow::bail!("{uri}: sProxy.tls is set but the endpoint is not https://");
             }
             for _ in 0..per_endpoint {
                 let client = MqttRelayClient::new(endpoint.connect_lazy())
@@ -99,11 +99,11 @@ impl SProxyPool {
     }
 }
 
-fn client_tls(files: &ClientTlsFiles) -> anyhow::Result<ClientTlsConfig> {
+fn client_tls(files: &ClientTls) -> anyhow::Result<ClientTlsConfig> {
     let mut config = ClientTlsConfig::new();
     if let Some(ca) = &files.ca {
         let pem =
-            std::fs::read(ca).with_context(|| format!("reading --s-proxy-ca {}", ca.display()))?;
+            std::fs::read(ca).with_context(|| format!("reading sProxy.tls.ca {}", ca.display()))?;
         config = config.ca_certificate(Certificate::from_pem(pem));
     }
     if let (Some(cert), Some(key)) = (&files.cert, &files.key) {

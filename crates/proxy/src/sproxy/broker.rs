@@ -238,24 +238,39 @@ async fn client_to_broker(
 ) -> End {
     let mut out = BytesMut::new();
     loop {
-        let frame = match inbound.message().await {
+        let mut frame = match inbound.message().await {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => return End::ClientGone,
         };
-        for packet in frame.packets {
-            let packet = match Packet::try_from(packet) {
-                Ok(packet) => packet,
-                Err(error) => return End::InvalidFrame(error.to_string()),
-            };
-            if let Err(error) = encode(&packet, protocol, &mut out, ctx) {
-                return End::InvalidFrame(error.to_string());
+        // Frames that have already arrived go out in the same write: the broker then wakes once
+        // for a burst instead of once per frame.
+        loop {
+            for packet in frame.packets {
+                let packet = match Packet::try_from(packet) {
+                    Ok(packet) => packet,
+                    Err(error) => return End::InvalidFrame(error.to_string()),
+                };
+                if let Err(error) = encode(&packet, protocol, &mut out, ctx) {
+                    return End::InvalidFrame(error.to_string());
+                }
+            }
+            if let Some(close) = frame.close {
+                if let Err(error) = write(writer, &mut out).await {
+                    return End::BrokerIo(error);
+                }
+                return End::ClientSide(close.reason_code);
+            }
+            if out.len() >= BATCH_BYTES {
+                break;
+            }
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(next))) => frame = next,
+                // Nothing more yet, or the stream ended: the next await reports it.
+                _ => break,
             }
         }
         if let Err(error) = write(writer, &mut out).await {
             return End::BrokerIo(error);
-        }
-        if let Some(close) = frame.close {
-            return End::ClientSide(close.reason_code);
         }
     }
 }

@@ -19,38 +19,57 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::RelayMetrics;
 use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
-use crate::tls::{ClientTlsFiles, ServerTlsFiles};
+use crate::tls::{ServerTlsArgs, overlay};
+use strait_config::relay::{BrokerConfig, Upstream};
+use strait_config::tls::ServerTls;
+use strait_config::{ConfigError, SProxyConfig, Validate};
 
 /// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
 pub const READINESS: &str = "listener";
 
+/// `--upstream`: what serves the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Upstream {
+pub enum UpstreamArg {
     /// A real MQTT broker (--broker) holds sessions and messages.
     Broker,
 }
 
 /// `strait-proxy s-proxy`: serve MqttRelay streams from r-proxy and drive the upstream.
+///
+/// Settings come from `--config FILE` (YAML, `strait_config::SProxyConfig`), then flags given on
+/// the command line replace single values; defaults are shown in brackets.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Example:\n  strait-proxy s-proxy --listen 0.0.0.0:50516 \
-    --upstream broker --broker mosquitto:1883"
+    after_help = "Examples:\n  strait-proxy s-proxy --listen 0.0.0.0:50516 \
+    --upstream broker --broker mosquitto:1883\n  \
+    strait-proxy s-proxy --config /etc/strait/s-proxy.yaml\n\n\
+    Config file:\n  \
+    listen: 0.0.0.0:50516\n  \
+    tls: { cert: tls.crt, key: tls.key, clientCa: ca.crt }\n  \
+    upstream: broker\n  \
+    broker: { address: mosquitto:8883, tls: { ca: ca.crt }, serverName: mosquitto, connectTimeout: 5s }\n  \
+    maxPacketSize: 1048576\n  \
+    drainTimeout: 10s"
 )]
 pub struct SProxyArgs {
-    /// gRPC listener for r-proxy's relay streams.
-    #[arg(long, default_value = "127.0.0.1:50516", env = "STRAIT_LISTEN")]
-    pub listen: SocketAddr,
+    /// YAML config file; flags given on the command line override its values.
+    #[arg(long, env = "STRAIT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// gRPC listener for r-proxy's relay streams [default: 127.0.0.1:50516].
+    #[arg(long, env = "STRAIT_LISTEN")]
+    pub listen: Option<SocketAddr>,
 
     /// TLS for the relay link (--tls-cert/--tls-key; --tls-client-ca requires r-proxy certificates).
     #[command(flatten)]
-    pub tls: ServerTlsFiles,
+    pub tls: ServerTlsArgs,
 
-    /// What serves the sessions.
-    #[arg(long, value_enum, default_value_t = Upstream::Broker)]
-    pub upstream: Upstream,
+    /// What serves the sessions [default: broker].
+    #[arg(long, value_enum)]
+    pub upstream: Option<UpstreamArg>,
 
     /// MQTT broker address (HOST:PORT) for --upstream broker.
-    #[arg(long, env = "STRAIT_BROKER", required_if_eq("upstream", "broker"))]
+    #[arg(long, env = "STRAIT_BROKER")]
     pub broker: Option<String>,
 
     /// Connect to the broker over TLS, trusting this CA bundle.
@@ -58,28 +77,77 @@ pub struct SProxyArgs {
     pub broker_ca: Option<PathBuf>,
 
     /// Client certificate presented to the broker (mutual TLS; needs --broker-ca).
-    #[arg(long, requires_all = ["broker_key", "broker_ca"])]
+    #[arg(long)]
     pub broker_cert: Option<PathBuf>,
 
     /// Private key of --broker-cert.
-    #[arg(long, requires = "broker_cert")]
+    #[arg(long)]
     pub broker_key: Option<PathBuf>,
 
-    /// Name checked against the broker's certificate (default: the host of --broker).
+    /// Name checked against the broker's certificate [default: the host of --broker].
     #[arg(long)]
     pub broker_server_name: Option<String>,
 
-    /// How long connecting to the broker may take before the client is refused (0x88).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub broker_connect_timeout: Duration,
+    /// How long connecting to the broker may take before the client is refused with 0x88
+    /// [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub broker_connect_timeout: Option<Duration>,
 
-    /// Largest MQTT packet accepted from the upstream towards a client, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_packet_size: u32,
+    /// Largest MQTT packet accepted from the upstream towards a client, in bytes
+    /// [default: 1048576].
+    #[arg(long)]
+    pub max_packet_size: Option<u32>,
 
-    /// How long to wait for sessions to close on shutdown before dropping them.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+}
+
+impl SProxyArgs {
+    /// The config file (or the defaults) with the command line laid over it, validated.
+    pub fn into_config(self) -> Result<SProxyConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => strait_config::load(path)?,
+            None => SProxyConfig::default(),
+        };
+        config.listen = self.listen.unwrap_or(config.listen);
+        self.tls.apply(&mut config.tls);
+        if let Some(UpstreamArg::Broker) = self.upstream {
+            config.upstream = Upstream::Broker;
+        }
+        if let Some(address) = self.broker {
+            match &mut config.broker {
+                Some(broker) => broker.address = address,
+                None => config.broker = Some(BrokerConfig::new(address)),
+            }
+        }
+        let broker_tls = [&self.broker_ca, &self.broker_cert, &self.broker_key];
+        let sets_broker = broker_tls.iter().any(|f| f.is_some())
+            || self.broker_server_name.is_some()
+            || self.broker_connect_timeout.is_some();
+        if sets_broker {
+            let Some(broker) = &mut config.broker else {
+                return Err(ConfigError::invalid(
+                    "broker",
+                    "--broker-* options need the broker's address: pass --broker HOST:PORT",
+                ));
+            };
+            if broker_tls.iter().any(|f| f.is_some()) {
+                let tls = broker.tls.get_or_insert_with(Default::default);
+                overlay(&mut tls.ca, self.broker_ca);
+                overlay(&mut tls.cert, self.broker_cert);
+                overlay(&mut tls.key, self.broker_key);
+            }
+            overlay(&mut broker.server_name, self.broker_server_name);
+            broker.connect_timeout = self
+                .broker_connect_timeout
+                .unwrap_or(broker.connect_timeout);
+        }
+        config.max_packet_size = self.max_packet_size.unwrap_or(config.max_packet_size);
+        config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 pub(crate) struct Context {
@@ -130,42 +198,37 @@ impl MqttRelay for RelayService {
 
 /// Binds the gRPC listener and returns its address and the future serving it until shutdown.
 pub async fn start(
-    args: SProxyArgs,
+    config: SProxyConfig,
     process: &Process,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
-    let Upstream::Broker = args.upstream;
-    let address = args
+    let Upstream::Broker = config.upstream;
+    let target = config
         .broker
         .clone()
-        .context("--broker is required with --upstream broker")?;
-    let broker_tls = match &args.broker_ca {
-        Some(ca) => Some(
-            ClientTlsFiles {
-                ca: Some(ca.clone()),
-                cert: args.broker_cert.clone(),
-                key: args.broker_key.clone(),
-            }
-            .load(ca)
-            .context("loading the broker TLS settings")?,
-        ),
+        .context("broker: upstream is broker but no broker address is set")?;
+    let broker_tls = match &target.tls {
+        Some(tls) => {
+            let ca = tls.ca.as_deref().context("broker.tls.ca is required")?;
+            Some(crate::tls::client_config(tls, ca).context("loading broker.tls")?)
+        }
         None => None,
     };
     let broker = broker::BrokerTarget::new(
-        address,
+        target.address,
         broker_tls,
-        args.broker_server_name.clone(),
-        args.broker_connect_timeout,
+        target.server_name,
+        target.connect_timeout,
     )?;
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {
         broker,
         metrics: RelayMetrics::register(&process.metrics, "s-proxy")?,
-        max_packet_size: args.max_packet_size as usize,
+        max_packet_size: config.max_packet_size as usize,
         shutdown: process.shutdown.token(),
         sessions: sessions.clone(),
     });
-    let max_message = max_frame_size(args.max_packet_size);
+    let max_message = max_frame_size(config.max_packet_size);
     let service = MqttRelayServer::new(RelayService { ctx: ctx.clone() })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -176,15 +239,17 @@ pub async fn start(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_connection_window_size(Some(8 * 1024 * 1024))
         .initial_stream_window_size(Some(1024 * 1024));
-    if let Some(tls) = tls_config(&args.tls)? {
-        server = server.tls_config(tls).context("relay link TLS settings")?;
+    if let Some(tls) = tls_config(&config.tls)? {
+        server = server
+            .tls_config(tls)
+            .context("relay link TLS settings (tls)")?;
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen for r-proxy on {}", args.listen))?;
+        .with_context(|| format!("cannot listen for r-proxy on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let shutdown = process.shutdown.token();
-    let drain_timeout = args.drain_timeout;
+    let drain_timeout = config.drain_timeout;
     let serving = async move {
         ready.set(true);
         // Sessions end themselves on shutdown (telling r-proxy 0x8B); the server stops once
@@ -214,14 +279,14 @@ pub async fn start(
     Ok((local_addr, serving))
 }
 
-pub async fn run(args: SProxyArgs, process: &Process) -> anyhow::Result<()> {
-    let broker = args.broker.clone();
-    let (addr, serving) = start(args, process).await?;
+pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> {
+    let broker = config.broker.as_ref().map(|b| b.address.clone());
+    let (addr, serving) = start(config, process).await?;
     tracing::info!(%addr, broker = broker.as_deref().unwrap_or("-"), "s-proxy listening");
     serving.await
 }
 
-fn tls_config(files: &ServerTlsFiles) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+fn tls_config(files: &ServerTls) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
         return Ok(None);
     };

@@ -1,0 +1,13 @@
+//! Strait's control plane: the custom resources, their controllers and the autoscaler. The
+//! `strait-operator` binary (src/main.rs) is a thin shell around this library.
+
+pub mod autoscale;
+pub mod context;
+pub mod crd;
+pub mod kafka;
+pub mod leader;
+pub mod mqtt_bridge;
+pub mod status;
+
+/// The one field manager for everything the operator applies.
+pub const FIELD_MANAGER: &str = "strait-operator";
