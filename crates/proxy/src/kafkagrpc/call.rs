@@ -163,7 +163,7 @@ async fn attempts(
             backend
                 .metrics
                 .retries
-                .with_label_values(&[crate::grpc::metrics::label(&start.method)])
+                .with_label_values(&[backend.metrics.method_label(&start.method)])
                 .inc();
             let backoff = backoff(
                 config.retries.initial_backoff,
@@ -180,7 +180,7 @@ async fn attempts(
         backend
             .metrics
             .dead_letters
-            .with_label_values(&[crate::grpc::metrics::label(&start.method)])
+            .with_label_values(&[backend.metrics.method_label(&start.method)])
             .inc();
         return match dead_letter(backend, start, upload, topic, &status, attempt).await {
             Ok(()) => Status::unavailable(format!(

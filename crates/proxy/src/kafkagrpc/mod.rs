@@ -441,7 +441,7 @@ async fn on_record(
                 backend
                     .metrics
                     .duplicates
-                    .with_label_values(&[crate::grpc::metrics::label(&full_name)])
+                    .with_label_values(&[backend.metrics.method_label(&full_name)])
                     .inc();
                 tracing::info!(correlation_id = %id, "answering a repeated call from its recorded replies");
                 let backend = backend.clone();
