@@ -3,6 +3,7 @@
 //! operator renders exactly what the proxy reads. Field names are camelCase, as in Kubernetes.
 
 pub mod grpc;
+pub mod mqtt_kafka;
 pub mod relay;
 pub mod tls;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::mqtt_kafka::KafkaConfig;
 use crate::tls::{ClientTls, ServerTls};
 use crate::{ConfigError, Validate};
 
@@ -209,6 +210,13 @@ impl Validate for RProxyConfig {
 /// upstream: broker
 /// broker: { address: mosquitto:1883, connectTimeout: 5s }
 /// ```
+///
+/// or, with Kafka as the broker (see [`KafkaConfig`]):
+///
+/// ```yaml
+/// upstream: kafka
+/// kafka: { bootstrap: kafka:9092, topics: { messages: mqtt-messages } }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SProxyConfig {
@@ -224,6 +232,9 @@ pub struct SProxyConfig {
     /// The MQTT broker, for `upstream: broker`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerConfig>,
+    /// Kafka as the broker, for `upstream: kafka` (boxed: it is the largest section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Box<KafkaConfig>>,
     /// Largest MQTT packet accepted from the upstream towards a client, in bytes.
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: u32,
@@ -240,6 +251,7 @@ impl Default for SProxyConfig {
             tls: ServerTls::default(),
             upstream: Upstream::default(),
             broker: None,
+            kafka: None,
             max_packet_size: default_max_packet_size(),
             drain_timeout: default_drain_timeout(),
         }
@@ -253,6 +265,8 @@ pub enum Upstream {
     /// A real MQTT broker (`broker`).
     #[default]
     Broker,
+    /// Kafka is the broker (`kafka`): messages, retained messages and sessions live in topics.
+    Kafka,
 }
 
 /// s-proxy's connection to an MQTT broker, one per client session.
@@ -314,6 +328,15 @@ impl Validate for SProxyConfig {
                     }
                     tls.check("broker.tls")?;
                 }
+            }
+            Upstream::Kafka => {
+                let Some(kafka) = &self.kafka else {
+                    return Err(ConfigError::invalid(
+                        "kafka",
+                        "upstream is kafka: set kafka.bootstrap (HOST:PORT)",
+                    ));
+                };
+                kafka.check()?;
             }
         }
         Ok(())
@@ -460,5 +483,18 @@ mod tests {
             config.broker.unwrap().connect_timeout,
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn s_proxy_kafka_upstream_needs_a_kafka_section() {
+        let config: SProxyConfig = parse("upstream: kafka").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka"), "{error}");
+        let config: SProxyConfig =
+            parse("upstream: kafka\nkafka: { bootstrap: 'localhost:9092' }").unwrap();
+        config.validate().unwrap();
+        let config: SProxyConfig = parse("upstream: kafka\nkafka: { bootstrap: nohost }").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.bootstrap"), "{error}");
     }
 }

@@ -18,6 +18,8 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The autoscaler's recent recommendations per object (scale-down window).
+    stabilizers: Mutex<HashMap<String, crate::autoscale::Stabilizer>>,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
             proxy_image,
             metrics: Metrics::register(registry)?,
             failures: Mutex::default(),
+            stabilizers: Mutex::default(),
         })
     }
 
@@ -44,6 +47,21 @@ impl Context {
             .lock()
             .expect("not poisoned")
             .remove(&ObjectRef::from_obj(object).to_string());
+    }
+
+    /// `recommended` held to the object's scale-down window.
+    pub fn stabilize<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        window: Duration,
+        recommended: i32,
+    ) -> i32 {
+        self.stabilizers
+            .lock()
+            .expect("not poisoned")
+            .entry(ObjectRef::from_obj(object).to_string())
+            .or_default()
+            .stabilize(window, std::time::Instant::now(), recommended)
     }
 
     /// An Event on `object` (a Ready transition), so `kubectl describe` tells the story.
@@ -77,6 +95,16 @@ pub enum ReconcileError {
     MissingSecret { name: String, field: String },
     #[error("Secret {name:?} lacks {keys}")]
     SecretKeys { name: String, keys: String },
+    #[error("ConfigMap {name:?} (named in {field}) does not exist")]
+    MissingConfigMap { name: String, field: String },
+    #[error(transparent)]
+    Topics(#[from] crate::topics::TopicError),
+    #[error(transparent)]
+    Lag(#[from] crate::kafka::LagError),
+    #[error(transparent)]
+    RenderRoute(#[from] crate::grpc_route::render::RenderError),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
     #[error(transparent)]
     Render(#[from] crate::mqtt_bridge::render::RenderError),
     #[error("Kubernetes API: {0}")]
@@ -89,6 +117,12 @@ impl ReconcileError {
         match self {
             Self::MissingSecret { .. } => "SecretNotFound",
             Self::SecretKeys { .. } => "SecretIncomplete",
+            Self::MissingConfigMap { .. } => "ConfigMapNotFound",
+            Self::Topics(error) => error.reason(),
+            Self::Lag(crate::kafka::LagError::Unreachable { .. }) => "KafkaUnreachable",
+            Self::Lag(_) => "LagUnknown",
+            Self::RenderRoute(_) => "InvalidSpec",
+            Self::Finalizer(_) => "FinalizerFailed",
             Self::Render(_) => "InvalidSpec",
             Self::Kube(_) => "KubernetesApiError",
         }

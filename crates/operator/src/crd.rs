@@ -3,6 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::grpc_route::GrpcKafkaRoute;
 use crate::mqtt_bridge::MqttBridge;
 
 const HEADER: &str = "# Strait CustomResourceDefinitions (group strait.dev).\n\
@@ -10,7 +11,7 @@ const HEADER: &str = "# Strait CustomResourceDefinitions (group strait.dev).\n\
 
 /// Every CRD the operator serves.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![MqttBridge::crd()]
+    vec![MqttBridge::crd(), GrpcKafkaRoute::crd()]
 }
 
 /// Every CRD as one multi-document YAML stream; `crds/strait.yaml` holds this output, checked in.

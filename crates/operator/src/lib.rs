@@ -4,10 +4,13 @@
 pub mod autoscale;
 pub mod context;
 pub mod crd;
+pub mod grpc_route;
 pub mod kafka;
 pub mod leader;
 pub mod mqtt_bridge;
 pub mod status;
+pub mod topics;
+pub mod workload;
 
 /// The one field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "strait-operator";

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use strait_operator::{context, crd, leader, mqtt_bridge};
+use strait_operator::{context, crd, grpc_route, leader, mqtt_bridge};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -101,11 +101,12 @@ async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    tracing::info!("leading: reconciling MqttBridge resources");
+    tracing::info!("leading: reconciling MqttBridge and GrpcKafkaRoute resources");
     // Every reconcile is idempotent (server-side apply of the whole desired state), so stopping
     // in the middle of one loses nothing: the next leader redoes it.
     let lost = tokio::select! {
-        () = mqtt_bridge::run(ctx) => false,
+        () = mqtt_bridge::run(ctx.clone()) => false,
+        () = grpc_route::run(ctx) => false,
         () = leadership.lost() => true,
         () = process.shutdown.requested() => false,
     };

@@ -164,7 +164,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
 }
 
 /// Whether a Deployment has rolled out its current template, and if not, how far it got.
-fn rollout(deployment: &Deployment) -> (bool, String) {
+pub fn rollout(deployment: &Deployment) -> (bool, String) {
     let want = deployment
         .spec
         .as_ref()

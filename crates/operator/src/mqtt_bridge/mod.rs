@@ -4,5 +4,5 @@ mod controller;
 pub mod render;
 pub mod spec;
 
-pub use controller::run;
+pub use controller::{rollout, run};
 pub use spec::MqttBridge;

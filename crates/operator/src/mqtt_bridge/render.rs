@@ -1,27 +1,21 @@
 //! Pure rendering: an `MqttBridge` → the Kubernetes objects that run it. No I/O, so every rule
 //! here is unit-tested without a cluster.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use strait_config::relay::{BrokerConfig, Listeners, SProxyLink};
 use strait_config::tls::{ClientTls, ServerTls};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 
 use super::spec::MqttBridge;
+use crate::workload::{self, Owner, ProxyPods, from_json};
 
 pub const S_PROXY_PORT: i32 = 50516;
-pub const ADMIN_PORT: i32 = 9090;
-const CONFIG_DIR: &str = "/etc/strait/config";
 const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
 const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
-/// Pods roll when this annotation changes: the hash of the role's rendered config.
-pub const CONFIG_HASH: &str = "strait.dev/config-hash";
 
 /// Everything one MqttBridge owns.
 #[derive(Debug, Clone)]
@@ -56,29 +50,6 @@ pub enum RenderError {
 
 pub fn s_proxy_name(bridge: &MqttBridge) -> String {
     format!("{}-s-proxy", bridge.name_any())
-}
-
-fn config_map_name(bridge: &MqttBridge) -> String {
-    format!("{}-config", bridge.name_any())
-}
-
-pub fn labels(bridge: &MqttBridge, component: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "strait".into()),
-        ("app.kubernetes.io/instance".into(), bridge.name_any()),
-        ("app.kubernetes.io/component".into(), component.into()),
-        (
-            "app.kubernetes.io/managed-by".into(),
-            "strait-operator".into(),
-        ),
-    ])
-}
-
-/// The labels that select a role's pods (all but `managed-by`, which may change owner).
-fn selector_labels(bridge: &MqttBridge, component: &str) -> BTreeMap<String, String> {
-    let mut labels = labels(bridge, component);
-    labels.remove("app.kubernetes.io/managed-by");
-    labels
 }
 
 pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
@@ -147,9 +118,14 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
     })
 }
 
-fn config_hash(yaml: &str) -> String {
-    let digest = Sha256::digest(yaml.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+pub fn owner(bridge: &MqttBridge) -> Owner {
+    Owner {
+        instance: bridge.name_any(),
+        namespace: bridge.namespace(),
+        reference: bridge
+            .controller_owner_ref(&())
+            .expect("a stored MqttBridge has a name and uid"),
+    }
 }
 
 pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderError> {
@@ -165,24 +141,14 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
     })?;
     let r_yaml = strait_config::to_yaml(&r_config);
     let s_yaml = strait_config::to_yaml(&s_config);
-    let owner = bridge
-        .controller_owner_ref(&())
-        .expect("a stored MqttBridge has a name and uid");
-    let namespace = bridge.namespace();
+    let owner = owner(bridge);
     let name = bridge.name_any();
-    let meta = |object_name: String, component: &str| {
-        json!({
-            "name": object_name,
-            "namespace": namespace,
-            "labels": labels(bridge, component),
-            "ownerReferences": [owner],
-        })
-    };
+    let host = format!("{name}.{}.svc", bridge.namespace().unwrap_or_default());
 
     let config_map: ConfigMap = from_json(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": meta(config_map_name(bridge), "config"),
+        "metadata": owner.meta(owner.config_map_name(), "config"),
         "data": {"r-proxy.yaml": r_yaml, "s-proxy.yaml": s_yaml},
     }));
 
@@ -190,21 +156,13 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
     let mut r_ports = vec![json!({"name": "mqtt", "containerPort": spec.listener.port})];
     let mut service_ports =
         vec![json!({"name": "mqtt", "port": spec.listener.port, "targetPort": "mqtt"})];
-    let mut endpoints = vec![format!(
-        "mqtt://{name}.{}.svc:{}",
-        namespace.clone().unwrap_or_default(),
-        spec.listener.port
-    )];
+    let mut endpoints = vec![format!("mqtt://{host}:{}", spec.listener.port)];
     let mut r_volumes = Vec::new();
     let mut r_mounts = Vec::new();
     if let Some(tls) = &spec.listener.tls {
         r_ports.push(json!({"name": "mqtts", "containerPort": tls.port}));
         service_ports.push(json!({"name": "mqtts", "port": tls.port, "targetPort": "mqtts"}));
-        endpoints.push(format!(
-            "mqtts://{name}.{}.svc:{}",
-            namespace.clone().unwrap_or_default(),
-            tls.port
-        ));
+        endpoints.push(format!("mqtts://{host}:{}", tls.port));
         r_volumes.push(json!({"name": "listener-tls", "secret": {"secretName": tls.secret_name}}));
         r_mounts
             .push(json!({"name": "listener-tls", "mountPath": LISTENER_TLS_DIR, "readOnly": true}));
@@ -212,12 +170,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
     if let Some(ws) = &spec.listener.websocket {
         r_ports.push(json!({"name": "ws", "containerPort": ws.port}));
         service_ports.push(json!({"name": "ws", "port": ws.port, "targetPort": "ws"}));
-        endpoints.push(format!(
-            "ws://{name}.{}.svc:{}{}",
-            namespace.clone().unwrap_or_default(),
-            ws.port,
-            ws.path
-        ));
+        endpoints.push(format!("ws://{host}:{}{}", ws.port, ws.path));
     }
     let mut s_volumes = Vec::new();
     let mut s_mounts = Vec::new();
@@ -226,99 +179,40 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         s_mounts.push(json!({"name": "broker-tls", "mountPath": BROKER_TLS_DIR, "readOnly": true}));
     }
 
-    let deployment = |role: &str,
-                      pods: &crate::mqtt_bridge::spec::ProxyPods,
-                      yaml: &str,
-                      ports: Vec<serde_json::Value>,
-                      mut volumes: Vec<serde_json::Value>,
-                      mut mounts: Vec<serde_json::Value>| {
-        volumes.push(json!({"name": "config", "configMap": {"name": config_map_name(bridge)}}));
-        mounts.push(json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}));
-        let mut ports = ports;
-        ports.push(json!({"name": "admin", "containerPort": ADMIN_PORT}));
-        let labels = labels(bridge, role);
-        let selector = selector_labels(bridge, role);
-        from_json::<Deployment>(json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta(format!("{name}-{role}"), role),
-            "spec": {
-                "replicas": pods.replicas,
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {
-                        "labels": labels,
-                        "annotations": {CONFIG_HASH: config_hash(yaml)},
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "securityContext": {
-                            "runAsNonRoot": true,
-                            "runAsUser": 65532,
-                            "runAsGroup": 65532,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "containers": [{
-                            "name": "strait-proxy",
-                            "image": inputs.image,
-                            "args": [
-                                role,
-                                "--config", format!("{CONFIG_DIR}/{role}.yaml"),
-                                "--metrics-addr", format!("0.0.0.0:{ADMIN_PORT}"),
-                                "--log-format", "json",
-                            ],
-                            "ports": ports,
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5},
-                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10},
-                            "resources": pods.resources,
-                            "securityContext": {
-                                "allowPrivilegeEscalation": false,
-                                "readOnlyRootFilesystem": true,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": mounts,
-                        }],
-                        "volumes": volumes,
-                    },
-                },
-            },
-        }))
-    };
     let deployments = vec![
-        deployment(
-            "s-proxy",
-            &spec.s_proxy,
-            &s_yaml,
-            vec![json!({"name": "grpc", "containerPort": S_PROXY_PORT})],
-            s_volumes,
-            s_mounts,
-        ),
-        deployment(
-            "r-proxy",
-            &spec.r_proxy,
-            &r_yaml,
-            r_ports,
-            r_volumes,
-            r_mounts,
-        ),
+        ProxyPods {
+            role: "s-proxy",
+            image: &inputs.image,
+            config_yaml: &s_yaml,
+            replicas: Some(spec.s_proxy.replicas),
+            ports: vec![json!({"name": "grpc", "containerPort": S_PROXY_PORT})],
+            volumes: s_volumes,
+            mounts: s_mounts,
+            resources: spec.s_proxy.resources.as_ref(),
+        }
+        .deployment(&owner),
+        ProxyPods {
+            role: "r-proxy",
+            image: &inputs.image,
+            config_yaml: &r_yaml,
+            replicas: Some(spec.r_proxy.replicas),
+            ports: r_ports,
+            volumes: r_volumes,
+            mounts: r_mounts,
+            resources: spec.r_proxy.resources.as_ref(),
+        }
+        .deployment(&owner),
     ];
-    let service = |object_name: String, role: &str, type_: &str, ports: Vec<serde_json::Value>| {
-        let selector = selector_labels(bridge, role);
-        from_json::<Service>(json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(object_name, role),
-            "spec": {"type": type_, "selector": selector, "ports": ports},
-        }))
-    };
     let services = vec![
-        service(
+        workload::service(
+            &owner,
             s_proxy_name(bridge),
             "s-proxy",
             "ClusterIP",
             vec![json!({"name": "grpc", "port": S_PROXY_PORT, "targetPort": "grpc"})],
         ),
-        service(
+        workload::service(
+            &owner,
             name.clone(),
             "r-proxy",
             spec.r_proxy.service_type.as_deref().unwrap_or("ClusterIP"),
@@ -327,17 +221,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
     ];
     let disruption_budgets = ["s-proxy", "r-proxy"]
         .into_iter()
-        .map(|role| {
-            from_json::<PodDisruptionBudget>(json!({
-                "apiVersion": "policy/v1",
-                "kind": "PodDisruptionBudget",
-                "metadata": meta(format!("{name}-{role}"), role),
-                "spec": {
-                    "maxUnavailable": 1,
-                    "selector": {"matchLabels": selector_labels(bridge, role)},
-                },
-            }))
-        })
+        .map(|role| workload::disruption_budget(&owner, role))
         .collect();
     Ok(Rendered {
         config_map,
@@ -346,10 +230,6 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         disruption_budgets,
         endpoints,
     })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).expect("rendered objects match their Kubernetes types")
 }
 
 #[cfg(test)]
@@ -422,7 +302,7 @@ mod tests {
                 .unwrap()
                 .annotations
                 .as_ref()
-                .unwrap()[CONFIG_HASH]
+                .unwrap()[crate::workload::CONFIG_HASH]
                 .clone()
         };
         let before = bridge(json!({"upstream": {"broker": {"address": "b:1883"}}}));

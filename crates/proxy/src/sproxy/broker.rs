@@ -142,7 +142,10 @@ pub async fn run(
         pipelined,
         ..
     } = opening;
-    let broker = match ctx.broker.connect().await {
+    let super::Backend::Broker(target) = &ctx.backend else {
+        unreachable!("broker sessions run only with the broker upstream");
+    };
+    let broker = match target.connect().await {
         Ok(io) => io,
         Err(error) => {
             tracing::warn!(

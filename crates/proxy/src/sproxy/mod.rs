@@ -2,6 +2,7 @@
 //! on the client's behalf: a real MQTT broker (this module's `broker` upstream).
 
 mod broker;
+pub mod kafka;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::RelayMetrics;
 use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
 use crate::tls::{ServerTlsArgs, overlay};
-use strait_config::relay::{BrokerConfig, Upstream};
+use strait_config::relay::{BrokerConfig, KafkaConfig, Upstream};
 use strait_config::tls::ServerTls;
 use strait_config::{ConfigError, SProxyConfig, Validate};
 
@@ -32,6 +33,8 @@ pub const READINESS: &str = "listener";
 pub enum UpstreamArg {
     /// A real MQTT broker (--broker) holds sessions and messages.
     Broker,
+    /// Kafka (--kafka) is the broker: messages, retained messages and sessions live in topics.
+    Kafka,
 }
 
 /// `strait-proxy s-proxy`: serve MqttRelay streams from r-proxy and drive the upstream.
@@ -42,6 +45,7 @@ pub enum UpstreamArg {
 #[command(
     after_help = "Examples:\n  strait-proxy s-proxy --listen 0.0.0.0:50516 \
     --upstream broker --broker mosquitto:1883\n  \
+    strait-proxy s-proxy --upstream kafka --kafka kafka:9092\n  \
     strait-proxy s-proxy --config /etc/strait/s-proxy.yaml\n\n\
     Config file:\n  \
     listen: 0.0.0.0:50516\n  \
@@ -71,6 +75,11 @@ pub struct SProxyArgs {
     /// MQTT broker address (HOST:PORT) for --upstream broker.
     #[arg(long, env = "STRAIT_BROKER")]
     pub broker: Option<String>,
+
+    /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]) for --upstream kafka; topics, routes
+    /// and authentication come from the config file's `kafka` section.
+    #[arg(long, env = "STRAIT_KAFKA")]
+    pub kafka: Option<String>,
 
     /// Connect to the broker over TLS, trusting this CA bundle.
     #[arg(long)]
@@ -112,8 +121,16 @@ impl SProxyArgs {
         };
         config.listen = self.listen.unwrap_or(config.listen);
         self.tls.apply(&mut config.tls);
-        if let Some(UpstreamArg::Broker) = self.upstream {
-            config.upstream = Upstream::Broker;
+        match self.upstream {
+            Some(UpstreamArg::Broker) => config.upstream = Upstream::Broker,
+            Some(UpstreamArg::Kafka) => config.upstream = Upstream::Kafka,
+            None => {}
+        }
+        if let Some(bootstrap) = self.kafka {
+            match &mut config.kafka {
+                Some(kafka) => kafka.bootstrap = bootstrap,
+                None => config.kafka = Some(Box::new(KafkaConfig::new(bootstrap))),
+            }
         }
         if let Some(address) = self.broker {
             match &mut config.broker {
@@ -150,8 +167,14 @@ impl SProxyArgs {
     }
 }
 
+/// What serves the sessions of this process.
+pub(crate) enum Backend {
+    Broker(broker::BrokerTarget),
+    Kafka(Arc<kafka::KafkaUpstream>),
+}
+
 pub(crate) struct Context {
-    pub broker: broker::BrokerTarget,
+    pub backend: Backend,
     pub metrics: RelayMetrics,
     pub max_packet_size: usize,
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -188,10 +211,16 @@ impl MqttRelay for RelayService {
         if let Some(identity) = &opening.open.identity {
             span.record("identity", identity.subject.as_str());
         }
-        self.ctx.sessions.spawn(tracing::Instrument::instrument(
-            broker::run(opening, inbound, to_client, ctx),
-            span,
-        ));
+        match &self.ctx.backend {
+            Backend::Broker(_) => self.ctx.sessions.spawn(tracing::Instrument::instrument(
+                broker::run(opening, inbound, to_client, ctx),
+                span,
+            )),
+            Backend::Kafka(upstream) => self.ctx.sessions.spawn(tracing::Instrument::instrument(
+                kafka::run(opening, inbound, to_client, ctx, upstream.clone()),
+                span,
+            )),
+        };
         Ok(Response::new(ReceiverStream::new(outbound)))
     }
 }
@@ -202,27 +231,41 @@ pub async fn start(
     process: &Process,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
-    let Upstream::Broker = config.upstream;
-    let target = config
-        .broker
-        .clone()
-        .context("broker: upstream is broker but no broker address is set")?;
-    let broker_tls = match &target.tls {
-        Some(tls) => {
-            let ca = tls.ca.as_deref().context("broker.tls.ca is required")?;
-            Some(crate::tls::client_config(tls, ca).context("loading broker.tls")?)
+    let backend = match config.upstream {
+        Upstream::Broker => {
+            let target = config
+                .broker
+                .clone()
+                .context("broker: upstream is broker but no broker address is set")?;
+            let broker_tls = match &target.tls {
+                Some(tls) => {
+                    let ca = tls.ca.as_deref().context("broker.tls.ca is required")?;
+                    Some(crate::tls::client_config(tls, ca).context("loading broker.tls")?)
+                }
+                None => None,
+            };
+            Backend::Broker(broker::BrokerTarget::new(
+                target.address,
+                broker_tls,
+                target.server_name,
+                target.connect_timeout,
+            )?)
         }
-        None => None,
+        Upstream::Kafka => {
+            let kafka = config
+                .kafka
+                .clone()
+                .context("kafka: upstream is kafka but no bootstrap servers are set")?;
+            Backend::Kafka(
+                kafka::KafkaUpstream::start(*kafka, process.shutdown.token())
+                    .await
+                    .context("starting the Kafka upstream")?,
+            )
+        }
     };
-    let broker = broker::BrokerTarget::new(
-        target.address,
-        broker_tls,
-        target.server_name,
-        target.connect_timeout,
-    )?;
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {
-        broker,
+        backend,
         metrics: RelayMetrics::register(&process.metrics, "s-proxy")?,
         max_packet_size: config.max_packet_size as usize,
         shutdown: process.shutdown.token(),
@@ -281,8 +324,17 @@ pub async fn start(
 
 pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> {
     let broker = config.broker.as_ref().map(|b| b.address.clone());
+    let kafka = config.kafka.as_ref().map(|k| k.bootstrap.clone());
+    let upstream = config.upstream;
     let (addr, serving) = start(config, process).await?;
-    tracing::info!(%addr, broker = broker.as_deref().unwrap_or("-"), "s-proxy listening");
+    match upstream {
+        Upstream::Broker => {
+            tracing::info!(%addr, broker = broker.as_deref().unwrap_or("-"), "s-proxy listening")
+        }
+        Upstream::Kafka => {
+            tracing::info!(%addr, kafka = kafka.as_deref().unwrap_or("-"), "s-proxy listening (upstream kafka)")
+        }
+    }
     serving.await
 }
 

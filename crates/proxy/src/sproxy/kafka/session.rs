@@ -1,0 +1,1309 @@
+//! One MQTT session served from Kafka: CONNECT/CONNACK, publishes produced to the messages
+//! topic (acknowledged only once Kafka has them), subscriptions fed by the dispatcher, retained
+//! messages, persistent state in the sessions topic, wills and takeover.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt as _};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use strait_mqtt_codec::{
+    self as mqtt, ConnAck, Packet, Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, UnsubAck,
+};
+use strait_relay::v1::{self, ClientFrame, ServerFrame};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::headers::{self, Message};
+use super::state::{SessionRecord, StoredSubscription, StoredWill, VERSION};
+use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms, record_headers};
+use crate::metrics::{ActiveSession, Direction};
+use crate::relay_rules::refusal;
+use crate::sproxy::Context;
+use crate::sproxy::broker::Opening;
+
+type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
+
+/// Publishes the client may have in flight towards us (CONNACK Receive Maximum).
+const RECEIVE_MAXIMUM: u16 = 256;
+/// How often a persistent session writes its delivery progress.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const SYNC_DEADLINE: Duration = Duration::from_secs(10);
+const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+
+/// How a produce ended, for the acknowledgement.
+type ProduceResult = Result<(), ReasonCode>;
+
+/// Records a session missed, read from Kafka (an error ends the session).
+type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
+
+/// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
+type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
+
+enum Ack {
+    /// QoS 1: PUBACK.
+    PubAck(u16),
+    /// QoS 2: PUBREC (and remember the packet id).
+    PubRec(u16),
+}
+
+/// A message sent to the client and not yet acknowledged.
+struct Outgoing {
+    /// Where it came from (retained deliveries have no offset).
+    source: Option<(usize, i32, i64)>,
+    qos: QoS,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+}
+
+struct Session {
+    up: Arc<KafkaUpstream>,
+    id: u64,
+    client_id: String,
+    protocol: Protocol,
+    connection: String,
+    connected_at_ms: i64,
+    expiry: u32,
+    will: Option<mqtt::Will>,
+    subscriptions: BTreeMap<String, StoredSubscription>,
+    inbox: Arc<Inbox>,
+    /// Client's Receive Maximum.
+    client_receive_max: usize,
+    client_max_packet: Option<u32>,
+    outgoing: HashMap<u16, Outgoing>,
+    next_packet_id: u16,
+    qos2_received: HashSet<u16>,
+    aliases: HashMap<u16, String>,
+    /// Catch-up in progress: next offset it will deliver per (topic, partition).
+    catching_up: HashMap<(usize, i32), i64>,
+    /// Live deliveries below these offsets were read by the catch-up.
+    live_from: HashMap<(usize, i32), i64>,
+    /// Retained messages waiting for room in the client's receive window.
+    pending: VecDeque<Publish>,
+    last_checkpoint: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+    out: Vec<v1::Packet>,
+}
+
+enum End {
+    /// DISCONNECT from the client (its reason code).
+    Disconnect(ReasonCode),
+    /// The client went away without DISCONNECT.
+    Dropped,
+    /// Another connection took the session over.
+    TakenOver,
+    /// We end it with this reason (and detail).
+    Server(ReasonCode, String),
+    Shutdown,
+    /// r-proxy is restarting; the client reconnects elsewhere.
+    RelayRestart,
+}
+
+pub(crate) async fn run(
+    opening: Opening,
+    inbound: Streaming<ClientFrame>,
+    to_client: ToClient,
+    ctx: Arc<Context>,
+    up: Arc<KafkaUpstream>,
+) {
+    let started = std::time::Instant::now();
+    let Opening {
+        protocol,
+        mut connect,
+        pipelined,
+        ..
+    } = opening;
+    let refuse = |reason: ReasonCode, detail: String| {
+        let to_client = to_client.clone();
+        async move {
+            let frame = ServerFrame {
+                packets: vec![refusal(reason).into()],
+                close: Some(v1::SessionClose {
+                    reason_code: 0,
+                    detail,
+                }),
+            };
+            let _ = to_client.send(Ok(frame)).await;
+        }
+    };
+    let mut assigned = None;
+    if connect.client_id.is_empty() {
+        if protocol == Protocol::V311 && !connect.clean_start {
+            return refuse(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "an empty client id needs a clean session".into(),
+            )
+            .await;
+        }
+        connect.client_id = format!("strait-{}-{}", up.instance, up.next_id());
+        assigned = Some(connect.client_id.clone());
+    }
+    if connect.client_id.starts_with(super::state::REPLICA_PREFIX) {
+        return refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client ids starting with $strait/ are reserved".into(),
+        )
+        .await;
+    }
+    let client_id = connect.client_id.clone();
+    let expiry = match protocol {
+        Protocol::V311 if connect.clean_start => 0,
+        Protocol::V311 => u32::MAX,
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+    };
+    let connected_at_ms = now_ms();
+    let connection = format!("{}-{}", up.instance, up.next_id());
+    let (kick_tx, mut kicked) = mpsc::channel(1);
+
+    // A session of the same client on this process is taken over at once; one on another
+    // process when it reads our record below.
+    {
+        let mut local = up.local.lock().expect("local sessions lock");
+        if let Some(old) = local.insert(
+            client_id.clone(),
+            Local {
+                connection: connection.clone(),
+                connected_at_ms,
+                kick: kick_tx,
+            },
+        ) {
+            let _ = old.kick.try_send(());
+        }
+    }
+
+    let resumed = match load(&up, &client_id, connect.clean_start).await {
+        Ok(resumed) => resumed,
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "Kafka unavailable; refusing the client"
+            );
+            ctx.metrics.error("kafka_unavailable");
+            forget_local(&up, &client_id, &connection);
+            return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
+        }
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), "session state read");
+    let session_present = resumed.is_some();
+    let id = up.next_id();
+    let inbox = Arc::new(Inbox::new(up.config.session_queue));
+    let mut session = Session {
+        up: up.clone(),
+        id,
+        client_id: client_id.clone(),
+        protocol,
+        connection: connection.clone(),
+        connected_at_ms,
+        expiry,
+        will: connect.will.clone(),
+        subscriptions: BTreeMap::new(),
+        inbox: inbox.clone(),
+        client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
+        client_max_packet: connect.properties.maximum_packet_size,
+        outgoing: HashMap::new(),
+        next_packet_id: 1,
+        qos2_received: HashSet::new(),
+        aliases: HashMap::new(),
+        catching_up: HashMap::new(),
+        live_from: HashMap::new(),
+        pending: VecDeque::new(),
+        last_checkpoint: None,
+        out: Vec::new(),
+    };
+    up.register(id, inbox);
+    let mut catch_up = None;
+    if let Some(record) = &resumed {
+        session.qos2_received = record.qos2_received.iter().copied().collect();
+        for sub in &record.subscriptions {
+            up.subscribe(id, &sub.filter);
+            session
+                .subscriptions
+                .insert(sub.filter.clone(), sub.clone());
+        }
+        catch_up = session.start_catch_up(&record.offsets);
+    }
+    // The claim: written before CONNACK, so a replica serving this client id hands it over.
+    if let Err(error) = session.write_record(None).await {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "cannot write the session record"
+        );
+        ctx.metrics.error("kafka_unavailable");
+        up.unregister(id, session.subscriptions.keys().cloned());
+        forget_local(&up, &client_id, &connection);
+        return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "session claimed");
+    let mut connack = ConnAck {
+        session_present,
+        ..Default::default()
+    };
+    if protocol == Protocol::V5 {
+        let p = &mut connack.properties;
+        p.receive_maximum = Some(RECEIVE_MAXIMUM);
+        p.retain_available = Some(true);
+        p.wildcard_subscription_available = Some(true);
+        p.subscription_identifier_available = Some(true);
+        p.shared_subscription_available = Some(true);
+        p.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        p.assigned_client_identifier = assigned;
+    }
+    session.out.push(Packet::ConnAck(connack).into());
+    let _active = ActiveSession::start(&ctx.metrics);
+    ctx.metrics
+        .session_setup_seconds
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(elapsed = ?started.elapsed(), session_present, "session opened on Kafka");
+
+    let end = session
+        .serve(pipelined, inbound, &to_client, &ctx, &mut kicked, catch_up)
+        .await;
+    session.finish(end, &to_client, &ctx).await;
+}
+
+/// The stored session to resume, after reading the sessions topic up to its end.
+async fn load(
+    up: &KafkaUpstream,
+    client_id: &str,
+    clean_start: bool,
+) -> anyhow::Result<Option<SessionRecord>> {
+    up.sessions.sync(SYNC_DEADLINE).await?;
+    if clean_start {
+        return Ok(None);
+    }
+    let Some(entry) = up.sessions.get(client_id) else {
+        return Ok(None);
+    };
+    match SessionRecord::decode(&entry.value) {
+        Ok(record) if !record.expired(now_ms()) => Ok(Some(record)),
+        Ok(_) => Ok(None),
+        Err(error) => {
+            tracing::warn!(%error, "ignoring an unreadable session record");
+            Ok(None)
+        }
+    }
+}
+
+fn forget_local(up: &KafkaUpstream, client_id: &str, connection: &str) {
+    let mut local = up.local.lock().expect("local sessions lock");
+    if local
+        .get(client_id)
+        .is_some_and(|l| l.connection == connection)
+    {
+        local.remove(client_id);
+    }
+}
+
+/// Produces a PUBLISH (to the messages topic, and the retained topic when RETAIN is set).
+/// Returns at once with the future of the Kafka acknowledgement.
+pub(super) fn produce(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    client_id: &str,
+) -> impl Future<Output = ProduceResult> + use<> {
+    let messages = up.routing.messages_topic(&publish.topic).into_owned();
+    let headers = headers::encode(
+        &publish.topic,
+        publish.qos,
+        &publish.properties,
+        client_id,
+        &messages,
+    );
+    let producer = if publish.qos == QoS::AtMostOnce {
+        &up.qos0
+    } else {
+        &up.producer
+    };
+    let partition = up.routing.hash_key(&publish.topic).and_then(|key| {
+        up.partition_count(&messages)
+            .map(|n| super::routing::partition_for(key.as_bytes(), n))
+    });
+    let mut deliveries = Vec::with_capacity(2);
+    deliveries.push(send(
+        producer,
+        &messages,
+        &publish.topic,
+        Some(&publish.payload),
+        &headers,
+        partition,
+    ));
+    if publish.retain {
+        // An empty retained payload clears the topic: a tombstone.
+        let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
+        deliveries.push(send(
+            &up.producer,
+            &up.config.topics.retained,
+            &publish.topic,
+            payload,
+            &headers,
+            None,
+        ));
+    }
+    async move {
+        for delivery in deliveries {
+            delivery.await?;
+        }
+        Ok(())
+    }
+}
+
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Option<&Bytes>,
+    headers: &[(String, Vec<u8>)],
+    partition: Option<i32>,
+) -> impl Future<Output = ProduceResult> + use<> {
+    let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
+    for (name, value) in headers {
+        kafka_headers = kafka_headers.insert(Header {
+            key: name,
+            value: Some(value.as_slice()),
+        });
+    }
+    let mut record = FutureRecord::to(topic).key(key).headers(kafka_headers);
+    if let Some(payload) = payload {
+        record = record.payload(payload.as_ref());
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    let queued = producer
+        .send_result(record)
+        .map_err(|(error, _)| reason_for(&error));
+    async move {
+        match queued?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => {
+                tracing::warn!(%error, "Kafka did not take a message");
+                Err(reason_for(&error))
+            }
+            Err(_) => Err(ReasonCode::UNSPECIFIED_ERROR),
+        }
+    }
+}
+
+fn reason_for(error: &KafkaError) -> ReasonCode {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            ReasonCode::PACKET_TOO_LARGE
+        }
+        Some(RDKafkaErrorCode::QueueFull) => ReasonCode::QUOTA_EXCEEDED,
+        _ => ReasonCode::UNSPECIFIED_ERROR,
+    }
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        pipelined: Vec<Packet>,
+        mut inbound: Streaming<ClientFrame>,
+        to_client: &ToClient,
+        ctx: &Context,
+        kicked: &mut mpsc::Receiver<()>,
+        mut catch_up: Option<CatchUp>,
+    ) -> End {
+        let mut acks: Acks = FuturesOrdered::new();
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for packet in pipelined {
+            if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+                return end;
+            }
+        }
+        loop {
+            self.fill_window();
+            if catch_up.is_none() {
+                // The window may have opened (an acknowledgement came): take what is queued.
+                self.drain_inbox();
+            }
+            if !self.out.is_empty() {
+                let frame = ServerFrame {
+                    packets: std::mem::take(&mut self.out),
+                    close: None,
+                };
+                if to_client.send(Ok(frame)).await.is_err() {
+                    return End::Dropped;
+                }
+            }
+            if catch_up.is_none() {
+                // The inbox overflowed (the client was slow): once it is drained, read what was
+                // left out from Kafka, then go on live. QoS >= 1 delivery pauses, nothing is lost.
+                catch_up = self.resume_overflow();
+            }
+            let window_open = self.outgoing.len() < self.client_receive_max;
+            tokio::select! {
+                frame = inbound.message(), if acks.len() < usize::from(RECEIVE_MAXIMUM) => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) | Err(_) => return End::Dropped,
+                    };
+                    for packet in frame.packets {
+                        let packet = match Packet::try_from(packet) {
+                            Ok(packet) => packet,
+                            Err(error) => {
+                                return End::Server(ReasonCode::MALFORMED_PACKET, error.to_string());
+                            }
+                        };
+                        ctx.metrics.packet(Direction::Inbound, packet.packet_type());
+                        if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+                            return end;
+                        }
+                    }
+                    if let Some(close) = frame.close {
+                        // r-proxy restarting is not the client's failure: no will.
+                        return if close.reason_code == u32::from(ReasonCode::SERVER_SHUTTING_DOWN.0) {
+                            End::RelayRestart
+                        } else {
+                            End::Dropped
+                        };
+                    }
+                }
+                Some((ack, result)) = acks.next() => {
+                    if let Some(end) = self.acknowledge(ack, result, ctx).await {
+                        return end;
+                    }
+                }
+                delivery = async { catch_up.as_mut().expect("guarded").recv().await },
+                    if catch_up.is_some() && window_open =>
+                {
+                    match delivery {
+                        Some(Err(error)) => {
+                            // Without what it missed the session cannot go on: the client
+                            // reconnects and resumes from the stored progress.
+                            return End::Server(ReasonCode::UNSPECIFIED_ERROR, format!("reading missed messages: {error}"));
+                        }
+                        Some(Ok(delivery)) => {
+                            let key = (delivery.topic, delivery.partition);
+                            self.catching_up.insert(key, delivery.offset + 1);
+                            self.deliver(&delivery, true);
+                        }
+                        None => {
+                            catch_up = None;
+                            self.catching_up.clear();
+                        }
+                    }
+                }
+                _ = self.inbox.notify.notified(), if catch_up.is_none() && window_open => {
+                    self.drain_inbox();
+                }
+                _ = checkpoint.tick(), if self.expiry > 0 => {
+                    if let Err(error) = self.checkpoint().await {
+                        tracing::warn!(error = format!("{error:#}"), "cannot write delivery progress");
+                    }
+                }
+                _ = kicked.recv() => return End::TakenOver,
+                _ = to_client.closed() => return End::Dropped,
+                _ = self.up.shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Handles one packet from the client; `Some` ends the session.
+    async fn handle(&mut self, packet: Packet, acks: &mut Acks, ctx: &Context) -> Option<End> {
+        match packet {
+            Packet::Publish(mut publish) => {
+                if let Some(alias) = publish.properties.topic_alias.take() {
+                    if alias == 0 || alias > TOPIC_ALIAS_MAXIMUM {
+                        return Some(End::Server(
+                            ReasonCode::TOPIC_ALIAS_INVALID,
+                            format!("topic alias {alias}"),
+                        ));
+                    }
+                    if publish.topic.is_empty() {
+                        match self.aliases.get(&alias) {
+                            Some(topic) => publish.topic = topic.clone(),
+                            None => {
+                                return Some(End::Server(
+                                    ReasonCode::PROTOCOL_ERROR,
+                                    format!("unknown topic alias {alias}"),
+                                ));
+                            }
+                        }
+                    } else {
+                        self.aliases.insert(alias, publish.topic.clone());
+                    }
+                }
+                if mqtt::topic::validate_name(&publish.topic).is_err() {
+                    return Some(End::Server(
+                        ReasonCode::TOPIC_NAME_INVALID,
+                        "invalid topic name".into(),
+                    ));
+                }
+                match publish.qos {
+                    QoS::AtMostOnce => {
+                        let delivery = produce(&self.up, &publish, &self.client_id);
+                        let metrics = ctx.metrics.clone();
+                        tokio::spawn(async move {
+                            if delivery.await.is_err() {
+                                metrics.error("qos0_produce_failed");
+                            }
+                        });
+                    }
+                    QoS::AtLeastOnce => {
+                        let delivery = produce(&self.up, &publish, &self.client_id);
+                        let id = publish.packet_id;
+                        acks.push_back(Box::pin(async move { (Ack::PubAck(id), delivery.await) }));
+                    }
+                    QoS::ExactlyOnce => {
+                        let id = publish.packet_id;
+                        if self.qos2_received.contains(&id) {
+                            // A resend of a message Kafka already has: acknowledge, do not
+                            // write it again.
+                            acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
+                        } else {
+                            let delivery = produce(&self.up, &publish, &self.client_id);
+                            acks.push_back(Box::pin(
+                                async move { (Ack::PubRec(id), delivery.await) },
+                            ));
+                        }
+                    }
+                }
+            }
+            Packet::PubRel(rel) => {
+                let known = self.qos2_received.remove(&rel.packet_id);
+                let mut comp = PubComp {
+                    packet_id: rel.packet_id,
+                    ..Default::default()
+                };
+                if !known && self.protocol == Protocol::V5 {
+                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.out.push(Packet::PubComp(comp).into());
+            }
+            Packet::PubAck(ack) => {
+                if self
+                    .outgoing
+                    .get(&ack.packet_id)
+                    .is_some_and(|o| o.qos == QoS::AtLeastOnce)
+                {
+                    self.outgoing.remove(&ack.packet_id);
+                }
+            }
+            Packet::PubRec(rec) => {
+                if let Some(outgoing) = self.outgoing.get_mut(&rec.packet_id) {
+                    if rec.reason_code.is_error() {
+                        self.outgoing.remove(&rec.packet_id);
+                    } else {
+                        outgoing.released = true;
+                        self.out.push(
+                            Packet::PubRel(PubRel {
+                                packet_id: rec.packet_id,
+                                ..Default::default()
+                            })
+                            .into(),
+                        );
+                    }
+                }
+            }
+            Packet::PubComp(comp) => {
+                self.outgoing.remove(&comp.packet_id);
+            }
+            Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => {
+                let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+                for filter in &unsubscribe.filters {
+                    if self.subscriptions.remove(filter).is_some() {
+                        self.up.unsubscribe(self.id, filter);
+                        reason_codes.push(ReasonCode::SUCCESS);
+                    } else {
+                        reason_codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+                    }
+                }
+                if self.expiry > 0
+                    && let Err(error) = self.write_record(None).await
+                {
+                    tracing::warn!(error = format!("{error:#}"), "cannot store the unsubscribe");
+                    reason_codes.fill(ReasonCode::UNSPECIFIED_ERROR);
+                }
+                self.out.push(
+                    Packet::UnsubAck(UnsubAck {
+                        packet_id: unsubscribe.packet_id,
+                        reason_codes,
+                        ..Default::default()
+                    })
+                    .into(),
+                );
+            }
+            Packet::PingReq => self.out.push(Packet::PingResp.into()),
+            Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    // Only a session that had an expiry may change it (MQTT-3.14.2-2).
+                    if self.expiry > 0 {
+                        self.expiry = expiry;
+                    }
+                }
+                return Some(End::Disconnect(disconnect.reason_code));
+            }
+            Packet::Auth(_) => {
+                return Some(End::Server(
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    "enhanced authentication is not supported".into(),
+                ));
+            }
+            other => {
+                return Some(End::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!("unexpected {} from a client", other.name()),
+                ));
+            }
+        }
+        None
+    }
+
+    async fn acknowledge(&mut self, ack: Ack, result: ProduceResult, ctx: &Context) -> Option<End> {
+        if let Err(reason) = result {
+            ctx.metrics.error("kafka_produce_failed");
+            if reason == ReasonCode::PACKET_TOO_LARGE {
+                // Kafka's record limit is below the packet size: PUBACK/PUBREC cannot carry
+                // 0x95, so the session ends with it, as for any packet that is too large.
+                return Some(End::Server(
+                    reason,
+                    "message larger than Kafka accepts".into(),
+                ));
+            }
+            if self.protocol == Protocol::V311 {
+                // 3.1.1 cannot refuse a PUBLISH: close without acknowledging it.
+                return Some(End::Server(reason, "Kafka did not take the message".into()));
+            }
+        }
+        let reason_code = result.err().unwrap_or(ReasonCode::SUCCESS);
+        match ack {
+            Ack::PubAck(packet_id) => self.out.push(
+                Packet::PubAck(PubAck {
+                    packet_id,
+                    reason_code,
+                    ..Default::default()
+                })
+                .into(),
+            ),
+            Ack::PubRec(packet_id) => {
+                if !reason_code.is_error()
+                    && self.qos2_received.insert(packet_id)
+                    && self.expiry > 0
+                {
+                    // The packet id must survive a reconnect to another replica before PUBREC,
+                    // or a resent PUBLISH would be written twice.
+                    if let Err(error) = self.write_record(None).await {
+                        tracing::warn!(error = format!("{error:#}"), "cannot store QoS 2 state");
+                        self.qos2_received.remove(&packet_id);
+                        return Some(End::Server(
+                            ReasonCode::UNSPECIFIED_ERROR,
+                            "cannot store QoS 2 state".into(),
+                        ));
+                    }
+                }
+                self.out.push(
+                    Packet::PubRec(PubRec {
+                        packet_id,
+                        reason_code,
+                        ..Default::default()
+                    })
+                    .into(),
+                )
+            }
+        }
+        None
+    }
+
+    async fn subscribe(&mut self, subscribe: mqtt::Subscribe) -> Option<End> {
+        let subscription_id = subscribe.properties.subscription_identifier;
+        let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained_for = Vec::new();
+        for sub in &subscribe.subscriptions {
+            if mqtt::topic::validate_filter(&sub.filter).is_err() {
+                reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let shared = mqtt::topic::parse_shared(&sub.filter).is_some();
+            if shared && sub.options.no_local {
+                // MQTT-3.8.3-4.
+                return Some(End::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "No Local on a shared subscription".into(),
+                ));
+            }
+            let stored = StoredSubscription::new(sub, subscription_id);
+            let new = self
+                .subscriptions
+                .insert(sub.filter.clone(), stored)
+                .is_none();
+            if new {
+                self.up.subscribe(self.id, &sub.filter);
+            }
+            // Shared subscriptions get no retained messages on subscribe.
+            let send_retained = !shared
+                && match sub.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => new,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained_for.push(sub.filter.clone());
+            }
+            reason_codes.push(ReasonCode(sub.options.qos as u8));
+        }
+        if self.expiry > 0
+            && let Err(error) = self.write_record(None).await
+        {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot store the subscription"
+            );
+            for code in reason_codes.iter_mut().filter(|c| !c.is_error()) {
+                *code = ReasonCode::UNSPECIFIED_ERROR;
+            }
+            retained_for.clear();
+        }
+        if self.protocol == Protocol::V311 {
+            for code in &mut reason_codes {
+                if code.is_error() {
+                    *code = ReasonCode::UNSPECIFIED_ERROR;
+                }
+            }
+        }
+        self.out.push(
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reason_codes,
+                ..Default::default()
+            })
+            .into(),
+        );
+        if !retained_for.is_empty() {
+            if let Err(error) = self.up.retained.sync(SYNC_DEADLINE).await {
+                tracing::warn!(error = format!("{error:#}"), "retained messages not read");
+            }
+            let now = now_ms();
+            let entries = self
+                .up
+                .retained
+                .select(|topic| retained_for.iter().any(|f| mqtt::topic::matches(f, topic)));
+            for (topic, entry) in entries {
+                let Ok(message) = headers::decode(
+                    Some(topic.as_bytes()),
+                    entry.value.clone(),
+                    entry
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_slice())),
+                ) else {
+                    continue;
+                };
+                for filter in &retained_for {
+                    if !mqtt::topic::matches(filter, &topic) {
+                        continue;
+                    }
+                    let Some(sub) = self.subscriptions.get(filter) else {
+                        continue;
+                    };
+                    if let Some(publish) =
+                        self.to_publish(&message, entry.timestamp_ms, now, &[sub])
+                    {
+                        let mut publish = publish;
+                        publish.retain = true;
+                        self.pending.push_back(publish);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The PUBLISH a subscriber with these matching subscriptions gets; `None` when none wants it
+    /// (No Local) or it expired.
+    fn to_publish(
+        &self,
+        message: &Message,
+        timestamp_ms: i64,
+        now_ms: i64,
+        matching: &[&StoredSubscription],
+    ) -> Option<Publish> {
+        let mut qos = None;
+        let mut ids = Vec::new();
+        for sub in matching {
+            if sub.no_local && message.local.as_deref() == Some(self.client_id.as_str()) {
+                continue;
+            }
+            qos = qos.max(Some(sub.qos()));
+            ids.extend(sub.subscription_id);
+        }
+        let qos = qos?.min(message.qos);
+        let expiry = headers::remaining_expiry(message.expiry, timestamp_ms, now_ms)?;
+        let mut properties = message.properties.clone();
+        properties.message_expiry_interval = expiry;
+        properties.subscription_identifiers = ids;
+        Some(Publish {
+            qos,
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            properties,
+            ..Default::default()
+        })
+    }
+
+    /// Sends a delivery from the dispatcher or the catch-up.
+    fn deliver(&mut self, delivery: &Delivery, from_catch_up: bool) {
+        let key = (delivery.topic, delivery.partition);
+        if !from_catch_up
+            && self
+                .live_from
+                .get(&key)
+                .is_some_and(|from| delivery.offset < *from)
+        {
+            return;
+        }
+        if from_catch_up && delivery.message.qos == QoS::AtMostOnce {
+            return;
+        }
+        // A catch-up reads every record: shared subscriptions, whose records other members
+        // may have had, are not caught up.
+        let matching: Vec<&StoredSubscription> = self
+            .subscriptions
+            .values()
+            .filter(|s| {
+                let (filter, shared) = match mqtt::topic::parse_shared(&s.filter) {
+                    Some((_, inner)) => (inner, true),
+                    None => (s.filter.as_str(), false),
+                };
+                !(shared && from_catch_up) && mqtt::topic::matches(filter, &delivery.message.topic)
+            })
+            .collect();
+        if matching.is_empty() {
+            return;
+        }
+        let Some(publish) = self.to_publish(
+            &delivery.message,
+            delivery.timestamp_ms,
+            now_ms(),
+            &matching,
+        ) else {
+            return;
+        };
+        let source = Some((delivery.topic, delivery.partition, delivery.offset));
+        self.send_publish(publish, source);
+    }
+
+    fn send_publish(&mut self, mut publish: Publish, source: Option<(usize, i32, i64)>) {
+        if let Some(max) = self.client_max_packet {
+            let size = mqtt::encoded_len(&Packet::Publish(publish.clone()), self.protocol)
+                .unwrap_or(usize::MAX);
+            if size > max as usize {
+                // The client cannot take it: as if delivered (MQTT-3.1.2-25).
+                return;
+            }
+        }
+        if publish.qos != QoS::AtMostOnce {
+            let id = self.allocate_packet_id();
+            publish.packet_id = id;
+            self.outgoing.insert(
+                id,
+                Outgoing {
+                    source,
+                    qos: publish.qos,
+                    released: false,
+                },
+            );
+        }
+        self.out.push(Packet::Publish(publish).into());
+    }
+
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.outgoing.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Sends queued retained messages while the client's receive window has room.
+    fn fill_window(&mut self) {
+        while self.outgoing.len() < self.client_receive_max {
+            let Some(publish) = self.pending.pop_front() else {
+                break;
+            };
+            self.send_publish(publish, None);
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while self.outgoing.len() < self.client_receive_max && self.out.len() < 256 {
+            let Some(delivery) = self
+                .inbox
+                .state
+                .lock()
+                .expect("inbox lock")
+                .items
+                .pop_front()
+            else {
+                break;
+            };
+            self.deliver(&delivery, false);
+        }
+        if !self
+            .inbox
+            .state
+            .lock()
+            .expect("inbox lock")
+            .items
+            .is_empty()
+            && self.outgoing.len() < self.client_receive_max
+        {
+            // More to do: come back on the next turn.
+            self.inbox.notify.notify_one();
+        }
+    }
+
+    /// Starts reading what the session missed: records after its stored offsets up to the
+    /// dispatcher's current position.
+    fn start_catch_up(
+        &mut self,
+        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+    ) -> Option<CatchUp> {
+        let now = self.up.positions();
+        let mut ranges = Vec::new();
+        for (t, topic) in self.up.topics.iter().enumerate() {
+            let Some(stored) = offsets.get(topic) else {
+                continue;
+            };
+            for (p, end) in now[t].iter().enumerate() {
+                let p = p as i32;
+                if let Some(from) = stored.get(&p) {
+                    ranges.push((t, p, *from, *end));
+                }
+            }
+        }
+        self.catch_up(ranges)
+    }
+
+    /// After an overflow, once the inbox is drained: a catch-up over what was dropped.
+    fn resume_overflow(&mut self) -> Option<CatchUp> {
+        // Positions first: every record before them is in the inbox or in `overflow`.
+        let now = self.up.positions();
+        let overflow = {
+            let mut state = self.inbox.state.lock().expect("inbox lock");
+            if state.overflow.is_empty() || !state.items.is_empty() {
+                return None;
+            }
+            std::mem::take(&mut state.overflow)
+        };
+        tracing::debug!(
+            partitions = overflow.len(),
+            "delivery queue overflowed; reading the rest from Kafka"
+        );
+        let ranges = overflow
+            .into_iter()
+            .map(|((t, p), from)| (t, p, from, now[t][p as usize]))
+            .collect();
+        self.catch_up(ranges)
+    }
+
+    /// Reads `ranges` (topic index, partition, from, to) for this session; live deliveries below
+    /// `to` are skipped from now on.
+    fn catch_up(&mut self, ranges: Vec<(usize, i32, i64, i64)>) -> Option<CatchUp> {
+        let mut reads = Vec::new();
+        for (t, p, from, to) in ranges {
+            self.live_from.insert((t, p), to);
+            if from < to {
+                reads.push((t, self.up.topics[t].clone(), p, from, to));
+                self.catching_up.insert((t, p), from);
+            }
+        }
+        if reads.is_empty() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let client = super::reader_config(&self.up.client);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = catch_up(client, reads, &tx) {
+                tracing::warn!(error = format!("{error:#}"), "catch-up failed");
+                let _ = tx.blocking_send(Err(format!("{error:#}")));
+            }
+        });
+        Some(rx)
+    }
+
+    /// Per messages topic and partition, the offset this session's delivery would resume from.
+    fn progress(&self) -> BTreeMap<String, BTreeMap<i32, i64>> {
+        // The positions first: every record before them is in the inbox or was handled.
+        let positions = self.up.positions();
+        let mut progress: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        let mut floor: HashMap<(usize, i32), i64> = HashMap::new();
+        {
+            let state = self.inbox.state.lock().expect("inbox lock");
+            for item in &state.items {
+                if item.message.qos != QoS::AtMostOnce {
+                    lower(&mut floor, (item.topic, item.partition), item.offset);
+                }
+            }
+            for (key, offset) in &state.overflow {
+                lower(&mut floor, *key, *offset);
+            }
+        }
+        for outgoing in self.outgoing.values() {
+            if let Some((t, p, offset)) = outgoing.source {
+                lower(&mut floor, (t, p), offset);
+            }
+        }
+        for (key, offset) in &self.catching_up {
+            lower(&mut floor, *key, *offset);
+        }
+        for (t, topic) in self.up.topics.iter().enumerate() {
+            let partitions = progress.entry(topic.clone()).or_default();
+            for (p, position) in positions[t].iter().enumerate() {
+                let p = p as i32;
+                let at = floor
+                    .get(&(t, p))
+                    .map_or(*position, |f| (*f).min(*position));
+                partitions.insert(p, at);
+            }
+        }
+        progress
+    }
+
+    fn record(&self, disconnected_at_ms: Option<i64>) -> SessionRecord {
+        let mut qos2: Vec<u16> = self.qos2_received.iter().copied().collect();
+        qos2.sort_unstable();
+        SessionRecord {
+            version: VERSION,
+            owner: self.up.instance.clone(),
+            connection: self.connection.clone(),
+            connected_at_ms: self.connected_at_ms,
+            disconnected_at_ms,
+            expiry: self.expiry,
+            subscriptions: self.subscriptions.values().cloned().collect(),
+            offsets: self.progress(),
+            qos2_received: qos2,
+            will: self.will.as_ref().map(StoredWill::from_will),
+        }
+    }
+
+    async fn write_record(&mut self, disconnected_at_ms: Option<i64>) -> anyhow::Result<()> {
+        let record = self.record(disconnected_at_ms);
+        let offsets = record.offsets.clone();
+        put_session(&self.up, &self.client_id, Some(record.encode())).await?;
+        self.last_checkpoint = Some(offsets);
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        if self.last_checkpoint.as_ref() == Some(&self.progress()) {
+            return Ok(());
+        }
+        self.write_record(None).await
+    }
+
+    async fn finish(mut self, end: End, to_client: &ToClient, ctx: &Context) {
+        let (publish_will, close) = match &end {
+            End::Disconnect(reason) => (*reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, None),
+            End::Dropped => (true, None),
+            End::TakenOver => (
+                false,
+                Some((
+                    ReasonCode::SESSION_TAKEN_OVER,
+                    "another connection took the session over".to_string(),
+                )),
+            ),
+            End::Server(reason, detail) => (true, Some((*reason, detail.clone()))),
+            End::Shutdown => (
+                false,
+                Some((
+                    ReasonCode::SERVER_SHUTTING_DOWN,
+                    "s-proxy shutting down".to_string(),
+                )),
+            ),
+            End::RelayRestart => (false, None),
+        };
+        tracing::info!(
+            reason = match &end {
+                End::Disconnect(_) => "disconnect",
+                End::Dropped => "dropped",
+                End::TakenOver => "taken over",
+                End::Server(..) => "server",
+                End::Shutdown => "shutdown",
+                End::RelayRestart => "r-proxy restart",
+            },
+            "session ended"
+        );
+        if let Some((reason, detail)) = &close {
+            if matches!(end, End::Server(..)) {
+                ctx.metrics.error("session_error");
+            }
+            let frame = ServerFrame {
+                packets: std::mem::take(&mut self.out),
+                close: Some(v1::SessionClose {
+                    reason_code: reason.0.into(),
+                    detail: detail.clone(),
+                }),
+            };
+            let _ = to_client.send(Ok(frame)).await;
+        }
+        self.up
+            .unregister(self.id, self.subscriptions.keys().cloned());
+        if matches!(end, End::TakenOver) {
+            // The new connection owns the session record now.
+            return;
+        }
+        forget_local(&self.up, &self.client_id, &self.connection);
+        let will = if publish_will { self.will.take() } else { None };
+        self.will = None;
+        let stored = if self.expiry == 0 {
+            None
+        } else {
+            Some(self.record(Some(now_ms())).encode())
+        };
+        if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot store the session's end"
+            );
+        }
+        if let Some(will) = will {
+            let delay = will
+                .properties
+                .will_delay_interval
+                .unwrap_or(0)
+                .min(self.expiry);
+            let up = self.up.clone();
+            let client_id = self.client_id.clone();
+            let connection = self.connection.clone();
+            tokio::spawn(async move {
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_secs(delay.into())).await;
+                    // A reconnect within the delay cancels the will.
+                    if up
+                        .local
+                        .lock()
+                        .expect("local sessions lock")
+                        .contains_key(&client_id)
+                    {
+                        return;
+                    }
+                    if let Some(entry) = up.sessions.get(&client_id)
+                        && SessionRecord::decode(&entry.value)
+                            .is_ok_and(|r| r.connection != connection)
+                    {
+                        return;
+                    }
+                }
+                let publish = Publish {
+                    qos: will.qos,
+                    retain: will.retain,
+                    topic: will.topic.clone(),
+                    payload: will.payload.clone(),
+                    properties: mqtt::PublishProperties {
+                        payload_format_indicator: will.properties.payload_format_indicator,
+                        message_expiry_interval: will.properties.message_expiry_interval,
+                        response_topic: will.properties.response_topic.clone(),
+                        correlation_data: will.properties.correlation_data.clone(),
+                        content_type: will.properties.content_type.clone(),
+                        user_properties: will.properties.user_properties.clone(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                match produce(&up, &publish, &client_id).await {
+                    Ok(()) => tracing::info!(client_id, topic = publish.topic, "will published"),
+                    Err(reason) => {
+                        tracing::warn!(client_id, reason = reason.name(), "will not published")
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64) {
+    let entry = floor.entry(key).or_insert(offset);
+    *entry = (*entry).min(offset);
+}
+
+/// Writes (or with `None` deletes) a client's session record, acks=all.
+pub(super) async fn put_session(
+    up: &KafkaUpstream,
+    client_id: &str,
+    value: Option<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let mut record = FutureRecord::<str, [u8]>::to(&up.config.topics.sessions).key(client_id);
+    if let Some(value) = &value {
+        record = record.payload(value.as_slice());
+    }
+    match up.producer.send(record, Duration::from_secs(5)).await {
+        Ok(_) => Ok(()),
+        Err((error, _)) => Err(anyhow::anyhow!(
+            "writing the session of {client_id}: {error}"
+        )),
+    }
+}
+
+/// Reads `ranges` (topic index, topic, partition, from, to) and sends every record to `tx`.
+fn catch_up(
+    client: rdkafka::ClientConfig,
+    ranges: Vec<(usize, String, i32, i64, i64)>,
+    tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client.create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
+    for (t, topic, p, from, to) in ranges {
+        assignment.add_partition_offset(&topic, p, Offset::Offset(from))?;
+        left.insert((topic, p), (t, to));
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !left.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "catch-up took over 60 s"
+        );
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let record = match result {
+            Ok(record) => record,
+            Err(KafkaError::PartitionEOF(_)) => continue,
+            Err(error) => {
+                tracing::debug!(%error, "catch-up reader");
+                continue;
+            }
+        };
+        let key = (record.topic().to_string(), record.partition());
+        let Some((t, to)) = left.get(&key).copied() else {
+            continue;
+        };
+        if record.offset() >= to {
+            left.remove(&key);
+            continue;
+        }
+        let headers = record_headers(&record);
+        if let Ok(message) = headers::decode(
+            record.key(),
+            Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        ) {
+            let delivery = Arc::new(Delivery {
+                topic: t,
+                partition: record.partition(),
+                offset: record.offset(),
+                timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                message,
+            });
+            if tx.blocking_send(Ok(delivery)).is_err() {
+                return Ok(());
+            }
+        }
+        if record.offset() + 1 >= to {
+            left.remove(&key);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,904 @@
+//! s-proxy with Kafka as the broker, against the real Kafka of the test services, through
+//! r-proxy, with real MQTT clients: what a client sees, and what a plain Kafka client sees.
+
+mod kafka_support;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_support::*;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use strait_e2e::{require, unique_name};
+use strait_mqtt_codec::{self as mqtt, Packet, Protocol, QoS, ReasonCode};
+use support::{RawClient, assert_disconnected_with, connect_packet};
+
+const QUIET: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn publish_and_subscribe_with_wildcards_at_qos_0_and_1() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "pubsub").await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    let codes = subscribe(
+        &mut sub,
+        1,
+        &[
+            ("home/+/temp", QoS::AtLeastOnce),
+            ("home/#", QoS::AtMostOnce),
+            ("#", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
+    assert_eq!(
+        codes,
+        [
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_1
+        ]
+    );
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V311, connect_packet(&unique_name("pub"))).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, "home/kitchen/temp", 1, b"21.5").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("the QoS 1 message");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..], got.qos),
+        ("home/kitchen/temp", &b"21.5"[..], QoS::AtLeastOnce)
+    );
+
+    // QoS 0 in, QoS 0 out, to the wildcard subscribers only.
+    publisher
+        .send(&publish_packet("home/door", QoS::AtMostOnce, 0, b"open"))
+        .await;
+    let got = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("the QoS 0 message");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..], got.qos),
+        ("home/door", &b"open"[..], QoS::AtMostOnce)
+    );
+
+    // `#` does not match `$` topics; a subscription to the `$` topic itself does.
+    assert_eq!(
+        publish_qos1(&mut publisher, "$internal/x", 2, b"hidden").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        next_publish(&mut sub, QUIET).await.map(|p| p.topic),
+        None,
+        "# matched a $ topic"
+    );
+    assert_eq!(
+        subscribe(&mut sub, 2, &[("$internal/+", QoS::AtLeastOnce)]).await,
+        [ReasonCode::GRANTED_QOS_1]
+    );
+    assert_eq!(
+        publish_qos1(&mut publisher, "$internal/x", 3, b"seen").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("the $ message");
+    assert_eq!(&got.payload[..], b"seen");
+
+    // Unsubscribed filters stop delivering.
+    sub.send(&Packet::Unsubscribe(mqtt::Unsubscribe {
+        packet_id: 3,
+        filters: vec![
+            "home/+/temp".into(),
+            "home/#".into(),
+            "#".into(),
+            "$internal/+".into(),
+        ],
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Packet::UnsubAck(_))));
+    assert_eq!(
+        publish_qos1(&mut publisher, "home/kitchen/temp", 4, b"22").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(next_publish(&mut sub, QUIET).await.map(|p| p.topic), None);
+}
+
+#[tokio::test]
+async fn qos_is_the_lower_of_publish_and_subscription_and_no_local_is_honoured() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "qosmin").await;
+    let id = unique_name("self");
+    let (mut client, _) = raw_session(&relay, Protocol::V5, connect_packet(&id)).await;
+    client
+        .send(&Packet::Subscribe(mqtt::Subscribe {
+            packet_id: 1,
+            subscriptions: vec![
+                mqtt::Subscription {
+                    filter: "mine/#".into(),
+                    options: mqtt::SubscriptionOptions {
+                        no_local: true,
+                        ..mqtt::SubscriptionOptions::qos(QoS::AtLeastOnce)
+                    },
+                },
+                mqtt::Subscription {
+                    filter: "low/#".into(),
+                    options: mqtt::SubscriptionOptions::qos(QoS::AtMostOnce),
+                },
+            ],
+            properties: mqtt::SubscribeProperties {
+                subscription_identifier: Some(42),
+                ..Default::default()
+            },
+        }))
+        .await;
+    assert!(matches!(client.recv().await, Some(Packet::SubAck(_))));
+    // Its own message on a No Local filter does not come back.
+    assert_eq!(
+        publish_qos1(&mut client, "mine/a", 1, b"own").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        next_publish(&mut client, QUIET).await.map(|p| p.topic),
+        None
+    );
+    // QoS 1 publish on a QoS 0 subscription arrives at QoS 0, with the subscription id.
+    assert_eq!(
+        publish_qos1(&mut client, "low/b", 2, b"x").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut client, Duration::from_secs(10))
+        .await
+        .expect("the message");
+    assert_eq!(got.qos, QoS::AtMostOnce);
+    assert_eq!(got.properties.subscription_identifiers, [42]);
+}
+
+#[tokio::test]
+async fn retained_messages_are_set_replaced_and_cleared() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "retained").await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    let retained = |payload: &'static [u8], id| {
+        Packet::Publish(mqtt::Publish {
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "status/device".into(),
+            packet_id: id,
+            payload: Bytes::from_static(payload),
+            ..Default::default()
+        })
+    };
+    let acked = async |client: &mut RawClient, id| match client.recv().await {
+        Some(Packet::PubAck(ack)) if ack.packet_id == id => {
+            assert_eq!(ack.reason_code, ReasonCode::SUCCESS)
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    };
+    publisher.send(&retained(b"online", 1)).await;
+    acked(&mut publisher, 1).await;
+
+    let late_subscriber = async |relay: &KafkaRelay| {
+        let (mut sub, _) =
+            raw_session(relay, Protocol::V5, connect_packet(&unique_name("late"))).await;
+        subscribe(&mut sub, 1, &[("status/+", QoS::AtLeastOnce)]).await;
+        let got = next_publish(&mut sub, QUIET).await;
+        got.map(|p| {
+            assert!(p.retain, "a retained message on subscribe has RETAIN set");
+            p.payload
+        })
+    };
+    assert_eq!(
+        late_subscriber(&relay).await.as_deref(),
+        Some(&b"online"[..])
+    );
+
+    publisher.send(&retained(b"offline", 2)).await;
+    acked(&mut publisher, 2).await;
+    assert_eq!(
+        late_subscriber(&relay).await.as_deref(),
+        Some(&b"offline"[..]),
+        "replaced"
+    );
+
+    publisher.send(&retained(b"", 3)).await;
+    acked(&mut publisher, 3).await;
+    assert_eq!(
+        late_subscriber(&relay).await,
+        None,
+        "an empty retained message clears the topic"
+    );
+
+    // The retained topic holds a tombstone for it, as a plain Kafka consumer sees.
+    let (key, _, value) = read_record(&kafka, &relay.topics.retained, "status/device").await;
+    assert_eq!(key.as_deref(), Some("status/device"));
+    let _ = value;
+}
+
+#[tokio::test]
+async fn the_messages_topic_has_zillas_record_layout() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "golden").await;
+    let client_id = unique_name("golden");
+    let (mut publisher, _) = raw_session(&relay, Protocol::V5, connect_packet(&client_id)).await;
+    publisher
+        .send(&Packet::Publish(mqtt::Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "sensor/one".into(),
+            packet_id: 1,
+            payload: Bytes::from_static(b"{\"t\":1}"),
+            properties: mqtt::PublishProperties {
+                payload_format_indicator: Some(true),
+                message_expiry_interval: Some(60),
+                content_type: Some("application/json".into()),
+                response_topic: Some("reply/one".into()),
+                correlation_data: Some(Bytes::from_static(b"c-1")),
+                user_properties: vec![("row".into(), "1".into()), ("row".into(), "2".into())],
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(publisher.recv().await, Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::SUCCESS)
+    );
+
+    let (key, headers, payload) = read_record(&kafka, &relay.topics.messages, "sensor/one").await;
+    assert_eq!(key.as_deref(), Some("sensor/one"));
+    assert_eq!(payload.as_deref(), Some(&b"{\"t\":1}"[..]));
+    let h = |name: &str, value: &[u8]| (name.to_string(), value.to_vec());
+    assert_eq!(
+        headers,
+        [
+            h("zilla:filter", b"sensor"),
+            h("zilla:filter", b"one"),
+            h("zilla:local", client_id.as_bytes()),
+            h("zilla:expiry", &60i32.to_be_bytes()),
+            h("zilla:content-type", b"application/json"),
+            h("zilla:format", b"TEXT"),
+            h("zilla:reply-to", relay.topics.messages.as_bytes()),
+            h("zilla:reply-key", b"reply/one"),
+            h("zilla:reply-filter", b"reply"),
+            h("zilla:reply-filter", b"one"),
+            h("zilla:correlation-id", b"c-1"),
+            h("zilla:qos", b"1"),
+            h("row", b"1"),
+            h("row", b"2"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_record_from_a_plain_kafka_producer_reaches_v5_subscribers_with_its_properties() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "plain").await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("plain/+", QoS::AtLeastOnce)]).await;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka)
+        .create()
+        .expect("a Kafka producer");
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in [
+        ("zilla:filter", &b"plain"[..]),
+        ("zilla:filter", b"x"),
+        ("zilla:local", b"a-java-service"),
+        ("zilla:qos", b"1"),
+        ("zilla:content-type", b"text/plain"),
+        ("zilla:format", b"TEXT"),
+        ("zilla:reply-to", relay.topics.messages.as_bytes()),
+        ("zilla:reply-key", b"answers/x"),
+        ("zilla:correlation-id", b"42"),
+        ("zilla:expiry", &3600i32.to_be_bytes()),
+        ("trace", b"abc"),
+    ] {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(&relay.topics.messages)
+                .key("plain/x")
+                .payload("hello from Kafka")
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+
+    let got = next_publish(&mut sub, Duration::from_secs(15))
+        .await
+        .expect("the Kafka record as a PUBLISH");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..], got.qos),
+        ("plain/x", &b"hello from Kafka"[..], QoS::AtLeastOnce)
+    );
+    let p = &got.properties;
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.payload_format_indicator, Some(true));
+    assert_eq!(p.response_topic.as_deref(), Some("answers/x"));
+    assert_eq!(p.correlation_data.as_deref(), Some(&b"42"[..]));
+    assert_eq!(
+        p.user_properties,
+        [("trace".to_string(), "abc".to_string())]
+    );
+    let expiry = p.message_expiry_interval.expect("the remaining expiry");
+    assert!((3590..=3600).contains(&expiry), "remaining expiry {expiry}");
+}
+
+#[tokio::test]
+async fn a_persistent_session_gets_what_was_published_while_it_was_away() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "persistent").await;
+    let id = unique_name("persistent");
+    let (mut sub, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, true, 300)).await;
+    assert!(!ack.session_present);
+    subscribe(&mut sub, 1, &[("offline/+", QoS::AtLeastOnce)]).await;
+    sub.send(&Packet::Disconnect(mqtt::Disconnect::default()))
+        .await;
+    sub.until_closed().await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V311, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=5u16 {
+        let payload = format!("m{i}");
+        assert_eq!(
+            publish_qos1(&mut publisher, "offline/a", i, payload.as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    publisher
+        .send(&publish_packet(
+            "offline/a",
+            QoS::AtMostOnce,
+            0,
+            b"qos0 is not kept",
+        ))
+        .await;
+
+    let (mut sub, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, false, 300)).await;
+    assert!(ack.session_present, "the session was kept");
+    let mut got = Vec::new();
+    while let Some(p) = next_publish(&mut sub, QUIET).await {
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    assert_eq!(
+        got,
+        ["m1", "m2", "m3", "m4", "m5"],
+        "offline QoS 1 messages, in order, once"
+    );
+
+    // Still subscribed: new messages arrive live.
+    assert_eq!(
+        publish_qos1(&mut publisher, "offline/b", 9, b"live").await,
+        ReasonCode::SUCCESS
+    );
+    let live = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("live message");
+    assert_eq!(&live.payload[..], b"live");
+
+    // A clean start drops the session.
+    sub.send(&Packet::Disconnect(mqtt::Disconnect::default()))
+        .await;
+    sub.until_closed().await;
+    let (_, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, true, 0)).await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn the_will_is_published_when_a_client_drops_and_not_after_disconnect() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "will").await;
+    let (mut watcher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("watch"))).await;
+    subscribe(&mut watcher, 1, &[("wills/#", QoS::AtLeastOnce)]).await;
+
+    let polite = unique_name("polite");
+    let (mut client, _) = raw_session(
+        &relay,
+        Protocol::V311,
+        support::connect_with_will(&polite, "wills/polite", b"gone"),
+    )
+    .await;
+    client
+        .send(&Packet::Disconnect(mqtt::Disconnect::default()))
+        .await;
+    client.until_closed().await;
+
+    let rude = unique_name("rude");
+    let (client, _) = raw_session(
+        &relay,
+        Protocol::V311,
+        support::connect_with_will(&rude, "wills/rude", b"lost"),
+    )
+    .await;
+    drop(client); // the TCP connection just closes
+
+    let got = next_publish(&mut watcher, Duration::from_secs(15))
+        .await
+        .expect("the will");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("wills/rude", &b"lost"[..])
+    );
+    assert_eq!(
+        next_publish(&mut watcher, QUIET).await.map(|p| p.topic),
+        None,
+        "no will after DISCONNECT"
+    );
+}
+
+#[tokio::test]
+async fn every_puback_survives_kill_9_of_s_proxy() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let mut relay = KafkaRelay::start(&kafka, "kill9").await;
+    let sub_id = unique_name("durable");
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, true, 600)).await;
+    subscribe(&mut sub, 1, &[("kill9/#", QoS::AtLeastOnce)]).await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    // Publish with several in flight; count what was acknowledged until the kill cuts it off.
+    let mqtt_addr = relay.mqtt;
+    let publishing = tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        let mut next = 1u16;
+        let mut in_flight = 0;
+        loop {
+            while in_flight < 8 {
+                publisher
+                    .send(&publish_packet(
+                        "kill9/x",
+                        QoS::AtLeastOnce,
+                        next,
+                        format!("m{next}").as_bytes(),
+                    ))
+                    .await;
+                next += 1;
+                in_flight += 1;
+            }
+            match publisher.recv_within(Duration::from_secs(20)).await {
+                Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::SUCCESS => {
+                    acked.insert(ack.packet_id);
+                    in_flight -= 1;
+                }
+                Some(Packet::PubAck(_)) => in_flight -= 1,
+                _ => return acked, // closed (or DISCONNECT) by the kill
+            }
+        }
+    });
+    let _ = mqtt_addr;
+    let mut received = BTreeSet::new();
+    while received.len() < 30 {
+        let p = next_publish(&mut sub, Duration::from_secs(15))
+            .await
+            .expect("messages flow before the kill");
+        received.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    relay.s_proxy.kill().await;
+    let acked = publishing.await.unwrap();
+    assert!(acked.len() >= 30, "publisher got {} PUBACKs", acked.len());
+    sub.until_closed().await;
+
+    relay.restart_s_proxy().await;
+    let (mut sub, ack) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, false, 600)).await;
+    assert!(ack.session_present);
+    while let Some(p) = next_publish(&mut sub, Duration::from_secs(3)).await {
+        received.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    let missing: Vec<u16> = acked
+        .iter()
+        .copied()
+        .filter(|id| !received.contains(&format!("m{id}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "PUBACKed but never delivered: {missing:?} ({} acked)",
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_through_another_s_proxy_takes_the_session_over() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let first = KafkaRelay::start(&kafka, "takeover").await;
+    let second = KafkaRelay::start_with(&kafka, first.topics.clone(), "").await;
+    let id = unique_name("roamer");
+    let (mut old, _) = raw_session(&first, Protocol::V5, v5_connect(&id, true, 300)).await;
+    subscribe(&mut old, 1, &[("roam/#", QoS::AtLeastOnce)]).await;
+
+    let (mut new, ack) = raw_session(&second, Protocol::V5, v5_connect(&id, false, 300)).await;
+    assert!(
+        ack.session_present,
+        "the session continues on the other replica"
+    );
+    let parting = old.until_closed().await;
+    assert_disconnected_with(&parting, ReasonCode::SESSION_TAKEN_OVER);
+
+    // The subscription moved with it.
+    let (mut publisher, _) =
+        raw_session(&first, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, "roam/x", 1, b"here").await,
+        ReasonCode::SUCCESS
+    );
+    let got = next_publish(&mut new, Duration::from_secs(10))
+        .await
+        .expect("delivered to the new connection");
+    assert_eq!(&got.payload[..], b"here");
+}
+
+#[tokio::test]
+async fn bad_publishes_get_the_right_reason_codes() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    // Kafka takes at most 2 KiB per record on this messages topic; MQTT packets up to 1 MiB.
+    let topics = Topics::unique("bad");
+    let relay = KafkaRelay::start_with(&kafka, topics, "").await;
+    set_topic_config(&kafka, &relay.topics.messages, "max.message.bytes", "2048").await;
+
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("big"))).await;
+    assert_eq!(
+        publish_qos1(&mut client, "big/one", 1, b"small").await,
+        ReasonCode::SUCCESS
+    );
+    // PUBACK cannot carry 0x95: the publisher is disconnected with it, never acknowledged.
+    client
+        .send(&publish_packet(
+            "big/one",
+            QoS::AtLeastOnce,
+            2,
+            &vec![b'x'; 8 * 1024],
+        ))
+        .await;
+    let parting = client.until_closed().await;
+    assert_disconnected_with(&parting, ReasonCode::PACKET_TOO_LARGE);
+    // The process goes on serving.
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("next"))).await;
+    assert_eq!(
+        publish_qos1(&mut client, "big/two", 1, b"small").await,
+        ReasonCode::SUCCESS
+    );
+
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("wild"))).await;
+    let mut out = bytes::BytesMut::new();
+    // Encode by hand: the codec refuses to encode a wildcard topic name.
+    out.extend_from_slice(&[
+        0x32, 0x0a, 0x00, 0x03, b'a', b'/', b'+', 0x00, 0x01, 0x00, b'h', b'i',
+    ]);
+    client.send_raw(&out).await;
+    let parting = client.until_closed().await;
+    assert_disconnected_with(&parting, ReasonCode::TOPIC_NAME_INVALID);
+}
+
+#[tokio::test]
+async fn s_proxy_refuses_to_start_on_a_sessions_topic_that_is_not_compacted() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let topics = Topics::unique("notcompact");
+    create_topic(&kafka, &topics.sessions, &[("cleanup.policy", "delete")]).await;
+    let config = s_proxy_config(strait_e2e::free_local_addr(), &kafka, &topics, "");
+    let output = tokio::process::Command::new(support::BIN)
+        .args([
+            "s-proxy",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .expect("run s-proxy");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&topics.sessions) && stderr.contains("cleanup.policy=compact"),
+        "{stderr}"
+    );
+}
+
+async fn admin(kafka: &str) -> rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .create()
+        .expect("admin client")
+}
+
+async fn create_topic(kafka: &str, topic: &str, config: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        new = new.set(k, v);
+    }
+    let results = admin(kafka)
+        .await
+        .create_topics(&[new], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    results.into_iter().for_each(|r| {
+        r.expect("topic created");
+    });
+}
+
+async fn set_topic_config(kafka: &str, topic: &str, key: &str, value: &str) {
+    use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    let results = admin(kafka)
+        .await
+        .alter_configs(&[alter], &AdminOptions::new())
+        .await
+        .expect("alter config");
+    results.into_iter().for_each(|r| {
+        r.expect("config altered");
+    });
+}
+
+#[tokio::test]
+async fn qos2_is_written_once_even_when_the_publish_is_resent_after_a_reconnect() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "qos2").await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("once/#", QoS::ExactlyOnce)]).await;
+
+    let id = unique_name("qos2pub");
+    let publish = |dup| {
+        Packet::Publish(mqtt::Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "once/x".into(),
+            packet_id: 7,
+            payload: Bytes::from_static(b"exactly"),
+            ..Default::default()
+        })
+    };
+    let (mut client, _) = raw_session(&relay, Protocol::V5, v5_connect(&id, true, 300)).await;
+    client.send(&publish(false)).await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7 && r.reason_code == ReasonCode::SUCCESS)
+    );
+    // The connection drops before PUBREL; the client resends on its next connection.
+    drop(client);
+    let (mut client, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, false, 300)).await;
+    assert!(ack.session_present);
+    client.send(&publish(true)).await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubRec(r)) if r.packet_id == 7 && r.reason_code == ReasonCode::SUCCESS)
+    );
+    client
+        .send(&Packet::PubRel(mqtt::PubRel {
+            packet_id: 7,
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(client.recv().await, Some(Packet::PubComp(c)) if c.packet_id == 7 && c.reason_code == ReasonCode::SUCCESS)
+    );
+
+    // The subscriber gets it at QoS 2, once, through PUBREC/PUBREL/PUBCOMP.
+    let got = match sub.recv().await {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected the QoS 2 PUBLISH, got {other:?}"),
+    };
+    assert_eq!(
+        (got.qos, &got.payload[..]),
+        (QoS::ExactlyOnce, &b"exactly"[..])
+    );
+    sub.send(&Packet::PubRec(mqtt::PubRec {
+        packet_id: got.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Some(Packet::PubRel(r)) if r.packet_id == got.packet_id));
+    sub.send(&Packet::PubComp(mqtt::PubComp {
+        packet_id: got.packet_id,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        next_publish(&mut sub, QUIET).await.map(|p| p.topic),
+        None,
+        "delivered once"
+    );
+    assert_eq!(
+        count_records(&kafka, &relay.topics.messages, "once/x").await,
+        1,
+        "written to Kafka once"
+    );
+}
+
+#[tokio::test]
+async fn a_will_with_a_delay_waits_and_is_cancelled_by_a_reconnect() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "willdelay").await;
+    let (mut watcher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("watch"))).await;
+    subscribe(&mut watcher, 1, &[("late/#", QoS::AtLeastOnce)]).await;
+    let with_delay = |id: &str, topic: &str| {
+        let mut connect = v5_connect(id, true, 60);
+        connect.will = Some(mqtt::Will {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            properties: mqtt::WillProperties {
+                will_delay_interval: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        connect
+    };
+    // Comes back within the delay: no will.
+    let back = unique_name("back");
+    let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&back, "late/back")).await;
+    drop(client);
+    let (_returned, _) = raw_session(&relay, Protocol::V5, v5_connect(&back, false, 60)).await;
+    // Stays away: the will comes after the delay, not before.
+    let away = unique_name("away");
+    let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&away, "late/away")).await;
+    let dropped_at = std::time::Instant::now();
+    drop(client);
+    let got = next_publish(&mut watcher, Duration::from_secs(15))
+        .await
+        .expect("the delayed will");
+    assert_eq!(
+        got.topic, "late/away",
+        "only the will of the client that stayed away"
+    );
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(1900),
+        "will came after {:?}",
+        dropped_at.elapsed()
+    );
+    assert_eq!(
+        next_publish(&mut watcher, QUIET).await.map(|p| p.topic),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_shared_subscription_splits_the_messages_among_three_members() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "shared").await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let (mut member, ack) =
+            raw_session(&relay, Protocol::V5, connect_packet(&unique_name("member"))).await;
+        assert_eq!(ack.properties.shared_subscription_available, Some(true));
+        assert_eq!(
+            subscribe(
+                &mut member,
+                1,
+                &[("$share/workers/jobs/+", QoS::AtLeastOnce)]
+            )
+            .await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        members.push(member);
+    }
+    let (mut everything, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("all"))).await;
+    subscribe(&mut everything, 1, &[("jobs/+", QoS::AtLeastOnce)]).await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=30u16 {
+        assert_eq!(
+            publish_qos1(
+                &mut publisher,
+                "jobs/build",
+                i,
+                format!("job{i}").as_bytes()
+            )
+            .await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut all = Vec::new();
+    while all.len() < 30 {
+        let p = next_publish(&mut everything, Duration::from_secs(10))
+            .await
+            .expect("the plain subscriber gets every job");
+        all.push(p.payload);
+    }
+    let mut seen = BTreeSet::new();
+    let mut counts = Vec::new();
+    for member in &mut members {
+        let mut count = 0;
+        while let Some(p) = next_publish(member, QUIET).await {
+            assert!(
+                seen.insert(p.payload.clone()),
+                "{:?} went to two members",
+                p.payload
+            );
+            count += 1;
+        }
+        counts.push(count);
+    }
+    assert_eq!(seen.len(), 30, "every job reached one member: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c >= 5),
+        "members share the work: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_surviving_replica_publishes_the_will_when_the_clients_s_proxy_dies() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let lease = "  replicaLease: 3s\n";
+    let mut doomed = KafkaRelay::start_with(&kafka, Topics::unique("orphan"), lease).await;
+    let survivor = KafkaRelay::start_with(&kafka, doomed.topics.clone(), lease).await;
+    let (mut watcher, _) = raw_session(
+        &survivor,
+        Protocol::V5,
+        connect_packet(&unique_name("watch")),
+    )
+    .await;
+    subscribe(&mut watcher, 1, &[("orphans/#", QoS::AtLeastOnce)]).await;
+    let id = unique_name("orphan");
+    let (_client, _) = raw_session(
+        &doomed,
+        Protocol::V311,
+        support::connect_with_will(&id, "orphans/x", b"my s-proxy died"),
+    )
+    .await;
+
+    doomed.s_proxy.kill().await;
+    let got = next_publish(&mut watcher, Duration::from_secs(30))
+        .await
+        .expect("the will, from the surviving replica");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("orphans/x", &b"my s-proxy died"[..])
+    );
+    assert_eq!(
+        next_publish(&mut watcher, QUIET).await.map(|p| p.topic),
+        None,
+        "published once"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_paused_not_disconnected_and_misses_nothing() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    // A delivery queue of 4 messages per session.
+    let relay = KafkaRelay::start_with(&kafka, Topics::unique("slow"), "  sessionQueue: 4\n").await;
+    let mut connect = connect_packet(&unique_name("slow"));
+    connect.properties.receive_maximum = Some(1);
+    let (mut slow, _) = raw_session(&relay, Protocol::V5, connect).await;
+    subscribe(&mut slow, 1, &[("burst/#", QoS::AtLeastOnce)]).await;
+
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=40u16 {
+        assert_eq!(
+            publish_qos1(&mut publisher, "burst/x", i, format!("m{i}").as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let p = next_publish(&mut slow, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 40 arrived", got.len()));
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    let want: Vec<String> = (1..=40).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "every message, in order, once");
+    assert_eq!(
+        next_publish(&mut slow, QUIET).await.map(|p| p.payload),
+        None
+    );
+}

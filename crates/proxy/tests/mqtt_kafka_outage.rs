@@ -1,0 +1,109 @@
+//! Kafka goes away while clients publish through s-proxy (Kafka upstream): publishers get
+//! negative acknowledgements, never a false PUBACK, and everything works again once Kafka is
+//! back. A file of its own: stopping Kafka would disturb tests running beside it.
+
+mod kafka_support;
+mod support;
+
+use std::time::Duration;
+
+use kafka_support::*;
+use strait_e2e::{require, unique_name};
+use strait_mqtt_codec::{Protocol, QoS, ReasonCode};
+use support::connect_packet;
+
+/// `tests/e2e/services stop|start kafka` (the test services of this checkout and state dir).
+fn services(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/services");
+    let status = std::process::Command::new(script)
+        .args([action, "kafka"])
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "services {action} kafka: {status}");
+}
+
+/// Starts Kafka again however the test ends.
+struct Outage {
+    stopped: bool,
+}
+
+impl Outage {
+    fn begin() -> Self {
+        services("stop");
+        Self { stopped: true }
+    }
+
+    fn end(&mut self) {
+        services("start");
+        self.stopped = false;
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if self.stopped {
+            services("start");
+        }
+    }
+}
+
+#[tokio::test]
+async fn kafka_down_gives_negative_acks_then_publishing_recovers() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start_with(
+        &kafka,
+        Topics::unique("outage"),
+        "  librdkafka: { message.timeout.ms: '4000' }\n",
+    )
+    .await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("outage/#", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, "outage/x", 1, b"before").await,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        &next_publish(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("before")
+            .payload[..],
+        b"before"
+    );
+
+    let mut outage = Outage::begin();
+    let reason = publish_qos1(&mut publisher, "outage/x", 2, b"during").await;
+    assert!(
+        [ReasonCode::UNSPECIFIED_ERROR, ReasonCode::QUOTA_EXCEEDED].contains(&reason),
+        "a publish while Kafka is down is refused, got {}",
+        reason.name()
+    );
+    outage.end();
+
+    // Kafka needs a few seconds to take writes again; each attempt waits for its answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut id = 10;
+    loop {
+        id += 1;
+        if publish_qos1(&mut publisher, "outage/x", id, b"after").await == ReasonCode::SUCCESS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing did not recover within 90 s"
+        );
+    }
+    let mut payloads = Vec::new();
+    while let Some(p) = next_publish(&mut sub, Duration::from_secs(15)).await {
+        payloads.push(p.payload);
+        if payloads.last().is_some_and(|p| &p[..] == b"after") {
+            break;
+        }
+    }
+    assert_eq!(
+        payloads.last().map(|p| &p[..]),
+        Some(&b"after"[..]),
+        "the subscriber gets messages again: {payloads:?}"
+    );
+}
