@@ -327,13 +327,36 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) || bin.components().any(|c| c.as_os_str() == "debug") {
         eprintln!("warning: a debug build is being measured; figures are not representative");
     }
+    // CPU per call of each process on the Kafka path (the bench process runs the load and the
+    // service; Kafka is found by its listening port).
+    let kafka_pid = args
+        .kafka
+        .split(',')
+        .next()
+        .and_then(|s| s.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(procs::listener_pid);
+    let mut watched = vec![("grpc-kafka", front.pid), ("kafka-grpc", back.pid)];
+    if let Some(pid) = kafka_pid {
+        watched.push(("kafka", pid));
+    }
+    watched.push(("bench+service", std::process::id()));
+    let cpu = |watched: &[(&'static str, u32)]| -> Vec<Duration> {
+        watched
+            .iter()
+            .map(|(_, pid)| procs::cpu_time(*pid).unwrap_or_default())
+            .collect()
+    };
     println!(
-        "{:<14} {:>5} {:<8} {:>10} {:>8} {:>9} {:>9} {:>9}",
+        "{:<14} {:>5} {:<8} {:>10} {:>8} {:>9} {:>9} {:>9}  cpu µs/call",
         "case", "conc", "path", "calls/s", "errors", "p50 ms", "p99 ms", "max ms"
     );
+    // Warm-up calls are not counted, so CPU is scaled to the measured share of the run.
+    let share = args.duration.as_secs_f64() / (args.duration + args.warmup).as_secs_f64();
     for (name, path) in [("unary", UNARY), ("server-stream", STREAM)] {
         for &concurrency in &args.concurrency {
             for (label, addr) in [("direct", service), ("kafka", front_addr)] {
+                let before = cpu(&watched);
                 let outcome = load(
                     addr,
                     path,
@@ -343,14 +366,26 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
                     args.duration,
                 )
                 .await?;
+                let after = cpu(&watched);
                 let ms = |q: f64| outcome.latency.value_at_quantile(q) as f64 / 1000.0;
+                let per_call: Vec<String> = watched
+                    .iter()
+                    .zip(before.iter().zip(&after))
+                    .filter(|((role, _), _)| label == "kafka" || *role == "bench+service")
+                    .map(|((role, _), (b, a))| {
+                        let us = a.saturating_sub(*b).as_secs_f64() * 1e6 * share
+                            / outcome.calls.max(1) as f64;
+                        format!("{role} {us:.0}")
+                    })
+                    .collect();
                 println!(
-                    "{name:<14} {concurrency:>5} {label:<8} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+                    "{name:<14} {concurrency:>5} {label:<8} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>9.2}  {}",
                     outcome.calls as f64 / outcome.seconds,
                     outcome.errors,
                     ms(0.5),
                     ms(0.99),
                     outcome.latency.max() as f64 / 1000.0,
+                    per_call.join(", "),
                 );
             }
         }

@@ -1,440 +1,28 @@
 //! gRPC over Kafka as clients and services see it: a real tonic service with all four RPC
 //! kinds behind grpc-kafka → Kafka → kafka-grpc, against the Kafka of the test services.
 
-mod pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    include!(concat!(env!("OUT_DIR"), "/strait.test.v1.rs"));
-}
+mod grpc_support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
-use pb::echo_client::EchoClient;
-use pb::echo_server::{Echo, EchoServer};
-use pb::{EchoReply, EchoRequest};
+use grpc_support::pb::echo_client::EchoClient;
+use grpc_support::pb::echo_server::EchoServer;
+use grpc_support::pb::{self, EchoReply, EchoRequest};
+use grpc_support::*;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use strait_e2e::{Daemon, free_local_addr, http_get, require, unique_name, wait_until};
+use strait_e2e::{free_local_addr, http_get, require, unique_name, wait_until};
 use strait_proxy::grpc::codec::RawCodec;
 use strait_proxy::grpc::fetch_id;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status, Streaming};
-
-const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
-
-// ---------------------------------------------------------------------------------------------
-// The test service.
-
-#[derive(Clone, Default)]
-struct Service {
-    /// Calls seen, by request text.
-    calls: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl Service {
-    fn count(&self, text: &str) -> u32 {
-        self.calls.lock().unwrap().get(text).copied().unwrap_or(0)
-    }
-
-    fn seen(&self, request: &EchoRequest) {
-        *self
-            .calls
-            .lock()
-            .unwrap()
-            .entry(request.text.clone())
-            .or_default() += 1;
-    }
-}
-
-fn x_metadata(metadata: &MetadataMap) -> HashMap<String, String> {
-    metadata
-        .iter()
-        .filter_map(|entry| match entry {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-") => {
-                Some((k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn with_response_metadata<T>(request_metadata: &MetadataMap, body: T) -> Response<T> {
-    let mut response = Response::new(body);
-    response
-        .metadata_mut()
-        .insert("x-served-by", "echo".parse().unwrap());
-    if let Some(bin) = request_metadata.get_bin("x-trace-bin") {
-        response
-            .metadata_mut()
-            .insert_bin("x-trace-bin", bin.clone());
-    }
-    response
-}
-
-type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Echo for Service {
-    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
-        let metadata = request.metadata().clone();
-        let request = request.into_inner();
-        self.seen(&request);
-        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
-        if request.code != 0 {
-            return Err(Status::new(Code::from_i32(request.code), request.error));
-        }
-        Ok(with_response_metadata(
-            &metadata,
-            EchoReply {
-                text: request.text,
-                index: 0,
-                metadata: x_metadata(&metadata),
-            },
-        ))
-    }
-
-    type ServerStreamStream = ReplyStream;
-
-    async fn server_stream(
-        &self,
-        request: Request<EchoRequest>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        let metadata = request.metadata().clone();
-        let request = request.into_inner();
-        self.seen(&request);
-        let mut items: Vec<Result<EchoReply, Status>> = (0..request.repeat)
-            .map(|index| {
-                Ok(EchoReply {
-                    text: format!("{}#{index}", request.text),
-                    index,
-                    metadata: HashMap::new(),
-                })
-            })
-            .collect();
-        if request.code != 0 {
-            items.push(Err(Status::new(
-                Code::from_i32(request.code),
-                request.error,
-            )));
-        }
-        Ok(with_response_metadata(
-            &metadata,
-            Box::pin(futures::stream::iter(items)),
-        ))
-    }
-
-    async fn client_stream(
-        &self,
-        request: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoReply>, Status> {
-        let metadata = request.metadata().clone();
-        let mut inbound = request.into_inner();
-        let mut texts = Vec::new();
-        while let Some(message) = inbound.message().await? {
-            self.seen(&message);
-            texts.push(message.text);
-        }
-        Ok(with_response_metadata(
-            &metadata,
-            EchoReply {
-                text: texts.join("+"),
-                index: texts.len() as i32,
-                metadata: HashMap::new(),
-            },
-        ))
-    }
-
-    type BidiStream = ReplyStream;
-
-    async fn bidi(
-        &self,
-        request: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<ReplyStream>, Status> {
-        let metadata = request.metadata().clone();
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let service = self.clone();
-        tokio::spawn(async move {
-            let mut index = 0;
-            while let Ok(Some(message)) = inbound.message().await {
-                service.seen(&message);
-                let reply = EchoReply {
-                    text: message.text.to_uppercase(),
-                    index,
-                    metadata: HashMap::new(),
-                };
-                index += 1;
-                if tx.send(Ok(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(with_response_metadata(
-            &metadata,
-            Box::pin(ReceiverStream::new(rx)),
-        ))
-    }
-}
-
-async fn start_service() -> (SocketAddr, Service) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = Service::default();
-    let server = tonic::transport::Server::builder()
-        .add_service(EchoServer::new(service.clone()))
-        .serve_with_incoming(TcpListenerStream::new(listener));
-    tokio::spawn(server);
-    (addr, service)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The bridge: topics, grpc-kafka and kafka-grpc processes.
-
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    for result in results {
-        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
-    }
-}
-
-fn proto_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/proto")
-}
-
-fn write_config(name: &str, yaml: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique_name(name)));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-struct Bridge {
-    bootstrap: String,
-    requests: String,
-    replies: String,
-    events: String,
-    oneway: String,
-    group: String,
-    target: String,
-    front: Daemon,
-    back: Vec<Daemon>,
-    addr: SocketAddr,
-    backend_extra: String,
-}
-
-impl Bridge {
-    async fn start(bootstrap: &str, target: SocketAddr) -> Self {
-        Self::start_with(bootstrap, target, "").await
-    }
-
-    /// `backend_extra`: more kafka-grpc config lines.
-    async fn start_with(bootstrap: &str, target: SocketAddr, backend_extra: &str) -> Self {
-        Self::start_full(bootstrap, &format!("http://{target}"), "", backend_extra).await
-    }
-
-    /// `target`: the service URL; `front_extra`, `backend_extra`: more config lines.
-    async fn start_full(
-        bootstrap: &str,
-        target: &str,
-        front_extra: &str,
-        backend_extra: &str,
-    ) -> Self {
-        let requests = unique_name("grpc-req");
-        let replies = unique_name("grpc-rep");
-        let events = unique_name("grpc-events");
-        let oneway = unique_name("grpc-oneway");
-        create_topic(bootstrap, &oneway, 1).await;
-        create_topic(bootstrap, &requests, 3).await;
-        create_topic(bootstrap, &replies, 2).await;
-        create_topic(bootstrap, &events, 2).await;
-        let addr = free_local_addr();
-        let front_config = write_config(
-            "grpc-kafka",
-            &format!(
-                "kafka: {{ bootstrap: '{bootstrap}' }}\n\
-                 protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
-                 routes:\n\
-                 - {{ method: strait.test.v1.Echo/Unary, metadata: {{ x-route: oneway }}, produce: {{ topic: {oneway} }} }}\n\
-                 - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
-                 - {{ method: strait.test.v1.Events/Fetch, metadata: {{ x-only: k1 }}, fetch: {{ topic: {events}, filters: [{{ key: k1 }}] }} }}\n\
-                 - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
-                proto_dir().display()
-            ),
-        );
-        let front = Daemon::start(
-            BIN,
-            &[
-                "grpc-kafka",
-                "--config",
-                front_config.to_str().unwrap(),
-                "--listen",
-                &addr.to_string(),
-            ],
-        )
-        .await;
-        let mut bridge = Self {
-            bootstrap: bootstrap.into(),
-            group: unique_name("grpc-backend"),
-            requests,
-            replies,
-            events,
-            oneway,
-            target: target.into(),
-            front,
-            back: Vec::new(),
-            addr,
-            backend_extra: String::new(),
-        };
-        bridge.backend_extra = backend_extra.into();
-        if backend_extra != NO_BACKEND {
-            bridge.add_backend().await;
-        }
-        bridge
-    }
-
-    async fn add_backend(&mut self) {
-        let config = write_config(
-            "kafka-grpc",
-            &format!(
-                "kafka: {{ bootstrap: '{}' }}\n\
-                 target: {}\n\
-                 groupId: {}\n\
-                 routes: [{{ topic: {} }}]\n\
-                 sessionTimeout: 6s\n\
-                 retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n{}",
-                self.bootstrap, self.target, self.group, self.requests, self.backend_extra
-            ),
-        );
-        let daemon =
-            Daemon::start(BIN, &["kafka-grpc", "--config", config.to_str().unwrap()]).await;
-        self.back.push(daemon);
-    }
-
-    async fn client(&self) -> EchoClient<Channel> {
-        EchoClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn raw(&self) -> tonic::client::Grpc<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        tonic::client::Grpc::new(channel)
-    }
-
-    fn logs(&self) -> String {
-        let mut all = format!("--- grpc-kafka\n{}", self.front.log());
-        for (i, back) in self.back.iter().enumerate() {
-            all.push_str(&format!("\n--- kafka-grpc {i}\n{}", back.log()));
-        }
-        all
-    }
-}
-
-fn request(text: &str) -> EchoRequest {
-    EchoRequest {
-        text: text.into(),
-        ..Default::default()
-    }
-}
-
-async fn direct_client(target: SocketAddr) -> EchoClient<Channel> {
-    EchoClient::connect(format!("http://{target}"))
-        .await
-        .unwrap()
-}
-
-async fn collect<T>(mut stream: Streaming<T>) -> (Vec<T>, Option<Status>) {
-    let mut items = Vec::new();
-    loop {
-        match stream.message().await {
-            Ok(Some(item)) => items.push(item),
-            Ok(None) => return (items, None),
-            Err(status) => return (items, Some(status)),
-        }
-    }
-}
-
-fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
-const CALL: Duration = Duration::from_secs(20);
-
-type NoTimerClient = tonic::client::Grpc<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        tonic::body::Body,
-    >,
->;
-
-/// A gRPC client that sends `grpc-timeout` but keeps no timer of its own (tonic's channel would
-/// cancel locally at the deadline), so a test sees what the server answers.
-fn no_timer_client(addr: SocketAddr) -> NoTimerClient {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    tonic::client::Grpc::with_origin(client, format!("http://{addr}").parse().unwrap())
-}
-
-/// A unary Echo call with `grpc-timeout` set by hand.
-async fn unary_with_deadline(
-    client: &mut NoTimerClient,
-    message: EchoRequest,
-    timeout: Duration,
-    idempotency_key: Option<&str>,
-) -> Result<EchoReply, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("{e:?}")))?;
-    let mut request = Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
-    request.metadata_mut().insert(
-        "grpc-timeout",
-        format!("{}m", timeout.as_millis()).parse().unwrap(),
-    );
-    if let Some(key) = idempotency_key {
-        request
-            .metadata_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-    }
-    let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Echo/Unary");
-    let reply = client.unary(request, path, RawCodec).await?.into_inner();
-    Ok(prost::Message::decode(reply.as_ref()).unwrap())
-}
-
-/// `backend_extra` that starts grpc-kafka alone (the test plays kafka-grpc).
-const NO_BACKEND: &str = "none";
+use tonic::{Code, Request};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -524,6 +112,31 @@ async fn every_rpc_kind_through_kafka_returns_what_the_service_returns() {
     }
     drop(tx);
     assert!(replies.message().await.unwrap().is_none(), "bidi ends OK");
+
+    // Every call is counted by method and status, with its latency, on both sides.
+    let (_, metrics) = http_get(bridge.front.admin, "/metrics").await.unwrap();
+    for kind in ["Unary", "ServerStream", "ClientStream", "Bidi"] {
+        let series = format!(
+            "strait_grpc_calls_total{{code=\"0\",method=\"strait.test.v1.Echo/{kind}\",role=\"grpc-kafka\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("strait_grpc_call_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strait_grpc_calls_in_flight{role=\"grpc-kafka\"} 0"),
+        "{metrics}"
+    );
+    let back = bridge.back[0].admin;
+    wait_until(Duration::from_secs(15), "kafka-grpc's call and lag metrics", || async {
+        let (_, metrics) = http_get(back, "/metrics").await.ok()?;
+        (metrics.contains("strait_grpc_calls_total{code=\"0\",method=\"strait.test.v1.Echo/Bidi\",role=\"kafka-grpc\"} 1")
+            && metrics.contains("strait_grpc_consumer_lag{"))
+        .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1579,4 +1192,60 @@ async fn grpc_kafka_is_ready_only_once_its_reply_topic_is_read() {
     })
     .await;
     child.kill().await.unwrap();
+}
+
+/// Two client streams on one partition with one call allowed at a time: the second stream's
+/// many messages must not stall the consumer while the first still needs its own records.
+#[tokio::test]
+async fn interleaved_client_streams_on_one_partition_do_not_stall() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start_with(&bootstrap, target, "concurrency: 1\n").await;
+    let kafka = bridge.client().await;
+    // A: one message, then the stream stays open.
+    let (a_tx, a_rx) = tokio::sync::mpsc::channel(4);
+    a_tx.send(request("a0")).await.unwrap();
+    let a = tokio::spawn({
+        let mut kafka = kafka.clone();
+        let request = same_partition(ReceiverStream::new(a_rx));
+        async move { kafka.client_stream(request).await }
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "A to hold the only call slot",
+        || async { (service.count("a0") > 0).then_some(()) },
+    )
+    .await;
+    // B: 300 messages behind A's first, on the same partition, waiting for A's slot.
+    let b = tokio::spawn({
+        let mut kafka = kafka.clone();
+        let messages: Vec<EchoRequest> = (0..300).map(|i| request(&format!("b{i}"))).collect();
+        let request = same_partition(futures::stream::iter(messages));
+        async move { kafka.client_stream(request).await }
+    });
+    // Let B's records reach kafka-grpc before A's last message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a_tx.send(request("a1")).await.unwrap();
+    drop(a_tx);
+    let a = tokio::time::timeout(Duration::from_secs(60), a)
+        .await
+        .unwrap_or_else(|_| panic!("A stalled\n{}", bridge.logs()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.into_inner().text, "a0+a1");
+    let b = tokio::time::timeout(Duration::from_secs(60), b)
+        .await
+        .unwrap_or_else(|_| panic!("B stalled\n{}", bridge.logs()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.into_inner().index, 300);
+}
+
+/// A request whose `x-key` routes it to the route keyed by that metadata (one partition).
+fn same_partition<T>(stream: T) -> Request<T> {
+    let mut request = with_timeout(stream, Duration::from_secs(60));
+    request
+        .metadata_mut()
+        .insert("x-key", "fixed".parse().unwrap());
+    request
 }

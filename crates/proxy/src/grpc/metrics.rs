@@ -17,7 +17,13 @@ pub struct GrpcMetrics {
     pub duplicates: IntCounterVec,
     pub bad_records: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    /// Method labels in use: at most [`MAX_METHODS`]; later ones are counted as `other`.
+    methods: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Distinct method labels per process (kafka-grpc takes method names from record headers,
+/// which any producer writes).
+const MAX_METHODS: usize = 1000;
 
 /// Names longer than this are cut in labels.
 const MAX_LABEL: usize = 128;
@@ -96,12 +102,13 @@ impl GrpcMetrics {
             duplicates,
             bad_records,
             consumer_lag,
+            methods: Default::default(),
         })
     }
 
     /// Records one finished call.
     pub fn finished(&self, method: &str, code: tonic::Code, elapsed: std::time::Duration) {
-        let method = label(method);
+        let method = self.method_label(method);
         self.calls
             .with_label_values(&[method, &(code as i32).to_string()])
             .inc();
@@ -111,9 +118,49 @@ impl GrpcMetrics {
     }
 }
 
-pub fn label(name: &str) -> &str {
+impl GrpcMetrics {
+    /// `name` (cut to 128 characters) as a label, or `other` once [`MAX_METHODS`] are in use.
+    pub fn method_label<'a>(&self, name: &'a str) -> &'a str {
+        let name = label(name);
+        let mut methods = self.methods.lock().expect("methods lock poisoned");
+        if methods.contains(name) {
+            return name;
+        }
+        if methods.len() >= MAX_METHODS {
+            return "other";
+        }
+        methods.insert(name.to_owned());
+        name
+    }
+}
+
+fn label(name: &str) -> &str {
     match name.char_indices().nth(MAX_LABEL) {
         Some((at, _)) => &name[..at],
         None => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        let metrics = GrpcMetrics::register(&Registry::new(), "test").unwrap();
+        for i in 0..MAX_METHODS {
+            assert_eq!(
+                metrics.method_label(&format!("a.S/M{i}")),
+                format!("a.S/M{i}")
+            );
+        }
+        assert_eq!(
+            metrics.method_label("a.S/M0"),
+            "a.S/M0",
+            "known labels stay"
+        );
+        assert_eq!(metrics.method_label("a.S/New"), "other");
+        let long = "x".repeat(500);
+        assert_eq!(label(&long).len(), 128);
     }
 }

@@ -1,0 +1,435 @@
+//! The gRPC-over-Kafka test bench shared by the grpc_kafka test files: the test service, the
+//! bridge (topics, grpc-kafka and kafka-grpc processes) and client helpers.
+#![allow(dead_code)]
+
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/strait.test.v1.rs"));
+}
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use pb::echo_client::EchoClient;
+use pb::echo_server::{Echo, EchoServer};
+use pb::{EchoReply, EchoRequest};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use strait_e2e::{Daemon, free_local_addr, unique_name};
+use strait_proxy::grpc::codec::RawCodec;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
+
+// ---------------------------------------------------------------------------------------------
+// The test service.
+
+#[derive(Clone, Default)]
+pub struct Service {
+    /// Calls seen, by request text.
+    pub calls: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Service {
+    pub fn count(&self, text: &str) -> u32 {
+        self.calls.lock().unwrap().get(text).copied().unwrap_or(0)
+    }
+
+    pub fn seen(&self, request: &EchoRequest) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(request.text.clone())
+            .or_default() += 1;
+    }
+}
+
+pub fn x_metadata(metadata: &MetadataMap) -> HashMap<String, String> {
+    metadata
+        .iter()
+        .filter_map(|entry| match entry {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) if k.as_str().starts_with("x-") => {
+                Some((k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn with_response_metadata<T>(request_metadata: &MetadataMap, body: T) -> Response<T> {
+    let mut response = Response::new(body);
+    response
+        .metadata_mut()
+        .insert("x-served-by", "echo".parse().unwrap());
+    if let Some(bin) = request_metadata.get_bin("x-trace-bin") {
+        response
+            .metadata_mut()
+            .insert_bin("x-trace-bin", bin.clone());
+    }
+    response
+}
+
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for Service {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
+        self.seen(&request);
+        tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        if request.code != 0 {
+            return Err(Status::new(Code::from_i32(request.code), request.error));
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            EchoReply {
+                text: request.text,
+                index: 0,
+                metadata: x_metadata(&metadata),
+            },
+        ))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
+        self.seen(&request);
+        let mut items: Vec<Result<EchoReply, Status>> = (0..request.repeat)
+            .map(|index| {
+                Ok(EchoReply {
+                    text: format!("{}#{index}", request.text),
+                    index,
+                    metadata: HashMap::new(),
+                })
+            })
+            .collect();
+        if request.code != 0 {
+            items.push(Err(Status::new(
+                Code::from_i32(request.code),
+                request.error,
+            )));
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            Box::pin(futures::stream::iter(items)),
+        ))
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let mut texts = Vec::new();
+        while let Some(message) = inbound.message().await? {
+            self.seen(&message);
+            texts.push(message.text);
+        }
+        Ok(with_response_metadata(
+            &metadata,
+            EchoReply {
+                text: texts.join("+"),
+                index: texts.len() as i32,
+                metadata: HashMap::new(),
+            },
+        ))
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let metadata = request.metadata().clone();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut index = 0;
+            while let Ok(Some(message)) = inbound.message().await {
+                service.seen(&message);
+                let reply = EchoReply {
+                    text: message.text.to_uppercase(),
+                    index,
+                    metadata: HashMap::new(),
+                };
+                index += 1;
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(with_response_metadata(
+            &metadata,
+            Box::pin(ReceiverStream::new(rx)),
+        ))
+    }
+}
+
+pub async fn start_service() -> (SocketAddr, Service) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = Service::default();
+    let server = tonic::transport::Server::builder()
+        .add_service(EchoServer::new(service.clone()))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    (addr, service)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge: topics, grpc-kafka and kafka-grpc processes.
+
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+}
+
+pub fn proto_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/proto")
+}
+
+pub fn write_config(name: &str, yaml: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique_name(name)));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+pub struct Bridge {
+    pub bootstrap: String,
+    pub requests: String,
+    pub replies: String,
+    pub events: String,
+    pub oneway: String,
+    pub group: String,
+    pub target: String,
+    pub front: Daemon,
+    pub back: Vec<Daemon>,
+    pub addr: SocketAddr,
+    pub backend_extra: String,
+}
+
+impl Bridge {
+    pub async fn start(bootstrap: &str, target: SocketAddr) -> Self {
+        Self::start_with(bootstrap, target, "").await
+    }
+
+    /// `backend_extra`: more kafka-grpc config lines.
+    pub async fn start_with(bootstrap: &str, target: SocketAddr, backend_extra: &str) -> Self {
+        Self::start_full(bootstrap, &format!("http://{target}"), "", backend_extra).await
+    }
+
+    /// `target`: the service URL; `front_extra`, `backend_extra`: more config lines.
+    pub async fn start_full(
+        bootstrap: &str,
+        target: &str,
+        front_extra: &str,
+        backend_extra: &str,
+    ) -> Self {
+        let requests = unique_name("grpc-req");
+        let replies = unique_name("grpc-rep");
+        let events = unique_name("grpc-events");
+        let oneway = unique_name("grpc-oneway");
+        create_topic(bootstrap, &oneway, 1).await;
+        create_topic(bootstrap, &requests, 3).await;
+        create_topic(bootstrap, &replies, 2).await;
+        create_topic(bootstrap, &events, 2).await;
+        let addr = free_local_addr();
+        let front_config = write_config(
+            "grpc-kafka",
+            &format!(
+                "kafka: {{ bootstrap: '{bootstrap}' }}\n\
+                 protos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
+                 routes:\n\
+                 - {{ method: strait.test.v1.Echo/Unary, metadata: {{ x-route: oneway }}, produce: {{ topic: {oneway} }} }}\n\
+                 - {{ method: strait.test.v1.Echo/*, metadata: {{ x-key: fixed }}, produce: {{ topic: {requests}, replyTo: {replies}, key: 'metadata:x-key' }} }}\n\
+                 - {{ method: strait.test.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n\
+                 - {{ method: strait.test.v1.Events/Fetch, metadata: {{ x-only: k1 }}, fetch: {{ topic: {events}, filters: [{{ key: k1 }}] }} }}\n\
+                 - {{ method: strait.test.v1.Events/Fetch, fetch: {{ topic: {events} }} }}\n{front_extra}",
+                proto_dir().display()
+            ),
+        );
+        let front = Daemon::start(
+            BIN,
+            &[
+                "grpc-kafka",
+                "--config",
+                front_config.to_str().unwrap(),
+                "--listen",
+                &addr.to_string(),
+            ],
+        )
+        .await;
+        let mut bridge = Self {
+            bootstrap: bootstrap.into(),
+            group: unique_name("grpc-backend"),
+            requests,
+            replies,
+            events,
+            oneway,
+            target: target.into(),
+            front,
+            back: Vec::new(),
+            addr,
+            backend_extra: String::new(),
+        };
+        bridge.backend_extra = backend_extra.into();
+        if backend_extra != NO_BACKEND {
+            bridge.add_backend().await;
+        }
+        bridge
+    }
+
+    pub async fn add_backend(&mut self) {
+        let config = write_config(
+            "kafka-grpc",
+            &format!(
+                "kafka: {{ bootstrap: '{}' }}\n\
+                 target: {}\n\
+                 groupId: {}\n\
+                 routes: [{{ topic: {} }}]\n\
+                 sessionTimeout: 6s\n\
+                 retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n{}",
+                self.bootstrap, self.target, self.group, self.requests, self.backend_extra
+            ),
+        );
+        let daemon =
+            Daemon::start(BIN, &["kafka-grpc", "--config", config.to_str().unwrap()]).await;
+        self.back.push(daemon);
+    }
+
+    pub async fn client(&self) -> EchoClient<Channel> {
+        EchoClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn raw(&self) -> tonic::client::Grpc<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic::client::Grpc::new(channel)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = format!("--- grpc-kafka\n{}", self.front.log());
+        for (i, back) in self.back.iter().enumerate() {
+            all.push_str(&format!("\n--- kafka-grpc {i}\n{}", back.log()));
+        }
+        all
+    }
+}
+
+pub fn request(text: &str) -> EchoRequest {
+    EchoRequest {
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn direct_client(target: SocketAddr) -> EchoClient<Channel> {
+    EchoClient::connect(format!("http://{target}"))
+        .await
+        .unwrap()
+}
+
+pub async fn collect<T>(mut stream: Streaming<T>) -> (Vec<T>, Option<Status>) {
+    let mut items = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, None),
+            Err(status) => return (items, Some(status)),
+        }
+    }
+}
+
+pub fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+pub const CALL: Duration = Duration::from_secs(20);
+
+pub type NoTimerClient = tonic::client::Grpc<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic::body::Body,
+    >,
+>;
+
+/// A gRPC client that sends `grpc-timeout` but keeps no timer of its own (tonic's channel would
+/// cancel locally at the deadline), so a test sees what the server answers.
+pub fn no_timer_client(addr: SocketAddr) -> NoTimerClient {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    tonic::client::Grpc::with_origin(client, format!("http://{addr}").parse().unwrap())
+}
+
+/// A unary Echo call with `grpc-timeout` set by hand.
+pub async fn unary_with_deadline(
+    client: &mut NoTimerClient,
+    message: EchoRequest,
+    timeout: Duration,
+    idempotency_key: Option<&str>,
+) -> Result<EchoReply, Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("{e:?}")))?;
+    let mut request = Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
+    request.metadata_mut().insert(
+        "grpc-timeout",
+        format!("{}m", timeout.as_millis()).parse().unwrap(),
+    );
+    if let Some(key) = idempotency_key {
+        request
+            .metadata_mut()
+            .insert("idempotency-key", key.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Echo/Unary");
+    let reply = client.unary(request, path, RawCodec).await?.into_inner();
+    Ok(prost::Message::decode(reply.as_ref()).unwrap())
+}
+
+/// `backend_extra` that starts grpc-kafka alone (the test plays kafka-grpc).
+pub const NO_BACKEND: &str = "none";
