@@ -902,3 +902,181 @@ async fn a_slow_subscriber_is_paused_not_disconnected_and_misses_nothing() {
         None
     );
 }
+
+/// A QoS 2 subscriber keeping its client-side session state (packet ids received and not yet
+/// released) across connections, as the spec asks, counting each message it hands on.
+struct Qos2Receiver {
+    unreleased: BTreeSet<u16>,
+    handed_on: Vec<String>,
+}
+
+impl Qos2Receiver {
+    /// Handles packets until `quiet` passes without one or the connection closes; `true` when
+    /// it closed.
+    async fn run(&mut self, client: &mut RawClient, quiet: Duration) -> bool {
+        loop {
+            let packet = match tokio::time::timeout(
+                quiet,
+                client.recv_within(quiet + Duration::from_secs(1)),
+            )
+            .await
+            {
+                Err(_) => return false,
+                Ok(None) => return true,
+                Ok(Some(packet)) => packet,
+            };
+            match packet {
+                Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                    // Method B of the spec: a PUBLISH whose packet id is still unreleased is
+                    // the same message again.
+                    if self.unreleased.insert(p.packet_id) {
+                        self.handed_on
+                            .push(String::from_utf8(p.payload.to_vec()).unwrap());
+                    }
+                    if !client
+                        .try_send(&Packet::PubRec(mqtt::PubRec {
+                            packet_id: p.packet_id,
+                            ..Default::default()
+                        }))
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                Packet::PubRel(r) => {
+                    self.unreleased.remove(&r.packet_id);
+                    if !client
+                        .try_send(&Packet::PubComp(mqtt::PubComp {
+                            packet_id: r.packet_id,
+                            ..Default::default()
+                        }))
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                Packet::Disconnect(_) => return true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn qos2_is_exactly_once_end_to_end_across_kill_9_of_s_proxy() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let mut relay = KafkaRelay::start(&kafka, "q2kill").await;
+    let (sub_id, pub_id) = (unique_name("q2sub"), unique_name("q2pub"));
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, true, 600)).await;
+    assert_eq!(
+        subscribe(&mut sub, 1, &[("q2/#", QoS::ExactlyOnce)]).await,
+        [ReasonCode::GRANTED_QOS_2]
+    );
+    let mut receiver = Qos2Receiver {
+        unreleased: BTreeSet::new(),
+        handed_on: Vec::new(),
+    };
+
+    // The publisher's side of the session: what is unacknowledged, what is released, what is done.
+    const TOTAL: u16 = 40;
+    let mut unacked: BTreeSet<u16> = BTreeSet::new();
+    let mut released: BTreeSet<u16> = BTreeSet::new();
+    let mut completed: BTreeSet<u16> = BTreeSet::new();
+    let mut next = 1u16;
+    let publish = |id: u16, dup: bool| {
+        Packet::Publish(mqtt::Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "q2/x".into(),
+            packet_id: id,
+            payload: format!("m{id}").into_bytes().into(),
+            ..Default::default()
+        })
+    };
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, v5_connect(&pub_id, true, 600)).await;
+    let mut killed = false;
+    while completed.len() < usize::from(TOTAL) {
+        let mut lost = false;
+        while !lost && next <= TOTAL && unacked.len() + released.len() < 4 {
+            unacked.insert(next);
+            lost = !publisher.try_send(&publish(next, false)).await;
+            next += 1;
+        }
+        if !lost {
+            match publisher.recv_within(Duration::from_secs(20)).await {
+                Some(Packet::PubRec(r)) => {
+                    assert!(!r.reason_code.is_error(), "PUBREC {}", r.reason_code.name());
+                    unacked.remove(&r.packet_id);
+                    released.insert(r.packet_id);
+                    lost = !publisher
+                        .try_send(&Packet::PubRel(mqtt::PubRel {
+                            packet_id: r.packet_id,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+                Some(Packet::PubComp(c)) => {
+                    released.remove(&c.packet_id);
+                    completed.insert(c.packet_id);
+                    if completed.len() == 15 && !killed {
+                        killed = true;
+                        relay.s_proxy.kill().await;
+                    }
+                }
+                Some(Packet::Disconnect(_)) | None => lost = true,
+                other => panic!("publisher got {other:?}"),
+            }
+        }
+        if lost {
+            assert!(killed, "the publisher lost its connection before the kill");
+            // Both sessions end with s-proxy; bring it back, resume them, resend what is unfinished.
+            while !receiver.run(&mut sub, Duration::from_secs(10)).await {}
+            relay.restart_s_proxy().await;
+            let (s, ack) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, false, 600)).await;
+            assert!(ack.session_present);
+            sub = s;
+            let (p, ack) = raw_session(&relay, Protocol::V5, v5_connect(&pub_id, false, 600)).await;
+            assert!(ack.session_present);
+            publisher = p;
+            for id in &unacked {
+                publisher.send(&publish(*id, true)).await;
+            }
+            for id in &released {
+                publisher
+                    .send(&Packet::PubRel(mqtt::PubRel {
+                        packet_id: *id,
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+        }
+        receiver.run(&mut sub, Duration::from_millis(1)).await;
+    }
+    while !receiver.run(&mut sub, Duration::from_secs(3)).await
+        && receiver.handed_on.len() < usize::from(TOTAL)
+    {}
+    receiver.run(&mut sub, QUIET).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for m in &receiver.handed_on {
+        *counts.entry(m.clone()).or_insert(0) += 1;
+    }
+    let missing: Vec<u16> = (1..=TOTAL)
+        .filter(|i| !counts.contains_key(&format!("m{i}")))
+        .collect();
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(m, _)| m)
+        .collect();
+    assert!(killed);
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "missing {missing:?}, more than once {twice:?}"
+    );
+    assert_eq!(
+        count_records(&kafka, &relay.topics.messages, "q2/x").await,
+        usize::from(TOTAL),
+        "each written to Kafka once"
+    );
+}

@@ -294,6 +294,8 @@ pub struct KafkaUpstream {
     /// sessions it matches.
     positions: Vec<Vec<AtomicI64>>,
     partitions: HashMap<String, i32>,
+    /// A client that never fetches: end offsets.
+    watermarks: Arc<BaseConsumer>,
     subscriptions: RwLock<Trie<Target>>,
     /// Round-robin over the members of shared subscriptions.
     shared_turn: AtomicU64,
@@ -462,6 +464,7 @@ impl KafkaUpstream {
             topics,
             positions,
             partitions,
+            watermarks: metadata_reader.clone(),
             subscriptions: RwLock::default(),
             shared_turn: AtomicU64::new(0),
             inboxes: RwLock::default(),
@@ -570,6 +573,29 @@ impl KafkaUpstream {
 
     pub fn partition_count(&self, topic: &str) -> Option<i32> {
         self.partitions.get(topic).copied()
+    }
+
+    /// The messages topic and, when its partition count is known, the partition of a PUBLISH to
+    /// MQTT topic `topic` (murmur2 of the `clients` identity, or of the topic: the Java
+    /// client's choice for the record key).
+    pub fn target(&self, topic: &str) -> (String, Option<i32>) {
+        let messages = self.routing.messages_topic(topic).into_owned();
+        let key = self.routing.hash_key(topic).unwrap_or(topic);
+        let partition = self
+            .partition_count(&messages)
+            .map(|n| routing::partition_for(key.as_bytes(), n));
+        (messages, partition)
+    }
+
+    /// The end offset of a partition.
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
+        let client = self.watermarks.clone();
+        let topic = topic.to_string();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            client.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+        })
+        .await??;
+        Ok(high)
     }
 
     fn next_id(&self) -> u64 {
