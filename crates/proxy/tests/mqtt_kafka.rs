@@ -583,6 +583,41 @@ async fn bad_publishes_get_the_right_reason_codes() {
     client.send_raw(&out).await;
     let parting = client.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::TOPIC_NAME_INVALID);
+
+    // A topic name that is not UTF-8 is malformed.
+    let (mut client, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("utf8"))).await;
+    client.send_raw(&[0x30, 0x07, 0x00, 0x03, b'a', 0xff, b'b', 0x00, b'x']).await;
+    let parting = client.until_closed().await;
+    assert_disconnected_with(&parting, ReasonCode::MALFORMED_PACKET);
+}
+
+#[tokio::test]
+async fn routes_pick_the_messages_topic_and_client_patterns_the_partition() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let topics = Topics::unique("routes");
+    let alerts = format!("{}-alerts", topics.messages);
+    let extra = format!(
+        "  routes: [ {{ topic: 'alerts/#', messages: '{alerts}' }} ]\n  clients: [ 'place/{{identity}}/#' ]\n"
+    );
+    let relay = KafkaRelay::start_with(&kafka, topics, &extra).await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("alerts/#", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+
+    assert_eq!(publish_qos1(&mut publisher, "alerts/fire", 1, b"hot").await, ReasonCode::SUCCESS);
+    let (key, _, payload) = read_record(&kafka, &alerts, "alerts/fire").await;
+    assert_eq!((key.as_deref(), payload.as_deref()), (Some("alerts/fire"), Some(&b"hot"[..])), "routed to its topic");
+    let got = next_publish(&mut sub, Duration::from_secs(10)).await.expect("subscribers are served from routed topics");
+    assert_eq!(&got.payload[..], b"hot");
+
+    // Every topic of one client identity lands on the partition Java's murmur2 gives it.
+    for (i, topic) in ["place/client-2/a", "place/client-2/b/c", "place/client-2"].iter().enumerate() {
+        assert_eq!(publish_qos1(&mut publisher, topic, 10 + i as u16, b"x").await, ReasonCode::SUCCESS);
+    }
+    let partitions = record_partitions(&kafka, &relay.topics.messages, "place/client-2").await;
+    // murmur2("client-2") & 0x7fffffff % 2 partitions, as Kafka's Java client computes it.
+    let want = (strait_proxy::sproxy::kafka::routing::murmur2(b"client-2") & 0x7fff_ffff) % 2;
+    assert_eq!(partitions, vec![want; 3], "all on one partition");
 }
 
 #[tokio::test]

@@ -270,3 +270,26 @@ pub async fn count_records(bootstrap: &str, topic: &str, key: &str) -> usize {
     .await
     .expect("reader thread")
 }
+
+/// The partitions of the records of `topic` whose key starts with `prefix`, in offset order per
+/// partition (reads until 2 s pass without a new record).
+pub async fn record_partitions(bootstrap: &str, topic: &str, prefix: &str) -> Vec<i32> {
+    let (bootstrap, topic, prefix) = (bootstrap.to_string(), topic.to_string(), prefix.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = plain_consumer(&bootstrap, &topic);
+        let mut partitions = Vec::new();
+        let mut quiet_since = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2) || started.elapsed() < Duration::from_secs(5) {
+            if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+                quiet_since = std::time::Instant::now();
+                if record.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+                    partitions.push(record.partition());
+                }
+            }
+        }
+        partitions
+    })
+    .await
+    .expect("reader thread")
+}
