@@ -585,8 +585,11 @@ async fn bad_publishes_get_the_right_reason_codes() {
     assert_disconnected_with(&parting, ReasonCode::TOPIC_NAME_INVALID);
 
     // A topic name that is not UTF-8 is malformed.
-    let (mut client, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("utf8"))).await;
-    client.send_raw(&[0x30, 0x07, 0x00, 0x03, b'a', 0xff, b'b', 0x00, b'x']).await;
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("utf8"))).await;
+    client
+        .send_raw(&[0x30, 0x07, 0x00, 0x03, b'a', 0xff, b'b', 0x00, b'x'])
+        .await;
     let parting = client.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::MALFORMED_PACKET);
 }
@@ -602,17 +605,33 @@ async fn routes_pick_the_messages_topic_and_client_patterns_the_partition() {
     let relay = KafkaRelay::start_with(&kafka, topics, &extra).await;
     let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
     subscribe(&mut sub, 1, &[("alerts/#", QoS::AtLeastOnce)]).await;
-    let (mut publisher, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
 
-    assert_eq!(publish_qos1(&mut publisher, "alerts/fire", 1, b"hot").await, ReasonCode::SUCCESS);
+    assert_eq!(
+        publish_qos1(&mut publisher, "alerts/fire", 1, b"hot").await,
+        ReasonCode::SUCCESS
+    );
     let (key, _, payload) = read_record(&kafka, &alerts, "alerts/fire").await;
-    assert_eq!((key.as_deref(), payload.as_deref()), (Some("alerts/fire"), Some(&b"hot"[..])), "routed to its topic");
-    let got = next_publish(&mut sub, Duration::from_secs(10)).await.expect("subscribers are served from routed topics");
+    assert_eq!(
+        (key.as_deref(), payload.as_deref()),
+        (Some("alerts/fire"), Some(&b"hot"[..])),
+        "routed to its topic"
+    );
+    let got = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("subscribers are served from routed topics");
     assert_eq!(&got.payload[..], b"hot");
 
     // Every topic of one client identity lands on the partition Java's murmur2 gives it.
-    for (i, topic) in ["place/client-2/a", "place/client-2/b/c", "place/client-2"].iter().enumerate() {
-        assert_eq!(publish_qos1(&mut publisher, topic, 10 + i as u16, b"x").await, ReasonCode::SUCCESS);
+    for (i, topic) in ["place/client-2/a", "place/client-2/b/c", "place/client-2"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            publish_qos1(&mut publisher, topic, 10 + i as u16, b"x").await,
+            ReasonCode::SUCCESS
+        );
     }
     let partitions = record_partitions(&kafka, &relay.topics.messages, "place/client-2").await;
     // murmur2("client-2") & 0x7fffffff % 2 partitions, as Kafka's Java client computes it.
@@ -1113,5 +1132,42 @@ async fn qos2_is_exactly_once_end_to_end_across_kill_9_of_s_proxy() {
         count_records(&kafka, &relay.topics.messages, "q2/x").await,
         usize::from(TOTAL),
         "each written to Kafka once"
+    );
+}
+
+#[tokio::test]
+async fn v5_clients_that_accept_topic_aliases_get_them() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "alias").await;
+    let mut connect = connect_packet(&unique_name("alias"));
+    connect.properties.topic_alias_maximum = Some(1);
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect).await;
+    subscribe(&mut sub, 1, &[("long/topic/+", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for (i, topic) in ["long/topic/a", "long/topic/a", "long/topic/b"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            publish_qos1(&mut publisher, topic, i as u16 + 1, b"x").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = next_publish(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("a message");
+        got.push((p.topic, p.properties.topic_alias));
+    }
+    assert_eq!(
+        got,
+        [
+            ("long/topic/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("long/topic/b".to_string(), None),
+        ],
+        "alias set, then used; no second alias beyond the client's maximum"
     );
 }

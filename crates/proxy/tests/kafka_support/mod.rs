@@ -280,10 +280,15 @@ pub async fn record_partitions(bootstrap: &str, topic: &str, prefix: &str) -> Ve
         let mut partitions = Vec::new();
         let mut quiet_since = std::time::Instant::now();
         let started = std::time::Instant::now();
-        while quiet_since.elapsed() < Duration::from_secs(2) || started.elapsed() < Duration::from_secs(5) {
+        while quiet_since.elapsed() < Duration::from_secs(2)
+            || started.elapsed() < Duration::from_secs(5)
+        {
             if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
                 quiet_since = std::time::Instant::now();
-                if record.key().is_some_and(|k| k.starts_with(prefix.as_bytes())) {
+                if record
+                    .key()
+                    .is_some_and(|k| k.starts_with(prefix.as_bytes()))
+                {
                     partitions.push(record.partition());
                 }
             }

@@ -79,6 +79,9 @@ struct Session {
     /// Client's Receive Maximum.
     client_receive_max: usize,
     client_max_packet: Option<u32>,
+    /// Topic aliases towards the client (at most its Topic Alias Maximum).
+    client_aliases: HashMap<String, u16>,
+    client_alias_max: u16,
     outgoing: HashMap<u16, Outgoing>,
     next_packet_id: u16,
     qos2_received: HashSet<u16>,
@@ -217,6 +220,11 @@ pub(crate) async fn run(
         inbox: inbox.clone(),
         client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
         client_max_packet: connect.properties.maximum_packet_size,
+        client_aliases: HashMap::new(),
+        client_alias_max: match protocol {
+            Protocol::V5 => connect.properties.topic_alias_maximum.unwrap_or(0),
+            Protocol::V311 => 0,
+        },
         outgoing: HashMap::new(),
         next_packet_id: 1,
         qos2_received: HashSet::new(),
@@ -996,6 +1004,21 @@ impl Session {
                     released: false,
                 },
             );
+        }
+        if self.client_alias_max > 0 {
+            // The first message on a topic sets an alias; later ones send only the alias.
+            match self.client_aliases.get(&publish.topic) {
+                Some(alias) => {
+                    publish.properties.topic_alias = Some(*alias);
+                    publish.topic.clear();
+                }
+                None if self.client_aliases.len() < usize::from(self.client_alias_max) => {
+                    let alias = self.client_aliases.len() as u16 + 1;
+                    self.client_aliases.insert(publish.topic.clone(), alias);
+                    publish.properties.topic_alias = Some(alias);
+                }
+                None => {}
+            }
         }
         self.out.push(Packet::Publish(publish).into());
     }
