@@ -587,6 +587,18 @@ impl KafkaUpstream {
         (messages, partition)
     }
 
+    /// Waits (up to `deadline`) for queued records, QoS 0 ones included, to reach Kafka.
+    pub async fn flush(&self, deadline: Duration) {
+        use rdkafka::producer::Producer as _;
+        let (producer, qos0) = (self.producer.clone(), self.qos0.clone());
+        let flushed =
+            tokio::task::spawn_blocking(move || qos0.flush(deadline).and(producer.flush(deadline)))
+                .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(?deadline, "records still queued for Kafka at shutdown");
+        }
+    }
+
     /// The end offset of a partition.
     pub async fn end_offset(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
         let client = self.watermarks.clone();

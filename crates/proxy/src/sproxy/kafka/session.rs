@@ -441,7 +441,7 @@ impl Session {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for packet in pipelined {
-            if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+            if let Some(end) = self.handle(packet, &mut acks).await {
                 return end;
             }
         }
@@ -491,7 +491,7 @@ impl Session {
                             }
                         };
                         ctx.metrics.packet(Direction::Inbound, packet.packet_type());
-                        if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+                        if let Some(end) = self.handle(packet, &mut acks).await {
                             return end;
                         }
                     }
@@ -545,7 +545,7 @@ impl Session {
     }
 
     /// Handles one packet from the client; `Some` ends the session.
-    async fn handle(&mut self, packet: Packet, acks: &mut Acks, ctx: &Context) -> Option<End> {
+    async fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Option<End> {
         match packet {
             Packet::Publish(mut publish) => {
                 if let Some(alias) = publish.properties.topic_alias.take() {
@@ -577,13 +577,8 @@ impl Session {
                 }
                 match publish.qos {
                     QoS::AtMostOnce => {
-                        let delivery = produce(&self.up, &publish, &self.client_id);
-                        let metrics = ctx.metrics.clone();
-                        tokio::spawn(async move {
-                            if delivery.await.is_err() {
-                                metrics.error("qos0_produce_failed");
-                            }
-                        });
+                        // Handed to the producer now; nobody waits for Kafka's answer.
+                        drop(produce(&self.up, &publish, &self.client_id));
                     }
                     QoS::AtLeastOnce => {
                         let delivery = produce(&self.up, &publish, &self.client_id);
@@ -1417,7 +1412,13 @@ impl Session {
         } else {
             Some(self.record(Some(now_ms())).encode())
         };
-        if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
+        // A newer connection (maybe on another replica) may own the record by now.
+        let still_ours = self.up.sessions.get(&self.client_id).is_none_or(|entry| {
+            SessionRecord::decode(&entry.value).map_or(true, |r| r.connection == self.connection)
+        });
+        if !still_ours {
+            tracing::debug!("session record already taken over; not writing the end");
+        } else if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "cannot store the session's end"
