@@ -1171,3 +1171,50 @@ async fn v5_clients_that_accept_topic_aliases_get_them() {
         "alias set, then used; no second alias beyond the client's maximum"
     );
 }
+
+#[tokio::test]
+async fn a_shared_subscription_splits_the_messages_across_two_s_proxies() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let first = KafkaRelay::start(&kafka, "sharedx").await;
+    let second = KafkaRelay::start_with(&kafka, first.topics.clone(), "").await;
+    let group = format!("$share/{}/work/+", unique_name("g"));
+    let mut members = Vec::new();
+    for relay in [&first, &first, &second] {
+        let (mut member, _) =
+            raw_session(relay, Protocol::V5, connect_packet(&unique_name("member"))).await;
+        assert_eq!(
+            subscribe(&mut member, 1, &[(group.as_str(), QoS::AtLeastOnce)]).await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        members.push(member);
+    }
+    let (mut publisher, _) =
+        raw_session(&first, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=40u16 {
+        // Different topics, so both partitions (and both replicas) get some.
+        let topic = format!("work/{i}");
+        assert_eq!(
+            publish_qos1(&mut publisher, &topic, i, format!("job{i}").as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let mut counts = Vec::new();
+    for member in &mut members {
+        let mut count = 0;
+        while let Some(p) = next_publish(member, Duration::from_secs(3)).await {
+            assert!(
+                seen.insert(p.payload.clone()),
+                "{:?} went to two members",
+                p.payload
+            );
+            count += 1;
+        }
+        counts.push(count);
+    }
+    assert_eq!(seen.len(), 40, "every job reached one member: {counts:?}");
+    assert!(
+        counts[2] > 0 && counts[0] + counts[1] > 0,
+        "both replicas' members got work: {counts:?}"
+    );
+}

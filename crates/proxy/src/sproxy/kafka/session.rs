@@ -251,7 +251,7 @@ pub(crate) async fn run(
             );
         }
         for sub in &record.subscriptions {
-            up.subscribe(id, &sub.filter);
+            let _ = up.subscribe(id, &sub.filter);
             session
                 .subscriptions
                 .insert(sub.filter.clone(), sub.clone());
@@ -794,8 +794,15 @@ impl Session {
                 .subscriptions
                 .insert(sub.filter.clone(), stored)
                 .is_none();
-            if new {
-                self.up.subscribe(self.id, &sub.filter);
+            if new && let Some(mut ready) = self.up.subscribe(self.id, &sub.filter) {
+                // SUBACK once the group consumer reads: nothing published after it is missed.
+                let joined = tokio::time::timeout(SYNC_DEADLINE, ready.wait_for(|r| *r)).await;
+                if !matches!(joined, Ok(Ok(_))) {
+                    tracing::warn!(
+                        filter = sub.filter,
+                        "shared subscription consumer not ready"
+                    );
+                }
             }
             // Shared subscriptions get no retained messages on subscribe.
             let send_retained = !shared
@@ -912,6 +919,7 @@ impl Session {
     fn deliver(&mut self, delivery: &Delivery, from_catch_up: bool) {
         let key = (delivery.topic, delivery.partition);
         if !from_catch_up
+            && !delivery.shared
             && self
                 .live_from
                 .get(&key)
@@ -932,7 +940,11 @@ impl Session {
                     Some((_, inner)) => (inner, true),
                     None => (s.filter.as_str(), false),
                 };
-                !(shared && from_catch_up) && mqtt::topic::matches(filter, &delivery.message.topic)
+                // A record read for a shared subscription counts for it alone; one from the
+                // dispatcher for the plain ones.
+                shared == delivery.shared
+                    && !(shared && from_catch_up)
+                    && mqtt::topic::matches(filter, &delivery.message.topic)
             })
             .collect();
         if matching.is_empty() {
@@ -946,6 +958,11 @@ impl Session {
         ) else {
             return;
         };
+        if delivery.shared {
+            // Not part of the session's progress (the group consumer tracks it).
+            self.send_publish(publish, None);
+            return;
+        }
         let source = (delivery.topic, delivery.partition, delivery.offset);
         if from_catch_up
             && self
@@ -1144,7 +1161,7 @@ impl Session {
         {
             let state = self.inbox.state.lock().expect("inbox lock");
             for item in &state.items {
-                if item.message.qos != QoS::AtMostOnce {
+                if item.message.qos != QoS::AtMostOnce && !item.shared {
                     lower(&mut floor, (item.topic, item.partition), item.offset);
                 }
             }
@@ -1553,6 +1570,7 @@ fn catch_up(
                 offset: record.offset(),
                 timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                 message,
+                shared: false,
             });
             if tx.blocking_send(Ok(delivery)).is_err() {
                 return Ok(());
