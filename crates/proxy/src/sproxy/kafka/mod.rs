@@ -419,22 +419,33 @@ impl KafkaUpstream {
             .iter()
             .chain([&config.topics.retained, &config.topics.sessions])
         {
-            let reader = metadata_reader.clone();
-            let name = topic.clone();
-            let (count, topic_ends) = tokio::task::spawn_blocking(move || {
-                let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
-                let count = metadata
-                    .topics()
-                    .first()
-                    .map(|t| t.partitions().len() as i32)
-                    .unwrap_or(0);
-                let ends = (0..count)
-                    .map(|p| Ok(reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?.1))
-                    .collect::<Result<Vec<i64>, KafkaError>>()?;
-                Ok::<_, KafkaError>((count, ends))
-            })
-            .await?
-            .with_context(|| format!("reading metadata of {topic}"))?;
+            // Topics created a moment ago may have no leader yet: retry for a while.
+            let mut attempts = 0;
+            let (count, topic_ends) = loop {
+                attempts += 1;
+                let reader = metadata_reader.clone();
+                let name = topic.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+                    let count = metadata
+                        .topics()
+                        .first()
+                        .map(|t| t.partitions().len() as i32)
+                        .unwrap_or(0);
+                    let ends = (0..count)
+                        .map(|p| Ok(reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?.1))
+                        .collect::<Result<Vec<i64>, KafkaError>>()?;
+                    Ok::<_, KafkaError>((count, ends))
+                })
+                .await?;
+                match read {
+                    Ok((count, ends)) if count > 0 || attempts >= 40 => break (count, ends),
+                    Err(error) if attempts >= 40 => {
+                        return Err(error).with_context(|| format!("reading metadata of {topic}"));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            };
             if count == 0 {
                 bail!("Kafka topic {topic} has no partitions (does it exist?)");
             }
