@@ -515,8 +515,18 @@ async fn a_connection_through_another_s_proxy_takes_the_session_over() {
     let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
     let first = KafkaRelay::start(&kafka, "takeover").await;
     let second = KafkaRelay::start_with(&kafka, first.topics.clone(), "").await;
+    let (mut watcher, _) =
+        raw_session(&second, Protocol::V5, connect_packet(&unique_name("watch"))).await;
+    subscribe(&mut watcher, 1, &[("roamwill/#", QoS::AtLeastOnce)]).await;
     let id = unique_name("roamer");
-    let (mut old, _) = raw_session(&first, Protocol::V5, v5_connect(&id, true, 300)).await;
+    let mut connect = v5_connect(&id, true, 300);
+    connect.will = Some(mqtt::Will {
+        topic: "roamwill/x".into(),
+        payload: Bytes::from_static(b"taken over"),
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    });
+    let (mut old, _) = raw_session(&first, Protocol::V5, connect).await;
     subscribe(&mut old, 1, &[("roam/#", QoS::AtLeastOnce)]).await;
 
     let (mut new, ack) = raw_session(&second, Protocol::V5, v5_connect(&id, false, 300)).await;
@@ -526,6 +536,11 @@ async fn a_connection_through_another_s_proxy_takes_the_session_over() {
     );
     let parting = old.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::SESSION_TAKEN_OVER);
+    // Its will (no delay) is published, as MQTT-3.1.4-3 asks.
+    let will = next_publish(&mut watcher, Duration::from_secs(10))
+        .await
+        .expect("the old connection's will");
+    assert_eq!(&will.payload[..], b"taken over");
 
     // The subscription moved with it.
     let (mut publisher, _) =

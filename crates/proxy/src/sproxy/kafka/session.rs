@@ -1418,7 +1418,21 @@ impl Session {
         self.up
             .unregister(self.id, self.subscriptions.keys().cloned());
         if matches!(end, End::TakenOver) {
-            // The new connection owns the session record now.
+            // The new connection owns the session record now. A will without delay is published
+            // (MQTT-3.1.4-3 and 3.1.2.5); one with a delay is cancelled by the new connection.
+            if let Some(will) = self
+                .will
+                .take()
+                .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
+            {
+                let publish = StoredWill::from_will(&will).to_publish();
+                let delivery = produce(&self.up, &publish, &self.client_id);
+                tokio::spawn(async move {
+                    if let Err(reason) = delivery.await {
+                        tracing::warn!(reason = reason.name(), "will not published");
+                    }
+                });
+            }
             return;
         }
         forget_local(&self.up, &self.client_id, &self.connection);
