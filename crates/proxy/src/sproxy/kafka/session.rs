@@ -37,6 +37,8 @@ type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 const RECEIVE_MAXIMUM: u16 = 256;
 /// How often a persistent session writes its delivery progress.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often a persistent session with nothing acknowledged stores its (moved) progress.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 const SYNC_DEADLINE: Duration = Duration::from_secs(10);
 const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
@@ -102,6 +104,9 @@ struct Session {
     /// Retained messages waiting for room in the client's receive window.
     pending: VecDeque<Publish>,
     last_checkpoint: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+    last_write: std::time::Instant,
+    /// The client acknowledged a delivery from Kafka since the last write.
+    acked_since_write: bool,
     out: Vec<v1::Packet>,
 }
 
@@ -237,6 +242,8 @@ pub(crate) async fn run(
         live_from: HashMap::new(),
         pending: VecDeque::new(),
         last_checkpoint: None,
+        last_write: std::time::Instant::now(),
+        acked_since_write: false,
         out: Vec::new(),
     };
     up.register(id, inbox);
@@ -638,7 +645,8 @@ impl Session {
                     .get(&ack.packet_id)
                     .is_some_and(|o| o.qos == QoS::AtLeastOnce)
                 {
-                    self.outgoing.remove(&ack.packet_id);
+                    let acked = self.outgoing.remove(&ack.packet_id);
+                    self.acked_since_write |= acked.is_some_and(|o| o.source.is_some());
                 }
             }
             Packet::PubRec(rec) => {
@@ -662,7 +670,8 @@ impl Session {
                 }
             }
             Packet::PubComp(comp) => {
-                self.outgoing.remove(&comp.packet_id);
+                let completed = self.outgoing.remove(&comp.packet_id);
+                self.acked_since_write |= completed.is_some_and(|o| o.source.is_some());
             }
             Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
@@ -1360,10 +1369,18 @@ impl Session {
         self.qos2_done.retain(|_, done| !done.is_empty());
         put_session(&self.up, &self.client_id, Some(record.encode())).await?;
         self.last_checkpoint = Some(offsets);
+        self.last_write = std::time::Instant::now();
+        self.acked_since_write = false;
         Ok(())
     }
 
+    /// Stores delivery progress: within a second of acknowledgements (so a crash repeats
+    /// little), otherwise at most every `IDLE_CHECKPOINT` (progress moving only because other
+    /// clients' traffic passed needs no write per second per session).
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        if !self.acked_since_write && self.last_write.elapsed() < IDLE_CHECKPOINT {
+            return Ok(());
+        }
         if self.last_checkpoint.as_ref() == Some(&self.progress()) {
             return Ok(());
         }
