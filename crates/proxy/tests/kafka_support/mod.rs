@@ -143,7 +143,8 @@ pub fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> 
     })
 }
 
-/// Publishes at QoS 1 and returns the PUBACK's reason code.
+/// Publishes at QoS 1 and returns the PUBACK's reason code. PUBLISHes arriving meanwhile are
+/// dropped: publish from a client that is not subscribed to what it sends.
 pub async fn publish_qos1(
     client: &mut RawClient,
     topic: &str,
