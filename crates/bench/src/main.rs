@@ -1,6 +1,7 @@
 //! `strait-bench`: Strait's data plane measured against the system it fronts, in one command
 //! per protocol, on this machine.
 
+mod grpc;
 mod load;
 mod mqtt;
 mod procs;
@@ -32,6 +33,9 @@ enum Command {
     /// MQTT: a broker (Mosquitto) directly vs through r-proxy → s-proxy → broker.
     #[command(long_about = mqtt::LONG_ABOUT, after_help = mqtt::EXAMPLES)]
     Mqtt(mqtt::MqttArgs),
+    /// gRPC: a service directly vs through grpc-kafka → Kafka → kafka-grpc → service.
+    #[command(long_about = grpc::LONG_ABOUT, after_help = grpc::EXAMPLES)]
+    Grpc(grpc::GrpcArgs),
 }
 
 #[tokio::main]
@@ -43,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         result = async {
             match cli.command {
                 Command::Mqtt(args) => mqtt::run(args).await,
+                Command::Grpc(args) => grpc::run(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; proxies stopped"),

@@ -190,7 +190,7 @@ pub struct Daemon {
 impl Daemon {
     /// Runs `bin args… --metrics-addr <free port>`, stderr to `log`, and waits until `/readyz`
     /// answers 200 and `listen` accepts connections.
-    async fn start(
+    pub async fn start(
         bin: &Path,
         args: &[String],
         listen: SocketAddr,
@@ -247,7 +247,7 @@ impl Daemon {
     }
 
     /// Fails with the log if the process has exited (crashed) since it started.
-    fn check_running(&mut self) -> anyhow::Result<()> {
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "strait-proxy (pid {}) exited with {status}:\n{}",
@@ -258,7 +258,7 @@ impl Daemon {
         Ok(())
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }

@@ -2,6 +2,7 @@
 //! its YAML config file, the source of its defaults and the place its rules are checked, so the
 //! operator renders exactly what the proxy reads. Field names are camelCase, as in Kubernetes.
 
+pub mod grpc;
 pub mod mqtt_kafka;
 pub mod relay;
 pub mod tls;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+pub use grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
 pub use relay::{RProxyConfig, SProxyConfig};
 
 #[derive(Debug, thiserror::Error)]

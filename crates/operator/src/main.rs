@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, Subcommand};
-use strait_runtime::ProcessArgs;
+use std::process::ExitCode;
+use std::sync::Arc;
 
-mod crd;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use strait_operator::{context, crd, grpc_route, leader, mqtt_bridge};
+use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,8 +26,25 @@ struct Cli {
     #[command(flatten)]
     process: ProcessArgs,
 
+    #[command(flatten)]
+    operator: OperatorArgs,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorArgs {
+    /// strait-proxy image the proxies run, unless a resource names its own (`spec.image`).
+    #[arg(
+        long,
+        env = "STRAIT_PROXY_IMAGE",
+        default_value = concat!("ghcr.io/strait-dev/strait-proxy:", env!("CARGO_PKG_VERSION"))
+    )]
+    proxy_image: String,
+
+    #[command(flatten)]
+    leader: leader::LeaderArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,27 +58,87 @@ enum Command {
 const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Crd => {
-            print!("{}", crd::all_yaml()?);
-            Ok(())
-        }
-        Command::Run => {
-            let runtime = strait_runtime::build_runtime(cli.process.worker_threads)?;
-            runtime.block_on(run(cli.process))
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Crd => crd::all_yaml().map(|yaml| print!("{yaml}")),
+        Command::Run => strait_runtime::build_runtime(cli.process.worker_threads)
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(run(cli.process, cli.operator))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the whole chain of causes, no backtrace: this is what users read.
+            eprintln!("strait-operator: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: ProcessArgs) -> anyhow::Result<()> {
+async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
     let process = args
-        .start("strait-operator", DEFAULT_METRICS_ADDR, &[])
+        .start("strait-operator", DEFAULT_METRICS_ADDR, &[READINESS])
         .await?;
-    // Controllers register here as they arrive; until then the process is ready at once.
-    process.shutdown.requested().await;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client: set KUBECONFIG or run in a pod with a service account")?;
+    let ctx = Arc::new(context::Context::new(
+        client,
+        operator.proxy_image,
+        &process.metrics,
+    )?);
+    warn_if_crds_missing(&ctx.client).await;
+    let ready = process.health.flag(READINESS);
+    let mut leadership = leader::Leadership::join(ctx.client.clone(), &operator.leader).await?;
+    // A standby replica is healthy and ready: it is doing its job, waiting.
+    ready.set(true);
+    tokio::select! {
+        acquired = leadership.acquired() => acquired?,
+        () = process.shutdown.requested() => {
+            leadership.release().await;
+            process.admin.stop().await;
+            return Ok(());
+        }
+    }
+    tracing::info!("leading: reconciling MqttBridge and GrpcKafkaRoute resources");
+    // Every reconcile is idempotent (server-side apply of the whole desired state), so stopping
+    // in the middle of one loses nothing: the next leader redoes it.
+    let lost = tokio::select! {
+        () = mqtt_bridge::run(ctx.clone()) => false,
+        () = grpc_route::run(ctx) => false,
+        () = leadership.lost() => true,
+        () = process.shutdown.requested() => false,
+    };
+    if lost {
+        // Another replica leads now; exiting lets Kubernetes restart this one as a standby,
+        // with no controller state left from the time it led.
+        process.admin.stop().await;
+        anyhow::bail!("lost the leader lease; exiting so another replica alone reconciles");
+    }
+    leadership.release().await;
+    ready.set(false);
     tracing::info!("stopping");
     process.admin.stop().await;
     Ok(())
 }
+
+/// Says so plainly when the CRDs are not installed (the controllers retry until they are).
+async fn warn_if_crds_missing(client: &kube::Client) {
+    let installed: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    for crd in crd::all() {
+        let name = crd.metadata.name.as_deref().unwrap_or_default();
+        match installed.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::error!(
+                crd = name,
+                "CRD not installed: run `strait-operator crd | kubectl apply --server-side -f -` \
+                 (the Helm chart installs it); waiting for it"
+            ),
+            Err(error) => tracing::warn!(crd = name, %error, "cannot check the CRD"),
+        }
+    }
+}
+
+/// Readiness: the controllers run.
+const READINESS: &str = "controllers";

@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use strait_e2e::{free_local_addr, http_get, wait_until};
+use strait_e2e::{free_local_addr, http_get, require, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
 
@@ -38,6 +38,8 @@ fn bad_flag_value_names_the_flag() {
 
 #[tokio::test]
 async fn serves_telemetry_and_stops_on_sigterm() {
+    // The controllers need a cluster (KUBECONFIG) to start.
+    require!("KUBECONFIG", "kube");
     let addr = free_local_addr();
     let child = tokio::process::Command::new(BIN)
         .args(["--log-format", "json", "--metrics-addr", &addr.to_string()])

@@ -2,6 +2,9 @@
 //! the `strait-proxy` binary only picks the role.
 
 pub mod batch;
+pub mod grpc;
+pub mod grpckafka;
+pub mod kafkagrpc;
 pub mod metrics;
 pub mod net;
 pub mod relay_rules;

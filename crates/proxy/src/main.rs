@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
-use strait_proxy::{rproxy, sproxy};
+use strait_proxy::{grpckafka, kafkagrpc, rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -32,12 +32,20 @@ enum Role {
     RProxy(rproxy::RProxyArgs),
     /// gRPC end of the relay; drives an MQTT broker on each client's behalf.
     SProxy(sproxy::SProxyArgs),
+    /// gRPC server for any .proto service: each call becomes records on a Kafka request topic,
+    /// answered from a reply topic; fetch routes stream a topic to clients.
+    GrpcKafka(grpckafka::GrpcKafkaArgs),
+    /// Consumes request topics in a consumer group, calls the real gRPC service, writes replies.
+    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
 }
 
 /// A role's validated settings: its config file with the command line laid over it.
+/// (The gRPC roles read their config file, with its .proto files, when they start.)
 enum RoleConfig {
     RProxy(RProxyConfig),
     SProxy(SProxyConfig),
+    GrpcKafka(grpckafka::GrpcKafkaArgs),
+    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
 }
 
 impl Role {
@@ -45,6 +53,8 @@ impl Role {
         Ok(match self {
             Self::RProxy(args) => RoleConfig::RProxy(args.into_config()?),
             Self::SProxy(args) => RoleConfig::SProxy(args.into_config()?),
+            Self::GrpcKafka(args) => RoleConfig::GrpcKafka(args),
+            Self::KafkaGrpc(args) => RoleConfig::KafkaGrpc(args),
         })
     }
 
@@ -53,6 +63,8 @@ impl Role {
         match self {
             Self::RProxy(_) => &[rproxy::READINESS],
             Self::SProxy(_) => &[sproxy::READINESS],
+            Self::GrpcKafka(_) => &grpckafka::READINESS,
+            Self::KafkaGrpc(_) => &kafkagrpc::READINESS,
         }
     }
 
@@ -61,6 +73,8 @@ impl Role {
         let port = match self {
             Self::RProxy(_) => 9090,
             Self::SProxy(_) => 9092,
+            Self::GrpcKafka(_) => 9094,
+            Self::KafkaGrpc(_) => 9096,
         };
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
     }
@@ -96,6 +110,8 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
         let result = match config {
             RoleConfig::RProxy(config) => rproxy::run(config, &process).await,
             RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
+            RoleConfig::GrpcKafka(args) => grpckafka::run(args, &process).await,
+            RoleConfig::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
         };
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "stopped with an error");

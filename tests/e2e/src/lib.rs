@@ -118,6 +118,11 @@ pub struct Daemon {
 impl Daemon {
     /// Runs `program args… --metrics-addr <free port>` and waits until `/readyz` answers 200.
     pub async fn start(program: &str, args: &[&str]) -> Self {
+        Self::start_with_env(program, args, &[]).await
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub async fn start_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let admin = free_local_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("strait-daemon")));
         let file = std::fs::File::create(&log).expect("create daemon log");
@@ -129,6 +134,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .kill_on_drop(true)

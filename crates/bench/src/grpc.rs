@@ -1,0 +1,371 @@
+//! `strait-bench grpc`: the same gRPC load straight to a service and through
+//! grpc-kafka → Kafka → kafka-grpc → service, unary and server-streaming, at two concurrencies.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::uri::PathAndQuery;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use strait_proxy::grpc::codec::RawCodec;
+use tonic::server::{Grpc, ServerStreamingService, UnaryService};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::procs::{self, Daemon};
+
+pub const LONG_ABOUT: &str = "\
+    Runs the same gRPC load twice per case, straight to an echo service and through \
+    grpc-kafka → Kafka → kafka-grpc → service (acks=all both ways), and prints calls/s and \
+    latency percentiles of both.\n\n\
+    The echo service runs in this process (raw bytes, any message); grpc-kafka and kafka-grpc \
+    are started as child processes on free 127.0.0.1 ports with fresh topics (8 partitions \
+    each), and killed at the end, on error and on Ctrl-C.\n\n\
+    Cases: unary and server-streaming (10 replies per call), each at every --concurrency \
+    (calls in flight at once, spread over 4 HTTP/2 connections).\n\n\
+    Targets: ≥ 5,000 unary calls/s through Kafka at concurrency 64; p50 ≤ 5 ms at \
+    concurrency 1. Measure release builds.";
+
+pub const EXAMPLES: &str = "\
+    Example (Kafka from tests/e2e/services):\n  \
+    tests/e2e/services up kafka && eval \"$(tests/e2e/services env)\"\n  \
+    cargo build --release -p strait-proxy -p strait-bench\n  \
+    $CARGO_TARGET_DIR/release/strait-bench grpc --duration 10s";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    pub kafka: String,
+    /// The strait-proxy binary [default: next to this executable].
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// How long each case is measured, per path.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load run before measuring, per case and path.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Calls in flight, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub concurrency: Vec<usize>,
+    /// Request payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+}
+
+const PROTO: &str = r#"syntax = "proto3";
+package strait.bench.v1;
+message Msg { bytes payload = 1; }
+service Echo {
+  rpc Unary(Msg) returns (Msg);
+  rpc Stream(Msg) returns (stream Msg);
+}
+"#;
+const UNARY: &str = "/strait.bench.v1.Echo/Unary";
+const STREAM: &str = "/strait.bench.v1.Echo/Stream";
+const STREAM_REPLIES: usize = 10;
+const CONNECTIONS: usize = 4;
+
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl UnaryService<Bytes> for Echo {
+    type Response = Bytes;
+    type Future = std::future::Ready<Result<Response<Bytes>, Status>>;
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        std::future::ready(Ok(Response::new(request.into_inner())))
+    }
+}
+
+impl ServerStreamingService<Bytes> for Echo {
+    type Response = Bytes;
+    type ResponseStream = futures::stream::Iter<std::vec::IntoIter<Result<Bytes, Status>>>;
+    type Future = std::future::Ready<Result<Response<Self::ResponseStream>, Status>>;
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let body = request.into_inner();
+        let items: Vec<_> = (0..STREAM_REPLIES).map(|_| Ok(body.clone())).collect();
+        std::future::ready(Ok(Response::new(futures::stream::iter(items))))
+    }
+}
+
+async fn start_service() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let service = hyper::service::service_fn(
+                |request: http::Request<hyper::body::Incoming>| async move {
+                    let response = match request.uri().path() {
+                        UNARY => Grpc::new(RawCodec).unary(Echo, request).await,
+                        STREAM => Grpc::new(RawCodec).server_streaming(Echo, request).await,
+                        _ => Status::unimplemented("").into_http(),
+                    };
+                    Ok::<_, Infallible>(response)
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    Ok(addr)
+}
+
+struct Outcome {
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+async fn channels(addr: SocketAddr) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..CONNECTIONS {
+        out.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {addr}"))?,
+        );
+    }
+    Ok(out)
+}
+
+async fn one_call(
+    client: &mut tonic::client::Grpc<Channel>,
+    path: &'static str,
+    body: Bytes,
+) -> Result<(), Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::from_static(path);
+    if path.path() == UNARY {
+        client.unary(Request::new(body), path, RawCodec).await?;
+    } else {
+        let mut stream = client
+            .server_streaming(Request::new(body), path, RawCodec)
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while stream.message().await?.is_some() {
+            n += 1;
+        }
+        if n != STREAM_REPLIES {
+            return Err(Status::data_loss(format!(
+                "{n} replies, expected {STREAM_REPLIES}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    concurrency: usize,
+    payload: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let channels = channels(addr).await?;
+    // A valid Msg: field 1 (bytes), length-delimited.
+    let mut message = vec![0x0a];
+    let mut len = payload;
+    while len >= 0x80 {
+        message.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    message.push(len as u8);
+    message.extend(std::iter::repeat_n(0x61, payload));
+    let body = Bytes::from(message);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut client = tonic::client::Grpc::new(channels[i % channels.len()].clone());
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut histogram =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let (mut calls, mut errors) = (0u64, 0u64);
+                loop {
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    let result = one_call(&mut client, path, body.clone()).await;
+                    if began >= measure_from {
+                        match result {
+                            Ok(()) => {
+                                calls += 1;
+                                let _ = histogram.record(began.elapsed().as_micros() as u64);
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                }
+                (calls, errors, histogram)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        calls: 0,
+        errors: 0,
+        seconds: duration.as_secs_f64(),
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for worker in workers {
+        let (calls, errors, histogram) = worker.await?;
+        outcome.calls += calls;
+        outcome.errors += errors;
+        outcome.latency.add(&histogram)?;
+    }
+    Ok(outcome)
+}
+
+async fn create_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 8, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        result.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
+    let bin = match &args.proxy_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("strait-proxy"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p strait-proxy) or pass --proxy-bin",
+            bin.display()
+        );
+    }
+    let service = start_service().await?;
+    let run_id = format!("{}-{}", std::process::id(), rand_suffix());
+    let (requests, replies) = (
+        format!("bench-grpc-req-{run_id}"),
+        format!("bench-grpc-rep-{run_id}"),
+    );
+    create_topics(&args.kafka, &[&requests, &replies]).await?;
+    let dir = std::env::temp_dir().join(format!("strait-bench-grpc-{run_id}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.proto"), PROTO)?;
+    let front_config = dir.join("grpc-kafka.yaml");
+    std::fs::write(
+        &front_config,
+        format!(
+            "kafka: {{ bootstrap: '{}' }}\nprotos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
+             routes: [{{ method: strait.bench.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}]\n",
+            args.kafka,
+            dir.join("bench.proto").display()
+        ),
+    )?;
+    let back_config = dir.join("kafka-grpc.yaml");
+    std::fs::write(
+        &back_config,
+        format!(
+            "kafka: {{ bootstrap: '{}' }}\ntarget: http://{service}\ngroupId: bench-{run_id}\n\
+             routes: [{{ topic: {requests} }}]\nconcurrency: 256\n",
+            args.kafka
+        ),
+    )?;
+    let front_addr = procs::free_local_addr()?;
+    let front = Daemon::start(
+        &bin,
+        &[
+            "grpc-kafka".into(),
+            "--config".into(),
+            front_config.display().to_string(),
+            "--listen".into(),
+            front_addr.to_string(),
+        ],
+        front_addr,
+        dir.join("grpc-kafka.log"),
+    )
+    .await?;
+    // kafka-grpc listens on nothing; "ready" is its /readyz (joined the group).
+    let back = Daemon::start(
+        &bin,
+        &[
+            "kafka-grpc".into(),
+            "--config".into(),
+            back_config.display().to_string(),
+        ],
+        service,
+        dir.join("kafka-grpc.log"),
+    )
+    .await?;
+    eprintln!(
+        "strait-bench grpc: service {service}, grpc-kafka {front_addr}, logs in {}",
+        dir.display()
+    );
+    if cfg!(debug_assertions) || bin.components().any(|c| c.as_os_str() == "debug") {
+        eprintln!("warning: a debug build is being measured; figures are not representative");
+    }
+    println!(
+        "{:<14} {:>5} {:<8} {:>10} {:>8} {:>9} {:>9} {:>9}",
+        "case", "conc", "path", "calls/s", "errors", "p50 ms", "p99 ms", "max ms"
+    );
+    for (name, path) in [("unary", UNARY), ("server-stream", STREAM)] {
+        for &concurrency in &args.concurrency {
+            for (label, addr) in [("direct", service), ("kafka", front_addr)] {
+                let outcome = load(
+                    addr,
+                    path,
+                    concurrency,
+                    args.payload,
+                    args.warmup,
+                    args.duration,
+                )
+                .await?;
+                let ms = |q: f64| outcome.latency.value_at_quantile(q) as f64 / 1000.0;
+                println!(
+                    "{name:<14} {concurrency:>5} {label:<8} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+                    outcome.calls as f64 / outcome.seconds,
+                    outcome.errors,
+                    ms(0.5),
+                    ms(0.99),
+                    outcome.latency.max() as f64 / 1000.0,
+                );
+            }
+        }
+    }
+    println!(
+        "targets: unary through Kafka ≥ 5000 calls/s at concurrency 64; p50 ≤ 5 ms at concurrency 1"
+    );
+    front.stop().await;
+    back.stop().await;
+    Ok(())
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+}

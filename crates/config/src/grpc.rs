@@ -1,0 +1,987 @@
+//! gRPC over Kafka: grpc-kafka (the gRPC server clients call; calls become records) and
+//! kafka-grpc (the consumer group that calls the real service and writes the answers).
+//!
+//! Record layout and header names follow Zilla's (`zilla:service`, `zilla:method`,
+//! `zilla:reply-to`, `zilla:correlation-id`, `meta:*`), so a Zilla deployment can switch.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{ClientTls, ServerTls};
+use crate::{ConfigError, Validate};
+
+/// Zilla's field number for the fetch message id (`reliability.field`).
+pub const DEFAULT_MESSAGE_ID_FIELD: u32 = 32767;
+const MAX_FIELD_NUMBER: u32 = 536_870_911;
+
+/// How to reach Kafka. Secrets (SASL password, TLS key) are read from files only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaConnection {
+    /// Comma-separated `HOST:PORT` list of brokers (`--kafka` overrides it).
+    pub bootstrap: String,
+    /// TLS to the brokers (`ca`; `cert` and `key` for mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+    /// SASL authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<Sasl>,
+    /// Extra librdkafka properties (e.g. `linger.ms: "5"`); may not repeat what the typed
+    /// fields above set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConnection {
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            tls: None,
+            sasl: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// `field` names this block in errors, e.g. `kafka`.
+    pub fn check(&self, field: &'static str) -> Result<(), ConfigError> {
+        if self.bootstrap.split(',').any(|server| {
+            let server = server.trim();
+            !matches!(server.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
+        }) {
+            return Err(ConfigError::invalid(
+                field_path(field, "bootstrap"),
+                format!("{:?} is not a HOST:PORT list", self.bootstrap),
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.ca.is_none() {
+                return Err(ConfigError::invalid(
+                    field_path(field, "tls.ca"),
+                    "TLS to Kafka needs the CA that signs the brokers' certificates",
+                ));
+            }
+            tls.check(field_path(field, "tls"))?;
+        }
+        const TYPED: [&str; 8] = [
+            "bootstrap.servers",
+            "security.protocol",
+            "sasl.mechanism",
+            "sasl.username",
+            "sasl.password",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+        ];
+        if let Some(clash) = self.properties.keys().find(|k| TYPED.contains(&k.as_str())) {
+            return Err(ConfigError::invalid(
+                field_path(field, "properties"),
+                format!("{clash:?} is set by the typed fields (bootstrap, tls, sasl); use those"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SASL credentials from files (a mounted Secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    /// File holding the user name.
+    pub username_file: PathBuf,
+    /// File holding the password.
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Kafka produce acknowledgement: `all` (every in-sync replica, the default), `leader`, `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Acks {
+    #[default]
+    All,
+    Leader,
+    None,
+}
+
+impl Acks {
+    /// The librdkafka `acks` value.
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Leader => "1",
+            Self::None => "0",
+        }
+    }
+}
+
+/// Header names of the correlation layout; Zilla's by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorrelationHeaders {
+    #[serde(default = "default_service_header")]
+    pub service: String,
+    #[serde(default = "default_method_header")]
+    pub method: String,
+    #[serde(default = "default_correlation_header")]
+    pub correlation_id: String,
+    #[serde(default = "default_reply_to_header")]
+    pub reply_to: String,
+    #[serde(default = "default_status_header")]
+    pub status: String,
+    #[serde(default = "default_message_header")]
+    pub message: String,
+}
+
+impl Default for CorrelationHeaders {
+    fn default() -> Self {
+        Self {
+            service: default_service_header(),
+            method: default_method_header(),
+            correlation_id: default_correlation_header(),
+            reply_to: default_reply_to_header(),
+            status: default_status_header(),
+            message: default_message_header(),
+        }
+    }
+}
+
+impl CorrelationHeaders {
+    fn check(&self, field: &'static str) -> Result<(), ConfigError> {
+        let names = [
+            &self.service,
+            &self.method,
+            &self.correlation_id,
+            &self.reply_to,
+            &self.status,
+            &self.message,
+        ];
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || name.starts_with("meta:") {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("header name {name:?} is empty or in the meta: namespace"),
+                ));
+            }
+            if names[..i].contains(name) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("header name {name:?} is used twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the `.proto` files describing the served services are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Protos {
+    /// `.proto` files, or directories whose `.proto` files (recursively) are all compiled.
+    pub paths: Vec<PathBuf>,
+    /// Import roots; default: each directory in `paths` and the directory of each file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub includes: Vec<PathBuf>,
+    /// How often the files are checked for changes (0s: never reloaded).
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_interval: Duration,
+}
+
+/// `strait-proxy grpc-kafka --config FILE`.
+///
+/// ```yaml
+/// listen: 0.0.0.0:50051
+/// kafka: { bootstrap: kafka:9092 }
+/// protos: { paths: [/etc/strait/protos] }
+/// routes:
+///   - method: example.Greeter/*
+///     produce: { topic: greeter-requests, replyTo: greeter-replies }
+///   - method: example.Events/Fetch
+///     fetch: { topic: events }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcKafkaConfig {
+    /// gRPC (h2c, or TLS with `tls`) listener for clients (`--listen` overrides it).
+    #[serde(default = "default_grpc_kafka_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: ServerTls,
+    pub kafka: KafkaConnection,
+    pub protos: Protos,
+    /// First matching route wins; a method no route matches is UNIMPLEMENTED.
+    pub routes: Vec<GrpcRoute>,
+    #[serde(default)]
+    pub headers: CorrelationHeaders,
+    /// Request metadata whose value makes the correlation id stable across retries.
+    #[serde(default = "default_idempotency_metadata")]
+    pub idempotency_metadata: String,
+    /// Fetch message ids: the protobuf field they travel in, and the resume metadata name.
+    #[serde(default)]
+    pub reliability: Reliability,
+    #[serde(default)]
+    pub limits: GrpcKafkaLimits,
+    /// How long to wait for calls to finish on shutdown before dropping them.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+/// Which calls a route takes and what it does with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRoute {
+    /// `package.Service/Method`; `*` matches any run of characters (`example.Greeter/*`).
+    pub method: String,
+    /// Request metadata that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Each call becomes records on a request topic (set this or `fetch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce: Option<ProduceRoute>,
+    /// The call streams a topic to the client (set this or `produce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProduceRoute {
+    pub topic: String,
+    /// Topic the answers come back on; without it the call is one-way (answered at once, empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub acks: Acks,
+    /// Record key: the correlation id (default), `metadata:NAME` or `field:NAME` (a top-level
+    /// scalar field of the first request message, which is then decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchRoute {
+    pub topic: String,
+    /// Any-of; inside one filter, key and every header must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FetchFilter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reliability {
+    #[serde(default = "default_message_id_field")]
+    pub field: u32,
+    #[serde(default = "default_reliability_metadata")]
+    pub metadata: String,
+}
+
+impl Default for Reliability {
+    fn default() -> Self {
+        Self {
+            field: default_message_id_field(),
+            metadata: default_reliability_metadata(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcKafkaLimits {
+    /// Calls waiting for replies at once; further calls get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_pending_calls")]
+    pub max_pending_calls: usize,
+    /// Largest request or reply message, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Deadline of calls that send no `grpc-timeout`.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub default_timeout: Duration,
+}
+
+impl Default for GrpcKafkaLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_calls: default_max_pending_calls(),
+            max_message_size: default_max_message_size(),
+            default_timeout: default_call_timeout(),
+        }
+    }
+}
+
+impl GrpcKafkaConfig {
+    pub fn new(bootstrap: &str, protos: Vec<PathBuf>, routes: Vec<GrpcRoute>) -> Self {
+        Self {
+            listen: default_grpc_kafka_listen(),
+            tls: ServerTls::default(),
+            kafka: KafkaConnection::new(bootstrap),
+            protos: Protos {
+                paths: protos,
+                includes: Vec::new(),
+                reload_interval: default_reload_interval(),
+            },
+            routes,
+            headers: CorrelationHeaders::default(),
+            idempotency_metadata: default_idempotency_metadata(),
+            reliability: Reliability::default(),
+            limits: GrpcKafkaLimits::default(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+impl GrpcRoute {
+    pub fn produce(method: &str, topic: &str, reply_to: Option<&str>) -> Self {
+        Self {
+            method: method.into(),
+            metadata: BTreeMap::new(),
+            produce: Some(ProduceRoute {
+                topic: topic.into(),
+                reply_to: reply_to.map(Into::into),
+                acks: Acks::All,
+                key: None,
+            }),
+            fetch: None,
+        }
+    }
+
+    pub fn fetch(method: &str, topic: &str) -> Self {
+        Self {
+            method: method.into(),
+            metadata: BTreeMap::new(),
+            produce: None,
+            fetch: Some(FetchRoute {
+                topic: topic.into(),
+                filters: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl Validate for GrpcKafkaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.check("tls")?;
+        self.kafka.check("kafka")?;
+        if self.protos.paths.is_empty() {
+            return Err(ConfigError::invalid(
+                "protos.paths",
+                "no .proto file or directory: the served services are described only by them",
+            ));
+        }
+        if self.routes.is_empty() {
+            return Err(ConfigError::invalid(
+                "routes",
+                "no route: every call would be UNIMPLEMENTED",
+            ));
+        }
+        for route in &self.routes {
+            check_method_pattern("routes[].method", &route.method)?;
+            match (&route.produce, &route.fetch) {
+                (Some(produce), None) => {
+                    check_topic("routes[].produce.topic", &produce.topic)?;
+                    if let Some(reply_to) = &produce.reply_to {
+                        check_topic("routes[].produce.replyTo", reply_to)?;
+                    }
+                    if let Some(key) = &produce.key {
+                        let ok = key
+                            .strip_prefix("metadata:")
+                            .or_else(|| key.strip_prefix("field:"))
+                            .is_some_and(|name| !name.is_empty());
+                        if !ok {
+                            return Err(ConfigError::invalid(
+                                "routes[].produce.key",
+                                format!("{key:?} is neither metadata:NAME nor field:NAME"),
+                            ));
+                        }
+                    }
+                }
+                (None, Some(fetch)) => check_topic("routes[].fetch.topic", &fetch.topic)?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "routes[]",
+                        format!(
+                            "route {:?} must set exactly one of produce and fetch",
+                            route.method
+                        ),
+                    ));
+                }
+            }
+        }
+        self.headers.check("headers")?;
+        if self.idempotency_metadata.is_empty() {
+            return Err(ConfigError::invalid("idempotencyMetadata", "is empty"));
+        }
+        if !(1..=MAX_FIELD_NUMBER).contains(&self.reliability.field)
+            || (19000..=19999).contains(&self.reliability.field)
+        {
+            return Err(ConfigError::invalid(
+                "reliability.field",
+                format!(
+                    "{} is not a usable protobuf field number (1..={MAX_FIELD_NUMBER}, not 19000..=19999)",
+                    self.reliability.field
+                ),
+            ));
+        }
+        if self.limits.max_pending_calls == 0 {
+            return Err(ConfigError::invalid(
+                "limits.maxPendingCalls",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_message_size < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.maxMessageSize",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if self.limits.default_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.defaultTimeout",
+                "must be more than 0s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `strait-proxy kafka-grpc --config FILE`.
+///
+/// ```yaml
+/// kafka: { bootstrap: kafka:9092 }
+/// target: http://greeter:50051
+/// groupId: greeter-backend
+/// routes: [{ topic: greeter-requests }]
+/// concurrency: 64
+/// retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }
+/// deadLetterTopic: greeter-dead-letters
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaGrpcConfig {
+    pub kafka: KafkaConnection,
+    /// The real service: `http://HOST:PORT` (h2c) or `https://HOST:PORT` (`--target` overrides).
+    pub target: String,
+    /// TLS to an `https://` target (`ca` required).
+    #[serde(default)]
+    pub target_tls: ClientTls,
+    /// Consumer group id. Replicas with the same id share the request partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Zilla-style group id `zilla:<namespace>-<binding>` (instead of `groupId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zilla_group: Option<ZillaGroup>,
+    /// Request topics consumed, optionally restricted to some methods.
+    pub routes: Vec<KafkaRoute>,
+    #[serde(default)]
+    pub headers: CorrelationHeaders,
+    /// Calls made to the target at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Longest a call to the target may take (a shorter client deadline wins).
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub call_timeout: Duration,
+    #[serde(default)]
+    pub retries: Retries,
+    /// Where requests go after `retries.attempts` failed attempts (their records, with
+    /// `strait:error` and `strait:attempts` headers added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Acks for reply and dead-letter records; offsets are committed only after they are acked.
+    #[serde(default)]
+    pub acks: Acks,
+    /// A redelivered call (same correlation id) within this window is answered from the
+    /// recorded replies instead of calling the target again.
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub dedup_window: Duration,
+    /// Consumer session timeout: how soon a dead replica's partitions move to the others.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub session_timeout: Duration,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZillaGroup {
+    pub namespace: String,
+    pub binding: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaRoute {
+    pub topic: String,
+    /// Only calls of methods matching this pattern (`*` wildcards); others are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Attempts per call while the target answers UNAVAILABLE (1 = no retry).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            attempts: default_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+impl KafkaGrpcConfig {
+    pub fn new(bootstrap: &str, target: &str, group_id: &str, topics: &[&str]) -> Self {
+        Self {
+            kafka: KafkaConnection::new(bootstrap),
+            target: target.into(),
+            target_tls: ClientTls::default(),
+            group_id: Some(group_id.into()),
+            zilla_group: None,
+            routes: topics
+                .iter()
+                .map(|t| KafkaRoute {
+                    topic: (*t).into(),
+                    method: None,
+                })
+                .collect(),
+            headers: CorrelationHeaders::default(),
+            concurrency: default_concurrency(),
+            call_timeout: default_call_timeout(),
+            retries: Retries::default(),
+            dead_letter_topic: None,
+            acks: Acks::All,
+            dedup_window: default_dedup_window(),
+            session_timeout: default_session_timeout(),
+            max_message_size: default_max_message_size(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+
+    /// The consumer group id: `groupId`, or `zilla:<namespace>-<binding>`.
+    pub fn group(&self) -> String {
+        match (&self.group_id, &self.zilla_group) {
+            (Some(id), _) => id.clone(),
+            (None, Some(z)) => format!("zilla:{}-{}", z.namespace, z.binding),
+            (None, None) => "strait-kafka-grpc".into(),
+        }
+    }
+}
+
+impl Validate for KafkaGrpcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.check("kafka")?;
+        let Some(host) = self
+            .target
+            .strip_prefix("http://")
+            .or_else(|| self.target.strip_prefix("https://"))
+        else {
+            return Err(ConfigError::invalid(
+                "target",
+                format!("{:?} must start with http:// or https://", self.target),
+            ));
+        };
+        if host.is_empty() {
+            return Err(ConfigError::invalid(
+                "target",
+                format!("{:?} has no host", self.target),
+            ));
+        }
+        if self.target.starts_with("https://") && self.target_tls.ca.is_none() {
+            return Err(ConfigError::invalid(
+                "targetTls.ca",
+                "an https:// target needs the CA that signs its certificate",
+            ));
+        }
+        self.target_tls.check("targetTls")?;
+        if self.group_id.is_some() && self.zilla_group.is_some() {
+            return Err(ConfigError::invalid(
+                "zillaGroup",
+                "set either groupId or zillaGroup, not both",
+            ));
+        }
+        if self.group_id.as_deref() == Some("") {
+            return Err(ConfigError::invalid("groupId", "is empty"));
+        }
+        if self.routes.is_empty() {
+            return Err(ConfigError::invalid(
+                "routes",
+                "no request topic to consume",
+            ));
+        }
+        for route in &self.routes {
+            check_topic("routes[].topic", &route.topic)?;
+            if let Some(method) = &route.method {
+                check_method_pattern("routes[].method", method)?;
+            }
+        }
+        self.headers.check("headers")?;
+        if self.concurrency == 0 {
+            return Err(ConfigError::invalid("concurrency", "must be at least 1"));
+        }
+        if self.call_timeout.is_zero() {
+            return Err(ConfigError::invalid("callTimeout", "must be more than 0s"));
+        }
+        if self.retries.attempts == 0 {
+            return Err(ConfigError::invalid(
+                "retries.attempts",
+                "must be at least 1 (the first attempt)",
+            ));
+        }
+        if self.retries.initial_backoff > self.retries.max_backoff {
+            return Err(ConfigError::invalid(
+                "retries.initialBackoff",
+                "is longer than retries.maxBackoff",
+            ));
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            check_topic("deadLetterTopic", topic)?;
+        }
+        if self.session_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "sessionTimeout",
+                "must be at least 1s (brokers usually require 6s or more)",
+            ));
+        }
+        if self.max_message_size < 1024 {
+            return Err(ConfigError::invalid(
+                "maxMessageSize",
+                "must be at least 1024 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka topic names: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_topic(field: &'static str, topic: &str) -> Result<(), ConfigError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{topic:?} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+        ));
+    }
+    Ok(())
+}
+
+/// `package.Service/Method` where either side may use `*`.
+fn check_method_pattern(field: &'static str, pattern: &str) -> Result<(), ConfigError> {
+    match pattern.split_once('/') {
+        Some((service, method))
+            if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
+        {
+            Ok(())
+        }
+        _ if pattern == "*" => Ok(()),
+        _ => Err(ConfigError::invalid(
+            field,
+            format!("{pattern:?} is not package.Service/Method (with * wildcards)"),
+        )),
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters.
+pub fn method_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+fn field_path(block: &'static str, leaf: &'static str) -> &'static str {
+    // Error fields are static strings; the few combinations used are spelled out.
+    match (block, leaf) {
+        ("kafka", "bootstrap") => "kafka.bootstrap",
+        ("kafka", "tls.ca") => "kafka.tls.ca",
+        ("kafka", "tls") => "kafka.tls",
+        ("kafka", "properties") => "kafka.properties",
+        _ => block,
+    }
+}
+
+fn default_grpc_kafka_listen() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051)
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_service_header() -> String {
+    "zilla:service".into()
+}
+fn default_method_header() -> String {
+    "zilla:method".into()
+}
+fn default_correlation_header() -> String {
+    "zilla:correlation-id".into()
+}
+fn default_reply_to_header() -> String {
+    "zilla:reply-to".into()
+}
+fn default_status_header() -> String {
+    "zilla:status".into()
+}
+fn default_message_header() -> String {
+    "zilla:message".into()
+}
+fn default_idempotency_metadata() -> String {
+    "idempotency-key".into()
+}
+fn default_message_id_field() -> u32 {
+    DEFAULT_MESSAGE_ID_FIELD
+}
+fn default_reliability_metadata() -> String {
+    "last-message-id".into()
+}
+fn default_max_pending_calls() -> usize {
+    10_000
+}
+fn default_max_message_size() -> usize {
+    4 * 1024 * 1024
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn field_of(result: Result<(), ConfigError>) -> &'static str {
+        match result {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid-field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn grpc_kafka_example_parses_with_defaults() {
+        let config: GrpcKafkaConfig = parse(
+            "kafka: { bootstrap: 'kafka:9092' }\n\
+             protos: { paths: [/protos] }\n\
+             routes:\n\
+             - { method: example.Greeter/*, produce: { topic: req, replyTo: rep } }\n\
+             - { method: example.Events/Fetch, fetch: { topic: events } }\n",
+        );
+        config.validate().unwrap();
+        let expected = GrpcKafkaConfig::new(
+            "kafka:9092",
+            vec!["/protos".into()],
+            vec![
+                GrpcRoute::produce("example.Greeter/*", "req", Some("rep")),
+                GrpcRoute::fetch("example.Events/Fetch", "events"),
+            ],
+        );
+        assert_eq!(config, expected);
+        assert_eq!(config.headers.correlation_id, "zilla:correlation-id");
+        assert_eq!(config.reliability.field, 32767);
+        let yaml = crate::to_yaml(&config);
+        assert_eq!(
+            serde_saphyr::from_str::<GrpcKafkaConfig>(&yaml).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn invalid_grpc_kafka_configs_name_the_field() {
+        let base = || {
+            GrpcKafkaConfig::new(
+                "k:9092",
+                vec!["/p".into()],
+                vec![GrpcRoute::produce("a.B/C", "req", Some("rep"))],
+            )
+        };
+        base().validate().unwrap();
+        let mut c = base();
+        c.kafka.bootstrap = "k".into();
+        assert_eq!(field_of(c.validate()), "kafka.bootstrap");
+        let mut c = base();
+        c.protos.paths.clear();
+        assert_eq!(field_of(c.validate()), "protos.paths");
+        let mut c = base();
+        c.routes[0].method = "nomethod".into();
+        assert_eq!(field_of(c.validate()), "routes[].method");
+        let mut c = base();
+        c.routes[0].produce.as_mut().unwrap().topic = "bad topic".into();
+        assert_eq!(field_of(c.validate()), "routes[].produce.topic");
+        let mut c = base();
+        c.routes[0].fetch = Some(FetchRoute {
+            topic: "t".into(),
+            filters: vec![],
+        });
+        assert_eq!(field_of(c.validate()), "routes[]");
+        let mut c = base();
+        c.routes[0].produce.as_mut().unwrap().key = Some("header:x".into());
+        assert_eq!(field_of(c.validate()), "routes[].produce.key");
+        let mut c = base();
+        c.reliability.field = 19500;
+        assert_eq!(field_of(c.validate()), "reliability.field");
+        let mut c = base();
+        c.headers.method = "zilla:service".into();
+        assert_eq!(field_of(c.validate()), "headers");
+        let mut c = base();
+        c.kafka
+            .properties
+            .insert("bootstrap.servers".into(), "x:1".into());
+        assert_eq!(field_of(c.validate()), "kafka.properties");
+        let mut c = base();
+        c.kafka.tls = Some(ClientTls::default());
+        assert_eq!(field_of(c.validate()), "kafka.tls.ca");
+    }
+
+    #[test]
+    fn kafka_grpc_example_parses_and_names_its_group() {
+        let config: KafkaGrpcConfig = parse(
+            "kafka: { bootstrap: 'kafka:9092' }\n\
+             target: http://greeter:50051\n\
+             zillaGroup: { namespace: example, binding: remote_server }\n\
+             routes: [{ topic: req }]\n\
+             retries: { attempts: 3, initialBackoff: 50ms, maxBackoff: 1s }\n\
+             deadLetterTopic: dlq\n",
+        );
+        config.validate().unwrap();
+        assert_eq!(config.group(), "zilla:example-remote_server");
+        assert_eq!(config.retries.initial_backoff, Duration::from_millis(50));
+        assert_eq!(config.acks, Acks::All);
+    }
+
+    #[test]
+    fn invalid_kafka_grpc_configs_name_the_field() {
+        let base = || KafkaGrpcConfig::new("k:9092", "http://svc:50051", "g", &["req"]);
+        base().validate().unwrap();
+        let mut c = base();
+        c.target = "svc:50051".into();
+        assert_eq!(field_of(c.validate()), "target");
+        let mut c = base();
+        c.target = "https://svc:50051".into();
+        assert_eq!(field_of(c.validate()), "targetTls.ca");
+        let mut c = base();
+        c.zilla_group = Some(ZillaGroup {
+            namespace: "n".into(),
+            binding: "b".into(),
+        });
+        assert_eq!(field_of(c.validate()), "zillaGroup");
+        let mut c = base();
+        c.concurrency = 0;
+        assert_eq!(field_of(c.validate()), "concurrency");
+        let mut c = base();
+        c.retries.attempts = 0;
+        assert_eq!(field_of(c.validate()), "retries.attempts");
+        let mut c = base();
+        c.retries.initial_backoff = Duration::from_secs(10);
+        assert_eq!(field_of(c.validate()), "retries.initialBackoff");
+        let mut c = base();
+        c.dead_letter_topic = Some("a/b".into());
+        assert_eq!(field_of(c.validate()), "deadLetterTopic");
+        let mut c = base();
+        c.routes.clear();
+        assert_eq!(field_of(c.validate()), "routes");
+    }
+
+    #[test]
+    fn method_patterns_match_with_wildcards() {
+        assert!(method_matches("a.B/C", "a.B/C"));
+        assert!(!method_matches("a.B/C", "a.B/CD"));
+        assert!(method_matches("a.B/*", "a.B/C"));
+        assert!(method_matches("*", "a.B/C"));
+        assert!(method_matches("a.*/Get*", "a.B/GetThing"));
+        assert!(!method_matches("a.*/Get*", "a.B/Put"));
+        assert!(!method_matches("a.B/*", "a.C/D"));
+    }
+}

@@ -1,0 +1,198 @@
+//! What every reconcile shares: the client, the proxy image, metrics, the event recorder and the
+//! per-object retry backoff (kube-runtime has none of its own).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use prometheus::{HistogramVec, IntCounterVec};
+
+pub struct Context {
+    pub client: kube::Client,
+    pub proxy_image: String,
+    pub metrics: Metrics,
+    recorder: Recorder,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// The autoscaler's recent recommendations per object (scale-down window).
+    stabilizers: Mutex<HashMap<String, crate::autoscale::Stabilizer>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        proxy_image: String,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let reporter = Reporter {
+            controller: crate::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Ok(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            proxy_image,
+            metrics: Metrics::register(registry)?,
+            failures: Mutex::default(),
+            stabilizers: Mutex::default(),
+        })
+    }
+
+    pub fn reset_backoff<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        self.failures
+            .lock()
+            .expect("not poisoned")
+            .remove(&ObjectRef::from_obj(object).to_string());
+    }
+
+    /// `recommended` held to the object's scale-down window.
+    pub fn stabilize<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        window: Duration,
+        recommended: i32,
+    ) -> i32 {
+        self.stabilizers
+            .lock()
+            .expect("not poisoned")
+            .entry(ObjectRef::from_obj(object).to_string())
+            .or_default()
+            .stabilize(window, std::time::Instant::now(), recommended)
+    }
+
+    /// An Event on `object` (a Ready transition), so `kubectl describe` tells the story.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        normal: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        let event = Event {
+            type_: if normal {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: reason.into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, "could not record an event");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Secret {name:?} (named in {field}) does not exist")]
+    MissingSecret { name: String, field: String },
+    #[error("Secret {name:?} lacks {keys}")]
+    SecretKeys { name: String, keys: String },
+    #[error("ConfigMap {name:?} (named in {field}) does not exist")]
+    MissingConfigMap { name: String, field: String },
+    #[error(transparent)]
+    Topics(#[from] crate::topics::TopicError),
+    #[error(transparent)]
+    Lag(#[from] crate::kafka::LagError),
+    #[error(transparent)]
+    RenderRoute(#[from] crate::grpc_route::render::RenderError),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error(transparent)]
+    Render(#[from] crate::mqtt_bridge::render::RenderError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl ReconcileError {
+    /// The CamelCase reason of the `Ready=False` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingSecret { .. } => "SecretNotFound",
+            Self::SecretKeys { .. } => "SecretIncomplete",
+            Self::MissingConfigMap { .. } => "ConfigMapNotFound",
+            Self::Topics(error) => error.reason(),
+            Self::Lag(crate::kafka::LagError::Unreachable { .. }) => "KafkaUnreachable",
+            Self::Lag(_) => "LagUnknown",
+            Self::RenderRoute(_) => "InvalidSpec",
+            Self::Finalizer(_) => "FinalizerFailed",
+            Self::Render(_) => "InvalidSpec",
+            Self::Kube(_) => "KubernetesApiError",
+        }
+    }
+}
+
+/// Retries a failed object with exponential backoff from 1 s up to 5 minutes.
+pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
+    object: Arc<K>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = ObjectRef::from_obj(object.as_ref()).to_string();
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let count = failures.entry(key.clone()).or_default();
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed");
+    ctx.metrics
+        .errors
+        .with_label_values(&[K::kind(&()).as_ref(), error.reason()])
+        .inc();
+    Action::requeue(delay)
+}
+
+pub struct Metrics {
+    reconciles: IntCounterVec,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl Metrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let reconciles = IntCounterVec::new(
+            prometheus::opts!(
+                "strait_operator_reconciles_total",
+                "Reconciles by kind and result."
+            ),
+            &["kind", "result"],
+        )?;
+        let errors = IntCounterVec::new(
+            prometheus::opts!(
+                "strait_operator_reconcile_errors_total",
+                "Failed reconciles by kind and reason."
+            ),
+            &["kind", "reason"],
+        )?;
+        let duration = HistogramVec::new(
+            prometheus::histogram_opts!(
+                "strait_operator_reconcile_duration_seconds",
+                "Time one reconcile took.",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self {
+            reconciles,
+            errors,
+            duration,
+        })
+    }
+
+    pub fn observe(&self, kind: &str, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles.with_label_values(&[kind, result]).inc();
+        self.duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+    }
+}

@@ -1,0 +1,324 @@
+//! Reconciles a `GrpcKafkaRoute`: topics in Kafka, the proxies in Kubernetes, and the consumer
+//! count from the group's lag. Topics are deleted with the resource only under
+//! `deletionPolicy: Delete`, held by a finalizer until they are.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::render::{self, BACKEND};
+use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
+use crate::autoscale::{self, Observation, Policy};
+use crate::context::{Context, ReconcileError};
+use crate::status::{self, Check};
+
+const FINALIZER: &str = "strait.dev/topics";
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<GrpcKafkaRoute>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+    .run(reconcile, crate::context::error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+async fn reconcile(
+    route: Arc<GrpcKafkaRoute>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let namespace = route.namespace().expect("GrpcKafkaRoute is namespaced");
+    let api: Api<GrpcKafkaRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deleting = route.meta().deletion_timestamp.is_some();
+    let result = if route.spec.deletion_policy == DeletionPolicy::Delete
+        || route.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        finalizer(&api, FINALIZER, route.clone(), |event| async {
+            match event {
+                Finalizer::Apply(route) => apply(&route, &ctx).await,
+                Finalizer::Cleanup(route) => cleanup(&route).await,
+            }
+        })
+        .await
+        .map_err(|error| match error {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(other.to_string()),
+        })
+    } else if deleting {
+        Ok(Action::await_change())
+    } else {
+        apply(&route, &ctx).await
+    };
+    ctx.metrics
+        .observe("GrpcKafkaRoute", started.elapsed(), result.is_ok());
+    match &result {
+        Err(error) if !deleting => {
+            let check = Check::failed(status::READY, error.reason(), error.to_string());
+            let _ = write_status(&route, &ctx, vec![check], GrpcKafkaRouteStatus::default()).await;
+        }
+        Err(_) => {}
+        Ok(_) => ctx.reset_backoff(route.as_ref()),
+    }
+    result
+}
+
+/// Deletes the topics (only reached under `deletionPolicy: Delete`, or when it was Delete once).
+async fn cleanup(route: &GrpcKafkaRoute) -> Result<Action, ReconcileError> {
+    if route.spec.deletion_policy == DeletionPolicy::Delete {
+        let names: Vec<String> = render::topics(route).into_iter().map(|t| t.name).collect();
+        crate::topics::delete(&route.spec.kafka.bootstrap, &names).await?;
+        tracing::info!(topics = ?names, "deleted the topics (deletionPolicy: Delete)");
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = route.namespace().expect("namespaced");
+    let client = ctx.client.clone();
+    let bootstrap = &route.spec.kafka.bootstrap;
+    let protos: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    if protos
+        .get_opt(&route.spec.protos.config_map)
+        .await?
+        .is_none()
+    {
+        return Err(ReconcileError::MissingConfigMap {
+            name: route.spec.protos.config_map.clone(),
+            field: "spec.protos.configMap".into(),
+        });
+    }
+    let mut topics = render::topics(route);
+    let partitions = crate::topics::ensure(bootstrap, &topics).await?;
+    let mut checks = vec![Check::ok(
+        status::TOPICS_READY,
+        "TopicsExist",
+        format!("{} topics: {}", partitions.len(), describe(&partitions)),
+    )];
+
+    let owner = render::owner(route);
+    let (backend_replicas, observation, scaling) = match &route.spec.backend.autoscale {
+        Some(autoscale) => {
+            let observation = observe(route).await?;
+            let policy = Policy {
+                min_replicas: autoscale.min_replicas,
+                max_replicas: autoscale.max_replicas,
+                lag_threshold: autoscale.lag_threshold,
+                activation_lag: autoscale.activation_lag,
+                scale_down_window: Duration::from_secs(
+                    autoscale.scale_down_stabilization_seconds.max(0) as u64,
+                ),
+                max_partitions: autoscale.max_partitions,
+            };
+            let decision = autoscale::recommend(&policy, &observation);
+            if let Some(grow) = decision.grow_partitions_to {
+                let requests = render::request_topics(route);
+                for topic in topics.iter_mut().filter(|t| requests.contains(&t.name)) {
+                    topic.partitions = topic.partitions.max(grow);
+                }
+                crate::topics::ensure(bootstrap, &topics).await?;
+                tracing::info!(
+                    partitions = grow,
+                    "grew the request topics: consumers were capped by them"
+                );
+            }
+            let replicas = ctx.stabilize(route, policy.scale_down_window, decision.replicas);
+            checks.push(Check::ok("Scaling", decision.reason, decision.message));
+            (Some(replicas), Some(observation), Some(replicas))
+        }
+        None => {
+            checks.push(Check::ok(
+                "Scaling",
+                "Manual",
+                "autoscaling is off; spec.backend.replicas or you set the consumers",
+            ));
+            (route.spec.backend.replicas, None, None)
+        }
+    };
+
+    let rendered = render::render(
+        route,
+        route.spec.image.as_deref().unwrap_or(&ctx.proxy_image),
+        backend_replicas,
+    )?;
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+        .patch(
+            &rendered.config_map.name_any(),
+            &params,
+            &Patch::Apply(&rendered.config_map),
+        )
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let mut consumers = None;
+    let mut rolling = Vec::new();
+    for deployment in &rendered.deployments {
+        let applied = deployments
+            .patch(&deployment.name_any(), &params, &Patch::Apply(deployment))
+            .await?;
+        let (ready, message) = crate::mqtt_bridge::rollout(&applied);
+        if deployment.name_any().ends_with(BACKEND) {
+            consumers = applied.status.as_ref().and_then(|s| s.replicas).or(Some(0));
+        }
+        if !ready {
+            rolling.push(format!("{}: {message}", deployment.name_any()));
+        }
+    }
+    checks.push(if rolling.is_empty() {
+        Check::ok(
+            status::PROXIES_READY,
+            "PodsReady",
+            "grpc-kafka and kafka-grpc pods are ready",
+        )
+    } else {
+        Check::failed(status::PROXIES_READY, "RollingOut", rolling.join("; "))
+    });
+    Api::<Service>::namespaced(client.clone(), &namespace)
+        .patch(
+            &rendered.service.name_any(),
+            &params,
+            &Patch::Apply(&rendered.service),
+        )
+        .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, &namespace);
+    for budget in &rendered.disruption_budgets {
+        budgets
+            .patch(&budget.name_any(), &params, &Patch::Apply(budget))
+            .await?;
+    }
+
+    let status = GrpcKafkaRouteStatus {
+        routes: Some(route.spec.routes.len() as i32),
+        endpoints: vec![rendered.endpoint],
+        replicas: consumers,
+        selector: Some(owner.selector_string(BACKEND)),
+        desired_replicas: scaling,
+        lag: observation.map(|o| o.lag),
+        members: observation.map(|o| o.members),
+        partitions: observation.map(|o| o.partitions),
+        ..GrpcKafkaRouteStatus::default()
+    };
+    write_status(route, ctx, checks, status).await?;
+    let poll = route
+        .spec
+        .backend
+        .autoscale
+        .as_ref()
+        .map_or(300, |a| a.poll_interval_seconds.max(1) as u64);
+    Ok(Action::requeue(Duration::from_secs(poll)))
+}
+
+/// The group's lag summed over the request topics; partitions of the widest topic (a consumer
+/// beyond that count would sit idle under the default range assignment).
+async fn observe(route: &GrpcKafkaRoute) -> Result<Observation, ReconcileError> {
+    let bootstrap = route.spec.kafka.bootstrap.clone();
+    let group = render::group_id(route);
+    let topics = render::request_topics(route);
+    let observations = tokio::task::spawn_blocking(move || {
+        topics
+            .iter()
+            .map(|topic| crate::kafka::observe(&bootstrap, topic, &group))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .expect("lag reading does not panic")?;
+    Ok(observations.iter().fold(
+        Observation {
+            lag: 0,
+            partitions: 0,
+            members: 0,
+        },
+        |sum, o| Observation {
+            lag: sum.lag + o.lag,
+            partitions: sum.partitions.max(o.partitions),
+            members: sum.members.max(o.members),
+        },
+    ))
+}
+
+fn describe(partitions: &[(String, i32)]) -> String {
+    partitions
+        .iter()
+        .map(|(topic, n)| format!("{topic} ({n} partitions)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn write_status(
+    route: &GrpcKafkaRoute,
+    ctx: &Context,
+    mut checks: Vec<Check>,
+    fresh: GrpcKafkaRouteStatus,
+) -> Result<(), ReconcileError> {
+    if checks.iter().all(|c| c.type_ != status::READY) {
+        checks.insert(0, status::ready(&checks));
+    }
+    let previous = route.status.clone().unwrap_or_default();
+    let generation = route.meta().generation;
+    let mut conditions = status::merge(&previous.conditions, &checks, generation);
+    for old in &previous.conditions {
+        if !conditions.iter().any(|c| c.type_ == old.type_) {
+            conditions.push(old.clone());
+        }
+    }
+    // An error pass knows only Ready: the other fields keep what the last full pass found.
+    let full = fresh.routes.is_some();
+    let next = if full {
+        GrpcKafkaRouteStatus {
+            observed_generation: generation,
+            conditions,
+            ..fresh
+        }
+    } else {
+        GrpcKafkaRouteStatus {
+            observed_generation: generation,
+            conditions,
+            ..previous.clone()
+        }
+    };
+    if next == previous {
+        return Ok(());
+    }
+    let before = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::READY)
+        .map(|c| c.status.clone());
+    if let Some(now) = next.conditions.iter().find(|c| c.type_ == status::READY)
+        && before.as_deref() != Some(now.status.as_str())
+    {
+        ctx.event(route, now.status == "True", &now.reason, &now.message)
+            .await;
+    }
+    let api: Api<GrpcKafkaRoute> =
+        Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
+    api.patch_status(
+        &route.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": "strait.dev/v1alpha1",
+            "kind": "GrpcKafkaRoute",
+            "status": next,
+        })),
+    )
+    .await?;
+    Ok(())
+}

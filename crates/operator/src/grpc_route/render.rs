@@ -1,0 +1,284 @@
+//! Pure rendering: a `GrpcKafkaRoute` → its topics, the grpc-kafka and kafka-grpc configs and the
+//! Kubernetes objects that run them.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use strait_config::Validate;
+use strait_config::grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
+
+use super::spec::GrpcKafkaRoute;
+use crate::topics::TopicSpec;
+use crate::workload::{self, Owner, ProxyPods, from_json};
+
+pub const FRONTEND: &str = "grpc-kafka";
+pub const BACKEND: &str = "kafka-grpc";
+const PROTOS_DIR: &str = "/etc/strait/protos";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the rendered {role} config is invalid: {error}")]
+    Config {
+        role: &'static str,
+        error: strait_config::ConfigError,
+    },
+    #[error("spec.backend.callTimeout: {0}")]
+    CallTimeout(String),
+}
+
+pub fn owner(route: &GrpcKafkaRoute) -> Owner {
+    Owner {
+        instance: route.name_any(),
+        namespace: route.namespace(),
+        reference: route
+            .controller_owner_ref(&())
+            .expect("a stored GrpcKafkaRoute has a name and uid"),
+    }
+}
+
+/// Every topic the routes name, with its partitions and settings.
+pub fn topics(route: &GrpcKafkaRoute) -> Vec<TopicSpec> {
+    let spec = &route.spec;
+    let mut names: Vec<&str> = Vec::new();
+    for r in &spec.routes {
+        if let Some(produce) = &r.produce {
+            names.push(&produce.topic);
+            names.extend(produce.reply_to.as_deref());
+        }
+        if let Some(fetch) = &r.fetch {
+            names.push(&fetch.topic);
+        }
+    }
+    names.extend(spec.backend.dead_letter_topic.as_deref());
+    let mut seen = std::collections::BTreeSet::new();
+    names
+        .into_iter()
+        .filter(|name| seen.insert(*name))
+        .map(|name| {
+            let settings = spec.topics.get(name).unwrap_or(&spec.topic_defaults);
+            TopicSpec {
+                name: name.into(),
+                partitions: settings.partitions,
+                replication_factor: settings.replication_factor,
+                config: settings.config.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The request topics kafka-grpc consumes (what the autoscaler measures).
+pub fn request_topics(route: &GrpcKafkaRoute) -> Vec<String> {
+    let mut topics: Vec<String> = route
+        .spec
+        .routes
+        .iter()
+        .filter_map(|r| r.produce.as_ref().map(|p| p.topic.clone()))
+        .collect();
+    topics.dedup();
+    topics
+}
+
+pub fn group_id(route: &GrpcKafkaRoute) -> String {
+    route.spec.backend.group_id.clone().unwrap_or_else(|| {
+        format!(
+            "strait-{}-{}",
+            route.namespace().unwrap_or_default(),
+            route.name_any()
+        )
+    })
+}
+
+pub fn frontend_config(route: &GrpcKafkaRoute) -> GrpcKafkaConfig {
+    let spec = &route.spec;
+    // Through JSON so every field the resource does not set takes the proxy's own default.
+    serde_json::from_value(json!({
+        "listen": format!("0.0.0.0:{}", spec.frontend.port),
+        "kafka": {"bootstrap": spec.kafka.bootstrap},
+        "protos": {"paths": [PROTOS_DIR]},
+        "routes": spec.routes,
+    }))
+    .expect("the route spec holds the grpc-kafka route type")
+}
+
+pub fn backend_config(route: &GrpcKafkaRoute) -> Result<KafkaGrpcConfig, RenderError> {
+    let backend = &route.spec.backend;
+    let topics = request_topics(route);
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut config = KafkaGrpcConfig::new(
+        &route.spec.kafka.bootstrap,
+        &backend.target,
+        &group_id(route),
+        &topics,
+    );
+    config.concurrency = backend.concurrency.max(1) as usize;
+    if let Some(timeout) = &backend.call_timeout {
+        config.call_timeout = humantime::parse_duration(timeout)
+            .map_err(|e| RenderError::CallTimeout(format!("{timeout:?}: {e}")))?;
+    }
+    if let Some(retries) = &backend.retries {
+        config.retries = retries.clone();
+    }
+    config.dead_letter_topic = backend.dead_letter_topic.clone();
+    Ok(config)
+}
+
+pub struct Rendered {
+    pub config_map: ConfigMap,
+    pub deployments: Vec<Deployment>,
+    pub service: Service,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+    pub endpoint: String,
+}
+
+/// `backend_replicas`: what the autoscaler decided, or `None` to leave them alone.
+pub fn render(
+    route: &GrpcKafkaRoute,
+    image: &str,
+    backend_replicas: Option<i32>,
+) -> Result<Rendered, RenderError> {
+    let frontend = frontend_config(route);
+    frontend.validate().map_err(|error| RenderError::Config {
+        role: FRONTEND,
+        error,
+    })?;
+    let backend = backend_config(route)?;
+    backend.validate().map_err(|error| RenderError::Config {
+        role: BACKEND,
+        error,
+    })?;
+    let (front_yaml, back_yaml) = (
+        strait_config::to_yaml(&frontend),
+        strait_config::to_yaml(&backend),
+    );
+    let owner = owner(route);
+    let spec = &route.spec;
+    let config_map = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.meta(owner.config_map_name(), "config"),
+        "data": {"grpc-kafka.yaml": front_yaml, "kafka-grpc.yaml": back_yaml},
+    }));
+    let protos_volume = json!({"name": "protos", "configMap": {"name": spec.protos.config_map}});
+    let protos_mount = json!({"name": "protos", "mountPath": PROTOS_DIR, "readOnly": true});
+    // The protos ConfigMap is part of the frontend's config: a change rolls it too.
+    let deployments = vec![
+        ProxyPods {
+            role: FRONTEND,
+            image,
+            config_yaml: &front_yaml,
+            replicas: Some(spec.frontend.replicas),
+            ports: vec![json!({"name": "grpc", "containerPort": spec.frontend.port})],
+            volumes: vec![protos_volume],
+            mounts: vec![protos_mount],
+            resources: spec.frontend.resources.as_ref(),
+        }
+        .deployment(&owner),
+        ProxyPods {
+            role: BACKEND,
+            image,
+            config_yaml: &back_yaml,
+            replicas: backend_replicas,
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            mounts: Vec::new(),
+            resources: spec.backend.resources.as_ref(),
+        }
+        .deployment(&owner),
+    ];
+    let service = workload::service(
+        &owner,
+        route.name_any(),
+        FRONTEND,
+        "ClusterIP",
+        vec![json!({"name": "grpc", "port": spec.frontend.port, "targetPort": "grpc"})],
+    );
+    let disruption_budgets = [FRONTEND, BACKEND]
+        .into_iter()
+        .map(|role| workload::disruption_budget(&owner, role))
+        .collect();
+    Ok(Rendered {
+        config_map,
+        deployments,
+        service,
+        disruption_budgets,
+        endpoint: format!(
+            "{}.{}.svc:{}",
+            route.name_any(),
+            route.namespace().unwrap_or_default(),
+            spec.frontend.port
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc_route::spec::GrpcKafkaRouteSpec;
+
+    fn route(spec: serde_json::Value) -> GrpcKafkaRoute {
+        let spec: GrpcKafkaRouteSpec = serde_json::from_value(spec).unwrap();
+        let mut route = GrpcKafkaRoute::new("greeter", spec);
+        route.metadata.namespace = Some("apps".into());
+        route.metadata.uid = Some("42".into());
+        route
+    }
+
+    fn example() -> GrpcKafkaRoute {
+        route(json!({
+            "kafka": {"bootstrap": "kafka:9092"},
+            "protos": {"configMap": "greeter-protos"},
+            "routes": [
+                {"method": "example.Greeter/*", "produce": {"topic": "greeter-requests", "replyTo": "greeter-replies"}},
+                {"method": "example.Events/Fetch", "fetch": {"topic": "events"}},
+            ],
+            "topics": {"greeter-requests": {"partitions": 6, "config": {"retention.ms": "3600000"}}},
+            "backend": {"target": "http://greeter:50051", "callTimeout": "5s", "deadLetterTopic": "greeter-dead"},
+        }))
+    }
+
+    #[test]
+    fn topics_come_from_the_routes_with_their_settings() {
+        let topics = topics(&example());
+        let names: Vec<_> = topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.partitions))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("greeter-requests", 6),
+                ("greeter-replies", 3),
+                ("events", 3),
+                ("greeter-dead", 3)
+            ]
+        );
+        assert_eq!(topics[0].config["retention.ms"], "3600000");
+        assert_eq!(request_topics(&example()), ["greeter-requests"]);
+    }
+
+    #[test]
+    fn both_configs_are_what_the_proxies_accept() {
+        let route = example();
+        let rendered = render(&route, "strait/strait-proxy:test", Some(2)).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let front: GrpcKafkaConfig = serde_saphyr::from_str(&data["grpc-kafka.yaml"]).unwrap();
+        front.validate().unwrap();
+        assert_eq!(front.routes, route.spec.routes);
+        let back: KafkaGrpcConfig = serde_saphyr::from_str(&data["kafka-grpc.yaml"]).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.group_id.as_deref(), Some("strait-apps-greeter"));
+        assert_eq!(back.call_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            rendered.deployments[1].spec.as_ref().unwrap().replicas,
+            Some(2)
+        );
+        let unmanaged = render(&route, "i", None).unwrap();
+        assert_eq!(
+            unmanaged.deployments[1].spec.as_ref().unwrap().replicas,
+            None
+        );
+        assert_eq!(rendered.endpoint, "greeter.apps.svc:50051");
+    }
+}

@@ -1,0 +1,275 @@
+//! `GrpcKafkaRoute` (strait.dev/v1alpha1): a gRPC service reachable through Kafka. grpc-kafka
+//! pods (the frontend) turn calls into request records; kafka-grpc pods (the backend, a consumer
+//! group that the operator scales from its lag) call the real service and write the replies.
+//! `routes` is the proxy's own route type, so the CRD and the grpc-kafka config cannot drift.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use strait_config::grpc::{GrpcRoute, Retries};
+
+#[allow(clippy::duplicated_attributes)] // the printer columns' repeated `type_ =`
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strait.dev",
+    version = "v1alpha1",
+    kind = "GrpcKafkaRoute",
+    namespaced,
+    shortname = "gkr",
+    category = "strait",
+    status = "GrpcKafkaRouteStatus",
+    derive = "PartialEq",
+    doc = "A gRPC service reachable through Kafka: calls become request records, replies come back from a reply topic.",
+    scale(
+        spec_replicas_path = ".spec.backend.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Routes", type_ = "integer", json_path = ".status.routes"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcKafkaRouteSpec {
+    pub kafka: KafkaSpec,
+    /// ConfigMap whose keys are the `.proto` files describing the served services.
+    pub protos: ProtosSpec,
+    /// First matching route wins; a method no route matches is UNIMPLEMENTED.
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("spec.routes needs at least one route"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(r, has(r.produce) != has(r.fetch))").message("each of spec.routes sets exactly one of produce or fetch"))]
+    #[schemars(length(max = 100))]
+    pub routes: Vec<GrpcRoute>,
+    /// Partitions and settings of the topics the routes name, unless `topics` lists them.
+    #[serde(default)]
+    pub topic_defaults: TopicDefaults,
+    /// Per-topic settings (partitions, replication, configs), by topic name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, TopicDefaults>,
+    #[serde(default)]
+    pub frontend: Frontend,
+    pub backend: Backend,
+    /// What happens to the Kafka topics when the resource is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// strait-proxy image; the operator's `--proxy-image` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Comma-separated `HOST:PORT` list of brokers.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[^:,]+:[0-9]{1,5}(,[^:,]+:[0-9]{1,5})*$')")
+        .message("spec.kafka.bootstrap must be a comma-separated HOST:PORT list"))]
+    #[schemars(length(max = 1024))]
+    pub bootstrap: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtosSpec {
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("spec.protos.configMap must name a ConfigMap"))]
+    pub config_map: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicDefaults {
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i32,
+    /// Topic configs, e.g. `retention.ms: "86400000"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Frontend {
+    /// gRPC port clients call.
+    #[serde(default = "default_grpc_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for Frontend {
+    fn default() -> Self {
+        Self {
+            port: default_grpc_port(),
+            replicas: default_replicas(),
+            resources: None,
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// The real service: `http://HOST:PORT` (h2c) or `https://HOST:PORT`.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("spec.backend.target must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub target: String,
+    /// Consumer group id (default `strait-<namespace>-<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Calls made to the target at once, per pod.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub concurrency: i32,
+    /// Longest a call to the target may take, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Where requests go after the last failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Consumer pods when autoscaling is off (also what `kubectl scale gkr/NAME` sets);
+    /// unset leaves the Deployment's replicas to you.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Consumers scale to ceil(lag / lagThreshold) within [minReplicas, min(maxReplicas, partitions)].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.maxReplicas >= self.minReplicas")
+    .message("spec.backend.autoscale.maxReplicas must be at least minReplicas"))]
+pub struct Autoscale {
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Lag one consumer is expected to keep up with.
+    #[serde(default = "default_lag_threshold")]
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+    /// With minReplicas 0: lag above this starts the first consumer.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub activation_lag: i64,
+    /// Seconds a lower replica count must hold before scaling down.
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0))]
+    pub scale_down_stabilization_seconds: i64,
+    /// Seconds between lag readings.
+    #[serde(default = "default_poll")]
+    #[schemars(range(min = 1))]
+    pub poll_interval_seconds: i64,
+    /// Grow request topics up to this many partitions when consumers are capped by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_partitions: Option<i32>,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DeletionPolicy {
+    /// Topics stay when the resource is deleted (their data is yours).
+    #[default]
+    Retain,
+    /// Topics are deleted with the resource (a finalizer holds the deletion until they are).
+    Delete,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcKafkaRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` sums up `TopicsReady`, `ProxiesReady` and `Scaling`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::status::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<i32>,
+    /// Where clients call (Service DNS name and port).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Consumer (kafka-grpc) pods, and their label selector (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// What the autoscaler wants now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Consumer-group lag over the request topics, its members and the partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_grpc_port() -> i32 {
+    50051
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_concurrency() -> i32 {
+    64
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_lag_threshold() -> i64 {
+    100
+}
+fn default_stabilization() -> i64 {
+    300
+}
+fn default_poll() -> i64 {
+    15
+}

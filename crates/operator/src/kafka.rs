@@ -1,0 +1,124 @@
+//! Consumer-group lag and membership, read from Kafka for the autoscaler and the status.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::autoscale::Observation;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LagError {
+    #[error("Kafka at {bootstrap} is unreachable: {error}")]
+    Unreachable {
+        bootstrap: String,
+        error: rdkafka::error::KafkaError,
+    },
+    #[error("topic {0:?} does not exist")]
+    NoTopic(String),
+    #[error("reading offsets of group {group:?}: {error}")]
+    Offsets {
+        group: String,
+        error: rdkafka::error::KafkaError,
+    },
+}
+
+/// Lag of `group` on `topic` (uncommitted partitions count their whole log), the topic's
+/// partitions and the group's members. Blocking: call from `spawn_blocking`.
+pub fn observe(bootstrap: &str, topic: &str, group: &str) -> Result<Observation, LagError> {
+    // A consumer that never subscribes: it only asks the group coordinator about offsets.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|error| LagError::Unreachable {
+            bootstrap: bootstrap.into(),
+            error,
+        })?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|error| LagError::Unreachable {
+            bootstrap: bootstrap.into(),
+            error,
+        })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(LagError::NoTopic(topic.into()));
+    }
+    let mut wanted = TopicPartitionList::new();
+    for &partition in &partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = committed_offsets(&consumer, &wanted).map_err(|error| LagError::Offsets {
+        group: group.into(),
+        error,
+    })?;
+    let mut lag = 0;
+    for &partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, TIMEOUT)
+            .map_err(|error| LagError::Offsets {
+                group: group.into(),
+                error,
+            })?;
+        let from = match committed
+            .find_partition(topic, partition)
+            .map(|p| p.offset())
+        {
+            Some(Offset::Offset(offset)) => offset,
+            _ => low,
+        };
+        lag += (high - from).max(0);
+    }
+    let members = consumer
+        .fetch_group_list(Some(group), TIMEOUT)
+        .map(|list| {
+            list.groups()
+                .iter()
+                .filter(|g| g.name() == group)
+                .map(|g| g.members().len())
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    Ok(Observation {
+        lag,
+        partitions: partitions.len() as i32,
+        members: members as i32,
+    })
+}
+
+/// The group's committed offsets. A group Kafka has not seen yet gets a coordinator on first
+/// asking, so "not coordinator"-kind answers are retried briefly.
+fn committed_offsets(
+    consumer: &BaseConsumer,
+    wanted: &TopicPartitionList,
+) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+    use rdkafka::types::RDKafkaErrorCode::{
+        CoordinatorLoadInProgress, CoordinatorNotAvailable, NotCoordinator,
+    };
+    let mut attempt = 0;
+    loop {
+        match consumer.committed_offsets(wanted.clone(), TIMEOUT) {
+            Err(error)
+                if attempt < 20
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(NotCoordinator | CoordinatorLoadInProgress | CoordinatorNotAvailable)
+                    ) =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100 * attempt.min(5)));
+            }
+            result => return result,
+        }
+    }
+}

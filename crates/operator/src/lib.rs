@@ -1,0 +1,16 @@
+//! Strait's control plane: the custom resources, their controllers and the autoscaler. The
+//! `strait-operator` binary (src/main.rs) is a thin shell around this library.
+
+pub mod autoscale;
+pub mod context;
+pub mod crd;
+pub mod grpc_route;
+pub mod kafka;
+pub mod leader;
+pub mod mqtt_bridge;
+pub mod status;
+pub mod topics;
+pub mod workload;
+
+/// The one field manager for everything the operator applies.
+pub const FIELD_MANAGER: &str = "strait-operator";

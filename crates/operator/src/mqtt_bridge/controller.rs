@@ -1,0 +1,329 @@
+//! Reconciles an `MqttBridge`: applies what `render` produces (server-side apply, one field
+//! manager, owner references so Kubernetes deletes it all with the bridge), then reports how far
+//! the rollout got in the status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::render::{self, Inputs};
+use super::spec::{MqttBridge, MqttBridgeStatus};
+use crate::context::{Context, ReconcileError};
+use crate::status::{self, Check};
+
+/// Runs the controller (until the process stops it).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<MqttBridge>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    // A referenced Secret that appears or changes wakes the bridges that name it.
+    let bridges = controller.store();
+    controller
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| {
+                let (name, namespace) = (secret.name_any(), secret.namespace());
+                bridges
+                    .state()
+                    .into_iter()
+                    .filter(|bridge| bridge.namespace() == namespace && names_secret(bridge, &name))
+                    .map(|bridge| ObjectRef::from_obj(bridge.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .run(reconcile, crate::context::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = apply(&bridge, &ctx).await;
+    ctx.metrics
+        .observe("MqttBridge", started.elapsed(), result.is_ok());
+    if let Err(error) = &result {
+        // The failure goes into the status too, so `kubectl get mqb` says why it is not Ready.
+        let check = Check::failed(status::READY, error.reason(), error.to_string());
+        let _ = write_status(&bridge, &ctx, vec![check], Vec::new(), None, None).await;
+    } else {
+        ctx.reset_backoff(bridge.as_ref());
+    }
+    result
+}
+
+async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileError> {
+    if bridge.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = bridge.namespace().expect("MqttBridge is namespaced");
+    let client = ctx.client.clone();
+    let mut inputs = Inputs {
+        image: bridge
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| ctx.proxy_image.clone()),
+        broker_client_cert: false,
+    };
+    // Referenced Secrets must exist before pods that mount them can start.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    if let Some(tls) = &bridge.spec.listener.tls {
+        let secret = get_secret(&secrets, &tls.secret_name, "spec.listener.tls.secretName").await?;
+        require_keys(&secret, &tls.secret_name, &["tls.crt", "tls.key"])?;
+        if tls.require_client_certificate {
+            require_keys(&secret, &tls.secret_name, &["ca.crt"])?;
+        }
+    }
+    if let Some(tls) = bridge
+        .spec
+        .upstream
+        .broker
+        .as_ref()
+        .and_then(|b| b.tls.as_ref())
+    {
+        let secret = get_secret(
+            &secrets,
+            &tls.secret_name,
+            "spec.upstream.broker.tls.secretName",
+        )
+        .await?;
+        require_keys(&secret, &tls.secret_name, &["ca.crt"])?;
+        inputs.broker_client_cert = has_keys(&secret, &["tls.crt", "tls.key"]);
+    }
+
+    let rendered = render::render(bridge, &inputs)?;
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    config_maps
+        .patch(
+            &rendered.config_map.name_any(),
+            &params,
+            &Patch::Apply(&rendered.config_map),
+        )
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let mut checks = Vec::new();
+    let mut ready_r_proxies = None;
+    let mut rolling = Vec::new();
+    for deployment in &rendered.deployments {
+        let applied = deployments
+            .patch(&deployment.name_any(), &params, &Patch::Apply(deployment))
+            .await?;
+        let role = deployment.name_any();
+        let (ready, message) = rollout(&applied);
+        if role.ends_with("-r-proxy") {
+            ready_r_proxies = applied.status.as_ref().and_then(|s| s.ready_replicas);
+        }
+        if !ready {
+            rolling.push(format!("{role}: {message}"));
+        }
+    }
+    checks.push(if rolling.is_empty() {
+        Check::ok(
+            status::PROXIES_READY,
+            "PodsReady",
+            "r-proxy and s-proxy pods are ready",
+        )
+    } else {
+        Check::failed(status::PROXIES_READY, "RollingOut", rolling.join("; "))
+    });
+    let services: Api<Service> = Api::namespaced(client, &namespace);
+    for service in &rendered.services {
+        services
+            .patch(&service.name_any(), &params, &Patch::Apply(service))
+            .await?;
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+    for budget in &rendered.disruption_budgets {
+        budgets
+            .patch(&budget.name_any(), &params, &Patch::Apply(budget))
+            .await?;
+    }
+    let mode = if let Some(kafka) = &bridge.spec.upstream.kafka {
+        let topics = render::kafka_topics(bridge);
+        let partitions = crate::topics::ensure(&kafka.bootstrap, &topics).await?;
+        checks.push(Check::ok(
+            status::TOPICS_READY,
+            "TopicsExist",
+            format!("{} topics ready in Kafka", partitions.len()),
+        ));
+        "kafka"
+    } else {
+        checks.push(Check::ok(
+            status::TOPICS_READY,
+            "NotNeeded",
+            "broker mode keeps no Kafka topics",
+        ));
+        "broker"
+    };
+    write_status(
+        bridge,
+        ctx,
+        checks,
+        rendered.endpoints,
+        ready_r_proxies.or(Some(0)),
+        Some(mode),
+    )
+    .await?;
+    // Owned Deployments wake the controller when their pods change; the periodic resync is a
+    // safety net.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn names_secret(bridge: &MqttBridge, secret: &str) -> bool {
+    let listener = bridge
+        .spec
+        .listener
+        .tls
+        .as_ref()
+        .map(|t| t.secret_name.as_str());
+    let broker = bridge
+        .spec
+        .upstream
+        .broker
+        .as_ref()
+        .and_then(|b| b.tls.as_ref())
+        .map(|t| t.secret_name.as_str());
+    listener == Some(secret) || broker == Some(secret)
+}
+
+/// Whether a Deployment has rolled out its current template, and if not, how far it got.
+pub fn rollout(deployment: &Deployment) -> (bool, String) {
+    let want = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let Some(status) = &deployment.status else {
+        return (false, "no status yet".into());
+    };
+    let current = status.observed_generation >= deployment.metadata.generation;
+    let updated = status.updated_replicas.unwrap_or(0);
+    let ready = status.ready_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let done = current
+        && updated >= want
+        && ready >= want
+        && available >= want
+        && status.replicas.unwrap_or(0) == want;
+    (
+        done,
+        format!("{ready} of {want} pods ready, {updated} updated"),
+    )
+}
+
+async fn get_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    field: &str,
+) -> Result<Secret, ReconcileError> {
+    secrets
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| ReconcileError::MissingSecret {
+            name: name.into(),
+            field: field.into(),
+        })
+}
+
+fn has_keys(secret: &Secret, keys: &[&str]) -> bool {
+    let data = secret.data.as_ref();
+    keys.iter()
+        .all(|k| data.is_some_and(|d| d.contains_key(*k)))
+}
+
+fn require_keys(secret: &Secret, name: &str, keys: &[&str]) -> Result<(), ReconcileError> {
+    if has_keys(secret, keys) {
+        return Ok(());
+    }
+    Err(ReconcileError::SecretKeys {
+        name: name.into(),
+        keys: keys.join(", "),
+    })
+}
+
+async fn write_status(
+    bridge: &MqttBridge,
+    ctx: &Context,
+    mut checks: Vec<Check>,
+    endpoints: Vec<String>,
+    replicas: Option<i32>,
+    mode: Option<&str>,
+) -> Result<(), ReconcileError> {
+    if checks.iter().all(|c| c.type_ != status::READY) {
+        let ready = status::ready(&checks);
+        checks.insert(0, ready);
+    }
+    let previous = bridge.status.clone().unwrap_or_default();
+    let generation = bridge.meta().generation;
+    let mut conditions = status::merge(&previous.conditions, &checks, generation);
+    // Keep the conditions this pass did not evaluate (an error pass only knows Ready).
+    for old in &previous.conditions {
+        if !conditions.iter().any(|c| c.type_ == old.type_) {
+            conditions.push(old.clone());
+        }
+    }
+    let next = MqttBridgeStatus {
+        observed_generation: generation,
+        conditions,
+        mode: mode.map(str::to_string).or(previous.mode.clone()),
+        endpoints: if endpoints.is_empty() {
+            previous.endpoints.clone()
+        } else {
+            endpoints
+        },
+        replicas: replicas.or(previous.replicas),
+        lag: None,
+    };
+    if next == previous {
+        return Ok(());
+    }
+    let ready_before = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::READY)
+        .map(|c| c.status.clone());
+    let ready_now = next.conditions.iter().find(|c| c.type_ == status::READY);
+    if let Some(now) = ready_now
+        && ready_before.as_deref() != Some(now.status.as_str())
+    {
+        ctx.event(bridge, now.status == "True", &now.reason, &now.message)
+            .await;
+    }
+    let api: Api<MqttBridge> =
+        Api::namespaced(ctx.client.clone(), &bridge.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "strait.dev/v1alpha1",
+        "kind": "MqttBridge",
+        "status": next,
+    });
+    api.patch_status(
+        &bridge.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! Pure rendering: an `MqttBridge` → the Kubernetes objects that run it. No I/O, so every rule
+//! here is unit-tested without a cluster.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+use strait_config::mqtt_kafka::KafkaConfig;
+use strait_config::relay::{BrokerConfig, Listeners, SProxyLink, Upstream};
+use strait_config::tls::{ClientTls, ServerTls};
+use strait_config::{RProxyConfig, SProxyConfig, Validate};
+
+use super::spec::MqttBridge;
+use crate::topics::TopicSpec;
+use crate::workload::{self, Owner, ProxyPods, from_json};
+
+pub const S_PROXY_PORT: i32 = 50516;
+const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
+const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
+
+/// Everything one MqttBridge owns.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub config_map: ConfigMap,
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    /// One per role: voluntary evictions (node drains) take one pod at a time.
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// What devices connect to, for the status.
+    pub endpoints: Vec<String>,
+}
+
+/// What the reconciler learned from the cluster that rendering needs.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub image: String,
+    /// The broker TLS Secret holds `tls.crt`/`tls.key`: present them as a client certificate.
+    pub broker_client_cert: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("spec.upstream needs broker or kafka")]
+    NoUpstream,
+    #[error("the rendered {role} config is invalid: {error}")]
+    Config {
+        role: &'static str,
+        error: strait_config::ConfigError,
+    },
+}
+
+pub fn s_proxy_name(bridge: &MqttBridge) -> String {
+    format!("{}-s-proxy", bridge.name_any())
+}
+
+pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
+    let spec = &bridge.spec;
+    let any = |port: i32| format!("0.0.0.0:{port}").parse().ok();
+    let namespace = bridge.namespace().unwrap_or_default();
+    let mut tls = ServerTls::default();
+    if let Some(listener_tls) = &spec.listener.tls {
+        tls.cert = Some(format!("{LISTENER_TLS_DIR}/tls.crt").into());
+        tls.key = Some(format!("{LISTENER_TLS_DIR}/tls.key").into());
+        if listener_tls.require_client_certificate {
+            tls.client_ca = Some(format!("{LISTENER_TLS_DIR}/ca.crt").into());
+        }
+    }
+    let mut config = RProxyConfig::new(Vec::new());
+    config.listeners = Listeners {
+        tcp: any(spec.listener.port),
+        tls: spec.listener.tls.as_ref().and_then(|t| any(t.port)),
+        ws: spec.listener.websocket.as_ref().and_then(|w| any(w.port)),
+        wss: None,
+        ws_path: spec
+            .listener
+            .websocket
+            .as_ref()
+            .map_or_else(|| "/mqtt".into(), |w| w.path.clone()),
+    };
+    config.tls = tls;
+    config.s_proxy = SProxyLink {
+        endpoints: vec![format!(
+            "http://{}.{namespace}.svc:{S_PROXY_PORT}",
+            s_proxy_name(bridge)
+        )],
+        ..config.s_proxy
+    };
+    config.limits = spec.limits.clone();
+    config
+}
+
+pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConfig, RenderError> {
+    let upstream = &bridge.spec.upstream;
+    let mut config = SProxyConfig {
+        listen: format!("0.0.0.0:{S_PROXY_PORT}")
+            .parse()
+            .expect("valid address"),
+        max_packet_size: bridge.spec.limits.max_packet_size,
+        ..SProxyConfig::default()
+    };
+    if let Some(kafka) = &upstream.kafka {
+        let mut target = KafkaConfig::new(kafka.bootstrap.clone());
+        target.topics = kafka.topics.clone();
+        // The operator creates the topics (with the right cleanup policies); s-proxy only checks.
+        target.create_topics = false;
+        target.new_topics = kafka.new_topics.clone();
+        target.qos0_acks = kafka.qos0_acks;
+        target.routes = kafka.routes.clone();
+        target.clients = kafka.clients.clone();
+        config.upstream = Upstream::Kafka;
+        config.kafka = Some(Box::new(target));
+        return Ok(config);
+    }
+    let broker = upstream.broker.as_ref().ok_or(RenderError::NoUpstream)?;
+    let mut target = BrokerConfig::new(broker.address.clone());
+    if let Some(tls) = &broker.tls {
+        let mut files = ClientTls {
+            ca: Some(format!("{BROKER_TLS_DIR}/ca.crt").into()),
+            ..ClientTls::default()
+        };
+        if inputs.broker_client_cert {
+            files.cert = Some(format!("{BROKER_TLS_DIR}/tls.crt").into());
+            files.key = Some(format!("{BROKER_TLS_DIR}/tls.key").into());
+        }
+        target.tls = Some(files);
+        target.server_name = tls.server_name.clone();
+    }
+    config.broker = Some(target);
+    Ok(config)
+}
+
+/// The three topics of Kafka mode (routed messages topics with `${params}` are made by s-proxy's
+/// publishers' routes at run time and are not pre-created).
+pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
+    let Some(kafka) = &bridge.spec.upstream.kafka else {
+        return Vec::new();
+    };
+    let compacted = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    let topic = |name: &str, config: BTreeMap<String, String>| TopicSpec {
+        name: name.into(),
+        partitions: kafka.new_topics.partitions,
+        replication_factor: kafka.new_topics.replication_factor,
+        config,
+    };
+    let mut topics = vec![
+        topic(&kafka.topics.messages, BTreeMap::new()),
+        topic(&kafka.topics.retained, compacted.clone()),
+        topic(&kafka.topics.sessions, compacted),
+    ];
+    topics.extend(
+        kafka
+            .routes
+            .iter()
+            .filter(|r| !r.messages.contains("${"))
+            .map(|r| topic(&r.messages, BTreeMap::new())),
+    );
+    topics
+}
+
+pub fn owner(bridge: &MqttBridge) -> Owner {
+    Owner {
+        instance: bridge.name_any(),
+        namespace: bridge.namespace(),
+        reference: bridge
+            .controller_owner_ref(&())
+            .expect("a stored MqttBridge has a name and uid"),
+    }
+}
+
+pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderError> {
+    let r_config = r_proxy_config(bridge);
+    r_config.validate().map_err(|error| RenderError::Config {
+        role: "r-proxy",
+        error,
+    })?;
+    let s_config = s_proxy_config(bridge, inputs)?;
+    s_config.validate().map_err(|error| RenderError::Config {
+        role: "s-proxy",
+        error,
+    })?;
+    let r_yaml = strait_config::to_yaml(&r_config);
+    let s_yaml = strait_config::to_yaml(&s_config);
+    let owner = owner(bridge);
+    let name = bridge.name_any();
+    let host = format!("{name}.{}.svc", bridge.namespace().unwrap_or_default());
+
+    let config_map: ConfigMap = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.meta(owner.config_map_name(), "config"),
+        "data": {"r-proxy.yaml": r_yaml, "s-proxy.yaml": s_yaml},
+    }));
+
+    let spec = &bridge.spec;
+    let mut r_ports = vec![json!({"name": "mqtt", "containerPort": spec.listener.port})];
+    let mut service_ports =
+        vec![json!({"name": "mqtt", "port": spec.listener.port, "targetPort": "mqtt"})];
+    let mut endpoints = vec![format!("mqtt://{host}:{}", spec.listener.port)];
+    let mut r_volumes = Vec::new();
+    let mut r_mounts = Vec::new();
+    if let Some(tls) = &spec.listener.tls {
+        r_ports.push(json!({"name": "mqtts", "containerPort": tls.port}));
+        service_ports.push(json!({"name": "mqtts", "port": tls.port, "targetPort": "mqtts"}));
+        endpoints.push(format!("mqtts://{host}:{}", tls.port));
+        r_volumes.push(json!({"name": "listener-tls", "secret": {"secretName": tls.secret_name}}));
+        r_mounts
+            .push(json!({"name": "listener-tls", "mountPath": LISTENER_TLS_DIR, "readOnly": true}));
+    }
+    if let Some(ws) = &spec.listener.websocket {
+        r_ports.push(json!({"name": "ws", "containerPort": ws.port}));
+        service_ports.push(json!({"name": "ws", "port": ws.port, "targetPort": "ws"}));
+        endpoints.push(format!("ws://{host}:{}{}", ws.port, ws.path));
+    }
+    let mut s_volumes = Vec::new();
+    let mut s_mounts = Vec::new();
+    if let Some(tls) = spec.upstream.broker.as_ref().and_then(|b| b.tls.as_ref()) {
+        s_volumes.push(json!({"name": "broker-tls", "secret": {"secretName": tls.secret_name}}));
+        s_mounts.push(json!({"name": "broker-tls", "mountPath": BROKER_TLS_DIR, "readOnly": true}));
+    }
+
+    let deployments = vec![
+        ProxyPods {
+            role: "s-proxy",
+            image: &inputs.image,
+            config_yaml: &s_yaml,
+            replicas: Some(spec.s_proxy.replicas),
+            ports: vec![json!({"name": "grpc", "containerPort": S_PROXY_PORT})],
+            volumes: s_volumes,
+            mounts: s_mounts,
+            resources: spec.s_proxy.resources.as_ref(),
+        }
+        .deployment(&owner),
+        ProxyPods {
+            role: "r-proxy",
+            image: &inputs.image,
+            config_yaml: &r_yaml,
+            replicas: Some(spec.r_proxy.replicas),
+            ports: r_ports,
+            volumes: r_volumes,
+            mounts: r_mounts,
+            resources: spec.r_proxy.resources.as_ref(),
+        }
+        .deployment(&owner),
+    ];
+    let services = vec![
+        workload::service(
+            &owner,
+            s_proxy_name(bridge),
+            "s-proxy",
+            "ClusterIP",
+            vec![json!({"name": "grpc", "port": S_PROXY_PORT, "targetPort": "grpc"})],
+        ),
+        workload::service(
+            &owner,
+            name.clone(),
+            "r-proxy",
+            spec.r_proxy.service_type.as_deref().unwrap_or("ClusterIP"),
+            service_ports,
+        ),
+    ];
+    let disruption_budgets = ["s-proxy", "r-proxy"]
+        .into_iter()
+        .map(|role| workload::disruption_budget(&owner, role))
+        .collect();
+    Ok(Rendered {
+        config_map,
+        deployments,
+        services,
+        disruption_budgets,
+        endpoints,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt_bridge::spec::MqttBridgeSpec;
+
+    fn bridge(spec: serde_json::Value) -> MqttBridge {
+        let spec: MqttBridgeSpec = serde_json::from_value(spec).unwrap();
+        let mut bridge = MqttBridge::new("devices", spec);
+        bridge.metadata.namespace = Some("iot".into());
+        bridge.metadata.uid = Some("1234".into());
+        bridge
+    }
+
+    fn inputs() -> Inputs {
+        Inputs {
+            image: "strait/strait-proxy:test".into(),
+            broker_client_cert: false,
+        }
+    }
+
+    #[test]
+    fn broker_bridge_renders_configs_the_proxies_accept() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "mosquitto.mqtt.svc:1883"}},
+            "listener": {"port": 1883, "websocket": {"port": 8080, "path": "/mqtt"}},
+            "limits": {"maxPacketSize": 65536},
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(
+            r.s_proxy.endpoints,
+            ["http://devices-s-proxy.iot.svc:50516"]
+        );
+        assert_eq!(r.limits.max_packet_size, 65536);
+        assert_eq!(r.listeners.ws.unwrap().port(), 8080);
+        let s: SProxyConfig = serde_saphyr::from_str(&data["s-proxy.yaml"]).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.broker.unwrap().address, "mosquitto.mqtt.svc:1883");
+        assert_eq!(
+            rendered.endpoints,
+            [
+                "mqtt://devices.iot.svc:1883",
+                "ws://devices.iot.svc:8080/mqtt"
+            ]
+        );
+        for deployment in &rendered.deployments {
+            let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.controller),
+                ("MqttBridge", Some(true))
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template_hash() {
+        let hash = |bridge: &MqttBridge| {
+            let rendered = render(bridge, &inputs()).unwrap();
+            rendered.deployments[1]
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[crate::workload::CONFIG_HASH]
+                .clone()
+        };
+        let before = bridge(json!({"upstream": {"broker": {"address": "b:1883"}}}));
+        let after = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "limits": {"maxPacketSize": 4096},
+        }));
+        assert_ne!(hash(&before), hash(&after));
+        assert_eq!(hash(&before), hash(&before.clone()));
+    }
+
+    #[test]
+    fn tls_secrets_are_mounted_and_referenced_by_path() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:8883", "tls": {"secretName": "broker-ca"}}},
+            "listener": {"tls": {"secretName": "devices-tls", "requireClientCertificate": true}},
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        assert_eq!(
+            r.tls.client_ca.unwrap().to_str(),
+            Some("/etc/strait/tls/listener/ca.crt")
+        );
+        let s: SProxyConfig = serde_saphyr::from_str(&data["s-proxy.yaml"]).unwrap();
+        let tls = s.broker.unwrap().tls.unwrap();
+        assert_eq!(
+            tls.ca.unwrap().to_str(),
+            Some("/etc/strait/tls/broker/ca.crt")
+        );
+        assert_eq!(tls.cert, None);
+        let volumes = |i: usize| {
+            rendered.deployments[i]
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(volumes(0), ["broker-ca"]);
+        assert_eq!(volumes(1), ["devices-tls"]);
+    }
+}

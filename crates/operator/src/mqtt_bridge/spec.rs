@@ -1,0 +1,243 @@
+//! `MqttBridge` (strait.dev/v1alpha1): MQTT clients served by r-proxy, relayed to s-proxy, which
+//! drives the upstream. The shape is the CRD schema; CEL rules and bounds reject a bad spec at
+//! `kubectl apply` with the field named.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics};
+use strait_config::relay::ClientLimits;
+
+/// An MQTT endpoint for devices, bridged to an MQTT broker or to Kafka acting as the broker.
+// Clippy reads the repeated `type_ =` of the printer columns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strait.dev",
+    version = "v1alpha1",
+    kind = "MqttBridge",
+    namespaced,
+    shortname = "mqb",
+    category = "strait",
+    status = "MqttBridgeStatus",
+    derive = "PartialEq",
+    doc = "An MQTT endpoint for devices (r-proxy), relayed to s-proxy, which drives the upstream.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttBridgeSpec {
+    /// What serves sessions and messages behind s-proxy.
+    pub upstream: Upstream,
+    /// Where devices connect.
+    #[serde(default)]
+    pub listener: Listener,
+    /// What one client may do (connect timeout, packet size, connections per r-proxy pod).
+    #[serde(default)]
+    pub limits: ClientLimits,
+    /// The MQTT server pods devices connect to.
+    #[serde(default)]
+    pub r_proxy: ProxyPods,
+    /// The pods that drive the upstream on each session's behalf.
+    #[serde(default)]
+    pub s_proxy: ProxyPods,
+    /// strait-proxy image; the operator's `--proxy-image` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.broker) != has(self.kafka)")
+    .message("spec.upstream needs exactly one of broker or kafka"))]
+pub struct Upstream {
+    /// A real MQTT broker: s-proxy opens one connection per client session to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerUpstream>,
+    /// Kafka as the broker: messages, retained messages and sessions live in topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaUpstream>,
+}
+
+/// MQTT on Kafka, in Zilla's record layout. The operator creates the topics (retained and
+/// sessions compacted); s-proxy does not.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaUpstream {
+    /// Comma-separated `HOST:PORT` list of brokers.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[^:,]+:[0-9]{1,5}(,[^:,]+:[0-9]{1,5})*$')")
+        .message("spec.upstream.kafka.bootstrap must be a comma-separated HOST:PORT list"))]
+    #[schemars(length(max = 1024))]
+    pub bootstrap: String,
+    /// Topic names (Zilla's defaults: mqtt-messages, mqtt-retained, mqtt-sessions).
+    #[serde(default)]
+    pub topics: MqttKafkaTopics,
+    /// Partitions and replication of the three topics.
+    #[serde(default)]
+    pub new_topics: NewTopics,
+    /// Produce acknowledgement for QoS 0 (QoS 1 and 2 always wait for all replicas).
+    #[serde(default)]
+    pub qos0_acks: Acks,
+    /// MQTT topic filters routed to other messages topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub routes: Vec<MqttKafkaRoute>,
+    /// Topic patterns whose `{identity}` level is the partition key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerUpstream {
+    /// `HOST:PORT` of the broker, e.g. `mosquitto.mqtt.svc:1883`.
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[^:]+:[0-9]{1,5}$')")
+        .message("spec.upstream.broker.address must be HOST:PORT"))]
+    pub address: String,
+    /// TLS to the broker: the Secret's `ca.crt` is trusted; `tls.crt`/`tls.key`, when present,
+    /// are presented as a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SecretTls>,
+}
+
+/// TLS material from a Secret in the resource's namespace (mounted read-only into the pods).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTls {
+    /// Name of a Secret with `tls.crt`, `tls.key` and/or `ca.crt`.
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("secretName must not be empty"))]
+    pub secret_name: String,
+    /// Name checked against the server's certificate (default: the host of the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Plain MQTT port.
+    #[serde(default = "default_mqtt_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// MQTT over TLS on `tls.port`, with the certificate of a `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// MQTT over WebSocket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocket>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            port: default_mqtt_port(),
+            tls: None,
+            websocket: None,
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// Secret with `tls.crt` and `tls.key` (and `ca.crt` when client certificates are required).
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("secretName must not be empty"))]
+    pub secret_name: String,
+    #[serde(default = "default_mqtts_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Require client certificates signed by the Secret's `ca.crt`.
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocket {
+    #[serde(default = "default_ws_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// HTTP path clients connect to.
+    #[serde(default = "default_ws_path")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("websocket.path must start with '/'"))]
+    pub path: String,
+}
+
+/// How one proxy role runs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyPods {
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// CPU and memory for each pod (one CPU each runs the relay's benchmarked configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Service type for r-proxy (ClusterIP, NodePort or LoadBalancer); ignored for s-proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']")
+        .message("serviceType must be ClusterIP, NodePort or LoadBalancer"))]
+    pub service_type: Option<String>,
+}
+
+impl Default for ProxyPods {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+            service_type: None,
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttBridgeStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` sums up the others: `ProxiesReady` and `TopicsReady`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::status::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// `broker` or `kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Where devices connect (Service DNS name and port, per transport).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Ready r-proxy pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Consumer lag (Kafka mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+fn default_mqtt_port() -> i32 {
+    1883
+}
+fn default_mqtts_port() -> i32 {
+    8883
+}
+fn default_ws_port() -> i32 {
+    8080
+}
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+fn default_replicas() -> i32 {
+    1
+}

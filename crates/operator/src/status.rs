@@ -1,0 +1,114 @@
+//! Status conditions, shared by both resources: `Ready` sums up the others, every condition has a
+//! CamelCase reason and a message for humans, and `lastTransitionTime` only moves when the status
+//! does (a status write that changes nothing is skipped, so the controller does not wake itself).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const READY: &str = "Ready";
+pub const PROXIES_READY: &str = "ProxiesReady";
+pub const TOPICS_READY: &str = "TopicsReady";
+
+/// One condition as the reconciler sees it, before timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Check {
+    pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            ok: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            ok: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `Ready` from the other checks: true when all are, else the first failure's reason and message.
+pub fn ready(checks: &[Check]) -> Check {
+    match checks.iter().find(|c| !c.ok) {
+        None => Check::ok(READY, "Ready", "every part is ready"),
+        Some(failed) => Check::failed(READY, &failed.reason, failed.message.clone()),
+    }
+}
+
+/// The conditions to store: `previous` updated with `checks`, keeping `lastTransitionTime` of
+/// every condition whose status did not change.
+pub fn merge(previous: &[Condition], checks: &[Check], generation: Option<i64>) -> Vec<Condition> {
+    let now = Time(Timestamp::now());
+    checks
+        .iter()
+        .map(|check| {
+            let status = if check.ok { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == check.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: check.type_.into(),
+                status: status.into(),
+                reason: check.reason.clone(),
+                message: check.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Conditions as a list keyed by `type`, so server-side apply merges them per type.
+pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_names_the_first_failure() {
+        let checks = [
+            Check::ok(TOPICS_READY, "NotNeeded", "broker mode"),
+            Check::failed(PROXIES_READY, "Rollout", "r-proxy: 0 of 2 pods ready"),
+        ];
+        let ready = ready(&checks);
+        assert!(!ready.ok);
+        assert_eq!(ready.reason, "Rollout");
+        assert!(ready.message.contains("r-proxy"));
+    }
+
+    #[test]
+    fn transition_time_only_moves_when_the_status_changes() {
+        let first = merge(&[], &[Check::failed(READY, "Rollout", "waiting")], Some(1));
+        let same = merge(&first, &[Check::failed(READY, "Rollout", "still")], Some(2));
+        assert_eq!(same[0].last_transition_time, first[0].last_transition_time);
+        assert_eq!(same[0].observed_generation, Some(2));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let flipped = merge(&same, &[Check::ok(READY, "Ready", "ok")], Some(2));
+        assert_ne!(
+            flipped[0].last_transition_time,
+            first[0].last_transition_time
+        );
+    }
+}

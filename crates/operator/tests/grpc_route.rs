@@ -1,0 +1,307 @@
+//! GrpcKafkaRoute against a real kube-apiserver and a real Kafka: topics created with their
+//! settings, consumers scaled from the group's lag up to the partition count and back down after
+//! the window, Kafka unreachable reported and recovered, topics deleted under `Delete`.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use strait_e2e::{Daemon, require, unique_name, wait_until};
+use support::{condition, install_crds, kubectl, kubectl_ok, namespace};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
+
+fn route_yaml(name: &str, bootstrap: &str, requests: &str, replies: &str) -> String {
+    format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: GrpcKafkaRoute
+metadata:
+  name: {name}
+spec:
+  kafka: {{bootstrap: "{bootstrap}"}}
+  protos: {{configMap: greeter-protos}}
+  routes:
+    - method: example.Greeter/*
+      produce: {{topic: {requests}, replyTo: {replies}}}
+  topics:
+    {requests}: {{partitions: 3, config: {{retention.ms: "3600000"}}}}
+  topicDefaults: {{partitions: 2}}
+  backend:
+    target: http://greeter:50051
+    autoscale:
+      minReplicas: 1
+      maxReplicas: 5
+      lagThreshold: 10
+      scaleDownStabilizationSeconds: 3
+      pollIntervalSeconds: 1
+  deletionPolicy: Delete
+"#
+    )
+}
+
+fn get_route(ns: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(
+        &["get", "grpckafkaroute", name, "-n", ns, "-o", "json"],
+        None,
+    ))
+    .unwrap()
+}
+
+async fn consumer_replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
+    deployments.get(name).await.ok()?.spec?.replicas
+}
+
+/// Partitions of `topic` (0 when it does not exist).
+fn partitions(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len())
+}
+
+#[tokio::test]
+async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
+    require!("KUBECONFIG", "kube");
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter-protos"},
+        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &protos)
+        .await
+        .unwrap();
+    let lease = unique_name("gkr-lease");
+    let operator = Daemon::start(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-name",
+            &lease,
+        ],
+    )
+    .await;
+
+    let (requests, replies) = (
+        unique_name("greeter-requests"),
+        unique_name("greeter-replies"),
+    );
+    let yaml = route_yaml("greeter", &bootstrap, &requests, &replies);
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&yaml),
+    );
+    let wait = kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "grpckafkaroute/greeter",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        get_route(&ns, "greeter"),
+        operator.log()
+    );
+
+    // Topics with the partitions and configs the resource gives.
+    assert_eq!(partitions(&bootstrap, &requests), 3);
+    assert_eq!(partitions(&bootstrap, &replies), 2);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let configs = admin
+        .describe_configs([&ResourceSpecifier::Topic(&requests)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let config = configs[0].as_ref().unwrap();
+    assert_eq!(
+        config.get("retention.ms").and_then(|e| e.value.as_deref()),
+        Some("3600000")
+    );
+
+    // No lag: the minimum of one consumer.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        consumer_replicas(&deployments, "greeter-kafka-grpc").await,
+        Some(1)
+    );
+
+    // 100 requests nobody consumes: lag 100 / threshold 10 wants 10, capped at 3 partitions.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..100 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&requests)
+                    .partition(i % 3)
+                    .payload("call"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "consumers to scale to the partition cap",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(3))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let route = wait_until(
+        Duration::from_secs(30),
+        "the status to count all 100 records",
+        || {
+            let ns = ns.clone();
+            async move {
+                let route = get_route(&ns, "greeter");
+                (route["status"]["lag"] == 100).then_some(route)
+            }
+        },
+    )
+    .await;
+    assert_eq!(route["status"]["partitions"], 3);
+    assert_eq!(route["status"]["desiredReplicas"], 3);
+    let scaling = condition(&route, "Scaling").unwrap();
+    assert_eq!(scaling["reason"], "PartitionCapped", "{scaling}");
+
+    // The group catches up (commits to the end): back to one consumer once the window passes.
+    let group = format!("strait-{ns}-greeter");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut offsets = TopicPartitionList::new();
+    for partition in 0..3 {
+        let (_, high) = consumer
+            .fetch_watermarks(&requests, partition, Duration::from_secs(10))
+            .unwrap();
+        offsets
+            .add_partition_offset(&requests, partition, Offset::Offset(high))
+            .unwrap();
+    }
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "consumers to scale back down",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(1))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(get_route(&ns, "greeter")["status"]["lag"], 0);
+
+    // Kafka unreachable: Ready=False naming Kafka; the right address again recovers.
+    let patch =
+        |bootstrap: &str| format!(r#"{{"spec":{{"kafka":{{"bootstrap":"{bootstrap}"}}}}}}"#);
+    kubectl_ok(
+        &[
+            "patch",
+            "grpckafkaroute",
+            "greeter",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &patch("127.0.0.1:1"),
+        ],
+        None,
+    );
+    let ready = wait_until(Duration::from_secs(90), "Ready=False naming Kafka", || {
+        let ns = ns.clone();
+        async move {
+            let ready = condition(&get_route(&ns, "greeter"), "Ready")?;
+            (ready["reason"] == "KafkaUnreachable").then_some(ready)
+        }
+    })
+    .await;
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert!(
+        ready["message"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{ready}"
+    );
+    kubectl_ok(
+        &[
+            "patch",
+            "grpckafkaroute",
+            "greeter",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            &patch(&bootstrap),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(90), "Ready again", || {
+        let ns = ns.clone();
+        async move {
+            let ready = condition(&get_route(&ns, "greeter"), "Ready")?;
+            (ready["status"] == "True").then_some(())
+        }
+    })
+    .await;
+
+    // deletionPolicy: Delete removes the topics before the resource goes.
+    kubectl_ok(
+        &[
+            "delete",
+            "grpckafkaroute",
+            "greeter",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert_eq!(
+        partitions(&bootstrap, &requests),
+        0,
+        "request topic deleted"
+    );
+    assert_eq!(partitions(&bootstrap, &replies), 0, "reply topic deleted");
+    drop(operator);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

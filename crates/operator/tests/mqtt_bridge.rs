@@ -1,0 +1,702 @@
+//! MqttBridge against a real kube-apiserver (with controller-manager, scheduler and a kwok node,
+//! so Deployments really roll out): the CRD is served, bad specs are refused naming the field, and
+//! the operator turns an example into owned objects, reports Ready, rolls on change, reports a
+//! missing Secret, and Kubernetes deletes what it owns with the bridge.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use strait_config::{RProxyConfig, SProxyConfig, Validate};
+use strait_e2e::{Daemon, require, unique_name, wait_until};
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = Command::new(&kubectl)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{kubectl}: {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&helm)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{helm}: {e}"));
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Installs the checked-in CRDs and waits until they are served.
+fn install_crds() {
+    let crds = repo_file("crds/strait.yaml");
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().unwrap(),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/mqttbridges.strait.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+}
+
+async fn namespace(client: &Client) -> String {
+    let name = unique_name("mqb");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+fn bridge_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1\nkind: MqttBridge\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_naming_the_field() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let cases = [
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  listener: {port: 70000}\n",
+            "spec.listener.port",
+        ),
+        (
+            "  upstream: {}\n",
+            "spec.upstream needs exactly one of broker or kafka",
+        ),
+        (
+            "  upstream: {broker: {address: nohost}}\n",
+            "spec.upstream.broker.address must be HOST:PORT",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  rProxy: {serviceType: Magic}\n",
+            "serviceType must be ClusterIP, NodePort or LoadBalancer",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let out = kubectl(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            Some(&bridge_yaml("bad", spec)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{spec} should be refused");
+        assert!(
+            stderr.contains(expected),
+            "{spec}: expected {expected:?} in {stderr}"
+        );
+    }
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    bridge["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+fn get_bridge(ns: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(
+        &["get", "mqttbridge", name, "-n", ns, "-o", "json"],
+        None,
+    ))
+    .unwrap()
+}
+
+fn template_hash(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["strait.dev/config-hash"]
+        .clone()
+}
+
+#[tokio::test]
+async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+
+    // Installed with the chart; the operator runs as a local process with exactly the chart's
+    // ServiceAccount permissions (impersonation), which proves the RBAC.
+    let release = format!("strait-{ns}");
+    let chart = repo_file("charts/strait");
+    helm_ok(&[
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "-n",
+        &ns,
+        "--set",
+        "image.repository=example.invalid/strait-operator",
+    ]);
+    let account = format!("system:serviceaccount:{ns}:{release}");
+    for (verb, resource, allowed) in [
+        ("patch", "deployments.apps", "yes"),
+        ("get", "secrets", "yes"),
+        ("delete", "secrets", "no"),
+        ("create", "pods", "no"),
+        ("delete", "mqttbridges.strait.dev", "no"),
+    ] {
+        let out = kubectl(
+            &["auth", "can-i", verb, resource, "-n", &ns, "--as", &account],
+            None,
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(answer, allowed, "can the operator {verb} {resource}?");
+    }
+    let operator = Daemon::start_with_env(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-namespace",
+            &ns,
+            "--lease-name",
+            &release,
+        ],
+        &[
+            ("KUBE_RS_DEBUG_IMPERSONATE_USER", &account),
+            (
+                "KUBE_RS_DEBUG_IMPERSONATE_GROUP",
+                "system:serviceaccounts,system:authenticated",
+            ),
+        ],
+    )
+    .await;
+
+    let example = repo_file("examples/mqttbridge-broker.yaml");
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "-n",
+            &ns,
+            "-f",
+            example.to_str().unwrap(),
+        ],
+        None,
+    );
+    let wait = kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "mqttbridge/devices",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "kubectl wait: {}\nbridge: {}\noperator log:\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        get_bridge(&ns, "devices"),
+        operator.log()
+    );
+
+    // The owned objects, with owner references so Kubernetes deletes them with the bridge.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for name in ["devices-r-proxy", "devices-s-proxy"] {
+        let deployment = deployments.get(name).await.unwrap();
+        let owner = &deployment.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("MqttBridge", "devices")
+        );
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("example.invalid/strait-proxy:test")
+        );
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+    let config = config_maps
+        .get("devices-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let r_proxy: RProxyConfig = serde_saphyr::from_str(&config["r-proxy.yaml"]).unwrap();
+    r_proxy.validate().unwrap();
+    assert_eq!(
+        r_proxy.s_proxy.endpoints,
+        [format!("http://devices-s-proxy.{ns}.svc:50516")]
+    );
+    assert_eq!(r_proxy.limits.max_packet_size, 262_144);
+    let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
+    assert_eq!(
+        s_proxy.broker.unwrap().address,
+        "mosquitto.mqtt.svc.cluster.local:1883"
+    );
+    relay_through_rendered_configs(&config["r-proxy.yaml"], &config["s-proxy.yaml"]).await;
+    let budget: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &ns);
+    let budget = budget.get("devices-r-proxy").await.unwrap();
+    assert_eq!(budget.owner_references()[0].name, "devices");
+    let ports: Vec<_> = services
+        .get("devices")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [1883, 8080]);
+
+    let bridge = get_bridge(&ns, "devices");
+    assert_eq!(
+        bridge["status"]["observedGeneration"],
+        bridge["metadata"]["generation"]
+    );
+    assert_eq!(bridge["status"]["replicas"], 2);
+    assert_eq!(bridge["status"]["mode"], "broker");
+    assert_eq!(
+        bridge["status"]["endpoints"][0],
+        format!("mqtt://devices.{ns}.svc:1883")
+    );
+    assert_eq!(
+        condition(&bridge, "ProxiesReady").unwrap()["status"],
+        "True"
+    );
+
+    // A spec change rolls the r-proxy pods (new config hash) and Ready follows the new generation.
+    let before = template_hash(&deployments.get("devices-r-proxy").await.unwrap());
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "devices",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"limits":{"maxPacketSize":4096}}}"#,
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "r-proxy template to change",
+        || {
+            let deployments = deployments.clone();
+            let before = before.clone();
+            async move {
+                let now = template_hash(&deployments.get("devices-r-proxy").await.ok()?);
+                (now != before).then_some(())
+            }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "Ready for the new generation",
+        || {
+            let ns = ns.clone();
+            async move {
+                let bridge = get_bridge(&ns, "devices");
+                let ready = condition(&bridge, "Ready")?;
+                (ready["status"] == "True"
+                    && ready["observedGeneration"] == bridge["metadata"]["generation"])
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A Secret that does not exist: Ready=False naming it; creating it recovers.
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "devices",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"listener":{"tls":{"secretName":"devices-tls"}}}}"#,
+        ],
+        None,
+    );
+    let ready = wait_until(
+        Duration::from_secs(30),
+        "Ready=False for the missing Secret",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
+                (ready["status"] == "False" && ready["reason"] == "SecretNotFound").then_some(ready)
+            }
+        },
+    )
+    .await;
+    assert!(
+        ready["message"].as_str().unwrap().contains("devices-tls"),
+        "{ready}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "devices-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "cert", "tls.key": "key"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "Ready again once the Secret exists",
+        || {
+            let ns = ns.clone();
+            async move {
+                let bridge = get_bridge(&ns, "devices");
+                let ready = condition(&bridge, "Ready")?;
+                (ready["status"] == "True" && bridge["status"]["endpoints"].as_array()?.len() == 3)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Deleting the bridge deletes everything it owns (Kubernetes' garbage collector).
+    kubectl_ok(&["delete", "mqttbridge", "devices", "-n", &ns], None);
+    wait_until(
+        Duration::from_secs(60),
+        "owned objects to be deleted",
+        || {
+            let (deployments, config_maps) = (deployments.clone(), config_maps.clone());
+            async move {
+                let left = deployments
+                    .list(
+                        &kube::api::ListParams::default()
+                            .labels("app.kubernetes.io/instance=devices"),
+                    )
+                    .await
+                    .ok()?
+                    .items
+                    .len()
+                    + config_maps
+                        .get_opt("devices-config")
+                        .await
+                        .ok()?
+                        .iter()
+                        .count();
+                (left == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    // (Other tests' namespaces being deleted answer "forbidden" too; RBAC denials name the user.)
+    assert!(
+        !operator.log().contains("is forbidden: User"),
+        "RBAC denied something:\n{}",
+        operator.log()
+    );
+    drop(operator);
+    helm_ok(&["uninstall", &release, "-n", &ns]);
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    let _ = ResourceExt::name_any(&secret);
+}
+
+#[tokio::test]
+async fn one_of_two_operators_reconciles_and_the_other_takes_over() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let lease = unique_name("strait-lease");
+    let args = [
+        "--lease-name",
+        lease.as_str(),
+        "--lease-namespace",
+        "default",
+    ];
+    let mut first = Daemon::start(BIN, &args).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first operator to lead",
+        || {
+            let log = first.log();
+            async move { log.contains("leading").then_some(()) }
+        },
+    )
+    .await;
+    let second = Daemon::start(BIN, &args).await;
+    // The second is ready (a standby is healthy) but does not lead while the first holds the lease.
+    let standby_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < standby_until {
+        assert!(
+            !second.log().contains("leading"),
+            "two leaders:\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = first.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", first.log());
+    assert!(first.log().contains("lease released"), "{}", first.log());
+    wait_until(
+        Duration::from_secs(20),
+        "the second operator to take over",
+        || {
+            let log = second.log();
+            async move { log.contains("leading").then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// The proxies started as local processes with the configs the operator rendered (addresses moved
+/// to loopback, the broker to the test Mosquitto): a message goes through them.
+async fn relay_through_rendered_configs(r_yaml: &str, s_yaml: &str) {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let proxy = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("strait-proxy"))
+        .filter(|path| path.exists())
+        .expect("strait-proxy next to the test binaries (cargo test --workspace builds it)");
+    let (grpc, mqtt) = (strait_e2e::free_local_addr(), strait_e2e::free_local_addr());
+    let mut s_config: SProxyConfig = serde_saphyr::from_str(s_yaml).unwrap();
+    s_config.listen = grpc;
+    if let Some(target) = s_config.broker.as_mut() {
+        target.address = broker.clone();
+    }
+    let mut r_config: RProxyConfig = serde_saphyr::from_str(r_yaml).unwrap();
+    r_config.listeners.tcp = Some(mqtt);
+    r_config.listeners.ws = None;
+    r_config.s_proxy.endpoints = vec![format!("http://{grpc}")];
+    let dir = std::env::temp_dir().join(unique_name("rendered"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s_path, r_path) = (dir.join("s-proxy.yaml"), dir.join("r-proxy.yaml"));
+    std::fs::write(&s_path, strait_config::to_yaml(&s_config)).unwrap();
+    std::fs::write(&r_path, strait_config::to_yaml(&r_config)).unwrap();
+    let proxy = proxy.to_str().unwrap();
+    let _s_proxy = Daemon::start(proxy, &["s-proxy", "--config", s_path.to_str().unwrap()]).await;
+    let _r_proxy = Daemon::start(proxy, &["r-proxy", "--config", r_path.to_str().unwrap()]).await;
+
+    // A retained message, so the subscriber gets it whenever it subscribes.
+    let topic = format!("strait/operator/{}", unique_name("rendered"));
+    let port = mqtt.port().to_string();
+    let published = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            &topic,
+            "-m",
+            "via rendered config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let received = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        "via rendered config"
+    );
+    // Clear the retained message again.
+    let _ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-r", "-n", "-t", &topic])
+        .status();
+}
+
+#[tokio::test]
+async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
+    require!("KUBECONFIG", "kube");
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let lease = unique_name("mqb-kafka-lease");
+    let operator = Daemon::start(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-name",
+            &lease,
+        ],
+    )
+    .await;
+    let topic = |kind: &str| unique_name(&format!("mqtt-{kind}"));
+    let (messages, retained, sessions) = (topic("messages"), topic("retained"), topic("sessions"));
+    let spec = format!(
+        "  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
+    );
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&bridge_yaml("fleet", &spec)),
+    );
+    let wait = kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "mqttbridge/fleet",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        get_bridge(&ns, "fleet"),
+        operator.log()
+    );
+    let bridge = get_bridge(&ns, "fleet");
+    assert_eq!(bridge["status"]["mode"], "kafka");
+    assert_eq!(
+        condition(&bridge, "TopicsReady").unwrap()["reason"],
+        "TopicsExist"
+    );
+
+    // The topics exist, retained and sessions compacted.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+    for (name, policy) in [
+        (&messages, "delete"),
+        (&retained, "compact"),
+        (&sessions, "compact"),
+    ] {
+        let described = admin
+            .describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(name)],
+                &rdkafka::admin::AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+        let config = described[0]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            config
+                .get("cleanup.policy")
+                .and_then(|e| e.value.as_deref()),
+            Some(policy),
+            "{name}"
+        );
+    }
+
+    // The rendered configs, run as local proxies, carry MQTT through Kafka.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config = config_maps.get("fleet-config").await.unwrap().data.unwrap();
+    let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
+    assert!(
+        !s_proxy.kafka.as_ref().unwrap().create_topics,
+        "the operator owns the topics"
+    );
+    relay_through_rendered_configs(&config["r-proxy.yaml"], &config["s-proxy.yaml"]).await;
+    drop(operator);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

@@ -1,0 +1,104 @@
+//! Shared by the operator's tests: kubectl and helm as a user runs them, the CRDs installed,
+//! a namespace per test.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use strait_e2e::unique_name;
+
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let mut child = Command::new(&kubectl)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{kubectl}: {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn helm_ok(args: &[&str]) -> String {
+    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
+    let out = Command::new(&helm)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{helm}: {e}"));
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Installs the checked-in CRDs and waits until they are served.
+pub fn install_crds() {
+    let crds = repo_file("crds/strait.yaml");
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().unwrap(),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/mqttbridges.strait.dev",
+            "crd/grpckafkaroutes.strait.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+}
+
+pub async fn namespace(client: &Client) -> String {
+    let name = unique_name("ns");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+pub fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    bridge["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}

@@ -1,0 +1,119 @@
+//! Prometheus metrics of grpc-kafka and kafka-grpc, labelled with the role.
+//!
+//! Method labels come only from methods the `.proto` files describe (or a record's headers in
+//! kafka-grpc, truncated), so a client cannot create series at will.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    calls: IntCounterVec,
+    latency: HistogramVec,
+    pub in_flight: IntGauge,
+    pub retries: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub duplicates: IntCounterVec,
+    pub bad_records: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+}
+
+/// Names longer than this are cut in labels.
+const MAX_LABEL: usize = 128;
+
+impl GrpcMetrics {
+    pub fn register(registry: &Registry, role: &str) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("role", role);
+        let calls = IntCounterVec::new(
+            opts(
+                "strait_grpc_calls_total",
+                "gRPC calls finished, by method and status code",
+            ),
+            &["method", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "strait_grpc_call_seconds",
+                "Time from a call's start to its end status",
+            ))
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["method"],
+        )?;
+        let in_flight =
+            IntGauge::with_opts(opts("strait_grpc_calls_in_flight", "Calls in progress"))?;
+        let retries = IntCounterVec::new(
+            opts(
+                "strait_grpc_retries_total",
+                "Calls retried after UNAVAILABLE",
+            ),
+            &["method"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            opts(
+                "strait_grpc_dead_letters_total",
+                "Requests written to the dead-letter topic",
+            ),
+            &["method"],
+        )?;
+        let duplicates = IntCounterVec::new(
+            opts(
+                "strait_grpc_duplicate_calls_total",
+                "Redelivered or retried calls answered from recorded replies",
+            ),
+            &["method"],
+        )?;
+        let bad_records = IntCounterVec::new(
+            opts(
+                "strait_grpc_bad_records_total",
+                "Records that could not be used, by reason",
+            ),
+            &["reason"],
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            opts(
+                "strait_grpc_consumer_lag",
+                "Records between the consumer's position and the end of each partition",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(bad_records.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        Ok(Self {
+            calls,
+            latency,
+            in_flight,
+            retries,
+            dead_letters,
+            duplicates,
+            bad_records,
+            consumer_lag,
+        })
+    }
+
+    /// Records one finished call.
+    pub fn finished(&self, method: &str, code: tonic::Code, elapsed: std::time::Duration) {
+        let method = label(method);
+        self.calls
+            .with_label_values(&[method, &(code as i32).to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[method])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+pub fn label(name: &str) -> &str {
+    match name.char_indices().nth(MAX_LABEL) {
+        Some((at, _)) => &name[..at],
+        None => name,
+    }
+}

@@ -1,0 +1,1061 @@
+//! kafka-grpc: consumes request topics in a consumer group, groups records into calls by
+//! correlation id, calls the real gRPC service and writes the answers to each call's reply
+//! topic. An offset is committed only after everything its record caused is durably written
+//! (Zilla commits before); a redelivered call within the dedup window is answered from the
+//! recorded replies instead of calling the service twice.
+
+mod dedup;
+mod offsets;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use strait_config::grpc::{KafkaGrpcConfig, method_matches};
+use strait_config::{Validate as _, load};
+use strait_runtime::{Process, ReadinessFlag};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request, Status};
+use tracing::Instrument as _;
+
+use crate::grpc::codec::RawCodec;
+use crate::grpc::kafka;
+use crate::grpc::metrics::GrpcMetrics;
+use crate::grpc::wire::{self, CallHeaders, ReplyRecord};
+use dedup::Dedup;
+use offsets::OffsetTracker;
+
+/// Readiness: the consumer has joined its group and received an assignment (possibly empty).
+pub const READINESS: [&str; 1] = ["kafka"];
+
+/// Reply records kept per call for answering a redelivered call (bigger answers are not kept,
+/// and such a call is made again).
+const MAX_KEPT_REPLY_BYTES: usize = 256 * 1024;
+const REQUEST_QUEUE: usize = 256;
+
+/// `strait-proxy kafka-grpc`: answer request records by calling the real gRPC service.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Example:\n  strait-proxy kafka-grpc --kafka kafka:9092 --target http://greeter:50051 \
+    --config kafka-grpc.yaml\n\n\
+    with kafka-grpc.yaml:\n\
+    \x20 kafka: { bootstrap: kafka:9092 }\n\
+    \x20 target: http://greeter:50051              # h2c, or https:// with targetTls.ca\n\
+    \x20 groupId: greeter-backend                  # replicas with one id share the partitions\n\
+    \x20 routes: [{ topic: greeter-requests }]\n\
+    \x20 concurrency: 64\n\
+    \x20 callTimeout: 30s\n\
+    \x20 retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }   # on UNAVAILABLE\n\
+    \x20 deadLetterTopic: greeter-dead-letters\n\n\
+    Requests come from `strait-proxy grpc-kafka` (or any producer using Zilla's record layout); \
+    answers go to each request's zilla:reply-to topic."
+)]
+pub struct KafkaGrpcArgs {
+    /// YAML config: request topics, target, group, retries (see docs/architecture.md).
+    #[arg(long, env = "STRAIT_CONFIG")]
+    pub config: PathBuf,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
+    #[arg(long, env = "STRAIT_KAFKA")]
+    pub kafka: Option<String>,
+    /// The real gRPC service, http://HOST:PORT or https://HOST:PORT (overrides `target`).
+    #[arg(long, env = "STRAIT_TARGET")]
+    pub target: Option<String>,
+}
+
+impl KafkaGrpcArgs {
+    pub fn load(&self) -> anyhow::Result<KafkaGrpcConfig> {
+        let mut config: KafkaGrpcConfig = load(&self.config)?;
+        if let Some(kafka) = &self.kafka {
+            config.kafka.bootstrap = kafka.clone();
+        }
+        if let Some(target) = &self.target {
+            config.target = target.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+struct Backend {
+    config: KafkaGrpcConfig,
+    channel: Channel,
+    producer: FutureProducer,
+    permits: Semaphore,
+    metrics: GrpcMetrics,
+}
+
+/// What a call task reports back to the consumer loop.
+enum Done {
+    Call {
+        correlation_id: String,
+        instance: u64,
+        replies: Option<Arc<Answer>>,
+        durable: bool,
+    },
+    Records(Vec<(String, i32, i64)>),
+}
+
+struct OpenCall {
+    /// Tells this run of the call from a later one with the same correlation id.
+    instance: u64,
+    requests: Option<mpsc::Sender<Bytes>>,
+    records: Vec<(String, i32, i64)>,
+    cancel: CancellationToken,
+    /// Records came after the request stream ended: a client repeats the call (same
+    /// idempotency key) and waits for this call's answer, so a cancel must not stop it.
+    repeated: bool,
+}
+
+struct GroupContext {
+    ready: ReadinessFlag,
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<String> = list
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                tracing::info!(?partitions, "assigned");
+                self.ready.set(true);
+            }
+            Rebalance::Revoke(list) => {
+                let mut revoked = self.revoked.lock().expect("revoked lock poisoned");
+                for e in list.elements() {
+                    revoked.push((e.topic().to_owned(), e.partition()));
+                }
+                tracing::info!(count = list.count(), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+pub async fn run(args: KafkaGrpcArgs, process: &Process) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let ready = process.health.flag(READINESS[0]);
+    let metrics = GrpcMetrics::register(&process.metrics, "kafka-grpc")?;
+    let channel = channel(&config).context("target")?;
+    let producer = kafka::producer(&config.kafka, config.acks)?;
+    let group = config.group();
+    let mut consumer_config: ClientConfig = kafka::client_config(&config.kafka)?;
+    let session_ms = config.session_timeout.as_millis().to_string();
+    let heartbeat_ms = (config.session_timeout.as_millis() / 3)
+        .max(100)
+        .to_string();
+    consumer_config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", &session_ms)
+        .set("heartbeat.interval.ms", &heartbeat_ms)
+        .set("fetch.wait.max.ms", "20");
+    let context = GroupContext {
+        ready,
+        revoked: Mutex::new(Vec::new()),
+    };
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        consumer_config
+            .create_with_context(context)
+            .map_err(|source| kafka::KafkaSetupError::Client {
+                what: "request consumer",
+                source,
+            })?,
+    );
+    let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+    tracing::info!(%group, ?topics, target = %config.target, "kafka-grpc consuming");
+    let backend = Arc::new(Backend {
+        permits: Semaphore::new(config.concurrency),
+        config,
+        channel,
+        producer,
+        metrics,
+    });
+    tokio::spawn(report_lag(
+        consumer.clone(),
+        backend.metrics.clone(),
+        process.shutdown.token(),
+    ));
+    consume(backend, consumer, process.shutdown.token()).await
+}
+
+fn channel(config: &KafkaGrpcConfig) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(config.target.clone())?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if config.target.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &config.target_tls.ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("targetTls.ca: cannot read {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&config.target_tls.cert, &config.target_tls.key) {
+            let cert = std::fs::read(cert)
+                .with_context(|| format!("targetTls.cert: cannot read {}", cert.display()))?;
+            let key = std::fs::read(key)
+                .with_context(|| format!("targetTls.key: cannot read {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+async fn consume(
+    backend: Arc<Backend>,
+    consumer: Arc<GroupConsumer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = &backend.config;
+    let names = &config.headers;
+    let mut tracker = OffsetTracker::default();
+    let mut calls: HashMap<String, OpenCall> = HashMap::new();
+    let mut dedup = Dedup::new(config.dedup_window, 100_000);
+    let mut superseded: Superseded = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    // Calls whose requests are all read but not answered yet are bounded: past this many, the
+    // consumer waits for answers instead of buffering more requests in memory.
+    let max_open = config.concurrency.saturating_mul(8).max(64);
+    let mut commit_tick = tokio::time::interval(Duration::from_millis(100));
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(done) = done_rx.recv() => {
+                finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded);
+            }
+            _ = commit_tick.tick() => {
+                for (topic, partition) in consumer.context().revoked.lock().expect("revoked lock poisoned").drain(..) {
+                    tracker.revoke(&topic, partition);
+                }
+                commit(&consumer, &mut tracker, CommitMode::Async);
+            }
+            message = consumer.recv(), if room_for_more(&calls, max_open) => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "consuming requests failed");
+                        continue;
+                    }
+                };
+                let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+                tracker.seen(&topic, partition, offset);
+                let record = (topic, partition, offset);
+                let headers = CallHeaders::read(&message, names);
+                let value = message.payload().map(Bytes::copy_from_slice);
+                drop(message);
+                on_record(&backend, record, headers, value, &mut calls, &mut tracker, &mut dedup, &mut superseded, &done_tx).await;
+            }
+        }
+    }
+    // Drain: no new records; let open calls finish (their replies written, offsets committed).
+    let deadline = Instant::now() + config.drain_timeout;
+    for call in calls.values_mut() {
+        call.requests = None;
+    }
+    while !calls.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(done)) => finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded),
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    open = calls.len(),
+                    "calls still open at the drain deadline; their records will be redelivered"
+                );
+                break;
+            }
+        }
+    }
+    commit(&consumer, &mut tracker, CommitMode::Sync);
+    Ok(())
+}
+
+/// Whether to read more records: below `max_open` calls, or while some open call still waits
+/// for its own request records (stopping then could never end).
+fn room_for_more(calls: &HashMap<String, OpenCall>, max_open: usize) -> bool {
+    calls.len() < max_open || calls.values().any(|c| c.requests.is_some())
+}
+
+/// Records of calls replaced by a repeat (same correlation id) after they were cancelled, by
+/// instance: done when the replaced run finishes.
+type Superseded = HashMap<u64, Vec<(String, i32, i64)>>;
+
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[allow(clippy::too_many_arguments)]
+async fn on_record(
+    backend: &Arc<Backend>,
+    record: (String, i32, i64),
+    headers: CallHeaders,
+    value: Option<Bytes>,
+    calls: &mut HashMap<String, OpenCall>,
+    tracker: &mut OffsetTracker,
+    dedup: &mut Dedup,
+    superseded: &mut Superseded,
+    done_tx: &mpsc::UnboundedSender<Done>,
+) {
+    let config = &backend.config;
+    let (topic, partition, offset) = (&record.0, record.1, record.2);
+    let (Some(service), Some(method)) = (&headers.service, &headers.method) else {
+        backend
+            .metrics
+            .bad_records
+            .with_label_values(&["missing-service-or-method"])
+            .inc();
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            "request record without {} and {} headers",
+            config.headers.service,
+            config.headers.method
+        );
+        match (&headers.reply_to, &headers.correlation_id) {
+            (Some(reply_to), Some(id)) => {
+                let status = Status::internal(format!(
+                    "request record {topic}/{partition}@{offset} has no {} or {} header",
+                    config.headers.service, config.headers.method
+                ));
+                let mut writer =
+                    ReplyWriter::new(backend.clone(), id.clone(), Some(reply_to.clone()));
+                let done_tx = done_tx.clone();
+                tokio::spawn(async move {
+                    let (durable, _) = writer.end(&status).await;
+                    if durable {
+                        let _ = done_tx.send(Done::Records(vec![record]));
+                    }
+                });
+            }
+            _ => tracker.done(topic, partition, offset),
+        }
+        return;
+    };
+    let Some(id) = headers.correlation_id.clone() else {
+        backend
+            .metrics
+            .bad_records
+            .with_label_values(&["missing-correlation-id"])
+            .inc();
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            "request record without a correlation id; skipped"
+        );
+        tracker.done(topic, partition, offset);
+        return;
+    };
+    let full_name = format!("{service}/{method}");
+    let routed = config.routes.iter().any(|r| {
+        r.topic == *topic
+            && r.method
+                .as_deref()
+                .is_none_or(|p| method_matches(p, &full_name))
+    });
+    if !routed {
+        tracker.done(topic, partition, offset);
+        return;
+    }
+    if value.is_none() && headers.status.is_some() {
+        // Cancel: the client gave up (deadline or gone).
+        if let Some(call) = calls.get(&id)
+            && !call.repeated
+        {
+            call.cancel.cancel();
+        }
+        tracker.done(topic, partition, offset);
+        return;
+    }
+    if value.is_some()
+        && let Some(call) = calls.get(&id)
+        && call.requests.is_none()
+        && call.cancel.is_cancelled()
+    {
+        // A client repeats a call whose first run it cancelled (e.g. a retry after its
+        // deadline), before that run has wound down: this record starts a new run.
+        let old = calls.remove(&id).expect("present");
+        superseded.insert(old.instance, old.records);
+    } else if let Some(call) = calls.get_mut(&id) {
+        call.records.push(record);
+        if call.requests.is_none() {
+            call.repeated = true;
+            return;
+        }
+        match value {
+            Some(value) => {
+                if let Some(requests) = &call.requests
+                    && requests.send(value).await.is_err()
+                {
+                    call.requests = None; // the call finished reading (answered early)
+                }
+            }
+            None => call.requests = None,
+        }
+        return;
+    }
+    if let Some(answered) = dedup.get_mut(&id) {
+        if !answered.request_ended {
+            // A late record of the original request stream (the call ended before reading it).
+            if value.is_none() {
+                answered.request_ended = true;
+            }
+            tracker.done(topic, partition, offset);
+            return;
+        }
+        // The original ended: this record belongs to a repeat of the call (a redelivery, or a
+        // client retrying with the same idempotency key).
+        match answered.replies.clone() {
+            Some(answer) => {
+                if value.is_some() {
+                    tracker.done(topic, partition, offset);
+                    return;
+                }
+                backend
+                    .metrics
+                    .duplicates
+                    .with_label_values(&[crate::grpc::metrics::label(&full_name)])
+                    .inc();
+                tracing::info!(correlation_id = %id, "answering a repeated call from its recorded replies");
+                let backend = backend.clone();
+                let done_tx = done_tx.clone();
+                tokio::spawn(async move {
+                    if resend(&backend, &answer).await {
+                        let _ = done_tx.send(Done::Records(vec![record]));
+                    }
+                });
+                return;
+            }
+            // No answer worth repeating (too big, or the call was cancelled, timed out or
+            // found the service unavailable): make the call again.
+            None => dedup.remove(&id),
+        }
+    }
+    // A new call.
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+    let requests = match value {
+        Some(value) => {
+            let _ = tx.try_send(value);
+            Some(tx)
+        }
+        None => None,
+    };
+    let cancel = CancellationToken::new();
+    let instance = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    calls.insert(
+        id.clone(),
+        OpenCall {
+            instance,
+            requests,
+            records: vec![record],
+            cancel: cancel.clone(),
+            repeated: false,
+        },
+    );
+    let span = tracing::info_span!("call", method = %full_name, correlation_id = %id);
+    let start = CallStart {
+        metadata: headers.metadata(),
+        path: format!("/{full_name}"),
+        method: full_name,
+        correlation_id: id,
+        reply_to: headers.reply_to.clone(),
+        timeout: headers.timeout_ms.map(Duration::from_millis),
+        headers: headers.all,
+    };
+    tokio::spawn(
+        run_call(
+            backend.clone(),
+            start,
+            instance,
+            rx,
+            cancel,
+            done_tx.clone(),
+        )
+        .instrument(span),
+    );
+}
+
+fn finish(
+    done: Done,
+    calls: &mut HashMap<String, OpenCall>,
+    tracker: &mut OffsetTracker,
+    dedup: &mut Dedup,
+    superseded: &mut Superseded,
+) {
+    match done {
+        Done::Records(records) => {
+            for (topic, partition, offset) in records {
+                tracker.done(&topic, partition, offset);
+            }
+        }
+        Done::Call {
+            correlation_id,
+            instance,
+            replies,
+            durable,
+        } => {
+            if calls
+                .get(&correlation_id)
+                .is_none_or(|c| c.instance != instance)
+            {
+                // A run replaced by a repeat: only its records remain to be done.
+                if let Some(records) = superseded.remove(&instance)
+                    && durable
+                {
+                    for (topic, partition, offset) in records {
+                        tracker.done(&topic, partition, offset);
+                    }
+                }
+                return;
+            }
+            let call = calls.remove(&correlation_id).expect("checked");
+            if !durable {
+                tracing::error!(%correlation_id, "the reply was not acknowledged by Kafka; its request stays uncommitted and will be redelivered");
+                return;
+            }
+            for (topic, partition, offset) in &call.records {
+                tracker.done(topic, *partition, *offset);
+            }
+            dedup.insert(correlation_id, replies, call.requests.is_none());
+        }
+    }
+}
+
+fn commit(consumer: &GroupConsumer, tracker: &mut OffsetTracker, mode: CommitMode) {
+    let positions = tracker.committable();
+    if positions.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in &positions {
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            tracing::warn!(%error, "cannot build the commit");
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        tracing::warn!(%error, "offset commit failed (a rebalance may have moved the partition)");
+    }
+}
+
+struct CallStart {
+    method: String,
+    path: String,
+    correlation_id: String,
+    reply_to: Option<String>,
+    metadata: MetadataMap,
+    timeout: Option<Duration>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// The request messages of a call, kept so an attempt after UNAVAILABLE replays them.
+struct Upload {
+    buffered: Vec<Bytes>,
+    ended: bool,
+    rx: mpsc::Receiver<Bytes>,
+}
+
+fn request_stream(
+    upload: Arc<tokio::sync::Mutex<Upload>>,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    futures::stream::unfold((upload, 0usize), |(upload, i)| async move {
+        let mut u = upload.lock().await;
+        if let Some(message) = u.buffered.get(i).cloned() {
+            drop(u);
+            return Some((message, (upload, i + 1)));
+        }
+        if u.ended {
+            return None;
+        }
+        match u.rx.recv().await {
+            Some(message) => {
+                u.buffered.push(message.clone());
+                drop(u);
+                Some((message, (upload, i + 1)))
+            }
+            None => {
+                u.ended = true;
+                None
+            }
+        }
+    })
+}
+
+async fn run_call(
+    backend: Arc<Backend>,
+    start: CallStart,
+    instance: u64,
+    rx: mpsc::Receiver<Bytes>,
+    cancel: CancellationToken,
+    done_tx: mpsc::UnboundedSender<Done>,
+) {
+    let started = Instant::now();
+    let config = &backend.config;
+    backend.metrics.in_flight.inc();
+    let timeout = start
+        .timeout
+        .map_or(config.call_timeout, |t| t.min(config.call_timeout));
+    let deadline = started + timeout;
+    let upload = Arc::new(tokio::sync::Mutex::new(Upload {
+        buffered: Vec::new(),
+        ended: false,
+        rx,
+    }));
+    let mut writer = ReplyWriter::new(
+        backend.clone(),
+        start.correlation_id.clone(),
+        start.reply_to.clone(),
+    );
+    let status = tokio::select! {
+        status = attempts(&backend, &start, &upload, &mut writer, deadline) => status,
+        () = cancel.cancelled() => Status::cancelled("the client cancelled the call"),
+        () = tokio::time::sleep_until(deadline) => Status::deadline_exceeded(format!("the service did not answer within {timeout:?}")),
+    };
+    // Nobody waits for a cancelled call's answer, and a stale end record could reach a retry
+    // of the call (same correlation id): a cancelled call ends without one.
+    let (durable, mut replies) = if status.code() == Code::Cancelled && cancel.is_cancelled() {
+        writer.flush().await
+    } else {
+        writer.end(&status).await
+    };
+    if matches!(
+        status.code(),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable
+    ) {
+        // Not the service's answer: a repeat of this call should really call it.
+        replies = None;
+    }
+    backend.metrics.in_flight.dec();
+    backend
+        .metrics
+        .finished(&start.method, status.code(), started.elapsed());
+    tracing::debug!(code = ?status.code(), "call finished");
+    let _ = done_tx.send(Done::Call {
+        correlation_id: start.correlation_id,
+        instance,
+        replies: replies.map(Arc::new),
+        durable,
+    });
+}
+
+/// Calls the target, again after UNAVAILABLE (with backoff) while no reply was written; after the
+/// last attempt the request goes to the dead-letter topic, if any.
+async fn attempts(
+    backend: &Arc<Backend>,
+    start: &CallStart,
+    upload: &Arc<tokio::sync::Mutex<Upload>>,
+    writer: &mut ReplyWriter,
+    deadline: Instant,
+) -> Status {
+    let config = &backend.config;
+    let Ok(_permit) = backend.permits.acquire().await else {
+        return Status::unavailable("kafka-grpc is shutting down");
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let status = match call_once(backend, start, upload, writer, deadline).await {
+            Ok(()) => return Status::ok(""),
+            Err(status) => status,
+        };
+        if status.code() != Code::Unavailable || writer.wrote_any() {
+            return status;
+        }
+        if attempt < config.retries.attempts {
+            backend
+                .metrics
+                .retries
+                .with_label_values(&[crate::grpc::metrics::label(&start.method)])
+                .inc();
+            let backoff = backoff(
+                config.retries.initial_backoff,
+                config.retries.max_backoff,
+                attempt,
+            );
+            tracing::info!(attempt, ?backoff, %status, "target unavailable; retrying");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        let Some(topic) = &config.dead_letter_topic else {
+            return Status::unavailable(format!("{} (after {attempt} attempts)", status.message()));
+        };
+        backend
+            .metrics
+            .dead_letters
+            .with_label_values(&[crate::grpc::metrics::label(&start.method)])
+            .inc();
+        return match dead_letter(backend, start, upload, topic, &status, attempt).await {
+            Ok(()) => Status::unavailable(format!(
+                "{} (after {attempt} attempts; the request was moved to {topic})",
+                status.message()
+            )),
+            Err(error) => Status::unavailable(format!(
+                "{} (after {attempt} attempts; writing to {topic} failed: {error})",
+                status.message()
+            )),
+        };
+    }
+}
+
+fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let base = exp.min(max);
+    // ±20 % jitter so retrying replicas do not hit the target in step.
+    let jitter = rand::random::<f64>() * 0.4 + 0.8;
+    base.mul_f64(jitter)
+}
+
+async fn call_once(
+    backend: &Arc<Backend>,
+    start: &CallStart,
+    upload: &Arc<tokio::sync::Mutex<Upload>>,
+    writer: &mut ReplyWriter,
+    deadline: Instant,
+) -> Result<(), Status> {
+    let max = backend.config.max_message_size;
+    let mut client = tonic::client::Grpc::new(backend.channel.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("target not ready: {e}")))?;
+    let path = http::uri::PathAndQuery::try_from(start.path.as_str())
+        .map_err(|_| Status::internal(format!("{:?} is not a valid method path", start.path)))?;
+    let mut request = Request::new(request_stream(upload.clone()));
+    *request.metadata_mut() = start.metadata.clone();
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let response = client.streaming(request, path, RawCodec).await?;
+    let (metadata, mut messages, _) = response.into_parts();
+    writer.set_metadata(&metadata);
+    while let Some(message) = messages.message().await? {
+        writer.message(message).await;
+    }
+    Ok(())
+}
+
+async fn dead_letter(
+    backend: &Backend,
+    start: &CallStart,
+    upload: &Arc<tokio::sync::Mutex<Upload>>,
+    topic: &str,
+    status: &Status,
+    attempts: u32,
+) -> Result<(), String> {
+    let mut u = upload.lock().await;
+    // The rest of the request stream, if it is still arriving (bounded wait).
+    while !u.ended {
+        match tokio::time::timeout(Duration::from_secs(5), u.rx.recv()).await {
+            Ok(Some(message)) => u.buffered.push(message),
+            Ok(None) | Err(_) => u.ended = true,
+        }
+    }
+    let error = status.message().to_owned();
+    let attempts = attempts.to_string();
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &start.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    headers = headers
+        .insert(rdkafka::message::Header {
+            key: "strait:error",
+            value: Some(error.as_bytes()),
+        })
+        .insert(rdkafka::message::Header {
+            key: "strait:attempts",
+            value: Some(attempts.as_bytes()),
+        });
+    let mut deliveries = Vec::new();
+    for value in u.buffered.iter().map(Some).chain([None]) {
+        let mut record = FutureRecord::<str, [u8]>::to(topic)
+            .key(&start.correlation_id)
+            .headers(headers.clone());
+        if let Some(value) = value {
+            record = record.payload(value.as_ref());
+        }
+        deliveries.push(
+            send(&backend.producer, record)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(error.to_string()),
+            Err(_) => return Err("producer closed".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Enqueues a record, waiting while librdkafka's queue is full (back-pressure, not an error).
+async fn send<'a>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, str, [u8]>,
+) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// Writes a call's reply records (key and correlation header = the call's id, response
+/// metadata as `meta:*`) and keeps a copy for answering a repeated call.
+struct ReplyWriter {
+    backend: Arc<Backend>,
+    correlation_id: String,
+    reply_to: Option<String>,
+    meta: Vec<(String, Vec<u8>)>,
+    kept: Option<Vec<ReplyRecord>>,
+    kept_bytes: usize,
+    deliveries: FuturesOrdered<DeliveryFuture>,
+    wrote: bool,
+    failed: Option<String>,
+}
+
+impl ReplyWriter {
+    fn new(backend: Arc<Backend>, correlation_id: String, reply_to: Option<String>) -> Self {
+        Self {
+            backend,
+            correlation_id,
+            reply_to,
+            meta: Vec::new(),
+            kept: Some(Vec::new()),
+            kept_bytes: 0,
+            deliveries: FuturesOrdered::new(),
+            wrote: false,
+            failed: None,
+        }
+    }
+
+    fn wrote_any(&self) -> bool {
+        self.wrote
+    }
+
+    fn set_metadata(&mut self, metadata: &MetadataMap) {
+        self.meta = wire::metadata_to_headers(metadata);
+    }
+
+    async fn message(&mut self, value: Bytes) {
+        self.write(Some(value), Vec::new()).await;
+    }
+
+    async fn write(&mut self, value: Option<Bytes>, extra: Vec<(String, Vec<u8>)>) {
+        let Some(topic) = self.reply_to.clone() else {
+            return; // one-way call
+        };
+        self.wrote = true;
+        let names = &self.backend.config.headers;
+        let mut headers = vec![(
+            names.correlation_id.clone(),
+            self.correlation_id.clone().into_bytes(),
+        )];
+        headers.extend(self.meta.iter().cloned());
+        headers.extend(extra);
+        let reply = ReplyRecord { value, headers };
+        match write_reply(&self.backend.producer, &topic, &self.correlation_id, &reply).await {
+            Ok(delivery) => self.deliveries.push_back(delivery),
+            Err(error) => self.failed = Some(error),
+        }
+        while self.deliveries.len() > 64 {
+            let delivery = self.deliveries.next().await;
+            self.check(delivery);
+        }
+        if let Some(kept) = &mut self.kept {
+            self.kept_bytes += reply.size();
+            if self.kept_bytes > MAX_KEPT_REPLY_BYTES {
+                self.kept = None;
+            } else {
+                kept.push(reply);
+            }
+        }
+    }
+
+    fn check(
+        &mut self,
+        delivery: Option<
+            Result<
+                rdkafka::producer::future_producer::OwnedDeliveryResult,
+                futures::channel::oneshot::Canceled,
+            >,
+        >,
+    ) {
+        match delivery {
+            Some(Ok(Ok(_))) | None => {}
+            Some(Ok(Err((error, _)))) => self.failed = Some(error.to_string()),
+            Some(Err(_)) => self.failed = Some("producer closed".into()),
+        }
+    }
+
+    /// Writes the end record with `status` and waits for every reply record to be acknowledged.
+    /// Returns whether all were, and the records for answering a repeat.
+    async fn end(&mut self, status: &Status) -> (bool, Option<Answer>) {
+        let names = &self.backend.config.headers;
+        let mut extra = vec![(
+            names.status.clone(),
+            (status.code() as i32).to_string().into_bytes(),
+        )];
+        if !status.message().is_empty() {
+            extra.push((names.message.clone(), status.message().as_bytes().to_vec()));
+        }
+        self.write(None, extra).await;
+        self.flush().await
+    }
+
+    /// Waits for the records written so far to be acknowledged.
+    async fn flush(&mut self) -> (bool, Option<Answer>) {
+        while let Some(delivery) = self.deliveries.next().await {
+            self.check(Some(delivery));
+        }
+        if let Some(error) = &self.failed {
+            tracing::error!(%error, "writing the reply failed");
+            return (false, None);
+        }
+        let answer = match (&self.reply_to, self.kept.take()) {
+            (Some(topic), Some(records)) => Some(Answer {
+                topic: topic.clone(),
+                key: self.correlation_id.clone(),
+                records,
+            }),
+            _ => None,
+        };
+        (true, answer)
+    }
+}
+
+async fn write_reply(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    reply: &ReplyRecord,
+) -> Result<DeliveryFuture, String> {
+    let headers = wire::owned_headers(
+        reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice())),
+    );
+    let mut record = FutureRecord::<str, [u8]>::to(topic)
+        .key(key)
+        .headers(headers);
+    if let Some(value) = &reply.value {
+        record = record.payload(value.as_ref());
+    }
+    send(producer, record)
+        .await
+        .map_err(|e| format!("cannot write to {topic}: {e}"))
+}
+
+/// The recorded answer of a call: what to re-send when the call is repeated.
+pub(crate) struct Answer {
+    topic: String,
+    key: String,
+    records: Vec<ReplyRecord>,
+}
+
+/// Re-sends the recorded replies of an answered call; true once all are acknowledged.
+async fn resend(backend: &Backend, answer: &Answer) -> bool {
+    let mut deliveries = Vec::new();
+    for reply in &answer.records {
+        match write_reply(&backend.producer, &answer.topic, &answer.key, reply).await {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(error) => {
+                tracing::warn!(%error, "re-sending recorded replies failed");
+                return false;
+            }
+        }
+    }
+    for delivery in deliveries {
+        if !matches!(delivery.await, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn report_lag(
+    consumer: Arc<GroupConsumer>,
+    metrics: GrpcMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let c = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let mut lags = Vec::new();
+            let Ok(positions) = c.position() else {
+                return lags;
+            };
+            for e in positions.elements() {
+                let Offset::Offset(position) = e.offset() else {
+                    continue;
+                };
+                if let Ok((_, high)) =
+                    c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                {
+                    lags.push((
+                        e.topic().to_owned(),
+                        e.partition(),
+                        (high - position).max(0),
+                    ));
+                }
+            }
+            lags
+        })
+        .await
+        .unwrap_or_default();
+        metrics.consumer_lag.reset();
+        for (topic, partition, lag) in lags {
+            metrics
+                .consumer_lag
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(lag);
+        }
+    }
+}
