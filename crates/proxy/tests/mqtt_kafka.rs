@@ -463,14 +463,17 @@ async fn every_puback_survives_kill_9_of_s_proxy() {
         let mut in_flight = 0;
         loop {
             while in_flight < 8 {
-                publisher
-                    .send(&publish_packet(
+                let sent = publisher
+                    .try_send(&publish_packet(
                         "kill9/x",
                         QoS::AtLeastOnce,
                         next,
                         format!("m{next}").as_bytes(),
                     ))
                     .await;
+                if !sent {
+                    return acked; // the kill closed the connection
+                }
                 next += 1;
                 in_flight += 1;
             }

@@ -175,8 +175,9 @@ pub async fn next_publish(client: &mut RawClient, deadline: Duration) -> Option<
         match packet {
             Some(Packet::Publish(publish)) => {
                 if publish.qos == QoS::AtLeastOnce {
-                    client
-                        .send(&Packet::PubAck(mqtt::PubAck {
+                    // The connection may be gone already; the next read tells.
+                    let _ = client
+                        .try_send(&Packet::PubAck(mqtt::PubAck {
                             packet_id: publish.packet_id,
                             ..Default::default()
                         }))
