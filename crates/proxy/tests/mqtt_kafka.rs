@@ -497,7 +497,9 @@ async fn every_puback_survives_kill_9_of_s_proxy() {
     }
     relay.s_proxy.kill().await;
     let acked = publishing.await.unwrap();
-    assert!(acked.len() >= 30, "publisher got {} PUBACKs", acked.len());
+    // Some PUBACKs may still be on their way when s-proxy dies: those messages count as not
+    // acknowledged (they may or may not arrive).
+    assert!(acked.len() >= 10, "publisher got {} PUBACKs", acked.len());
     sub.until_closed().await;
 
     relay.restart_s_proxy().await;
