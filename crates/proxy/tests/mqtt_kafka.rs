@@ -149,9 +149,12 @@ async fn qos_is_the_lower_of_publish_and_subscription_and_no_local_is_honoured()
         next_publish(&mut client, QUIET).await.map(|p| p.topic),
         None
     );
-    // QoS 1 publish on a QoS 0 subscription arrives at QoS 0, with the subscription id.
+    // QoS 1 publish on a QoS 0 subscription arrives at QoS 0, with the subscription id
+    // (from another client: the message may overtake the PUBACK).
+    let (mut other, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("other"))).await;
     assert_eq!(
-        publish_qos1(&mut client, "low/b", 2, b"x").await,
+        publish_qos1(&mut other, "low/b", 2, b"x").await,
         ReasonCode::SUCCESS
     );
     let got = next_publish(&mut client, Duration::from_secs(10))
@@ -360,12 +363,14 @@ async fn a_persistent_session_gets_what_was_published_while_it_was_away() {
     }
     publisher
         .send(&publish_packet(
-            "offline/a",
+            "offline/zero",
             QoS::AtMostOnce,
             0,
             b"qos0 is not kept",
         ))
         .await;
+    // In Kafka before the subscriber comes back, so it is an offline message too.
+    read_record(&kafka, &relay.topics.messages, "offline/zero").await;
 
     let (mut sub, ack) = raw_session(&relay, Protocol::V5, v5_connect(&id, false, 300)).await;
     assert!(ack.session_present, "the session was kept");
@@ -458,14 +463,17 @@ async fn every_puback_survives_kill_9_of_s_proxy() {
         let mut in_flight = 0;
         loop {
             while in_flight < 8 {
-                publisher
-                    .send(&publish_packet(
+                let sent = publisher
+                    .try_send(&publish_packet(
                         "kill9/x",
                         QoS::AtLeastOnce,
                         next,
                         format!("m{next}").as_bytes(),
                     ))
                     .await;
+                if !sent {
+                    return acked; // the kill closed the connection
+                }
                 next += 1;
                 in_flight += 1;
             }
@@ -489,7 +497,9 @@ async fn every_puback_survives_kill_9_of_s_proxy() {
     }
     relay.s_proxy.kill().await;
     let acked = publishing.await.unwrap();
-    assert!(acked.len() >= 30, "publisher got {} PUBACKs", acked.len());
+    // Some PUBACKs may still be on their way when s-proxy dies: those messages count as not
+    // acknowledged (they may or may not arrive).
+    assert!(acked.len() >= 10, "publisher got {} PUBACKs", acked.len());
     sub.until_closed().await;
 
     relay.restart_s_proxy().await;
@@ -515,8 +525,18 @@ async fn a_connection_through_another_s_proxy_takes_the_session_over() {
     let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
     let first = KafkaRelay::start(&kafka, "takeover").await;
     let second = KafkaRelay::start_with(&kafka, first.topics.clone(), "").await;
+    let (mut watcher, _) =
+        raw_session(&second, Protocol::V5, connect_packet(&unique_name("watch"))).await;
+    subscribe(&mut watcher, 1, &[("roamwill/#", QoS::AtLeastOnce)]).await;
     let id = unique_name("roamer");
-    let (mut old, _) = raw_session(&first, Protocol::V5, v5_connect(&id, true, 300)).await;
+    let mut connect = v5_connect(&id, true, 300);
+    connect.will = Some(mqtt::Will {
+        topic: "roamwill/x".into(),
+        payload: Bytes::from_static(b"taken over"),
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    });
+    let (mut old, _) = raw_session(&first, Protocol::V5, connect).await;
     subscribe(&mut old, 1, &[("roam/#", QoS::AtLeastOnce)]).await;
 
     let (mut new, ack) = raw_session(&second, Protocol::V5, v5_connect(&id, false, 300)).await;
@@ -526,6 +546,11 @@ async fn a_connection_through_another_s_proxy_takes_the_session_over() {
     );
     let parting = old.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::SESSION_TAKEN_OVER);
+    // Its will (no delay) is published, as MQTT-3.1.4-3 asks.
+    let will = next_publish(&mut watcher, Duration::from_secs(10))
+        .await
+        .expect("the old connection's will");
+    assert_eq!(&will.payload[..], b"taken over");
 
     // The subscription moved with it.
     let (mut publisher, _) =
@@ -583,6 +608,60 @@ async fn bad_publishes_get_the_right_reason_codes() {
     client.send_raw(&out).await;
     let parting = client.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::TOPIC_NAME_INVALID);
+
+    // A topic name that is not UTF-8 is malformed.
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("utf8"))).await;
+    client
+        .send_raw(&[0x30, 0x07, 0x00, 0x03, b'a', 0xff, b'b', 0x00, b'x'])
+        .await;
+    let parting = client.until_closed().await;
+    assert_disconnected_with(&parting, ReasonCode::MALFORMED_PACKET);
+}
+
+#[tokio::test]
+async fn routes_pick_the_messages_topic_and_client_patterns_the_partition() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let topics = Topics::unique("routes");
+    let alerts = format!("{}-alerts", topics.messages);
+    let extra = format!(
+        "  routes: [ {{ topic: 'alerts/#', messages: '{alerts}' }} ]\n  clients: [ 'place/{{identity}}/#' ]\n"
+    );
+    let relay = KafkaRelay::start_with(&kafka, topics, &extra).await;
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+    subscribe(&mut sub, 1, &[("alerts/#", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+
+    assert_eq!(
+        publish_qos1(&mut publisher, "alerts/fire", 1, b"hot").await,
+        ReasonCode::SUCCESS
+    );
+    let (key, _, payload) = read_record(&kafka, &alerts, "alerts/fire").await;
+    assert_eq!(
+        (key.as_deref(), payload.as_deref()),
+        (Some("alerts/fire"), Some(&b"hot"[..])),
+        "routed to its topic"
+    );
+    let got = next_publish(&mut sub, Duration::from_secs(10))
+        .await
+        .expect("subscribers are served from routed topics");
+    assert_eq!(&got.payload[..], b"hot");
+
+    // Every topic of one client identity lands on the partition Java's murmur2 gives it.
+    for (i, topic) in ["place/client-2/a", "place/client-2/b/c", "place/client-2"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            publish_qos1(&mut publisher, topic, 10 + i as u16, b"x").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let partitions = record_partitions(&kafka, &relay.topics.messages, "place/client-2").await;
+    // murmur2("client-2") & 0x7fffffff % 2 partitions, as Kafka's Java client computes it.
+    let want = (strait_proxy::sproxy::kafka::routing::murmur2(b"client-2") & 0x7fff_ffff) % 2;
+    assert_eq!(partitions, vec![want; 3], "all on one partition");
 }
 
 #[tokio::test]
@@ -900,5 +979,267 @@ async fn a_slow_subscriber_is_paused_not_disconnected_and_misses_nothing() {
     assert_eq!(
         next_publish(&mut slow, QUIET).await.map(|p| p.payload),
         None
+    );
+}
+
+/// A QoS 2 subscriber keeping its client-side session state (packet ids received and not yet
+/// released) across connections, as the spec asks, counting each message it hands on.
+struct Qos2Receiver {
+    unreleased: BTreeSet<u16>,
+    handed_on: Vec<String>,
+}
+
+impl Qos2Receiver {
+    /// Handles packets until `quiet` passes without one or the connection closes; `true` when
+    /// it closed.
+    async fn run(&mut self, client: &mut RawClient, quiet: Duration) -> bool {
+        loop {
+            let packet = match tokio::time::timeout(
+                quiet,
+                client.recv_within(quiet + Duration::from_secs(1)),
+            )
+            .await
+            {
+                Err(_) => return false,
+                Ok(None) => return true,
+                Ok(Some(packet)) => packet,
+            };
+            match packet {
+                Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                    // Method B of the spec: a PUBLISH whose packet id is still unreleased is
+                    // the same message again.
+                    if self.unreleased.insert(p.packet_id) {
+                        self.handed_on
+                            .push(String::from_utf8(p.payload.to_vec()).unwrap());
+                    }
+                    if !client
+                        .try_send(&Packet::PubRec(mqtt::PubRec {
+                            packet_id: p.packet_id,
+                            ..Default::default()
+                        }))
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                Packet::PubRel(r) => {
+                    self.unreleased.remove(&r.packet_id);
+                    if !client
+                        .try_send(&Packet::PubComp(mqtt::PubComp {
+                            packet_id: r.packet_id,
+                            ..Default::default()
+                        }))
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                Packet::Disconnect(_) => return true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn qos2_is_exactly_once_end_to_end_across_kill_9_of_s_proxy() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let mut relay = KafkaRelay::start(&kafka, "q2kill").await;
+    let (sub_id, pub_id) = (unique_name("q2sub"), unique_name("q2pub"));
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, true, 600)).await;
+    assert_eq!(
+        subscribe(&mut sub, 1, &[("q2/#", QoS::ExactlyOnce)]).await,
+        [ReasonCode::GRANTED_QOS_2]
+    );
+    let mut receiver = Qos2Receiver {
+        unreleased: BTreeSet::new(),
+        handed_on: Vec::new(),
+    };
+
+    // The publisher's side of the session: what is unacknowledged, what is released, what is done.
+    const TOTAL: u16 = 40;
+    let mut unacked: BTreeSet<u16> = BTreeSet::new();
+    let mut released: BTreeSet<u16> = BTreeSet::new();
+    let mut completed: BTreeSet<u16> = BTreeSet::new();
+    let mut next = 1u16;
+    let publish = |id: u16, dup: bool| {
+        Packet::Publish(mqtt::Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            topic: "q2/x".into(),
+            packet_id: id,
+            payload: format!("m{id}").into_bytes().into(),
+            ..Default::default()
+        })
+    };
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, v5_connect(&pub_id, true, 600)).await;
+    let mut killed = false;
+    while completed.len() < usize::from(TOTAL) {
+        let mut lost = false;
+        while !lost && next <= TOTAL && unacked.len() + released.len() < 4 {
+            unacked.insert(next);
+            lost = !publisher.try_send(&publish(next, false)).await;
+            next += 1;
+        }
+        if !lost {
+            match publisher.recv_within(Duration::from_secs(20)).await {
+                Some(Packet::PubRec(r)) => {
+                    assert!(!r.reason_code.is_error(), "PUBREC {}", r.reason_code.name());
+                    unacked.remove(&r.packet_id);
+                    released.insert(r.packet_id);
+                    lost = !publisher
+                        .try_send(&Packet::PubRel(mqtt::PubRel {
+                            packet_id: r.packet_id,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+                Some(Packet::PubComp(c)) => {
+                    released.remove(&c.packet_id);
+                    completed.insert(c.packet_id);
+                    if completed.len() == 15 && !killed {
+                        killed = true;
+                        relay.s_proxy.kill().await;
+                    }
+                }
+                Some(Packet::Disconnect(_)) | None => lost = true,
+                other => panic!("publisher got {other:?}"),
+            }
+        }
+        if lost {
+            assert!(killed, "the publisher lost its connection before the kill");
+            // Both sessions end with s-proxy; bring it back, resume them, resend what is unfinished.
+            while !receiver.run(&mut sub, Duration::from_secs(10)).await {}
+            relay.restart_s_proxy().await;
+            let (s, ack) = raw_session(&relay, Protocol::V5, v5_connect(&sub_id, false, 600)).await;
+            assert!(ack.session_present);
+            sub = s;
+            let (p, ack) = raw_session(&relay, Protocol::V5, v5_connect(&pub_id, false, 600)).await;
+            assert!(ack.session_present);
+            publisher = p;
+            for id in &unacked {
+                publisher.send(&publish(*id, true)).await;
+            }
+            for id in &released {
+                publisher
+                    .send(&Packet::PubRel(mqtt::PubRel {
+                        packet_id: *id,
+                        ..Default::default()
+                    }))
+                    .await;
+            }
+        }
+        receiver.run(&mut sub, Duration::from_millis(1)).await;
+    }
+    while !receiver.run(&mut sub, Duration::from_secs(3)).await
+        && receiver.handed_on.len() < usize::from(TOTAL)
+    {}
+    receiver.run(&mut sub, QUIET).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for m in &receiver.handed_on {
+        *counts.entry(m.clone()).or_insert(0) += 1;
+    }
+    let missing: Vec<u16> = (1..=TOTAL)
+        .filter(|i| !counts.contains_key(&format!("m{i}")))
+        .collect();
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(m, _)| m)
+        .collect();
+    assert!(killed);
+    assert!(
+        missing.is_empty() && twice.is_empty(),
+        "missing {missing:?}, more than once {twice:?}"
+    );
+    assert_eq!(
+        count_records(&kafka, &relay.topics.messages, "q2/x").await,
+        usize::from(TOTAL),
+        "each written to Kafka once"
+    );
+}
+
+#[tokio::test]
+async fn v5_clients_that_accept_topic_aliases_get_them() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "alias").await;
+    let mut connect = connect_packet(&unique_name("alias"));
+    connect.properties.topic_alias_maximum = Some(1);
+    let (mut sub, _) = raw_session(&relay, Protocol::V5, connect).await;
+    subscribe(&mut sub, 1, &[("long/topic/+", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for (i, topic) in ["long/topic/a", "long/topic/a", "long/topic/b"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            publish_qos1(&mut publisher, topic, i as u16 + 1, b"x").await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = next_publish(&mut sub, Duration::from_secs(10))
+            .await
+            .expect("a message");
+        got.push((p.topic, p.properties.topic_alias));
+    }
+    assert_eq!(
+        got,
+        [
+            ("long/topic/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("long/topic/b".to_string(), None),
+        ],
+        "alias set, then used; no second alias beyond the client's maximum"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_subscription_splits_the_messages_across_two_s_proxies() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let first = KafkaRelay::start(&kafka, "sharedx").await;
+    let second = KafkaRelay::start_with(&kafka, first.topics.clone(), "").await;
+    let group = format!("$share/{}/work/+", unique_name("g"));
+    let mut members = Vec::new();
+    for relay in [&first, &first, &second] {
+        let (mut member, _) =
+            raw_session(relay, Protocol::V5, connect_packet(&unique_name("member"))).await;
+        assert_eq!(
+            subscribe(&mut member, 1, &[(group.as_str(), QoS::AtLeastOnce)]).await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        members.push(member);
+    }
+    let (mut publisher, _) =
+        raw_session(&first, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=40u16 {
+        // Different topics, so both partitions (and both replicas) get some.
+        let topic = format!("work/{i}");
+        assert_eq!(
+            publish_qos1(&mut publisher, &topic, i, format!("job{i}").as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let mut counts = Vec::new();
+    for member in &mut members {
+        let mut count = 0;
+        while let Some(p) = next_publish(member, Duration::from_secs(3)).await {
+            assert!(
+                seen.insert(p.payload.clone()),
+                "{:?} went to two members",
+                p.payload
+            );
+            count += 1;
+        }
+        counts.push(count);
+    }
+    assert_eq!(seen.len(), 40, "every job reached one member: {counts:?}");
+    assert!(
+        counts[2] > 0 && counts[0] + counts[1] > 0,
+        "both replicas' members got work: {counts:?}"
     );
 }

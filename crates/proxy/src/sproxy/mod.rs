@@ -293,6 +293,7 @@ pub async fn start(
     let local_addr = listener.local_addr()?;
     let shutdown = process.shutdown.token();
     let drain_timeout = config.drain_timeout;
+    let flush_ctx = ctx.clone();
     let serving = async move {
         ready.set(true);
         // Sessions end themselves on shutdown (telling r-proxy 0x8B); the server stops once
@@ -311,6 +312,9 @@ pub async fn start(
                     left = sessions.len(),
                     "drain deadline passed; dropping sessions"
                 );
+            }
+            if let Backend::Kafka(upstream) = &flush_ctx.backend {
+                upstream.flush(Duration::from_secs(5)).await;
             }
         };
         server

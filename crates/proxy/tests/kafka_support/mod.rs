@@ -143,7 +143,8 @@ pub fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> 
     })
 }
 
-/// Publishes at QoS 1 and returns the PUBACK's reason code.
+/// Publishes at QoS 1 and returns the PUBACK's reason code. PUBLISHes arriving meanwhile are
+/// dropped: publish from a client that is not subscribed to what it sends.
 pub async fn publish_qos1(
     client: &mut RawClient,
     topic: &str,
@@ -174,8 +175,9 @@ pub async fn next_publish(client: &mut RawClient, deadline: Duration) -> Option<
         match packet {
             Some(Packet::Publish(publish)) => {
                 if publish.qos == QoS::AtLeastOnce {
-                    client
-                        .send(&Packet::PubAck(mqtt::PubAck {
+                    // The connection may be gone already; the next read tells.
+                    let _ = client
+                        .try_send(&Packet::PubAck(mqtt::PubAck {
                             packet_id: publish.packet_id,
                             ..Default::default()
                         }))
@@ -266,6 +268,34 @@ pub async fn count_records(bootstrap: &str, topic: &str, key: &str) -> usize {
             }
         }
         count
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// The partitions of the records of `topic` whose key starts with `prefix`, in offset order per
+/// partition (reads until 2 s pass without a new record).
+pub async fn record_partitions(bootstrap: &str, topic: &str, prefix: &str) -> Vec<i32> {
+    let (bootstrap, topic, prefix) = (bootstrap.to_string(), topic.to_string(), prefix.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = plain_consumer(&bootstrap, &topic);
+        let mut partitions = Vec::new();
+        let mut quiet_since = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(2)
+            || started.elapsed() < Duration::from_secs(5)
+        {
+            if let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) {
+                quiet_since = std::time::Instant::now();
+                if record
+                    .key()
+                    .is_some_and(|k| k.starts_with(prefix.as_bytes()))
+                {
+                    partitions.push(record.partition());
+                }
+            }
+        }
+        partitions
     })
     .await
     .expect("reader thread")

@@ -139,6 +139,13 @@ impl RawClient {
         self.send_raw(&out).await;
     }
 
+    /// Sends a packet; `false` when the connection is gone (instead of panicking).
+    pub async fn try_send(&mut self, packet: &Packet) -> bool {
+        let mut out = BytesMut::new();
+        mqtt::encode(packet, self.protocol, &mut out).expect("encodable packet");
+        self.stream.write_all(&out).await.is_ok()
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)

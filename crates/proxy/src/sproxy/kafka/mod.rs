@@ -51,6 +51,9 @@ pub struct Delivery {
     pub offset: i64,
     pub timestamp_ms: i64,
     pub message: Message,
+    /// Read for a shared subscription (by its group consumer, not the dispatcher): not part of
+    /// the session's delivery progress.
+    pub shared: bool,
 }
 
 /// A session's queue of matched records, filled by the dispatcher thread.
@@ -76,6 +79,19 @@ impl Inbox {
             notify: Notify::new(),
             capacity,
         }
+    }
+
+    /// Queues a record for a shared subscription; `false` when the inbox is full (the group
+    /// consumer tries another member, or waits).
+    fn try_push_shared(&self, delivery: Arc<Delivery>) -> bool {
+        let mut state = self.state.lock().expect("inbox lock");
+        if state.items.len() >= self.capacity {
+            return false;
+        }
+        state.items.push_back(delivery);
+        drop(state);
+        self.notify.notify_one();
+        true
     }
 
     fn push(&self, delivery: Arc<Delivery>) {
@@ -294,9 +310,12 @@ pub struct KafkaUpstream {
     /// sessions it matches.
     positions: Vec<Vec<AtomicI64>>,
     partitions: HashMap<String, i32>,
+    /// A client that never fetches: end offsets.
+    watermarks: Arc<BaseConsumer>,
     subscriptions: RwLock<Trie<Target>>,
-    /// Round-robin over the members of shared subscriptions.
-    shared_turn: AtomicU64,
+    /// Shared subscriptions with members here: `$share/GROUP/FILTER` → members and the stop
+    /// signal of its group consumer.
+    shared: Mutex<HashMap<Arc<str>, SharedGroup>>,
     inboxes: RwLock<HashMap<u64, Arc<Inbox>>>,
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
@@ -400,22 +419,33 @@ impl KafkaUpstream {
             .iter()
             .chain([&config.topics.retained, &config.topics.sessions])
         {
-            let reader = metadata_reader.clone();
-            let name = topic.clone();
-            let (count, topic_ends) = tokio::task::spawn_blocking(move || {
-                let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
-                let count = metadata
-                    .topics()
-                    .first()
-                    .map(|t| t.partitions().len() as i32)
-                    .unwrap_or(0);
-                let ends = (0..count)
-                    .map(|p| Ok(reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?.1))
-                    .collect::<Result<Vec<i64>, KafkaError>>()?;
-                Ok::<_, KafkaError>((count, ends))
-            })
-            .await?
-            .with_context(|| format!("reading metadata of {topic}"))?;
+            // Topics created a moment ago may have no leader yet: retry for a while.
+            let mut attempts = 0;
+            let (count, topic_ends) = loop {
+                attempts += 1;
+                let reader = metadata_reader.clone();
+                let name = topic.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+                    let count = metadata
+                        .topics()
+                        .first()
+                        .map(|t| t.partitions().len() as i32)
+                        .unwrap_or(0);
+                    let ends = (0..count)
+                        .map(|p| Ok(reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?.1))
+                        .collect::<Result<Vec<i64>, KafkaError>>()?;
+                    Ok::<_, KafkaError>((count, ends))
+                })
+                .await?;
+                match read {
+                    Ok((count, ends)) if count > 0 || attempts >= 40 => break (count, ends),
+                    Err(error) if attempts >= 40 => {
+                        return Err(error).with_context(|| format!("reading metadata of {topic}"));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            };
             if count == 0 {
                 bail!("Kafka topic {topic} has no partitions (does it exist?)");
             }
@@ -462,8 +492,9 @@ impl KafkaUpstream {
             topics,
             positions,
             partitions,
+            watermarks: metadata_reader.clone(),
             subscriptions: RwLock::default(),
-            shared_turn: AtomicU64::new(0),
+            shared: Mutex::default(),
             inboxes: RwLock::default(),
             retained,
             sessions,
@@ -516,23 +547,15 @@ impl KafkaUpstream {
         ) {
             Ok(message) => {
                 let mut ids = Vec::new();
-                let mut groups: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-                let trie = self.subscriptions.read().expect("trie lock");
-                trie.matches(&message.topic, |target| match &target.shared {
-                    None => ids.push(target.session),
-                    Some(group) => groups
-                        .entry(group.clone())
-                        .or_default()
-                        .push(target.session),
-                });
-                // A shared subscription (`$share/GROUP/FILTER`) gets each record once: its
-                // members take turns.
-                for (_, mut members) in groups {
-                    members.sort_unstable();
-                    let turn = self.shared_turn.fetch_add(1, Ordering::Relaxed);
-                    ids.push(members[(turn % members.len() as u64) as usize]);
-                }
-                drop(trie);
+                // Shared subscriptions are served by their group consumers.
+                self.subscriptions
+                    .read()
+                    .expect("trie lock")
+                    .matches(&message.topic, |target| {
+                        if target.shared.is_none() {
+                            ids.push(target.session);
+                        }
+                    });
                 if !ids.is_empty() {
                     ids.sort_unstable();
                     ids.dedup();
@@ -542,6 +565,7 @@ impl KafkaUpstream {
                         offset,
                         timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                         message,
+                        shared: false,
                     });
                     let inboxes = self.inboxes.read().expect("inbox lock");
                     for id in ids {
@@ -572,6 +596,41 @@ impl KafkaUpstream {
         self.partitions.get(topic).copied()
     }
 
+    /// The messages topic and, when its partition count is known, the partition of a PUBLISH to
+    /// MQTT topic `topic` (murmur2 of the `clients` identity, or of the topic: the Java
+    /// client's choice for the record key).
+    pub fn target(&self, topic: &str) -> (String, Option<i32>) {
+        let messages = self.routing.messages_topic(topic).into_owned();
+        let key = self.routing.hash_key(topic).unwrap_or(topic);
+        let partition = self
+            .partition_count(&messages)
+            .map(|n| routing::partition_for(key.as_bytes(), n));
+        (messages, partition)
+    }
+
+    /// Waits (up to `deadline`) for queued records, QoS 0 ones included, to reach Kafka.
+    pub async fn flush(&self, deadline: Duration) {
+        use rdkafka::producer::Producer as _;
+        let (producer, qos0) = (self.producer.clone(), self.qos0.clone());
+        let flushed =
+            tokio::task::spawn_blocking(move || qos0.flush(deadline).and(producer.flush(deadline)))
+                .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(?deadline, "records still queued for Kafka at shutdown");
+        }
+    }
+
+    /// The end offset of a partition.
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
+        let client = self.watermarks.clone();
+        let topic = topic.to_string();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            client.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+        })
+        .await??;
+        Ok(high)
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -584,27 +643,237 @@ impl KafkaUpstream {
         let mut trie = self.subscriptions.write().expect("trie lock");
         for filter in filters {
             let (inner, target) = Target::of(id, &filter);
+            if let Some(group) = &target.shared {
+                self.leave_shared(group, id);
+            }
             trie.remove(inner, &target);
         }
         drop(trie);
         self.inboxes.write().expect("inbox lock").remove(&id);
     }
 
-    fn subscribe(&self, id: u64, filter: &str) {
+    /// Adds a subscription; for a shared one, the returned receiver turns true once its group
+    /// consumer reads from the current end of its partitions.
+    fn subscribe(
+        self: &Arc<Self>,
+        id: u64,
+        filter: &str,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
         let (inner, target) = Target::of(id, filter);
+        let ready = target
+            .shared
+            .as_ref()
+            .map(|group| self.join_shared(group.clone(), inner, id));
         self.subscriptions
             .write()
             .expect("trie lock")
             .insert(inner, target);
+        ready
     }
 
     fn unsubscribe(&self, id: u64, filter: &str) {
         let (inner, target) = Target::of(id, filter);
+        if let Some(group) = &target.shared {
+            self.leave_shared(group, id);
+        }
         self.subscriptions
             .write()
             .expect("trie lock")
             .remove(inner, &target);
     }
+
+    /// Adds a member to a shared subscription, starting its group consumer on the first.
+    fn join_shared(
+        self: &Arc<Self>,
+        group: Arc<str>,
+        inner: &str,
+        id: u64,
+    ) -> tokio::sync::watch::Receiver<bool> {
+        let mut shared = self.shared.lock().expect("shared lock");
+        if let Some(existing) = shared.get_mut(&group) {
+            existing.members.push(id);
+            return existing.ready.clone();
+        }
+        let stop = self.shutdown.child_token();
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        shared.insert(
+            group.clone(),
+            SharedGroup {
+                members: vec![id],
+                turn: 0,
+                stop: stop.clone(),
+                ready: ready.clone(),
+            },
+        );
+        drop(shared);
+        let up = self.clone();
+        let inner = inner.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("shared-group".into())
+            .spawn(move || {
+                if let Err(error) = up.serve_shared(&group, &inner, &stop, &ready_tx) {
+                    tracing::warn!(error = format!("{error:#}"), %group, "shared subscription consumer failed");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a shared subscription consumer");
+        }
+        ready
+    }
+
+    fn leave_shared(&self, group: &Arc<str>, id: u64) {
+        let mut shared = self.shared.lock().expect("shared lock");
+        if let Some(existing) = shared.get_mut(group) {
+            existing.members.retain(|m| *m != id);
+            if existing.members.is_empty() {
+                existing.stop.cancel();
+                shared.remove(group);
+            }
+        }
+    }
+
+    /// One Kafka consumer group per shared subscription
+    /// (`strait-share:MESSAGES-TOPIC:GROUP:FILTER`), joined
+    /// by every replica that has members: Kafka splits the partitions between the replicas, and
+    /// the members on a replica take turns.
+    fn serve_shared(
+        &self,
+        group: &Arc<str>,
+        inner: &str,
+        stop: &CancellationToken,
+        ready: &tokio::sync::watch::Sender<bool>,
+    ) -> anyhow::Result<()> {
+        let mut config = reader_config(&self.client);
+        let (_, name) = strait_mqtt_codec::topic::parse_shared(group).unwrap_or(("", inner));
+        let group_name = group
+            .strip_prefix("$share/")
+            .and_then(|g| g.split_once('/'))
+            .map_or(name, |(g, _)| g);
+        config
+            // Named after the messages topic too: two bridges on one Kafka do not mix.
+            .set(
+                "group.id",
+                format!(
+                    "strait-share:{}:{group_name}:{inner}",
+                    self.config.topics.messages
+                ),
+            )
+            // A replica that dies is noticed in 10 s, not Kafka's default 45.
+            .set("session.timeout.ms", "10000")
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "true")
+            .set("auto.offset.reset", "latest");
+        let consumer: BaseConsumer = config.create()?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        while !stop.is_cancelled() {
+            let polled = consumer.poll(Duration::from_millis(100));
+            if !*ready.borrow() {
+                let assignment = consumer.assignment()?;
+                if assignment.count() > 0 {
+                    // A new group starts from the current end of the partitions it has not
+                    // consumed yet, so what is published after SUBACK is not skipped.
+                    let committed = consumer.committed(METADATA_TIMEOUT)?;
+                    let mut start = TopicPartitionList::new();
+                    for element in committed.elements() {
+                        if !matches!(element.offset(), Offset::Offset(_)) {
+                            let (_, end) = self.watermarks.fetch_watermarks(
+                                element.topic(),
+                                element.partition(),
+                                METADATA_TIMEOUT,
+                            )?;
+                            consumer.seek(
+                                element.topic(),
+                                element.partition(),
+                                Offset::Offset(end),
+                                METADATA_TIMEOUT,
+                            )?;
+                            start.add_partition_offset(
+                                element.topic(),
+                                element.partition(),
+                                Offset::Offset(end),
+                            )?;
+                        }
+                    }
+                    // Committed at once, so a replica that takes a partition over in a
+                    // rebalance continues from here instead of from its own "latest".
+                    if start.count() > 0 {
+                        consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
+                    }
+                    let _ = ready.send(true);
+                }
+            }
+            let record = match polled {
+                Some(Ok(record)) => record,
+                Some(Err(KafkaError::PartitionEOF(_))) | None => continue,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "shared subscription consumer");
+                    continue;
+                }
+            };
+            let Some(topic) = self.topics.iter().position(|t| t == record.topic()) else {
+                continue;
+            };
+            let headers = record_headers(&record);
+            let Ok(message) = headers::decode(
+                record.key(),
+                Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            ) else {
+                continue;
+            };
+            if !strait_mqtt_codec::topic::matches(inner, &message.topic) {
+                continue;
+            }
+            let delivery = Arc::new(Delivery {
+                topic,
+                partition: record.partition(),
+                offset: record.offset(),
+                timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                message,
+                shared: true,
+            });
+            // The next member with room; when all are full, wait (the group's delivery pauses).
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                let member = {
+                    let mut shared = self.shared.lock().expect("shared lock");
+                    let Some(entry) = shared.get_mut(group) else {
+                        return Ok(());
+                    };
+                    let inboxes = self.inboxes.read().expect("inbox lock");
+                    let count = entry.members.len();
+                    let mut chosen = None;
+                    for _ in 0..count {
+                        let id = entry.members[entry.turn % count];
+                        entry.turn = entry.turn.wrapping_add(1);
+                        if let Some(inbox) = inboxes.get(&id)
+                            && inbox.try_push_shared(delivery.clone())
+                        {
+                            chosen = Some(id);
+                            break;
+                        }
+                    }
+                    chosen
+                };
+                if member.is_some() || delivery.message.qos == QoS::AtMostOnce {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The members on this process of one shared subscription.
+struct SharedGroup {
+    members: Vec<u64>,
+    turn: usize,
+    stop: CancellationToken,
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a trie entry reaches: a session, through a plain or a shared subscription.

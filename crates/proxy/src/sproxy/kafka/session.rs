@@ -2,7 +2,7 @@
 //! topic (acknowledged only once Kafka has them), subscriptions fed by the dispatcher, retained
 //! messages, persistent state in the sessions topic, wills and takeover.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::headers::{self, Message};
-use super::state::{SessionRecord, StoredSubscription, StoredWill, VERSION};
+use super::state::{
+    SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
+};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms, record_headers};
 use crate::metrics::{ActiveSession, Direction};
 use crate::relay_rules::refusal;
@@ -35,6 +37,8 @@ type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 const RECEIVE_MAXIMUM: u16 = 256;
 /// How often a persistent session writes its delivery progress.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often a persistent session with nothing acknowledged stores its (moved) progress.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 const SYNC_DEADLINE: Duration = Duration::from_secs(10);
 const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
@@ -77,9 +81,21 @@ struct Session {
     /// Client's Receive Maximum.
     client_receive_max: usize,
     client_max_packet: Option<u32>,
+    /// Topic aliases towards the client (at most its Topic Alias Maximum).
+    client_aliases: HashMap<String, u16>,
+    client_alias_max: u16,
     outgoing: HashMap<u16, Outgoing>,
     next_packet_id: u16,
     qos2_received: HashSet<u16>,
+    /// QoS 2 deliveries restored from the session record, to resend (DUP) with their packet
+    /// id when the catch-up reads them again: (topic, partition, offset) → packet id.
+    qos2_resend: HashMap<(usize, i32, i64), u16>,
+    /// Offsets of completed or released QoS 2 deliveries at or above the stored progress.
+    qos2_done: HashMap<(usize, i32), BTreeSet<i64>>,
+    /// QoS 2 delivery state changed: store it before the client sees the next packets.
+    qos2_dirty: bool,
+    /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
+    qos2_pending: HashMap<u16, (String, i32, i64)>,
     aliases: HashMap<u16, String>,
     /// Catch-up in progress: next offset it will deliver per (topic, partition).
     catching_up: HashMap<(usize, i32), i64>,
@@ -88,6 +104,9 @@ struct Session {
     /// Retained messages waiting for room in the client's receive window.
     pending: VecDeque<Publish>,
     last_checkpoint: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+    last_write: std::time::Instant,
+    /// The client acknowledged a delivery from Kafka since the last write.
+    acked_since_write: bool,
     out: Vec<v1::Packet>,
 }
 
@@ -206,22 +225,40 @@ pub(crate) async fn run(
         inbox: inbox.clone(),
         client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
         client_max_packet: connect.properties.maximum_packet_size,
+        client_aliases: HashMap::new(),
+        client_alias_max: match protocol {
+            Protocol::V5 => connect.properties.topic_alias_maximum.unwrap_or(0),
+            Protocol::V311 => 0,
+        },
         outgoing: HashMap::new(),
         next_packet_id: 1,
         qos2_received: HashSet::new(),
+        qos2_resend: HashMap::new(),
+        qos2_done: HashMap::new(),
+        qos2_dirty: false,
+        qos2_pending: HashMap::new(),
         aliases: HashMap::new(),
         catching_up: HashMap::new(),
         live_from: HashMap::new(),
         pending: VecDeque::new(),
         last_checkpoint: None,
+        last_write: std::time::Instant::now(),
+        acked_since_write: false,
         out: Vec::new(),
     };
     up.register(id, inbox);
     let mut catch_up = None;
     if let Some(record) = &resumed {
         session.qos2_received = record.qos2_received.iter().copied().collect();
+        session.restore_qos2(record);
+        for pending in &record.qos2_pending {
+            session.qos2_pending.insert(
+                pending.packet_id,
+                (pending.topic.clone(), pending.partition, pending.from),
+            );
+        }
         for sub in &record.subscriptions {
-            up.subscribe(id, &sub.filter);
+            let _ = up.subscribe(id, &sub.filter);
             session
                 .subscriptions
                 .insert(sub.filter.clone(), sub.clone());
@@ -254,7 +291,8 @@ pub(crate) async fn run(
         p.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         p.assigned_client_identifier = assigned;
     }
-    session.out.push(Packet::ConnAck(connack).into());
+    // First, before any PUBREL a resumed session resends.
+    session.out.insert(0, Packet::ConnAck(connack).into());
     let _active = ActiveSession::start(&ctx.metrics);
     ctx.metrics
         .session_setup_seconds
@@ -307,7 +345,7 @@ pub(super) fn produce(
     publish: &Publish,
     client_id: &str,
 ) -> impl Future<Output = ProduceResult> + use<> {
-    let messages = up.routing.messages_topic(&publish.topic).into_owned();
+    let (messages, partition) = up.target(&publish.topic);
     let headers = headers::encode(
         &publish.topic,
         publish.qos,
@@ -320,10 +358,6 @@ pub(super) fn produce(
     } else {
         &up.producer
     };
-    let partition = up.routing.hash_key(&publish.topic).and_then(|key| {
-        up.partition_count(&messages)
-            .map(|n| super::routing::partition_for(key.as_bytes(), n))
-    });
     let mut deliveries = Vec::with_capacity(2);
     deliveries.push(send(
         producer,
@@ -414,7 +448,7 @@ impl Session {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for packet in pipelined {
-            if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+            if let Some(end) = self.handle(packet, &mut acks).await {
                 return end;
             }
         }
@@ -424,6 +458,17 @@ impl Session {
                 // The window may have opened (an acknowledgement came): take what is queued.
                 self.drain_inbox();
             }
+            if self.qos2_dirty && self.expiry > 0 {
+                // The client must not see a QoS 2 PUBLISH or PUBREL whose state is not stored:
+                // after a crash it is resent with the same packet id, never as a new message.
+                if let Err(error) = self.write_record(None).await {
+                    return End::Server(
+                        ReasonCode::UNSPECIFIED_ERROR,
+                        format!("cannot store QoS 2 delivery state: {error:#}"),
+                    );
+                }
+            }
+            self.qos2_dirty = false;
             if !self.out.is_empty() {
                 let frame = ServerFrame {
                     packets: std::mem::take(&mut self.out),
@@ -453,7 +498,7 @@ impl Session {
                             }
                         };
                         ctx.metrics.packet(Direction::Inbound, packet.packet_type());
-                        if let Some(end) = self.handle(packet, &mut acks, ctx).await {
+                        if let Some(end) = self.handle(packet, &mut acks).await {
                             return end;
                         }
                     }
@@ -507,7 +552,7 @@ impl Session {
     }
 
     /// Handles one packet from the client; `Some` ends the session.
-    async fn handle(&mut self, packet: Packet, acks: &mut Acks, ctx: &Context) -> Option<End> {
+    async fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Option<End> {
         match packet {
             Packet::Publish(mut publish) => {
                 if let Some(alias) = publish.properties.topic_alias.take() {
@@ -539,13 +584,8 @@ impl Session {
                 }
                 match publish.qos {
                     QoS::AtMostOnce => {
-                        let delivery = produce(&self.up, &publish, &self.client_id);
-                        let metrics = ctx.metrics.clone();
-                        tokio::spawn(async move {
-                            if delivery.await.is_err() {
-                                metrics.error("qos0_produce_failed");
-                            }
-                        });
+                        // Handed to the producer now; nobody waits for Kafka's answer.
+                        drop(produce(&self.up, &publish, &self.client_id));
                     }
                     QoS::AtLeastOnce => {
                         let delivery = produce(&self.up, &publish, &self.client_id);
@@ -559,6 +599,27 @@ impl Session {
                             // write it again.
                             acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
                         } else {
+                            match self.qos2_intent(&publish).await {
+                                Ok(true) => {
+                                    // The first attempt reached Kafka before a crash.
+                                    acks.push_back(Box::pin(
+                                        async move { (Ack::PubRec(id), Ok(())) },
+                                    ));
+                                    return None;
+                                }
+                                Ok(false) => {}
+                                Err(error) => {
+                                    tracing::warn!(
+                                        error = format!("{error:#}"),
+                                        "cannot store QoS 2 intent"
+                                    );
+                                    let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
+                                    acks.push_back(Box::pin(
+                                        async move { (Ack::PubRec(id), failed) },
+                                    ));
+                                    return None;
+                                }
+                            }
                             let delivery = produce(&self.up, &publish, &self.client_id);
                             acks.push_back(Box::pin(
                                 async move { (Ack::PubRec(id), delivery.await) },
@@ -584,7 +645,8 @@ impl Session {
                     .get(&ack.packet_id)
                     .is_some_and(|o| o.qos == QoS::AtLeastOnce)
                 {
-                    self.outgoing.remove(&ack.packet_id);
+                    let acked = self.outgoing.remove(&ack.packet_id);
+                    self.acked_since_write |= acked.is_some_and(|o| o.source.is_some());
                 }
             }
             Packet::PubRec(rec) => {
@@ -593,6 +655,10 @@ impl Session {
                         self.outgoing.remove(&rec.packet_id);
                     } else {
                         outgoing.released = true;
+                        if let Some((t, p, offset)) = outgoing.source {
+                            self.qos2_done.entry((t, p)).or_default().insert(offset);
+                            self.qos2_dirty = true;
+                        }
                         self.out.push(
                             Packet::PubRel(PubRel {
                                 packet_id: rec.packet_id,
@@ -604,7 +670,8 @@ impl Session {
                 }
             }
             Packet::PubComp(comp) => {
-                self.outgoing.remove(&comp.packet_id);
+                let completed = self.outgoing.remove(&comp.packet_id);
+                self.acked_since_write |= completed.is_some_and(|o| o.source.is_some());
             }
             Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
@@ -685,6 +752,7 @@ impl Session {
                 .into(),
             ),
             Ack::PubRec(packet_id) => {
+                self.qos2_pending.remove(&packet_id);
                 if !reason_code.is_error()
                     && self.qos2_received.insert(packet_id)
                     && self.expiry > 0
@@ -735,8 +803,15 @@ impl Session {
                 .subscriptions
                 .insert(sub.filter.clone(), stored)
                 .is_none();
-            if new {
-                self.up.subscribe(self.id, &sub.filter);
+            if new && let Some(mut ready) = self.up.subscribe(self.id, &sub.filter) {
+                // SUBACK once the group consumer reads: nothing published after it is missed.
+                let joined = tokio::time::timeout(SYNC_DEADLINE, ready.wait_for(|r| *r)).await;
+                if !matches!(joined, Ok(Ok(_))) {
+                    tracing::warn!(
+                        filter = sub.filter,
+                        "shared subscription consumer not ready"
+                    );
+                }
             }
             // Shared subscriptions get no retained messages on subscribe.
             let send_retained = !shared
@@ -853,6 +928,7 @@ impl Session {
     fn deliver(&mut self, delivery: &Delivery, from_catch_up: bool) {
         let key = (delivery.topic, delivery.partition);
         if !from_catch_up
+            && !delivery.shared
             && self
                 .live_from
                 .get(&key)
@@ -873,7 +949,11 @@ impl Session {
                     Some((_, inner)) => (inner, true),
                     None => (s.filter.as_str(), false),
                 };
-                !(shared && from_catch_up) && mqtt::topic::matches(filter, &delivery.message.topic)
+                // A record read for a shared subscription counts for it alone; one from the
+                // dispatcher for the plain ones.
+                shared == delivery.shared
+                    && !(shared && from_catch_up)
+                    && mqtt::topic::matches(filter, &delivery.message.topic)
             })
             .collect();
         if matching.is_empty() {
@@ -887,11 +967,39 @@ impl Session {
         ) else {
             return;
         };
-        let source = Some((delivery.topic, delivery.partition, delivery.offset));
-        self.send_publish(publish, source);
+        if delivery.shared {
+            // Not part of the session's progress (the group consumer tracks it).
+            self.send_publish(publish, None);
+            return;
+        }
+        let source = (delivery.topic, delivery.partition, delivery.offset);
+        if from_catch_up
+            && self
+                .qos2_done
+                .get(&(source.0, source.1))
+                .is_some_and(|done| done.contains(&source.2))
+        {
+            return;
+        }
+        let mut publish = publish;
+        let resend = self.qos2_resend.remove(&source);
+        if resend.is_some() && publish.qos == QoS::ExactlyOnce {
+            publish.dup = true;
+        }
+        self.send_publish_as(publish, Some(source), resend);
     }
 
-    fn send_publish(&mut self, mut publish: Publish, source: Option<(usize, i32, i64)>) {
+    fn send_publish(&mut self, publish: Publish, source: Option<(usize, i32, i64)>) {
+        self.send_publish_as(publish, source, None);
+    }
+
+    /// Sends a PUBLISH; `packet_id` reuses a stored one (a QoS 2 resend).
+    fn send_publish_as(
+        &mut self,
+        mut publish: Publish,
+        source: Option<(usize, i32, i64)>,
+        packet_id: Option<u16>,
+    ) {
         if let Some(max) = self.client_max_packet {
             let size = mqtt::encoded_len(&Packet::Publish(publish.clone()), self.protocol)
                 .unwrap_or(usize::MAX);
@@ -901,7 +1009,13 @@ impl Session {
             }
         }
         if publish.qos != QoS::AtMostOnce {
-            let id = self.allocate_packet_id();
+            let id = match packet_id {
+                Some(id) if publish.qos == QoS::ExactlyOnce => id,
+                _ => self.allocate_packet_id(),
+            };
+            if publish.qos == QoS::ExactlyOnce && source.is_some() {
+                self.qos2_dirty = true;
+            }
             publish.packet_id = id;
             self.outgoing.insert(
                 id,
@@ -912,6 +1026,21 @@ impl Session {
                 },
             );
         }
+        if self.client_alias_max > 0 {
+            // The first message on a topic sets an alias; later ones send only the alias.
+            match self.client_aliases.get(&publish.topic) {
+                Some(alias) => {
+                    publish.properties.topic_alias = Some(*alias);
+                    publish.topic.clear();
+                }
+                None if self.client_aliases.len() < usize::from(self.client_alias_max) => {
+                    let alias = self.client_aliases.len() as u16 + 1;
+                    self.client_aliases.insert(publish.topic.clone(), alias);
+                    publish.properties.topic_alias = Some(alias);
+                }
+                None => {}
+            }
+        }
         self.out.push(Packet::Publish(publish).into());
     }
 
@@ -919,7 +1048,7 @@ impl Session {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.outgoing.contains_key(&id) {
+            if !self.outgoing.contains_key(&id) && !self.qos2_resend.values().any(|r| *r == id) {
                 return id;
             }
         }
@@ -1041,7 +1170,7 @@ impl Session {
         {
             let state = self.inbox.state.lock().expect("inbox lock");
             for item in &state.items {
-                if item.message.qos != QoS::AtMostOnce {
+                if item.message.qos != QoS::AtMostOnce && !item.shared {
                     lower(&mut floor, (item.topic, item.partition), item.offset);
                 }
             }
@@ -1057,6 +1186,9 @@ impl Session {
         for (key, offset) in &self.catching_up {
             lower(&mut floor, *key, *offset);
         }
+        for (t, p, offset) in self.qos2_resend.keys() {
+            lower(&mut floor, (*t, *p), *offset);
+        }
         for (t, topic) in self.up.topics.iter().enumerate() {
             let partitions = progress.entry(topic.clone()).or_default();
             for (p, position) in positions[t].iter().enumerate() {
@@ -1070,10 +1202,114 @@ impl Session {
         progress
     }
 
+    /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
+    /// whose write may have reached Kafka before a crash, look for it (`Ok(true)`: it is
+    /// there); otherwise store where it goes and the partition's end offset first.
+    async fn qos2_intent(&mut self, publish: &Publish) -> anyhow::Result<bool> {
+        let (messages, Some(partition)) = self.up.target(&publish.topic) else {
+            return Ok(false);
+        };
+        if self.expiry == 0 {
+            return Ok(false);
+        }
+        if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
+            let reader = super::reader_config(&self.up.client);
+            let end = self.up.end_offset(&topic, p).await?;
+            let (key, payload, client) = (
+                publish.topic.clone(),
+                publish.payload.clone(),
+                self.client_id.clone(),
+            );
+            let found = tokio::task::spawn_blocking(move || {
+                find_written(reader, &topic, p, from, end, &key, &payload, &client)
+            })
+            .await??;
+            if found {
+                return Ok(true);
+            }
+        }
+        let from = self.up.end_offset(&messages, partition).await?;
+        self.qos2_pending
+            .insert(publish.packet_id, (messages, partition, from));
+        self.write_record(None).await?;
+        Ok(false)
+    }
+
+    fn stored_qos2_out(&self) -> Vec<StoredOutgoing> {
+        let mut stored: Vec<StoredOutgoing> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.qos == QoS::ExactlyOnce)
+            .filter_map(|(id, o)| {
+                let (t, p, offset) = o.source?;
+                Some(StoredOutgoing {
+                    packet_id: *id,
+                    topic: self.up.topics[t].clone(),
+                    partition: p,
+                    offset,
+                    released: o.released,
+                })
+            })
+            .collect();
+        for ((t, p, offset), id) in &self.qos2_resend {
+            stored.push(StoredOutgoing {
+                packet_id: *id,
+                topic: self.up.topics[*t].clone(),
+                partition: *p,
+                offset: *offset,
+                released: false,
+            });
+        }
+        stored.sort_by_key(|o| o.packet_id);
+        stored
+    }
+
+    /// Takes back the QoS 2 delivery state of a resumed session: PUBREL again for released
+    /// ones, the same packet id (DUP) for the others when the catch-up reads them.
+    fn restore_qos2(&mut self, record: &SessionRecord) {
+        let index = |topic: &str| self.up.topics.iter().position(|t| t == topic);
+        for (topic, partitions) in &record.qos2_done {
+            let Some(t) = index(topic) else { continue };
+            for (p, offsets) in partitions {
+                self.qos2_done
+                    .entry((t, *p))
+                    .or_default()
+                    .extend(offsets.iter().copied());
+            }
+        }
+        for out in &record.qos2_out {
+            let Some(t) = index(&out.topic) else { continue };
+            let source = (t, out.partition, out.offset);
+            if out.released {
+                self.outgoing.insert(
+                    out.packet_id,
+                    Outgoing {
+                        source: Some(source),
+                        qos: QoS::ExactlyOnce,
+                        released: true,
+                    },
+                );
+                self.qos2_done
+                    .entry((t, out.partition))
+                    .or_default()
+                    .insert(out.offset);
+                self.out.push(
+                    Packet::PubRel(PubRel {
+                        packet_id: out.packet_id,
+                        ..Default::default()
+                    })
+                    .into(),
+                );
+            } else {
+                self.qos2_resend.insert(source, out.packet_id);
+            }
+        }
+    }
+
     fn record(&self, disconnected_at_ms: Option<i64>) -> SessionRecord {
         let mut qos2: Vec<u16> = self.qos2_received.iter().copied().collect();
         qos2.sort_unstable();
-        SessionRecord {
+        let mut record = SessionRecord {
             version: VERSION,
             owner: self.up.instance.clone(),
             connection: self.connection.clone(),
@@ -1084,18 +1320,67 @@ impl Session {
             offsets: self.progress(),
             qos2_received: qos2,
             will: self.will.as_ref().map(StoredWill::from_will),
+            qos2_out: self.stored_qos2_out(),
+            qos2_done: BTreeMap::new(),
+            qos2_pending: self
+                .qos2_pending
+                .iter()
+                .map(|(id, (topic, partition, from))| StoredPending {
+                    packet_id: *id,
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: *from,
+                })
+                .collect(),
+        };
+        // Completed deliveries below the progress are covered by it.
+        for ((t, p), done) in &self.qos2_done {
+            let topic = &self.up.topics[*t];
+            let from = record
+                .offsets
+                .get(topic)
+                .and_then(|o| o.get(p))
+                .copied()
+                .unwrap_or(0);
+            let kept: Vec<i64> = done.range(from..).copied().collect();
+            if !kept.is_empty() {
+                record
+                    .qos2_done
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*p, kept);
+            }
         }
+        record
     }
 
     async fn write_record(&mut self, disconnected_at_ms: Option<i64>) -> anyhow::Result<()> {
         let record = self.record(disconnected_at_ms);
         let offsets = record.offsets.clone();
+        // Completed QoS 2 deliveries below the progress need no memory any more.
+        for ((t, p), done) in &mut self.qos2_done {
+            let from = offsets
+                .get(&self.up.topics[*t])
+                .and_then(|o| o.get(p))
+                .copied()
+                .unwrap_or(0);
+            done.retain(|offset| *offset >= from);
+        }
+        self.qos2_done.retain(|_, done| !done.is_empty());
         put_session(&self.up, &self.client_id, Some(record.encode())).await?;
         self.last_checkpoint = Some(offsets);
+        self.last_write = std::time::Instant::now();
+        self.acked_since_write = false;
         Ok(())
     }
 
+    /// Stores delivery progress: within a second of acknowledgements (so a crash repeats
+    /// little), otherwise at most every `IDLE_CHECKPOINT` (progress moving only because other
+    /// clients' traffic passed needs no write per second per session).
     async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        if !self.acked_since_write && self.last_write.elapsed() < IDLE_CHECKPOINT {
+            return Ok(());
+        }
         if self.last_checkpoint.as_ref() == Some(&self.progress()) {
             return Ok(());
         }
@@ -1150,7 +1435,21 @@ impl Session {
         self.up
             .unregister(self.id, self.subscriptions.keys().cloned());
         if matches!(end, End::TakenOver) {
-            // The new connection owns the session record now.
+            // The new connection owns the session record now. A will without delay is published
+            // (MQTT-3.1.4-3 and 3.1.2.5); one with a delay is cancelled by the new connection.
+            if let Some(will) = self
+                .will
+                .take()
+                .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
+            {
+                let publish = StoredWill::from_will(&will).to_publish();
+                let delivery = produce(&self.up, &publish, &self.client_id);
+                tokio::spawn(async move {
+                    if let Err(reason) = delivery.await {
+                        tracing::warn!(reason = reason.name(), "will not published");
+                    }
+                });
+            }
             return;
         }
         forget_local(&self.up, &self.client_id, &self.connection);
@@ -1161,7 +1460,13 @@ impl Session {
         } else {
             Some(self.record(Some(now_ms())).encode())
         };
-        if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
+        // A newer connection (maybe on another replica) may own the record by now.
+        let still_ours = self.up.sessions.get(&self.client_id).is_none_or(|entry| {
+            SessionRecord::decode(&entry.value).map_or(true, |r| r.connection == self.connection)
+        });
+        if !still_ours {
+            tracing::debug!("session record already taken over; not writing the end");
+        } else if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "cannot store the session's end"
@@ -1296,6 +1601,7 @@ fn catch_up(
                 offset: record.offset(),
                 timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                 message,
+                shared: false,
             });
             if tx.blocking_send(Ok(delivery)).is_err() {
                 return Ok(());
@@ -1306,4 +1612,46 @@ fn catch_up(
         }
     }
     Ok(())
+}
+
+/// Whether `topic`/`partition` holds, between `from` and `end`, the record of `client`'s PUBLISH
+/// of `payload` to MQTT topic `key`.
+#[allow(clippy::too_many_arguments)]
+fn find_written(
+    client: rdkafka::ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    key: &str,
+    payload: &[u8],
+    publisher: &str,
+) -> anyhow::Result<bool> {
+    if from >= end {
+        return Ok(false);
+    }
+    let consumer: BaseConsumer = client.create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let local = record_headers(&record)
+            .into_iter()
+            .find(|(name, _)| name == headers::LOCAL)
+            .map(|(_, value)| value);
+        if record.key() == Some(key.as_bytes())
+            && record.payload().unwrap_or_default() == payload
+            && local.as_deref() == Some(publisher.as_bytes())
+        {
+            return Ok(true);
+        }
+        if record.offset() + 1 >= end {
+            return Ok(false);
+        }
+    }
+    anyhow::bail!("reading {topic}/{partition} from {from} to {end} took over 30 s")
 }

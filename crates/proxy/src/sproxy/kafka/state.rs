@@ -49,6 +49,41 @@ pub struct SessionRecord {
     /// The will, published when the connection drops without DISCONNECT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub will: Option<StoredWill>,
+    /// QoS 2 deliveries to the client not yet completed (PUBCOMP), stored before the client
+    /// sees their PUBLISH or PUBREL: resent with the same packet id after a reconnect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qos2_out: Vec<StoredOutgoing>,
+    /// Offsets at or above `offsets` whose QoS 2 delivery was completed or released: never
+    /// delivered again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub qos2_done: BTreeMap<String, BTreeMap<i32, Vec<i64>>>,
+    /// QoS 2 PUBLISHes from the client being written to Kafka: where they go and the end offset
+    /// before, so a resend after a crash can tell whether the first write arrived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qos2_pending: Vec<StoredPending>,
+}
+
+/// A QoS 2 PUBLISH from the client whose Kafka write is not yet confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPending {
+    pub packet_id: u16,
+    pub topic: String,
+    pub partition: i32,
+    /// End offset of the partition before the write.
+    pub from: i64,
+}
+
+/// A QoS 2 delivery in flight towards the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredOutgoing {
+    pub packet_id: u16,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The client sent PUBREC (and we PUBREL).
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +253,20 @@ mod tests {
             offsets: BTreeMap::from([("m".into(), BTreeMap::from([(0, 5), (1, 9)]))]),
             qos2_received: vec![3],
             will: Some(StoredWill::from_will(&will)),
+            qos2_out: vec![StoredOutgoing {
+                packet_id: 4,
+                topic: "m".into(),
+                partition: 1,
+                offset: 9,
+                released: true,
+            }],
+            qos2_done: BTreeMap::from([("m".into(), BTreeMap::from([(0, vec![6, 8])]))]),
+            qos2_pending: vec![StoredPending {
+                packet_id: 5,
+                topic: "m".into(),
+                partition: 0,
+                from: 3,
+            }],
         };
         let bytes = record.encode();
         assert_eq!(SessionRecord::decode(&bytes).unwrap(), record);
