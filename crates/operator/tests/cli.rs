@@ -49,8 +49,12 @@ async fn serves_telemetry_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
 
-    let ready = wait_until(Duration::from_secs(20), "/readyz to answer", || async {
-        http_get(addr, "/readyz").await.ok()
+    // Ready once it has joined leader election (a standby is ready too).
+    let ready = wait_until(Duration::from_secs(20), "/readyz to answer 200", || async {
+        http_get(addr, "/readyz")
+            .await
+            .ok()
+            .filter(|(status, _)| *status == 200)
     })
     .await;
     assert_eq!(ready, (200, "ok\n".into()));

@@ -286,8 +286,9 @@ kube_up() {
   kube_wait $((deadline - SECONDS)) "etcd on port $etcd_port" etcd kube_port_open "$etcd_port"
 
   # No kubelets to reach, and the `kubernetes` Service can't point at a loopback endpoint, hence
-  # --endpoint-reconciler-type=none. ServiceAccount admission stays on: the controller-manager's
-  # serviceaccount controller creates the `default` SA of every namespace.
+  # --endpoint-reconciler-type=none. A /16 of Service IPs holds the operator figures' 1,000
+  # resources. ServiceAccount admission stays on: the controller-manager's serviceaccount
+  # controller creates the `default` SA of every namespace.
   start_bg kube kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="$etcd_url" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
     --secure-port="$api_port" --cert-dir="$dir/kube-apiserver-certs" \
@@ -295,7 +296,7 @@ kube_up() {
     --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC --allow-privileged=true \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none --profiling=false
+    --service-cluster-ip-range=10.0.0.0/16 --endpoint-reconciler-type=none --profiling=false
   kube_wait $((deadline - SECONDS)) "kube-apiserver /readyz on $server" kube-apiserver kube_readyz
 
   # The rest starts only now: the controller-manager exits if the apiserver isn't healthy

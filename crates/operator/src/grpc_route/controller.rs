@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -30,11 +31,15 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<GrpcKafkaRoute>::all(client.clone()),
         watcher::Config::default(),
     )
+    // Metadata only: enough to wake the owner (see the MqttBridge controller).
     .owns(
-        Api::<Deployment>::all(client.clone()),
+        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+    .owns(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client),
+        watcher::Config::default(),
+    )
     .run(reconcile, crate::context::error_policy, ctx)
     .for_each(|_| async {})
     .await;

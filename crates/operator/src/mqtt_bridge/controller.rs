@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -30,9 +31,12 @@ pub async fn run(ctx: Arc<Context>) {
     );
     // A referenced Secret that appears or changes wakes the bridges that name it.
     let bridges = controller.store();
+    // Owned objects and Secrets are watched by metadata only (`PartialObjectMeta`): the
+    // reconciler reads what it needs from the apply answers, so the operator never caches Secret
+    // data or whole Deployments.
     controller
         .watches(
-            Api::<Secret>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
             move |secret| {
                 let (name, namespace) = (secret.name_any(), secret.namespace());
@@ -45,14 +49,17 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
             watcher::Config::default(),
         )
         .owns(
-            Api::<Service>::all(client.clone()),
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .owns(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            watcher::Config::default(),
+        )
         .run(reconcile, crate::context::error_policy, ctx)
         .for_each(|_| async {})
         .await;
