@@ -2,6 +2,7 @@
 //! the `strait-proxy` binary only picks the role.
 
 pub mod batch;
+pub mod dev;
 pub mod grpc;
 pub mod grpckafka;
 pub mod kafkagrpc;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
-use strait_proxy::{grpckafka, kafkagrpc, rproxy, sproxy};
+use strait_proxy::{dev, grpckafka, kafkagrpc, rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -37,6 +37,10 @@ enum Role {
     GrpcKafka(grpckafka::GrpcKafkaArgs),
     /// Consumes request topics in a consumer group, calls the real gRPC service, writes replies.
     KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
+    /// Everything in one process for trying Strait out: MQTT on 127.0.0.1:1883 and gRPC on
+    /// 127.0.0.1:50051 through an embedded Kafka (in-memory, for trying out; nothing survives a
+    /// restart), or a real one with --kafka.
+    Dev(dev::DevArgs),
 }
 
 /// A role's validated settings: its config file with the command line laid over it.
@@ -46,6 +50,7 @@ enum RoleConfig {
     SProxy(SProxyConfig),
     GrpcKafka(grpckafka::GrpcKafkaArgs),
     KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
+    Dev(dev::DevArgs),
 }
 
 impl Role {
@@ -55,6 +60,7 @@ impl Role {
             Self::SProxy(args) => RoleConfig::SProxy(args.into_config()?),
             Self::GrpcKafka(args) => RoleConfig::GrpcKafka(args),
             Self::KafkaGrpc(args) => RoleConfig::KafkaGrpc(args),
+            Self::Dev(args) => RoleConfig::Dev(args),
         })
     }
 
@@ -65,6 +71,7 @@ impl Role {
             Self::SProxy(_) => &[sproxy::READINESS],
             Self::GrpcKafka(_) => &grpckafka::READINESS,
             Self::KafkaGrpc(_) => &kafkagrpc::READINESS,
+            Self::Dev(_) => &[dev::READINESS],
         }
     }
 
@@ -75,6 +82,7 @@ impl Role {
             Self::SProxy(_) => 9092,
             Self::GrpcKafka(_) => 9094,
             Self::KafkaGrpc(_) => 9096,
+            Self::Dev(_) => 9098,
         };
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
     }
@@ -112,6 +120,7 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
             RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
             RoleConfig::GrpcKafka(args) => grpckafka::run(args, &process).await,
             RoleConfig::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
+            RoleConfig::Dev(args) => dev::run(args, &process).await,
         };
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "stopped with an error");

@@ -15,7 +15,8 @@ use crate::Health;
 pub struct AdminServer {
     local_addr: SocketAddr,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// None in a handle that does not own the server (`AdminServer::handle`).
+    task: Option<JoinHandle<()>>,
 }
 
 #[derive(Clone)]
@@ -59,18 +60,30 @@ impl AdminServer {
         Ok(Self {
             local_addr,
             stop,
-            task,
+            task: Some(task),
         })
+    }
+
+    /// The same endpoint, for a part of the process (`Process::part`); its `stop` does
+    /// nothing, the owner stops the server.
+    pub fn handle(&self) -> Self {
+        Self {
+            local_addr: self.local_addr,
+            stop: self.stop.clone(),
+            task: None,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// Stops serving and waits until the server has closed.
+    /// Stops serving and waits until the server has closed (a `handle` leaves it running).
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task {
+            self.stop.cancel();
+            let _ = task.await;
+        }
     }
 }
 

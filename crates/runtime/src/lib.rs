@@ -42,6 +42,20 @@ pub struct Process {
     pub admin: AdminServer,
 }
 
+impl Process {
+    /// A view of this process for one of several roles it runs (`strait-proxy dev`): the same
+    /// metrics, shutdown signal and admin endpoint, with readiness flags of its own (named
+    /// `name/flag` on `/readyz`, see [`Health::scoped`]).
+    pub fn part(&self, name: &'static str) -> Process {
+        Process {
+            metrics: self.metrics.clone(),
+            health: self.health.scoped(name),
+            shutdown: self.shutdown.clone(),
+            admin: self.admin.handle(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot install the tracing subscriber: {0}")]

@@ -226,9 +226,11 @@ impl MqttRelay for RelayService {
 }
 
 /// Binds the gRPC listener and returns its address and the future serving it until shutdown.
+/// `topic_check` is `Verify` except for `dev`'s embedded Kafka (see [`kafka::TopicCheck`]).
 pub async fn start(
     config: SProxyConfig,
     process: &Process,
+    topic_check: kafka::TopicCheck,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
     let backend = match config.upstream {
@@ -257,7 +259,7 @@ pub async fn start(
                 .clone()
                 .context("kafka: upstream is kafka but no bootstrap servers are set")?;
             Backend::Kafka(
-                kafka::KafkaUpstream::start(*kafka, process.shutdown.token())
+                kafka::KafkaUpstream::start(*kafka, process.shutdown.token(), topic_check)
                     .await
                     .context("starting the Kafka upstream")?,
             )
@@ -330,7 +332,7 @@ pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> 
     let broker = config.broker.as_ref().map(|b| b.address.clone());
     let kafka = config.kafka.as_ref().map(|k| k.bootstrap.clone());
     let upstream = config.upstream;
-    let (addr, serving) = start(config, process).await?;
+    let (addr, serving) = start(config, process, kafka::TopicCheck::Verify).await?;
     match upstream {
         Upstream::Broker => {
             tracing::info!(%addr, broker = broker.as_deref().unwrap_or("-"), "s-proxy listening")
