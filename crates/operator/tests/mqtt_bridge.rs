@@ -4,7 +4,7 @@
 //! missing Secret, and Kubernetes deletes what it owns with the bridge.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,90 +15,11 @@ use strait_config::{RProxyConfig, SProxyConfig, Validate};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
 use tokio::time::Instant;
 
+mod support;
+
+use support::{condition, helm_ok, install_crds, kubectl, kubectl_ok, namespace, repo_file};
+
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
-
-fn repo_file(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut child = Command::new(&kubectl)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{kubectl}: {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
-    let out = Command::new(&helm)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{helm}: {e}"));
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Installs the checked-in CRDs and waits until they are served.
-fn install_crds() {
-    let crds = repo_file("crds/strait.yaml");
-    kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crds.to_str().unwrap(),
-        ],
-        None,
-    );
-    kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/mqttbridges.strait.dev",
-            "--timeout=30s",
-        ],
-        None,
-    );
-}
-
-async fn namespace(client: &Client) -> String {
-    let name = unique_name("mqb");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    name
-}
 
 fn bridge_yaml(name: &str, spec: &str) -> String {
     format!(
@@ -143,14 +64,6 @@ async fn invalid_specs_are_refused_naming_the_field() {
         );
     }
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
-}
-
-fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
-    bridge["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
 }
 
 fn get_bridge(ns: &str, name: &str) -> serde_json::Value {
