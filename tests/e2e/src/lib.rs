@@ -101,10 +101,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
 }
 
 /// A loopback address with a port that was free a moment ago, for a child process to bind.
+///
+/// The port comes from just below the kernel's ephemeral range: a port the kernel handed out
+/// (`bind :0`) can be handed out again to any outgoing connection (a Kafka client, say) before
+/// the child binds it, which made tests fail with "Address already in use". Below the range
+/// only explicit binds compete, and each test process walks its own stretch of it.
 pub fn free_local_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 12_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > SPAN + 1024)
+        .unwrap_or(32_768);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(ephemeral_low - SPAN + offset).expect("port in range");
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local address of a bound listener");
+        }
+    }
+    panic!("no free port below the ephemeral range {ephemeral_low}")
 }
 
 /// A Strait process started by a test: its admin endpoint tells when it is ready, its stderr
