@@ -15,6 +15,11 @@ pub struct Context {
     pub client: kube::Client,
     pub proxy_image: String,
     pub metrics: Metrics,
+    /// Kafka admin clients, one per cluster.
+    pub kafka: crate::topics::Admins,
+    /// Bounds the short-lived consumers that read consumer-group offsets (librdkafka can only
+    /// read a group's offsets from a consumer of that group).
+    pub lag_readers: tokio::sync::Semaphore,
     recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -37,6 +42,8 @@ impl Context {
             client,
             proxy_image,
             metrics: Metrics::register(registry)?,
+            kafka: crate::topics::Admins::default(),
+            lag_readers: tokio::sync::Semaphore::new(4),
             failures: Mutex::default(),
             stabilizers: Mutex::default(),
         })
@@ -127,6 +134,12 @@ impl ReconcileError {
             Self::Kube(_) => "KubernetesApiError",
         }
     }
+}
+
+/// Reconciles running at once per kind. Each may wait on Kafka; a bound keeps a burst of a
+/// thousand new resources from holding a thousand requests and their buffers at once.
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(16)
 }
 
 /// Retries a failed object with exponential backoff from 1 s up to 5 minutes.

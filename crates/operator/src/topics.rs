@@ -1,7 +1,8 @@
 //! Kafka topics a resource needs: created when missing, partitions only ever raised, configs set;
 //! deleted only under `deletionPolicy: Delete`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -44,17 +45,50 @@ impl TopicError {
     }
 }
 
+type Admin = AdminClient<DefaultClientContext>;
+
+/// One admin client per Kafka cluster, shared by every reconcile. A librdkafka client owns
+/// threads, sockets and buffers; one per reconcile made them most of the operator's memory.
+#[derive(Default)]
+pub struct Admins(Mutex<HashMap<String, Arc<Admin>>>);
+
+impl Admins {
+    /// The client for `bootstrap`, made on first use. librdkafka reconnects by itself, so a
+    /// cluster that was down needs no new client.
+    pub fn get(&self, bootstrap: &str) -> Result<Arc<Admin>, TopicError> {
+        let mut admins = self.0.lock().expect("not poisoned");
+        if let Some(admin) = admins.get(bootstrap) {
+            return Ok(admin.clone());
+        }
+        let admin: Arc<Admin> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("socket.timeout.ms", "10000")
+                // Asking for one topic's metadata must not create it.
+                .set("allow.auto.create.topics", "false")
+                .create()
+                .map_err(|error| TopicError::Unreachable {
+                    bootstrap: bootstrap.into(),
+                    error,
+                })?,
+        );
+        admins.insert(bootstrap.to_string(), admin.clone());
+        Ok(admin)
+    }
+}
+
 /// Partitions of each topic after it was made to match `specs`.
 pub async fn ensure(
+    admin: &Admin,
     bootstrap: &str,
     specs: &[TopicSpec],
 ) -> Result<Vec<(String, i32)>, TopicError> {
-    let admin = admin(bootstrap)?;
     let unreachable = |error| TopicError::Unreachable {
         bootstrap: bootstrap.into(),
         error,
     };
-    let existing = partitions(&admin, bootstrap).await?;
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let existing = partitions(admin, bootstrap, &names).await?;
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     let missing: Vec<NewTopic> = specs
         .iter()
@@ -130,7 +164,7 @@ pub async fn ensure(
             }
         }
     }
-    let now = partitions(&admin, bootstrap).await?;
+    let now = partitions(admin, bootstrap, &names).await?;
     Ok(specs
         .iter()
         .map(|s| (s.name.clone(), now.get(&s.name).copied().unwrap_or(0)))
@@ -138,8 +172,7 @@ pub async fn ensure(
 }
 
 /// Deletes `topics` (missing ones are fine).
-pub async fn delete(bootstrap: &str, topics: &[String]) -> Result<(), TopicError> {
-    let admin = admin(bootstrap)?;
+pub async fn delete(admin: &Admin, bootstrap: &str, topics: &[String]) -> Result<(), TopicError> {
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     let results = admin
@@ -163,31 +196,32 @@ pub async fn delete(bootstrap: &str, topics: &[String]) -> Result<(), TopicError
     Ok(())
 }
 
-fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, TopicError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000")
-        .create()
-        .map_err(|error| TopicError::Unreachable {
-            bootstrap: bootstrap.into(),
-            error,
-        })
-}
-
+/// Partitions of those of `topics` that exist. Asks for each topic alone: the whole cluster's
+/// metadata grows with every resource the operator manages.
 async fn partitions(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &Admin,
     bootstrap: &str,
+    topics: &[&str],
 ) -> Result<BTreeMap<String, i32>, TopicError> {
     // Metadata is a blocking call in librdkafka.
-    let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, TIMEOUT))
-        .map_err(|error| TopicError::Unreachable {
-            bootstrap: bootstrap.into(),
-            error,
-        })?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-        .collect())
+    tokio::task::block_in_place(|| {
+        let mut found = BTreeMap::new();
+        for topic in topics {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(topic), TIMEOUT)
+                .map_err(|error| TopicError::Unreachable {
+                    bootstrap: bootstrap.into(),
+                    error,
+                })?;
+            found.extend(
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| (t.name().to_string(), t.partitions().len() as i32)),
+            );
+        }
+        Ok(found)
+    })
 }

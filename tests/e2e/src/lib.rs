@@ -120,7 +120,9 @@ pub fn free_local_addr() -> std::net::SocketAddr {
         let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
         let port = u16::try_from(ephemeral_low - SPAN + offset).expect("port in range");
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("local address of a bound listener");
+            return listener
+                .local_addr()
+                .expect("local address of a bound listener");
         }
     }
     panic!("no free port below the ephemeral range {ephemeral_low}")

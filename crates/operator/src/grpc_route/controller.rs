@@ -40,6 +40,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PartialObjectMeta<ConfigMap>>::all(client),
         watcher::Config::default(),
     )
+    .with_config(crate::context::controller_config())
     .run(reconcile, crate::context::error_policy, ctx)
     .for_each(|_| async {})
     .await;
@@ -59,7 +60,7 @@ async fn reconcile(
         finalizer(&api, FINALIZER, route.clone(), |event| async {
             match event {
                 Finalizer::Apply(route) => apply(&route, &ctx).await,
-                Finalizer::Cleanup(route) => cleanup(&route).await,
+                Finalizer::Cleanup(route) => cleanup(&route, &ctx).await,
             }
         })
         .await
@@ -87,10 +88,12 @@ async fn reconcile(
 }
 
 /// Deletes the topics (only reached under `deletionPolicy: Delete`, or when it was Delete once).
-async fn cleanup(route: &GrpcKafkaRoute) -> Result<Action, ReconcileError> {
+async fn cleanup(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, ReconcileError> {
     if route.spec.deletion_policy == DeletionPolicy::Delete {
         let names: Vec<String> = render::topics(route).into_iter().map(|t| t.name).collect();
-        crate::topics::delete(&route.spec.kafka.bootstrap, &names).await?;
+        let bootstrap = &route.spec.kafka.bootstrap;
+        let admin = ctx.kafka.get(bootstrap)?;
+        crate::topics::delete(&admin, bootstrap, &names).await?;
         tracing::info!(topics = ?names, "deleted the topics (deletionPolicy: Delete)");
     }
     Ok(Action::await_change())
@@ -112,7 +115,8 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         });
     }
     let mut topics = render::topics(route);
-    let partitions = crate::topics::ensure(bootstrap, &topics).await?;
+    let admin = ctx.kafka.get(bootstrap)?;
+    let partitions = crate::topics::ensure(&admin, bootstrap, &topics).await?;
     let mut checks = vec![Check::ok(
         status::TOPICS_READY,
         "TopicsExist",
@@ -122,7 +126,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     let owner = render::owner(route);
     let (backend_replicas, observation, scaling) = match &route.spec.backend.autoscale {
         Some(autoscale) => {
-            let observation = observe(route).await?;
+            let observation = observe(route, ctx).await?;
             let policy = Policy {
                 min_replicas: autoscale.min_replicas,
                 max_replicas: autoscale.max_replicas,
@@ -139,7 +143,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
                 for topic in topics.iter_mut().filter(|t| requests.contains(&t.name)) {
                     topic.partitions = topic.partitions.max(grow);
                 }
-                crate::topics::ensure(bootstrap, &topics).await?;
+                crate::topics::ensure(&admin, bootstrap, &topics).await?;
                 tracing::info!(
                     partitions = grow,
                     "grew the request topics: consumers were capped by them"
@@ -233,7 +237,8 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
 
 /// The group's lag summed over the request topics; partitions of the widest topic (a consumer
 /// beyond that count would sit idle under the default range assignment).
-async fn observe(route: &GrpcKafkaRoute) -> Result<Observation, ReconcileError> {
+async fn observe(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Observation, ReconcileError> {
+    let _reader = ctx.lag_readers.acquire().await.expect("never closed");
     let bootstrap = route.spec.kafka.bootstrap.clone();
     let group = render::group_id(route);
     let topics = render::request_topics(route);

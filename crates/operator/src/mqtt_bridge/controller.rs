@@ -60,6 +60,7 @@ pub async fn run(ctx: Arc<Context>) {
             Api::<PartialObjectMeta<ConfigMap>>::all(client),
             watcher::Config::default(),
         )
+        .with_config(crate::context::controller_config())
         .run(reconcile, crate::context::error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -170,7 +171,8 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     }
     let mode = if let Some(kafka) = &bridge.spec.upstream.kafka {
         let topics = render::kafka_topics(bridge);
-        let partitions = crate::topics::ensure(&kafka.bootstrap, &topics).await?;
+        let admin = ctx.kafka.get(&kafka.bootstrap)?;
+        let partitions = crate::topics::ensure(&admin, &kafka.bootstrap, &topics).await?;
         checks.push(Check::ok(
             status::TOPICS_READY,
             "TopicsExist",
