@@ -17,6 +17,11 @@ pub struct Context {
     pub metrics: Metrics,
     /// Kafka admin clients, one per cluster.
     pub kafka: crate::topics::Admins,
+    /// Reconciles doing work at once. Each may wait on Kafka; the bound keeps a burst of a
+    /// thousand new resources from holding a thousand requests and their buffers at once. A
+    /// FIFO semaphore rather than kube-runtime's `concurrency`, whose held-back queue is a hash
+    /// set: with owned Deployments re-triggering busy objects, some objects were never picked.
+    pub reconcile_slots: tokio::sync::Semaphore,
     /// Bounds the short-lived consumers that read consumer-group offsets (librdkafka can only
     /// read a group's offsets from a consumer of that group).
     pub lag_readers: tokio::sync::Semaphore,
@@ -43,6 +48,7 @@ impl Context {
             proxy_image,
             metrics: Metrics::register(registry)?,
             kafka: crate::topics::Admins::default(),
+            reconcile_slots: tokio::sync::Semaphore::new(16),
             lag_readers: tokio::sync::Semaphore::new(4),
             failures: Mutex::default(),
             stabilizers: Mutex::default(),
@@ -114,6 +120,11 @@ pub enum ReconcileError {
     Finalizer(String),
     #[error(transparent)]
     Render(#[from] crate::mqtt_bridge::render::RenderError),
+    #[error(
+        "spec.monitoring.serviceMonitor is on, but the cluster has no ServiceMonitor CRD \
+         (monitoring.coreos.com/v1): install the Prometheus Operator or turn it off"
+    )]
+    ServiceMonitorUnavailable,
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -131,15 +142,10 @@ impl ReconcileError {
             Self::RenderRoute(_) => "InvalidSpec",
             Self::Finalizer(_) => "FinalizerFailed",
             Self::Render(_) => "InvalidSpec",
+            Self::ServiceMonitorUnavailable => "ServiceMonitorCrdMissing",
             Self::Kube(_) => "KubernetesApiError",
         }
     }
-}
-
-/// Reconciles running at once per kind. Each may wait on Kafka; a bound keeps a burst of a
-/// thousand new resources from holding a thousand requests and their buffers at once.
-pub fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(16)
 }
 
 /// Retries a failed object with exponential backoff from 1 s up to 5 minutes.

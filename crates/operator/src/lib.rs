@@ -7,6 +7,7 @@ pub mod crd;
 pub mod grpc_route;
 pub mod kafka;
 pub mod leader;
+pub mod monitoring;
 pub mod mqtt_bridge;
 pub mod status;
 pub mod topics;

@@ -4,6 +4,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::context::{Context, ReconcileError};
 
 pub const READY: &str = "Ready";
 pub const PROXIES_READY: &str = "ProxiesReady";
@@ -69,6 +74,70 @@ pub fn merge(previous: &[Condition], checks: &[Check], generation: Option<i64>) 
             }
         })
         .collect()
+}
+
+/// The status of a resource kind, as far as the shared writer needs to know it.
+pub trait Conditioned: Clone + PartialEq + serde::Serialize {
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, generation: Option<i64>, conditions: Vec<Condition>);
+}
+
+/// Stores `next` with `checks` merged into the previous conditions (and `Ready` summing them up
+/// unless a check is `Ready` itself), records an Event when `Ready` flips, and writes nothing
+/// when nothing changed, so the controller does not wake itself.
+pub async fn write<K>(
+    object: &K,
+    ctx: &Context,
+    previous: &K::Status,
+    mut next: K::Status,
+    mut checks: Vec<Check>,
+) -> Result<(), ReconcileError>
+where
+    K: kube::core::object::HasStatus + ResourceExt,
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K::Status: Conditioned,
+{
+    if checks.iter().all(|c| c.type_ != READY) {
+        checks.insert(0, ready(&checks));
+    }
+    let generation = object.meta().generation;
+    let mut conditions = merge(previous.conditions(), &checks, generation);
+    // Keep the conditions this pass did not evaluate (an error pass only knows Ready).
+    for old in previous.conditions() {
+        if !conditions.iter().any(|c| c.type_ == old.type_) {
+            conditions.push(old.clone());
+        }
+    }
+    next.set_conditions(generation, conditions);
+    if &next == previous {
+        return Ok(());
+    }
+    let ready_of = |status: &K::Status| {
+        status
+            .conditions()
+            .iter()
+            .find(|c| c.type_ == READY)
+            .cloned()
+    };
+    if let Some(now) = ready_of(&next)
+        && ready_of(previous).map(|c| c.status) != Some(now.status.clone())
+    {
+        ctx.event(object, now.status == "True", &now.reason, &now.message)
+            .await;
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": next,
+        })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Conditions as a list keyed by `type`, so server-side apply merges them per type.

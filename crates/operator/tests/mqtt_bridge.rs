@@ -17,7 +17,9 @@ use tokio::time::Instant;
 
 mod support;
 
-use support::{condition, helm_ok, install_crds, kubectl, kubectl_ok, namespace, repo_file};
+use support::{
+    chart_operator, condition, helm_ok, install_crds, kubectl, kubectl_ok, namespace, repo_file,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
 
@@ -96,26 +98,15 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     let client = Client::try_default().await.unwrap();
     let ns = namespace(&client).await;
 
-    // Installed with the chart; the operator runs as a local process with exactly the chart's
-    // ServiceAccount permissions (impersonation), which proves the RBAC.
-    let release = format!("strait-{ns}");
-    let chart = repo_file("charts/strait");
-    helm_ok(&[
-        "install",
-        &release,
-        chart.to_str().unwrap(),
-        "-n",
-        &ns,
-        "--set",
-        "image.repository=example.invalid/strait-operator",
-    ]);
-    let account = format!("system:serviceaccount:{ns}:{release}");
+    // Installed with the chart; the operator runs with the chart's ServiceAccount permissions.
+    let (operator, release, account) = chart_operator(&ns).await;
     for (verb, resource, allowed) in [
         ("patch", "deployments.apps", "yes"),
         ("get", "secrets", "yes"),
         ("delete", "secrets", "no"),
         ("create", "pods", "no"),
         ("delete", "mqttbridges.strait.dev", "no"),
+        ("patch", "servicemonitors.monitoring.coreos.com", "yes"),
     ] {
         let out = kubectl(
             &["auth", "can-i", verb, resource, "-n", &ns, "--as", &account],
@@ -124,25 +115,6 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(answer, allowed, "can the operator {verb} {resource}?");
     }
-    let operator = Daemon::start_with_env(
-        BIN,
-        &[
-            "--proxy-image",
-            "example.invalid/strait-proxy:test",
-            "--lease-namespace",
-            &ns,
-            "--lease-name",
-            &release,
-        ],
-        &[
-            ("KUBE_RS_DEBUG_IMPERSONATE_USER", &account),
-            (
-                "KUBE_RS_DEBUG_IMPERSONATE_GROUP",
-                "system:serviceaccounts,system:authenticated",
-            ),
-        ],
-    )
-    .await;
 
     let example = repo_file("examples/mqttbridge-broker.yaml");
     kubectl_ok(

@@ -15,7 +15,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::render::{self, BACKEND};
 use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
@@ -40,7 +39,6 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<PartialObjectMeta<ConfigMap>>::all(client),
         watcher::Config::default(),
     )
-    .with_config(crate::context::controller_config())
     .run(reconcile, crate::context::error_policy, ctx)
     .for_each(|_| async {})
     .await;
@@ -50,6 +48,7 @@ async fn reconcile(
     route: Arc<GrpcKafkaRoute>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let _slot = ctx.reconcile_slots.acquire().await.expect("never closed");
     let started = Instant::now();
     let namespace = route.namespace().expect("GrpcKafkaRoute is namespaced");
     let api: Api<GrpcKafkaRoute> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -214,6 +213,8 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
             .await?;
     }
 
+    crate::monitoring::reconcile(&ctx.client, &owner, &route.spec.monitoring).await?;
+
     let status = GrpcKafkaRouteStatus {
         routes: Some(route.spec.routes.len() as i32),
         endpoints: vec![rendered.endpoint],
@@ -275,60 +276,15 @@ fn describe(partitions: &[(String, i32)]) -> String {
 async fn write_status(
     route: &GrpcKafkaRoute,
     ctx: &Context,
-    mut checks: Vec<Check>,
+    checks: Vec<Check>,
     fresh: GrpcKafkaRouteStatus,
 ) -> Result<(), ReconcileError> {
-    if checks.iter().all(|c| c.type_ != status::READY) {
-        checks.insert(0, status::ready(&checks));
-    }
     let previous = route.status.clone().unwrap_or_default();
-    let generation = route.meta().generation;
-    let mut conditions = status::merge(&previous.conditions, &checks, generation);
-    for old in &previous.conditions {
-        if !conditions.iter().any(|c| c.type_ == old.type_) {
-            conditions.push(old.clone());
-        }
-    }
     // An error pass knows only Ready: the other fields keep what the last full pass found.
-    let full = fresh.routes.is_some();
-    let next = if full {
-        GrpcKafkaRouteStatus {
-            observed_generation: generation,
-            conditions,
-            ..fresh
-        }
+    let next = if fresh.routes.is_some() {
+        fresh
     } else {
-        GrpcKafkaRouteStatus {
-            observed_generation: generation,
-            conditions,
-            ..previous.clone()
-        }
+        previous.clone()
     };
-    if next == previous {
-        return Ok(());
-    }
-    let before = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == status::READY)
-        .map(|c| c.status.clone());
-    if let Some(now) = next.conditions.iter().find(|c| c.type_ == status::READY)
-        && before.as_deref() != Some(now.status.as_str())
-    {
-        ctx.event(route, now.status == "True", &now.reason, &now.message)
-            .await;
-    }
-    let api: Api<GrpcKafkaRoute> =
-        Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
-    api.patch_status(
-        &route.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": "strait.dev/v1alpha1",
-            "kind": "GrpcKafkaRoute",
-            "status": next,
-        })),
-    )
-    .await?;
-    Ok(())
+    status::write(route, ctx, &previous, next, checks).await
 }

@@ -64,6 +64,9 @@ pub struct GrpcKafkaRouteSpec {
     /// What happens to the Kafka topics when the resource is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Prometheus scraping of every pod's `/metrics`.
+    #[serde(default)]
+    pub monitoring: crate::monitoring::Monitoring,
     /// strait-proxy image; the operator's `--proxy-image` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -272,4 +275,15 @@ fn default_stabilization() -> i64 {
 }
 fn default_poll() -> i64 {
     15
+}
+
+impl crate::status::Conditioned for GrpcKafkaRouteStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn set_conditions(&mut self, generation: Option<i64>, conditions: Vec<Condition>) {
+        self.observed_generation = generation;
+        self.conditions = conditions;
+    }
 }

@@ -15,7 +15,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::render::{self, Inputs};
 use super::spec::{MqttBridge, MqttBridgeStatus};
@@ -60,13 +59,13 @@ pub async fn run(ctx: Arc<Context>) {
             Api::<PartialObjectMeta<ConfigMap>>::all(client),
             watcher::Config::default(),
         )
-        .with_config(crate::context::controller_config())
         .run(reconcile, crate::context::error_policy, ctx)
         .for_each(|_| async {})
         .await;
 }
 
 async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let _slot = ctx.reconcile_slots.acquire().await.expect("never closed");
     let started = Instant::now();
     let result = apply(&bridge, &ctx).await;
     ctx.metrics
@@ -169,6 +168,8 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
             .patch(&budget.name_any(), &params, &Patch::Apply(budget))
             .await?;
     }
+    crate::monitoring::reconcile(&ctx.client, &render::owner(bridge), &bridge.spec.monitoring)
+        .await?;
     let mode = if let Some(kafka) = &bridge.spec.upstream.kafka {
         let topics = render::kafka_topics(bridge);
         let admin = ctx.kafka.get(&kafka.bootstrap)?;
@@ -276,27 +277,14 @@ fn require_keys(secret: &Secret, name: &str, keys: &[&str]) -> Result<(), Reconc
 async fn write_status(
     bridge: &MqttBridge,
     ctx: &Context,
-    mut checks: Vec<Check>,
+    checks: Vec<Check>,
     endpoints: Vec<String>,
     replicas: Option<i32>,
     mode: Option<&str>,
 ) -> Result<(), ReconcileError> {
-    if checks.iter().all(|c| c.type_ != status::READY) {
-        let ready = status::ready(&checks);
-        checks.insert(0, ready);
-    }
     let previous = bridge.status.clone().unwrap_or_default();
-    let generation = bridge.meta().generation;
-    let mut conditions = status::merge(&previous.conditions, &checks, generation);
-    // Keep the conditions this pass did not evaluate (an error pass only knows Ready).
-    for old in &previous.conditions {
-        if !conditions.iter().any(|c| c.type_ == old.type_) {
-            conditions.push(old.clone());
-        }
-    }
+    // An error pass knows only Ready: the other fields keep what the last full pass found.
     let next = MqttBridgeStatus {
-        observed_generation: generation,
-        conditions,
         mode: mode.map(str::to_string).or(previous.mode.clone()),
         endpoints: if endpoints.is_empty() {
             previous.endpoints.clone()
@@ -305,34 +293,7 @@ async fn write_status(
         },
         replicas: replicas.or(previous.replicas),
         lag: None,
+        ..previous.clone()
     };
-    if next == previous {
-        return Ok(());
-    }
-    let ready_before = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == status::READY)
-        .map(|c| c.status.clone());
-    let ready_now = next.conditions.iter().find(|c| c.type_ == status::READY);
-    if let Some(now) = ready_now
-        && ready_before.as_deref() != Some(now.status.as_str())
-    {
-        ctx.event(bridge, now.status == "True", &now.reason, &now.message)
-            .await;
-    }
-    let api: Api<MqttBridge> =
-        Api::namespaced(ctx.client.clone(), &bridge.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "strait.dev/v1alpha1",
-        "kind": "MqttBridge",
-        "status": next,
-    });
-    api.patch_status(
-        &bridge.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(())
+    status::write(bridge, ctx, &previous, next, checks).await
 }

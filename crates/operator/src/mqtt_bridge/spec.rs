@@ -53,6 +53,9 @@ pub struct MqttBridgeSpec {
     /// The pods that drive the upstream on each session's behalf.
     #[serde(default)]
     pub s_proxy: ProxyPods,
+    /// Prometheus scraping of every pod's `/metrics`.
+    #[serde(default)]
+    pub monitoring: crate::monitoring::Monitoring,
     /// strait-proxy image; the operator's `--proxy-image` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -240,4 +243,15 @@ fn default_ws_path() -> String {
 }
 fn default_replicas() -> i32 {
     1
+}
+
+impl crate::status::Conditioned for MqttBridgeStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn set_conditions(&mut self, generation: Option<i64>, conditions: Vec<Condition>) {
+        self.observed_generation = generation;
+        self.conditions = conditions;
+    }
 }

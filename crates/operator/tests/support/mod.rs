@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use strait_e2e::unique_name;
+use strait_e2e::{Daemon, unique_name};
 
 pub fn repo_file(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -101,4 +101,42 @@ pub fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::
         .iter()
         .find(|c| c["type"] == type_)
         .cloned()
+}
+
+/// The chart installed as release `strait-NS` in `ns`, and the operator running as a local
+/// process with exactly the chart's ServiceAccount permissions (impersonation), which proves the
+/// RBAC. Returns the operator, the release and the ServiceAccount's user name.
+pub async fn chart_operator(ns: &str) -> (Daemon, String, String) {
+    let release = format!("strait-{ns}");
+    let chart = repo_file("charts/strait");
+    helm_ok(&[
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "-n",
+        ns,
+        "--set",
+        "image.repository=example.invalid/strait-operator",
+    ]);
+    let account = format!("system:serviceaccount:{ns}:{release}");
+    let operator = Daemon::start_with_env(
+        env!("CARGO_BIN_EXE_strait-operator"),
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-namespace",
+            ns,
+            "--lease-name",
+            &release,
+        ],
+        &[
+            ("KUBE_RS_DEBUG_IMPERSONATE_USER", &account),
+            (
+                "KUBE_RS_DEBUG_IMPERSONATE_GROUP",
+                "system:serviceaccounts,system:authenticated",
+            ),
+        ],
+    )
+    .await;
+    (operator, release, account)
 }
