@@ -106,7 +106,6 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         ("delete", "secrets", "no"),
         ("create", "pods", "no"),
         ("delete", "mqttbridges.strait.dev", "no"),
-        ("patch", "servicemonitors.monitoring.coreos.com", "yes"),
     ] {
         let out = kubectl(
             &["auth", "can-i", verb, resource, "-n", &ns, "--as", &account],
