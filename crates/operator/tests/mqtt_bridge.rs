@@ -320,6 +320,83 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     )
     .await;
 
+    // JWT authentication: its keys Secret is checked and watched like the TLS one, and the
+    // rendered r-proxy config verifies tokens against the mounted key set.
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "devices",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"auth":{"jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
+        ],
+        None,
+    );
+    let ready = wait_until(
+        Duration::from_secs(30),
+        "Ready=False for the missing JWT keys Secret",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
+                (ready["status"] == "False" && ready["reason"] == "SecretNotFound").then_some(ready)
+            }
+        },
+    )
+    .await;
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("device-jwks") && message.contains("spec.auth.jwt.keysSecret.name"),
+        "{ready}"
+    );
+    let jwks: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "device-jwks"},
+        "stringData": {"jwks.json": "{\"keys\": []}"},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &jwks).await.unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "Ready again once the JWT keys Secret exists",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
+                (ready["status"] == "True").then_some(())
+            }
+        },
+    )
+    .await;
+    let rendered = config_maps
+        .get("devices-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let r_proxy: strait_config::RProxyConfig =
+        serde_saphyr::from_str(&rendered["r-proxy.yaml"]).unwrap();
+    let jwt = r_proxy.auth.jwt.expect("auth.jwt rendered");
+    assert_eq!(jwt.keys_file.to_str(), Some("/etc/strait/jwt/jwks.json"));
+    let pod = deployments
+        .get("devices-r-proxy")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(
+        pod.volumes.unwrap().iter().any(|v| v
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("device-jwks"))),
+        "the r-proxy pods mount the keys Secret"
+    );
+
     // Deleting the bridge deletes everything it owns (Kubernetes' garbage collector).
     kubectl_ok(&["delete", "mqttbridge", "devices", "-n", &ns], None);
     wait_until(

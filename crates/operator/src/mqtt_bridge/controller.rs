@@ -120,6 +120,12 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         inputs.broker_client_cert = has_keys(&secret, &["tls.crt", "tls.key"]);
     }
 
+    if let Some(jwt) = &bridge.spec.auth.jwt {
+        let keys = &jwt.keys_secret;
+        let secret = get_secret(&secrets, &keys.name, "spec.auth.jwt.keysSecret.name").await?;
+        require_keys(&secret, &keys.name, &[keys.key.as_str()])?;
+    }
+
     let rendered = render::render(bridge, &inputs)?;
     let params = PatchParams::apply(crate::FIELD_MANAGER).force();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
@@ -203,20 +209,11 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
 }
 
 fn names_secret(bridge: &MqttBridge, secret: &str) -> bool {
-    let listener = bridge
+    bridge
         .spec
-        .listener
-        .tls
-        .as_ref()
-        .map(|t| t.secret_name.as_str());
-    let broker = bridge
-        .spec
-        .upstream
-        .broker
-        .as_ref()
-        .and_then(|b| b.tls.as_ref())
-        .map(|t| t.secret_name.as_str());
-    listener == Some(secret) || broker == Some(secret)
+        .secrets()
+        .iter()
+        .any(|(name, _)| *name == secret)
 }
 
 /// Whether a Deployment has rolled out its current template, and if not, how far it got.

@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 
+use strait_config::auth::JwtAuth;
 use strait_config::mqtt_kafka::KafkaConfig;
 use strait_config::relay::{BrokerConfig, Listeners, SProxyLink, Upstream};
 use strait_config::tls::{ClientTls, ServerTls};
@@ -20,6 +21,8 @@ use crate::workload::{self, Owner, ProxyPods, from_json};
 pub const S_PROXY_PORT: i32 = 50516;
 const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
 const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
+/// The JWT keys Secret, mounted whole (not by subPath) so Secret updates reach the pods.
+const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
 
 /// Everything one MqttBridge owns.
 #[derive(Debug, Clone)]
@@ -89,6 +92,20 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
         ..config.s_proxy
     };
     config.limits = spec.limits.clone();
+    config.auth.jwt = spec.auth.jwt.as_ref().map(|jwt| {
+        let mut auth = JwtAuth::new(
+            jwt.issuer.clone(),
+            format!("{JWT_KEYS_DIR}/{}", jwt.keys_secret.key),
+        );
+        auth.audience = jwt.audience.clone();
+        if !jwt.algorithms.is_empty() {
+            auth.algorithms = jwt.algorithms.clone();
+        }
+        auth.client_id_claim = jwt.client_id_claim.clone();
+        auth.publish_claim = jwt.publish_claim.clone();
+        auth.subscribe_claim = jwt.subscribe_claim.clone();
+        auth
+    });
     config
 }
 
@@ -208,6 +225,11 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         r_volumes.push(json!({"name": "listener-tls", "secret": {"secretName": tls.secret_name}}));
         r_mounts
             .push(json!({"name": "listener-tls", "mountPath": LISTENER_TLS_DIR, "readOnly": true}));
+    }
+    if let Some(jwt) = &spec.auth.jwt {
+        let secret = &jwt.keys_secret.name;
+        r_volumes.push(json!({"name": "jwt-keys", "secret": {"secretName": secret}}));
+        r_mounts.push(json!({"name": "jwt-keys", "mountPath": JWT_KEYS_DIR, "readOnly": true}));
     }
     if let Some(ws) = &spec.listener.websocket {
         r_ports.push(json!({"name": "ws", "containerPort": ws.port}));
@@ -354,6 +376,62 @@ mod tests {
         }));
         assert_ne!(hash(&before), hash(&after));
         assert_eq!(hash(&before), hash(&before.clone()));
+    }
+
+    #[test]
+    fn jwt_keys_secret_is_mounted_whole_and_named_by_the_r_proxy_config() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {"jwt": {
+                "issuer": "https://auth.example.com/",
+                "keysSecret": {"name": "device-jwks"},
+                "algorithms": ["ES256"],
+                "publishClaim": "mqtt_publish",
+            }},
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        r.validate().unwrap();
+        let jwt = r.auth.jwt.unwrap();
+        assert_eq!(jwt.keys_file.to_str(), Some("/etc/strait/jwt/jwks.json"));
+        assert_eq!(jwt.issuer, "https://auth.example.com/");
+        assert_eq!(jwt.algorithms, [strait_config::auth::JwtAlgorithm::ES256]);
+        assert_eq!(jwt.publish_claim.as_deref(), Some("mqtt_publish"));
+        let pod = rendered.deployments[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "jwt-keys")
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("device-jwks")
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "jwt-keys")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/etc/strait/jwt");
+        assert_eq!(
+            mount.sub_path, None,
+            "a subPath mount would never see a rotated key"
+        );
+        assert_eq!(
+            bridge.spec.secrets(),
+            [("device-jwks", "spec.auth.jwt.keysSecret.name")]
+        );
     }
 
     #[test]

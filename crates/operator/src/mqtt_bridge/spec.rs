@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use strait_config::auth::JwtAlgorithm;
 use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics};
 use strait_config::relay::ClientLimits;
 
@@ -47,6 +48,10 @@ pub struct MqttBridgeSpec {
     /// What one client may do (connect timeout, packet size, connections per r-proxy pod).
     #[serde(default)]
     pub limits: ClientLimits,
+    /// How devices authenticate and which topics they may use; without it r-proxy lets every
+    /// client in and leaves authorisation to the upstream.
+    #[serde(default)]
+    pub auth: ClientAuthSpec,
     /// The MQTT server pods devices connect to.
     #[serde(default)]
     pub r_proxy: ProxyPods,
@@ -253,5 +258,80 @@ impl crate::status::Conditioned for MqttBridgeStatus {
     fn set_conditions(&mut self, generation: Option<i64>, conditions: Vec<Condition>) {
         self.observed_generation = generation;
         self.conditions = conditions;
+    }
+}
+
+/// `spec.auth`: device authentication at r-proxy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthSpec {
+    /// Devices present a JWT as the MQTT CONNECT password; r-proxy verifies it and enforces the
+    /// topic permissions its claims grant (MQTT reason codes 0x86, 0x87 on refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// `spec.auth.jwt`: the r-proxy `auth.jwt` settings, with the keys taken from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Required value of the tokens' `iss` claim.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// When set, the tokens' `aud` claim must be or contain this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Secret holding the JSON Web Key Set (`{"keys": [...]}`) tokens are signed with. Updating
+    /// the Secret rotates the keys without restarting pods (r-proxy re-reads the mounted file).
+    pub keys_secret: SecretKeyRef,
+    /// Signature algorithms accepted (`none` never is); r-proxy's default, every asymmetric
+    /// algorithm, when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// When set, the CONNECT client id must equal this claim (e.g. `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_claim: Option<String>,
+    /// Claim listing the topic filters a device may publish to (`{clientId}` stands for its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_claim: Option<String>,
+    /// Claim listing the topic filters a device may subscribe to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe_claim: Option<String>,
+}
+
+/// One key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "default_jwks_key")]
+    pub key: String,
+}
+
+fn default_jwks_key() -> String {
+    "jwks.json".into()
+}
+
+impl MqttBridgeSpec {
+    /// Every Secret the bridge names, with the field that names it.
+    pub fn secrets(&self) -> Vec<(&str, &'static str)> {
+        let mut secrets = Vec::new();
+        if let Some(tls) = &self.listener.tls {
+            secrets.push((tls.secret_name.as_str(), "spec.listener.tls.secretName"));
+        }
+        if let Some(tls) = self.upstream.broker.as_ref().and_then(|b| b.tls.as_ref()) {
+            secrets.push((
+                tls.secret_name.as_str(),
+                "spec.upstream.broker.tls.secretName",
+            ));
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            secrets.push((
+                jwt.keys_secret.name.as_str(),
+                "spec.auth.jwt.keysSecret.name",
+            ));
+        }
+        secrets
     }
 }
