@@ -2,6 +2,7 @@
 //! its YAML config file, the source of its defaults and the place its rules are checked, so the
 //! operator renders exactly what the proxy reads. Field names are camelCase, as in Kubernetes.
 
+pub mod auth;
 pub mod grpc;
 pub mod mqtt_kafka;
 pub mod relay;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::ClientAuth;
 pub use crate::mqtt_kafka::KafkaConfig;
 use crate::tls::{ClientTls, ServerTls};
 use crate::{ConfigError, Validate};
@@ -24,6 +25,13 @@ const MQTT_MAX_PACKET_SIZE: u32 = 268_435_455 + 5;
 /// sProxy: { endpoints: [http://s-proxy-0:50516, http://s-proxy-1:50516] }
 /// limits: { connectTimeout: 10s, maxPacketSize: 1048576, maxConnections: 100000 }
 /// drainTimeout: 10s
+/// auth:
+///   jwt:
+///     issuer: https://auth.example.com/
+///     keysFile: /etc/strait/jwt/jwks.json
+///     clientIdClaim: sub
+///     publishClaim: mqtt_publish
+///     subscribeClaim: mqtt_subscribe
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -40,6 +48,13 @@ pub struct RProxyConfig {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// How clients authenticate (a JWT in the CONNECT password) and which topics they may use.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub auth: ClientAuth,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Where r-proxy accepts MQTT clients; any of them may be left out.
@@ -129,6 +144,7 @@ impl RProxyConfig {
             },
             limits: ClientLimits::default(),
             drain_timeout: default_drain_timeout(),
+            auth: ClientAuth::default(),
         }
     }
 }
@@ -197,6 +213,9 @@ impl Validate for RProxyConfig {
                 "limits.maxConnections",
                 "must be at least 1",
             ));
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            jwt.check()?;
         }
         Ok(())
     }
@@ -404,6 +423,74 @@ mod tests {
         config.validate().unwrap();
         let yaml = crate::to_yaml(&config);
         assert_eq!(parse::<RProxyConfig>(&yaml).unwrap(), config, "{yaml}");
+    }
+
+    #[test]
+    fn r_proxy_jwt_auth_parses_with_defaults_and_round_trips() {
+        let config: RProxyConfig = parse(
+            "sProxy: { endpoints: [http://s:50516] }\n\
+             auth:\n  jwt:\n    issuer: https://auth.example.com/\n    keysFile: /jwt/jwks.json\n    \
+             publishClaim: pub\n    algorithms: [ES256, EdDSA]\n    leeway: 5s\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let jwt = config.auth.jwt.clone().unwrap();
+        assert_eq!(jwt.issuer, "https://auth.example.com/");
+        assert_eq!(jwt.keys_file, std::path::Path::new("/jwt/jwks.json"));
+        assert_eq!(
+            jwt.algorithms,
+            [
+                crate::auth::JwtAlgorithm::ES256,
+                crate::auth::JwtAlgorithm::EdDSA
+            ]
+        );
+        assert_eq!(jwt.leeway, Duration::from_secs(5));
+        assert_eq!(jwt.keys_reload_interval, Duration::from_secs(10));
+        assert_eq!(jwt.publish_claim.as_deref(), Some("pub"));
+        assert_eq!(jwt.subscribe_claim, None);
+        let yaml = crate::to_yaml(&config);
+        assert_eq!(parse::<RProxyConfig>(&yaml).unwrap(), config, "{yaml}");
+        assert!(
+            !crate::to_yaml(&RProxyConfig::new(vec!["http://s:1".into()])).contains("auth"),
+            "no auth section unless configured"
+        );
+    }
+
+    #[test]
+    fn r_proxy_jwt_refuses_none_and_names_bad_fields() {
+        let error = parse::<RProxyConfig>(
+            "sProxy: { endpoints: [http://s:1] }\nauth: { jwt: { issuer: i, keysFile: k, algorithms: [none] } }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown variant `none`"), "{error}");
+        let base = || {
+            let mut c = RProxyConfig::new(vec!["http://s:50516".into()]);
+            c.auth.jwt = Some(crate::auth::JwtAuth::new("https://i/", "/k.json"));
+            c
+        };
+        base().validate().unwrap();
+        let cases: Vec<(fn(&mut crate::auth::JwtAuth), &str)> = vec![
+            (|j| j.issuer.clear(), "auth.jwt.issuer"),
+            (|j| j.keys_file = "".into(), "auth.jwt.keysFile"),
+            (|j| j.algorithms.clear(), "auth.jwt.algorithms"),
+            (
+                |j| j.keys_reload_interval = Duration::ZERO,
+                "auth.jwt.keysReloadInterval",
+            ),
+            (
+                |j| j.publish_claim = Some(String::new()),
+                "auth.jwt.publishClaim",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut config = base();
+            change(config.auth.jwt.as_mut().unwrap());
+            match config.validate() {
+                Err(ConfigError::Invalid { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("expected an error naming {field}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,166 @@
+//! How r-proxy authenticates MQTT clients and what they may publish and subscribe to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Client authentication; without it every client is let in (authorization is then the
+/// upstream broker's job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientAuth {
+    /// Clients present a JWT as the CONNECT password (the user name is ignored). r-proxy
+    /// verifies it, refuses the connection when it is missing or invalid (v5 reason 0x86 Bad
+    /// User Name or Password, 3.1.1 return code 4), enforces the topic permissions its claims
+    /// grant, and ends the session with DISCONNECT 0xA0 (Maximum connect time) when the token
+    /// expires. The token is not passed on to s-proxy; the verified subject is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+}
+
+/// JWT verification and the claims that carry a client's permissions.
+///
+/// ```yaml
+/// jwt:
+///   issuer: https://auth.example.com/
+///   audience: mqtt
+///   keysFile: /etc/strait/jwt/jwks.json
+///   algorithms: [RS256, ES256, EdDSA]
+///   leeway: 30s
+///   clientIdClaim: sub
+///   publishClaim: mqtt_publish
+///   subscribeClaim: mqtt_subscribe
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtAuth {
+    /// Required value of the token's `iss` claim.
+    pub issuer: String,
+    /// When set, the token's `aud` claim must be or contain this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// JSON Web Key Set (`{"keys": [...]}`) holding the public keys tokens are signed with,
+    /// chosen by the token's `kid`. In Kubernetes: a file of a mounted Secret. The file is read
+    /// again when it changes (checked every `keysReloadInterval`, and at once when a token
+    /// names an unknown `kid`), so keys rotate without a restart.
+    pub keys_file: PathBuf,
+    /// How often `keysFile` is checked for changes.
+    #[serde(default = "default_keys_reload_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keys_reload_interval: Duration,
+    /// Signature algorithms accepted. `none` never is; HS256/HS384/HS512 only when listed here
+    /// and the key set holds symmetric (`kty: oct`) keys.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
+    /// When set, the CONNECT client id must equal this claim (e.g. `sub`), else the connection
+    /// is refused with 0x85 Client Identifier not valid (3.1.1: return code 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_claim: Option<String>,
+    /// Claim listing the topic filters the client may publish to (a list of strings, or one
+    /// string). Filters may hold `+` and `#`, and `{clientId}` stands for the client's id.
+    /// When set, a PUBLISH (or will) outside them is refused: v5 PUBACK/PUBREC 0x87 for QoS 1/2,
+    /// dropped for QoS 0, a disconnect for 3.1.1 QoS 1/2; a will outside them refuses the
+    /// connection with 0x87 Not authorized (3.1.1: 5). A token without the claim may publish
+    /// nothing. Unset: publishing is not restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_claim: Option<String>,
+    /// Claim listing the topic filters the client may subscribe to, like `publishClaim`. A
+    /// subscription is granted only when one of them matches every topic it can match
+    /// (`a/+/c` is covered by `a/#`, `a/#` is not covered by `a/+`); others get SUBACK 0x87
+    /// (3.1.1: 0x80). Unset: subscribing is not restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe_claim: Option<String>,
+}
+
+/// A JWS signature algorithm (RFC 7518).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAuth {
+    /// The defaults, trusting the keys in `keys_file` for tokens of `issuer`.
+    pub fn new(issuer: impl Into<String>, keys_file: impl Into<PathBuf>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: None,
+            keys_file: keys_file.into(),
+            keys_reload_interval: default_keys_reload_interval(),
+            algorithms: default_algorithms(),
+            leeway: default_leeway(),
+            client_id_claim: None,
+            publish_claim: None,
+            subscribe_claim: None,
+        }
+    }
+
+    /// The rules of `auth.jwt` beyond its types.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.issuer.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.jwt.issuer",
+                "must name the token issuer (the `iss` claim)",
+            ));
+        }
+        if self.keys_file.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.jwt.keysFile",
+                "must be the path of a JWKS file",
+            ));
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.jwt.algorithms",
+                "list at least one algorithm (e.g. RS256, ES256, EdDSA)",
+            ));
+        }
+        if self.keys_reload_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "auth.jwt.keysReloadInterval",
+                "must be more than 0",
+            ));
+        }
+        for (field, claim) in [
+            ("auth.jwt.clientIdClaim", &self.client_id_claim),
+            ("auth.jwt.publishClaim", &self.publish_claim),
+            ("auth.jwt.subscribeClaim", &self.subscribe_claim),
+        ] {
+            if claim.as_deref() == Some("") {
+                return Err(ConfigError::invalid(field, "must name a claim when set"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_keys_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_algorithms() -> Vec<JwtAlgorithm> {
+    use JwtAlgorithm::*;
+    vec![
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ]
+}
