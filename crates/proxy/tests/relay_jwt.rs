@@ -116,6 +116,15 @@ impl JwtRelay {
         }
     }
 
+    /// A new device (a unique client id) connected with a valid token of `signer`.
+    async fn device(&self, signer: &Signer, protocol: Protocol) -> (RawClient, String) {
+        let device = unique_name("device");
+        let token = signer.sign(&device_claims(&device));
+        let connect = connect_with_token(&device, Some(&token));
+        let (client, _) = RawClient::session(self.mqtt, protocol, connect).await;
+        (client, device)
+    }
+
     /// The CONNACK reason a CONNECT gets (success or refusal).
     async fn connack(&self, protocol: Protocol, connect: Connect) -> ReasonCode {
         match RawClient::try_session(self.mqtt, protocol, connect).await {
@@ -155,15 +164,7 @@ async fn valid_token_works_within_its_permissions_and_carries_the_identity() {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let signer = Signer::new("k1");
     let relay = JwtRelay::start(&broker, &signer).await;
-    let device = unique_name("device");
-    let token = signer.sign(&device_claims(&device));
-
-    let (mut client, _) = RawClient::session(
-        relay.mqtt,
-        Protocol::V5,
-        connect_with_token(&device, Some(&token)),
-    )
-    .await;
+    let (mut client, device) = relay.device(&signer, Protocol::V5).await;
     let topic = format!("strait/jwt/{device}/up/temp");
     client.subscribe(1, &topic).await;
     client.publish_and_receive(2, &topic, "21.5").await;
@@ -184,14 +185,7 @@ async fn valid_token_works_within_its_permissions_and_carries_the_identity() {
     .await;
 
     // 3.1.1 clients authenticate the same way.
-    let v3_device = unique_name("device3");
-    let v3_token = signer.sign(&device_claims(&v3_device));
-    let (mut v3, _) = RawClient::session(
-        relay.mqtt,
-        Protocol::V311,
-        connect_with_token(&v3_device, Some(&v3_token)),
-    )
-    .await;
+    let (mut v3, v3_device) = relay.device(&signer, Protocol::V311).await;
     let topic = format!("strait/jwt/{v3_device}/up/x");
     v3.subscribe(1, &topic).await;
     v3.publish_and_receive(2, &topic, "v3").await;
@@ -275,51 +269,35 @@ async fn publishes_outside_the_permissions_never_reach_the_broker() {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let signer = Signer::new("k1");
     let relay = JwtRelay::start(&broker, &signer).await;
-    let device = unique_name("device");
-    let token = signer.sign(&device_claims(&device));
+    let (mut client, device) = relay.device(&signer, Protocol::V5).await;
     let (_watcher, mut watched) = broker_watcher(&broker, &format!("strait/jwt/{device}/#")).await;
-
-    let (mut client, _) = RawClient::session(
-        relay.mqtt,
-        Protocol::V5,
-        connect_with_token(&device, Some(&token)),
-    )
-    .await;
     let denied = format!("strait/jwt/{device}/down/cmd");
     let allowed = format!("strait/jwt/{device}/up/temp");
     client
         .send(&publish(0, &denied, QoS::AtMostOnce, "dropped"))
         .await;
-    client
-        .send(&publish(1, &denied, QoS::AtLeastOnce, "refused"))
-        .await;
-    match client.recv().await {
-        Some(Packet::PubAck(ack)) => {
-            assert_eq!(
-                (ack.packet_id, ack.reason_code),
-                (1, ReasonCode::NOT_AUTHORIZED)
-            )
-        }
-        other => panic!("expected PUBACK 0x87, got {other:?}"),
-    }
-    client
-        .send(&publish(2, &denied, QoS::ExactlyOnce, "refused"))
-        .await;
-    match client.recv().await {
-        Some(Packet::PubRec(rec)) => {
-            assert_eq!(
-                (rec.packet_id, rec.reason_code),
-                (2, ReasonCode::NOT_AUTHORIZED)
-            )
-        }
-        other => panic!("expected PUBREC 0x87, got {other:?}"),
-    }
-    client
-        .send(&publish(3, &allowed, QoS::AtLeastOnce, "allowed"))
-        .await;
-    match client.recv().await {
-        Some(Packet::PubAck(ack)) => assert_eq!((ack.packet_id, ack.reason_code.0), (3, 0)),
-        other => panic!("expected PUBACK for the allowed publish, got {other:?}"),
+    let answers = [
+        (
+            publish(1, &denied, QoS::AtLeastOnce, "refused"),
+            "PUBACK 0x87 for 1",
+        ),
+        (
+            publish(2, &denied, QoS::ExactlyOnce, "refused"),
+            "PUBREC 0x87 for 2",
+        ),
+        (
+            publish(3, &allowed, QoS::AtLeastOnce, "allowed"),
+            "PUBACK 0x0 for 3",
+        ),
+    ];
+    for (packet, want) in answers {
+        client.send(&packet).await;
+        let got = match client.recv().await {
+            Some(Packet::PubAck(a)) => format!("PUBACK {:#x} for {}", a.reason_code.0, a.packet_id),
+            Some(Packet::PubRec(r)) => format!("PUBREC {:#x} for {}", r.reason_code.0, r.packet_id),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(got, want);
     }
     // The client's publishes reach the broker in order: the first one the watcher sees must be
     // the allowed one.
@@ -335,14 +313,7 @@ async fn publishes_outside_the_permissions_never_reach_the_broker() {
     );
 
     // 3.1.1 has no negative PUBACK: the client is disconnected.
-    let v3_device = unique_name("device3");
-    let v3_token = signer.sign(&device_claims(&v3_device));
-    let (mut v3, _) = RawClient::session(
-        relay.mqtt,
-        Protocol::V311,
-        connect_with_token(&v3_device, Some(&v3_token)),
-    )
-    .await;
+    let (mut v3, _) = relay.device(&signer, Protocol::V311).await;
     v3.send(&publish(1, "strait/jwt/elsewhere", QoS::AtLeastOnce, "no"))
         .await;
     assert_eq!(v3.until_closed().await, [], "closed without a PUBACK");
@@ -353,14 +324,7 @@ async fn subscriptions_outside_the_permissions_are_refused_per_filter() {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let signer = Signer::new("k1");
     let relay = JwtRelay::start(&broker, &signer).await;
-    let device = unique_name("device");
-    let token = signer.sign(&device_claims(&device));
-    let (mut client, _) = RawClient::session(
-        relay.mqtt,
-        Protocol::V5,
-        connect_with_token(&device, Some(&token)),
-    )
-    .await;
+    let (mut client, device) = relay.device(&signer, Protocol::V5).await;
     let down = format!("strait/jwt/{device}/down/+");
     let too_wide = format!("strait/jwt/{device}/down/#");
     let up = format!("strait/jwt/{device}/up/#");
