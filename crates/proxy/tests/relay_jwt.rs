@@ -420,3 +420,27 @@ async fn the_session_ends_when_the_token_expires() {
     let parting = client.until_closed().await;
     support::assert_disconnected_with(&parting, ReasonCode::MAXIMUM_CONNECT_TIME);
 }
+
+#[test]
+fn jwt_flags_need_an_issuer_and_a_readable_key_file() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::BIN)
+            .args(["r-proxy", "--s-proxy", "http://127.0.0.1:1"])
+            .args(args)
+            .args(["--metrics-addr", &free_local_addr().to_string()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should be refused");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let error = run(&["--jwt-issuer", ISSUER]);
+    assert!(error.contains("--jwt-keys-file"), "{error}");
+    let missing = std::env::temp_dir().join(unique_name("no-jwks"));
+    let error = run(&[
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-keys-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(error.contains("cannot read the JWT key file"), "{error}");
+}
