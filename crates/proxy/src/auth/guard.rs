@@ -17,7 +17,7 @@ pub enum Verdict {
     /// Drop it silently (a QoS 0 PUBLISH outside the permissions).
     Drop,
     /// Do not relay it; answer the client with this packet.
-    Reply(Packet),
+    Reply(Box<Packet>),
     /// End the session with this reason (3.1.1 has no negative PUBACK).
     Disconnect(ReasonCode),
 }
@@ -113,16 +113,16 @@ impl TopicGuard {
                 let verdict = match (publish.qos, self.protocol) {
                     (QoS::AtMostOnce, _) => Verdict::Drop,
                     (_, Protocol::V311) => Verdict::Disconnect(ReasonCode::NOT_AUTHORIZED),
-                    (QoS::AtLeastOnce, _) => Verdict::Reply(Packet::PubAck(PubAck {
+                    (QoS::AtLeastOnce, _) => Verdict::Reply(Box::new(Packet::PubAck(PubAck {
                         packet_id: publish.packet_id,
                         reason_code: ReasonCode::NOT_AUTHORIZED,
                         ..Default::default()
-                    })),
-                    (QoS::ExactlyOnce, _) => Verdict::Reply(Packet::PubRec(PubRec {
+                    }))),
+                    (QoS::ExactlyOnce, _) => Verdict::Reply(Box::new(Packet::PubRec(PubRec {
                         packet_id: publish.packet_id,
                         reason_code: ReasonCode::NOT_AUTHORIZED,
                         ..Default::default()
-                    })),
+                    }))),
                 };
                 Checked {
                     verdict,
@@ -143,11 +143,11 @@ impl TopicGuard {
                     return Checked::relay();
                 }
                 let verdict = if denied.len() == subscribe.subscriptions.len() {
-                    Verdict::Reply(Packet::SubAck(SubAck {
+                    Verdict::Reply(Box::new(Packet::SubAck(SubAck {
                         packet_id: subscribe.packet_id,
                         reason_codes: vec![ReasonCode::NOT_AUTHORIZED; denied.len()],
                         ..Default::default()
-                    }))
+                    })))
                 } else {
                     for &i in denied.iter().rev() {
                         subscribe.subscriptions.remove(i);
@@ -223,19 +223,20 @@ mod tests {
         );
         assert_eq!(
             verdict(&mut v5, publish("other", QoS::AtLeastOnce, None)),
-            Verdict::Reply(Packet::PubAck(PubAck {
+            Verdict::Reply(Box::new(Packet::PubAck(PubAck {
                 packet_id: 7,
                 reason_code: ReasonCode::NOT_AUTHORIZED,
                 ..Default::default()
-            }))
+            })))
         );
-        assert!(matches!(
+        assert_eq!(
             verdict(&mut v5, publish("other", QoS::ExactlyOnce, None)),
-            Verdict::Reply(Packet::PubRec(PubRec {
+            Verdict::Reply(Box::new(Packet::PubRec(PubRec {
+                packet_id: 7,
                 reason_code: ReasonCode::NOT_AUTHORIZED,
-                ..
-            }))
-        ));
+                ..Default::default()
+            })))
+        );
         let mut v3 = guard(Protocol::V311);
         assert_eq!(
             verdict(&mut v3, publish("other", QoS::AtLeastOnce, None)),
@@ -317,11 +318,11 @@ mod tests {
         let mut g = guard(Protocol::V311);
         assert_eq!(
             verdict(&mut g, subscribe(&["a", "#"])),
-            Verdict::Reply(Packet::SubAck(SubAck {
+            Verdict::Reply(Box::new(Packet::SubAck(SubAck {
                 packet_id: 9,
                 reason_codes: vec![ReasonCode::NOT_AUTHORIZED; 2],
                 ..Default::default()
-            }))
+            })))
         );
         assert_eq!(verdict(&mut g, subscribe(&["down/x"])), Verdict::Relay);
     }

@@ -117,7 +117,8 @@ impl KeySet {
         Ok(Self { keys })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many signature keys the set holds (never 0).
+    pub fn key_count(&self) -> usize {
         self.keys.len()
     }
 }

@@ -148,10 +148,10 @@ impl Authenticator {
     pub async fn load(config: &JwtAuth, registry: &Registry) -> Result<Arc<Self>, AuthError> {
         let (keys, fingerprint) = read_keys(&config.keys_file).await?;
         let metrics = AuthMetrics::register(registry)?;
-        metrics.keys.set(keys.len() as i64);
+        metrics.keys.set(keys.key_count() as i64);
         tracing::info!(
             file = %config.keys_file.display(),
-            keys = keys.len(),
+            keys = keys.key_count(),
             issuer = %config.issuer,
             "JWT authentication on"
         );
@@ -198,8 +198,8 @@ impl Authenticator {
         }
         match read_keys(path).await {
             Ok((keys, fingerprint)) => {
-                tracing::info!(file = %path.display(), keys = keys.len(), ?keys, "JWT keys reloaded");
-                self.metrics.keys.set(keys.len() as i64);
+                tracing::info!(file = %path.display(), keys = keys.key_count(), ?keys, "JWT keys reloaded");
+                self.metrics.keys.set(keys.key_count() as i64);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 *self.keys.write().expect("never poisoned") = Arc::new(keys);
                 *self.fingerprint.lock().expect("never poisoned") = Some(fingerprint);

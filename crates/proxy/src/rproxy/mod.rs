@@ -122,6 +122,13 @@ pub struct RProxyArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
 
+    #[command(flatten)]
+    pub jwt: Box<JwtArgs>,
+}
+
+/// `--jwt-*`: laid over the config file's `auth.jwt`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JwtArgs {
     /// Require a JWT from this issuer (`iss`) as the CONNECT password (needs --jwt-keys-file
     /// unless the config file has auth.jwt).
     #[arg(long)]
@@ -146,6 +153,42 @@ pub struct RProxyArgs {
     /// Claim listing the topic filters a client may subscribe to.
     #[arg(long)]
     pub jwt_subscribe_claim: Option<String>,
+}
+
+impl JwtArgs {
+    fn apply(self, auth: &mut Option<Box<JwtAuth>>) -> Result<(), ConfigError> {
+        if auth.is_none()
+            && let (Some(issuer), Some(keys_file)) = (&self.jwt_issuer, &self.jwt_keys_file)
+        {
+            *auth = Some(Box::new(JwtAuth::new(issuer.clone(), keys_file.clone())));
+        }
+        let Some(jwt) = auth else {
+            let any = self.jwt_issuer.is_some()
+                || self.jwt_keys_file.is_some()
+                || self.jwt_audience.is_some()
+                || self.jwt_client_id_claim.is_some()
+                || self.jwt_publish_claim.is_some()
+                || self.jwt_subscribe_claim.is_some();
+            if any {
+                return Err(ConfigError::invalid(
+                    "auth.jwt",
+                    "JWT authentication needs both --jwt-issuer and --jwt-keys-file",
+                ));
+            }
+            return Ok(());
+        };
+        overlay(&mut jwt.audience, self.jwt_audience);
+        overlay(&mut jwt.client_id_claim, self.jwt_client_id_claim);
+        overlay(&mut jwt.publish_claim, self.jwt_publish_claim);
+        overlay(&mut jwt.subscribe_claim, self.jwt_subscribe_claim);
+        if let Some(issuer) = self.jwt_issuer {
+            jwt.issuer = issuer;
+        }
+        if let Some(keys_file) = self.jwt_keys_file {
+            jwt.keys_file = keys_file;
+        }
+        Ok(())
+    }
 }
 
 impl RProxyArgs {
@@ -178,39 +221,7 @@ impl RProxyArgs {
         limits.max_packet_size = self.max_packet_size.unwrap_or(limits.max_packet_size);
         limits.max_connections = self.max_connections.unwrap_or(limits.max_connections);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
-        if config.auth.jwt.is_none()
-            && let (Some(issuer), Some(keys_file)) = (&self.jwt_issuer, &self.jwt_keys_file)
-        {
-            config.auth.jwt = Some(JwtAuth::new(issuer.clone(), keys_file.clone()));
-        }
-        let jwt_flags = [
-            &self.jwt_issuer,
-            &self.jwt_audience,
-            &self.jwt_client_id_claim,
-            &self.jwt_publish_claim,
-            &self.jwt_subscribe_claim,
-        ];
-        match &mut config.auth.jwt {
-            Some(jwt) => {
-                overlay(&mut jwt.audience, self.jwt_audience);
-                overlay(&mut jwt.client_id_claim, self.jwt_client_id_claim);
-                overlay(&mut jwt.publish_claim, self.jwt_publish_claim);
-                overlay(&mut jwt.subscribe_claim, self.jwt_subscribe_claim);
-                if let Some(issuer) = self.jwt_issuer {
-                    jwt.issuer = issuer;
-                }
-                if let Some(keys_file) = self.jwt_keys_file {
-                    jwt.keys_file = keys_file;
-                }
-            }
-            None if jwt_flags.iter().any(|f| f.is_some()) || self.jwt_keys_file.is_some() => {
-                return Err(ConfigError::invalid(
-                    "auth.jwt",
-                    "JWT authentication needs both --jwt-issuer and --jwt-keys-file",
-                ));
-            }
-            None => {}
-        }
+        self.jwt.apply(&mut config.auth.jwt)?;
         config.validate()?;
         Ok(config)
     }

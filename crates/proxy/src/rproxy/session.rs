@@ -375,7 +375,7 @@ fn decode_client_batch(
             Verdict::Relay => Ok(true),
             Verdict::Drop => Ok(false),
             Verdict::Reply(reply) => {
-                replies.push(reply);
+                replies.push(*reply);
                 Ok(false)
             }
             Verdict::Disconnect(reason) => {
