@@ -17,9 +17,10 @@ pub struct ClientAuth {
     /// verifies it, refuses the connection when it is missing or invalid (v5 reason 0x86 Bad
     /// User Name or Password, 3.1.1 return code 4), enforces the topic permissions its claims
     /// grant, and ends the session with DISCONNECT 0xA0 (Maximum connect time) when the token
-    /// expires. The token is not passed on to s-proxy; the verified subject is.
+    /// expires. The token is not passed on to s-proxy; the verified subject is. (Boxed: it is
+    /// large and usually absent.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<JwtAuth>,
+    pub jwt: Option<Box<JwtAuth>>,
 }
 
 /// JWT verification and the claims that carry a client's permissions.

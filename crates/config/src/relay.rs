@@ -466,11 +466,12 @@ mod tests {
         assert!(error.contains("unknown variant `none`"), "{error}");
         let base = || {
             let mut c = RProxyConfig::new(vec!["http://s:50516".into()]);
-            c.auth.jwt = Some(crate::auth::JwtAuth::new("https://i/", "/k.json"));
+            c.auth.jwt = Some(Box::new(crate::auth::JwtAuth::new("https://i/", "/k.json")));
             c
         };
         base().validate().unwrap();
-        let cases: Vec<(fn(&mut crate::auth::JwtAuth), &str)> = vec![
+        type Change = fn(&mut crate::auth::JwtAuth);
+        let cases: Vec<(Change, &str)> = vec![
             (|j| j.issuer.clear(), "auth.jwt.issuer"),
             (|j| j.keys_file = "".into(), "auth.jwt.keysFile"),
             (|j| j.algorithms.clear(), "auth.jwt.algorithms"),

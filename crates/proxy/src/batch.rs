@@ -44,25 +44,28 @@ pub enum BatchError<E> {
 }
 
 /// Decodes the complete packets at the front of `buf` into `out`, up to about [`BATCH_BYTES`],
-/// passing each to `accept` first. Incomplete trailing bytes stay in `buf`.
+/// passing each to `accept` first, which may change it and says whether to keep it
+/// (`Ok(false)`: left out of `out`). Incomplete trailing bytes stay in `buf`.
 pub fn decode_batch<E>(
     buf: &mut BytesMut,
     protocol: Protocol,
     max_packet_size: usize,
     out: &mut Vec<v1::Packet>,
-    mut accept: impl FnMut(&Packet) -> Result<(), E>,
+    mut accept: impl FnMut(&mut Packet) -> Result<bool, E>,
 ) -> Result<(), BatchError<E>> {
     let mut batched = 0;
     while batched < BATCH_BYTES {
         let before = buf.len();
-        let packet = match mqtt::decode(buf, protocol, max_packet_size) {
+        let mut packet = match mqtt::decode(buf, protocol, max_packet_size) {
             Ok(Some(packet)) => packet,
             Ok(None) => break,
             Err(error) => return Err(BatchError::Decode(error)),
         };
-        accept(&packet).map_err(BatchError::Rejected)?;
+        let keep = accept(&mut packet).map_err(BatchError::Rejected)?;
         batched += before - buf.len();
-        out.push(packet.into());
+        if keep {
+            out.push(packet.into());
+        }
     }
     Ok(())
 }
@@ -95,7 +98,7 @@ mod tests {
         buf.truncate(buf.len() - 3);
         let mut out = Vec::new();
         decode_batch(&mut buf, Protocol::V5, 1 << 20, &mut out, |_| {
-            Ok::<_, ()>(())
+            Ok::<_, ()>(true)
         })
         .unwrap();
         assert_eq!(out.len(), 2);
@@ -107,7 +110,7 @@ mod tests {
         let mut buf = encoded(&vec![publish(1000); 200]);
         let mut out = Vec::new();
         decode_batch(&mut buf, Protocol::V5, 1 << 20, &mut out, |_| {
-            Ok::<_, ()>(())
+            Ok::<_, ()>(true)
         })
         .unwrap();
         assert!(out.len() > 50 && out.len() < 200, "{} packets", out.len());
@@ -119,16 +122,28 @@ mod tests {
         let mut out = Vec::new();
         let result = decode_batch(&mut buf, Protocol::V5, 1 << 20, &mut out, |p| match p {
             Packet::PingReq => Err("no ping"),
-            _ => Ok(()),
+            _ => Ok(true),
         });
         assert!(matches!(result, Err(BatchError::Rejected("no ping"))));
+    }
+
+    #[test]
+    fn packets_accept_leaves_out_are_consumed_but_not_batched() {
+        let mut buf = encoded(&[publish(1), Packet::PingReq, publish(2)]);
+        let mut out = Vec::new();
+        decode_batch(&mut buf, Protocol::V5, 1 << 20, &mut out, |p| {
+            Ok::<_, ()>(!matches!(p, Packet::PingReq))
+        })
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(buf.is_empty());
     }
 
     #[test]
     fn oversized_packets_are_decode_errors() {
         let mut buf = encoded(&[publish(100)]);
         let mut out = Vec::new();
-        let result = decode_batch(&mut buf, Protocol::V5, 50, &mut out, |_| Ok::<_, ()>(()));
+        let result = decode_batch(&mut buf, Protocol::V5, 50, &mut out, |_| Ok::<_, ()>(true));
         assert!(matches!(result, Err(BatchError::Decode(_))));
     }
 

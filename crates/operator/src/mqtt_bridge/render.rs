@@ -104,7 +104,7 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
         auth.client_id_claim = jwt.client_id_claim.clone();
         auth.publish_claim = jwt.publish_claim.clone();
         auth.subscribe_claim = jwt.subscribe_claim.clone();
-        auth
+        Box::new(auth)
     });
     config
 }

@@ -108,7 +108,7 @@ impl Listener {
             let ctx = ctx.clone();
             let tls = self.tls.clone();
             let transport = self.transport;
-            let span = tracing::info_span!("session", %peer, %transport, client_id = tracing::field::Empty);
+            let span = tracing::info_span!("session", %peer, %transport, client_id = tracing::field::Empty, subject = tracing::field::Empty);
             sessions.spawn(
                 async move {
                     let handshake = tokio::time::timeout(

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::RelayMetrics;
 use crate::tls::{ServerTlsArgs, overlay};
 pub use listener::Transport;
+use strait_config::auth::JwtAuth;
 use strait_config::{ConfigError, RProxyConfig, Validate};
 
 /// `strait-proxy r-proxy`: serve MQTT clients and relay their sessions to s-proxy.
@@ -35,7 +36,22 @@ use strait_config::{ConfigError, RProxyConfig, Validate};
     tls: { cert: tls.crt, key: tls.key, clientCa: ca.crt }\n  \
     sProxy: { endpoints: [https://s-proxy:50516], tls: { ca: ca.crt, cert: r.crt, key: r.key }, connectionsPerEndpoint: 2 }\n  \
     limits: { connectTimeout: 10s, maxPacketSize: 1048576, maxConnections: 100000 }\n  \
-    drainTimeout: 10s"
+    drainTimeout: 10s\n  \
+    auth:\n    \
+      jwt:                        # JWT in the CONNECT password\n      \
+        issuer: https://auth.example.com/\n      \
+        audience: mqtt            # optional\n      \
+        keysFile: /etc/strait/jwt/jwks.json   # JWKS, re-read when it changes\n      \
+        keysReloadInterval: 10s\n      \
+        algorithms: [RS256, ES256, EdDSA]\n      \
+        leeway: 30s\n      \
+        clientIdClaim: sub        # client id must equal this claim (else 0x85)\n      \
+        publishClaim: mqtt_pub    # claim listing topic filters it may publish to\n      \
+        subscribeClaim: mqtt_sub  # ... and subscribe to; {clientId} is substituted\n\n\
+    A missing, invalid or expired token is refused with CONNACK 0x86 (3.1.1: 4); a will outside\n\
+    publishClaim with 0x87 (3.1.1: 5). PUBLISH outside publishClaim: PUBACK/PUBREC 0x87, QoS 0\n\
+    dropped, 3.1.1 QoS 1/2 disconnected. SUBSCRIBE filters outside subscribeClaim: SUBACK 0x87\n\
+    (3.1.1: 0x80). When the token expires the session ends with DISCONNECT 0xA0."
 )]
 pub struct RProxyArgs {
     /// YAML config file; flags given on the command line override its values.
@@ -105,6 +121,74 @@ pub struct RProxyArgs {
     /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+
+    #[command(flatten)]
+    pub jwt: Box<JwtArgs>,
+}
+
+/// `--jwt-*`: laid over the config file's `auth.jwt`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JwtArgs {
+    /// Require a JWT from this issuer (`iss`) as the CONNECT password (needs --jwt-keys-file
+    /// unless the config file has auth.jwt).
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+
+    /// JWKS file with the keys tokens are signed with; re-read when it changes.
+    #[arg(long)]
+    pub jwt_keys_file: Option<PathBuf>,
+
+    /// Required token audience (`aud`).
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+
+    /// Claim the CONNECT client id must equal (e.g. `sub`).
+    #[arg(long)]
+    pub jwt_client_id_claim: Option<String>,
+
+    /// Claim listing the topic filters a client may publish to.
+    #[arg(long)]
+    pub jwt_publish_claim: Option<String>,
+
+    /// Claim listing the topic filters a client may subscribe to.
+    #[arg(long)]
+    pub jwt_subscribe_claim: Option<String>,
+}
+
+impl JwtArgs {
+    fn apply(self, auth: &mut Option<Box<JwtAuth>>) -> Result<(), ConfigError> {
+        if auth.is_none()
+            && let (Some(issuer), Some(keys_file)) = (&self.jwt_issuer, &self.jwt_keys_file)
+        {
+            *auth = Some(Box::new(JwtAuth::new(issuer.clone(), keys_file.clone())));
+        }
+        let Some(jwt) = auth else {
+            let any = self.jwt_issuer.is_some()
+                || self.jwt_keys_file.is_some()
+                || self.jwt_audience.is_some()
+                || self.jwt_client_id_claim.is_some()
+                || self.jwt_publish_claim.is_some()
+                || self.jwt_subscribe_claim.is_some();
+            if any {
+                return Err(ConfigError::invalid(
+                    "auth.jwt",
+                    "JWT authentication needs both --jwt-issuer and --jwt-keys-file",
+                ));
+            }
+            return Ok(());
+        };
+        overlay(&mut jwt.audience, self.jwt_audience);
+        overlay(&mut jwt.client_id_claim, self.jwt_client_id_claim);
+        overlay(&mut jwt.publish_claim, self.jwt_publish_claim);
+        overlay(&mut jwt.subscribe_claim, self.jwt_subscribe_claim);
+        if let Some(issuer) = self.jwt_issuer {
+            jwt.issuer = issuer;
+        }
+        if let Some(keys_file) = self.jwt_keys_file {
+            jwt.keys_file = keys_file;
+        }
+        Ok(())
+    }
 }
 
 impl RProxyArgs {
@@ -137,6 +221,7 @@ impl RProxyArgs {
         limits.max_packet_size = self.max_packet_size.unwrap_or(limits.max_packet_size);
         limits.max_connections = self.max_connections.unwrap_or(limits.max_connections);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
+        self.jwt.apply(&mut config.auth.jwt)?;
         config.validate()?;
         Ok(config)
     }
@@ -153,6 +238,8 @@ pub(crate) struct Context {
     pub max_packet_size: u32,
     pub ws_path: String,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// JWT authentication (`auth.jwt`), when configured.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The addresses r-proxy listens on, once bound.
@@ -182,6 +269,16 @@ pub async fn start(
     let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
         .context("configuring the s-proxy endpoints (sProxy)")?;
     let metrics = RelayMetrics::register(&process.metrics, "r-proxy")?;
+    let auth = match &config.auth.jwt {
+        Some(jwt) => {
+            let auth = crate::auth::Authenticator::load(jwt, &process.metrics)
+                .await
+                .context("setting up JWT authentication (auth.jwt)")?;
+            auth.spawn_reloader(process.shutdown.token());
+            Some(auth)
+        }
+        None => None,
+    };
     let ctx = Arc::new(Context {
         upstream,
         metrics,
@@ -189,6 +286,7 @@ pub async fn start(
         max_packet_size: config.limits.max_packet_size,
         ws_path: config.listeners.ws_path.clone(),
         shutdown: process.shutdown.token(),
+        auth,
     });
 
     let l = &config.listeners;

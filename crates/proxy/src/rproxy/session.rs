@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use futures::FutureExt;
@@ -14,6 +14,7 @@ use super::Context;
 use super::conn::{ClientConn, ClientReader, ClientWriter};
 use super::listener::Transport;
 use super::upstream::RelayStream;
+use crate::auth::guard::{PartialSubAcks, TopicGuard, Verdict};
 use crate::batch::{BatchError, decode_batch, read_buffer, reserve_for_read};
 use crate::metrics::{ActiveSession, Direction};
 use crate::relay_rules::{SessionRules, refusal};
@@ -27,8 +28,11 @@ enum End {
     /// The client closed its connection (after a DISCONNECT, or abruptly).
     ClientClosed,
     ClientIo(std::io::Error),
-    /// The client broke the protocol or a limit; v5 clients get a DISCONNECT with the code.
+    /// The client broke the protocol or a limit, or sent what its token does not permit (where
+    /// MQTT has no negative answer); v5 clients get a DISCONNECT with the code.
     ClientError(ReasonCode, String),
+    /// The client's JWT expired (`exp` plus the leeway).
+    TokenExpired,
     KeepAliveExpired,
     /// s-proxy ended the session; a non-zero code is passed on as a DISCONNECT unless the
     /// upstream's own DISCONNECT was already relayed.
@@ -54,7 +58,7 @@ pub async fn run(
     let mut inbuf = read_buffer();
     let started = Instant::now();
 
-    let (protocol, connect) = match tokio::time::timeout(
+    let (protocol, mut connect) = match tokio::time::timeout(
         ctx.connect_timeout,
         read_connect(&mut reader, &mut inbuf, ctx.max_packet_size as usize),
     )
@@ -83,10 +87,53 @@ pub async fn run(
         .packet(Direction::Inbound, mqtt::PacketType::Connect);
     let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size);
 
-    // Packets the client pipelined behind CONNECT travel in the same first frame.
+    let mut identity = identity;
+    let mut guard = None;
+    let mut expires_at = None;
+    if let Some(auth) = &ctx.auth {
+        match auth.authenticate(&connect).await {
+            Ok(session) => {
+                tracing::Span::current().record("subject", session.identity.subject.as_str());
+                let mut jwt_identity = session.identity;
+                if let Some(cert) = identity {
+                    jwt_identity
+                        .attributes
+                        .insert("tlsSubject".into(), cert.subject);
+                }
+                identity = Some(jwt_identity);
+                guard = Some(TopicGuard::new(session.permissions, protocol));
+                expires_at = Some(session.expires_at);
+                // The token is r-proxy's to check; s-proxy gets the verified identity instead.
+                connect.password = None;
+            }
+            Err(refused) => {
+                tracing::info!(
+                    reason = refused.label,
+                    detail = %refused.detail,
+                    code = refused.reason.name(),
+                    "refusing connection: authentication failed"
+                );
+                write_parting(&mut writer, protocol, refusal(refused.reason)).await;
+                writer.close().await;
+                return;
+            }
+        }
+    }
+    let partial_subacks = PartialSubAcks::default();
+
+    // Packets the client pipelined behind CONNECT travel in the same first frame; r-proxy's own
+    // answers to them follow the CONNACK.
     let mut first_packets = vec![v1::Packet::from(Packet::Connect(connect))];
-    if let Err((reason, detail)) = decode_client_batch(&mut inbuf, &rules, ctx, &mut first_packets)
-    {
+    let mut first_replies = Vec::new();
+    let mut authz = guard.as_mut().map(|g| (g, &partial_subacks));
+    if let Err((reason, detail)) = decode_client_batch(
+        &mut inbuf,
+        &rules,
+        ctx,
+        &mut first_packets,
+        &mut authz,
+        &mut first_replies,
+    ) {
         tracing::info!(%detail, "protocol error right after CONNECT");
         ctx.metrics.error("protocol");
         write_parting(&mut writer, protocol, refusal(reason)).await;
@@ -129,6 +176,7 @@ pub async fn run(
     } = relay;
 
     let idle_millis = AtomicU64::new(millis(rules.idle_timeout()));
+    let (reply_tx, mut reply_rx) = tokio::sync::mpsc::channel(REPLY_QUEUE);
     let end = {
         let inbound = client_to_server(
             &mut reader,
@@ -137,6 +185,10 @@ pub async fn run(
             &rules,
             &idle_millis,
             ctx,
+            Local {
+                authz,
+                replies: reply_tx,
+            },
         );
         let outbound = server_to_client(
             &mut from_server,
@@ -145,10 +197,25 @@ pub async fn run(
             &idle_millis,
             ctx,
             started,
+            LocalAnswers {
+                first: first_replies,
+                queued: &mut reply_rx,
+                partial_subacks: &partial_subacks,
+            },
         );
+        let expiry = async {
+            match expires_at {
+                Some(at) => {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             end = inbound => end,
             end = outbound => end,
+            _ = expiry => End::TokenExpired,
             _ = ctx.shutdown.cancelled() => End::Shutdown,
         }
     };
@@ -160,10 +227,22 @@ pub async fn run(
             tracing::debug!(%error, "client connection failed");
             (0, None)
         }
+        End::ClientError(reason, detail) if *reason == ReasonCode::NOT_AUTHORIZED => {
+            tracing::info!(%detail, "disconnecting client: not authorized");
+            ctx.metrics.error("not_authorized");
+            (reason.0.into(), Some((*reason, None)))
+        }
         End::ClientError(reason, detail) => {
             tracing::info!(reason = reason.name(), %detail, "disconnecting client: protocol error");
             ctx.metrics.error("protocol");
             (reason.0.into(), Some((*reason, None)))
+        }
+        End::TokenExpired => {
+            // MQTT 5 has no "token expired"; 0xA0 says the connection's authorised time is up.
+            tracing::info!("token expired; disconnecting client");
+            ctx.metrics.error("token_expired");
+            let reason = ReasonCode::MAXIMUM_CONNECT_TIME;
+            (reason.0.into(), Some((reason, Some("token expired"))))
         }
         End::KeepAliveExpired => {
             tracing::info!("keep-alive expired");
@@ -247,27 +326,67 @@ async fn read_connect(
     }
 }
 
-/// Decodes the client's complete packets in `buf` into `out`, checking each against the rules;
-/// `Err` carries the reason code and detail to disconnect the client with.
+/// Answers r-proxy queues for the client itself (denied PUBLISHes and SUBSCRIBEs).
+const REPLY_QUEUE: usize = 64;
+
+/// The session's topic permissions (with JWT authentication) and the SUBACKs to complete.
+type Authz<'a> = Option<(&'a mut TopicGuard, &'a PartialSubAcks)>;
+
+/// What the inbound side needs to answer the client itself.
+struct Local<'a> {
+    authz: Authz<'a>,
+    replies: tokio::sync::mpsc::Sender<Packet>,
+}
+
+/// What the outbound side writes besides s-proxy's packets.
+struct LocalAnswers<'a> {
+    /// Answers to packets pipelined behind CONNECT, written after the CONNACK.
+    first: Vec<Packet>,
+    queued: &'a mut tokio::sync::mpsc::Receiver<Packet>,
+    partial_subacks: &'a PartialSubAcks,
+}
+
+/// Decodes the client's complete packets in `buf` into `out`, checking each against the rules
+/// and the token's permissions; answers r-proxy gives itself go to `replies`. `Err` carries the
+/// reason code and detail to disconnect the client with.
 fn decode_client_batch(
     buf: &mut BytesMut,
     rules: &SessionRules,
     ctx: &Context,
     out: &mut Vec<v1::Packet>,
+    authz: &mut Authz<'_>,
+    replies: &mut Vec<Packet>,
 ) -> Result<(), (ReasonCode, String)> {
     let max_packet_size = ctx.max_packet_size as usize;
     decode_batch(buf, rules.protocol(), max_packet_size, out, |packet| {
-        rules
-            .check_inbound(packet)
-            .map_err(|reason| (reason, packet.name()))?;
+        rules.check_inbound(packet).map_err(|reason| {
+            let detail = format!("{} not allowed from a client here", packet.name());
+            (reason, detail)
+        })?;
         ctx.metrics.packet(Direction::Inbound, packet.packet_type());
-        Ok(())
+        let Some((guard, partial)) = authz.as_mut() else {
+            return Ok(true);
+        };
+        let checked = guard.check(packet, partial);
+        if let Some(auth) = &ctx.auth {
+            auth.count_denied(checked.denied_publishes, checked.denied_subscriptions);
+        }
+        match checked.verdict {
+            Verdict::Relay => Ok(true),
+            Verdict::Drop => Ok(false),
+            Verdict::Reply(reply) => {
+                replies.push(*reply);
+                Ok(false)
+            }
+            Verdict::Disconnect(reason) => {
+                let detail = format!("{} refused by the token's permissions", packet.name());
+                Err((reason, detail))
+            }
+        }
     })
     .map_err(|error| match error {
         BatchError::Decode(error) => (error.reason_code(), error.to_string()),
-        BatchError::Rejected((reason, name)) => {
-            (reason, format!("{name} not allowed from a client here"))
-        }
+        BatchError::Rejected(rejected) => rejected,
     })
 }
 
@@ -278,15 +397,34 @@ async fn client_to_server(
     rules: &SessionRules,
     idle_millis: &AtomicU64,
     ctx: &Context,
+    mut local: Local<'_>,
 ) -> End {
+    let mut replies = Vec::new();
     loop {
         loop {
             let mut packets = Vec::new();
-            if let Err((reason, detail)) = decode_client_batch(buf, rules, ctx, &mut packets) {
+            let before = buf.len();
+            if let Err((reason, detail)) = decode_client_batch(
+                buf,
+                rules,
+                ctx,
+                &mut packets,
+                &mut local.authz,
+                &mut replies,
+            ) {
                 return End::ClientError(reason, detail);
             }
-            if packets.is_empty() {
+            if buf.len() == before {
                 break;
+            }
+            for reply in replies.drain(..) {
+                // The outbound side is gone only when the session is ending anyway.
+                if local.replies.send(reply).await.is_err() {
+                    return End::ClientClosed;
+                }
+            }
+            if packets.is_empty() {
+                continue;
             }
             let frame = v1::ClientFrame {
                 packets,
@@ -323,11 +461,33 @@ async fn server_to_client(
     idle_millis: &AtomicU64,
     ctx: &Context,
     started: Instant,
+    local: LocalAnswers<'_>,
 ) -> End {
     let mut out = BytesMut::new();
     let mut disconnect_sent = false;
+    let mut first_replies = Some(local.first);
+    // r-proxy's own answers wait for the CONNACK.
+    let mut connack_sent = false;
     loop {
-        let frame = match from_server.message().await {
+        let message = tokio::select! {
+            message = from_server.message() => message,
+            Some(reply) = local.queued.recv(), if connack_sent => {
+                let mut next = Some(reply);
+                while let Some(packet) = next.take().or_else(|| local.queued.try_recv().ok()) {
+                    if let Err(error) = mqtt::encode(&packet, rules.protocol(), &mut out) {
+                        return End::UpstreamInvalid(error.to_string());
+                    }
+                    ctx.metrics.packet(Direction::Outbound, packet.packet_type());
+                }
+                let data = out.split().freeze();
+                ctx.metrics.bytes(Direction::Outbound, data.len());
+                if let Err(error) = writer.write(data).await {
+                    return End::ClientIo(error);
+                }
+                continue;
+            }
+        };
+        let frame = match message {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 return End::UpstreamClosed {
@@ -349,6 +509,7 @@ async fn server_to_client(
                     Ok(packet) => packet,
                     Err(error) => return End::UpstreamInvalid(error.to_string()),
                 };
+                let mut accepted = false;
                 match &mut packet {
                     Packet::ConnAck(connack) => {
                         if let Some(idle) = rules.apply_connack(connack) {
@@ -357,7 +518,9 @@ async fn server_to_client(
                         ctx.metrics
                             .session_setup_seconds
                             .observe(started.elapsed().as_secs_f64());
+                        accepted = !connack.reason_code.is_error();
                     }
+                    Packet::SubAck(ack) => local.partial_subacks.complete(ack),
                     Packet::Disconnect(_) => disconnect_sent = true,
                     _ => {}
                 }
@@ -366,6 +529,15 @@ async fn server_to_client(
                 }
                 ctx.metrics
                     .packet(Direction::Outbound, packet.packet_type());
+                if accepted {
+                    connack_sent = true;
+                    for reply in first_replies.take().into_iter().flatten() {
+                        if let Err(error) = mqtt::encode(&reply, rules.protocol(), &mut out) {
+                            return End::UpstreamInvalid(error.to_string());
+                        }
+                        ctx.metrics.packet(Direction::Outbound, reply.packet_type());
+                    }
+                }
             }
             close = close.or(frame.close);
         }

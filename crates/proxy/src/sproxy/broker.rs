@@ -290,7 +290,7 @@ async fn broker_to_client(
             let mut packets = Vec::new();
             let batch = decode_batch(&mut buf, protocol, ctx.max_packet_size, &mut packets, |p| {
                 ctx.metrics.packet(Direction::Outbound, p.packet_type());
-                Ok::<_, std::convert::Infallible>(())
+                Ok::<_, std::convert::Infallible>(true)
             });
             if let Err(BatchError::Decode(error)) = batch {
                 return End::BrokerInvalid(error);
