@@ -3,6 +3,7 @@
 //! operator renders exactly what the proxy reads. Field names are camelCase, as in Kubernetes.
 
 pub mod grpc;
+pub mod kafka;
 pub mod mqtt_kafka;
 pub mod relay;
 pub mod tls;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
+pub use kafka::KafkaConnection;
 pub use relay::{RProxyConfig, SProxyConfig};
 
 #[derive(Debug, thiserror::Error)]
