@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{Acks, KafkaConnection};
@@ -51,8 +51,8 @@ pub fn producer(kafka: &KafkaConnection, acks: Acks) -> Result<Producer, KafkaSe
 }
 
 /// Partition count of `topic`, read from the cluster metadata (blocking: call off the runtime).
-pub fn partitions<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
+pub fn partitions(
+    consumer: &StreamConsumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, KafkaSetupError> {
@@ -86,8 +86,8 @@ pub fn partitions<C: ConsumerContext + 'static>(
 
 /// Assigns every partition of `topic` to `consumer` at its current end: a reader that sees
 /// every record written from now on (blocking: call off the runtime).
-pub fn assign_from_end<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
+pub fn assign_from_end(
+    consumer: &StreamConsumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, KafkaSetupError> {
