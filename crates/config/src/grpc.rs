@@ -12,132 +12,13 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::kafka::{Acks, KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
 use crate::tls::{ClientTls, ServerTls};
 use crate::{ConfigError, Validate};
 
 /// Zilla's field number for the fetch message id (`reliability.field`).
 pub const DEFAULT_MESSAGE_ID_FIELD: u32 = 32767;
 const MAX_FIELD_NUMBER: u32 = 536_870_911;
-
-/// How to reach Kafka. Secrets (SASL password, TLS key) are read from files only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KafkaConnection {
-    /// Comma-separated `HOST:PORT` list of brokers (`--kafka` overrides it).
-    pub bootstrap: String,
-    /// TLS to the brokers (`ca`; `cert` and `key` for mutual TLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ClientTls>,
-    /// SASL authentication.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sasl: Option<Sasl>,
-    /// Extra librdkafka properties (e.g. `linger.ms: "5"`); may not repeat what the typed
-    /// fields above set.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub properties: BTreeMap<String, String>,
-}
-
-impl KafkaConnection {
-    pub fn new(bootstrap: impl Into<String>) -> Self {
-        Self {
-            bootstrap: bootstrap.into(),
-            tls: None,
-            sasl: None,
-            properties: BTreeMap::new(),
-        }
-    }
-
-    /// `field` names this block in errors, e.g. `kafka`.
-    pub fn check(&self, field: &'static str) -> Result<(), ConfigError> {
-        if self.bootstrap.split(',').any(|server| {
-            let server = server.trim();
-            !matches!(server.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
-        }) {
-            return Err(ConfigError::invalid(
-                field_path(field, "bootstrap"),
-                format!("{:?} is not a HOST:PORT list", self.bootstrap),
-            ));
-        }
-        if let Some(tls) = &self.tls {
-            if tls.ca.is_none() {
-                return Err(ConfigError::invalid(
-                    field_path(field, "tls.ca"),
-                    "TLS to Kafka needs the CA that signs the brokers' certificates",
-                ));
-            }
-            tls.check(field_path(field, "tls"))?;
-        }
-        const TYPED: [&str; 8] = [
-            "bootstrap.servers",
-            "security.protocol",
-            "sasl.mechanism",
-            "sasl.username",
-            "sasl.password",
-            "ssl.ca.location",
-            "ssl.certificate.location",
-            "ssl.key.location",
-        ];
-        if let Some(clash) = self.properties.keys().find(|k| TYPED.contains(&k.as_str())) {
-            return Err(ConfigError::invalid(
-                field_path(field, "properties"),
-                format!("{clash:?} is set by the typed fields (bootstrap, tls, sasl); use those"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// SASL credentials from files (a mounted Secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Sasl {
-    pub mechanism: SaslMechanism,
-    /// File holding the user name.
-    pub username_file: PathBuf,
-    /// File holding the password.
-    pub password_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// Kafka produce acknowledgement: `all` (every in-sync replica, the default), `leader`, `none`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Acks {
-    #[default]
-    All,
-    Leader,
-    None,
-}
-
-impl Acks {
-    /// The librdkafka `acks` value.
-    pub fn as_kafka(self) -> &'static str {
-        match self {
-            Self::All => "all",
-            Self::Leader => "1",
-            Self::None => "0",
-        }
-    }
-}
 
 /// Header names of the correlation layout; Zilla's by default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -277,7 +158,8 @@ pub struct ProduceRoute {
     /// Topic the answers come back on; without it the call is one-way (answered at once, empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
-    #[serde(default)]
+    /// Kafka produce acknowledgement: `all` (every in-sync replica, the default), `leader`, `none`.
+    #[serde(default = "Acks::all")]
     pub acks: Acks,
     /// Record key: the correlation id (default), `metadata:NAME` or `field:NAME` (a top-level
     /// scalar field of the first request message, which is then decoded).
@@ -398,7 +280,7 @@ impl GrpcRoute {
 impl Validate for GrpcKafkaConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.tls.check("tls")?;
-        self.kafka.check("kafka")?;
+        self.kafka.check()?;
         if self.protos.paths.is_empty() {
             return Err(ConfigError::invalid(
                 "protos.paths",
@@ -524,8 +406,9 @@ pub struct KafkaGrpcConfig {
     /// `strait:error` and `strait:attempts` headers added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
-    /// Acks for reply and dead-letter records; offsets are committed only after they are acked.
-    #[serde(default)]
+    /// Acks for reply and dead-letter records; offsets are committed only after they are acked
+    /// (`all` by default).
+    #[serde(default = "Acks::all")]
     pub acks: Acks,
     /// A redelivered call (same correlation id) within this window is answered from the
     /// recorded replies instead of calling the target again.
@@ -623,7 +506,7 @@ impl KafkaGrpcConfig {
 
 impl Validate for KafkaGrpcConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.check("kafka")?;
+        self.kafka.check()?;
         let Some(host) = self
             .target
             .strip_prefix("http://")
@@ -758,17 +641,6 @@ pub fn method_matches(pattern: &str, name: &str) -> bool {
         }
     }
     rest.ends_with(last)
-}
-
-fn field_path(block: &'static str, leaf: &'static str) -> &'static str {
-    // Error fields are static strings; the few combinations used are spelled out.
-    match (block, leaf) {
-        ("kafka", "bootstrap") => "kafka.bootstrap",
-        ("kafka", "tls.ca") => "kafka.tls.ca",
-        ("kafka", "tls") => "kafka.tls",
-        ("kafka", "properties") => "kafka.properties",
-        _ => block,
-    }
 }
 
 fn default_grpc_kafka_listen() -> SocketAddr {
@@ -921,7 +793,7 @@ mod tests {
             .insert("bootstrap.servers".into(), "x:1".into());
         assert_eq!(field_of(c.validate()), "kafka.properties");
         let mut c = base();
-        c.kafka.tls = Some(ClientTls::default());
+        c.kafka.tls = Some(KafkaTls::default());
         assert_eq!(field_of(c.validate()), "kafka.tls.ca");
     }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod grpc;
+pub mod kafka;
 pub mod mqtt_kafka;
 pub mod relay;
 pub mod tls;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
+pub use kafka::KafkaConnection;
 pub use relay::{RProxyConfig, SProxyConfig};
 
 #[derive(Debug, thiserror::Error)]

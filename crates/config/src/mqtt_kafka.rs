@@ -2,14 +2,14 @@
 //! layout). Three topics hold every message, the retained messages and the sessions.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
-use crate::tls::ClientTls;
+pub use crate::kafka::{Acks, KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
+use crate::kafka::{check_security, is_typed_property};
 
 /// ```yaml
 /// kafka:
@@ -30,7 +30,7 @@ pub struct KafkaConfig {
     pub bootstrap: String,
     /// Connect over TLS, trusting `tls.ca` (`cert` and `key` for mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ClientTls>,
+    pub tls: Option<KafkaTls>,
     /// SASL authentication; the password is read from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
@@ -89,32 +89,7 @@ impl KafkaConfig {
 
     /// Checks the section; `kafka` is the name of the section in errors.
     pub fn check(&self) -> Result<(), ConfigError> {
-        if self.bootstrap.split(',').any(|s| {
-            !matches!(s.trim().rsplit_once(':'),
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok())
-        }) {
-            return Err(ConfigError::invalid(
-                "kafka.bootstrap",
-                format!("{:?} is not HOST:PORT[,HOST:PORT…]", self.bootstrap),
-            ));
-        }
-        if let Some(tls) = &self.tls {
-            if tls.ca.is_none() {
-                return Err(ConfigError::invalid(
-                    "kafka.tls.ca",
-                    "TLS to Kafka needs the CA that signs the brokers' certificates",
-                ));
-            }
-            tls.check("kafka.tls")?;
-        }
-        if let Some(sasl) = &self.sasl
-            && sasl.username.is_empty()
-        {
-            return Err(ConfigError::invalid(
-                "kafka.sasl.username",
-                "must not be empty",
-            ));
-        }
+        check_security(&self.bootstrap, self.tls.as_ref(), self.sasl.as_ref())?;
         let t = &self.topics;
         for (field, name) in [
             ("kafka.topics.messages", &t.messages),
@@ -192,10 +167,7 @@ impl KafkaConfig {
             ));
         }
         for key in self.librdkafka.keys() {
-            if RESERVED_PROPERTIES
-                .iter()
-                .any(|r| key == r || key.starts_with("sasl.") || key.starts_with("ssl."))
-            {
+            if is_typed_property(key) || RESERVED_PROPERTIES.contains(&key.as_str()) {
                 return Err(ConfigError::invalid(
                     "kafka.librdkafka",
                     format!(
@@ -206,16 +178,20 @@ impl KafkaConfig {
         }
         Ok(())
     }
+
+    /// The connection part of the section, as every Kafka client of s-proxy uses it.
+    pub fn connection(&self) -> KafkaConnection {
+        KafkaConnection {
+            bootstrap: self.bootstrap.clone(),
+            tls: self.tls.clone(),
+            sasl: self.sasl.clone(),
+            properties: self.librdkafka.clone(),
+        }
+    }
 }
 
-const RESERVED_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "security.protocol",
-    "acks",
-    "enable.idempotence",
-    "partitioner",
-    "group.id",
-];
+/// Set by s-proxy itself, besides bootstrap, TLS and SASL.
+const RESERVED_PROPERTIES: &[&str] = &["acks", "enable.idempotence", "partitioner", "group.id"];
 
 /// The `{name}` levels of a topic pattern (an MQTT filter where whole levels may be `{name}`).
 pub fn pattern_params(pattern: &str) -> Result<Vec<String>, String> {
@@ -259,36 +235,6 @@ fn check_topic_name(field: &'static str, name: &str) -> Result<(), ConfigError> 
     }
 }
 
-/// SASL credentials for Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KafkaSasl {
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    /// File holding the password (a mounted Secret), never the password itself.
-    pub password_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
 /// The three topics of MQTT over Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -329,30 +275,6 @@ impl Default for NewTopics {
         Self {
             partitions: default_partitions(),
             replication_factor: default_replication(),
-        }
-    }
-}
-
-/// Produce acknowledgement.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Acks {
-    /// acks=0: fire and forget (what Zilla does for QoS 0).
-    None,
-    /// acks=1: the partition leader has written it.
-    #[default]
-    Leader,
-    /// acks=all: every in-sync replica has written it.
-    All,
-}
-
-impl Acks {
-    /// The librdkafka `acks` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "0",
-            Self::Leader => "1",
-            Self::All => "all",
         }
     }
 }
@@ -459,7 +381,7 @@ mod tests {
             (
                 {
                     let mut c = base();
-                    c.tls = Some(ClientTls::default());
+                    c.tls = Some(KafkaTls::default());
                     c
                 },
                 "kafka.tls.ca",

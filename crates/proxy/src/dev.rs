@@ -18,6 +18,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use strait_config::grpc::{GrpcKafkaConfig, GrpcRoute, KafkaGrpcConfig};
+use strait_config::kafka::{KafkaConnection, KafkaSasl, KafkaTls};
 use strait_config::mqtt_kafka::KafkaConfig;
 use strait_config::relay::Upstream;
 use strait_config::{RProxyConfig, SProxyConfig, Validate as _};
@@ -27,6 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
 use crate::sproxy::kafka::TopicCheck;
 use crate::{grpckafka, kafkagrpc, rproxy, sproxy};
 
@@ -63,7 +65,9 @@ const PARTITIONS: i32 = 3;
     kcat, grpcurl lines) and /readyz turns ready. Ctrl-C stops it.",
     after_help = "Examples:\n  strait-proxy dev\n  \
     strait-proxy dev --mqtt 0.0.0.0:1883 --grpc 0.0.0.0:50051\n  \
-    strait-proxy dev --kafka localhost:9092      # a real cluster: topics are created there\n\n\
+    strait-proxy dev --kafka localhost:9092      # a real cluster: topics are created there\n  \
+    strait-proxy dev --kafka localhost:9093 --kafka-tls-ca ca.crt --kafka-sasl-mechanism \
+    SCRAM-SHA-512 --kafka-sasl-username strait --kafka-sasl-password-file password.txt\n\n\
     Topics: mqtt-messages, mqtt-retained, mqtt-sessions (MQTT, Zilla's layout), \
     demo-echo-requests and demo-echo-replies (gRPC)."
 )]
@@ -80,19 +84,31 @@ pub struct DevArgs {
     /// in-memory, for trying out; nothing survives a restart. The topics are created there.
     #[arg(long, env = "STRAIT_KAFKA")]
     pub kafka: Option<String>,
+
+    /// TLS and SASL to the cluster of --kafka (the embedded Kafka speaks plaintext only).
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
 }
 
 /// The Kafka the parts use.
 enum Kafka {
     Embedded(EmbeddedKafka),
-    External(String),
+    External(KafkaConnection),
 }
 
 impl Kafka {
     fn bootstrap(&self) -> &str {
         match self {
             Self::Embedded(embedded) => &embedded.bootstrap,
-            Self::External(bootstrap) => bootstrap,
+            Self::External(connection) => &connection.bootstrap,
+        }
+    }
+
+    /// TLS and SASL settings of every part's clients.
+    fn security(&self) -> (Option<KafkaTls>, Option<KafkaSasl>) {
+        match self {
+            Self::Embedded(_) => (None, None),
+            Self::External(connection) => (connection.tls.clone(), connection.sasl.clone()),
         }
     }
 }
@@ -149,6 +165,12 @@ impl EmbeddedKafka {
 /// Runs every part until shutdown, or until one of them fails (which stops the others).
 pub async fn run(args: DevArgs, process: &Process) -> anyhow::Result<()> {
     let ready = process.health.flag(READINESS);
+    if args.kafka.is_none() && args.kafka_security.any() {
+        bail!(
+            "--kafka-tls-*/--kafka-sasl-* need --kafka HOST:PORT: the embedded Kafka speaks \
+             plaintext only"
+        );
+    }
     let mqtt_topics = KafkaConfig::new(String::new()).topics;
     let kafka = match &args.kafka {
         None => {
@@ -171,9 +193,18 @@ pub async fn run(args: DevArgs, process: &Process) -> anyhow::Result<()> {
             Kafka::Embedded(embedded)
         }
         Some(bootstrap) => {
-            create_demo_topics(bootstrap).await?;
+            let mut connection = KafkaConnection::new(bootstrap.clone());
+            args.kafka_security
+                .apply(&mut connection.tls, &mut connection.sasl)?;
+            connection.check()?;
+            let client = crate::kafka_client::client_config(&connection)?;
+            let report = KafkaReport::new(&connection);
+            if !wait_for_cluster(&client, &report, &process.shutdown.token()).await? {
+                return Ok(());
+            }
+            create_demo_topics(&client, bootstrap).await?;
             tracing::info!(%bootstrap, "using the Kafka cluster given with --kafka");
-            Kafka::External(bootstrap.clone())
+            Kafka::External(connection)
         }
     };
     let dir = std::env::temp_dir().join(format!("strait-dev-{}", std::process::id()));
@@ -207,8 +238,10 @@ async fn serve(
         upstream: Upstream::Kafka,
         ..SProxyConfig::default()
     };
+    let (tls, sasl) = kafka.security();
     let mut kafka_config = KafkaConfig::new(bootstrap.to_string());
     kafka_config.create_topics = matches!(kafka, Kafka::External(_));
+    (kafka_config.tls, kafka_config.sasl) = (tls.clone(), sasl.clone());
     s_config.kafka = Some(Box::new(kafka_config));
     s_config.validate()?;
     let check = match kafka {
@@ -265,6 +298,7 @@ async fn serve(
         )],
     );
     g_config.listen = args.grpc;
+    (g_config.kafka.tls, g_config.kafka.sasl) = (tls.clone(), sasl.clone());
     g_config.validate()?;
     write_config(dir, "grpc-kafka.yaml", &g_config)?;
     let (g_process, span) = part("grpc-kafka");
@@ -275,17 +309,19 @@ async fn serve(
     parts.spawn(async move { ("grpc-kafka", serving.await) }.instrument(span));
 
     // kafka-grpc reads its config file, as it does as a subcommand: the file is the example.
-    let k_config = KafkaGrpcConfig::new(
+    let mut k_config = KafkaGrpcConfig::new(
         bootstrap,
         &format!("http://{echo_addr}"),
         DEMO_GROUP,
         &[DEMO_REQUESTS],
     );
+    (k_config.kafka.tls, k_config.kafka.sasl) = (tls, sasl);
     k_config.validate()?;
     let k_args = kafkagrpc::KafkaGrpcArgs {
         config: write_config(dir, "kafka-grpc.yaml", &k_config)?,
         kafka: None,
         target: None,
+        kafka_security: KafkaSecurityArgs::default(),
     };
     let (k_process, span) = part("kafka-grpc");
     parts.spawn(
@@ -375,11 +411,9 @@ fn write_config<T: serde::Serialize>(
 }
 
 /// The demo topics on a real cluster (s-proxy creates its own); existing ones are kept.
-async fn create_demo_topics(bootstrap: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("creating a Kafka admin client")?;
+async fn create_demo_topics(client: &ClientConfig, bootstrap: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().context("creating a Kafka admin client")?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let topics = [DEMO_REQUESTS, DEMO_REPLIES]
         .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)));

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod dev;
 pub mod grpc;
 pub mod grpckafka;
+pub mod kafka_client;
 pub mod kafkagrpc;
 pub mod metrics;
 pub mod net;

@@ -8,13 +8,24 @@
 #   config/        log4j2-server.xml (INFO to the service log), log4j2-tools.xml (WARN to stderr)
 #   bin/           kafka-run-class CLASS ARGS..., kafka-topics, kafka-configs, kafka-storage, ...
 # State in $(svc_dir kafka): server.properties, data/, bootstrap (host:port), kafka.log (and
-# kafka.prev.log after a restart), format.log. `stop` keeps all of it so `start` brings the same
-# cluster back on the same ports.
+# kafka.prev.log after a restart), format.log, security/ (see below). `stop` keeps all of it so
+# `start` brings the same cluster back on the same ports.
+#
+# Two client listeners: PLAINTEXT (KAFKA_BOOTSTRAP, what most tests use) and SASL_SSL
+# (KAFKA_SASL_SSL_BOOTSTRAP) with SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN. security/ holds a test
+# CA (ca.crt, also KAFKA_TLS_CA), the broker's certificate for 127.0.0.1/localhost (in
+# broker.p12), and one user per mechanism family with its password in a file:
+# KAFKA_SCRAM_USER/KAFKA_SCRAM_PASSWORD_FILE (SCRAM-SHA-512 and -256), KAFKA_PLAIN_USER/
+# KAFKA_PLAIN_PASSWORD_FILE. Same broker, same topics: a topic created over PLAINTEXT is there
+# over SASL_SSL too.
 
 KAFKA_VERSION=4.1.1
 KAFKA_LOG4J_VERSION=2.24.3 # the log4j-core that kafka-server 4.1.1 itself depends on
 KAFKA_HOME=$STRAIT_CACHE/kafka-$KAFKA_VERSION
 KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
+# The SASL users of the SASL_SSL listener (their passwords are random, in security/*.password).
+KAFKA_SCRAM_USER=strait-scram
+KAFKA_PLAIN_USER=strait-plain
 
 # wrapper name -> main class (all checked to exist in the jars at install time).
 KAFKA_TOOLS=(
@@ -198,13 +209,18 @@ PY
 
 kafka_up() {
   kafka_install
-  local dir port cport cluster_id
+  local dir port cport sport cluster_id
   dir=$(svc_dir kafka)
   rm -rf "$dir" # a fresh cluster on every up
   mkdir -p "$dir/data"
   port=$(free_port)
   cport=$(free_port)
   while [ "$cport" = "$port" ]; do cport=$(free_port); done
+  sport=$(free_port)
+  while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport=$(free_port); done
+  kafka_security "$dir/security"
+  local sec="$dir/security" keystore_password
+  keystore_password=$(cat "$sec/keystore.password")
   # Kafka's Uuid text form: 16 random bytes, unpadded url-safe base64, never starting with '-'.
   cluster_id=$(python3 -c '
 import base64, os
@@ -215,14 +231,24 @@ while True:
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # Dynamic quorum with this node as its only voter (storage formatted with --standalone).
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
 log.dirs=$dir/data
+
+# SASL_SSL: SCRAM users are stored in the cluster metadata (kafka-storage format --add-scram),
+# the PLAIN user in the JAAS line. No authorizer: an authenticated user may do anything.
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$(cat "$sec/plain.password")";
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$sec/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$keystore_password
 
 # Tests create their topics explicitly, so a typo fails instead of creating a topic.
 auto.create.topics.enable=false
@@ -250,13 +276,59 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 PROPS
 
+  local scram_password
+  scram_password=$(cat "$sec/scram.password")
   if ! KAFKA_HEAP_OPTS=-Xmx256m "$KAFKA_HOME/bin/kafka-storage" format --standalone \
-    -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1; then
+    -t "$cluster_id" -c "$dir/server.properties" \
+    --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$scram_password]" \
+    --add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM_USER,password=$scram_password]" \
+    >"$dir/format.log" 2>&1; then
     cat "$dir/format.log" >&2
     die "kafka: formatting the storage in $dir/data failed"
   fi
   echo "127.0.0.1:$port" >"$dir/bootstrap"
+  echo "127.0.0.1:$sport" >"$dir/sasl_ssl_bootstrap"
   kafka_launch "$dir"
+}
+
+# kafka_security DIR: a test CA, the broker's certificate (127.0.0.1 and localhost) in a PKCS12
+# keystore, and random passwords for the keystore and the SASL users, each in a file.
+kafka_security() {
+  local sec=$1 log=$1/openssl.log
+  need_cmd openssl "the test Kafka's TLS certificates are made with it: apt-get install openssl"
+  mkdir -p "$sec"
+  local name
+  for name in keystore scram plain; do
+    python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$sec/$name.password"
+  done
+  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:FALSE' \
+    'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$sec/broker.ext"
+  if ! {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=strait test Kafka CA" -keyout "$sec/ca.key" -out "$sec/ca.crt" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$sec/broker.key" -out "$sec/broker.csr" &&
+      openssl x509 -req -in "$sec/broker.csr" -CA "$sec/ca.crt" -CAkey "$sec/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$sec/broker.ext" -out "$sec/broker.crt" &&
+      openssl pkcs12 -export -name broker -in "$sec/broker.crt" -inkey "$sec/broker.key" \
+        -certfile "$sec/ca.crt" -passout "file:$sec/keystore.password" -out "$sec/broker.p12"
+  } >"$log" 2>&1; then
+    cat "$log" >&2
+    die "kafka: making the test certificates in $sec failed"
+  fi
+  chmod 600 "$sec"/*.key "$sec"/*.password "$sec/broker.p12"
+}
+
+# kafka_sasl_ready HOST:PORT DIR: the SASL_SSL listener answers metadata to the PLAIN user over
+# TLS checked against the test CA (certificates, listener and JAAS setup together). Not the
+# SCRAM user: Debian's kcat (librdkafka 2.0.2 with OpenSSL 3) fails SCRAM against Kafka 4.1
+# with credentials the Java client and Strait's librdkafka accept.
+kafka_sasl_ready() {
+  local sec=$2/security
+  kcat -L -b "$1" -m 5 -X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN \
+    -X "sasl.username=$KAFKA_PLAIN_USER" -X "sasl.password=$(cat "$sec/plain.password")" \
+    -X "ssl.ca.location=$sec/ca.crt" 2>&1 | grep -q 'broker 1 at'
 }
 
 # kafka_launch DIR: run the broker from DIR's config and data, wait until it serves metadata.
@@ -283,7 +355,17 @@ kafka_launch() {
     fi
     sleep 0.5
   done
-  write_env kafka "KAFKA_BOOTSTRAP=$bootstrap" "KAFKA_HOME=$KAFKA_HOME" "KAFKA_BIN=$KAFKA_HOME/bin"
+  local sasl_bootstrap sec=$dir/security
+  sasl_bootstrap=$(cat "$dir/sasl_ssl_bootstrap")
+  if ! wait_for 30 "the SASL_SSL listener $sasl_bootstrap" kafka_sasl_ready "$sasl_bootstrap" "$dir"; then
+    kafka_show_failure "$dir/kafka.log"
+    stop_svc kafka
+    die "kafka: the SASL_SSL listener $sasl_bootstrap does not answer the PLAIN user (see $dir/kafka.log)"
+  fi
+  write_env kafka "KAFKA_BOOTSTRAP=$bootstrap" "KAFKA_HOME=$KAFKA_HOME" "KAFKA_BIN=$KAFKA_HOME/bin" \
+    "KAFKA_SASL_SSL_BOOTSTRAP=$sasl_bootstrap" "KAFKA_TLS_CA=$sec/ca.crt" \
+    "KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER" "KAFKA_SCRAM_PASSWORD_FILE=$sec/scram.password" \
+    "KAFKA_PLAIN_USER=$KAFKA_PLAIN_USER" "KAFKA_PLAIN_PASSWORD_FILE=$sec/plain.password"
 }
 
 # kafka_ready HOST:PORT: the broker answers metadata and lists itself (a fenced broker does not).

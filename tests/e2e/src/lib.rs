@@ -144,6 +144,23 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables.
     pub async fn start_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut daemon = Self::spawn_with_env(program, args, env);
+        let what = format!("{program} {} to be ready", args.join(" "));
+        daemon
+            .wait_for(Duration::from_secs(30), &what, |status, _| {
+                status == Some(200)
+            })
+            .await;
+        daemon
+    }
+
+    /// Runs `program args… --metrics-addr <free port>` without waiting for anything: for a
+    /// process a test expects to stay not ready ([`Daemon::readyz`], [`Daemon::wait_for_log`]).
+    pub fn spawn(program: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(program, args, &[])
+    }
+
+    fn spawn_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let admin = free_local_addr();
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("strait-daemon")));
         let file = std::fs::File::create(&log).expect("create daemon log");
@@ -161,28 +178,58 @@ impl Daemon {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let mut daemon = Self { child, admin, log };
-        let what = format!("{program} {} to be ready", args.join(" "));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // The port was free when picked; another process may have taken it since, so the
-        // endpoint only counts once our child logged that it serves it.
-        let ours = format!("admin={admin}");
+        Self { child, admin, log }
+    }
+
+    /// The status `/readyz` answers, `None` until this process serves its admin endpoint (the
+    /// port was free when picked; another process may have taken it since, so the endpoint
+    /// only counts once our child logged that it serves it).
+    pub async fn readyz(&self) -> Option<u16> {
+        if !self.log().contains(&format!("admin={}", self.admin)) {
+            return None;
+        }
+        http_get(self.admin, "/readyz")
+            .await
+            .ok()
+            .map(|(status, _)| status)
+    }
+
+    /// Waits until the log contains `text`, panicking (with the log) if the process exits or
+    /// `deadline` passes first.
+    pub async fn wait_for_log(&mut self, text: &str, deadline: Duration) {
+        let what = format!("{text:?} in the log");
+        self.wait_for(deadline, &what, |_, log| log.contains(text))
+            .await;
+    }
+
+    /// Polls `/readyz` and the log every 50 ms until `done(status, log)`; panics with the log
+    /// if the process exits or `deadline` passes.
+    async fn wait_for(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        mut done: impl FnMut(Option<u16>, &str) -> bool,
+    ) {
+        let until = Instant::now() + deadline;
         loop {
-            if daemon.log().contains(&ours)
-                && let Ok((200, _)) = http_get(admin, "/readyz").await
-            {
-                return daemon;
+            if done(self.readyz().await, &self.log()) {
+                return;
             }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("{what}: exited with {status}\n{}", daemon.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{what}: exited with {status}\n{}", self.log());
             }
             assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                daemon.log()
+                Instant::now() < until,
+                "timed out after {deadline:?} waiting for {what}\n{}",
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// What the process wrote to stderr so far.

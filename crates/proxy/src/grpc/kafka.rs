@@ -8,14 +8,12 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{Acks, KafkaConnection};
 
+use crate::kafka_client::KafkaReport;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("cannot read {what} from {path}: {source}")]
-    Secret {
-        what: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Config(#[from] strait_config::ConfigError),
     #[error("cannot create the Kafka {what}: {source}")]
     Client {
         what: &'static str,
@@ -27,55 +25,15 @@ pub enum KafkaSetupError {
 
 /// The common part of every client's configuration: bootstrap, TLS, SASL, extra properties.
 pub fn client_config(kafka: &KafkaConnection) -> Result<ClientConfig, KafkaSetupError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap);
-    let tls = kafka.tls.is_some();
-    if let Some(sasl) = &kafka.sasl {
-        let read = |what, path: &std::path::Path| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_owned())
-                .map_err(|source| KafkaSetupError::Secret {
-                    what,
-                    path: path.into(),
-                    source,
-                })
-        };
-        config
-            .set(
-                "security.protocol",
-                if tls { "SASL_SSL" } else { "SASL_PLAINTEXT" },
-            )
-            .set("sasl.mechanism", sasl.mechanism.as_str())
-            .set(
-                "sasl.username",
-                read("the SASL user name", &sasl.username_file)?,
-            )
-            .set(
-                "sasl.password",
-                read("the SASL password", &sasl.password_file)?,
-            );
-    } else if tls {
-        config.set("security.protocol", "SSL");
-    }
-    if let Some(tls) = &kafka.tls {
-        if let Some(ca) = &tls.ca {
-            config.set("ssl.ca.location", ca.display().to_string());
-        }
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            config
-                .set("ssl.certificate.location", cert.display().to_string())
-                .set("ssl.key.location", key.display().to_string());
-        }
-    }
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    Ok(config)
+    Ok(crate::kafka_client::client_config(kafka)?)
 }
+
+/// The producers of the gRPC roles: their errors are reported by [`KafkaReport`].
+pub type Producer = FutureProducer<KafkaReport>;
 
 /// A producer for one acks setting; acks=all producers are idempotent, so retries inside
 /// librdkafka neither duplicate nor reorder a call's records.
-pub fn producer(kafka: &KafkaConnection, acks: Acks) -> Result<FutureProducer, KafkaSetupError> {
+pub fn producer(kafka: &KafkaConnection, acks: Acks) -> Result<Producer, KafkaSetupError> {
     let mut config = client_config(kafka)?;
     config.set("acks", acks.as_kafka());
     if acks == Acks::All {
@@ -84,10 +42,12 @@ pub fn producer(kafka: &KafkaConnection, acks: Acks) -> Result<FutureProducer, K
     if !kafka.properties.contains_key("linger.ms") {
         config.set("linger.ms", "1");
     }
-    config.create().map_err(|source| KafkaSetupError::Client {
-        what: "producer",
-        source,
-    })
+    config
+        .create_with_context(KafkaReport::new(kafka))
+        .map_err(|source| KafkaSetupError::Client {
+            what: "producer",
+            source,
+        })
 }
 
 /// Partition count of `topic`, read from the cluster metadata (blocking: call off the runtime).

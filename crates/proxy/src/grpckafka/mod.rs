@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost_reflect::{DynamicMessage, MethodDescriptor, ReflectMessage as _};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use strait_config::grpc::{Acks, GrpcKafkaConfig, GrpcRoute, ProduceRoute, method_matches};
 use strait_config::{Validate as _, load};
 use strait_runtime::Process;
@@ -42,6 +42,7 @@ use crate::grpc::kafka;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::protos::Protos;
 use crate::grpc::wire::{self, CallHeaders, TIMEOUT_HEADER};
+use crate::kafka_client::KafkaSecurityArgs;
 use replies::{Pending, ReplyEvent};
 
 /// Readiness flags: the gRPC listener is bound; every reply topic is being read.
@@ -59,7 +60,10 @@ pub const READINESS: [&str; 2] = ["listener", "kafka"];
     \x20   - method: example.Greeter/*                # package.Service/Method, * wildcards\n\
     \x20     produce: { topic: greeter-requests, replyTo: greeter-replies }\n\
     \x20   - method: example.Events/Fetch\n\
-    \x20     fetch: { topic: events }                 # stream a topic, resumable\n\n\
+    \x20     fetch: { topic: events }                 # stream a topic, resumable\n\
+    \x20 # TLS and SASL to Kafka (or the --kafka-tls-*/--kafka-sasl-* flags):\n\
+    \x20 # kafka: { bootstrap: kafka:9093, tls: { ca: ca.crt },\n\
+    \x20 #          sasl: { mechanism: SCRAM-SHA-512, username: strait, passwordFile: /etc/strait/kafka/password } }\n\n\
     Clients call grpc-kafka as if it were the service. A `strait-proxy kafka-grpc` consuming \
     greeter-requests calls the real service and writes the answers to greeter-replies."
 )]
@@ -73,6 +77,8 @@ pub struct GrpcKafkaArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
     #[arg(long, env = "STRAIT_KAFKA")]
     pub kafka: Option<String>,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
 }
 
 impl GrpcKafkaArgs {
@@ -84,6 +90,8 @@ impl GrpcKafkaArgs {
         if let Some(kafka) = &self.kafka {
             config.kafka.bootstrap = kafka.clone();
         }
+        let kafka = &mut config.kafka;
+        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
         config.validate()?;
         Ok(config)
     }
@@ -93,7 +101,7 @@ pub(crate) struct Frontend {
     pub config: GrpcKafkaConfig,
     routes: Vec<(GrpcRoute, Option<Arc<ProduceRoute>>)>,
     pub protos: Protos,
-    producers: HashMap<Acks, FutureProducer>,
+    producers: HashMap<Acks, kafka::Producer>,
     pub pending: Pending,
     pub metrics: GrpcMetrics,
     pub shutdown: CancellationToken,
@@ -334,7 +342,7 @@ impl StreamingService<Bytes> for ProduceCall {
 /// What a call's records carry, fixed when it starts.
 struct CallRecords {
     topic: String,
-    producer: FutureProducer,
+    producer: kafka::Producer,
     headers: OwnedHeaders,
     /// The end-of-request (and cancel) records carry correlation headers only with a reply-to.
     correlated: bool,

@@ -18,6 +18,7 @@ use tonic::Status;
 use super::Frontend;
 use crate::grpc::kafka;
 use crate::grpc::wire::CallHeaders;
+use crate::kafka_client::{KafkaReport, wait_for_cluster};
 
 /// Reply records a call may have waiting before its client is considered too slow.
 const REPLY_QUEUE: usize = 256;
@@ -90,7 +91,9 @@ impl Pending {
     }
 }
 
-/// Starts one reader per distinct reply topic; `ready` is set once every one is assigned.
+/// Starts one reader per distinct reply topic once the cluster answers; `ready` is set once
+/// every one is assigned (at once if there is none, still only once Kafka answers: until then
+/// no call could be produced either).
 pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> anyhow::Result<()> {
     let mut topics: Vec<String> = frontend
         .config
@@ -100,11 +103,8 @@ pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> a
         .collect();
     topics.sort();
     topics.dedup();
-    if topics.is_empty() {
-        ready.set(true);
-        return Ok(());
-    }
-    let remaining = Arc::new(AtomicUsize::new(topics.len()));
+    let report = KafkaReport::new(&frontend.config.kafka);
+    let mut readers = Vec::with_capacity(topics.len());
     for topic in topics {
         let consumer: StreamConsumer = kafka::client_config(&frontend.config.kafka)?
             .set("group.id", format!("strait-grpc-kafka-replies-{topic}"))
@@ -117,14 +117,33 @@ pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> a
                 what: "reply consumer",
                 source,
             })?;
-        tokio::spawn(read_replies(
-            frontend.clone(),
-            Arc::new(consumer),
-            topic,
-            remaining.clone(),
-            ready.clone(),
-        ));
+        readers.push((topic, Arc::new(consumer)));
     }
+    let probe = kafka::client_config(&frontend.config.kafka)?;
+    let frontend = frontend.clone();
+    tokio::spawn(async move {
+        match wait_for_cluster(&probe, &report, &frontend.readers_stop).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::error!(%error, "cannot create the Kafka client that checks the cluster");
+                return;
+            }
+        }
+        if readers.is_empty() {
+            ready.set(true);
+        }
+        let remaining = Arc::new(AtomicUsize::new(readers.len()));
+        for (topic, consumer) in readers {
+            tokio::spawn(read_replies(
+                frontend.clone(),
+                consumer,
+                topic,
+                remaining.clone(),
+                ready.clone(),
+            ));
+        }
+    });
     Ok(())
 }
 

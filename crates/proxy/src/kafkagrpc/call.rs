@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -292,7 +292,7 @@ async fn dead_letter(
 
 /// Enqueues a record, waiting while librdkafka's queue is full (back-pressure, not an error).
 async fn send<'a>(
-    producer: &FutureProducer,
+    producer: &crate::grpc::kafka::Producer,
     mut record: FutureRecord<'a, str, [u8]>,
 ) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
     loop {
@@ -441,7 +441,7 @@ impl ReplyWriter {
 }
 
 async fn write_reply(
-    producer: &FutureProducer,
+    producer: &crate::grpc::kafka::Producer,
     topic: &str,
     key: &str,
     reply: &ReplyRecord,

@@ -19,7 +19,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::Message as _;
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
@@ -35,6 +34,7 @@ use tracing::Instrument as _;
 use crate::grpc::kafka;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
+use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
 use dedup::Dedup;
 use offsets::OffsetTracker;
@@ -60,7 +60,8 @@ const REQUEST_QUEUE: usize = 256;
     \x20 concurrency: 64\n\
     \x20 callTimeout: 30s\n\
     \x20 retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }   # on UNAVAILABLE\n\
-    \x20 deadLetterTopic: greeter-dead-letters\n\n\
+    \x20 deadLetterTopic: greeter-dead-letters\n\
+    \x20 # TLS and SASL to Kafka: kafka.tls and kafka.sasl, or the --kafka-tls-*/--kafka-sasl-* flags\n\n\
     Requests come from `strait-proxy grpc-kafka` (or any producer using Zilla's record layout); \
     answers go to each request's zilla:reply-to topic."
 )]
@@ -74,6 +75,8 @@ pub struct KafkaGrpcArgs {
     /// The real gRPC service, http://HOST:PORT or https://HOST:PORT (overrides `target`).
     #[arg(long, env = "STRAIT_TARGET")]
     pub target: Option<String>,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
 }
 
 impl KafkaGrpcArgs {
@@ -85,6 +88,8 @@ impl KafkaGrpcArgs {
         if let Some(target) = &self.target {
             config.target = target.clone();
         }
+        let kafka = &mut config.kafka;
+        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
         config.validate()?;
         Ok(config)
     }
@@ -93,7 +98,7 @@ impl KafkaGrpcArgs {
 struct Backend {
     config: KafkaGrpcConfig,
     channel: Channel,
-    producer: FutureProducer,
+    producer: kafka::Producer,
     permits: Semaphore,
     metrics: GrpcMetrics,
 }
@@ -173,6 +178,13 @@ pub async fn run(args: KafkaGrpcArgs, process: &Process) -> anyhow::Result<()> {
         .set("session.timeout.ms", &session_ms)
         .set("heartbeat.interval.ms", &heartbeat_ms)
         .set("fetch.wait.max.ms", "20");
+    // Not ready (no assignment) until the cluster lets us in; a wrong password or an untrusted
+    // certificate is logged and retried, never a crash loop.
+    let report = KafkaReport::new(&config.kafka);
+    let probe = kafka::client_config(&config.kafka)?;
+    if !wait_for_cluster(&probe, &report, &process.shutdown.token()).await? {
+        return Ok(());
+    }
     let context = GroupContext {
         ready,
         revoked: Mutex::new(Vec::new()),

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::kafka_client::KafkaSecurityArgs;
 use crate::metrics::RelayMetrics;
 use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
 use crate::tls::{ServerTlsArgs, overlay};
@@ -46,6 +47,9 @@ pub enum UpstreamArg {
     after_help = "Examples:\n  strait-proxy s-proxy --listen 0.0.0.0:50516 \
     --upstream broker --broker mosquitto:1883\n  \
     strait-proxy s-proxy --upstream kafka --kafka kafka:9092\n  \
+    strait-proxy s-proxy --upstream kafka --kafka kafka:9093 --kafka-tls-ca ca.crt \
+    --kafka-sasl-mechanism SCRAM-SHA-512 --kafka-sasl-username strait \
+    --kafka-sasl-password-file /etc/strait/kafka/password\n  \
     strait-proxy s-proxy --config /etc/strait/s-proxy.yaml\n\n\
     Config file:\n  \
     listen: 0.0.0.0:50516\n  \
@@ -76,10 +80,14 @@ pub struct SProxyArgs {
     #[arg(long, env = "STRAIT_BROKER")]
     pub broker: Option<String>,
 
-    /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]) for --upstream kafka; topics, routes
-    /// and authentication come from the config file's `kafka` section.
+    /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT…]) for --upstream kafka; topics and routes
+    /// come from the config file's `kafka` section, TLS and SASL from it or the --kafka-tls-*
+    /// and --kafka-sasl-* flags.
     #[arg(long, env = "STRAIT_KAFKA")]
     pub kafka: Option<String>,
+
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
 
     /// Connect to the broker over TLS, trusting this CA bundle.
     #[arg(long)]
@@ -131,6 +139,15 @@ impl SProxyArgs {
                 Some(kafka) => kafka.bootstrap = bootstrap,
                 None => config.kafka = Some(Box::new(KafkaConfig::new(bootstrap))),
             }
+        }
+        if self.kafka_security.any() {
+            let Some(kafka) = &mut config.kafka else {
+                return Err(ConfigError::invalid(
+                    "kafka",
+                    "--kafka-tls-*/--kafka-sasl-* options need Kafka's address: pass --kafka HOST:PORT",
+                ));
+            };
+            self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
         }
         if let Some(address) = self.broker {
             match &mut config.broker {
@@ -332,7 +349,17 @@ pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> 
     let broker = config.broker.as_ref().map(|b| b.address.clone());
     let kafka = config.kafka.as_ref().map(|k| k.bootstrap.clone());
     let upstream = config.upstream;
-    let (addr, serving) = start(config, process, kafka::TopicCheck::Verify).await?;
+    let (addr, serving) = match start(config, process, kafka::TopicCheck::Verify).await {
+        // Stopped while waiting for Kafka (e.g. a wrong password): a requested stop, not a failure.
+        Err(error) if process.shutdown.is_triggered() => {
+            tracing::info!(
+                error = format!("{error:#}"),
+                "s-proxy stopped before it served"
+            );
+            return Ok(());
+        }
+        started => started?,
+    };
     match upstream {
         Upstream::Broker => {
             tracing::info!(%addr, broker = broker.as_deref().unwrap_or("-"), "s-proxy listening")

@@ -242,6 +242,8 @@ pub struct Bridge {
     pub back: Vec<Daemon>,
     pub addr: SocketAddr,
     pub backend_extra: String,
+    /// More kafka-grpc command-line arguments.
+    pub backend_args: Vec<String>,
 }
 
 impl Bridge {
@@ -260,6 +262,19 @@ impl Bridge {
         target: &str,
         front_extra: &str,
         backend_extra: &str,
+    ) -> Self {
+        Self::start_with_args(bootstrap, target, front_extra, backend_extra, &[], &[]).await
+    }
+
+    /// As [`Bridge::start_full`], with more command-line arguments for grpc-kafka and
+    /// kafka-grpc (`bootstrap` is what the topics are created through).
+    pub async fn start_with_args(
+        bootstrap: &str,
+        target: &str,
+        front_extra: &str,
+        backend_extra: &str,
+        front_args: &[&str],
+        backend_args: &[&str],
     ) -> Self {
         let requests = unique_name("grpc-req");
         let replies = unique_name("grpc-rep");
@@ -284,17 +299,16 @@ impl Bridge {
                 proto_dir().display()
             ),
         );
-        let front = Daemon::start(
-            BIN,
-            &[
-                "grpc-kafka",
-                "--config",
-                front_config.to_str().unwrap(),
-                "--listen",
-                &addr.to_string(),
-            ],
-        )
-        .await;
+        let addr_arg = addr.to_string();
+        let mut args = vec![
+            "grpc-kafka",
+            "--config",
+            front_config.to_str().unwrap(),
+            "--listen",
+            &addr_arg,
+        ];
+        args.extend_from_slice(front_args);
+        let front = Daemon::start(BIN, &args).await;
         let mut bridge = Self {
             bootstrap: bootstrap.into(),
             group: unique_name("grpc-backend"),
@@ -307,6 +321,7 @@ impl Bridge {
             back: Vec::new(),
             addr,
             backend_extra: String::new(),
+            backend_args: backend_args.iter().map(|a| a.to_string()).collect(),
         };
         bridge.backend_extra = backend_extra.into();
         if backend_extra != NO_BACKEND {
@@ -328,8 +343,9 @@ impl Bridge {
                 self.bootstrap, self.target, self.group, self.requests, self.backend_extra
             ),
         );
-        let daemon =
-            Daemon::start(BIN, &["kafka-grpc", "--config", config.to_str().unwrap()]).await;
+        let mut args = vec!["kafka-grpc", "--config", config.to_str().unwrap()];
+        args.extend(self.backend_args.iter().map(String::as_str));
+        let daemon = Daemon::start(BIN, &args).await;
         self.back.push(daemon);
     }
 

@@ -36,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use session::run;
 
+use crate::kafka_client::{KafkaReport, wait_for_cluster};
+
 use self::headers::Message;
 use self::routing::Routing;
 use self::trie::Trie;
@@ -324,42 +326,6 @@ pub struct KafkaUpstream {
     pub shutdown: CancellationToken,
 }
 
-fn base_config(config: &KafkaConfig) -> anyhow::Result<ClientConfig> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.bootstrap);
-    let protocol = match (&config.tls, &config.sasl) {
-        (None, None) => "plaintext",
-        (Some(_), None) => "ssl",
-        (None, Some(_)) => "sasl_plaintext",
-        (Some(_), Some(_)) => "sasl_ssl",
-    };
-    client.set("security.protocol", protocol);
-    if let Some(tls) = &config.tls {
-        if let Some(ca) = &tls.ca {
-            client.set("ssl.ca.location", ca.display().to_string());
-        }
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            client.set("ssl.certificate.location", cert.display().to_string());
-            client.set("ssl.key.location", key.display().to_string());
-        }
-    }
-    if let Some(sasl) = &config.sasl {
-        let password = std::fs::read_to_string(&sasl.password_file).with_context(|| {
-            format!(
-                "kafka.sasl.passwordFile: reading {}",
-                sasl.password_file.display()
-            )
-        })?;
-        client.set("sasl.mechanism", sasl.mechanism.as_str());
-        client.set("sasl.username", &sasl.username);
-        client.set("sasl.password", password.trim_end_matches(['\r', '\n']));
-    }
-    for (key, value) in &config.librdkafka {
-        client.set(key, value);
-    }
-    Ok(client)
-}
-
 fn reader_config(base: &ClientConfig) -> ClientConfig {
     let mut config = base.clone();
     // Readers assign partitions themselves: no group, nothing committed.
@@ -413,7 +379,13 @@ impl KafkaUpstream {
         shutdown: CancellationToken,
         check: TopicCheck,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = base_config(&config)?;
+        let client = crate::kafka_client::client_config(&config.connection())?;
+        // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
+        // untrusted certificate is logged and retried, never a crash loop.
+        let report = KafkaReport::new(&config.connection());
+        if !wait_for_cluster(&client, &report, &shutdown).await? {
+            bail!("shut down before Kafka at {} answered", config.bootstrap);
+        }
         let routing = Routing::new(&config);
         let topics = routing.static_topics();
         if check == TopicCheck::Verify {
@@ -423,7 +395,7 @@ impl KafkaUpstream {
         let producer: FutureProducer = producer_config(&client, "all")
             .create()
             .context("creating the Kafka producer")?;
-        let qos0: FutureProducer = producer_config(&client, config.qos0_acks.as_str())
+        let qos0: FutureProducer = producer_config(&client, config.qos0_acks.as_kafka())
             .create()
             .context("creating the Kafka QoS 0 producer")?;
 
