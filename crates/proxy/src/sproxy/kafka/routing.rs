@@ -145,6 +145,7 @@ fn template_matches(template: &str, name: &str) -> bool {
         .skip(1)
         .map(|(i, _)| i)
         .chain([rest.len()])
+        .filter(|i| *i > 0)
         .take_while(|i| !rest[..*i].contains('/'))
         .any(|i| template_matches(after, &rest[i..]))
 }
