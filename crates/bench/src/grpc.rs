@@ -237,16 +237,35 @@ async fn load(
     Ok(outcome)
 }
 
-async fn create_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+/// Creates `topics` with `partitions` partitions each (replication 1).
+pub async fn create_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 8, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     for result in admin.create_topics(&new, &AdminOptions::new()).await? {
         result.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// Deletes `topics` (what a benchmark created).
+pub async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    for result in admin.delete_topics(topics, &AdminOptions::new()).await? {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => bail!("deleting topic {name}: {code}"),
+        }
     }
     Ok(())
 }
@@ -271,7 +290,7 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         format!("bench-grpc-req-{run_id}"),
         format!("bench-grpc-rep-{run_id}"),
     );
-    create_topics(&args.kafka, &[&requests, &replies]).await?;
+    create_topics(&args.kafka, &[&requests, &replies], 8).await?;
     let dir = std::env::temp_dir().join(format!("strait-bench-grpc-{run_id}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.proto"), PROTO)?;
@@ -398,7 +417,7 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rand_suffix() -> u32 {
+pub fn rand_suffix() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

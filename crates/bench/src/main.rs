@@ -4,6 +4,7 @@
 mod grpc;
 mod load;
 mod mqtt;
+mod mqtt_kafka;
 mod procs;
 mod report;
 
@@ -33,6 +34,14 @@ enum Command {
     /// MQTT: a broker (Mosquitto) directly vs through r-proxy → s-proxy → broker.
     #[command(long_about = mqtt::LONG_ABOUT, after_help = mqtt::EXAMPLES)]
     Mqtt(mqtt::MqttArgs),
+    /// MQTT on Kafka: r-proxy → s-proxy --upstream kafka → Kafka, beside
+    /// kafka-producer-perf-test.
+    #[command(
+        name = "mqtt-kafka",
+        long_about = mqtt_kafka::LONG_ABOUT,
+        after_help = mqtt_kafka::EXAMPLES
+    )]
+    MqttKafka(mqtt_kafka::MqttKafkaArgs),
     /// gRPC: a service directly vs through grpc-kafka → Kafka → kafka-grpc → service.
     #[command(long_about = grpc::LONG_ABOUT, after_help = grpc::EXAMPLES)]
     Grpc(grpc::GrpcArgs),
@@ -47,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         result = async {
             match cli.command {
                 Command::Mqtt(args) => mqtt::run(args).await,
+                Command::MqttKafka(args) => mqtt_kafka::run(args).await,
                 Command::Grpc(args) => grpc::run(args).await,
             }
         } => result,

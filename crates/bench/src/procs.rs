@@ -135,42 +135,99 @@ fn status_field(pid: u32, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no {name} in /proc/{pid}/status"))
 }
 
+/// A TCP socket of this machine's network namespace, from `/proc/<pid>/net/tcp{,6}`.
+struct TcpSocket {
+    local_port: u16,
+    remote_port: u16,
+    /// `0A` listening, `01` established (`include/net/tcp_states.h`, in hex).
+    state: String,
+    inode: String,
+}
+
+const LISTEN: &str = "0A";
+const ESTABLISHED: &str = "01";
+
+/// The TCP sockets `/proc/<pid>/net/tcp` and `tcp6` list (`self` for this process's namespace).
+fn tcp_sockets(pid: &str) -> Vec<TcpSocket> {
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+    };
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    Some(TcpSocket {
+                        local_port: port(cols.get(1)?)?,
+                        remote_port: port(cols.get(2)?)?,
+                        state: cols.get(3)?.to_string(),
+                        inode: cols.get(9)?.to_string(),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `socket:[inode]` links of a process's file descriptors.
+fn socket_links(pid: u32) -> std::io::Result<Vec<std::ffi::OsString>> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(PathBuf::into_os_string)
+        .collect())
+}
+
 /// The process listening on `port` on this machine, found the way `ss -ltnp` does: the
 /// listening socket's inode from `/proc/net/tcp{,6}`, then the process holding a file
 /// descriptor `socket:[inode]` under `/proc/*/fd`. `None` if not found (for instance a process
 /// of another user whose descriptors cannot be read).
 pub fn listener_pid(port: u16) -> Option<u32> {
-    const LISTEN: &str = "0A";
-    let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            text.lines().skip(1).find_map(|line| {
-                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                let local_port = cols.get(1)?.rsplit_once(':')?.1;
-                let listening = *cols.get(3)? == LISTEN;
-                (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                    .then(|| cols.get(9).map(|s| s.to_string()))
-                    .flatten()
-            })
-        })?;
-    let wanted = format!("socket:[{inode}]");
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == &*wanted)
-        });
-        if holds {
-            return Some(pid);
-        }
-    }
-    None
+    let inode = tcp_sockets("self")
+        .into_iter()
+        .find(|s| s.state == LISTEN && s.local_port == port)?
+        .inode;
+    let wanted = std::ffi::OsString::from(format!("socket:[{inode}]"));
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            socket_links(pid).ok()?.contains(&wanted).then_some(pid)
+        })
+}
+
+/// Established TCP connections process `pid` holds to remote port `port` (what
+/// `ss -tnp state established dport = :PORT` shows for it).
+pub fn connections_to(pid: u32, port: u16) -> anyhow::Result<usize> {
+    let held = socket_links(pid).with_context(|| format!("reading /proc/{pid}/fd"))?;
+    let held: std::collections::HashSet<_> = held.into_iter().collect();
+    Ok(tcp_sockets(&pid.to_string())
+        .into_iter()
+        .filter(|s| s.state == ESTABLISHED && s.remote_port == port)
+        .filter(|s| held.contains(std::ffi::OsStr::new(&format!("socket:[{}]", s.inode))))
+        .count())
+}
+
+/// The strait-proxy binary to start: `given`, or the one next to this executable (the same
+/// cargo target directory and profile).
+pub fn proxy_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(bin) => bin.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("strait-proxy"),
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not found: build it (cargo build --release -p strait-proxy) or pass --proxy-bin",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// A loopback address whose port was free a moment ago, for a child process to bind.
@@ -263,7 +320,7 @@ impl Daemon {
     }
 }
 
-/// s-proxy in front of the broker and r-proxy in front of s-proxy, on free loopback ports.
+/// s-proxy in front of the upstream and r-proxy in front of s-proxy, on free loopback ports.
 pub struct Relay {
     pub s_proxy: Daemon,
     pub r_proxy: Daemon,
@@ -275,7 +332,8 @@ pub struct Relay {
 #[derive(Debug, Clone)]
 pub struct RelaySpec {
     pub bin: PathBuf,
-    pub broker: String,
+    /// s-proxy's upstream flags, e.g. `--broker HOST:PORT` or `--config FILE`.
+    pub upstream: Vec<String>,
     pub r_proxy_args: Vec<String>,
     pub s_proxy_args: Vec<String>,
     pub log_dir: PathBuf,
@@ -286,9 +344,9 @@ impl Relay {
         let grpc = free_local_addr()?;
         let mut args: Vec<String> = ["s-proxy", "--listen", &grpc.to_string()]
             .into_iter()
-            .chain(["--broker", &spec.broker])
             .map(String::from)
             .collect();
+        args.extend(spec.upstream.iter().cloned());
         args.extend(spec.s_proxy_args.iter().cloned());
         let s_proxy =
             Daemon::start(&spec.bin, &args, grpc, spec.log_dir.join("s-proxy.log")).await?;

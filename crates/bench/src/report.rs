@@ -61,11 +61,11 @@ struct CaseReport {
 
 /// One of our targets, checked.
 #[derive(Debug, Serialize)]
-struct Target {
-    what: String,
-    measured: f64,
-    limit: f64,
-    met: bool,
+pub(crate) struct Target {
+    pub what: String,
+    pub measured: f64,
+    pub limit: f64,
+    pub met: bool,
 }
 
 impl Report {
@@ -254,8 +254,14 @@ fn render(report: &Report) -> String {
             let _ = writeln!(out, "  target {} {}", mark(target.met), target.what);
         }
     }
+    render_targets(&mut out, report.cases.iter().flat_map(|c| &c.targets));
+    out
+}
+
+/// The closing list of targets, met (✓) or not (✗).
+pub(crate) fn render_targets<'a>(out: &mut String, targets: impl IntoIterator<Item = &'a Target>) {
     let _ = writeln!(out, "\nTargets:");
-    for target in report.cases.iter().flat_map(|c| &c.targets) {
+    for target in targets {
         let _ = writeln!(
             out,
             "  {} {} (measured {:.2}, limit {})",
@@ -265,10 +271,9 @@ fn render(report: &Report) -> String {
             target.limit
         );
     }
-    out
 }
 
-fn mark(met: bool) -> &'static str {
+pub(crate) fn mark(met: bool) -> &'static str {
     if met { "✓" } else { "✗" }
 }
 
@@ -396,7 +401,7 @@ fn cpu_rows(table: &mut Table, direct: &BTreeMap<Role, f64>, relay: &BTreeMap<Ro
 }
 
 /// `1234567.8` → `1,234,568`.
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
@@ -409,32 +414,32 @@ fn thousands(value: f64) -> String {
 }
 
 /// Columns of text: the first left-aligned, the others right-aligned.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
     notes: Vec<String>,
 }
 
 impl Table {
-    fn new<const N: usize>(header: [&str; N]) -> Self {
+    pub(crate) fn new<const N: usize>(header: [&str; N]) -> Self {
         Self {
             rows: vec![header.iter().map(|h| h.to_string()).collect()],
             notes: Vec::new(),
         }
     }
 
-    fn columns(&self) -> usize {
+    pub(crate) fn columns(&self) -> usize {
         self.rows[0].len()
     }
 
-    fn row(&mut self, cells: impl IntoIterator<Item = String>) {
+    pub(crate) fn row(&mut self, cells: impl IntoIterator<Item = String>) {
         self.rows.push(cells.into_iter().collect());
     }
 
-    fn note(&mut self, note: String) {
+    pub(crate) fn note(&mut self, note: String) {
         self.notes.push(note);
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let width = |col: usize| {
             self.rows
                 .iter()
@@ -466,7 +471,7 @@ impl Table {
     }
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -477,7 +482,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     let text = read_trimmed("/proc/loadavg");
     text.split_whitespace()
         .take(3)

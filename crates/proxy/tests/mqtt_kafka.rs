@@ -1243,3 +1243,233 @@ async fn a_shared_subscription_splits_the_messages_across_two_s_proxies() {
         "both replicas' members got work: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn retain_as_published_is_honoured_for_live_messages() {
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet as V5Packet, RetainForwardRule};
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "rap").await;
+    let base = unique_name("rap");
+    // Two rumqttc v5 subscribers on the same filter, one with Retain As Published.
+    let mut subscribers = Vec::new();
+    for preserve_retain in [true, false] {
+        let (client, mut events) = v5_client(&relay, &unique_name("sub")).await;
+        client
+            .subscribe_many([Filter {
+                path: format!("{base}/#"),
+                qos: V5QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain,
+                retain_forward_rule: RetainForwardRule::Never,
+            }])
+            .await
+            .unwrap();
+        support::next_v5(&mut events, Duration::from_secs(10), |p| {
+            matches!(p, V5Packet::SubAck(_)).then_some(())
+        })
+        .await
+        .expect("SUBACK");
+        subscribers.push((preserve_retain, client, events));
+    }
+    let (publisher, mut publisher_events) = v5_client(&relay, &unique_name("pub")).await;
+    for (topic, retain) in [("kept", true), ("plain", false)] {
+        publisher
+            .publish(format!("{base}/{topic}"), V5QoS::AtLeastOnce, retain, topic)
+            .await
+            .unwrap();
+        support::next_v5(&mut publisher_events, Duration::from_secs(10), |p| {
+            matches!(p, V5Packet::PubAck(_)).then_some(())
+        })
+        .await
+        .expect("PUBACK");
+    }
+    for (preserve_retain, _client, events) in &mut subscribers {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let publish = support::next_v5(events, Duration::from_secs(10), |p| match p {
+                V5Packet::Publish(publish) => Some(publish),
+                _ => None,
+            })
+            .await
+            .expect("both live messages");
+            got.push((
+                String::from_utf8(publish.payload.to_vec()).unwrap(),
+                publish.retain,
+            ));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("kept".to_string(), *preserve_retain),
+                ("plain".to_string(), false)
+            ],
+            "Retain As Published {preserve_retain}"
+        );
+    }
+    // The flag travels as a header of its own; Zilla's headers are unchanged.
+    let (_, headers, _) =
+        read_record(&kafka, &relay.topics.messages, &format!("{base}/kept")).await;
+    assert!(headers.contains(&("strait:retain".to_string(), b"1".to_vec())));
+    let (_, headers, _) =
+        read_record(&kafka, &relay.topics.messages, &format!("{base}/plain")).await;
+    assert!(!headers.iter().any(|(name, _)| name == "strait:retain"));
+}
+
+/// A rumqttc v5 client connected through `relay` (CONNACK received).
+async fn v5_client(
+    relay: &KafkaRelay,
+    client_id: &str,
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+    let mut options =
+        rumqttc::v5::MqttOptions::new(client_id, relay.mqtt.ip().to_string(), relay.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 64);
+    support::next_v5(&mut events, Duration::from_secs(10), |p| {
+        matches!(p, V5Packet::ConnAck(_)).then_some(())
+    })
+    .await
+    .expect("CONNACK through the relay");
+    (client, events)
+}
+
+#[tokio::test]
+async fn a_shared_subscription_skips_nothing_when_a_members_s_proxy_is_killed() {
+    const JOBS: usize = 40;
+    const ACKED_BEFORE_KILL: usize = 3;
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let mut doomed = KafkaRelay::start(&kafka, "sharedkill").await;
+    let survivor = KafkaRelay::start_with(&kafka, doomed.topics.clone(), "").await;
+    let group = unique_name("g");
+    let filter = format!("$share/{group}/work/+");
+    let mut members = Vec::new();
+    for relay in [&doomed, &survivor] {
+        let (mut member, _) =
+            raw_session(relay, Protocol::V5, connect_packet(&unique_name("member"))).await;
+        assert_eq!(
+            subscribe(&mut member, 1, &[(filter.as_str(), QoS::AtLeastOnce)]).await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        members.push(member);
+    }
+    let (mut survivor_member, mut doomed_member) = (members.pop().unwrap(), members.pop().unwrap());
+    let (mut publisher, _) =
+        raw_session(&survivor, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for i in 1..=JOBS as u16 {
+        let topic = format!("work/{i}");
+        assert_eq!(
+            publish_qos1(&mut publisher, &topic, i, format!("job{i}").as_bytes()).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    // The doomed replica's member acknowledges its first few jobs and holds the rest unacked;
+    // `delivered` is what the group has delivered (acknowledged or received by the survivor).
+    let mut doomed_got = Vec::new();
+    let mut delivered = BTreeSet::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while doomed_got.len() + delivered.len() - doomed_got.len().min(ACKED_BEFORE_KILL) < JOBS {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "jobs not all handed out: {doomed_got:?}, {delivered:?}"
+        );
+        if let Some(p) = next_publish(&mut survivor_member, Duration::from_millis(200)).await {
+            delivered.insert(p.payload);
+        }
+        if let Some(Packet::Publish(p)) =
+            next_packet(&mut doomed_member, Duration::from_millis(200)).await
+        {
+            if doomed_got.len() < ACKED_BEFORE_KILL {
+                doomed_member
+                    .send(&Packet::PubAck(mqtt::PubAck {
+                        packet_id: p.packet_id,
+                        ..Default::default()
+                    }))
+                    .await;
+                delivered.insert(p.payload.clone());
+            }
+            doomed_got.push(p.payload);
+        }
+    }
+    assert!(
+        doomed_got.len() > ACKED_BEFORE_KILL,
+        "the doomed replica's member holds unacknowledged jobs: {doomed_got:?}"
+    );
+    // Both replicas have committed what they may (the acknowledged jobs at least); then the
+    // doomed one dies with jobs read but never acknowledged.
+    let group_id = format!("strait-share:{}:{group}:work/+", doomed.topics.messages);
+    let acknowledged = delivered.len() as i64;
+    let messages = doomed.topics.messages.clone();
+    strait_e2e::wait_until(Duration::from_secs(20), "commits", || async {
+        (committed_sum(&kafka, &group_id, &messages, 2).await >= acknowledged).then_some(())
+    })
+    .await;
+    doomed.s_proxy.kill().await;
+    // The survivor takes the partitions over (after the group's session timeout) from the last
+    // delivered offset: every job the dead member did not acknowledge reaches it.
+    let all: BTreeSet<Bytes> = (1..=JOBS).map(|i| Bytes::from(format!("job{i}"))).collect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while delivered != all {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "never delivered to the surviving group: {:?}",
+            all.difference(&delivered).collect::<Vec<_>>()
+        );
+        if let Some(p) = next_publish(&mut survivor_member, Duration::from_millis(500)).await {
+            delivered.insert(p.payload);
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscribers_are_served_from_the_topics_of_param_routes() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let topics = Topics::unique("paramroute");
+    let routed = format!("{}-s-", topics.messages);
+    let extra = format!(
+        "  routes: [ {{ topic: 'sensor/{{id}}/#', messages: '{routed}${{params.id}}' }} ]\n"
+    );
+    let first = KafkaRelay::start_with(&kafka, topics.clone(), &extra).await;
+    let second = KafkaRelay::start_with(&kafka, topics, &extra).await;
+    let id = unique_name("dev");
+    let exact_filter = format!("sensor/{id}/temp");
+    let mut subscribers = Vec::new();
+    // An exact and a wildcard filter on the replica the publisher uses, and a wildcard one on
+    // another replica (which finds the new topic in Kafka).
+    for (relay, filter) in [
+        (&first, exact_filter.as_str()),
+        (&first, "sensor/+/temp"),
+        (&second, "sensor/#"),
+    ] {
+        let (mut sub, _) =
+            raw_session(relay, Protocol::V5, connect_packet(&unique_name("sub"))).await;
+        assert_eq!(
+            subscribe(&mut sub, 1, &[(filter, QoS::AtLeastOnce)]).await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        subscribers.push((filter, sub));
+    }
+    let (mut publisher, _) =
+        raw_session(&first, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, &exact_filter, 1, b"21.5").await,
+        ReasonCode::SUCCESS
+    );
+    let (key, _, payload) = read_record(&kafka, &format!("{routed}{id}"), &exact_filter).await;
+    assert_eq!(
+        (key.as_deref(), payload.as_deref()),
+        (Some(exact_filter.as_str()), Some(&b"21.5"[..])),
+        "written to the route's topic"
+    );
+    for (filter, sub) in &mut subscribers {
+        let got = next_publish(sub, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("{filter} got nothing from the routed topic"));
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (exact_filter.as_str(), &b"21.5"[..]),
+            "{filter}"
+        );
+    }
+}

@@ -54,7 +54,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From a histogram of nanoseconds, in µs.
-    fn of(histogram: &Histogram<u64>) -> Self {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
         let us = |ns: u64| ns as f64 / 1000.0;
         Self {
             p50: us(histogram.value_at_quantile(0.50)),
@@ -66,7 +66,7 @@ impl Percentiles {
 }
 
 /// Nanoseconds from 1 µs to 60 s, 3 significant digits.
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -1,9 +1,9 @@
 //! `strait-bench mqtt`: the same MQTT load straight to the broker and through
 //! r-proxy → s-proxy → broker, case by case.
 
-mod idle;
-mod latency;
-mod throughput;
+pub mod idle;
+pub mod latency;
+pub mod throughput;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -179,15 +179,7 @@ enum Measured {
 
 pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let broker = loopback_broker(&args.broker).await?;
-    let bin = match &args.proxy_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()?.with_file_name("strait-proxy"),
-    };
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found: build it (cargo build --release -p strait-proxy) or pass --proxy-bin",
-        bin.display()
-    );
+    let bin = procs::proxy_bin(args.proxy_bin.as_deref())?;
 
     let mut report = Report::new(&args, &bin, broker);
     if bin.to_string_lossy().contains("/debug/") {
@@ -218,7 +210,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     eprintln!("proxy logs: {}", log_dir.display());
     let spec = RelaySpec {
         bin,
-        broker: broker.to_string(),
+        upstream: vec!["--broker".into(), broker.to_string()],
         r_proxy_args: args.r_proxy_arg.clone(),
         s_proxy_args: args.s_proxy_arg.clone(),
         log_dir,

@@ -154,7 +154,7 @@ async fn publish(
     Ok(client)
 }
 
-async fn count_delivered(
+pub async fn count_delivered(
     mut client: Client,
     delivered: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -170,7 +170,7 @@ async fn count_delivered(
 }
 
 /// Waits until nothing more arrives for [`DRAIN_QUIET`], at most [`DRAIN_LIMIT`].
-async fn drain(delivered: &AtomicU64) {
+pub async fn drain(delivered: &AtomicU64) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut last = delivered.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();

@@ -300,3 +300,46 @@ pub async fn record_partitions(bootstrap: &str, topic: &str, prefix: &str) -> Ve
     .await
     .expect("reader thread")
 }
+
+/// The sum of the offsets consumer group `group` has committed on `partitions` partitions of
+/// `topic` (read without joining the group).
+pub async fn committed_sum(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a Kafka consumer");
+        let mut wanted = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions {
+            wanted.add_partition(&topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(wanted, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(offset) => Some(offset),
+                _ => None,
+            })
+            .sum()
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// The next packet within `deadline`, `None` when none came (the connection closing counts as
+/// none too).
+pub async fn next_packet(client: &mut RawClient, deadline: Duration) -> Option<Packet> {
+    tokio::time::timeout(
+        deadline,
+        client.recv_within(deadline + Duration::from_secs(1)),
+    )
+    .await
+    .ok()
+    .flatten()
+}

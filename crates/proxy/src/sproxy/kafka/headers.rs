@@ -15,16 +15,22 @@ pub const REPLY_TO: &str = "zilla:reply-to";
 pub const REPLY_KEY: &str = "zilla:reply-key";
 pub const REPLY_FILTER: &str = "zilla:reply-filter";
 pub const CORRELATION_ID: &str = "zilla:correlation-id";
+/// Strait's own: `1` on a record whose PUBLISH had RETAIN set, so live deliveries can honour
+/// Retain As Published (Zilla's layout has no such flag). Absent otherwise. Not a `zilla:`
+/// header: Zilla and plain consumers see one more header (user properties are plain headers in
+/// Zilla's layout, so a Zilla subscriber may get it as a user property).
+pub const RETAIN: &str = "strait:retain";
 
 /// Record headers, in order; names may repeat.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// The headers of the record a PUBLISH becomes. `client_id` is the publisher (for No Local);
 /// `messages_topic` is the Kafka topic the record goes to (`zilla:reply-to` names it when the
-/// message has a response topic).
+/// message has a response topic); `retain` is the PUBLISH's RETAIN flag.
 pub fn encode(
     topic: &str,
     qos: QoS,
+    retain: bool,
     properties: &PublishProperties,
     client_id: &str,
     messages_topic: &str,
@@ -56,6 +62,9 @@ pub fn encode(
         headers.push((CORRELATION_ID.to_string(), correlation.to_vec()));
     }
     headers.push((QOS.to_string(), vec![b'0' + qos as u8]));
+    if retain {
+        headers.push((RETAIN.to_string(), b"1".to_vec()));
+    }
     for (name, value) in &properties.user_properties {
         headers.push((name.clone(), value.as_bytes().to_vec()));
     }
@@ -72,6 +81,8 @@ pub struct Message {
     pub qos: QoS,
     /// The publisher's client id (`zilla:local`).
     pub local: Option<String>,
+    /// The PUBLISH had RETAIN set (`strait:retain`; false for records of other producers).
+    pub retain: bool,
     /// Message expiry interval in seconds, as published.
     pub expiry: Option<u32>,
     /// Properties for the subscriber; `message_expiry_interval` is filled in at delivery.
@@ -99,6 +110,7 @@ pub fn decode<'a>(
         payload,
         qos: QoS::AtMostOnce,
         local: None,
+        retain: false,
         expiry: None,
         properties: PublishProperties::default(),
     };
@@ -136,6 +148,7 @@ pub fn decode<'a>(
             CORRELATION_ID => {
                 message.properties.correlation_data = Some(Bytes::copy_from_slice(value))
             }
+            RETAIN => message.retain = value == b"1",
             REPLY_TO | REPLY_FILTER => {}
             other => {
                 if let Some(value) = text(value) {
@@ -191,6 +204,7 @@ mod tests {
         let headers = encode(
             "sensor/one",
             QoS::AtMostOnce,
+            false,
             &PublishProperties::default(),
             "client",
             "mqtt-messages",
@@ -208,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_leading_slash_is_an_empty_first_level() {
-        let headers = encode("/a", QoS::AtLeastOnce, &Default::default(), "c", "m");
+        let headers = encode("/a", QoS::AtLeastOnce, false, &Default::default(), "c", "m");
         assert_eq!(headers[..2], [h(FILTER, b""), h(FILTER, b"a")]);
     }
 
@@ -223,7 +237,14 @@ mod tests {
             user_properties: vec![("row".into(), "1".into()), ("row".into(), "2".into())],
             ..Default::default()
         };
-        let headers = encode("a", QoS::ExactlyOnce, &properties, "c", "mqtt-messages");
+        let headers = encode(
+            "a",
+            QoS::ExactlyOnce,
+            true,
+            &properties,
+            "c",
+            "mqtt-messages",
+        );
         assert_eq!(
             headers,
             [
@@ -238,6 +259,7 @@ mod tests {
                 h(REPLY_FILTER, b"x"),
                 h(CORRELATION_ID, b"\x00\x01"),
                 h(QOS, b"2"),
+                h(RETAIN, b"1"),
                 h("row", b"1"),
                 h("row", b"2"),
             ]
@@ -281,6 +303,7 @@ mod tests {
         fn publish_round_trips_through_the_record(
             topic in topic(),
             qos in 0u8..3,
+            retain in any::<bool>(),
             expiry in prop::option::of(0u32..1_000_000),
             content_type in prop::option::of("[a-z/]{0,12}"),
             format in prop::option::of(any::<bool>()),
@@ -300,7 +323,7 @@ mod tests {
                 user_properties: user,
                 ..Default::default()
             };
-            let headers = encode(&topic, qos, &properties, &client, "mqtt-messages");
+            let headers = encode(&topic, qos, retain, &properties, &client, "mqtt-messages");
             let message = decode(
                 Some(topic.as_bytes()),
                 Bytes::from(payload.clone()),
@@ -310,6 +333,7 @@ mod tests {
             prop_assert_eq!(&message.topic, &topic);
             prop_assert_eq!(&message.payload[..], &payload[..]);
             prop_assert_eq!(message.qos, qos);
+            prop_assert_eq!(message.retain, retain);
             prop_assert_eq!(message.local.as_deref(), Some(client.as_str()));
             prop_assert_eq!(message.expiry, expiry);
             let mut expected = properties;

@@ -10,6 +10,7 @@
 pub mod headers;
 pub mod routing;
 mod session;
+mod shared;
 pub mod state;
 pub mod trie;
 mod watchdog;
@@ -40,9 +41,14 @@ use crate::kafka_client::{KafkaReport, wait_for_cluster};
 
 use self::headers::Message;
 use self::routing::Routing;
+use self::shared::SharedOffsets;
 use self::trie::Trie;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a shared subscription's group commits what its members delivered.
+const SHARED_COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// How often the topics of `${params}` routes are looked for in Kafka.
+const ROUTED_TOPICS_SCAN: Duration = Duration::from_secs(2);
 
 /// A record of a messages topic, as the dispatcher hands it to sessions.
 #[derive(Debug)]
@@ -54,8 +60,24 @@ pub struct Delivery {
     pub timestamp_ms: i64,
     pub message: Message,
     /// Read for a shared subscription (by its group consumer, not the dispatcher): not part of
-    /// the session's delivery progress.
-    pub shared: bool,
+    /// the session's delivery progress; the group commits its offset once it is delivered.
+    pub shared: Option<Arc<SharedOffsets>>,
+}
+
+impl Delivery {
+    /// A shared subscription's record was delivered (QoS 0 sent, QoS ≥ 1 acknowledged).
+    fn delivered(&self) {
+        if let Some(offsets) = &self.shared {
+            offsets.done((self.topic, self.partition), self.offset);
+        }
+    }
+
+    /// A shared subscription's record this member will not deliver: another member gets it.
+    fn give_back(self: Arc<Self>) {
+        if let Some(offsets) = self.shared.clone() {
+            offsets.give_back(self);
+        }
+    }
 }
 
 /// A session's queue of matched records, filled by the dispatcher thread.
@@ -287,6 +309,77 @@ fn record_headers<M: rdkafka::Message>(record: &M) -> Vec<(String, Vec<u8>)> {
         .unwrap_or_default()
 }
 
+/// One messages topic the dispatcher reads.
+pub struct MessagesTopic {
+    pub name: String,
+    /// Per partition: every record before this offset has been handed to the sessions it
+    /// matches.
+    positions: Vec<AtomicI64>,
+}
+
+impl MessagesTopic {
+    /// Every record of `partition` up to `offset` has been handed over.
+    fn advance(&self, partition: i32, offset: i64) {
+        if let Some(position) = self.positions.get(partition as usize) {
+            position.store(offset + 1, Ordering::Release);
+        }
+    }
+}
+
+/// The messages topics subscribers are served from, with indices that never change: the
+/// default and static routes' topics from the start, topics of `${params}` routes as they
+/// appear in Kafka.
+#[derive(Default)]
+pub struct MessagesTopics(RwLock<Vec<Arc<MessagesTopic>>>);
+
+impl MessagesTopics {
+    pub fn all(&self) -> Vec<Arc<MessagesTopic>> {
+        self.0.read().expect("topics lock").clone()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let topics = self.0.read().expect("topics lock");
+        topics.iter().map(|t| t.name.clone()).collect()
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        let topics = self.0.read().expect("topics lock");
+        topics.iter().position(|t| t.name == name)
+    }
+
+    /// The name of topic `t` (indices handed out are never removed).
+    pub fn name(&self, t: usize) -> String {
+        self.0.read().expect("topics lock")[t].name.clone()
+    }
+
+    fn len(&self) -> usize {
+        self.0.read().expect("topics lock").len()
+    }
+
+    /// Adds a topic read from `starts` (per partition), unless it is there already.
+    fn add(&self, name: &str, starts: &[i64]) -> usize {
+        let mut topics = self.0.write().expect("topics lock");
+        if let Some(existing) = topics.iter().position(|t| t.name == name) {
+            return existing;
+        }
+        topics.push(Arc::new(MessagesTopic {
+            name: name.to_string(),
+            positions: starts.iter().map(|o| AtomicI64::new(*o)).collect(),
+        }));
+        topics.len() - 1
+    }
+}
+
+/// Where reading a topic the dispatcher starts on begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// Its current end: what is published from now on.
+    End,
+    /// Its beginning: a topic that appeared after this process started holds only records
+    /// published since.
+    Beginning,
+}
+
 /// A locally connected session, for takeover.
 struct Local {
     connection: String,
@@ -307,10 +400,8 @@ pub struct KafkaUpstream {
     /// Client config for short-lived readers (catch-up).
     client: ClientConfig,
     /// Messages topics subscribers are served from (the dispatcher reads all their partitions).
-    pub topics: Vec<String>,
-    /// Per topic and partition: every record before this offset has been handed to the
-    /// sessions it matches.
-    positions: Vec<Vec<AtomicI64>>,
+    pub topics: MessagesTopics,
+    /// Partition counts of the static messages topics and the retained and sessions topics.
     partitions: HashMap<String, i32>,
     /// A client that never fetches: end offsets.
     watermarks: Arc<BaseConsumer>,
@@ -351,7 +442,10 @@ fn producer_config(base: &ClientConfig, acks: &str) -> ClientConfig {
         config.set("enable.idempotence", "true");
     }
     if config.get("linger.ms").is_none() {
-        config.set("linger.ms", "2");
+        // Measured with `strait-bench mqtt-kafka` (docs/benchmarks.md): 5 ms gave the most
+        // QoS 1 messages/s and the least CPU per message in s-proxy and Kafka (2 ms: half the
+        // rate and twice the CPU; 10 ms: no better), at a few ms of PUBACK latency.
+        config.set("linger.ms", "5");
     }
     if config.get("message.timeout.ms").is_none() {
         config.set("message.timeout.ms", "10000");
@@ -402,50 +496,17 @@ impl KafkaUpstream {
         let metadata_reader: BaseConsumer = reader_config(&client).create()?;
         let metadata_reader = Arc::new(metadata_reader);
         let mut partitions = HashMap::new();
-        let mut ends = Vec::new();
+        let messages_topics = MessagesTopics::default();
         for topic in topics
             .iter()
             .chain([&config.topics.retained, &config.topics.sessions])
         {
-            // Topics created a moment ago may have no leader yet: retry for a while.
-            let mut attempts = 0;
-            let (count, topic_ends) = loop {
-                attempts += 1;
-                let reader = metadata_reader.clone();
-                let name = topic.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
-                    let count = metadata
-                        .topics()
-                        .first()
-                        .map(|t| t.partitions().len() as i32)
-                        .unwrap_or(0);
-                    let ends = (0..count)
-                        .map(|p| Ok(reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?.1))
-                        .collect::<Result<Vec<i64>, KafkaError>>()?;
-                    Ok::<_, KafkaError>((count, ends))
-                })
-                .await?;
-                match read {
-                    Ok((count, ends)) if count > 0 || attempts >= 40 => break (count, ends),
-                    Err(error) if attempts >= 40 => {
-                        return Err(error).with_context(|| format!("reading metadata of {topic}"));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            };
-            if count == 0 {
-                bail!("Kafka topic {topic} has no partitions (does it exist?)");
+            let ends = read_partitions(&metadata_reader, topic, From::End).await?;
+            partitions.insert(topic.clone(), ends.len() as i32);
+            if topics.contains(topic) {
+                messages_topics.add(topic, &ends);
             }
-            partitions.insert(topic.clone(), count);
-            ends.push(topic_ends);
         }
-        let positions: Vec<Vec<AtomicI64>> = ends
-            .iter()
-            .take(topics.len())
-            .map(|e| e.iter().map(|o| AtomicI64::new(*o)).collect())
-            .collect();
-
         let local: Arc<Mutex<HashMap<String, Local>>> = Arc::default();
         let retained = Table::start(
             &client,
@@ -477,8 +538,7 @@ impl KafkaUpstream {
             producer,
             qos0,
             client,
-            topics,
-            positions,
+            topics: messages_topics,
             partitions,
             watermarks: metadata_reader.clone(),
             subscriptions: RwLock::default(),
@@ -491,26 +551,94 @@ impl KafkaUpstream {
             shutdown: shutdown.clone(),
             config,
         });
+        if upstream.routing.has_param_routes() {
+            // Topics of `${params}` routes that exist now are read from their end, like the
+            // static ones; later ones are found by `watch_routed_topics`.
+            upstream.discover_routed_topics(From::End).await?;
+            tokio::spawn(upstream.clone().watch_routed_topics());
+        }
         upstream.start_dispatcher()?;
         tokio::spawn(watchdog::run(upstream.clone()));
         Ok(upstream)
     }
 
-    fn start_dispatcher(self: &Arc<Self>) -> anyhow::Result<()> {
-        let consumer: BaseConsumer = reader_config(&self.client).create()?;
-        let mut assignment = TopicPartitionList::new();
-        for (i, topic) in self.topics.iter().enumerate() {
-            for (p, position) in self.positions[i].iter().enumerate() {
-                let offset = Offset::Offset(position.load(Ordering::Acquire));
-                assignment.add_partition_offset(topic, p as i32, offset)?;
+    /// Adds every topic in Kafka that a `${params}` route renders and the dispatcher does not
+    /// read yet.
+    async fn discover_routed_topics(&self, from: From) -> anyhow::Result<()> {
+        let reader = self.watermarks.clone();
+        let names = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await?
+        .context("listing Kafka topics")?;
+        for name in names {
+            if self.routing.is_routed_topic(&name) && self.topics.index(&name).is_none() {
+                self.read_topic(&name, from).await?;
             }
         }
-        consumer.assign(&assignment)?;
+        Ok(())
+    }
+
+    /// Looks for new topics of `${params}` routes every few seconds (other replicas' clients
+    /// publish to them too).
+    async fn watch_routed_topics(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ROUTED_TOPICS_SCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.discover_routed_topics(From::Beginning).await {
+                tracing::debug!(error = format!("{error:#}"), "looking for routed topics");
+            }
+        }
+    }
+
+    /// Makes the dispatcher read `topic` (it picks new topics up within a poll).
+    async fn read_topic(&self, topic: &str, from: From) -> anyhow::Result<()> {
+        let starts = read_partitions(&self.watermarks, topic, from).await?;
+        let t = self.topics.add(topic, &starts);
+        tracing::info!(topic, index = t, "reading a routed messages topic");
+        Ok(())
+    }
+
+    /// Before a PUBLISH to a topic of a `${params}` route that is not read yet: creates it
+    /// (with `createTopics`) and makes the dispatcher read it from its beginning, so the record
+    /// reaches this process's subscribers.
+    pub async fn ensure_routed(&self, messages: &str) -> anyhow::Result<()> {
+        if self.topics.index(messages).is_some() || !self.routing.is_routed_topic(messages) {
+            return Ok(());
+        }
+        if self.config.create_topics {
+            create_topics(&self.client, &self.config, &[messages.to_string()], &[]).await?;
+        }
+        self.read_topic(messages, From::Beginning).await
+    }
+
+    fn start_dispatcher(self: &Arc<Self>) -> anyhow::Result<()> {
+        let consumer: BaseConsumer = reader_config(&self.client).create()?;
+        let mut assigned = self.assign_new(&consumer, 0)?;
         let upstream = self.clone();
         std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
                 while !upstream.shutdown.is_cancelled() {
+                    if upstream.topics.len() > assigned {
+                        match upstream.assign_new(&consumer, assigned) {
+                            Ok(now) => assigned = now,
+                            Err(error) => {
+                                tracing::warn!(%error, "dispatcher cannot read a new topic")
+                            }
+                        }
+                    }
                     match consumer.poll(Duration::from_millis(100)) {
                         Some(Ok(record)) => upstream.dispatch(&record),
                         Some(Err(KafkaError::PartitionEOF(_))) | None => {}
@@ -521,11 +649,52 @@ impl KafkaUpstream {
         Ok(())
     }
 
+    /// Adds the partitions of the topics from index `from` on to the dispatcher's assignment;
+    /// returns how many topics it reads now.
+    fn assign_new(&self, consumer: &BaseConsumer, from: usize) -> anyhow::Result<usize> {
+        let topics = self.topics.all();
+        let mut assignment = TopicPartitionList::new();
+        for topic in &topics[from..] {
+            for (p, position) in topic.positions.iter().enumerate() {
+                let offset = Offset::Offset(position.load(Ordering::Acquire));
+                assignment.add_partition_offset(&topic.name, p as i32, offset)?;
+            }
+        }
+        consumer.incremental_assign(&assignment)?;
+        Ok(topics.len())
+    }
+
     fn dispatch(&self, record: &rdkafka::message::BorrowedMessage<'_>) {
-        let Some(topic) = self.topics.iter().position(|t| t == record.topic()) else {
-            return;
+        let (topic, read) = {
+            let topics = self.topics.0.read().expect("topics lock");
+            let Some(t) = topics.iter().position(|t| t.name == record.topic()) else {
+                return;
+            };
+            (t, topics[t].clone())
         };
         let (partition, offset) = (record.partition(), record.offset());
+        // Shared subscriptions are served by their group consumers.
+        let subscribers = |topic: &str| {
+            let mut ids = Vec::new();
+            self.subscriptions
+                .read()
+                .expect("trie lock")
+                .matches(topic, |target| {
+                    if target.shared.is_none() {
+                        ids.push(target.session);
+                    }
+                });
+            ids
+        };
+        // The key is the MQTT topic (headers name it only for records without one): a record
+        // no session here subscribes to is not decoded at all.
+        let key = record.key().and_then(|k| std::str::from_utf8(k).ok());
+        if let Some(topic) = key.filter(|k| !k.is_empty())
+            && subscribers(topic).is_empty()
+        {
+            read.advance(partition, offset);
+            return;
+        }
         let headers = record_headers(record);
         let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
         match headers::decode(
@@ -534,16 +703,7 @@ impl KafkaUpstream {
             headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
         ) {
             Ok(message) => {
-                let mut ids = Vec::new();
-                // Shared subscriptions are served by their group consumers.
-                self.subscriptions
-                    .read()
-                    .expect("trie lock")
-                    .matches(&message.topic, |target| {
-                        if target.shared.is_none() {
-                            ids.push(target.session);
-                        }
-                    });
+                let mut ids = subscribers(&message.topic);
                 if !ids.is_empty() {
                     ids.sort_unstable();
                     ids.dedup();
@@ -553,7 +713,7 @@ impl KafkaUpstream {
                         offset,
                         timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                         message,
-                        shared: false,
+                        shared: None,
                     });
                     let inboxes = self.inboxes.read().expect("inbox lock");
                     for id in ids {
@@ -567,21 +727,30 @@ impl KafkaUpstream {
         }
         // After the hand-over: a session that reads this position finds every earlier record
         // in its inbox (see `Session::progress`).
-        if let Some(position) = self.positions[topic].get(partition as usize) {
-            position.store(offset + 1, Ordering::Release);
-        }
+        read.advance(partition, offset);
     }
 
-    /// The dispatcher's position on every partition: (topic, partition) → next offset.
+    /// The dispatcher's position on every partition: (topic index, partition) → next offset.
     pub fn positions(&self) -> Vec<Vec<i64>> {
-        self.positions
+        self.topics
+            .all()
             .iter()
-            .map(|t| t.iter().map(|p| p.load(Ordering::Acquire)).collect())
+            .map(|t| {
+                t.positions
+                    .iter()
+                    .map(|p| p.load(Ordering::Acquire))
+                    .collect()
+            })
             .collect()
     }
 
     pub fn partition_count(&self, topic: &str) -> Option<i32> {
-        self.partitions.get(topic).copied()
+        if let Some(count) = self.partitions.get(topic) {
+            return Some(*count);
+        }
+        let topics = self.topics.0.read().expect("topics lock");
+        let found = topics.iter().find(|t| t.name == topic)?;
+        Some(found.positions.len() as i32)
     }
 
     /// The messages topic and, when its partition count is known, the partition of a PUBLISH to
@@ -748,13 +917,25 @@ impl KafkaUpstream {
             )
             // A replica that dies is noticed in 10 s, not Kafka's default 45.
             .set("session.timeout.ms", "10000")
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "true")
+            // Offsets are committed here once delivered, never when merely read.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "latest");
         let consumer: BaseConsumer = config.create()?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        // The messages topics read when the group starts (routed ones found later are not
+        // part of it).
+        let names = self.topics.names();
+        let topics: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
+        let offsets = Arc::new(SharedOffsets::default());
+        let mut committed = HashMap::new();
+        let mut last_commit = std::time::Instant::now();
         while !stop.is_cancelled() {
+            for returned in offsets.take_returned() {
+                if !self.hand_out(group, returned, stop) {
+                    return Ok(());
+                }
+            }
             let polled = consumer.poll(Duration::from_millis(100));
             if !*ready.borrow() {
                 let assignment = consumer.assignment()?;
@@ -791,6 +972,12 @@ impl KafkaUpstream {
                     let _ = ready.send(true);
                 }
             }
+            if last_commit.elapsed() >= SHARED_COMMIT_EVERY {
+                last_commit = std::time::Instant::now();
+                if let Err(error) = self.commit_delivered(&consumer, &offsets, &mut committed) {
+                    tracing::debug!(%error, %group, "shared subscription commit");
+                }
+            }
             let record = match polled {
                 Some(Ok(record)) => record,
                 Some(Err(KafkaError::PartitionEOF(_))) | None => continue,
@@ -799,58 +986,119 @@ impl KafkaUpstream {
                     continue;
                 }
             };
-            let Some(topic) = self.topics.iter().position(|t| t == record.topic()) else {
+            let Some(topic) = self.topics.index(record.topic()) else {
                 continue;
             };
+            let key = (topic, record.partition());
             let headers = record_headers(&record);
-            let Ok(message) = headers::decode(
+            let message = headers::decode(
                 record.key(),
                 Bytes::copy_from_slice(record.payload().unwrap_or_default()),
                 headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-            ) else {
+            )
+            .ok()
+            .filter(|m| strait_mqtt_codec::topic::matches(inner, &m.topic));
+            offsets.read(key, record.offset(), message.is_some());
+            let Some(message) = message else {
                 continue;
             };
-            if !strait_mqtt_codec::topic::matches(inner, &message.topic) {
-                continue;
-            }
             let delivery = Arc::new(Delivery {
                 topic,
                 partition: record.partition(),
                 offset: record.offset(),
                 timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                 message,
-                shared: true,
+                shared: Some(offsets.clone()),
             });
-            // The next member with room; when all are full, wait (the group's delivery pauses).
-            loop {
-                if stop.is_cancelled() {
-                    return Ok(());
-                }
-                let member = {
-                    let mut shared = self.shared.lock().expect("shared lock");
-                    let Some(entry) = shared.get_mut(group) else {
-                        return Ok(());
-                    };
-                    let inboxes = self.inboxes.read().expect("inbox lock");
-                    let count = entry.members.len();
-                    let mut chosen = None;
-                    for _ in 0..count {
-                        let id = entry.members[entry.turn % count];
-                        entry.turn = entry.turn.wrapping_add(1);
-                        if let Some(inbox) = inboxes.get(&id)
-                            && inbox.try_push_shared(delivery.clone())
-                        {
-                            chosen = Some(id);
-                            break;
-                        }
-                    }
-                    chosen
-                };
-                if member.is_some() || delivery.message.qos == QoS::AtMostOnce {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !self.hand_out(group, delivery, stop) {
+                return Ok(());
             }
+        }
+        // Stopped (the last member here left, or shutdown): commit what was delivered.
+        self.commit_delivered(&consumer, &offsets, &mut committed)?;
+        Ok(())
+    }
+
+    /// Gives a shared subscription's record to the next member with room; when all are full,
+    /// waits (QoS ≥ 1: the group's delivery pauses) or drops it (QoS 0). `false` when the
+    /// group has no members here any more or is stopped.
+    fn hand_out(
+        &self,
+        group: &Arc<str>,
+        delivery: Arc<Delivery>,
+        stop: &CancellationToken,
+    ) -> bool {
+        loop {
+            if stop.is_cancelled() {
+                return false;
+            }
+            let taken = {
+                let mut shared = self.shared.lock().expect("shared lock");
+                let Some(entry) = shared.get_mut(group) else {
+                    return false;
+                };
+                let inboxes = self.inboxes.read().expect("inbox lock");
+                let count = entry.members.len();
+                let mut taken = false;
+                for _ in 0..count {
+                    let id = entry.members[entry.turn % count];
+                    entry.turn = entry.turn.wrapping_add(1);
+                    if let Some(inbox) = inboxes.get(&id)
+                        && inbox.try_push_shared(delivery.clone())
+                    {
+                        taken = true;
+                        break;
+                    }
+                }
+                taken
+            };
+            if taken {
+                return true;
+            }
+            if delivery.message.qos == QoS::AtMostOnce {
+                // QoS 0 may be dropped: as good as delivered.
+                delivery.delivered();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Commits, per partition this replica owns, the offset below which every record was
+    /// delivered (when it moved).
+    fn commit_delivered(
+        &self,
+        consumer: &BaseConsumer,
+        offsets: &SharedOffsets,
+        committed: &mut HashMap<(usize, i32), i64>,
+    ) -> anyhow::Result<()> {
+        let assignment = consumer.assignment()?;
+        let assigned: std::collections::HashSet<(usize, i32)> = assignment
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let topic = self.topics.index(e.topic())?;
+                Some((topic, e.partition()))
+            })
+            .collect();
+        offsets.retain(&assigned);
+        committed.retain(|key, _| assigned.contains(key));
+        let mut commit = TopicPartitionList::new();
+        let moved: Vec<_> = offsets
+            .committable()
+            .into_iter()
+            .filter(|(key, offset)| committed.get(key) != Some(offset))
+            .collect();
+        for ((topic, partition), offset) in &moved {
+            commit.add_partition_offset(
+                &self.topics.name(*topic),
+                *partition,
+                Offset::Offset(*offset),
+            )?;
+        }
+        if commit.count() > 0 {
+            consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync)?;
+            committed.extend(moved);
         }
         Ok(())
     }
@@ -915,40 +1163,92 @@ fn takeover_check(
     }
 }
 
+/// Creates the `messages` topics and the `compacted` ones (`newTopics` partitions and
+/// replication) unless they exist.
+async fn create_topics(
+    client: &ClientConfig,
+    config: &KafkaConfig,
+    messages: &[String],
+    compacted: &[&String],
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().context("creating the Kafka admin client")?;
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let partitions = config.new_topics.partitions;
+    let replication = || TopicReplication::Fixed(config.new_topics.replication_factor);
+    let mut new = Vec::new();
+    for topic in messages {
+        new.push(NewTopic::new(topic, partitions, replication()));
+    }
+    for topic in compacted {
+        new.push(NewTopic::new(topic, partitions, replication()).set("cleanup.policy", "compact"));
+    }
+    for result in admin
+        .create_topics(&new, &options)
+        .await
+        .context("creating the MQTT topics in Kafka")?
+    {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("cannot create Kafka topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// The partitions of `topic` and, per partition, the offset to start reading at. A topic
+/// created a moment ago may have no leader yet: retried for a while.
+async fn read_partitions(
+    reader: &Arc<BaseConsumer>,
+    topic: &str,
+    from: From,
+) -> anyhow::Result<Vec<i64>> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (reader, name) = (reader.clone(), topic.to_string());
+        let read = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+            let count = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len() as i32)
+                .unwrap_or(0);
+            (0..count)
+                .map(|p| {
+                    let (low, high) = reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?;
+                    Ok(if from == From::End { high } else { low })
+                })
+                .collect::<Result<Vec<i64>, KafkaError>>()
+        })
+        .await?;
+        match read {
+            Ok(starts) if !starts.is_empty() => return Ok(starts),
+            Ok(_) if attempts >= 40 => {
+                bail!("Kafka topic {topic} has no partitions (does it exist?)")
+            }
+            Err(error) if attempts >= 40 => {
+                return Err(error).with_context(|| format!("reading metadata of {topic}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// Creates missing topics (when allowed) and refuses compacted topics that are not.
 async fn ensure_topics(
     client: &ClientConfig,
     config: &KafkaConfig,
     messages: &[String],
 ) -> anyhow::Result<()> {
+    let compacted = [&config.topics.retained, &config.topics.sessions];
+    if config.create_topics {
+        create_topics(client, config, messages, &compacted).await?;
+    }
     let admin: AdminClient<DefaultClientContext> =
         client.create().context("creating the Kafka admin client")?;
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
-    let compacted = [&config.topics.retained, &config.topics.sessions];
-    if config.create_topics {
-        let partitions = config.new_topics.partitions;
-        let replication = || TopicReplication::Fixed(config.new_topics.replication_factor);
-        let mut new = Vec::new();
-        for topic in messages {
-            new.push(NewTopic::new(topic, partitions, replication()));
-        }
-        for topic in compacted {
-            new.push(
-                NewTopic::new(topic, partitions, replication()).set("cleanup.policy", "compact"),
-            );
-        }
-        for result in admin
-            .create_topics(&new, &options)
-            .await
-            .context("creating the MQTT topics in Kafka")?
-        {
-            match result {
-                Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => bail!("cannot create Kafka topic {topic}: {code}"),
-            }
-        }
-    }
     for topic in compacted {
         // A topic created a moment ago may not be described yet: retry briefly.
         let mut attempts = 0;

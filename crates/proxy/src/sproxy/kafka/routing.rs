@@ -102,6 +102,22 @@ impl Routing {
         topics
     }
 
+    /// Whether Kafka topic `name` is one a route with `${params}` renders (each parameter
+    /// stands for one non-empty MQTT topic level): such topics appear as clients publish, and
+    /// subscribers are served from them too.
+    pub fn is_routed_topic(&self, name: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|(_, template)| template.contains("${") && template_matches(template, name))
+    }
+
+    /// Whether some route renders its messages topic from `${params}`.
+    pub fn has_param_routes(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|(_, template)| template.contains("${"))
+    }
+
     /// The partition key of `topic` when a `clients` pattern matches it (its `{identity}`).
     pub fn hash_key<'t>(&self, topic: &'t str) -> Option<&'t str> {
         self.clients
@@ -109,6 +125,29 @@ impl Routing {
             .find_map(|p| p.capture(topic))
             .and_then(|params| params.first().map(|(_, v)| *v))
     }
+}
+
+/// Whether `name` is what `template` renders for some values of its `${params.x}` (each a
+/// non-empty string without `/`).
+fn template_matches(template: &str, name: &str) -> bool {
+    let Some(start) = template.find("${") else {
+        return template == name;
+    };
+    let Some(rest) = name.strip_prefix(&template[..start]) else {
+        return false;
+    };
+    let Some(end) = template[start..].find('}') else {
+        return false;
+    };
+    let after = &template[start + end + 1..];
+    // The parameter takes 1..n characters of `rest`, then the remainder must match `after`.
+    rest.char_indices()
+        .skip(1)
+        .map(|(i, _)| i)
+        .chain([rest.len()])
+        .filter(|i| *i > 0)
+        .take_while(|i| !rest[..*i].contains('/'))
+        .any(|i| template_matches(after, &rest[i..]))
 }
 
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`).
@@ -199,6 +238,32 @@ mod tests {
         assert_eq!(r.messages_topic("alerts/x"), "alerts");
         assert_eq!(r.messages_topic("alerts/x/y"), "mqtt-messages");
         assert_eq!(r.static_topics(), ["mqtt-messages", "alerts"]);
+    }
+
+    #[test]
+    fn routed_topics_are_recognised_by_their_template() {
+        let r = routing(
+            &[
+                ("sensor/{id}/#", "sensors.${params.id}"),
+                ("site/{a}/{b}", "site-${params.a}-x-${params.b}"),
+                ("alerts/+", "alerts"),
+            ],
+            &[],
+        );
+        assert!(r.has_param_routes());
+        assert!(r.is_routed_topic("sensors.7"));
+        assert!(r.is_routed_topic("site-1-x-2"));
+        assert!(
+            r.is_routed_topic("site-1-x-2-x-3"),
+            "a level may contain the separator"
+        );
+        assert!(!r.is_routed_topic("sensors."), "a level is not empty");
+        assert!(
+            !r.is_routed_topic("alerts"),
+            "static routes are read anyway"
+        );
+        assert!(!r.is_routed_topic("mqtt-messages"));
+        assert!(!routing(&[("a/+", "a")], &[]).has_param_routes());
     }
 
     #[test]

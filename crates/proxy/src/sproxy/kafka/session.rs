@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -65,6 +66,8 @@ struct Outgoing {
     qos: QoS,
     /// QoS 2: PUBREC received, PUBREL sent.
     released: bool,
+    /// A shared subscription's record: its group commits the offset once this is acknowledged.
+    shared: Option<Arc<Delivery>>,
 }
 
 struct Session {
@@ -349,6 +352,7 @@ pub(super) fn produce(
     let headers = headers::encode(
         &publish.topic,
         publish.qos,
+        publish.retain,
         &publish.properties,
         client_id,
         &messages,
@@ -515,6 +519,12 @@ impl Session {
                     if let Some(end) = self.acknowledge(ack, result, ctx).await {
                         return end;
                     }
+                    // Kafka acknowledges batches: every PUBACK ready now goes in one frame.
+                    while let Some(Some((ack, result))) = acks.next().now_or_never() {
+                        if let Some(end) = self.acknowledge(ack, result, ctx).await {
+                            return end;
+                        }
+                    }
                 }
                 delivery = async { catch_up.as_mut().expect("guarded").recv().await },
                     if catch_up.is_some() && window_open =>
@@ -582,6 +592,16 @@ impl Session {
                         "invalid topic name".into(),
                     ));
                 }
+                if self.up.routing.has_param_routes() {
+                    let messages = self.up.routing.messages_topic(&publish.topic).into_owned();
+                    if let Err(error) = self.up.ensure_routed(&messages).await {
+                        // The produce fails in turn and says so to the client.
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "cannot read routed topic {messages}"
+                        );
+                    }
+                }
                 match publish.qos {
                     QoS::AtMostOnce => {
                         // Handed to the producer now; nobody waits for Kafka's answer.
@@ -646,11 +666,18 @@ impl Session {
                     .is_some_and(|o| o.qos == QoS::AtLeastOnce)
                 {
                     let acked = self.outgoing.remove(&ack.packet_id);
+                    if let Some(shared) = acked.as_ref().and_then(|o| o.shared.as_ref()) {
+                        shared.delivered();
+                    }
                     self.acked_since_write |= acked.is_some_and(|o| o.source.is_some());
                 }
             }
             Packet::PubRec(rec) => {
                 if let Some(outgoing) = self.outgoing.get_mut(&rec.packet_id) {
+                    // The client has it (or refused it): the shared group may move on.
+                    if let Some(shared) = outgoing.shared.take() {
+                        shared.delivered();
+                    }
                     if rec.reason_code.is_error() {
                         self.outgoing.remove(&rec.packet_id);
                     } else {
@@ -671,6 +698,9 @@ impl Session {
             }
             Packet::PubComp(comp) => {
                 let completed = self.outgoing.remove(&comp.packet_id);
+                if let Some(shared) = completed.as_ref().and_then(|o| o.shared.as_ref()) {
+                    shared.delivered();
+                }
                 self.acked_since_write |= completed.is_some_and(|o| o.source.is_some());
             }
             Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
@@ -903,12 +933,15 @@ impl Session {
     ) -> Option<Publish> {
         let mut qos = None;
         let mut ids = Vec::new();
+        let mut retain = false;
         for sub in matching {
             if sub.no_local && message.local.as_deref() == Some(self.client_id.as_str()) {
                 continue;
             }
             qos = qos.max(Some(sub.qos()));
             ids.extend(sub.subscription_id);
+            // Retain As Published (MQTT-3.3.1-12, -13): RETAIN as the publisher set it.
+            retain |= sub.retain_as_published && message.retain;
         }
         let qos = qos?.min(message.qos);
         let expiry = headers::remaining_expiry(message.expiry, timestamp_ms, now_ms)?;
@@ -917,6 +950,7 @@ impl Session {
         properties.subscription_identifiers = ids;
         Some(Publish {
             qos,
+            retain,
             topic: message.topic.clone(),
             payload: message.payload.clone(),
             properties,
@@ -925,10 +959,12 @@ impl Session {
     }
 
     /// Sends a delivery from the dispatcher or the catch-up.
-    fn deliver(&mut self, delivery: &Delivery, from_catch_up: bool) {
+    fn deliver(&mut self, delivery: &Arc<Delivery>, from_catch_up: bool) {
+        if delivery.shared.is_some() {
+            return self.deliver_shared(delivery);
+        }
         let key = (delivery.topic, delivery.partition);
         if !from_catch_up
-            && !delivery.shared
             && self
                 .live_from
                 .get(&key)
@@ -939,23 +975,9 @@ impl Session {
         if from_catch_up && delivery.message.qos == QoS::AtMostOnce {
             return;
         }
-        // A catch-up reads every record: shared subscriptions, whose records other members
-        // may have had, are not caught up.
-        let matching: Vec<&StoredSubscription> = self
-            .subscriptions
-            .values()
-            .filter(|s| {
-                let (filter, shared) = match mqtt::topic::parse_shared(&s.filter) {
-                    Some((_, inner)) => (inner, true),
-                    None => (s.filter.as_str(), false),
-                };
-                // A record read for a shared subscription counts for it alone; one from the
-                // dispatcher for the plain ones.
-                shared == delivery.shared
-                    && !(shared && from_catch_up)
-                    && mqtt::topic::matches(filter, &delivery.message.topic)
-            })
-            .collect();
+        // Records from the dispatcher or a catch-up are for the plain subscriptions (shared
+        // ones, whose records other members may have had, are not caught up).
+        let matching = self.matching(&delivery.message.topic, false);
         if matching.is_empty() {
             return;
         }
@@ -967,11 +989,6 @@ impl Session {
         ) else {
             return;
         };
-        if delivery.shared {
-            // Not part of the session's progress (the group consumer tracks it).
-            self.send_publish(publish, None);
-            return;
-        }
         let source = (delivery.topic, delivery.partition, delivery.offset);
         if from_catch_up
             && self
@@ -986,25 +1003,62 @@ impl Session {
         if resend.is_some() && publish.qos == QoS::ExactlyOnce {
             publish.dup = true;
         }
-        self.send_publish_as(publish, Some(source), resend);
+        self.send_publish_as(publish, Some(source), resend, None);
+    }
+
+    /// The subscriptions, shared or plain, whose filter matches `topic`.
+    fn matching(&self, topic: &str, shared: bool) -> Vec<&StoredSubscription> {
+        self.subscriptions
+            .values()
+            .filter(|s| match mqtt::topic::parse_shared(&s.filter) {
+                Some((_, inner)) => shared && mqtt::topic::matches(inner, topic),
+                None => !shared && mqtt::topic::matches(&s.filter, topic),
+            })
+            .collect()
+    }
+
+    /// Sends a record a shared subscription's group consumer gave this member. It is not part
+    /// of the session's progress: the group commits its offset once it is delivered.
+    fn deliver_shared(&mut self, delivery: &Arc<Delivery>) {
+        let matching = self.matching(&delivery.message.topic, true);
+        if matching.is_empty() {
+            // Unsubscribed meanwhile: another member delivers it.
+            delivery.clone().give_back();
+            return;
+        }
+        match self.to_publish(
+            &delivery.message,
+            delivery.timestamp_ms,
+            now_ms(),
+            &matching,
+        ) {
+            Some(publish) => self.send_publish_as(publish, None, None, Some(delivery.clone())),
+            // Expired: nobody gets it.
+            None => delivery.delivered(),
+        }
     }
 
     fn send_publish(&mut self, publish: Publish, source: Option<(usize, i32, i64)>) {
-        self.send_publish_as(publish, source, None);
+        self.send_publish_as(publish, source, None, None);
     }
 
-    /// Sends a PUBLISH; `packet_id` reuses a stored one (a QoS 2 resend).
+    /// Sends a PUBLISH; `packet_id` reuses a stored one (a QoS 2 resend); `shared` is the
+    /// shared subscription's record it carries.
     fn send_publish_as(
         &mut self,
         mut publish: Publish,
         source: Option<(usize, i32, i64)>,
         packet_id: Option<u16>,
+        shared: Option<Arc<Delivery>>,
     ) {
         if let Some(max) = self.client_max_packet {
             let size = mqtt::encoded_len(&Packet::Publish(publish.clone()), self.protocol)
                 .unwrap_or(usize::MAX);
             if size > max as usize {
                 // The client cannot take it: as if delivered (MQTT-3.1.2-25).
+                if let Some(shared) = &shared {
+                    shared.delivered();
+                }
                 return;
             }
         }
@@ -1023,8 +1077,12 @@ impl Session {
                     source,
                     qos: publish.qos,
                     released: false,
+                    shared,
                 },
             );
+        } else if let Some(shared) = &shared {
+            // QoS 0: sent is delivered.
+            shared.delivered();
         }
         if self.client_alias_max > 0 {
             // The first message on a topic sets an alias; later ones send only the alias.
@@ -1100,11 +1158,11 @@ impl Session {
     ) -> Option<CatchUp> {
         let now = self.up.positions();
         let mut ranges = Vec::new();
-        for (t, topic) in self.up.topics.iter().enumerate() {
-            let Some(stored) = offsets.get(topic) else {
+        for (t, ends) in now.iter().enumerate() {
+            let Some(stored) = offsets.get(&self.up.topics.name(t)) else {
                 continue;
             };
-            for (p, end) in now[t].iter().enumerate() {
+            for (p, end) in ends.iter().enumerate() {
                 let p = p as i32;
                 if let Some(from) = stored.get(&p) {
                     ranges.push((t, p, *from, *end));
@@ -1129,9 +1187,17 @@ impl Session {
             partitions = overflow.len(),
             "delivery queue overflowed; reading the rest from Kafka"
         );
+        let mut later = None;
         let ranges = overflow
             .into_iter()
-            .map(|((t, p), from)| (t, p, from, now[t][p as usize]))
+            .map(|((t, p), from)| {
+                // A topic added since `now` was read: a later reading covers it as well.
+                let positions = match now.get(t) {
+                    Some(_) => &now,
+                    None => later.get_or_insert_with(|| self.up.positions()),
+                };
+                (t, p, from, positions[t][p as usize])
+            })
             .collect();
         self.catch_up(ranges)
     }
@@ -1143,7 +1209,7 @@ impl Session {
         for (t, p, from, to) in ranges {
             self.live_from.insert((t, p), to);
             if from < to {
-                reads.push((t, self.up.topics[t].clone(), p, from, to));
+                reads.push((t, self.up.topics.name(t), p, from, to));
                 self.catching_up.insert((t, p), from);
             }
         }
@@ -1170,7 +1236,7 @@ impl Session {
         {
             let state = self.inbox.state.lock().expect("inbox lock");
             for item in &state.items {
-                if item.message.qos != QoS::AtMostOnce && !item.shared {
+                if item.message.qos != QoS::AtMostOnce && item.shared.is_none() {
                     lower(&mut floor, (item.topic, item.partition), item.offset);
                 }
             }
@@ -1189,9 +1255,9 @@ impl Session {
         for (t, p, offset) in self.qos2_resend.keys() {
             lower(&mut floor, (*t, *p), *offset);
         }
-        for (t, topic) in self.up.topics.iter().enumerate() {
-            let partitions = progress.entry(topic.clone()).or_default();
-            for (p, position) in positions[t].iter().enumerate() {
+        for (t, topic_positions) in positions.iter().enumerate() {
+            let partitions = progress.entry(self.up.topics.name(t)).or_default();
+            for (p, position) in topic_positions.iter().enumerate() {
                 let p = p as i32;
                 let at = floor
                     .get(&(t, p))
@@ -1244,7 +1310,7 @@ impl Session {
                 let (t, p, offset) = o.source?;
                 Some(StoredOutgoing {
                     packet_id: *id,
-                    topic: self.up.topics[t].clone(),
+                    topic: self.up.topics.name(t),
                     partition: p,
                     offset,
                     released: o.released,
@@ -1254,7 +1320,7 @@ impl Session {
         for ((t, p, offset), id) in &self.qos2_resend {
             stored.push(StoredOutgoing {
                 packet_id: *id,
-                topic: self.up.topics[*t].clone(),
+                topic: self.up.topics.name(*t),
                 partition: *p,
                 offset: *offset,
                 released: false,
@@ -1267,7 +1333,7 @@ impl Session {
     /// Takes back the QoS 2 delivery state of a resumed session: PUBREL again for released
     /// ones, the same packet id (DUP) for the others when the catch-up reads them.
     fn restore_qos2(&mut self, record: &SessionRecord) {
-        let index = |topic: &str| self.up.topics.iter().position(|t| t == topic);
+        let index = |topic: &str| self.up.topics.index(topic);
         for (topic, partitions) in &record.qos2_done {
             let Some(t) = index(topic) else { continue };
             for (p, offsets) in partitions {
@@ -1287,6 +1353,7 @@ impl Session {
                         source: Some(source),
                         qos: QoS::ExactlyOnce,
                         released: true,
+                        shared: None,
                     },
                 );
                 self.qos2_done
@@ -1335,7 +1402,7 @@ impl Session {
         };
         // Completed deliveries below the progress are covered by it.
         for ((t, p), done) in &self.qos2_done {
-            let topic = &self.up.topics[*t];
+            let topic = &self.up.topics.name(*t);
             let from = record
                 .offsets
                 .get(topic)
@@ -1360,7 +1427,7 @@ impl Session {
         // Completed QoS 2 deliveries below the progress need no memory any more.
         for ((t, p), done) in &mut self.qos2_done {
             let from = offsets
-                .get(&self.up.topics[*t])
+                .get(&self.up.topics.name(*t))
                 .and_then(|o| o.get(p))
                 .copied()
                 .unwrap_or(0);
@@ -1434,6 +1501,7 @@ impl Session {
         }
         self.up
             .unregister(self.id, self.subscriptions.keys().cloned());
+        self.give_back_shared();
         if matches!(end, End::TakenOver) {
             // The new connection owns the session record now. A will without delay is published
             // (MQTT-3.1.4-3 and 3.1.2.5); one with a delay is cancelled by the new connection.
@@ -1527,6 +1595,22 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Shared subscriptions' records this session holds undelivered (unacknowledged or still
+    /// queued) go to other members (MQTT 4.8.2): the group only commits delivered ones.
+    fn give_back_shared(&mut self) {
+        for outgoing in self.outgoing.values_mut() {
+            if let Some(shared) = outgoing.shared.take() {
+                shared.give_back();
+            }
+        }
+        let queued = std::mem::take(&mut self.inbox.state.lock().expect("inbox lock").items);
+        for delivery in queued {
+            delivery.give_back();
+        }
+    }
+}
+
 fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64) {
     let entry = floor.entry(key).or_insert(offset);
     *entry = (*entry).min(offset);
@@ -1601,7 +1685,7 @@ fn catch_up(
                 offset: record.offset(),
                 timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
                 message,
-                shared: false,
+                shared: None,
             });
             if tx.blocking_send(Ok(delivery)).is_err() {
                 return Ok(());
