@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::autoscale::Observation;
+use crate::kafka_access::KafkaAccess;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,10 +28,11 @@ pub enum LagError {
 
 /// Lag of `group` on `topic` (uncommitted partitions count their whole log), the topic's
 /// partitions and the group's members. Blocking: call from `spawn_blocking`.
-pub fn observe(bootstrap: &str, topic: &str, group: &str) -> Result<Observation, LagError> {
+pub fn observe(kafka: &KafkaAccess, topic: &str, group: &str) -> Result<Observation, LagError> {
+    let bootstrap = kafka.bootstrap.as_str();
     // A consumer that never subscribes: it only asks the group coordinator about offsets.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()

@@ -6,6 +6,7 @@ pub mod context;
 pub mod crd;
 pub mod grpc_route;
 pub mod kafka;
+pub mod kafka_access;
 pub mod leader;
 pub mod monitoring;
 pub mod mqtt_bridge;

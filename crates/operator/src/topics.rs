@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
+
+use crate::kafka_access::KafkaAccess;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,26 +54,27 @@ type Admin = AdminClient<DefaultClientContext>;
 pub struct Admins(Mutex<HashMap<String, Arc<Admin>>>);
 
 impl Admins {
-    /// The client for `bootstrap`, made on first use. librdkafka reconnects by itself, so a
+    /// The client for these settings, made on first use. librdkafka reconnects by itself, so a
     /// cluster that was down needs no new client.
-    pub fn get(&self, bootstrap: &str) -> Result<Arc<Admin>, TopicError> {
+    pub fn get(&self, kafka: &KafkaAccess) -> Result<Arc<Admin>, TopicError> {
+        let key = kafka.cache_key();
         let mut admins = self.0.lock().expect("not poisoned");
-        if let Some(admin) = admins.get(bootstrap) {
+        if let Some(admin) = admins.get(&key) {
             return Ok(admin.clone());
         }
         let admin: Arc<Admin> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", bootstrap)
+            kafka
+                .client_config()
                 .set("socket.timeout.ms", "10000")
                 // Asking for one topic's metadata must not create it.
                 .set("allow.auto.create.topics", "false")
                 .create()
                 .map_err(|error| TopicError::Unreachable {
-                    bootstrap: bootstrap.into(),
+                    bootstrap: kafka.bootstrap.clone(),
                     error,
                 })?,
         );
-        admins.insert(bootstrap.to_string(), admin.clone());
+        admins.insert(key, admin.clone());
         Ok(admin)
     }
 }

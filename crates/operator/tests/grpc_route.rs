@@ -305,3 +305,162 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
     drop(operator);
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+/// Kafka behind SASL_SSL (SCRAM-SHA-512, the test CA): the operator reads the Secrets for its own
+/// clients and creates the topics through that listener; the proxies' configs name the files
+/// the pods mount from the same Secrets; a missing Secret is `Ready=False` naming the field,
+/// and creating it wakes the route.
+#[tokio::test]
+async fn route_reaches_kafka_over_sasl_ssl_with_credentials_from_secrets() {
+    require!("KUBECONFIG", "kube");
+    let plain_bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let bootstrap = require!("KAFKA_SASL_SSL_BOOTSTRAP", "kafka");
+    let ca = std::fs::read_to_string(require!("KAFKA_TLS_CA", "kafka")).unwrap();
+    let user = require!("KAFKA_SCRAM_USER", "kafka");
+    let password = std::fs::read_to_string(require!("KAFKA_SCRAM_PASSWORD_FILE", "kafka")).unwrap();
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter-protos"},
+        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &protos)
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let ca_secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kafka-ca"},
+        "stringData": {"ca.crt": ca},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &ca_secret)
+        .await
+        .unwrap();
+    let lease = unique_name("gkr-sasl-lease");
+    let operator = Daemon::start(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-name",
+            &lease,
+        ],
+    )
+    .await;
+
+    let (requests, replies) = (unique_name("sasl-requests"), unique_name("sasl-replies"));
+    let yaml = format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: GrpcKafkaRoute
+metadata:
+  name: secured
+spec:
+  kafka:
+    bootstrap: "{bootstrap}"
+    tls: {{secretName: kafka-ca}}
+    sasl: {{mechanism: SCRAM-SHA-512, username: {user}, passwordSecret: {{name: kafka-user}}}}
+  protos: {{configMap: greeter-protos}}
+  routes:
+    - method: example.Greeter/*
+      produce: {{topic: {requests}, replyTo: {replies}}}
+  backend: {{target: "http://greeter:50051", replicas: 1}}
+"#
+    );
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&yaml),
+    );
+    let ready = wait_until(
+        Duration::from_secs(30),
+        "Ready=False for the missing password Secret",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_route(&ns, "secured"), "Ready")?;
+                (ready["reason"] == "SecretNotFound").then_some(ready)
+            }
+        },
+    )
+    .await;
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("kafka-user") && message.contains("spec.kafka.sasl.passwordSecret.name"),
+        "{ready}"
+    );
+
+    let user_secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kafka-user"},
+        "stringData": {"password": password},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &user_secret)
+        .await
+        .unwrap();
+    let wait = kubectl(
+        &[
+            "wait",
+            "--for=condition=TopicsReady",
+            "grpckafkaroute/secured",
+            "-n",
+            &ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&wait.stderr),
+        get_route(&ns, "secured"),
+        operator.log()
+    );
+    // The topics exist (with topicDefaults' 3 partitions): seen through the plaintext listener
+    // of the same cluster.
+    assert_eq!(partitions(&plain_bootstrap, &requests), 3);
+    assert_eq!(partitions(&plain_bootstrap, &replies), 3);
+
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("secured-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    for role in ["grpc-kafka.yaml", "kafka-grpc.yaml"] {
+        let yaml = &config[role];
+        assert!(
+            yaml.contains("/etc/strait/kafka/tls/ca.crt")
+                && yaml.contains("/etc/strait/kafka/sasl/password")
+                && yaml.contains("SCRAM-SHA-512"),
+            "{role} names the mounted files:\n{yaml}"
+        );
+        assert!(!yaml.contains(password.trim()), "{role} holds no password");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for name in ["secured-grpc-kafka", "secured-kafka-grpc"] {
+        let pod = deployments
+            .get(name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let mounted: Vec<String> = pod
+            .volumes
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(mounted, ["kafka-ca", "kafka-user"], "{name}");
+    }
+    assert!(
+        !operator.log().contains(password.trim()),
+        "the operator never logs the password"
+    );
+}

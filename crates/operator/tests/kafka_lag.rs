@@ -12,6 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{require, unique_name};
 use strait_operator::autoscale::{self, Policy};
 use strait_operator::kafka::{LagError, observe};
+use strait_operator::kafka_access::KafkaAccess;
 
 #[tokio::test]
 async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
@@ -50,7 +51,7 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
     }
 
     let (b, t, g) = (bootstrap.clone(), topic.clone(), group.clone());
-    let seen = tokio::task::spawn_blocking(move || observe(&b, &t, &g))
+    let seen = tokio::task::spawn_blocking(move || observe(&KafkaAccess::plaintext(b), &t, &g))
         .await
         .unwrap()
         .unwrap();
@@ -79,7 +80,7 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
         .unwrap();
     consumer.commit(&offsets, CommitMode::Sync).unwrap();
     let (b, t, g) = (bootstrap.clone(), topic.clone(), group.clone());
-    let seen = tokio::task::spawn_blocking(move || observe(&b, &t, &g))
+    let seen = tokio::task::spawn_blocking(move || observe(&KafkaAccess::plaintext(b), &t, &g))
         .await
         .unwrap()
         .unwrap();
@@ -87,9 +88,11 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
     assert_eq!(autoscale::recommend(&policy, &seen).replicas, 3);
 
     let missing = unique_name("absent");
-    let error = tokio::task::spawn_blocking(move || observe(&bootstrap, &missing, &group))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let error = tokio::task::spawn_blocking(move || {
+        observe(&KafkaAccess::plaintext(bootstrap), &missing, &group)
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(error, LagError::NoTopic(_)), "{error}");
 }

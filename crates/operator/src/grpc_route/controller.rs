@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -20,28 +21,54 @@ use super::render::{self, BACKEND};
 use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
 use crate::autoscale::{self, Observation, Policy};
 use crate::context::{Context, ReconcileError};
+use crate::kafka_access::KafkaAccess;
 use crate::status::{self, Check};
 
 const FINALIZER: &str = "strait.dev/topics";
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    Controller::new(
+    let controller = Controller::new(
         Api::<GrpcKafkaRoute>::all(client.clone()),
         watcher::Config::default(),
-    )
-    // Metadata only: enough to wake the owner (see the MqttBridge controller).
-    .owns(
-        Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<PartialObjectMeta<ConfigMap>>::all(client),
-        watcher::Config::default(),
-    )
-    .run(reconcile, crate::context::error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    );
+    // A Kafka TLS or SASL Secret that appears or changes wakes the routes that name it.
+    let routes = controller.store();
+    controller
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| {
+                let (name, namespace) = (secret.name_any(), secret.namespace());
+                routes
+                    .state()
+                    .into_iter()
+                    .filter(|route| {
+                        route.namespace() == namespace
+                            && route
+                                .spec
+                                .kafka
+                                .kafka_ref()
+                                .secrets()
+                                .iter()
+                                .any(|(s, _)| *s == name)
+                    })
+                    .map(|route| ObjectRef::from_obj(route.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Metadata only: enough to wake the owner (see the MqttBridge controller).
+        .owns(
+            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            watcher::Config::default(),
+        )
+        .run(reconcile, crate::context::error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(
@@ -90,9 +117,10 @@ async fn reconcile(
 async fn cleanup(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, ReconcileError> {
     if route.spec.deletion_policy == DeletionPolicy::Delete {
         let names: Vec<String> = render::topics(route).into_iter().map(|t| t.name).collect();
-        let bootstrap = &route.spec.kafka.bootstrap;
-        let admin = ctx.kafka.get(bootstrap)?;
-        crate::topics::delete(&admin, bootstrap, &names).await?;
+        let secrets = Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
+        let access = route.spec.kafka.kafka_ref().resolve(&secrets).await?;
+        let admin = ctx.kafka.get(&access)?;
+        crate::topics::delete(&admin, &access.bootstrap, &names).await?;
         tracing::info!(topics = ?names, "deleted the topics (deletionPolicy: Delete)");
     }
     Ok(Action::await_change())
@@ -113,8 +141,10 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
             field: "spec.protos.configMap".into(),
         });
     }
+    let secrets = Api::namespaced(client.clone(), &namespace);
+    let access = route.spec.kafka.kafka_ref().resolve(&secrets).await?;
     let mut topics = render::topics(route);
-    let admin = ctx.kafka.get(bootstrap)?;
+    let admin = ctx.kafka.get(&access)?;
     let partitions = crate::topics::ensure(&admin, bootstrap, &topics).await?;
     let mut checks = vec![Check::ok(
         status::TOPICS_READY,
@@ -125,7 +155,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     let owner = render::owner(route);
     let (backend_replicas, observation, scaling) = match &route.spec.backend.autoscale {
         Some(autoscale) => {
-            let observation = observe(route, ctx).await?;
+            let observation = observe(route, ctx, &access).await?;
             let policy = Policy {
                 min_replicas: autoscale.min_replicas,
                 max_replicas: autoscale.max_replicas,
@@ -166,6 +196,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         route,
         route.spec.image.as_deref().unwrap_or(&ctx.proxy_image),
         backend_replicas,
+        access.client_cert(),
     )?;
     let params = PatchParams::apply(crate::FIELD_MANAGER).force();
     Api::<ConfigMap>::namespaced(client.clone(), &namespace)
@@ -238,15 +269,19 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
 
 /// The group's lag summed over the request topics; partitions of the widest topic (a consumer
 /// beyond that count would sit idle under the default range assignment).
-async fn observe(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Observation, ReconcileError> {
+async fn observe(
+    route: &GrpcKafkaRoute,
+    ctx: &Context,
+    access: &KafkaAccess,
+) -> Result<Observation, ReconcileError> {
     let _reader = ctx.lag_readers.acquire().await.expect("never closed");
-    let bootstrap = route.spec.kafka.bootstrap.clone();
+    let access = access.clone();
     let group = render::group_id(route);
     let topics = render::request_topics(route);
     let observations = tokio::task::spawn_blocking(move || {
         topics
             .iter()
-            .map(|topic| crate::kafka::observe(&bootstrap, topic, &group))
+            .map(|topic| crate::kafka::observe(&access, topic, &group))
             .collect::<Result<Vec<_>, _>>()
     })
     .await

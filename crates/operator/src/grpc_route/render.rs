@@ -90,19 +90,23 @@ pub fn group_id(route: &GrpcKafkaRoute) -> String {
     })
 }
 
-pub fn frontend_config(route: &GrpcKafkaRoute) -> GrpcKafkaConfig {
+/// `kafka_client_cert`: whether the Kafka TLS Secret holds a client certificate.
+pub fn frontend_config(route: &GrpcKafkaRoute, kafka_client_cert: bool) -> GrpcKafkaConfig {
     let spec = &route.spec;
     // Through JSON so every field the resource does not set takes the proxy's own default.
     serde_json::from_value(json!({
         "listen": format!("0.0.0.0:{}", spec.frontend.port),
-        "kafka": {"bootstrap": spec.kafka.bootstrap},
+        "kafka": spec.kafka.kafka_ref().connection(kafka_client_cert),
         "protos": {"paths": [PROTOS_DIR]},
         "routes": spec.routes,
     }))
     .expect("the route spec holds the grpc-kafka route type")
 }
 
-pub fn backend_config(route: &GrpcKafkaRoute) -> Result<KafkaGrpcConfig, RenderError> {
+pub fn backend_config(
+    route: &GrpcKafkaRoute,
+    kafka_client_cert: bool,
+) -> Result<KafkaGrpcConfig, RenderError> {
     let backend = &route.spec.backend;
     let topics = request_topics(route);
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -112,6 +116,7 @@ pub fn backend_config(route: &GrpcKafkaRoute) -> Result<KafkaGrpcConfig, RenderE
         &group_id(route),
         &topics,
     );
+    config.kafka = route.spec.kafka.kafka_ref().connection(kafka_client_cert);
     config.concurrency = backend.concurrency.max(1) as usize;
     if let Some(timeout) = &backend.call_timeout {
         config.call_timeout = humantime::parse_duration(timeout)
@@ -137,13 +142,14 @@ pub fn render(
     route: &GrpcKafkaRoute,
     image: &str,
     backend_replicas: Option<i32>,
+    kafka_client_cert: bool,
 ) -> Result<Rendered, RenderError> {
-    let frontend = frontend_config(route);
+    let frontend = frontend_config(route, kafka_client_cert);
     frontend.validate().map_err(|error| RenderError::Config {
         role: FRONTEND,
         error,
     })?;
-    let backend = backend_config(route)?;
+    let backend = backend_config(route, kafka_client_cert)?;
     backend.validate().map_err(|error| RenderError::Config {
         role: BACKEND,
         error,
@@ -162,6 +168,7 @@ pub fn render(
     }));
     let protos_volume = json!({"name": "protos", "configMap": {"name": spec.protos.config_map}});
     let protos_mount = json!({"name": "protos", "mountPath": PROTOS_DIR, "readOnly": true});
+    let (kafka_volumes, kafka_mounts) = spec.kafka.kafka_ref().volumes();
     // The protos ConfigMap is part of the frontend's config: a change rolls it too.
     let deployments = vec![
         ProxyPods {
@@ -170,8 +177,8 @@ pub fn render(
             config_yaml: &front_yaml,
             replicas: Some(spec.frontend.replicas),
             ports: vec![json!({"name": "grpc", "containerPort": spec.frontend.port})],
-            volumes: vec![protos_volume],
-            mounts: vec![protos_mount],
+            volumes: [vec![protos_volume], kafka_volumes.clone()].concat(),
+            mounts: [vec![protos_mount], kafka_mounts.clone()].concat(),
             resources: spec.frontend.resources.as_ref(),
         }
         .deployment(&owner),
@@ -181,8 +188,8 @@ pub fn render(
             config_yaml: &back_yaml,
             replicas: backend_replicas,
             ports: Vec::new(),
-            volumes: Vec::new(),
-            mounts: Vec::new(),
+            volumes: kafka_volumes,
+            mounts: kafka_mounts,
             resources: spec.backend.resources.as_ref(),
         }
         .deployment(&owner),
@@ -261,7 +268,7 @@ mod tests {
     #[test]
     fn both_configs_are_what_the_proxies_accept() {
         let route = example();
-        let rendered = render(&route, "strait/strait-proxy:test", Some(2)).unwrap();
+        let rendered = render(&route, "strait/strait-proxy:test", Some(2), false).unwrap();
         let data = rendered.config_map.data.unwrap();
         let front: GrpcKafkaConfig = serde_saphyr::from_str(&data["grpc-kafka.yaml"]).unwrap();
         front.validate().unwrap();
@@ -274,7 +281,7 @@ mod tests {
             rendered.deployments[1].spec.as_ref().unwrap().replicas,
             Some(2)
         );
-        let unmanaged = render(&route, "i", None).unwrap();
+        let unmanaged = render(&route, "i", None, false).unwrap();
         assert_eq!(
             unmanaged.deployments[1].spec.as_ref().unwrap().replicas,
             None

@@ -80,6 +80,23 @@ pub struct KafkaSpec {
         .message("spec.kafka.bootstrap must be a comma-separated HOST:PORT list"))]
     #[schemars(length(max = 1024))]
     pub bootstrap: String,
+    /// TLS to the brokers, from a Secret (`ca.crt`; `tls.crt` and `tls.key` for mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::kafka_access::KafkaTlsSpec>,
+    /// SASL towards the brokers, the password from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<crate::kafka_access::KafkaSaslSpec>,
+}
+
+impl KafkaSpec {
+    pub fn kafka_ref(&self) -> crate::kafka_access::KafkaRef<'_> {
+        crate::kafka_access::KafkaRef {
+            bootstrap: &self.bootstrap,
+            tls: self.tls.as_ref(),
+            sasl: self.sasl.as_ref(),
+            field: "spec.kafka",
+        }
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -93,6 +93,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
             .clone()
             .unwrap_or_else(|| ctx.proxy_image.clone()),
         broker_client_cert: false,
+        kafka_client_cert: false,
     };
     // Referenced Secrets must exist before pods that mount them can start.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -126,6 +127,11 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         require_keys(&secret, &keys.name, &[keys.key.as_str()])?;
     }
 
+    let kafka_access = match &bridge.spec.upstream.kafka {
+        Some(kafka) => Some(kafka.kafka_ref().resolve(&secrets).await?),
+        None => None,
+    };
+    inputs.kafka_client_cert = kafka_access.as_ref().is_some_and(|a| a.client_cert());
     let rendered = render::render(bridge, &inputs)?;
     let params = PatchParams::apply(crate::FIELD_MANAGER).force();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
@@ -176,10 +182,10 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     }
     crate::monitoring::reconcile(&ctx.client, &render::owner(bridge), &bridge.spec.monitoring)
         .await?;
-    let mode = if let Some(kafka) = &bridge.spec.upstream.kafka {
+    let mode = if let Some(access) = &kafka_access {
         let topics = render::kafka_topics(bridge);
-        let admin = ctx.kafka.get(&kafka.bootstrap)?;
-        let partitions = crate::topics::ensure(&admin, &kafka.bootstrap, &topics).await?;
+        let admin = ctx.kafka.get(access)?;
+        let partitions = crate::topics::ensure(&admin, &access.bootstrap, &topics).await?;
         checks.push(Check::ok(
             status::TOPICS_READY,
             "TopicsExist",

@@ -42,6 +42,8 @@ pub struct Inputs {
     pub image: String,
     /// The broker TLS Secret holds `tls.crt`/`tls.key`: present them as a client certificate.
     pub broker_client_cert: bool,
+    /// The Kafka TLS Secret holds `tls.crt`/`tls.key` (mutual TLS).
+    pub kafka_client_cert: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,9 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
         target.qos0_acks = kafka.qos0_acks;
         target.routes = kafka.routes.clone();
         target.clients = kafka.clients.clone();
+        let connection = kafka.kafka_ref().connection(inputs.kafka_client_cert);
+        target.tls = connection.tls;
+        target.sasl = connection.sasl;
         config.upstream = Upstream::Kafka;
         config.kafka = Some(Box::new(target));
         return Ok(config);
@@ -242,6 +247,11 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         s_volumes.push(json!({"name": "broker-tls", "secret": {"secretName": tls.secret_name}}));
         s_mounts.push(json!({"name": "broker-tls", "mountPath": BROKER_TLS_DIR, "readOnly": true}));
     }
+    if let Some(kafka) = &spec.upstream.kafka {
+        let (volumes, mounts) = kafka.kafka_ref().volumes();
+        s_volumes.extend(volumes);
+        s_mounts.extend(mounts);
+    }
 
     let deployments = vec![
         ProxyPods {
@@ -313,6 +323,7 @@ mod tests {
         Inputs {
             image: "strait/strait-proxy:test".into(),
             broker_client_cert: false,
+            kafka_client_cert: false,
         }
     }
 
@@ -430,7 +441,10 @@ mod tests {
         );
         assert_eq!(
             bridge.spec.secrets(),
-            [("device-jwks", "spec.auth.jwt.keysSecret.name")]
+            [(
+                "device-jwks".to_string(),
+                "spec.auth.jwt.keysSecret.name".to_string()
+            )]
         );
     }
 

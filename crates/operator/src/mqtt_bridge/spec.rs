@@ -89,6 +89,12 @@ pub struct KafkaUpstream {
         .message("spec.upstream.kafka.bootstrap must be a comma-separated HOST:PORT list"))]
     #[schemars(length(max = 1024))]
     pub bootstrap: String,
+    /// TLS to the brokers, from a Secret (`ca.crt`; `tls.crt` and `tls.key` for mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::kafka_access::KafkaTlsSpec>,
+    /// SASL towards the brokers, the password from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<crate::kafka_access::KafkaSaslSpec>,
     /// Topic names (Zilla's defaults: mqtt-messages, mqtt-retained, mqtt-sessions).
     #[serde(default)]
     pub topics: MqttKafkaTopics,
@@ -315,23 +321,32 @@ fn default_jwks_key() -> String {
 
 impl MqttBridgeSpec {
     /// Every Secret the bridge names, with the field that names it.
-    pub fn secrets(&self) -> Vec<(&str, &'static str)> {
+    pub fn secrets(&self) -> Vec<(String, String)> {
         let mut secrets = Vec::new();
+        let mut add = |name: &str, field: &str| secrets.push((name.to_string(), field.to_string()));
         if let Some(tls) = &self.listener.tls {
-            secrets.push((tls.secret_name.as_str(), "spec.listener.tls.secretName"));
+            add(&tls.secret_name, "spec.listener.tls.secretName");
         }
         if let Some(tls) = self.upstream.broker.as_ref().and_then(|b| b.tls.as_ref()) {
-            secrets.push((
-                tls.secret_name.as_str(),
-                "spec.upstream.broker.tls.secretName",
-            ));
+            add(&tls.secret_name, "spec.upstream.broker.tls.secretName");
         }
         if let Some(jwt) = &self.auth.jwt {
-            secrets.push((
-                jwt.keys_secret.name.as_str(),
-                "spec.auth.jwt.keysSecret.name",
-            ));
+            add(&jwt.keys_secret.name, "spec.auth.jwt.keysSecret.name");
+        }
+        if let Some(kafka) = &self.upstream.kafka {
+            secrets.extend(kafka.kafka_ref().secrets());
         }
         secrets
+    }
+}
+
+impl KafkaUpstream {
+    pub fn kafka_ref(&self) -> crate::kafka_access::KafkaRef<'_> {
+        crate::kafka_access::KafkaRef {
+            bootstrap: &self.bootstrap,
+            tls: self.tls.as_ref(),
+            sasl: self.sasl.as_ref(),
+            field: "spec.upstream.kafka",
+        }
     }
 }
