@@ -148,6 +148,29 @@ impl ReconcileError {
     }
 }
 
+/// The watch mapper that wakes, when a Secret appears or changes, the resources in its namespace
+/// whose `names` list it.
+pub fn woken_by_secret<K>(
+    store: kube::runtime::reflector::Store<K>,
+    names: fn(&K) -> Vec<(String, String)>,
+) -> impl Fn(kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + ResourceExt + Clone + 'static,
+{
+    move |secret| {
+        let (name, namespace) = (secret.name_any(), secret.namespace());
+        store
+            .state()
+            .into_iter()
+            .filter(|object| {
+                object.namespace() == namespace
+                    && names(object).iter().any(|(secret, _)| *secret == name)
+            })
+            .map(|object| ObjectRef::from_obj(object.as_ref()))
+            .collect()
+    }
+}
+
 /// Retries a failed object with exponential backoff from 1 s up to 5 minutes.
 pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
     object: Arc<K>,

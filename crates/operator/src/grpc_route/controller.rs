@@ -13,7 +13,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -38,24 +37,9 @@ pub async fn run(ctx: Arc<Context>) {
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
-            move |secret| {
-                let (name, namespace) = (secret.name_any(), secret.namespace());
-                routes
-                    .state()
-                    .into_iter()
-                    .filter(|route| {
-                        route.namespace() == namespace
-                            && route
-                                .spec
-                                .kafka
-                                .kafka_ref()
-                                .secrets()
-                                .iter()
-                                .any(|(s, _)| *s == name)
-                    })
-                    .map(|route| ObjectRef::from_obj(route.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            crate::context::woken_by_secret(routes, |route: &GrpcKafkaRoute| {
+                route.spec.kafka.kafka_ref().secrets()
+            }),
         )
         // Metadata only: enough to wake the owner (see the MqttBridge controller).
         .owns(

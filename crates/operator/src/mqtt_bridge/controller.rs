@@ -12,7 +12,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -37,15 +36,7 @@ pub async fn run(ctx: Arc<Context>) {
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
-            move |secret| {
-                let (name, namespace) = (secret.name_any(), secret.namespace());
-                bridges
-                    .state()
-                    .into_iter()
-                    .filter(|bridge| bridge.namespace() == namespace && names_secret(bridge, &name))
-                    .map(|bridge| ObjectRef::from_obj(bridge.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            crate::context::woken_by_secret(bridges, |bridge: &MqttBridge| bridge.spec.secrets()),
         )
         .owns(
             Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
@@ -212,14 +203,6 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     // Owned Deployments wake the controller when their pods change; the periodic resync is a
     // safety net.
     Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-fn names_secret(bridge: &MqttBridge, secret: &str) -> bool {
-    bridge
-        .spec
-        .secrets()
-        .iter()
-        .any(|(name, _)| *name == secret)
 }
 
 /// Whether a Deployment has rolled out its current template, and if not, how far it got.
