@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
-use support::{condition, install_crds, kubectl, kubectl_ok, namespace};
+use support::{condition, install_crds, kubectl_ok, namespace, wait_for_condition};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
 
@@ -114,24 +114,7 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
         Some(&yaml),
     );
-    let wait = kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "grpckafkaroute/greeter",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ],
-        None,
-    );
-    assert!(
-        wait.status.success(),
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&wait.stderr),
-        get_route(&ns, "greeter"),
-        operator.log()
-    );
+    wait_for_condition("grpckafkaroute/greeter", &ns, "Ready", &operator.log());
 
     // Topics with the partitions and configs the resource gives.
     assert_eq!(partitions(&bootstrap, &requests), 3);
@@ -401,23 +384,11 @@ spec:
         .create(&PostParams::default(), &user_secret)
         .await
         .unwrap();
-    let wait = kubectl(
-        &[
-            "wait",
-            "--for=condition=TopicsReady",
-            "grpckafkaroute/secured",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ],
-        None,
-    );
-    assert!(
-        wait.status.success(),
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&wait.stderr),
-        get_route(&ns, "secured"),
-        operator.log()
+    wait_for_condition(
+        "grpckafkaroute/secured",
+        &ns,
+        "TopicsReady",
+        &operator.log(),
     );
     // The topics exist (with topicDefaults' 3 partitions): seen through the plaintext listener
     // of the same cluster.

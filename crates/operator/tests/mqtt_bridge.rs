@@ -19,6 +19,7 @@ mod support;
 
 use support::{
     chart_operator, condition, helm_ok, install_crds, kubectl, kubectl_ok, namespace, repo_file,
+    wait_for_condition,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
@@ -127,24 +128,7 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         ],
         None,
     );
-    let wait = kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "mqttbridge/devices",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ],
-        None,
-    );
-    assert!(
-        wait.status.success(),
-        "kubectl wait: {}\nbridge: {}\noperator log:\n{}",
-        String::from_utf8_lossy(&wait.stderr),
-        get_bridge(&ns, "devices"),
-        operator.log()
-    );
+    wait_for_condition("mqttbridge/devices", &ns, "Ready", &operator.log());
 
     // The owned objects, with owner references so Kubernetes deletes them with the bridge.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -594,24 +578,7 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
         Some(&bridge_yaml("fleet", &spec)),
     );
-    let wait = kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "mqttbridge/fleet",
-            "-n",
-            &ns,
-            "--timeout=90s",
-        ],
-        None,
-    );
-    assert!(
-        wait.status.success(),
-        "{}\n{}\n{}",
-        String::from_utf8_lossy(&wait.stderr),
-        get_bridge(&ns, "fleet"),
-        operator.log()
-    );
+    wait_for_condition("mqttbridge/fleet", &ns, "Ready", &operator.log());
     let bridge = get_bridge(&ns, "fleet");
     assert_eq!(bridge["status"]["mode"], "kafka");
     assert_eq!(

@@ -44,6 +44,31 @@ pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `kubectl wait --for=condition=CONDITION RESOURCE -n NS --timeout=90s`, as a user waits; on
+/// failure it panics with kubectl's error, the resource and `operator_log`.
+pub fn wait_for_condition(resource: &str, ns: &str, condition: &str, operator_log: &str) {
+    let wait = kubectl(
+        &[
+            "wait",
+            &format!("--for=condition={condition}"),
+            resource,
+            "-n",
+            ns,
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        wait.status.success(),
+        "kubectl wait: {}
+{resource}: {}
+operator log:
+{operator_log}",
+        String::from_utf8_lossy(&wait.stderr),
+        String::from_utf8_lossy(&kubectl(&["get", resource, "-n", ns, "-o", "json"], None).stdout),
+    );
+}
+
 pub fn helm_ok(args: &[&str]) -> String {
     let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
     let out = Command::new(&helm)
