@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         // Keeps ClientFrame small: it sits in every session's bounded channel.
         .boxed(".strait.mqtt.v1.ClientFrame.open")
+        // Keeps Packet (a batch holds hundreds) as small as PUBLISH, the packet that matters.
+        .boxed(".strait.mqtt.v1.Packet.packet.connect")
+        .boxed(".strait.mqtt.v1.Packet.packet.connack")
         .codec_path("crate::codec::RelayCodec")
         .compile_fds(descriptors)?;
     Ok(())

@@ -12,25 +12,67 @@ use strait_relay::v1;
 /// Packets are batched into one relay frame up to about this many bytes, in both directions.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
-/// Read buffer of an idle connection.
-const IDLE_READ_BUFFER: usize = 1024;
-/// Read buffer of a connection with a backlog.
-const BUSY_READ_BUFFER: usize = 16 * 1024;
+/// ... and up to this many packets: a decoded packet takes ~200 bytes, so a 64 KiB burst of
+/// small PUBLISHes would otherwise make a frame of several thousand, whose vector is reallocated
+/// as it grows (twice: here, and where the frame is decoded) and too large for malloc to reuse.
+pub const BATCH_PACKETS: usize = 256;
 
-/// A fresh read buffer for a connection.
-pub fn read_buffer() -> BytesMut {
-    BytesMut::with_capacity(IDLE_READ_BUFFER)
+/// Read buffer of an idle connection, and the smallest read.
+const IDLE_READ_BUFFER: usize = 1024;
+
+/// A connection's read buffer, sized by its traffic the way hyper's adaptive read strategy is:
+/// a read that fills the room it was given doubles the next one (up to a batch), reads that
+/// bring back much less halve it. An idle session keeps 1 KiB; a busy one reads a whole burst
+/// per syscall instead of a packet or two (at 1 KiB payloads, fixed 1 KiB reads cost one
+/// `read` and often one relay frame per packet).
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buf: BytesMut,
+    /// Room to offer the next read.
+    want: usize,
+    /// Room the last read was offered.
+    offered: usize,
 }
 
-/// Makes room for the next read: a little while the connection is quiet, more while the
-/// buffer holds a backlog (a partial large packet, or a burst).
-pub fn reserve_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < IDLE_READ_BUFFER / 2 {
-        buf.reserve(if buf.len() > IDLE_READ_BUFFER {
-            BUSY_READ_BUFFER
-        } else {
-            IDLE_READ_BUFFER
-        });
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        Self {
+            buf: BytesMut::with_capacity(IDLE_READ_BUFFER),
+            want: IDLE_READ_BUFFER,
+            offered: 0,
+        }
+    }
+}
+
+impl ReadBuffer {
+    /// The bytes read and not yet decoded.
+    pub fn bytes(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Makes room for the next read and returns the buffer to read into.
+    pub fn prepare(&mut self) -> &mut BytesMut {
+        if self.want == IDLE_READ_BUFFER
+            && self.buf.is_empty()
+            && self.buf.capacity() > 4 * IDLE_READ_BUFFER
+        {
+            // Quiet again after a burst: give the burst's memory back.
+            self.buf = BytesMut::with_capacity(IDLE_READ_BUFFER);
+        }
+        if self.buf.capacity() - self.buf.len() < self.want / 2 {
+            self.buf.reserve(self.want);
+        }
+        self.offered = self.buf.capacity() - self.buf.len();
+        &mut self.buf
+    }
+
+    /// Records that the read after [`prepare`](Self::prepare) brought `n` bytes.
+    pub fn filled(&mut self, n: usize) {
+        if n >= self.offered {
+            self.want = (self.want * 2).min(BATCH_BYTES);
+        } else if n < self.want / 4 {
+            self.want = (self.want / 2).max(IDLE_READ_BUFFER);
+        }
     }
 }
 
@@ -43,7 +85,14 @@ pub enum BatchError<E> {
     Rejected(E),
 }
 
-/// Decodes the complete packets at the front of `buf` into `out`, up to about [`BATCH_BYTES`],
+/// Room for the packets of a frame decoded from `buf` (the smallest PUBLISH takes 7 bytes, a
+/// typical one more than 16).
+pub fn batch_vec(buf: &BytesMut) -> Vec<v1::Packet> {
+    Vec::with_capacity((buf.len() / 16).clamp(1, BATCH_PACKETS))
+}
+
+/// Decodes the complete packets at the front of `buf` into `out`, up to about [`BATCH_BYTES`]
+/// or [`BATCH_PACKETS`],
 /// passing each to `accept` first, which may change it and says whether to keep it
 /// (`Ok(false)`: left out of `out`). Incomplete trailing bytes stay in `buf`.
 pub fn decode_batch<E>(
@@ -54,7 +103,7 @@ pub fn decode_batch<E>(
     mut accept: impl FnMut(&mut Packet) -> Result<bool, E>,
 ) -> Result<(), BatchError<E>> {
     let mut batched = 0;
-    while batched < BATCH_BYTES {
+    while batched < BATCH_BYTES && out.len() < BATCH_PACKETS {
         let before = buf.len();
         let mut packet = match mqtt::decode(buf, protocol, max_packet_size) {
             Ok(Some(packet)) => packet,
@@ -148,19 +197,30 @@ mod tests {
     }
 
     #[test]
-    fn the_read_buffer_grows_a_little_when_quiet_and_a_lot_with_a_backlog() {
-        let mut quiet = read_buffer();
-        quiet.extend_from_slice(&[0; IDLE_READ_BUFFER - 10]);
-        reserve_for_read(&mut quiet);
-        let spare = quiet.capacity() - quiet.len();
-        assert!(
-            (IDLE_READ_BUFFER..BUSY_READ_BUFFER).contains(&spare),
-            "{spare}"
-        );
+    fn the_read_buffer_grows_while_reads_fill_it_and_shrinks_when_quiet() {
+        let mut reads = ReadBuffer::default();
+        let idle = reads.prepare().capacity();
+        assert!(idle <= 2 * IDLE_READ_BUFFER, "{idle}");
 
-        let mut backlog = BytesMut::with_capacity(2 * IDLE_READ_BUFFER);
-        backlog.extend_from_slice(&[0; 2 * IDLE_READ_BUFFER - 10]);
-        reserve_for_read(&mut backlog);
-        assert!(backlog.capacity() - backlog.len() >= BUSY_READ_BUFFER);
+        // A burst: every read fills what it was offered.
+        for _ in 0..10 {
+            let room = reads.prepare();
+            let n = room.capacity() - room.len();
+            room.extend_from_slice(&vec![0; n]);
+            reads.filled(n);
+            reads.bytes().clear();
+        }
+        let room = reads.prepare();
+        assert!(room.capacity() - room.len() >= BATCH_BYTES / 2, "grew to a batch");
+
+        // Quiet: small reads shrink the buffer back to its idle size.
+        for _ in 0..10 {
+            let room = reads.prepare();
+            room.extend_from_slice(&[0; 10]);
+            reads.filled(10);
+            reads.bytes().clear();
+        }
+        let room = reads.prepare();
+        assert!(room.capacity() <= 2 * IDLE_READ_BUFFER, "{}", room.capacity());
     }
 }

@@ -146,8 +146,8 @@ impl From<codec::Packet> for v1::Packet {
     fn from(packet: codec::Packet) -> Self {
         use codec::Packet as P;
         let oneof = match packet {
-            P::Connect(p) => Oneof::Connect(p.into()),
-            P::ConnAck(p) => Oneof::Connack(p.into()),
+            P::Connect(p) => Oneof::Connect(Box::new(p.into())),
+            P::ConnAck(p) => Oneof::Connack(Box::new(p.into())),
             P::Publish(p) => Oneof::Publish(p.into()),
             P::PubAck(p) => Oneof::Puback(p.into()),
             P::PubRec(p) => Oneof::Pubrec(p.into()),
@@ -178,8 +178,8 @@ impl TryFrom<v1::Packet> for codec::Packet {
             kind: ErrorKind::EmptyOneof,
         })?;
         Ok(match oneof {
-            Oneof::Connect(p) => P::Connect(p.try_into()?),
-            Oneof::Connack(p) => P::ConnAck(p.try_into()?),
+            Oneof::Connect(p) => P::Connect((*p).try_into()?),
+            Oneof::Connack(p) => P::ConnAck((*p).try_into()?),
             Oneof::Publish(p) => P::Publish(p.try_into()?),
             Oneof::Puback(p) => P::PubAck(p.try_into()?),
             Oneof::Pubrec(p) => P::PubRec(p.try_into()?),

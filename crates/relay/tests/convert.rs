@@ -144,7 +144,7 @@ fn connect_maps_every_field() {
         authentication_data: Some(Bytes::from_static(b"ad")),
     };
     let packet = codec::Packet::Connect(v5_connect());
-    assert_eq!(to_proto(packet.clone()), Oneof::Connect(expected));
+    assert_eq!(to_proto(packet.clone()), Oneof::Connect(Box::new(expected)));
     assert_round_trip_through_bytes(packet);
 }
 
@@ -209,7 +209,7 @@ fn connack_maps_every_field() {
         authentication_method: Some("method".into()),
         authentication_data: Some(Bytes::from_static(b"ad")),
     };
-    assert_eq!(to_proto(packet.clone()), Oneof::Connack(expected));
+    assert_eq!(to_proto(packet.clone()), Oneof::Connack(Box::new(expected)));
     assert_round_trip_through_bytes(packet);
 }
 
@@ -446,7 +446,7 @@ fn connect() -> v1::Connect {
     let Oneof::Connect(c) = to_proto(codec::Packet::Connect(v5_connect())) else {
         unreachable!()
     };
-    c
+    *c
 }
 
 fn subscription() -> v1::Subscription {
@@ -534,7 +534,7 @@ fn connect_keep_alive_out_of_range() {
         ..connect()
     };
     assert_eq!(
-        error(Oneof::Connect(c)),
+        error(Oneof::Connect(Box::new(c))),
         "CONNECT.keep_alive: 65536 is out of range (max 65535)"
     );
 }
@@ -546,7 +546,7 @@ fn connect_receive_maximum_out_of_range() {
         ..connect()
     };
     assert_eq!(
-        error(Oneof::Connect(c)),
+        error(Oneof::Connect(Box::new(c))),
         "CONNECT.receive_maximum: 4294967295 is out of range (max 65535)"
     );
 }
@@ -558,7 +558,7 @@ fn connect_topic_alias_maximum_out_of_range() {
         ..connect()
     };
     assert_eq!(
-        error(Oneof::Connect(c)),
+        error(Oneof::Connect(Box::new(c))),
         "CONNECT.topic_alias_maximum: 65536 is out of range (max 65535)"
     );
 }
@@ -567,7 +567,7 @@ fn connect_topic_alias_maximum_out_of_range() {
 fn connect_will_qos_3() {
     let mut c = connect();
     c.will.as_mut().unwrap().qos = 3;
-    assert_eq!(error(Oneof::Connect(c)), "CONNECT.will.qos: 3 is not a QoS");
+    assert_eq!(error(Oneof::Connect(Box::new(c))), "CONNECT.will.qos: 3 is not a QoS");
 }
 
 #[test]
@@ -577,7 +577,7 @@ fn connack_maximum_qos_3() {
         ..v1::ConnAck::default()
     };
     assert_eq!(
-        error(Oneof::Connack(c)),
+        error(Oneof::Connack(Box::new(c))),
         "CONNACK.maximum_qos: 3 is not a QoS"
     );
 }
@@ -608,7 +608,7 @@ fn connack_u16_properties_out_of_range() {
         ),
     ];
     for (connack, message) in cases {
-        assert_eq!(error(Oneof::Connack(connack)), message);
+        assert_eq!(error(Oneof::Connack(Box::new(connack))), message);
     }
 }
 
@@ -619,7 +619,7 @@ fn connack_reason_code_of_another_packet() {
         ..v1::ConnAck::default()
     };
     assert_eq!(
-        error(Oneof::Connack(c)),
+        error(Oneof::Connack(Box::new(c))),
         "CONNACK.reason_code: 0x8e (Session taken over) is not a reason code of CONNACK"
     );
 }

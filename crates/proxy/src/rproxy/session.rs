@@ -15,7 +15,7 @@ use super::conn::{ClientConn, ClientReader, ClientWriter};
 use super::listener::Transport;
 use super::upstream::RelayStream;
 use crate::auth::guard::{PartialSubAcks, TopicGuard, Verdict};
-use crate::batch::{BatchError, decode_batch, read_buffer, reserve_for_read};
+use crate::batch::{BatchError, ReadBuffer, batch_vec, decode_batch};
 use crate::metrics::{ActiveSession, Direction};
 use crate::relay_rules::{SessionRules, refusal};
 
@@ -55,12 +55,12 @@ pub async fn run(
     ctx: &Context,
 ) {
     let (mut reader, mut writer) = conn.split();
-    let mut inbuf = read_buffer();
+    let mut inbuf = ReadBuffer::default();
     let started = Instant::now();
 
     let (protocol, mut connect) = match tokio::time::timeout(
         ctx.connect_timeout,
-        read_connect(&mut reader, &mut inbuf, ctx.max_packet_size as usize),
+        read_connect(&mut reader, inbuf.bytes(), ctx.max_packet_size as usize),
     )
     .await
     {
@@ -127,7 +127,7 @@ pub async fn run(
     let mut first_replies = Vec::new();
     let mut authz = guard.as_mut().map(|g| (g, &partial_subacks));
     if let Err((reason, detail)) = decode_client_batch(
-        &mut inbuf,
+        inbuf.bytes(),
         &rules,
         ctx,
         &mut first_packets,
@@ -392,7 +392,7 @@ fn decode_client_batch(
 
 async fn client_to_server(
     reader: &mut ClientReader,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuffer,
     to_server: &tokio::sync::mpsc::Sender<v1::ClientFrame>,
     rules: &SessionRules,
     idle_millis: &AtomicU64,
@@ -402,10 +402,10 @@ async fn client_to_server(
     let mut replies = Vec::new();
     loop {
         loop {
-            let mut packets = Vec::new();
-            let before = buf.len();
+            let mut packets = batch_vec(buf.bytes());
+            let before = buf.bytes().len();
             if let Err((reason, detail)) = decode_client_batch(
-                buf,
+                buf.bytes(),
                 rules,
                 ctx,
                 &mut packets,
@@ -414,7 +414,7 @@ async fn client_to_server(
             ) {
                 return End::ClientError(reason, detail);
             }
-            if buf.len() == before {
+            if buf.bytes().len() == before {
                 break;
             }
             for reply in replies.drain(..) {
@@ -435,8 +435,7 @@ async fn client_to_server(
                 return End::UpstreamLost(tonic::Status::unavailable("relay stream closed"));
             }
         }
-        reserve_for_read(buf);
-        let read = reader.read_into(buf);
+        let read = reader.read_into(buf.prepare());
         let read = match idle_millis.load(Ordering::Relaxed) {
             0 => read.await,
             ms => match tokio::time::timeout(Duration::from_millis(ms), read).await {
@@ -446,7 +445,10 @@ async fn client_to_server(
         };
         match read {
             Ok(0) => return End::ClientClosed,
-            Ok(n) => ctx.metrics.bytes(Direction::Inbound, n),
+            Ok(n) => {
+                buf.filled(n);
+                ctx.metrics.bytes(Direction::Inbound, n);
+            }
             Err(error) => return End::ClientIo(error),
         }
     }

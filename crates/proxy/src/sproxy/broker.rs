@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::Context;
-use crate::batch::{BATCH_BYTES, BatchError, decode_batch, read_buffer, reserve_for_read};
+use crate::batch::{BATCH_BYTES, BatchError, ReadBuffer, batch_vec, decode_batch};
 use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
 use crate::relay_rules::refusal;
@@ -284,11 +284,11 @@ async fn broker_to_client(
     protocol: Protocol,
     ctx: &Context,
 ) -> End {
-    let mut buf = read_buffer();
+    let mut buf = ReadBuffer::default();
     loop {
         loop {
-            let mut packets = Vec::new();
-            let batch = decode_batch(&mut buf, protocol, ctx.max_packet_size, &mut packets, |p| {
+            let mut packets = batch_vec(buf.bytes());
+            let batch = decode_batch(buf.bytes(), protocol, ctx.max_packet_size, &mut packets, |p| {
                 ctx.metrics.packet(Direction::Outbound, p.packet_type());
                 Ok::<_, std::convert::Infallible>(true)
             });
@@ -320,14 +320,16 @@ async fn broker_to_client(
 /// would become a frame of its own; with it a burst becomes one.
 async fn read_available(
     reader: &mut ReadHalf<BoxedIo>,
-    buf: &mut BytesMut,
+    buf: &mut ReadBuffer,
 ) -> std::io::Result<usize> {
-    reserve_for_read(buf);
-    let mut total = reader.read_buf(buf).await?;
-    while total > 0 && buf.len() < BATCH_BYTES {
-        reserve_for_read(buf);
-        match reader.read_buf(buf).now_or_never() {
-            Some(Ok(n)) if n > 0 => total += n,
+    let mut total = reader.read_buf(buf.prepare()).await?;
+    buf.filled(total);
+    while total > 0 && buf.bytes().len() < BATCH_BYTES {
+        match reader.read_buf(buf.prepare()).now_or_never() {
+            Some(Ok(n)) if n > 0 => {
+                buf.filled(n);
+                total += n;
+            }
             // Nothing more yet, or the connection ended or failed: the next await reports it.
             _ => break,
         }
