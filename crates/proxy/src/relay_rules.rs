@@ -11,6 +11,17 @@ use strait_mqtt_codec::{ConnAck, Connect, Disconnect, Packet, Protocol, ReasonCo
 /// Frames queued per session and direction before the relay stops reading the sending side.
 pub const FRAME_QUEUE: usize = 16;
 
+/// HTTP/2 settings of the relay link, the same on both ends.
+pub mod link {
+    /// Flow-control windows: large, so a busy session is limited by its peers rather than by
+    /// round trips for window updates.
+    pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+    pub const STREAM_WINDOW: u32 = 1024 * 1024;
+    /// Largest DATA frame each end accepts. h2 writes one DATA frame per `writev` and reads
+    /// about a frame per `read`; at the default 16 KiB a 64 KiB batch costs four of each.
+    pub const MAX_FRAME: u32 = 256 * 1024;
+}
+
 /// Largest gRPC message of the relay: one whole packet of `max_packet_size` plus a batch of
 /// small ones.
 pub fn max_frame_size(max_packet_size: u32) -> usize {

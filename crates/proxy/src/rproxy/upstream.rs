@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
+use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
 use strait_config::relay::SProxyLink;
 use strait_config::tls::ClientTls;
 
@@ -44,8 +44,9 @@ impl SProxyPool {
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
-                .initial_connection_window_size(Some(8 * 1024 * 1024))
-                .initial_stream_window_size(Some(1024 * 1024));
+                .initial_connection_window_size(link::CONNECTION_WINDOW)
+                .initial_stream_window_size(link::STREAM_WINDOW)
+                .max_frame_size(link::MAX_FRAME);
             if uri.scheme_str() == Some("https") {
                 endpoint = endpoint
                     .tls_config(client_tls(tls)?)

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::kafka_client::KafkaSecurityArgs;
 use crate::metrics::RelayMetrics;
-use crate::relay_rules::{FRAME_QUEUE, max_frame_size};
+use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
 use crate::tls::{ServerTlsArgs, overlay};
 use strait_config::relay::{BrokerConfig, KafkaConfig, Upstream};
 use strait_config::tls::ServerTls;
@@ -299,8 +299,9 @@ pub async fn start(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .initial_connection_window_size(Some(8 * 1024 * 1024))
-        .initial_stream_window_size(Some(1024 * 1024));
+        .initial_connection_window_size(link::CONNECTION_WINDOW)
+        .initial_stream_window_size(link::STREAM_WINDOW)
+        .max_frame_size(link::MAX_FRAME);
     if let Some(tls) = tls_config(&config.tls)? {
         server = server
             .tls_config(tls)
