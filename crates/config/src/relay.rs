@@ -304,6 +304,14 @@ pub struct BrokerConfig {
     #[serde(default = "default_broker_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
+    /// How long s-proxy may hold QoS 0 messages from the broker to send more of them together,
+    /// when they arrive in a steady trickle (`0s`: never). Brokers write each packet on its own,
+    /// and relaying each as it comes costs a wake-up and a relay frame per packet; waiting this
+    /// long after a read that brought only QoS 0 PUBLISHes lets a busy stream build up into one
+    /// frame. Anything else (acknowledgements, QoS 1 and 2, a lone message) is never held.
+    #[serde(default = "default_qos0_batching", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub qos0_batching: Duration,
 }
 
 impl BrokerConfig {
@@ -313,6 +321,7 @@ impl BrokerConfig {
             tls: None,
             server_name: None,
             connect_timeout: default_broker_connect_timeout(),
+            qos0_batching: default_qos0_batching(),
         }
     }
 }
@@ -383,6 +392,10 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_broker_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+/// One tick of tokio's timer, the shortest wait it offers.
+fn default_qos0_batching() -> Duration {
+    Duration::from_millis(1)
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)

@@ -28,6 +28,7 @@ pub struct BrokerTarget {
         rustls::pki_types::ServerName<'static>,
     )>,
     connect_timeout: Duration,
+    qos0_batching: Duration,
 }
 
 impl BrokerTarget {
@@ -36,6 +37,7 @@ impl BrokerTarget {
         tls: Option<Arc<rustls::ClientConfig>>,
         server_name: Option<String>,
         connect_timeout: Duration,
+        qos0_batching: Duration,
     ) -> anyhow::Result<Self> {
         let host = address
             .rsplit_once(':')
@@ -53,6 +55,7 @@ impl BrokerTarget {
             address,
             tls,
             connect_timeout,
+            qos0_batching,
         })
     }
 
@@ -186,7 +189,7 @@ pub async fn run(
 
     let end = tokio::select! {
         end = client_to_broker(inbound, &mut writer, protocol, &ctx) => end,
-        end = broker_to_client(&mut reader, &to_client, protocol, &ctx) => end,
+        end = broker_to_client(&mut reader, &to_client, protocol, target.qos0_batching, &ctx) => end,
         _ = to_client.closed() => End::ClientGone,
         _ = ctx.shutdown.cancelled() => End::Shutdown,
     };
@@ -282,13 +285,16 @@ async fn broker_to_client(
     reader: &mut ReadHalf<BoxedIo>,
     to_client: &ToClient,
     protocol: Protocol,
+    qos0_batching: Duration,
     ctx: &Context,
 ) -> End {
     let mut buf = ReadBuffer::default();
+    let mut last_read = Trickle::default();
     loop {
         loop {
             let mut packets = batch_vec(buf.bytes());
             let batch = decode_batch(buf.bytes(), protocol, ctx.max_packet_size, &mut packets, |p| {
+                last_read.saw(p);
                 ctx.metrics.packet(Direction::Outbound, p.packet_type());
                 Ok::<_, std::convert::Infallible>(true)
             });
@@ -307,11 +313,60 @@ async fn broker_to_client(
                 return End::ClientGone;
             }
         }
+        if !qos0_batching.is_zero() && last_read.only_qos0(buf.bytes()) {
+            tokio::time::sleep(qos0_batching).await;
+        }
         match read_available(reader, &mut buf).await {
             Ok(0) => return End::BrokerClosed,
-            Ok(n) => ctx.metrics.bytes(Direction::Outbound, n),
+            Ok(n) => {
+                last_read = Trickle::read(n);
+                ctx.metrics.bytes(Direction::Outbound, n);
+            }
             Err(error) => return End::BrokerIo(error),
         }
+    }
+}
+
+/// What the last read from the broker brought, to decide whether the next one may wait
+/// (`broker.qos0Batching`).
+///
+/// Mosquitto writes each packet with its own `write()`, so a stream of QoS 0 messages arrives a
+/// few packets per read and, relayed as it comes, costs a read, a relay frame, an HTTP/2 write
+/// and a wake-up of r-proxy per few packets (about 2 µs of s-proxy per message at 16 B, against
+/// 0.5 µs when a millisecond's worth goes together). Waiting is only safe where nobody waits
+/// for the answer: QoS 0 has no acknowledgement and is delivered at most once anyway.
+#[derive(Debug, Default)]
+struct Trickle {
+    bytes: usize,
+    qos0_publishes: usize,
+    others: usize,
+}
+
+/// Reads this large mean a backlog: the next read comes back at once, full, without waiting.
+const TRICKLE_BELOW: usize = 16 * 1024;
+
+impl Trickle {
+    fn read(bytes: usize) -> Self {
+        Self {
+            bytes,
+            ..Self::default()
+        }
+    }
+
+    fn saw(&mut self, packet: &Packet) {
+        match packet {
+            Packet::Publish(p) if p.qos == mqtt::QoS::AtMostOnce => self.qos0_publishes += 1,
+            _ => self.others += 1,
+        }
+    }
+
+    /// True when the read was small, brought only QoS 0 PUBLISHes, and left no partial packet
+    /// (whose rest is on its way and must not wait).
+    fn only_qos0(&self, undecoded: &BytesMut) -> bool {
+        self.bytes < TRICKLE_BELOW
+            && self.qos0_publishes > 0
+            && self.others == 0
+            && undecoded.is_empty()
     }
 }
 
@@ -385,5 +440,53 @@ fn refusal_frame() -> ServerFrame {
             reason_code: 0,
             detail: "broker connection failed".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_mqtt_codec::{PubAck, Publish, QoS};
+
+    fn publish(qos: QoS) -> Packet {
+        Packet::Publish(Publish {
+            topic: "t".into(),
+            qos,
+            packet_id: u16::from(qos != QoS::AtMostOnce),
+            payload: vec![1; 16].into(),
+            ..Default::default()
+        })
+    }
+
+    fn read(bytes: usize, packets: &[Packet]) -> Trickle {
+        let mut trickle = Trickle::read(bytes);
+        packets.iter().for_each(|p| trickle.saw(p));
+        trickle
+    }
+
+    #[test]
+    fn a_small_read_of_qos0_publishes_may_wait_for_more() {
+        let qos0 = vec![publish(QoS::AtMostOnce); 3];
+        assert!(read(90, &qos0).only_qos0(&BytesMut::new()));
+    }
+
+    #[test]
+    fn acknowledgements_and_higher_qos_are_never_held() {
+        let empty = BytesMut::new();
+        let with_qos1 = [publish(QoS::AtMostOnce), publish(QoS::AtLeastOnce)];
+        assert!(!read(60, &with_qos1).only_qos0(&empty));
+        let with_ack = [publish(QoS::AtMostOnce), Packet::PubAck(PubAck {
+            packet_id: 1,
+            ..Default::default()
+        })];
+        assert!(!read(40, &with_ack).only_qos0(&empty));
+    }
+
+    #[test]
+    fn a_partial_packet_a_large_read_or_no_packet_reads_on_at_once() {
+        let qos0 = [publish(QoS::AtMostOnce)];
+        assert!(!read(30, &qos0).only_qos0(&BytesMut::from(&[0x30u8, 0x7f][..])));
+        assert!(!read(TRICKLE_BELOW, &qos0).only_qos0(&BytesMut::new()));
+        assert!(!read(10, &[]).only_qos0(&BytesMut::new()));
     }
 }

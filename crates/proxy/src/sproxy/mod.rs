@@ -110,6 +110,12 @@ pub struct SProxyArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub broker_connect_timeout: Option<Duration>,
 
+    /// How long QoS 0 messages from the broker may be held to relay more of them in one frame,
+    /// when they arrive in a steady trickle; `0s` relays each read at once [default: 1ms].
+    /// Acknowledgements, QoS 1 and 2 messages and lone messages are never held.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub broker_qos0_batching: Option<Duration>,
+
     /// Largest MQTT packet accepted from the upstream towards a client, in bytes
     /// [default: 1048576].
     #[arg(long)]
@@ -158,7 +164,8 @@ impl SProxyArgs {
         let broker_tls = [&self.broker_ca, &self.broker_cert, &self.broker_key];
         let sets_broker = broker_tls.iter().any(|f| f.is_some())
             || self.broker_server_name.is_some()
-            || self.broker_connect_timeout.is_some();
+            || self.broker_connect_timeout.is_some()
+            || self.broker_qos0_batching.is_some();
         if sets_broker {
             let Some(broker) = &mut config.broker else {
                 return Err(ConfigError::invalid(
@@ -176,6 +183,7 @@ impl SProxyArgs {
             broker.connect_timeout = self
                 .broker_connect_timeout
                 .unwrap_or(broker.connect_timeout);
+            broker.qos0_batching = self.broker_qos0_batching.unwrap_or(broker.qos0_batching);
         }
         config.max_packet_size = self.max_packet_size.unwrap_or(config.max_packet_size);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
@@ -268,6 +276,7 @@ pub async fn start(
                 broker_tls,
                 target.server_name,
                 target.connect_timeout,
+                target.qos0_batching,
             )?)
         }
         Upstream::Kafka => {
