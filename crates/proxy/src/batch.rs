@@ -211,7 +211,10 @@ mod tests {
             reads.bytes().clear();
         }
         let room = reads.prepare();
-        assert!(room.capacity() - room.len() >= BATCH_BYTES / 2, "grew to a batch");
+        assert!(
+            room.capacity() - room.len() >= BATCH_BYTES / 2,
+            "grew to a batch"
+        );
 
         // Quiet: small reads shrink the buffer back to its idle size.
         for _ in 0..10 {
@@ -221,6 +224,10 @@ mod tests {
             reads.bytes().clear();
         }
         let room = reads.prepare();
-        assert!(room.capacity() <= 2 * IDLE_READ_BUFFER, "{}", room.capacity());
+        assert!(
+            room.capacity() <= 2 * IDLE_READ_BUFFER,
+            "{}",
+            room.capacity()
+        );
     }
 }

@@ -567,7 +567,10 @@ fn connect_topic_alias_maximum_out_of_range() {
 fn connect_will_qos_3() {
     let mut c = connect();
     c.will.as_mut().unwrap().qos = 3;
-    assert_eq!(error(Oneof::Connect(Box::new(c))), "CONNECT.will.qos: 3 is not a QoS");
+    assert_eq!(
+        error(Oneof::Connect(Box::new(c))),
+        "CONNECT.will.qos: 3 is not a QoS"
+    );
 }
 
 #[test]

@@ -293,11 +293,17 @@ async fn broker_to_client(
     loop {
         loop {
             let mut packets = batch_vec(buf.bytes());
-            let batch = decode_batch(buf.bytes(), protocol, ctx.max_packet_size, &mut packets, |p| {
-                last_read.saw(p);
-                ctx.metrics.packet(Direction::Outbound, p.packet_type());
-                Ok::<_, std::convert::Infallible>(true)
-            });
+            let batch = decode_batch(
+                buf.bytes(),
+                protocol,
+                ctx.max_packet_size,
+                &mut packets,
+                |p| {
+                    last_read.saw(p);
+                    ctx.metrics.packet(Direction::Outbound, p.packet_type());
+                    Ok::<_, std::convert::Infallible>(true)
+                },
+            );
             if let Err(BatchError::Decode(error)) = batch {
                 return End::BrokerInvalid(error);
             }
@@ -475,10 +481,13 @@ mod tests {
         let empty = BytesMut::new();
         let with_qos1 = [publish(QoS::AtMostOnce), publish(QoS::AtLeastOnce)];
         assert!(!read(60, &with_qos1).only_qos0(&empty));
-        let with_ack = [publish(QoS::AtMostOnce), Packet::PubAck(PubAck {
-            packet_id: 1,
-            ..Default::default()
-        })];
+        let with_ack = [
+            publish(QoS::AtMostOnce),
+            Packet::PubAck(PubAck {
+                packet_id: 1,
+                ..Default::default()
+            }),
+        ];
         assert!(!read(40, &with_ack).only_qos0(&empty));
     }
 
