@@ -358,3 +358,69 @@ async fn subscription_identifiers_topic_aliases_and_unsubscribe_pass_through() {
     client.send(&Packet::PingReq).await;
     assert_eq!(client.recv().await, Some(Packet::PingResp));
 }
+
+/// s-proxy gathers a steady trickle of QoS 0 messages from the broker into fewer relay frames
+/// (`broker.qos0Batching`): nothing may be lost or reordered by that, and acknowledgements and
+/// QoS 1 messages behind a QoS 0 burst still come through.
+#[tokio::test]
+async fn qos0_streams_arrive_whole_and_in_order_through_s_proxy_batching() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start(&broker).await;
+    let topic = format!("relay/{}", unique_name("stream"));
+    let (mut subscriber, _) = RawClient::session(
+        relay.mqtt,
+        Protocol::V5,
+        connect_packet(&unique_name("sub")),
+    )
+    .await;
+    subscriber.subscribe(1, &topic).await;
+    let (mut publisher, _) = RawClient::session(
+        relay.mqtt,
+        Protocol::V5,
+        connect_packet(&unique_name("pub")),
+    )
+    .await;
+
+    let publish = |i: u32, qos: CodecQoS| {
+        Packet::Publish(Publish {
+            topic: topic.clone().into(),
+            qos,
+            packet_id: u16::from(qos != CodecQoS::AtMostOnce) * 7,
+            payload: i.to_string().into(),
+            ..Default::default()
+        })
+    };
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..2_000 {
+        strait_mqtt_codec::encode(&publish(i, CodecQoS::AtMostOnce), Protocol::V5, &mut burst)
+            .unwrap();
+    }
+    strait_mqtt_codec::encode(
+        &publish(2_000, CodecQoS::AtLeastOnce),
+        Protocol::V5,
+        &mut burst,
+    )
+    .unwrap();
+    publisher.send_raw(&burst).await;
+
+    for i in 0..=2_000u32 {
+        match subscriber.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..], i.to_string().as_bytes(), "message {i}");
+                if p.qos == CodecQoS::AtLeastOnce {
+                    subscriber
+                        .send(&Packet::PubAck(strait_mqtt_codec::PubAck {
+                            packet_id: p.packet_id,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+            }
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    match publisher.recv().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.packet_id, 7),
+        other => panic!("expected the PUBACK behind the QoS 0 burst, got {other:?}"),
+    }
+}
