@@ -343,7 +343,7 @@ struct Local<'a> {
 /// What the outbound side writes besides s-proxy's packets.
 struct LocalAnswers<'a> {
     /// Answers to packets pipelined behind CONNECT, written after the CONNACK.
-    first: Vec<Box<Packet>>,
+    first: Vec<Packet>,
     queued: &'a mut tokio::sync::mpsc::Receiver<Box<Packet>>,
     partial_subacks: &'a PartialSubAcks,
 }
@@ -357,7 +357,7 @@ fn decode_client_batch(
     ctx: &Context,
     out: &mut Vec<v1::Packet>,
     authz: &mut Authz<'_>,
-    replies: &mut Vec<Box<Packet>>,
+    replies: &mut Vec<Packet>,
 ) -> Result<(), (ReasonCode, String)> {
     let max_packet_size = ctx.max_packet_size as usize;
     decode_batch(buf, rules.protocol(), max_packet_size, out, |packet| {
@@ -377,7 +377,7 @@ fn decode_client_batch(
             Verdict::Relay => Ok(true),
             Verdict::Drop => Ok(false),
             Verdict::Reply(reply) => {
-                replies.push(reply);
+                replies.push(*reply);
                 Ok(false)
             }
             Verdict::Disconnect(reason) => {
@@ -421,7 +421,7 @@ async fn client_to_server(
             }
             for reply in replies.drain(..) {
                 // The outbound side is gone only when the session is ending anyway.
-                if local.replies.send(reply).await.is_err() {
+                if local.replies.send(Box::new(reply)).await.is_err() {
                     return End::ClientClosed;
                 }
             }
