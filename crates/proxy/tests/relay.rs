@@ -383,7 +383,7 @@ async fn qos0_streams_arrive_whole_and_in_order_through_s_proxy_batching() {
 
     let publish = |i: u32, qos: CodecQoS| {
         Packet::Publish(Publish {
-            topic: topic.clone().into(),
+            topic: topic.clone(),
             qos,
             packet_id: u16::from(qos != CodecQoS::AtMostOnce) * 7,
             payload: i.to_string().into(),
