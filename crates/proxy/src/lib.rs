@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod batch;
 pub mod dev;
+pub mod drain;
 pub mod grpc;
 pub mod grpckafka;
 pub mod kafka_client;

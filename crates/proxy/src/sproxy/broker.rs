@@ -16,6 +16,7 @@ use tonic::{Status, Streaming};
 
 use super::Context;
 use crate::batch::{BATCH_BYTES, BatchError, ReadBuffer, batch_vec, decode_batch};
+use crate::drain::Reader;
 use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
 use crate::relay_rules::refusal;
@@ -275,6 +276,10 @@ async fn client_to_broker(
                 _ => break,
             }
         }
+        // Deliveries first: while s-proxy is short of CPU and behind on reading the broker,
+        // feeding the broker more would only make it drop QoS 0 messages for the relay's
+        // subscribers (crate::drain).
+        ctx.backlog.drained().await;
         if let Err(error) = write(writer, &mut out).await {
             return End::BrokerIo(error);
         }
@@ -289,6 +294,7 @@ async fn broker_to_client(
     ctx: &Context,
 ) -> End {
     let mut buf = ReadBuffer::default();
+    let mut reader_state = ctx.backlog.reader();
     let mut last_read = Trickle::default();
     loop {
         loop {
@@ -322,7 +328,7 @@ async fn broker_to_client(
         if !qos0_batching.is_zero() && last_read.only_qos0(buf.bytes()) {
             tokio::time::sleep(qos0_batching).await;
         }
-        match read_available(reader, &mut buf).await {
+        match read_available(reader, &mut buf, &mut reader_state).await {
             Ok(0) => return End::BrokerClosed,
             Ok(n) => {
                 last_read = Trickle::read(n);
@@ -378,12 +384,21 @@ impl Trickle {
 
 /// Waits for the broker to send something, then takes whatever else is already there, up to a
 /// batch. Brokers write each packet on its own (Mosquitto does), so without this every packet
-/// would become a frame of its own; with it a burst becomes one.
+/// would become a frame of its own; with it a burst becomes one. Tells `behind` whether the
+/// socket still had more (a whole batch was read) or was read empty.
 async fn read_available(
     reader: &mut ReadHalf<BoxedIo>,
     buf: &mut ReadBuffer,
+    behind: &mut Reader,
 ) -> std::io::Result<usize> {
-    let mut total = reader.read_buf(buf.prepare()).await?;
+    let mut total = match reader.read_buf(buf.prepare()).now_or_never() {
+        Some(read) => read?,
+        None => {
+            // Caught up: nothing is waiting in the socket.
+            behind.set_behind(false);
+            reader.read_buf(buf.prepare()).await?
+        }
+    };
     buf.filled(total);
     while total > 0 && buf.bytes().len() < BATCH_BYTES {
         match reader.read_buf(buf.prepare()).now_or_never() {
@@ -392,9 +407,14 @@ async fn read_available(
                 total += n;
             }
             // Nothing more yet, or the connection ended or failed: the next await reports it.
-            _ => break,
+            _ => {
+                behind.set_behind(false);
+                return Ok(total);
+            }
         }
     }
+    // A whole batch, and possibly more waiting.
+    behind.set_behind(total > 0);
     Ok(total)
 }
 

@@ -204,6 +204,9 @@ pub(crate) struct Context {
     pub max_packet_size: usize,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub sessions: TaskTracker,
+    /// How far behind s-proxy is in reading the broker, and whether it is short of CPU (see
+    /// [`crate::drain`]).
+    pub backlog: Arc<crate::drain::Backlog>,
 }
 
 struct RelayService {
@@ -298,7 +301,9 @@ pub async fn start(
         max_packet_size: config.max_packet_size as usize,
         shutdown: process.shutdown.token(),
         sessions: sessions.clone(),
+        backlog: Arc::default(),
     });
+    tokio::spawn(ctx.backlog.clone().watch_cpu(process.shutdown.token()));
     let max_message = max_frame_size(config.max_packet_size);
     let service = MqttRelayServer::new(RelayService { ctx: ctx.clone() })
         .max_decoding_message_size(max_message)
