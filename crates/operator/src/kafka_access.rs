@@ -120,7 +120,7 @@ impl KafkaRef<'_> {
         };
         if let Some(tls) = self.tls {
             let field = format!("{}.tls.secretName", self.field);
-            let secret = read(secrets, &tls.secret_name, &field).await?;
+            let secret = get_secret(secrets, &tls.secret_name, &field).await?;
             let ca = key(&secret, &tls.secret_name, "ca.crt")?;
             let cert_and_key = match (text(&secret, "tls.crt"), text(&secret, "tls.key")) {
                 (Some(cert), Some(key)) => Some((cert, key)),
@@ -131,7 +131,7 @@ impl KafkaRef<'_> {
         if let Some(sasl) = self.sasl {
             let field = format!("{}.sasl.passwordSecret.name", self.field);
             let name = &sasl.password_secret.name;
-            let secret = read(secrets, name, &field).await?;
+            let secret = get_secret(secrets, name, &field).await?;
             let password = key(&secret, name, &sasl.password_secret.key)?;
             let password = password.strip_suffix('\n').unwrap_or(&password).to_string();
             access.sasl = Some((sasl.mechanism, sasl.username.clone(), password));
@@ -250,7 +250,13 @@ impl KafkaAccess {
     }
 }
 
-async fn read(secrets: &Api<Secret>, name: &str, field: &str) -> Result<Secret, ReconcileError> {
+/// The Secret `name`, or [`ReconcileError::MissingSecret`] naming the spec `field` that refers
+/// to it.
+pub(crate) async fn get_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    field: &str,
+) -> Result<Secret, ReconcileError> {
     secrets
         .get_opt(name)
         .await?

@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use super::render::{self, Inputs};
 use super::spec::{MqttBridge, MqttBridgeStatus};
 use crate::context::{Context, ReconcileError};
+use crate::kafka_access::get_secret;
 use crate::status::{self, Check};
 
 /// Runs the controller (until the process stops it).
@@ -228,20 +229,6 @@ pub fn rollout(deployment: &Deployment) -> (bool, String) {
         done,
         format!("{ready} of {want} pods ready, {updated} updated"),
     )
-}
-
-async fn get_secret(
-    secrets: &Api<Secret>,
-    name: &str,
-    field: &str,
-) -> Result<Secret, ReconcileError> {
-    secrets
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| ReconcileError::MissingSecret {
-            name: name.into(),
-            field: field.into(),
-        })
 }
 
 fn has_keys(secret: &Secret, keys: &[&str]) -> bool {
