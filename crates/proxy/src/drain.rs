@@ -42,8 +42,8 @@ pub struct Backlog {
 
 impl Backlog {
     /// A session's reading side, to report whether it is behind.
-    pub fn reader(self: &Arc<Self>) -> Reader {
-        Reader {
+    pub fn session(self: &Arc<Self>) -> SessionLag {
+        SessionLag {
             backlog: self.clone(),
             behind: false,
         }
@@ -58,7 +58,8 @@ impl Backlog {
         let wait = async {
             loop {
                 let read = self.read.notified();
-                if self.behind.load(Ordering::Acquire) == 0 {
+                let armed = self.overloaded.load(Ordering::Relaxed);
+                if !armed || self.behind.load(Ordering::Acquire) == 0 {
                     return;
                 }
                 read.await;
@@ -113,12 +114,12 @@ fn waited(schedstat: &str) -> Option<u64> {
 
 /// A session's reading side: reports whether it is behind, and stops counting when dropped.
 #[derive(Debug)]
-pub struct Reader {
+pub struct SessionLag {
     backlog: Arc<Backlog>,
     behind: bool,
 }
 
-impl Reader {
+impl SessionLag {
     /// After a read: `behind` when it filled a whole batch (more is waiting in the socket),
     /// not when the socket had nothing more.
     pub fn set_behind(&mut self, behind: bool) {
@@ -134,7 +135,7 @@ impl Reader {
     }
 }
 
-impl Drop for Reader {
+impl Drop for SessionLag {
     fn drop(&mut self) {
         self.set_behind(false);
     }
@@ -147,8 +148,8 @@ mod tests {
     #[tokio::test]
     async fn with_cpu_to_spare_a_session_behind_holds_nobody_up() {
         let backlog = Arc::new(Backlog::default());
-        let mut reader = backlog.reader();
-        reader.set_behind(true);
+        let mut session = backlog.session();
+        session.set_behind(true);
         tokio::time::timeout(MAX_HOLD / 2, backlog.drained())
             .await
             .expect("not held");
@@ -158,7 +159,7 @@ mod tests {
     async fn short_of_cpu_writes_wait_until_no_session_is_behind() {
         let backlog = Arc::new(Backlog::default());
         backlog.set_overloaded(true);
-        let (mut first, mut second) = (backlog.reader(), backlog.reader());
+        let (mut first, mut second) = (backlog.session(), backlog.session());
         first.set_behind(true);
         second.set_behind(true);
         let held = tokio::spawn({
@@ -181,8 +182,8 @@ mod tests {
     async fn a_write_is_held_at_most_max_hold() {
         let backlog = Arc::new(Backlog::default());
         backlog.set_overloaded(true);
-        let mut reader = backlog.reader();
-        reader.set_behind(true);
+        let mut session = backlog.session();
+        session.set_behind(true);
         let started = Instant::now();
         backlog.drained().await;
         assert!(started.elapsed() >= MAX_HOLD);
@@ -192,15 +193,15 @@ mod tests {
     async fn disarming_releases_held_writes() {
         let backlog = Arc::new(Backlog::default());
         backlog.set_overloaded(true);
-        let mut reader = backlog.reader();
-        reader.set_behind(true);
+        let mut session = backlog.session();
+        session.set_behind(true);
         let held = tokio::spawn({
             let backlog = backlog.clone();
             async move { backlog.drained().await }
         });
         tokio::task::yield_now().await;
+        assert!(!held.is_finished(), "went ahead while a session was behind");
         backlog.set_overloaded(false);
-        reader.set_behind(false);
         tokio::time::timeout(MAX_HOLD / 2, held)
             .await
             .expect("released")

@@ -16,7 +16,7 @@ use tonic::{Status, Streaming};
 
 use super::Context;
 use crate::batch::{BATCH_BYTES, BatchError, ReadBuffer, batch_vec, decode_batch};
-use crate::drain::Reader;
+use crate::drain::SessionLag;
 use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
 use crate::relay_rules::refusal;
@@ -294,7 +294,7 @@ async fn broker_to_client(
     ctx: &Context,
 ) -> End {
     let mut buf = ReadBuffer::default();
-    let mut reader_state = ctx.backlog.reader();
+    let mut lag = ctx.backlog.session();
     let mut last_read = Trickle::default();
     loop {
         loop {
@@ -328,7 +328,7 @@ async fn broker_to_client(
         if !qos0_batching.is_zero() && last_read.only_qos0(buf.bytes()) {
             tokio::time::sleep(qos0_batching).await;
         }
-        match read_available(reader, &mut buf, &mut reader_state).await {
+        match read_available(reader, &mut buf, &mut lag).await {
             Ok(0) => return End::BrokerClosed,
             Ok(n) => {
                 last_read = Trickle::read(n);
@@ -389,7 +389,7 @@ impl Trickle {
 async fn read_available(
     reader: &mut ReadHalf<BoxedIo>,
     buf: &mut ReadBuffer,
-    behind: &mut Reader,
+    behind: &mut SessionLag,
 ) -> std::io::Result<usize> {
     let mut total = match reader.read_buf(buf.prepare()).now_or_never() {
         Some(read) => read?,

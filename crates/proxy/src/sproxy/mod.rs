@@ -303,7 +303,10 @@ pub async fn start(
         sessions: sessions.clone(),
         backlog: Arc::default(),
     });
-    tokio::spawn(ctx.backlog.clone().watch_cpu(process.shutdown.token()));
+    if matches!(ctx.backend, Backend::Broker(_)) {
+        // Only broker sessions hold writes (crate::drain); Kafka sessions need no sampling.
+        tokio::spawn(ctx.backlog.clone().watch_cpu(process.shutdown.token()));
+    }
     let max_message = max_frame_size(config.max_packet_size);
     let service = MqttRelayServer::new(RelayService { ctx: ctx.clone() })
         .max_decoding_message_size(max_message)
