@@ -46,6 +46,7 @@ struct Settings {
     proxy_bin: String,
     warmup_secs: f64,
     duration_secs: f64,
+    throughput_rounds: u32,
     publishers: usize,
     idle_connections: usize,
     r_proxy_args: Vec<String>,
@@ -86,6 +87,7 @@ impl Report {
                 proxy_bin: proxy_bin.display().to_string(),
                 warmup_secs: args.warmup.as_secs_f64(),
                 duration_secs: args.duration.as_secs_f64(),
+                throughput_rounds: args.rounds,
                 publishers: args.publishers,
                 idle_connections: args.idle_connections,
                 r_proxy_args: args.r_proxy_arg.clone(),
@@ -196,12 +198,14 @@ fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "broker {} (pid {}), proxies {}; warm-up {} s, measured {} s per path",
+        "broker {} (pid {}), proxies {}; warm-up {} s, measured {} s per path \
+         (QoS 0 throughput: in {} alternating rounds)",
         s.broker,
         m.broker_pid.map_or("unknown".into(), |p| p.to_string()),
         s.proxy_bin,
         s.warmup_secs,
-        s.duration_secs
+        s.duration_secs,
+        s.throughput_rounds
     );
     if !s.r_proxy_args.is_empty() || !s.s_proxy_args.is_empty() {
         let _ = writeln!(
@@ -221,6 +225,7 @@ fn render(report: &Report) -> String {
                 publishers,
                 direct,
                 relay,
+                round_ratios,
             } => {
                 let _ = writeln!(
                     out,
@@ -228,7 +233,7 @@ fn render(report: &Report) -> String {
                      {publishers} publishers → 1 subscriber",
                     case.case.name()
                 );
-                throughput_table(direct, relay)
+                throughput_table(direct, relay, round_ratios)
             }
             Outcome::Latency { direct, relay } => {
                 let _ = writeln!(
@@ -277,7 +282,7 @@ pub(crate) fn mark(met: bool) -> &'static str {
     if met { "✓" } else { "✗" }
 }
 
-fn throughput_table(direct: &Throughput, relay: &Throughput) -> Table {
+fn throughput_table(direct: &Throughput, relay: &Throughput, round_ratios: &[f64]) -> Table {
     let mut table = Table::new(["", "direct", "relay", "relay/direct"]);
     let ratio = |d: f64, r: f64| format!("{:.2}×", r / d.max(f64::MIN_POSITIVE));
     table.row([
@@ -286,6 +291,15 @@ fn throughput_table(direct: &Throughput, relay: &Throughput) -> Table {
         thousands(relay.delivered_per_sec),
         ratio(direct.delivered_per_sec, relay.delivered_per_sec),
     ]);
+    if round_ratios.len() > 1 {
+        let each: Vec<String> = round_ratios.iter().map(|r| format!("{r:.2}×")).collect();
+        table.row([
+            "  by round".into(),
+            String::new(),
+            String::new(),
+            each.join(" "),
+        ]);
+    }
     table.row([
         "published msg/s".into(),
         thousands(direct.published_per_sec),

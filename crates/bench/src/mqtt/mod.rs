@@ -22,7 +22,8 @@ use crate::report::{self, Report};
 /// What `strait-bench mqtt --help` explains.
 pub const LONG_ABOUT: &str = "\
     Runs the same MQTT 5 load twice per case, straight to the broker and through \
-    r-proxy → s-proxy → broker, and prints both with their ratio and our targets (✓/✗).\n\n\
+    r-proxy → s-proxy → broker, and prints both with their ratio and our targets (✓/✗). \
+    The throughput cases alternate the two paths in --rounds rounds.\n\n\
     The relay is started here as two child processes (`strait-proxy s-proxy` and \
     `strait-proxy r-proxy`) on free 127.0.0.1 ports, fresh for each case, and killed at the \
     end, on error and on Ctrl-C. Load is generated in this process with tokio and Strait's \
@@ -72,7 +73,14 @@ pub struct MqttArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
 
-    /// Load run before measuring starts, per case and path.
+    /// QoS 0 throughput cases alternate direct and relay this many times, each round measuring
+    /// --duration / rounds per path, and report the mean: a drift in the machine's speed
+    /// (other tenants of a VM) then weighs on both paths alike. The ratio of each round is
+    /// shown too.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+
+    /// Load run before measuring starts, per case, path and round.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
 
@@ -159,6 +167,8 @@ pub enum Outcome {
         publishers: usize,
         direct: Throughput,
         relay: Throughput,
+        /// relay/direct delivered msg/s of each round.
+        round_ratios: Vec<f64>,
     },
     Latency {
         direct: Latency,
@@ -216,23 +226,35 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
         log_dir,
     };
     let watched = Watched::new(broker_pid);
-    let window = Window {
-        warmup: args.warmup,
-        duration: args.duration,
-    };
 
     for &case in &args.cases {
-        let run = |addr, watched, path| {
-            let tag = format!("sb{}-{}-{path}", std::process::id(), case.name());
-            eprintln!("{}: {path} ({addr})…", case.name());
+        let rounds = match case {
+            Case::Qos0Small | Case::Qos0Large => args.rounds,
+            Case::Qos1 | Case::Idle => 1,
+        };
+        let window = Window {
+            warmup: args.warmup,
+            duration: args.duration / rounds,
+        };
+        let run = |addr, watched, path, round| {
+            let tag = format!("sb{}-{}-{path}{round}", std::process::id(), case.name());
+            eprintln!(
+                "{}: {path} ({addr}), round {} of {rounds}…",
+                case.name(),
+                round + 1
+            );
             run_case(case, addr, watched, window, &args, idle_connections, tag)
         };
-        let direct = run(broker, watched.clone(), "direct").await?;
         let mut relay = Relay::start(&spec).await?;
-        let relayed = run(relay.mqtt, watched.with_relay(&relay), "relay").await;
-        relay.check_running()?;
+        let mut measured = Vec::new();
+        for round in 0..rounds {
+            let direct = run(broker, watched.clone(), "direct", round).await?;
+            let relayed = run(relay.mqtt, watched.with_relay(&relay), "relay", round).await;
+            relay.check_running()?;
+            measured.push((direct, relayed?));
+        }
         relay.stop().await;
-        report.add(case, outcome(case, direct, relayed?, &args)?);
+        report.add(case, outcome(case, measured, &args)?);
     }
     report.finish();
     report::print(&report, args.json)
@@ -280,17 +302,35 @@ fn payload_bytes(case: Case) -> usize {
 
 fn outcome(
     case: Case,
-    direct: Measured,
-    relay: Measured,
+    rounds: Vec<(Measured, Measured)>,
     args: &MqttArgs,
 ) -> anyhow::Result<Outcome> {
-    Ok(match (direct, relay) {
-        (Measured::Throughput(direct), Measured::Throughput(relay)) => Outcome::Throughput {
-            payload_bytes: payload_bytes(case),
-            publishers: args.publishers,
-            direct,
-            relay,
-        },
+    let mut rounds = rounds.into_iter();
+    let Some(first) = rounds.next() else {
+        bail!("no round was run");
+    };
+    Ok(match first {
+        (Measured::Throughput(direct), Measured::Throughput(relay)) => {
+            let mut pairs = vec![(direct, relay)];
+            for round in rounds {
+                match round {
+                    (Measured::Throughput(d), Measured::Throughput(r)) => pairs.push((d, r)),
+                    _ => bail!("rounds of one case ran different loads"),
+                }
+            }
+            let (direct, relay): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+            Outcome::Throughput {
+                payload_bytes: payload_bytes(case),
+                publishers: args.publishers,
+                round_ratios: direct
+                    .iter()
+                    .zip(&relay)
+                    .map(|(d, r)| r.delivered_per_sec / d.delivered_per_sec.max(f64::MIN_POSITIVE))
+                    .collect(),
+                direct: Throughput::merge(&direct),
+                relay: Throughput::merge(&relay),
+            }
+        }
         (Measured::Latency(direct), Measured::Latency(relay)) => Outcome::Latency { direct, relay },
         (Measured::Idle(direct), Measured::Idle(relay)) => Outcome::Idle { direct, relay },
         _ => bail!("direct and relay ran different cases"),

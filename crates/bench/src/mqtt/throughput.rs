@@ -50,6 +50,31 @@ pub struct Throughput {
     pub cpu_us_per_msg: BTreeMap<Role, f64>,
 }
 
+impl Throughput {
+    /// Rounds of the same load as one result: rates and CPU per message averaged (the rounds
+    /// are equally long), totals summed, the loss over the sums.
+    pub fn merge(rounds: &[Throughput]) -> Throughput {
+        let n = rounds.len().max(1) as f64;
+        let mean = |f: fn(&Throughput) -> f64| rounds.iter().map(f).sum::<f64>() / n;
+        let published_total = rounds.iter().map(|r| r.published_total).sum::<u64>();
+        let delivered_total = rounds.iter().map(|r| r.delivered_total).sum::<u64>();
+        let mut cpu_us_per_msg = BTreeMap::new();
+        for round in rounds {
+            for (role, us) in &round.cpu_us_per_msg {
+                *cpu_us_per_msg.entry(*role).or_insert(0.0) += us / n;
+            }
+        }
+        Throughput {
+            delivered_per_sec: mean(|r| r.delivered_per_sec),
+            published_per_sec: mean(|r| r.published_per_sec),
+            published_total,
+            delivered_total,
+            loss: 1.0 - delivered_total as f64 / published_total.max(1) as f64,
+            cpu_us_per_msg,
+        }
+    }
+}
+
 pub async fn run(
     addr: SocketAddr,
     watched: &Watched,
@@ -181,5 +206,40 @@ pub async fn drain(delivered: &AtomicU64) {
             last = now;
             quiet_since = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(
+        delivered_per_sec: f64,
+        published: u64,
+        delivered: u64,
+        r_proxy_us: f64,
+    ) -> Throughput {
+        Throughput {
+            delivered_per_sec,
+            published_per_sec: delivered_per_sec,
+            published_total: published,
+            delivered_total: delivered,
+            loss: 0.0,
+            cpu_us_per_msg: BTreeMap::from([(Role::RProxy, r_proxy_us)]),
+        }
+    }
+
+    #[test]
+    fn rounds_merge_into_means_of_rates_and_the_loss_of_the_sums() {
+        let merged =
+            Throughput::merge(&[round(100.0, 1000, 1000, 2.0), round(300.0, 1000, 800, 4.0)]);
+        assert_eq!(merged.delivered_per_sec, 200.0);
+        assert_eq!(merged.published_per_sec, 200.0);
+        assert_eq!(
+            (merged.published_total, merged.delivered_total),
+            (2000, 1800)
+        );
+        assert!((merged.loss - 0.1).abs() < 1e-9, "{}", merged.loss);
+        assert_eq!(merged.cpu_us_per_msg[&Role::RProxy], 3.0);
     }
 }
