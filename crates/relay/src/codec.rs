@@ -95,10 +95,11 @@ impl Frame for v1::ServerFrame {
     }
 }
 
-/// A frame's packets take at least this many bytes each (a small QoS 0 PUBLISH), so a frame of
-/// N bytes holds at most about N / 32 of them...
-const MIN_PACKET_BYTES: usize = 32;
-/// ... and r-proxy and s-proxy put at most 256 in one frame.
+/// Room is a hint, not a limit: a small QoS 0 PUBLISH takes about 32 bytes in a frame, so a frame
+/// of N bytes is given room for N / 32 packets (frames of smaller packets, such as
+/// acknowledgements, grow the vector as before)...
+const BYTES_PER_PACKET: usize = 32;
+/// ... but never more than r-proxy and s-proxy put in one frame, whatever the length claims.
 const MAX_ROOM: usize = 256;
 
 /// prost's decoder, sizing each frame's packet vector from the frame's length first.
@@ -110,7 +111,7 @@ impl<U: Frame> Decoder for RelayDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let mut frame = U::with_room((buf.remaining() / MIN_PACKET_BYTES).min(MAX_ROOM));
+        let mut frame = U::with_room((buf.remaining() / BYTES_PER_PACKET).min(MAX_ROOM));
         frame
             .merge(buf)
             .map_err(|error| Status::internal(format!("decoding a relay frame: {error}")))?;
