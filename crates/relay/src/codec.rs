@@ -61,8 +61,10 @@ impl<T: prost::Message> Encoder for RelayEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        item.encode(buf)
-            .map_err(|error| Status::internal(format!("encoding a relay frame: {error}")))
+        // Not `Message::encode`: it would walk the whole frame for its length a second time,
+        // only to check room that the buffer (a growing `BytesMut`) always has.
+        item.encode_raw(buf);
+        Ok(())
     }
 
     fn buffer_settings(&self) -> BufferSettings {
