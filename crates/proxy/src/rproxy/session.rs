@@ -459,7 +459,7 @@ async fn client_to_server(
 /// Relays s-proxy's frames to the client, adjusting the CONNACK on its way (see
 /// [`SessionRules::apply_connack`]), until the stream ends.
 async fn server_to_client(
-    from_server: &mut tonic::Streaming<v1::ServerFrame>,
+    from_server: &mut strait_relay::Incoming<v1::ServerFrame>,
     writer: &mut ClientWriter,
     rules: &SessionRules,
     idle_millis: &AtomicU64,

@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use strait_relay::v1::mqtt_relay_client::MqttRelayClient;
 use strait_relay::v1::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,16 +15,18 @@ use strait_config::tls::ClientTls;
 
 pub struct SProxyPool {
     /// `connections_per_endpoint` channels for each endpoint, endpoint-major.
-    channels: Vec<(Uri, MqttRelayClient<Channel>)>,
+    channels: Vec<(Uri, Channel)>,
     per_endpoint: usize,
     next: AtomicUsize,
+    /// Largest relay frame either way.
+    max_message: usize,
 }
 
 /// An open relay stream: frames go out through `to_server`, come back from `from_server`.
 pub struct RelayStream {
     pub endpoint: Uri,
     pub to_server: mpsc::Sender<ClientFrame>,
-    pub from_server: tonic::Streaming<ServerFrame>,
+    pub from_server: strait_relay::Incoming<ServerFrame>,
 }
 
 impl SProxyPool {
@@ -55,10 +56,7 @@ impl SProxyPool {
                 anyhow::bail!("{uri}: sProxy.tls is set but the endpoint is not https://");
             }
             for _ in 0..per_endpoint {
-                let client = MqttRelayClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message);
-                channels.push((uri.clone(), client));
+                channels.push((uri.clone(), endpoint.connect_lazy()));
             }
         }
         anyhow::ensure!(!channels.is_empty(), "no s-proxy endpoint given");
@@ -66,6 +64,7 @@ impl SProxyPool {
             channels,
             per_endpoint,
             next: AtomicUsize::new(0),
+            max_message,
         })
     }
 
@@ -77,17 +76,18 @@ impl SProxyPool {
         let mut last_error = tonic::Status::unavailable("no s-proxy endpoint");
         for attempt in 0..endpoints {
             let index = (start + attempt * self.per_endpoint) % self.channels.len();
-            let (uri, client) = &self.channels[index];
+            let (uri, channel) = &self.channels[index];
             let (to_server, outbound) = mpsc::channel(FRAME_QUEUE);
             to_server
                 .try_send(first.clone())
                 .expect("fresh channel has room");
-            match client.clone().session(ReceiverStream::new(outbound)).await {
-                Ok(response) => {
+            let frames = ReceiverStream::new(outbound);
+            match strait_relay::open_session(channel, frames, self.max_message).await {
+                Ok(from_server) => {
                     return Ok(RelayStream {
                         endpoint: uri.clone(),
                         to_server,
-                        from_server: response.into_inner(),
+                        from_server,
                     });
                 }
                 Err(status) => {

@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use bytes::BytesMut;
 use futures::FutureExt as _;
 use strait_mqtt_codec::{self as mqtt, Disconnect, Packet, Protocol, ReasonCode};
+use strait_relay::Incoming;
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::Context;
 use crate::batch::{BATCH_BYTES, BatchError, ReadBuffer, batch_vec, decode_batch};
@@ -135,7 +136,7 @@ enum End {
 
 pub async fn run(
     opening: Opening,
-    inbound: Streaming<ClientFrame>,
+    inbound: Incoming<ClientFrame>,
     to_client: ToClient,
     ctx: Arc<Context>,
 ) {
@@ -238,7 +239,7 @@ pub async fn run(
 }
 
 async fn client_to_broker(
-    mut inbound: Streaming<ClientFrame>,
+    mut inbound: Incoming<ClientFrame>,
     writer: &mut WriteHalf<BoxedIo>,
     protocol: Protocol,
     ctx: &Context,

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use strait_relay::v1::mqtt_relay_server::{MqttRelay, MqttRelayServer};
 use strait_relay::v1::{ClientFrame, ServerFrame};
+use strait_relay::{Incoming, RelayServer, SessionHandler};
 use strait_runtime::Process;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::kafka_client::KafkaSecurityArgs;
 use crate::metrics::RelayMetrics;
@@ -213,15 +213,10 @@ struct RelayService {
     ctx: Arc<Context>,
 }
 
-#[tonic::async_trait]
-impl MqttRelay for RelayService {
-    type SessionStream = ReceiverStream<Result<ServerFrame, Status>>;
+impl SessionHandler for RelayService {
+    type Outbound = ReceiverStream<Result<ServerFrame, Status>>;
 
-    async fn session(
-        &self,
-        request: Request<Streaming<ClientFrame>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let mut inbound = request.into_inner();
+    async fn session(&self, mut inbound: Incoming<ClientFrame>) -> Result<Self::Outbound, Status> {
         let first = inbound
             .message()
             .await?
@@ -249,7 +244,7 @@ impl MqttRelay for RelayService {
                 span,
             )),
         };
-        Ok(Response::new(ReceiverStream::new(outbound)))
+        Ok(ReceiverStream::new(outbound))
     }
 }
 
@@ -308,9 +303,7 @@ pub async fn start(
         tokio::spawn(ctx.backlog.clone().watch_cpu(process.shutdown.token()));
     }
     let max_message = max_frame_size(config.max_packet_size);
-    let service = MqttRelayServer::new(RelayService { ctx: ctx.clone() })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let service = RelayServer::new(RelayService { ctx: ctx.clone() }, max_message);
 
     let mut server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -18,9 +18,10 @@ use strait_mqtt_codec::{
     self as mqtt, ConnAck, Packet, Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
     ReasonCode, RetainHandling, SubAck, UnsubAck,
 };
+use strait_relay::Incoming;
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::headers::{self, Message};
 use super::state::{
@@ -129,7 +130,7 @@ enum End {
 
 pub(crate) async fn run(
     opening: Opening,
-    inbound: Streaming<ClientFrame>,
+    inbound: Incoming<ClientFrame>,
     to_client: ToClient,
     ctx: Arc<Context>,
     up: Arc<KafkaUpstream>,
@@ -442,7 +443,7 @@ impl Session {
     async fn serve(
         &mut self,
         pipelined: Vec<Packet>,
-        mut inbound: Streaming<ClientFrame>,
+        mut inbound: Incoming<ClientFrame>,
         to_client: &ToClient,
         ctx: &Context,
         kicked: &mut mpsc::Receiver<()>,
