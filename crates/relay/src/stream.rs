@@ -204,8 +204,14 @@ impl<T: Frame> Incoming<T> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
         loop {
-            if let Some(message) = self.reader.next_message()? {
-                return Poll::Ready(decode_frame(message).map(Some));
+            match self.reader.next_message() {
+                Ok(Some(message)) => return Poll::Ready(decode_frame(message).map(Some)),
+                Ok(None) => {}
+                Err(error) => {
+                    // The bytes after a bad header cannot be framed: the stream ends here.
+                    self.reader = MessageReader::new(self.reader.max_message);
+                    self.ended = Some(Err(error.into()));
+                }
             }
             if let Some(ended) = &self.ended {
                 return Poll::Ready(ended.clone().map(|()| None));
@@ -444,6 +450,119 @@ mod tests {
         assert!(!reader.is_idle(), "a stream must not end here");
         reader.push(Bytes::copy_from_slice(&wire[8..]));
         assert_eq!(reader.next_message().unwrap().unwrap(), vec![9; 10]);
+    }
+
+    /// A body delivering `frames`, then ending.
+    struct Frames(VecDeque<Result<http_body::Frame<Bytes>, Status>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    fn incoming<T: Frame>(
+        side: Side,
+        frames: Vec<Result<http_body::Frame<Bytes>, Status>>,
+    ) -> Incoming<T> {
+        Incoming::new(Body::new(Frames(frames.into())), side, 1 << 20)
+    }
+
+    fn data<T: prost::Message>(messages: &[T]) -> Result<http_body::Frame<Bytes>, Status> {
+        let encoded: Vec<Vec<u8>> = messages.iter().map(|m| m.encode_to_vec()).collect();
+        Ok(http_body::Frame::data(Bytes::from(framed(&encoded))))
+    }
+
+    fn trailers(status: Status) -> Result<http_body::Frame<Bytes>, Status> {
+        let mut headers = HeaderMap::new();
+        status.add_header(&mut headers).unwrap();
+        Ok(http_body::Frame::trailers(headers))
+    }
+
+    fn frame(close: u32) -> ServerFrame {
+        ServerFrame {
+            packets: Vec::new(),
+            close: Some(crate::v1::SessionClose {
+                reason_code: close,
+                detail: String::new(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gets_the_frames_then_the_status_in_the_trailers() {
+        let mut stream = incoming::<ServerFrame>(
+            Side::Client,
+            vec![
+                data(&[frame(1), frame(2)]),
+                trailers(Status::unavailable("s-proxy stopping")),
+            ],
+        );
+        assert_eq!(stream.message().await.unwrap(), Some(frame(1)));
+        assert_eq!(stream.message().await.unwrap(), Some(frame(2)));
+        let error = stream.message().await.unwrap_err();
+        assert_eq!(error.code(), Code::Unavailable);
+        assert_eq!(error.message(), "s-proxy stopping");
+
+        let mut clean = incoming::<ServerFrame>(
+            Side::Client,
+            vec![data(&[frame(3)]), trailers(Status::ok(""))],
+        );
+        assert_eq!(clean.message().await.unwrap(), Some(frame(3)));
+        assert_eq!(clean.message().await.unwrap(), None);
+        assert_eq!(clean.message().await.unwrap(), None, "stays ended");
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_status_or_cut_inside_a_frame_is_an_error() {
+        let mut no_status = incoming::<ServerFrame>(Side::Client, vec![data(&[frame(1)])]);
+        assert_eq!(no_status.message().await.unwrap(), Some(frame(1)));
+        assert_eq!(
+            no_status.message().await.unwrap_err().code(),
+            Code::Internal
+        );
+
+        let whole = data(&[frame(1)]).unwrap().into_data().unwrap();
+        let cut = Ok(http_body::Frame::data(whole.slice(..whole.len() - 1)));
+        let mut cut = incoming::<ServerFrame>(Side::Server, vec![cut]);
+        let error = cut.message().await.unwrap_err();
+        assert!(error.message().contains("inside a frame"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_sees_a_reset_request_as_the_end_and_other_failures_as_errors() {
+        let client = ClientFrame::default();
+        let mut reset = incoming::<ClientFrame>(
+            Side::Server,
+            vec![data(&[client.clone()]), Err(Status::cancelled("reset"))],
+        );
+        assert_eq!(reset.message().await.unwrap(), Some(client));
+        assert_eq!(reset.message().await.unwrap(), None);
+
+        let mut failed = incoming::<ClientFrame>(Side::Server, vec![Err(Status::internal("h2"))]);
+        assert_eq!(failed.message().await.unwrap_err().code(), Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn a_bad_header_ends_the_stream_with_an_error() {
+        let mut wire = framed(&[vec![0; 3], vec![0; 3]]);
+        wire[0] = 1;
+        let mut stream = incoming::<ClientFrame>(
+            Side::Server,
+            vec![Ok(http_body::Frame::data(Bytes::from(wire)))],
+        );
+        assert_eq!(stream.message().await.unwrap_err().code(), Code::Internal);
+        assert_eq!(
+            stream.message().await.unwrap_err().code(),
+            Code::Internal,
+            "stays failed"
+        );
     }
 
     #[test]
