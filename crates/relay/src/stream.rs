@@ -540,7 +540,10 @@ mod tests {
         let client = ClientFrame::default();
         let mut reset = incoming::<ClientFrame>(
             Side::Server,
-            vec![data(&[client.clone()]), Err(Status::cancelled("reset"))],
+            vec![
+                data(std::slice::from_ref(&client)),
+                Err(Status::cancelled("reset")),
+            ],
         );
         assert_eq!(reset.message().await.unwrap(), Some(client));
         assert_eq!(reset.message().await.unwrap(), None);
