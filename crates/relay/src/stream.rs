@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::buf::Chain;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use http::header::{CONTENT_TYPE, TE};
@@ -59,6 +60,9 @@ impl From<FramingError> for Status {
     }
 }
 
+/// One gRPC message, as it arrived: within one chunk (the second part is then empty) or across two.
+pub type Message = Chain<Bytes, Bytes>;
+
 /// Splits gRPC's length-prefixed messages out of the chunks a body delivers (sans-IO).
 #[derive(Debug)]
 pub struct MessageReader {
@@ -92,8 +96,9 @@ impl MessageReader {
         self.buffered == 0 && self.pending.is_none()
     }
 
-    /// The next whole message, if it has arrived.
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, FramingError> {
+    /// The next whole message, if it has arrived: one chunk's slice, or two when it straddles
+    /// chunks (decoding slices payloads from either side and copies only the one that straddles).
+    pub fn next_message(&mut self) -> Result<Option<Message>, FramingError> {
         let len = match self.pending {
             Some(len) => len,
             None => {
@@ -120,34 +125,37 @@ impl MessageReader {
             return Ok(None);
         }
         self.pending = None;
-        Ok(Some(self.take(len)))
+        self.buffered -= len;
+        let first = self.take_from_front(len);
+        let rest = len - first.len();
+        let message = match self.chunks.front() {
+            Some(second) if rest > 0 && second.len() >= rest => {
+                first.chain(self.take_from_front(rest))
+            }
+            _ if rest > 0 => {
+                // Over three chunks or more (chunks far smaller than frames): join them.
+                let mut joined = BytesMut::with_capacity(len);
+                joined.extend_from_slice(&first);
+                while joined.len() < len {
+                    let needed = len - joined.len();
+                    joined.extend_from_slice(&self.take_from_front(needed));
+                }
+                joined.freeze().chain(Bytes::new())
+            }
+            _ => first.chain(Bytes::new()),
+        };
+        Ok(Some(message))
     }
 
-    /// The next `len` buffered bytes: a slice of the front chunk when it holds them all.
-    fn take(&mut self, len: usize) -> Bytes {
-        self.buffered -= len;
-        match self.chunks.front_mut() {
-            Some(front) if front.len() >= len => {
-                let message = front.split_to(len);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
-                message
-            }
-            _ => {
-                let mut joined = BytesMut::with_capacity(len);
-                while joined.len() < len {
-                    let front = self.chunks.front_mut().expect("len bytes are buffered");
-                    let n = front.len().min(len - joined.len());
-                    joined.extend_from_slice(&front[..n]);
-                    front.advance(n);
-                    if front.is_empty() {
-                        self.chunks.pop_front();
-                    }
-                }
-                joined.freeze()
-            }
+    /// Up to `len` bytes from the front chunk.
+    fn take_from_front(&mut self, len: usize) -> Bytes {
+        let Some(front) = self.chunks.front_mut() else {
+            return Bytes::new();
+        };
+        if front.len() > len {
+            return front.split_to(len);
         }
+        self.chunks.pop_front().expect("front exists")
     }
 
     fn copy_to_slice(&mut self, out: &mut [u8]) {
@@ -402,7 +410,7 @@ mod tests {
 
     fn read_all(reader: &mut MessageReader) -> Vec<Vec<u8>> {
         std::iter::from_fn(|| reader.next_message().unwrap())
-            .map(|m| m.to_vec())
+            .map(|mut m| m.copy_to_bytes(m.remaining()).to_vec())
             .collect()
     }
 
@@ -436,9 +444,26 @@ mod tests {
         let mut reader = MessageReader::new(1024);
         reader.push(chunk.clone());
         let first = reader.next_message().unwrap().unwrap();
-        assert_eq!(first.as_ptr(), chunk[HEADER_LEN..].as_ptr(), "not copied");
-        assert_eq!(reader.next_message().unwrap().unwrap(), vec![2; 50]);
+        assert_eq!(
+            first.first_ref().as_ptr(),
+            chunk[HEADER_LEN..].as_ptr(),
+            "not copied"
+        );
+        assert!(first.last_ref().is_empty());
+        assert_eq!(read_all(&mut reader), vec![vec![2; 50]]);
         assert!(reader.is_idle());
+    }
+
+    #[test]
+    fn a_message_across_two_chunks_is_two_slices() {
+        let wire = Bytes::from(framed(&[vec![1; 100]]));
+        let mut reader = MessageReader::new(1024);
+        reader.push(wire.slice(..60));
+        reader.push(wire.slice(60..));
+        let message = reader.next_message().unwrap().unwrap();
+        assert_eq!(message.first_ref().as_ptr(), wire[HEADER_LEN..].as_ptr());
+        assert_eq!(message.last_ref().as_ptr(), wire[60..].as_ptr());
+        assert_eq!(message.remaining(), 100);
     }
 
     #[test]
@@ -446,10 +471,10 @@ mod tests {
         let wire = framed(&[vec![9; 10]]);
         let mut reader = MessageReader::new(1024);
         reader.push(Bytes::copy_from_slice(&wire[..8]));
-        assert_eq!(reader.next_message().unwrap(), None);
+        assert!(reader.next_message().unwrap().is_none());
         assert!(!reader.is_idle(), "a stream must not end here");
         reader.push(Bytes::copy_from_slice(&wire[8..]));
-        assert_eq!(reader.next_message().unwrap().unwrap(), vec![9; 10]);
+        assert_eq!(read_all(&mut reader), vec![vec![9; 10]]);
     }
 
     /// A body delivering `frames`, then ending.
@@ -573,14 +598,17 @@ mod tests {
         let mut reader = MessageReader::new(10);
         reader.push(Bytes::from(framed(&[vec![0; 11]])));
         assert_eq!(
-            reader.next_message(),
-            Err(FramingError::TooLarge { len: 11, max: 10 })
+            reader.next_message().unwrap_err(),
+            FramingError::TooLarge { len: 11, max: 10 }
         );
 
         let mut wire = framed(&[vec![0; 3]]);
         wire[0] = 1;
         let mut reader = MessageReader::new(10);
         reader.push(Bytes::from(wire));
-        assert_eq!(reader.next_message(), Err(FramingError::Compressed(1)));
+        assert_eq!(
+            reader.next_message().unwrap_err(),
+            FramingError::Compressed(1)
+        );
     }
 }
