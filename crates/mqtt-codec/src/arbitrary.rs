@@ -298,7 +298,7 @@ fn publish(protocol: Protocol) -> impl Strategy<Value = Publish> {
                 dup: dup && !at_most_once,
                 qos,
                 retain,
-                topic,
+                topic: topic.into(),
                 packet_id: if at_most_once { 0 } else { id },
                 payload,
                 properties,

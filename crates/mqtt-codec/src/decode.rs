@@ -6,6 +6,7 @@
 //! `Bytes` slices of that frame; strings are validated and copied into `String`s.
 
 use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
 
 use crate::packet::*;
 use crate::properties::{self, PropertySet};
@@ -416,7 +417,7 @@ fn decode_connack(r: &mut Reader, protocol: Protocol) -> Result<ConnAck, DecodeE
 fn decode_publish(flags: u8, r: &mut Reader, protocol: Protocol) -> Result<Publish, DecodeError> {
     // The fixed header already rejected QoS 3 and DUP on QoS 0.
     let qos = QoS::from_u8((flags >> 1) & 0b11).unwrap_or_default();
-    let topic = r.string()?;
+    let topic = r.shared_string()?;
     // An empty topic is only valid in 5.0 with a Topic Alias, checked below.
     let alias_needed = topic.is_empty() && protocol == Protocol::V5;
     if !alias_needed {
@@ -553,6 +554,21 @@ fn read_reason_codes(
 
 /// A cursor over the body of one packet. Reads are bounds-checked and fail
 /// with [`DecodeError::Truncated`]; the packet name labels errors.
+/// Checks a UTF-8 encoded string (spec §1.5.4): well-formed UTF-8 without U+0000.
+fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    no_null(bytes)?;
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
+}
+
+/// In well-formed UTF-8, U+0000 can only be the byte 0 (the overlong form C0 80 is not
+/// well-formed).
+fn no_null(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    Ok(())
+}
+
 pub(crate) struct Reader {
     buf: Bytes,
     packet: &'static str,
@@ -618,17 +634,18 @@ impl Reader {
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let len = usize::from(self.u16()?);
         self.need(len)?;
-        let bytes = &self.buf[..len];
-        // In well-formed UTF-8, U+0000 can only be the byte 0 (the overlong
-        // form C0 80 is rejected by from_utf8).
-        if bytes.contains(&0) {
-            return Err(DecodeError::NullCharacter);
-        }
-        let s = std::str::from_utf8(bytes)
-            .map_err(|_| DecodeError::InvalidUtf8)?
-            .to_owned();
+        let s = utf8(&self.buf[..len])?.to_owned();
         self.buf.advance(len);
         Ok(s)
+    }
+
+    /// A UTF-8 encoded string as a slice of the frame: for the topic of every PUBLISH, which
+    /// would otherwise be allocated and copied at each hop.
+    pub(crate) fn shared_string(&mut self) -> Result<ByteString, DecodeError> {
+        let len = usize::from(self.u16()?);
+        self.need(len)?;
+        no_null(&self.buf[..len])?;
+        ByteString::try_from(self.buf.split_to(len)).map_err(|_| DecodeError::InvalidUtf8)
     }
 
     /// Binary data: 2-byte length, then the bytes, as a slice of the frame.

@@ -95,6 +95,7 @@ pub mod topic;
 
 use std::fmt;
 
+pub use bytestring::ByteString;
 pub use decode::{FixedHeader, check, decode, decode_first};
 pub use encode::{encode, encode_with_max, encoded_len};
 pub use error::{ConnectError, DecodeError, EncodeError};

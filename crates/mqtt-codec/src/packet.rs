@@ -8,6 +8,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::ReasonCode;
 use crate::properties::{
@@ -231,8 +232,9 @@ pub struct Publish {
     pub retain: bool,
     /// A topic name (no wildcards). In 5.0 it may be empty when
     /// `properties.topic_alias` is set; resolving aliases is session state and
-    /// left to the caller.
-    pub topic: String,
+    /// left to the caller. Decoded as a slice of the received buffer, like the
+    /// payload.
+    pub topic: ByteString,
     /// 0 for QoS 0 (the field is then absent on the wire), non-zero otherwise.
     pub packet_id: u16,
     /// A slice of the received buffer: decoding does not copy it.

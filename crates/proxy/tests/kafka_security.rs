@@ -129,7 +129,7 @@ async fn mqtt_publish_and_subscribe_through_kafka_over_sasl_ssl_scram_sha_512() 
         .await
         .unwrap_or_else(|| panic!("no message\n{}", relay.s_proxy.log()));
     assert_eq!(
-        (got.topic.as_str(), &got.payload[..]),
+        (&*got.topic, &got.payload[..]),
         ("secure/door", &b"locked"[..])
     );
 

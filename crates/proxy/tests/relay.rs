@@ -240,7 +240,7 @@ async fn persistent_session_resumes_with_queued_qos1_messages() {
         publisher
             .send(&Packet::Publish(Publish {
                 qos: CodecQoS::AtLeastOnce,
-                topic: topic.clone(),
+                topic: topic.as_str().into(),
                 packet_id: id,
                 payload: Bytes::from(body),
                 ..Default::default()
@@ -303,14 +303,14 @@ async fn subscription_identifiers_topic_aliases_and_unsubscribe_pass_through() {
     // Publish once with topic + alias, then with the alias alone.
     let mut first = Publish {
         qos: CodecQoS::AtLeastOnce,
-        topic: topic.clone(),
+        topic: topic.as_str().into(),
         packet_id: 1,
         payload: Bytes::from_static(b"a"),
         ..Default::default()
     };
     first.properties.topic_alias = Some(1);
     let mut second = first.clone();
-    second.topic = String::new();
+    second.topic = Default::default();
     second.packet_id = 2;
     second.payload = Bytes::from_static(b"b");
     client.send(&Packet::Publish(first)).await;
@@ -383,7 +383,7 @@ async fn qos0_streams_arrive_whole_and_in_order_through_s_proxy_batching() {
 
     let publish = |i: u32, qos: CodecQoS| {
         Packet::Publish(Publish {
-            topic: topic.clone(),
+            topic: topic.as_str().into(),
             qos,
             packet_id: u16::from(qos != CodecQoS::AtMostOnce) * 7,
             payload: i.to_string().into(),

@@ -146,7 +146,7 @@ async fn oversized_packets_get_disconnect_0x95_and_v5_clients_are_told_the_limit
     // A packet of exactly the limit is relayed.
     let mut at_limit = Publish {
         qos: QoS::AtLeastOnce,
-        topic: topic.clone(),
+        topic: topic.as_str().into(),
         packet_id: 2,
         ..Default::default()
     };
@@ -165,7 +165,7 @@ async fn oversized_packets_get_disconnect_0x95_and_v5_clients_are_told_the_limit
 
     // 4 KiB is refused from its fixed header.
     let big = Packet::Publish(Publish {
-        topic: topic.clone(),
+        topic: topic.as_str().into(),
         payload: vec![b'x'; 4096].into(),
         ..Default::default()
     });

@@ -436,7 +436,7 @@ async fn websocket_session<S: AsyncRead + AsyncWrite + Unpin>(
         }),
         Packet::Publish(Publish {
             qos: QoS::AtLeastOnce,
-            topic: topic.clone(),
+            topic: topic.as_str().into(),
             packet_id: 2,
             payload: "from ws".into(),
             ..Default::default()
@@ -474,7 +474,7 @@ async fn websocket_session<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await;
     tcp.send(&Packet::Publish(Publish {
-        topic: topic.clone(),
+        topic: topic.as_str().into(),
         payload: "from tcp".into(),
         ..Default::default()
     }))
@@ -733,7 +733,7 @@ async fn a_thousand_concurrent_clients_each_get_their_own_message() {
             publisher
                 .send(&Packet::Publish(Publish {
                     qos: QoS::AtLeastOnce,
-                    topic: topic(sent),
+                    topic: topic(sent).into(),
                     packet_id: u16::try_from(sent + 1).unwrap(),
                     payload: format!("for {sent}").into(),
                     ..Default::default()

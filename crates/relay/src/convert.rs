@@ -46,6 +46,9 @@ pub enum ErrorKind {
     OutOfRange { value: u32, max: u32 },
     #[error("{0} is not a QoS")]
     NotQoS(u32),
+    /// A string carried as bytes (a PUBLISH topic) that is not UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
     #[error("{0} is not a retain handling")]
     NotRetainHandling(i32),
     /// Not a reason code of the spec (or above 255).
@@ -380,7 +383,7 @@ impl From<codec::Publish> for v1::Publish {
             dup: p.dup,
             qos: p.qos as u32,
             retain: p.retain,
-            topic: p.topic,
+            topic: p.topic.into_bytes(),
             packet_id: p.packet_id.into(),
             payload: p.payload,
             payload_format_indicator: props.payload_format_indicator,
@@ -404,7 +407,9 @@ impl TryFrom<v1::Publish> for codec::Publish {
             dup: p.dup,
             qos: qos(p.qos).at(P, "qos")?,
             retain: p.retain,
-            topic: p.topic,
+            topic: codec::ByteString::try_from(p.topic)
+                .map_err(|_| ErrorKind::NotUtf8)
+                .at(P, "topic")?,
             packet_id: u16_of(p.packet_id).at(P, "packet_id")?,
             payload: p.payload,
             properties: PublishProperties {

@@ -219,7 +219,7 @@ fn publish_maps_every_field() {
         dup: true,
         qos: QoS::ExactlyOnce,
         retain: true,
-        topic: String::new(),
+        topic: Default::default(),
         packet_id: 65535,
         payload: Bytes::from_static(b"21.5"),
         properties: codec::PublishProperties {
@@ -237,7 +237,7 @@ fn publish_maps_every_field() {
         dup: true,
         qos: 2,
         retain: true,
-        topic: String::new(),
+        topic: Default::default(),
         packet_id: 65535,
         payload: Bytes::from_static(b"21.5"),
         payload_format_indicator: Some(false),
@@ -500,6 +500,15 @@ fn publish_qos_above_u8() {
         ..publish()
     };
     assert_eq!(error(Oneof::Publish(p)), "PUBLISH.qos: 257 is not a QoS");
+}
+
+#[test]
+fn publish_topic_not_utf8() {
+    let p = v1::Publish {
+        topic: Bytes::from_static(b"sensors/\xff"),
+        ..publish()
+    };
+    assert_eq!(error(Oneof::Publish(p)), "PUBLISH.topic: not UTF-8");
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub struct TopicGuard {
     permissions: Permissions,
     protocol: Protocol,
     /// Topic aliases the client set (MQTT 5), to judge PUBLISHes that only carry the alias.
-    aliases: HashMap<u16, String>,
+    aliases: HashMap<u16, strait_mqtt_codec::ByteString>,
 }
 
 /// SUBSCRIBEs relayed with some filters removed, by packet id: the positions of the denied
@@ -93,7 +93,7 @@ impl TopicGuard {
             Packet::Publish(publish) => {
                 let topic = match publish.properties.topic_alias {
                     Some(alias) if publish.topic.is_empty() => match self.aliases.get(&alias) {
-                        Some(topic) => topic.as_str(),
+                        Some(topic) => &**topic,
                         None => {
                             return Checked {
                                 verdict: Verdict::Disconnect(ReasonCode::PROTOCOL_ERROR),
@@ -103,9 +103,9 @@ impl TopicGuard {
                     },
                     Some(alias) => {
                         self.aliases.insert(alias, publish.topic.clone());
-                        publish.topic.as_str()
+                        &*publish.topic
                     }
-                    None => publish.topic.as_str(),
+                    None => &*publish.topic,
                 };
                 if self.permissions.may_publish(topic) {
                     return Checked::relay();

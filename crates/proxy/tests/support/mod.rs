@@ -253,10 +253,7 @@ impl RawClient {
             match self.recv().await {
                 Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => acked = true,
                 Some(Packet::Publish(p)) => {
-                    assert_eq!(
-                        (p.topic.as_str(), &p.payload[..]),
-                        (topic, payload.as_bytes())
-                    );
+                    assert_eq!((&*p.topic, &p.payload[..]), (topic, payload.as_bytes()));
                     received = true;
                     if p.qos != mqtt::QoS::AtMostOnce {
                         self.send(&Packet::PubAck(mqtt::PubAck {

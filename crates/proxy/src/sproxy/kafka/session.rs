@@ -86,7 +86,7 @@ struct Session {
     client_receive_max: usize,
     client_max_packet: Option<u32>,
     /// Topic aliases towards the client (at most its Topic Alias Maximum).
-    client_aliases: HashMap<String, u16>,
+    client_aliases: HashMap<mqtt::ByteString, u16>,
     client_alias_max: u16,
     outgoing: HashMap<u16, Outgoing>,
     next_packet_id: u16,
@@ -100,7 +100,7 @@ struct Session {
     qos2_dirty: bool,
     /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
     qos2_pending: HashMap<u16, (String, i32, i64)>,
-    aliases: HashMap<u16, String>,
+    aliases: HashMap<u16, mqtt::ByteString>,
     /// Catch-up in progress: next offset it will deliver per (topic, partition).
     catching_up: HashMap<(usize, i32), i64>,
     /// Live deliveries below these offsets were read by the catch-up.
@@ -952,7 +952,7 @@ impl Session {
         Some(Publish {
             qos,
             retain,
-            topic: message.topic.clone(),
+            topic: message.topic.as_str().into(),
             payload: message.payload.clone(),
             properties,
             ..Default::default()
@@ -1090,7 +1090,7 @@ impl Session {
             match self.client_aliases.get(&publish.topic) {
                 Some(alias) => {
                     publish.properties.topic_alias = Some(*alias);
-                    publish.topic.clear();
+                    publish.topic = mqtt::ByteString::new();
                 }
                 None if self.client_aliases.len() < usize::from(self.client_alias_max) => {
                     let alias = self.client_aliases.len() as u16 + 1;
@@ -1572,7 +1572,7 @@ impl Session {
                 let publish = Publish {
                     qos: will.qos,
                     retain: will.retain,
-                    topic: will.topic.clone(),
+                    topic: will.topic.as_str().into(),
                     payload: will.payload.clone(),
                     properties: mqtt::PublishProperties {
                         payload_format_indicator: will.properties.payload_format_indicator,
@@ -1586,7 +1586,7 @@ impl Session {
                     ..Default::default()
                 };
                 match produce(&up, &publish, &client_id).await {
-                    Ok(()) => tracing::info!(client_id, topic = publish.topic, "will published"),
+                    Ok(()) => tracing::info!(client_id, topic = &*publish.topic, "will published"),
                     Err(reason) => {
                         tracing::warn!(client_id, reason = reason.name(), "will not published")
                     }

@@ -162,7 +162,7 @@ impl StoredWill {
         mqtt::Publish {
             qos: QoS::from_u8(self.qos).unwrap_or(QoS::AtMostOnce),
             retain: self.retain,
-            topic: self.topic.clone(),
+            topic: self.topic.as_str().into(),
             payload: unhex(&self.payload_hex).into(),
             properties: mqtt::PublishProperties {
                 payload_format_indicator: self.format_text,
