@@ -3,7 +3,8 @@
 //! [`check`] looks at the fixed header only; [`decode`] and [`decode_first`]
 //! split one complete frame off the front of the buffer (`split_to` +
 //! `freeze`, no copy) and parse it. Binary fields and the PUBLISH payload are
-//! `Bytes` slices of that frame; strings are validated and copied into `String`s.
+//! `Bytes` slices of that frame, and so is the PUBLISH topic (a `ByteString`); other strings
+//! are validated and copied into `String`s.
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -552,8 +553,6 @@ fn read_reason_codes(
     Ok(codes)
 }
 
-/// A cursor over the body of one packet. Reads are bounds-checked and fail
-/// with [`DecodeError::Truncated`]; the packet name labels errors.
 /// Checks a UTF-8 encoded string (spec §1.5.4): well-formed UTF-8 without U+0000.
 fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
     no_null(bytes)?;
@@ -569,6 +568,8 @@ fn no_null(bytes: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// A cursor over the body of one packet. Reads are bounds-checked and fail
+/// with [`DecodeError::Truncated`]; the packet name labels errors.
 pub(crate) struct Reader {
     buf: Bytes,
     packet: &'static str,
