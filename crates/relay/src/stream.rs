@@ -125,7 +125,6 @@ impl MessageReader {
             return Ok(None);
         }
         self.pending = None;
-        self.buffered -= len;
         let first = self.take_from_front(len);
         let rest = len - first.len();
         let message = match self.chunks.front() {
@@ -137,8 +136,7 @@ impl MessageReader {
                 let mut joined = BytesMut::with_capacity(len);
                 joined.extend_from_slice(&first);
                 while joined.len() < len {
-                    let needed = len - joined.len();
-                    joined.extend_from_slice(&self.take_from_front(needed));
+                    joined.extend_from_slice(&self.take_from_front(len - joined.len()));
                 }
                 joined.freeze().chain(Bytes::new())
             }
@@ -152,24 +150,21 @@ impl MessageReader {
         let Some(front) = self.chunks.front_mut() else {
             return Bytes::new();
         };
-        if front.len() > len {
-            return front.split_to(len);
-        }
-        self.chunks.pop_front().expect("front exists")
+        let taken = if front.len() > len {
+            front.split_to(len)
+        } else {
+            self.chunks.pop_front().expect("front exists")
+        };
+        self.buffered -= taken.len();
+        taken
     }
 
     fn copy_to_slice(&mut self, out: &mut [u8]) {
-        self.buffered -= out.len();
         let mut filled = 0;
         while filled < out.len() {
-            let front = self.chunks.front_mut().expect("bytes are buffered");
-            let n = front.len().min(out.len() - filled);
-            out[filled..filled + n].copy_from_slice(&front[..n]);
-            front.advance(n);
-            filled += n;
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+            let piece = self.take_from_front(out.len() - filled);
+            out[filled..filled + piece.len()].copy_from_slice(&piece);
+            filled += piece.len();
         }
     }
 }
