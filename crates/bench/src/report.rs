@@ -127,7 +127,7 @@ impl Report {
 fn targets(case: Case, outcome: &Outcome) -> Vec<Target> {
     match outcome {
         Outcome::Throughput { direct, relay, .. } => {
-            let ratio = relay.delivered_per_sec / direct.delivered_per_sec.max(f64::MIN_POSITIVE);
+            let ratio = relay.delivered_vs(direct);
             vec![Target {
                 what: format!(
                     "{}: relay delivers ≥ {QOS0_MIN_RATIO}× direct msg/s",

@@ -325,7 +325,7 @@ fn outcome(
                 round_ratios: direct
                     .iter()
                     .zip(&relay)
-                    .map(|(d, r)| r.delivered_per_sec / d.delivered_per_sec.max(f64::MIN_POSITIVE))
+                    .map(|(d, r)| r.delivered_vs(d))
                     .collect(),
                 direct: Throughput::merge(&direct),
                 relay: Throughput::merge(&relay),

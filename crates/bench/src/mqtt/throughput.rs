@@ -51,6 +51,11 @@ pub struct Throughput {
 }
 
 impl Throughput {
+    /// Delivered msg/s of `self` as a multiple of `direct`'s: the figure the targets judge.
+    pub fn delivered_vs(&self, direct: &Throughput) -> f64 {
+        self.delivered_per_sec / direct.delivered_per_sec.max(f64::MIN_POSITIVE)
+    }
+
     /// Rounds of the same load as one result: rates and CPU per message averaged (the rounds
     /// are equally long), totals summed, the loss over the sums.
     pub fn merge(rounds: &[Throughput]) -> Throughput {
