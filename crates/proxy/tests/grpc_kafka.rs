@@ -281,27 +281,69 @@ async fn deadline_is_honoured_with_deadline_exceeded() {
         "{:?}",
         started.elapsed()
     );
-    // The call did reach the service: the bridge, not the transport, cut it short.
+    // The call reached the service, and the service's work was stopped there rather than run
+    // out its 5 s: by the cancel record grpc-kafka writes at the deadline, or by kafka-grpc's
+    // own copy of the deadline, whichever reaches the call first.
     wait_until(
         Duration::from_secs(10),
         "the slow call at the service",
         || async { (service.count("slow") > 0).then_some(()) },
     )
     .await;
-    // The cancel record made kafka-grpc stop the call (CANCELLED) instead of waiting out the
-    // service's 5 s.
     wait_until(
-        Duration::from_secs(3),
-        "kafka-grpc to cancel the call",
-        || async {
-            let (_, metrics) = http_get(bridge.back[0].admin, "/metrics").await.ok()?;
-            metrics
-                .lines()
-                .any(|l| l.starts_with("strait_grpc_calls_total") && l.contains("code=\"1\""))
-                .then_some(())
-        },
+        Duration::from_secs(10),
+        "kafka-grpc to stop the slow call at the service",
+        || async { (service.stopped("slow") > 0).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_the_call_at_the_service() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let mut client = no_timer_client(bridge.addr);
+    // A deadline far away, so only the hang-up can end the call early.
+    let call = unary_with_deadline(
+        &mut client,
+        EchoRequest {
+            text: "abandoned".into(),
+            delay_ms: 20_000,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+        None,
+    );
+    tokio::select! {
+        result = call => panic!("the call ended before the client hung up: {result:?}"),
+        () = wait_until(
+            Duration::from_secs(10),
+            "the call at the service",
+            || async { (service.count("abandoned") > 0).then_some(()) },
+        ) => {}
+    }
+    // The call's future is dropped: the client reset the stream. grpc-kafka's cancel record
+    // makes kafka-grpc stop the service's work, and both count the call as CANCELLED.
+    wait_until(
+        Duration::from_secs(10),
+        "kafka-grpc to stop the abandoned call at the service",
+        || async { (service.stopped("abandoned") > 0).then_some(()) },
+    )
+    .await;
+    for (role, admin) in [
+        ("grpc-kafka", bridge.front.admin),
+        ("kafka-grpc", bridge.back[0].admin),
+    ] {
+        let want = format!(
+            "strait_grpc_calls_total{{code=\"1\",method=\"strait.test.v1.Echo/Unary\",role=\"{role}\"}} 1"
+        );
+        wait_until(Duration::from_secs(10), &want, || async {
+            let (_, metrics) = http_get(admin, "/metrics").await.ok()?;
+            metrics.lines().any(|l| l == want).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -34,15 +34,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_strait-proxy");
 // ---------------------------------------------------------------------------------------------
 // The test service.
 
+/// Calls counted by request text.
+pub type Counts = Arc<Mutex<HashMap<String, u32>>>;
+
 #[derive(Clone, Default)]
 pub struct Service {
-    /// Calls seen, by request text.
-    pub calls: Arc<Mutex<HashMap<String, u32>>>,
+    /// Calls seen.
+    pub calls: Counts,
+    /// Unary calls the caller stopped before the service answered.
+    pub stopped: Counts,
 }
 
 impl Service {
     pub fn count(&self, text: &str) -> u32 {
         self.calls.lock().unwrap().get(text).copied().unwrap_or(0)
+    }
+
+    pub fn stopped(&self, text: &str) -> u32 {
+        self.stopped.lock().unwrap().get(text).copied().unwrap_or(0)
     }
 
     pub fn seen(&self, request: &EchoRequest) {
@@ -80,6 +89,19 @@ pub fn with_response_metadata<T>(request_metadata: &MetadataMap, body: T) -> Res
     response
 }
 
+/// Counts a unary call as stopped unless it is disarmed before it drops.
+struct Unanswered {
+    stopped: Option<(Counts, String)>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((stopped, text)) = self.stopped.take() {
+            *stopped.lock().unwrap().entry(text).or_default() += 1;
+        }
+    }
+}
+
 pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -88,7 +110,12 @@ impl Echo for Service {
         let metadata = request.metadata().clone();
         let request = request.into_inner();
         self.seen(&request);
+        // tonic drops this future when the caller resets the stream; the guard counts that.
+        let mut unanswered = Unanswered {
+            stopped: Some((self.stopped.clone(), request.text.clone())),
+        };
         tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
+        unanswered.stopped = None;
         if request.code != 0 {
             return Err(Status::new(Code::from_i32(request.code), request.error));
         }
