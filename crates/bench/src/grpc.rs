@@ -271,19 +271,7 @@ pub async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<(
 }
 
 pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
-    let bin = match &args.proxy_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable has no directory")?
-            .join("strait-proxy"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release -p strait-proxy) or pass --proxy-bin",
-            bin.display()
-        );
-    }
+    let bin = crate::procs::proxy_bin(args.proxy_bin.as_deref())?;
     let service = start_service().await?;
     let run_id = format!("{}-{}", std::process::id(), rand_suffix());
     let (requests, replies) = (

@@ -230,6 +230,41 @@ pub fn proxy_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The strait-proxy processes a benchmark starts: which binary, and extra flags for each role.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// The strait-proxy binary to start as r-proxy and s-proxy [default: strait-proxy next to
+    /// this executable, i.e. the same cargo target directory and profile].
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+
+    /// Extra flag for r-proxy (repeat; e.g. --r-proxy-arg=--worker-threads=1).
+    #[arg(long, allow_hyphen_values = true)]
+    pub r_proxy_arg: Vec<String>,
+
+    /// Extra flag for s-proxy (repeat).
+    #[arg(long, allow_hyphen_values = true)]
+    pub s_proxy_arg: Vec<String>,
+}
+
+impl ProxyArgs {
+    /// The binary to start: see [`proxy_bin`].
+    pub fn bin(&self) -> anyhow::Result<PathBuf> {
+        proxy_bin(self.proxy_bin.as_deref())
+    }
+
+    /// How to start the relay from `bin` (see [`ProxyArgs::bin`]) with these flags.
+    pub fn relay(&self, bin: PathBuf, upstream: Vec<String>, log_dir: PathBuf) -> RelaySpec {
+        RelaySpec {
+            bin,
+            upstream,
+            r_proxy_args: self.r_proxy_arg.clone(),
+            s_proxy_args: self.s_proxy_arg.clone(),
+            log_dir,
+        }
+    }
+}
+
 /// A loopback address whose port was free a moment ago, for a child process to bind.
 pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;

@@ -6,7 +6,6 @@ pub mod latency;
 pub mod throughput;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -16,7 +15,7 @@ pub use idle::Idle;
 pub use latency::{Latency, Percentiles};
 pub use throughput::Throughput;
 
-use crate::procs::{self, Relay, RelaySpec, Watched};
+use crate::procs::{self, ProxyArgs, Relay, Watched};
 use crate::report::{self, Report};
 
 /// What `strait-bench mqtt --help` explains.
@@ -55,10 +54,8 @@ pub struct MqttArgs {
     #[arg(long, env = "MQTT_BROKER")]
     pub broker: String,
 
-    /// The strait-proxy binary to start as r-proxy and s-proxy [default: strait-proxy next to
-    /// this executable, i.e. the same cargo target directory and profile].
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
 
     /// Cases to run, comma-separated.
     #[arg(
@@ -98,14 +95,6 @@ pub struct MqttArgs {
     /// broker's port, found through /proc/net/tcp and /proc/*/fd].
     #[arg(long)]
     pub broker_pid: Option<u32>,
-
-    /// Extra flag for r-proxy (repeat; e.g. --r-proxy-arg=--worker-threads=1).
-    #[arg(long, allow_hyphen_values = true)]
-    pub r_proxy_arg: Vec<String>,
-
-    /// Extra flag for s-proxy (repeat).
-    #[arg(long, allow_hyphen_values = true)]
-    pub s_proxy_arg: Vec<String>,
 
     /// Print the results as one JSON document on stdout (the tables then go to stderr).
     #[arg(long)]
@@ -189,7 +178,7 @@ enum Measured {
 
 pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let broker = loopback_broker(&args.broker).await?;
-    let bin = procs::proxy_bin(args.proxy_bin.as_deref())?;
+    let bin = args.proxies.bin()?;
 
     let mut report = Report::new(&args, &bin, broker);
     if bin.to_string_lossy().contains("/debug/") {
@@ -218,13 +207,9 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let log_dir = std::env::temp_dir().join(format!("strait-bench-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     eprintln!("proxy logs: {}", log_dir.display());
-    let spec = RelaySpec {
-        bin,
-        upstream: vec!["--broker".into(), broker.to_string()],
-        r_proxy_args: args.r_proxy_arg.clone(),
-        s_proxy_args: args.s_proxy_arg.clone(),
-        log_dir,
-    };
+    let spec = args
+        .proxies
+        .relay(bin, vec!["--broker".into(), broker.to_string()], log_dir);
     let watched = Watched::new(broker_pid);
 
     for &case in &args.cases {

@@ -22,7 +22,7 @@ use self::perf_test::PerfTest;
 use crate::load::Client;
 use crate::mqtt::latency::Percentiles;
 use crate::mqtt::{idle, throughput};
-use crate::procs::{self, Relay, RelaySpec, Role, Watched};
+use crate::procs::{self, ProxyArgs, Relay, RelaySpec, Role, Watched};
 use crate::report::{Table, Target, cpu_model, load_average, render_targets, thousands};
 
 /// QoS 1 through the proxies at least this fraction of kafka-producer-perf-test's rate.
@@ -68,9 +68,8 @@ pub struct MqttKafkaArgs {
     #[arg(long, env = "KAFKA_BIN")]
     pub kafka_bin: PathBuf,
 
-    /// The strait-proxy binary [default: next to this executable].
-    #[arg(long)]
-    pub proxy_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
 
     /// Cases to run, comma-separated.
     #[arg(
@@ -131,14 +130,6 @@ pub struct MqttKafkaArgs {
     /// `kafka.librdkafka` map), e.g. --kafka-property linger.ms=10.
     #[arg(long, value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
-
-    /// Extra flag for r-proxy (repeat).
-    #[arg(long, allow_hyphen_values = true)]
-    pub r_proxy_arg: Vec<String>,
-
-    /// Extra flag for s-proxy (repeat).
-    #[arg(long, allow_hyphen_values = true)]
-    pub s_proxy_arg: Vec<String>,
 
     /// Print the results as one JSON document on stdout (the tables then go to stderr).
     #[arg(long)]
@@ -215,7 +206,7 @@ struct ConnectionsRow {
 }
 
 pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
-    let bin = procs::proxy_bin(args.proxy_bin.as_deref())?;
+    let bin = args.proxies.bin()?;
     let kafka_port: u16 = args
         .kafka
         .split(',')
@@ -294,13 +285,11 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         "strait-bench mqtt-kafka: logs and config in {}",
         dir.display()
     );
-    let spec = RelaySpec {
+    let spec = args.proxies.relay(
         bin,
-        upstream: vec!["--config".into(), config.display().to_string()],
-        r_proxy_args: args.r_proxy_arg.clone(),
-        s_proxy_args: args.s_proxy_arg.clone(),
-        log_dir: dir.clone(),
-    };
+        vec!["--config".into(), config.display().to_string()],
+        dir.clone(),
+    );
     let watched = Watched::new(kafka_pid);
     let result = run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report).await;
     let mut all_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
