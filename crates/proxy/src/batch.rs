@@ -15,7 +15,8 @@ pub const BATCH_BYTES: usize = 64 * 1024;
 /// ... and up to this many packets: a decoded packet takes ~200 bytes, so a 64 KiB burst of
 /// small PUBLISHes would otherwise make a frame of several thousand, whose vector is reallocated
 /// as it grows (twice: here, and where the frame is decoded) and too large for malloc to reuse.
-pub const BATCH_PACKETS: usize = 256;
+/// The relay's decoder sizes a frame's vector by the same bound.
+pub const BATCH_PACKETS: usize = strait_relay::codec::MAX_FRAME_PACKETS;
 
 /// Read buffer of an idle connection, and the smallest read.
 const IDLE_READ_BUFFER: usize = 1024;

@@ -76,12 +76,13 @@ impl Frame for v1::ServerFrame {
 /// acknowledgements, grow the vector as before)...
 const BYTES_PER_PACKET: usize = 32;
 /// ... but never more than r-proxy and s-proxy put in one frame, whatever the length claims.
-const MAX_ROOM: usize = 256;
+/// Their batching (strait-proxy's `batch::BATCH_PACKETS`) stops at this many packets.
+pub const MAX_FRAME_PACKETS: usize = 256;
 
 /// Decodes one frame from the whole of `buf`. From a `Bytes`, payloads are slices of it, not
 /// copies.
 pub fn decode_frame<U: Frame>(buf: impl Buf) -> Result<U, Status> {
-    let mut frame = U::with_room((buf.remaining() / BYTES_PER_PACKET).min(MAX_ROOM));
+    let mut frame = U::with_room((buf.remaining() / BYTES_PER_PACKET).min(MAX_FRAME_PACKETS));
     frame
         .merge(buf)
         .map_err(|error| Status::internal(format!("decoding a relay frame: {error}")))?;
