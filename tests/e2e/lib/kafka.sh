@@ -209,7 +209,7 @@ PY
 
 kafka_up() {
   kafka_install
-  local dir port cport sport cluster_id
+  local dir port cport sport pport cluster_id
   dir=$(svc_dir kafka)
   rm -rf "$dir" # a fresh cluster on every up
   mkdir -p "$dir/data"
@@ -218,6 +218,10 @@ kafka_up() {
   while [ "$cport" = "$port" ]; do cport=$(free_port); done
   sport=$(free_port)
   while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport=$(free_port); done
+  # A listener for pods on the real node (node.sh): they reach the host at the node's gateway.
+  # Bound to every address because the gateway's bridge may not exist yet when Kafka starts.
+  pport=$(free_port)
+  while [ "$pport" = "$port" ] || [ "$pport" = "$cport" ] || [ "$pport" = "$sport" ]; do pport=$(free_port); done
   kafka_security "$dir/security"
   local sec="$dir/security" keystore_password
   keystore_password=$(cat "$sec/keystore.password")
@@ -231,9 +235,9 @@ while True:
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://0.0.0.0:$pport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://$PODS_REACH_HOST_AT:$pport
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # Dynamic quorum with this node as its only voter (storage formatted with --standalone).
@@ -288,6 +292,7 @@ PROPS
   fi
   echo "127.0.0.1:$port" >"$dir/bootstrap"
   echo "127.0.0.1:$sport" >"$dir/sasl_ssl_bootstrap"
+  echo "$PODS_REACH_HOST_AT:$pport" >"$dir/pods_bootstrap"
   kafka_launch "$dir"
 }
 
@@ -363,6 +368,7 @@ kafka_launch() {
     die "kafka: the SASL_SSL listener $sasl_bootstrap does not answer the PLAIN user (see $dir/kafka.log)"
   fi
   write_env kafka "KAFKA_BOOTSTRAP=$bootstrap" "KAFKA_HOME=$KAFKA_HOME" "KAFKA_BIN=$KAFKA_HOME/bin" \
+    "KAFKA_BOOTSTRAP_FOR_PODS=$(cat "$dir/pods_bootstrap")" \
     "KAFKA_SASL_SSL_BOOTSTRAP=$sasl_bootstrap" "KAFKA_TLS_CA=$sec/ca.crt" \
     "KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER" "KAFKA_SCRAM_PASSWORD_FILE=$sec/scram.password" \
     "KAFKA_PLAIN_USER=$KAFKA_PLAIN_USER" "KAFKA_PLAIN_PASSWORD_FILE=$sec/plain.password"

@@ -18,7 +18,7 @@ KUBE_HOME=$STRAIT_CACHE/k8s-$KUBE_VERSION
 KUBE_READY_TIMEOUT=${KUBE_READY_TIMEOUT:-90}
 KUBE_NODE=kwok-node-0
 # Process names in start order; line N of the pids file belongs to name N.
-KUBE_PROCS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+KUBE_PROCS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok coredns containerd kubelet kube-proxy)
 
 # Go with every cache under $STRAIT_CACHE, so nothing lands in ~/go or the clone.
 kube_go() {
@@ -163,7 +163,7 @@ kube_pki() {
     -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
   kube_cert "$pki" apiserver "/CN=kube-apiserver" \
     "extendedKeyUsage=serverAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1"
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_GATEWAY"
   kube_cert "$pki" admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
   # The identities kubeadm gives them, so the default RBAC bindings apply.
   kube_cert "$pki" controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
@@ -198,6 +198,7 @@ current-context: strait-e2e
 YAML
 }
 
+kube_server() { cat "$(svc_dir kube)/server"; }
 kube_kubectl() { KUBECACHEDIR="$(svc_dir kube)/kube-cache" "$KUBE_HOME/bin/kubectl" --kubeconfig "$(svc_dir kube)/kubeconfig" --request-timeout=5s "$@"; }
 
 kube_port_open() { (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
@@ -238,7 +239,7 @@ kube_fail() {
   local dir
   dir=$(svc_dir kube)
   tail -n 30 "$dir/$1.log" >&2
-  stop_svc kube
+  kube_down
   die "kube: $2 (log: $dir/$1.log)"
 }
 
@@ -274,6 +275,7 @@ kube_up() {
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
   kcm_port=$(free_port); sched_port=$(free_port)
   server=https://127.0.0.1:$api_port
+  echo "$server" >"$dir/server"
   kube_kubeconfig "$dir/kubeconfig" "$server" "$pki" admin
   kube_kubeconfig "$dir/controller-manager.kubeconfig" "$server" "$pki" controller-manager
   kube_kubeconfig "$dir/scheduler.kubeconfig" "$server" "$pki" scheduler
@@ -285,18 +287,37 @@ kube_up() {
     --initial-cluster "strait-e2e=$peer_url" --log-level warn
   kube_wait $((deadline - SECONDS)) "etcd on port $etcd_port" etcd kube_port_open "$etcd_port"
 
-  # No kubelets to reach, and the `kubernetes` Service can't point at a loopback endpoint, hence
-  # --endpoint-reconciler-type=none. A /16 of Service IPs holds the operator figures' 1,000
-  # resources. ServiceAccount admission stays on: the controller-manager's serviceaccount
-  # controller creates the `default` SA of every namespace.
+  # Pods on the real node reach the apiserver through the `kubernetes` Service, whose endpoint
+  # is the advertised address: the node's gateway (node.sh), hence the wildcard bind. Without the
+  # node there is nothing to reach it, and a loopback endpoint is not allowed. A /16 of Service
+  # IPs holds the operator figures' 1,000 resources. ServiceAccount admission stays on: the
+  # controller-manager's serviceaccount controller creates the `default` SA of every namespace.
+  # PodNodeSelector keeps every pod on the kwok node unless its namespace asks for the real one
+  # (node.sh: NODE_LABEL), so tests written for kwok never wait on an image pull.
+  local node_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+  if node_enabled; then
+    node_flags=(--bind-address=0.0.0.0 --advertise-address="$NODE_GATEWAY"
+      --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
+      --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP)
+  fi
+  cat >"$dir/admission.yaml" <<YAML
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodNodeSelector
+  path: $dir/podnodeselector.yaml
+YAML
+  printf 'podNodeSelectorPluginConfig:\n  clusterDefaultNodeSelector: type=kwok\n' >"$dir/podnodeselector.yaml"
   start_bg kube kube-apiserver "$bin/kube-apiserver" \
-    --etcd-servers="$etcd_url" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --etcd-servers="$etcd_url" "${node_flags[@]}" \
     --secure-port="$api_port" --cert-dir="$dir/kube-apiserver-certs" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" --authorization-mode=RBAC --allow-privileged=true \
+    --client-ca-file="$pki/ca.crt" --authorization-mode=Node,RBAC --allow-privileged=true \
+    --enable-admission-plugins=NodeRestriction,PodNodeSelector \
+    --admission-control-config-file="$dir/admission.yaml" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/16 --endpoint-reconciler-type=none --profiling=false
+    --service-cluster-ip-range="$NODE_SERVICE_CIDR" --profiling=false
   kube_wait $((deadline - SECONDS)) "kube-apiserver /readyz on $server" kube-apiserver kube_readyz
 
   # The rest starts only now: the controller-manager exits if the apiserver isn't healthy
@@ -322,15 +343,23 @@ kube_up() {
     --client-ca-file="$pki/ca.crt" --authentication-skip-lookup --leader-elect=false --profiling=false
   # kwok manages only Nodes carrying its annotation. Its lease flag defaults to 0 (no Lease), and
   # then the node-lifecycle controller marks the Node Unknown and taints it every ~50 s. Pod IPs
-  # come from a range that overlaps neither the Service range nor loopback.
+  # come from a range that overlaps neither the Service range, the real node's pods nor loopback.
   start_bg kube kwok "$bin/kwok" --kubeconfig="$dir/kubeconfig" --config="$KUBE_HOME/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --node-ip=127.0.0.1 --cidr=10.244.0.0/16 --node-lease-duration-seconds=40
+    --node-ip=127.0.0.1 --cidr=10.246.0.0/16 --node-lease-duration-seconds=40
 
   kube_wait $((deadline - SECONDS)) "Node $KUBE_NODE Ready" kwok kube_node_ready
   kube_wait $((deadline - SECONDS)) "ServiceAccount default/default" kube-controller-manager kube_default_sa
+  if node_enabled; then node_up; else rm -f "$dir/node.env"; fi
 
   write_env kube "KUBECONFIG=$dir/kubeconfig" "KUBECTL=$bin/kubectl" "HELM=$bin/helm" "KUBE_BIN=$bin" \
     "KUBE_VERSION=$KUBE_VERSION" "KUBECACHEDIR=$dir/kube-cache" \
     "HELM_CACHE_HOME=$dir/helm/cache" "HELM_CONFIG_HOME=$dir/helm/config" "HELM_DATA_HOME=$dir/helm/data"
+  if [ -f "$dir/node.env" ]; then cat "$dir/node.env" >>"$dir/env"; fi
+}
+
+# kube_down: the real node first (its pods, mounts, network), then the control plane.
+kube_down() {
+  node_down
+  stop_svc kube
 }

@@ -12,10 +12,13 @@ mosquitto_install() {
 
 mosquitto_up() {
   mosquitto_install
-  local dir port
+  local dir port pod_port
   dir=$(svc_dir mosquitto)
   rm -rf "$dir"; mkdir -p "$dir"
   port=$(free_port)
+  # A second listener for pods on the real node (node.sh), which reach the host at its gateway.
+  pod_port=$(free_port)
+  while [ "$pod_port" = "$port" ]; do pod_port=$(free_port); done
   # Anonymous, MQTT 3.1.1 and 5 on one listener; in-memory only (tests start clean each time).
   # `user` keeps mosquitto from dropping to the `mosquitto` account, which could not write here.
   cat >"$dir/mosquitto.conf" <<CONF
@@ -30,6 +33,7 @@ log_type notice
 connection_messages true
 max_queued_messages 100000
 listener $port 127.0.0.1
+listener $pod_port 0.0.0.0
 CONF
   # Room for the 10,000-connection benchmarks.
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -39,5 +43,5 @@ CONF
     tail -n 20 "$dir/broker.log" >&2
     die "mosquitto did not come up"
   fi
-  write_env mosquitto "MQTT_BROKER=127.0.0.1:$port"
+  write_env mosquitto "MQTT_BROKER=127.0.0.1:$port" "MQTT_BROKER_FOR_PODS=$PODS_REACH_HOST_AT:$pod_port"
 }
