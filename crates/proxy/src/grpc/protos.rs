@@ -137,6 +137,9 @@ fn compile(config: &ProtosConfig) -> Result<DescriptorPool, ProtoError> {
     Ok(compiler.descriptor_pool())
 }
 
+/// Every `.proto` file under `dir`, skipping hidden entries: a mounted ConfigMap keeps each
+/// file twice, as `NAME` (a symlink) and inside the hidden `..data`/`..<timestamp>` directories
+/// it points into, and compiling both defines every name twice.
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), ProtoError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ProtoError::Read {
         path: dir.into(),
@@ -149,6 +152,12 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), ProtoError> {
                 source,
             })?
             .path();
+        if path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         if path.is_dir() {
             collect(&path, files)?;
         } else if path.extension().is_some_and(|e| e == "proto") {
@@ -250,6 +259,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(protos.method("b.S/Two").is_some());
         shutdown.cancel();
+    }
+
+    #[test]
+    fn a_mounted_config_map_compiles_each_file_once() {
+        // The layout the kubelet gives a ConfigMap volume: the files live in a hidden
+        // timestamped directory, `..data` points at it, and each visible name points into it.
+        let dir = temp_dir("configmap");
+        write(
+            &dir,
+            "..2026_12_07_05_51_25.4282632470/echo.proto",
+            "syntax = \"proto3\"; package e; message M {} service S { rpc One(M) returns (M); }",
+        );
+        std::os::unix::fs::symlink("..2026_12_07_05_51_25.4282632470", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/echo.proto", dir.join("echo.proto")).unwrap();
+        let protos = Protos::load(ProtosConfig {
+            paths: vec![dir],
+            includes: vec![],
+            reload_interval: Duration::ZERO,
+        })
+        .expect("a ConfigMap's files compile");
+        assert!(protos.method("e.S/One").is_some());
     }
 
     #[test]
