@@ -24,8 +24,6 @@ use strait_config::relay::Upstream;
 use strait_config::{RProxyConfig, SProxyConfig, Validate as _};
 use strait_runtime::Process;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
@@ -33,9 +31,7 @@ use crate::sproxy::kafka::TopicCheck;
 use crate::{grpckafka, kafkagrpc, rproxy, sproxy};
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
-pub mod demo {
-    tonic::include_proto!("strait.demo.v1");
-}
+pub use crate::demo::proto as demo;
 
 /// The readiness flag of `dev` itself: set once every part is ready and the banner is printed
 /// (each part's own flags are `PART/FLAG`).
@@ -44,9 +40,9 @@ pub const READINESS: &str = "dev";
 /// What the embedded Kafka is, wherever it is named (logs, `--help`, the banner).
 pub const EMBEDDED_LABEL: &str = "in-memory, for trying out; nothing survives a restart";
 
-const DEMO_PROTO: &str = include_str!("../../../proto/strait/demo/v1/echo.proto");
+const DEMO_PROTO: &str = crate::demo::PROTO;
 const DEMO_PROTO_FILE: &str = "echo.proto";
-const DEMO_SERVICE: &str = "strait.demo.v1.Echo";
+const DEMO_SERVICE: &str = crate::demo::SERVICE;
 const DEMO_REQUESTS: &str = "demo-echo-requests";
 const DEMO_REPLIES: &str = "demo-echo-replies";
 const DEMO_GROUP: &str = "strait-dev-demo-echo";
@@ -277,11 +273,7 @@ async fn serve(
     let echo_addr = echo.local_addr()?;
     let shutdown = process.shutdown.token();
     parts.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(demo::echo_server::EchoServer::new(DemoEcho))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(echo), shutdown.cancelled_owned())
-            .await
-            .context("the demo service failed");
+        let served = crate::demo::serve(echo, Duration::ZERO, shutdown).await;
         ("demo service", served)
     });
 
@@ -482,44 +474,5 @@ impl Addresses<'_> {
             \n\
             Ctrl-C stops everything.\n"
         )
-    }
-}
-
-/// The demo service: answers with what it was sent.
-struct DemoEcho;
-
-/// Most answers `Repeat` gives.
-const MAX_REPEAT: u32 = 100;
-
-#[tonic::async_trait]
-impl demo::echo_server::Echo for DemoEcho {
-    async fn say(
-        &self,
-        request: Request<demo::EchoRequest>,
-    ) -> Result<Response<demo::EchoReply>, Status> {
-        let text = request.into_inner().text;
-        Ok(Response::new(demo::EchoReply { text, index: 1 }))
-    }
-
-    type RepeatStream = futures::stream::Iter<std::vec::IntoIter<Result<demo::EchoReply, Status>>>;
-
-    async fn repeat(
-        &self,
-        request: Request<demo::EchoRequest>,
-    ) -> Result<Response<Self::RepeatStream>, Status> {
-        let request = request.into_inner();
-        let count = match request.count {
-            0 => 3,
-            n => n.min(MAX_REPEAT),
-        };
-        let replies: Vec<_> = (1..=count)
-            .map(|index| {
-                Ok(demo::EchoReply {
-                    text: request.text.clone(),
-                    index,
-                })
-            })
-            .collect();
-        Ok(Response::new(futures::stream::iter(replies)))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod demo;
 pub mod dev;
 pub mod drain;
 pub mod grpc;

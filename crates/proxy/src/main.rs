@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
-use strait_proxy::{dev, grpckafka, kafkagrpc, rproxy, sproxy};
+use strait_proxy::{demo, dev, grpckafka, kafkagrpc, rproxy, sproxy};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ enum Role {
     /// 127.0.0.1:50051 through an embedded Kafka (in-memory, for trying out; nothing survives a
     /// restart), or a real one with --kafka.
     Dev(dev::DevArgs),
+    /// The demo gRPC service strait.demo.v1.Echo on its own: a backend to try a GrpcKafkaRoute
+    /// with (examples/grpckafkaroute.yaml).
+    DemoService(demo::DemoServiceArgs),
 }
 
 /// A role's validated settings: its config file with the command line laid over it.
@@ -51,6 +54,7 @@ enum RoleConfig {
     GrpcKafka(grpckafka::GrpcKafkaArgs),
     KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
     Dev(dev::DevArgs),
+    DemoService(demo::DemoServiceArgs),
 }
 
 impl Role {
@@ -61,6 +65,7 @@ impl Role {
             Self::GrpcKafka(args) => RoleConfig::GrpcKafka(args),
             Self::KafkaGrpc(args) => RoleConfig::KafkaGrpc(args),
             Self::Dev(args) => RoleConfig::Dev(args),
+            Self::DemoService(args) => RoleConfig::DemoService(args),
         })
     }
 
@@ -72,6 +77,7 @@ impl Role {
             Self::GrpcKafka(_) => &grpckafka::READINESS,
             Self::KafkaGrpc(_) => &kafkagrpc::READINESS,
             Self::Dev(_) => &[dev::READINESS],
+            Self::DemoService(_) => &[demo::READINESS],
         }
     }
 
@@ -83,6 +89,7 @@ impl Role {
             Self::GrpcKafka(_) => 9094,
             Self::KafkaGrpc(_) => 9096,
             Self::Dev(_) => 9098,
+            Self::DemoService(_) => 9099,
         };
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
     }
@@ -121,6 +128,7 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
             RoleConfig::GrpcKafka(args) => grpckafka::run(args, &process).await,
             RoleConfig::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
             RoleConfig::Dev(args) => dev::run(args, &process).await,
+            RoleConfig::DemoService(args) => demo::run(args, &process).await,
         };
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "stopped with an error");
