@@ -6,6 +6,8 @@
 //! with [`service`]: under `CI=true` a missing service fails the test; on a developer machine the
 //! test is skipped with a loud message, so `cargo test` alone still runs the unit tests.
 
+pub mod cluster;
+
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -254,4 +256,38 @@ impl Daemon {
             .unwrap_or_else(|_| panic!("no exit within {deadline:?} of SIGTERM\n{}", self.log()))
             .expect("wait for exit")
     }
+}
+
+/// The keys of the records on `topic` that start with `key_prefix`, read from the beginning
+/// until `want` of them are found (or 60 s pass, returning what was found): what a Kafka
+/// consumer of the user's would see.
+pub async fn kafka_record_keys(
+    bootstrap: &str,
+    topic: &str,
+    key_prefix: &str,
+    want: usize,
+) -> Vec<String> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("e2e-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a Kafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut keys = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while keys.len() < want && Instant::now() < deadline {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        if key.starts_with(key_prefix) {
+            keys.push(key);
+        }
+    }
+    keys
 }
