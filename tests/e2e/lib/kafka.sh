@@ -209,7 +209,7 @@ PY
 
 kafka_up() {
   kafka_install
-  local dir port cport sport pport cluster_id
+  local dir port cport sport pport psport cluster_id
   dir=$(svc_dir kafka)
   rm -rf "$dir" # a fresh cluster on every up
   mkdir -p "$dir/data"
@@ -222,6 +222,8 @@ kafka_up() {
   # Bound to every address because the gateway's bridge may not exist yet when Kafka starts.
   pport=$(free_port)
   while [ "$pport" = "$port" ] || [ "$pport" = "$cport" ] || [ "$pport" = "$sport" ]; do pport=$(free_port); done
+  psport=$(free_port)
+  while [[ " $port $cport $sport $pport " == *" $psport "* ]]; do psport=$(free_port); done
   kafka_security "$dir/security"
   local sec="$dir/security" keystore_password
   keystore_password=$(cat "$sec/keystore.password")
@@ -235,9 +237,9 @@ while True:
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://0.0.0.0:$pport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://$PODS_REACH_HOST_AT:$pport
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://0.0.0.0:$pport,PODS_SASL_SSL://0.0.0.0:$psport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport,PODS://$PODS_REACH_HOST_AT:$pport,PODS_SASL_SSL://$PODS_REACH_HOST_AT:$psport
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT,PODS_SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 # Dynamic quorum with this node as its only voter (storage formatted with --standalone).
@@ -253,6 +255,12 @@ listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.p
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.location=$sec/broker.p12
 listener.name.sasl_ssl.ssl.keystore.password=$keystore_password
+listener.name.pods_sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.pods_sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.pods_sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$(cat "$sec/plain.password")";
+listener.name.pods_sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.pods_sasl_ssl.ssl.keystore.location=$sec/broker.p12
+listener.name.pods_sasl_ssl.ssl.keystore.password=$keystore_password
 
 # Tests create their topics explicitly, so a typo fails instead of creating a topic.
 auto.create.topics.enable=false
@@ -293,6 +301,7 @@ PROPS
   echo "127.0.0.1:$port" >"$dir/bootstrap"
   echo "127.0.0.1:$sport" >"$dir/sasl_ssl_bootstrap"
   echo "$PODS_REACH_HOST_AT:$pport" >"$dir/pods_bootstrap"
+  echo "$PODS_REACH_HOST_AT:$psport" >"$dir/pods_sasl_ssl_bootstrap"
   kafka_launch "$dir"
 }
 
@@ -306,7 +315,7 @@ kafka_security() {
   for name in keystore scram plain; do
     python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$sec/$name.password"
   done
-  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost' 'basicConstraints=CA:FALSE' \
+  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$PODS_REACH_HOST_AT" 'basicConstraints=CA:FALSE' \
     'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$sec/broker.ext"
   if ! {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
@@ -369,6 +378,7 @@ kafka_launch() {
   fi
   write_env kafka "KAFKA_BOOTSTRAP=$bootstrap" "KAFKA_HOME=$KAFKA_HOME" "KAFKA_BIN=$KAFKA_HOME/bin" \
     "KAFKA_BOOTSTRAP_FOR_PODS=$(cat "$dir/pods_bootstrap")" \
+    "KAFKA_SASL_SSL_BOOTSTRAP_FOR_PODS=$(cat "$dir/pods_sasl_ssl_bootstrap")" \
     "KAFKA_SASL_SSL_BOOTSTRAP=$sasl_bootstrap" "KAFKA_TLS_CA=$sec/ca.crt" \
     "KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER" "KAFKA_SCRAM_PASSWORD_FILE=$sec/scram.password" \
     "KAFKA_PLAIN_USER=$KAFKA_PLAIN_USER" "KAFKA_PLAIN_PASSWORD_FILE=$sec/plain.password"

@@ -31,6 +31,10 @@ struct Ground {
     kafka: String,
     broker_for_pods: String,
     broker: String,
+    kafka_sasl_ssl_for_pods: String,
+    kafka_tls_ca: String,
+    kafka_scram_user: String,
+    kafka_scram_password_file: String,
 }
 
 /// The operator installed by the chart; uninstalled (with the test's namespaces) when dropped,
@@ -201,6 +205,10 @@ async fn real_pods_end_to_end() {
         kafka: require!("KAFKA_BOOTSTRAP", "kafka"),
         broker_for_pods: require!("MQTT_BROKER_FOR_PODS", "mosquitto"),
         broker: require!("MQTT_BROKER", "mosquitto"),
+        kafka_sasl_ssl_for_pods: require!("KAFKA_SASL_SSL_BOOTSTRAP_FOR_PODS", "kafka"),
+        kafka_tls_ca: require!("KAFKA_TLS_CA", "kafka"),
+        kafka_scram_user: require!("KAFKA_SCRAM_USER", "kafka"),
+        kafka_scram_password_file: require!("KAFKA_SCRAM_PASSWORD_FILE", "kafka"),
     };
     let mut operator = Operator::install(&ground);
 
@@ -242,6 +250,9 @@ async fn real_pods_end_to_end() {
     });
     let fleet = service_address(&ns, "fleet", 1883);
     persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &operator).await;
+
+    // TLS, SASL and listener certificates from Secrets.
+    secrets_reach_the_pods(&ns, &ground, &operator).await;
 
     // A spec change rolls the pods: sessions drained with 0x8B, no will published.
     rolling_update_drains_sessions(&ns, devices, &ground.broker, &operator).await;
@@ -541,7 +552,7 @@ async fn rolling_update_drains_sessions(
     operator: &Operator,
 ) {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
+    use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, MqttOptions};
 
     let wills = format!("pods/{}/wills", unique_name("roll"));
@@ -562,27 +573,8 @@ async fn rolling_update_drains_sessions(
     )
     .await;
 
-    let mut options = MqttOptions::new(
-        unique_name("rolled"),
-        devices.ip().to_string(),
-        devices.port(),
-    );
-    options.set_last_will(LastWill::new(
-        format!("{wills}/client"),
-        "gone",
-        QoS::AtLeastOnce,
-        false,
-        None,
-    ));
-    let (_client, mut events) = AsyncClient::new(options, 16);
-    next_5(
-        &mut events,
-        Duration::from_secs(60),
-        "CONNACK through the bridge",
-        |p| matches!(p, Packet::ConnAck(_)).then_some(()),
-    )
-    .await;
-
+    // The client is mosquitto_sub, whose debug output names each packet it receives.
+    let mut client = MqttSubProcess::connect(devices, &format!("{wills}/client")).await;
     let before =
         kubectl_json(&["deployment", "devices-r-proxy", "-n", ns]).expect("r-proxy Deployment");
     kubectl_ok(
@@ -598,22 +590,10 @@ async fn rolling_update_drains_sessions(
         ],
         None,
     );
-    // rumqttc hands a server's DISCONNECT over as the error that ends the connection.
-    let reason = poll_until!(
-        events,
-        READY,
-        "the client to be disconnected by the rollout",
-        |polled| match polled {
-            Err(rumqttc::v5::ConnectionError::MqttState(
-                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
-            )) => Some(reason_code),
-            _ => None,
-        }
-    );
-    assert_eq!(
-        reason,
-        DisconnectReasonCode::ServerShuttingDown,
-        "drained with 0x8B"
+    let disconnect = client.line_containing("DISCONNECT", READY).await;
+    assert!(
+        disconnect.contains("Received DISCONNECT (139)"),
+        "drained with DISCONNECT 0x8B (139), got {disconnect:?}"
     );
     wait_until(
         READY,
@@ -626,13 +606,8 @@ async fn rolling_update_drains_sessions(
     .await;
     wait_rolled_out(ns, "devices-r-proxy", operator).await;
     wait_rolled_out(ns, "devices-s-proxy", operator).await;
-    next_5(
-        &mut events,
-        Duration::from_secs(60),
-        "the client to reconnect to the new pods",
-        |p| matches!(p, Packet::ConnAck(_)).then_some(()),
-    )
-    .await;
+    // A client reconnecting is served by the new pods.
+    MqttSubProcess::connect(devices, &format!("{wills}/again")).await;
 
     // The broker publishes a will as soon as a connection drops, so by now it would have come;
     // a message published now must be the first thing the watcher receives.
@@ -667,6 +642,9 @@ async fn rolling_update_drains_sessions(
 /// every call is answered; once the lag is gone and the stabilization window has passed, the
 /// pods come back down to one.
 async fn autoscaling_follows_lag(ns: &str, ground: &Ground, operator: &Operator) {
+    // Topics of their own: lag left on a topic by an earlier run would scale before the burst.
+    let requests = unique_name("scaled-requests");
+    let replies = unique_name("scaled-replies");
     let route = serde_json::json!({
         "apiVersion": "strait.dev/v1alpha1",
         "kind": "GrpcKafkaRoute",
@@ -675,7 +653,7 @@ async fn autoscaling_follows_lag(ns: &str, ground: &Ground, operator: &Operator)
             "kafka": {"bootstrap": "kafka.kafka.svc.cluster.local:9092"},
             "protos": {"configMap": "echo-protos"},
             "routes": [{"method": "strait.demo.v1.Echo/*",
-                        "produce": {"topic": "scaled-requests", "replyTo": "scaled-replies"}}],
+                        "produce": {"topic": requests, "replyTo": replies}}],
             "topicDefaults": {"partitions": 3, "replicationFactor": 1},
             "backend": {
                 "target": "http://echo-slow:50051",
@@ -808,5 +786,317 @@ async fn relay_round_trip(bridge: SocketAddr, broker: &str) {
         .await;
         assert_eq!(message.topic, topic, "via {who}");
         assert_eq!(&message.payload[..], b"through real pods", "via {who}");
+    }
+}
+
+/// A certificate for the DNS name `host` signed by a fresh CA, made with openssl:
+/// (CA PEM, cert PEM, key PEM).
+fn server_certificate(host: &str) -> (String, String, String) {
+    let dir = std::env::temp_dir().join(unique_name("pods-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let san = format!("subjectAltName=DNS:{host}");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pods test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=mqtt",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        format!("{san}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "tls.crt",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let pems = (read("ca.crt"), read("tls.crt"), read("tls.key"));
+    let _ = std::fs::remove_dir_all(&dir);
+    pems
+}
+
+/// Everything a Secret can carry into the pods: Kafka over SASL_SSL (the CA and the SCRAM
+/// password from Secrets) and an MQTT TLS listener (certificate and key from a
+/// `kubernetes.io/tls` Secret), under the read-only root filesystem. A TLS client publishes
+/// QoS 1 and the record is in Kafka.
+async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: &Operator) {
+    let kafka_ca = std::fs::read_to_string(&ground.kafka_tls_ca).expect("read KAFKA_TLS_CA");
+    let password = std::fs::read_to_string(&ground.kafka_scram_password_file)
+        .expect("read KAFKA_SCRAM_PASSWORD_FILE");
+    let secrets = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-ca", "namespace": ns},
+             "stringData": {"ca.crt": kafka_ca}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-user", "namespace": ns},
+             "stringData": {"password": password.trim()}},
+        ],
+    });
+    kubectl_ok(&["apply", "-f", "-"], Some(&secrets.to_string()));
+    let messages = unique_name("secure-messages");
+    let bridge = serde_json::json!({
+        "apiVersion": "strait.dev/v1alpha1",
+        "kind": "MqttBridge",
+        "metadata": {"name": "secure", "namespace": ns},
+        "spec": {
+            "upstream": {"kafka": {
+                "bootstrap": ground.kafka_sasl_ssl_for_pods,
+                "tls": {"secretName": "kafka-ca"},
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": ground.kafka_scram_user,
+                         "passwordSecret": {"name": "kafka-user"}},
+                "topics": {"messages": messages, "retained": unique_name("secure-retained"),
+                           "sessions": unique_name("secure-sessions")},
+                "newTopics": {"partitions": 1, "replicationFactor": 1},
+            }},
+            "listener": {"port": 1883, "tls": {"secretName": "secure-tls", "port": 8883}},
+            "rProxy": {"replicas": 1},
+            "sProxy": {"replicas": 1},
+        },
+    });
+    // The listener's certificate names the Service as pods would call it; the host, which has
+    // no cluster DNS, connects to its ClusterIP and checks the certificate for that name.
+    let service_name = format!("secure.{ns}.svc");
+    let (ca, cert, key) = server_certificate(&service_name);
+    let tls = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "secure-tls", "namespace": ns},
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    });
+    kubectl_ok(&["apply", "-f", "-"], Some(&tls.to_string()));
+    kubectl_ok(&["apply", "-f", "-"], Some(&bridge.to_string()));
+    wait_for_condition("mqttbridge/secure", ns, "Ready", READY, || {
+        diagnostics(ns, operator)
+    });
+
+    let address = service_address(ns, "secure", 8883);
+    let mut options =
+        rumqttc::MqttOptions::new(unique_name("tls"), address.ip().to_string(), address.port());
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls_for_name(&ca, &service_name)),
+    ));
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    let topic = format!("secure/{}", unique_name("t"));
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, "over tls")
+        .await
+        .unwrap();
+    next_311(
+        &mut events,
+        Duration::from_secs(60),
+        "PUBACK over TLS",
+        |p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()),
+    )
+    .await;
+    let keys = strait_e2e::kafka_record_keys(&ground.kafka, &messages, &topic, 1).await;
+    assert_eq!(keys, [topic], "the message reached Kafka over SASL_SSL");
+}
+
+/// A TLS client that trusts only `ca_pem` and checks the server's certificate for `name`,
+/// whatever address it connected to (the host reaches a Service by ClusterIP, its certificate
+/// names the Service).
+fn tls_for_name(ca_pem: &str, name: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("a verifier");
+    let verifier = NamedServer {
+        inner,
+        name: ServerName::try_from(name.to_string()).expect("a DNS name"),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// WebPKI verification of the server's chain for a fixed name instead of the dialled address.
+#[derive(Debug)]
+struct NamedServer {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _dialled: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `mosquitto_sub -V mqttv5 -d` connected through `address` with a will on `will_topic`: a real
+/// MQTT 5 client whose debug lines say what it receives.
+struct MqttSubProcess {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+    _child: tokio::process::Child,
+}
+
+impl MqttSubProcess {
+    async fn connect(address: SocketAddr, will_topic: &str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                &address.ip().to_string(),
+                "-p",
+                &address.port().to_string(),
+            ])
+            .args([
+                "-V",
+                "mqttv5",
+                "-d",
+                "-k",
+                "30",
+                "-i",
+                &unique_name("mosquitto-sub"),
+            ])
+            .args(["-t", &format!("{will_topic}/never")])
+            .args([
+                "--will-topic",
+                will_topic,
+                "--will-payload",
+                "gone",
+                "--will-qos",
+                "1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run mosquitto_sub");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut sub = Self {
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+            _child: child,
+        };
+        let connack = sub
+            .line_containing("CONNACK", Duration::from_secs(60))
+            .await;
+        assert!(connack.contains("CONNACK (0)"), "connected: {connack:?}");
+        sub.line_containing("SUBACK", Duration::from_secs(30)).await;
+        sub
+    }
+
+    /// The next output line containing `text`, or a panic with everything seen so far.
+    async fn line_containing(&mut self, text: &str, deadline: Duration) -> String {
+        let found = tokio::time::timeout(deadline, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                let hit = line.contains(text);
+                self.seen.push(line.clone());
+                if hit {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!(
+                "mosquitto_sub printed no line with {text:?} within {deadline:?}: {:?}",
+                self.seen
+            ),
+        }
     }
 }
