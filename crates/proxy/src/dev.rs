@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::mocking::MockCluster;
 use strait_config::grpc::{GrpcKafkaConfig, GrpcRoute, KafkaGrpcConfig};
 use strait_config::kafka::{KafkaConnection, KafkaSasl, KafkaTls};
@@ -28,9 +26,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
+use crate::cli::KafkaSecurityArgs;
 use crate::sproxy::kafka::TopicCheck;
 use crate::{grpckafka, kafkagrpc, rproxy, sproxy};
+use strait_kafka::KafkaClients;
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
 pub mod demo {
@@ -197,12 +196,11 @@ pub async fn run(args: DevArgs, process: &Process) -> anyhow::Result<()> {
             args.kafka_security
                 .apply(&mut connection.tls, &mut connection.sasl)?;
             connection.check()?;
-            let client = crate::kafka_client::client_config(&connection)?;
-            let report = KafkaReport::new(&connection);
-            if !wait_for_cluster(&client, &report, &process.shutdown.token()).await? {
+            let clients = KafkaClients::new(&connection)?;
+            if !clients.wait_for_cluster(&process.shutdown.token()).await? {
                 return Ok(());
             }
-            create_demo_topics(&client, bootstrap).await?;
+            create_demo_topics(&clients, bootstrap).await?;
             tracing::info!(%bootstrap, "using the Kafka cluster given with --kafka");
             Kafka::External(connection)
         }
@@ -411,22 +409,15 @@ fn write_config<T: serde::Serialize>(
 }
 
 /// The demo topics on a real cluster (s-proxy creates its own); existing ones are kept.
-async fn create_demo_topics(client: &ClientConfig, bootstrap: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().context("creating a Kafka admin client")?;
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+async fn create_demo_topics(clients: &KafkaClients, bootstrap: &str) -> anyhow::Result<()> {
+    let admin = clients.admin()?;
     let topics = [DEMO_REQUESTS, DEMO_REPLIES]
         .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)));
-    let results = admin
-        .create_topics(&topics, &options)
+    let created = strait_kafka::create_topics(&admin, &topics, Duration::from_secs(10))
         .await
         .with_context(|| format!("creating the demo topics on {bootstrap}"))?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create Kafka topic {topic} on {bootstrap}: {code}"),
-        }
+    for topic in created {
+        tracing::info!(topic, "created Kafka topic");
     }
     Ok(())
 }

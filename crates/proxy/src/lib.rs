@@ -3,11 +3,11 @@
 
 pub mod auth;
 pub mod batch;
+pub mod cli;
 pub mod dev;
 pub mod drain;
 pub mod grpc;
 pub mod grpckafka;
-pub mod kafka_client;
 pub mod kafkagrpc;
 pub mod metrics;
 pub mod net;

@@ -4,7 +4,6 @@
 
 pub mod codec;
 pub mod fetch_id;
-pub mod kafka;
 pub mod metrics;
 pub mod protos;
 pub mod wire;

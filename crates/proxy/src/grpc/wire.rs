@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use strait_config::grpc::CorrelationHeaders;
 use tonic::metadata::MetadataMap;
 
@@ -165,18 +165,6 @@ impl CallHeaders {
     pub fn metadata(&self) -> MetadataMap {
         headers_to_metadata(self.all.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
     }
-}
-
-/// Builds record headers from `(name, value)` pairs.
-pub fn owned_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in pairs {
-        headers = headers.insert(rdkafka::message::Header {
-            key,
-            value: Some(value),
-        });
-    }
-    headers
 }
 
 /// One reply record as kafka-grpc writes it (kept for re-sending to a retried call).

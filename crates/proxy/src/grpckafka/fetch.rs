@@ -9,10 +9,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use prost_reflect::MethodDescriptor;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::Headers as _;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{FetchFilter, FetchRoute};
+use strait_kafka::headers::has_header;
+use strait_kafka::topics::partition_count;
+use strait_kafka::{KafkaClients, StreamReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::StreamingService;
@@ -21,7 +23,6 @@ use tracing::Instrument as _;
 
 use super::Frontend;
 use crate::grpc::fetch_id::{self, Progress};
-use crate::grpc::kafka;
 
 pub(crate) struct FetchCall {
     pub frontend: Arc<Frontend>,
@@ -81,27 +82,19 @@ impl StreamingService<Bytes> for FetchCall {
     }
 }
 
-async fn open(
-    frontend: &Frontend,
-    topic: &str,
-    resume: Progress,
-) -> Result<StreamConsumer, Status> {
-    let consumer: StreamConsumer = kafka::client_config(&frontend.config.kafka)
-        .and_then(|mut c| {
-            c.set("group.id", "strait-grpc-kafka-fetch")
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("fetch.wait.max.ms", "50")
-                .create()
-                .map_err(|source| kafka::KafkaSetupError::Client {
-                    what: "fetch consumer",
-                    source,
-                })
+async fn open(frontend: &Frontend, topic: &str, resume: Progress) -> Result<StreamReader, Status> {
+    let consumer = KafkaClients::new(&frontend.config.kafka)
+        .and_then(|clients| {
+            clients.stream_reader(
+                "strait-grpc-kafka-fetch",
+                &[("fetch.wait.max.ms", "50")],
+                "fetch consumer",
+            )
         })
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let count = kafka::partitions(&consumer, &topic, Duration::from_secs(10))
+        let count = partition_count(&consumer, &topic, Duration::from_secs(10))
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut list = TopicPartitionList::new();
         for partition in 0..count {
@@ -124,7 +117,7 @@ async fn stream(
     frontend: Arc<Frontend>,
     route: Arc<FetchRoute>,
     name: Arc<str>,
-    consumer: StreamConsumer,
+    consumer: StreamReader,
     mut progress: Progress,
     tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {
@@ -172,12 +165,9 @@ fn matches_filters(filters: &[FetchFilter], message: &impl rdkafka::Message) -> 
             .key
             .as_ref()
             .is_none_or(|key| message.key() == Some(key.as_bytes()))
-            && filter.headers.iter().all(|(name, value)| {
-                message.headers().is_some_and(|headers| {
-                    headers
-                        .iter()
-                        .any(|h| h.key == name && h.value == Some(value.as_bytes()))
-                })
-            })
+            && filter
+                .headers
+                .iter()
+                .all(|(name, value)| has_header(message, name, value.as_bytes()))
     })
 }

@@ -26,6 +26,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use strait_config::grpc::{Acks, GrpcKafkaConfig, GrpcRoute, ProduceRoute, method_matches};
 use strait_config::{Validate as _, load};
+use strait_kafka::headers::owned_headers;
 use strait_runtime::Process;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -37,13 +38,13 @@ use tonic::server::{Grpc, StreamingService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
+use crate::cli::KafkaSecurityArgs;
 use crate::grpc::codec::RawCodec;
-use crate::grpc::kafka;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::protos::Protos;
 use crate::grpc::wire::{self, CallHeaders, TIMEOUT_HEADER};
-use crate::kafka_client::KafkaSecurityArgs;
 use replies::{Pending, ReplyEvent};
+use strait_kafka::{KafkaClients, Linger, Producer};
 
 /// Readiness flags: the gRPC listener is bound; every reply topic is being read.
 pub const READINESS: [&str; 2] = ["listener", "kafka"];
@@ -101,7 +102,7 @@ pub(crate) struct Frontend {
     pub config: GrpcKafkaConfig,
     routes: Vec<(GrpcRoute, Option<Arc<ProduceRoute>>)>,
     pub protos: Protos,
-    producers: HashMap<Acks, kafka::Producer>,
+    producers: HashMap<Acks, Producer>,
     pub pending: Pending,
     pub metrics: GrpcMetrics,
     pub shutdown: CancellationToken,
@@ -126,12 +127,14 @@ pub async fn start(
     let protos = Protos::load(config.protos.clone()).context("protos")?;
     let shutdown = process.shutdown.token();
     protos.watch(shutdown.clone());
+    let clients = KafkaClients::new(&config.kafka)?;
     let mut producers = HashMap::new();
     for route in &config.routes {
         if let Some(produce) = &route.produce
             && !producers.contains_key(&produce.acks)
         {
-            producers.insert(produce.acks, kafka::producer(&config.kafka, produce.acks)?);
+            let producer = clients.producer(produce.acks, Linger::Latency)?;
+            producers.insert(produce.acks, producer);
         }
     }
     let metrics = GrpcMetrics::register(&process.metrics, "grpc-kafka")?;
@@ -342,7 +345,7 @@ impl StreamingService<Bytes> for ProduceCall {
 /// What a call's records carry, fixed when it starts.
 struct CallRecords {
     topic: String,
-    producer: kafka::Producer,
+    producer: Producer,
     headers: OwnedHeaders,
     /// The end-of-request (and cancel) records carry correlation headers only with a reply-to.
     correlated: bool,
@@ -411,7 +414,7 @@ async fn produce_call(
         ));
     }
     pairs.extend(wire::metadata_to_headers(metadata));
-    let headers = wire::owned_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    let headers = owned_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     let records = CallRecords {
         topic: route.topic.clone(),
         producer: frontend.producers[&route.acks].clone(),

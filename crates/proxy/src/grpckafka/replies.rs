@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::Message as _;
-use rdkafka::consumer::StreamConsumer;
 use strait_runtime::ReadinessFlag;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::Frontend;
-use crate::grpc::kafka;
 use crate::grpc::wire::CallHeaders;
-use crate::kafka_client::{KafkaReport, wait_for_cluster};
+use strait_kafka::{KafkaClients, StreamReader};
 
 /// Reply records a call may have waiting before its client is considered too slow.
 const REPLY_QUEUE: usize = 256;
@@ -103,26 +101,19 @@ pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> a
         .collect();
     topics.sort();
     topics.dedup();
-    let report = KafkaReport::new(&frontend.config.kafka);
+    let clients = KafkaClients::new(&frontend.config.kafka)?;
     let mut readers = Vec::with_capacity(topics.len());
     for topic in topics {
-        let consumer: StreamConsumer = kafka::client_config(&frontend.config.kafka)?
-            .set("group.id", format!("strait-grpc-kafka-replies-{topic}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "20")
-            .set("auto.offset.reset", "latest")
-            .create()
-            .map_err(|source| kafka::KafkaSetupError::Client {
-                what: "reply consumer",
-                source,
-            })?;
+        let consumer = clients.stream_reader(
+            &format!("strait-grpc-kafka-replies-{topic}"),
+            &[("fetch.wait.max.ms", "20"), ("auto.offset.reset", "latest")],
+            "reply consumer",
+        )?;
         readers.push((topic, Arc::new(consumer)));
     }
-    let probe = kafka::client_config(&frontend.config.kafka)?;
     let frontend = frontend.clone();
     tokio::spawn(async move {
-        match wait_for_cluster(&probe, &report, &frontend.readers_stop).await {
+        match clients.wait_for_cluster(&frontend.readers_stop).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
@@ -149,7 +140,7 @@ pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> a
 
 async fn read_replies(
     frontend: Arc<Frontend>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamReader>,
     topic: String,
     remaining: Arc<AtomicUsize>,
     ready: ReadinessFlag,
@@ -158,7 +149,7 @@ async fn read_replies(
     loop {
         let (c, t) = (consumer.clone(), topic.clone());
         match tokio::task::spawn_blocking(move || {
-            kafka::assign_from_end(&c, &t, Duration::from_secs(10))
+            strait_kafka::topics::assign_from_end(&*c, &t, Duration::from_secs(10))
         })
         .await
         {

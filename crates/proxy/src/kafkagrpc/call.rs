@@ -292,7 +292,7 @@ async fn dead_letter(
 
 /// Enqueues a record, waiting while librdkafka's queue is full (back-pressure, not an error).
 async fn send<'a>(
-    producer: &crate::grpc::kafka::Producer,
+    producer: &strait_kafka::Producer,
     mut record: FutureRecord<'a, str, [u8]>,
 ) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
     loop {
@@ -441,12 +441,12 @@ impl ReplyWriter {
 }
 
 async fn write_reply(
-    producer: &crate::grpc::kafka::Producer,
+    producer: &strait_kafka::Producer,
     topic: &str,
     key: &str,
     reply: &ReplyRecord,
 ) -> Result<DeliveryFuture, String> {
-    let headers = wire::owned_headers(
+    let headers = strait_kafka::headers::owned_headers(
         reply
             .headers
             .iter()

@@ -6,7 +6,6 @@
 
 mod call;
 mod dedup;
-mod offsets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +14,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, ClientContext};
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
 use strait_config::{Validate as _, load};
 use strait_runtime::{Process, ReadinessFlag};
@@ -31,13 +32,12 @@ use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::Instrument as _;
 
-use crate::grpc::kafka;
+use crate::cli::KafkaSecurityArgs;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
-use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
 use dedup::Dedup;
-use offsets::OffsetTracker;
+use strait_kafka::{KafkaClients, KafkaReport, Linger, OffsetTracker};
 
 /// Readiness: the consumer has joined its group and received an assignment (possibly empty).
 pub const READINESS: [&str; 1] = ["kafka"];
@@ -98,7 +98,7 @@ impl KafkaGrpcArgs {
 struct Backend {
     config: KafkaGrpcConfig,
     channel: Channel,
-    producer: kafka::Producer,
+    producer: strait_kafka::Producer,
     permits: Semaphore,
     metrics: GrpcMetrics,
 }
@@ -126,11 +126,21 @@ struct OpenCall {
 }
 
 struct GroupContext {
+    report: KafkaReport,
     ready: ReadinessFlag,
     revoked: Mutex<Vec<(String, i32)>>,
 }
 
-impl ClientContext for GroupContext {}
+/// Errors and librdkafka's logs are reported like every other client's.
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.report.log(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -158,45 +168,42 @@ impl ConsumerContext for GroupContext {
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// Commit positions of the request partitions, per (topic, partition).
+type Offsets = OffsetTracker<(String, i32)>;
+
 pub async fn run(args: KafkaGrpcArgs, process: &Process) -> anyhow::Result<()> {
     let config = args.load()?;
     let ready = process.health.flag(READINESS[0]);
     let metrics = GrpcMetrics::register(&process.metrics, "kafka-grpc")?;
     let channel = channel(&config).context("target")?;
-    let producer = kafka::producer(&config.kafka, config.acks)?;
+    let clients = KafkaClients::new(&config.kafka)?;
+    let producer = clients.producer(config.acks, Linger::Latency)?;
     let group = config.group();
-    let mut consumer_config: ClientConfig = kafka::client_config(&config.kafka)?;
     let session_ms = config.session_timeout.as_millis().to_string();
     let heartbeat_ms = (config.session_timeout.as_millis() / 3)
         .max(100)
         .to_string();
-    consumer_config
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", &session_ms)
-        .set("heartbeat.interval.ms", &heartbeat_ms)
-        .set("fetch.wait.max.ms", "20");
     // Not ready (no assignment) until the cluster lets us in; a wrong password or an untrusted
     // certificate is logged and retried, never a crash loop.
-    let report = KafkaReport::new(&config.kafka);
-    let probe = kafka::client_config(&config.kafka)?;
-    if !wait_for_cluster(&probe, &report, &process.shutdown.token()).await? {
+    if !clients.wait_for_cluster(&process.shutdown.token()).await? {
         return Ok(());
     }
     let context = GroupContext {
+        report: clients.report().clone(),
         ready,
         revoked: Mutex::new(Vec::new()),
     };
-    let consumer: Arc<GroupConsumer> = Arc::new(
-        consumer_config
-            .create_with_context(context)
-            .map_err(|source| kafka::KafkaSetupError::Client {
-                what: "request consumer",
-                source,
-            })?,
-    );
+    let consumer: Arc<GroupConsumer> = Arc::new(clients.group_member(
+        &group,
+        &[
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", &session_ms),
+            ("heartbeat.interval.ms", &heartbeat_ms),
+            ("fetch.wait.max.ms", "20"),
+        ],
+        context,
+        "request consumer",
+    )?);
     let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
     consumer
         .subscribe(&topics)
@@ -247,7 +254,7 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let config = &backend.config;
     let names = &config.headers;
-    let mut tracker = OffsetTracker::default();
+    let mut tracker = Offsets::default();
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
     let mut dedup = Dedup::new(config.dedup_window, 100_000);
     let mut superseded: Superseded = HashMap::new();
@@ -266,7 +273,7 @@ async fn consume(
             }
             _ = commit_tick.tick() => {
                 for (topic, partition) in consumer.context().revoked.lock().expect("revoked lock poisoned").drain(..) {
-                    tracker.revoke(&topic, partition);
+                    tracker.revoke(&(topic, partition));
                 }
                 commit(&consumer, &mut tracker, CommitMode::Async);
             }
@@ -279,7 +286,7 @@ async fn consume(
                     }
                 };
                 let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-                tracker.seen(&topic, partition, offset);
+                tracker.read((topic.clone(), partition), offset);
                 let record = (topic, partition, offset);
                 let headers = CallHeaders::read(&message, names);
                 let value = message.payload().map(Bytes::copy_from_slice);
@@ -329,7 +336,7 @@ async fn on_record(
     headers: CallHeaders,
     value: Option<Bytes>,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut OffsetTracker,
+    tracker: &mut Offsets,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
     done_tx: &mpsc::UnboundedSender<Done>,
@@ -366,7 +373,7 @@ async fn on_record(
                     }
                 });
             }
-            _ => tracker.done(topic, partition, offset),
+            _ => tracker.done(&(topic.to_owned(), partition), offset),
         }
         return;
     };
@@ -382,7 +389,7 @@ async fn on_record(
             offset,
             "request record without a correlation id; skipped"
         );
-        tracker.done(topic, partition, offset);
+        tracker.done(&(topic.to_owned(), partition), offset);
         return;
     };
     let full_name = format!("{service}/{method}");
@@ -393,7 +400,7 @@ async fn on_record(
                 .is_none_or(|p| method_matches(p, &full_name))
     });
     if !routed {
-        tracker.done(topic, partition, offset);
+        tracker.done(&(topic.to_owned(), partition), offset);
         return;
     }
     if value.is_none() && headers.status.is_some() {
@@ -403,7 +410,7 @@ async fn on_record(
         {
             call.cancel.cancel();
         }
-        tracker.done(topic, partition, offset);
+        tracker.done(&(topic.to_owned(), partition), offset);
         return;
     }
     if value.is_some()
@@ -439,7 +446,7 @@ async fn on_record(
             if value.is_none() {
                 answered.request_ended = true;
             }
-            tracker.done(topic, partition, offset);
+            tracker.done(&(topic.to_owned(), partition), offset);
             return;
         }
         // The original ended: this record belongs to a repeat of the call (a redelivery, or a
@@ -447,7 +454,7 @@ async fn on_record(
         match answered.replies.clone() {
             Some(answer) => {
                 if value.is_some() {
-                    tracker.done(topic, partition, offset);
+                    tracker.done(&(topic.to_owned(), partition), offset);
                     return;
                 }
                 backend
@@ -517,14 +524,14 @@ async fn on_record(
 fn finish(
     done: Done,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut OffsetTracker,
+    tracker: &mut Offsets,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
 ) {
     match done {
         Done::Records(records) => {
             for (topic, partition, offset) in records {
-                tracker.done(&topic, partition, offset);
+                tracker.done(&(topic.clone(), partition), offset);
             }
         }
         Done::Call {
@@ -542,7 +549,7 @@ fn finish(
                     && durable
                 {
                     for (topic, partition, offset) in records {
-                        tracker.done(&topic, partition, offset);
+                        tracker.done(&(topic.clone(), partition), offset);
                     }
                 }
                 return;
@@ -553,20 +560,20 @@ fn finish(
                 return;
             }
             for (topic, partition, offset) in &call.records {
-                tracker.done(topic, *partition, *offset);
+                tracker.done(&(topic.to_owned(), *partition), *offset);
             }
             dedup.insert(correlation_id, replies, call.requests.is_none());
         }
     }
 }
 
-fn commit(consumer: &GroupConsumer, tracker: &mut OffsetTracker, mode: CommitMode) {
+fn commit(consumer: &GroupConsumer, tracker: &mut Offsets, mode: CommitMode) {
     let positions = tracker.committable();
     if positions.is_empty() {
         return;
     }
     let mut list = TopicPartitionList::new();
-    for (topic, partition, offset) in &positions {
+    for ((topic, partition), offset) in &positions {
         if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
             tracing::warn!(%error, "cannot build the commit");
         }

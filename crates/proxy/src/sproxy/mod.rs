@@ -18,7 +18,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-use crate::kafka_client::KafkaSecurityArgs;
+use crate::cli::KafkaSecurityArgs;
 use crate::metrics::RelayMetrics;
 use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
 use crate::tls::{ServerTlsArgs, overlay};

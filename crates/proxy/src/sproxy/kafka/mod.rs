@@ -16,28 +16,27 @@ pub mod trie;
 mod watchdog;
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
-use strait_config::mqtt_kafka::KafkaConfig;
+use strait_config::mqtt_kafka::{Acks, KafkaConfig};
+use strait_kafka::headers::record_headers;
+use strait_kafka::poll::{Polled, poll_loop};
+use strait_kafka::{KafkaClients, Linger, Producer, Reader};
 use strait_mqtt_codec::QoS;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use session::run;
-
-use crate::kafka_client::{KafkaReport, wait_for_cluster};
 
 use self::headers::Message;
 use self::routing::Routing;
@@ -144,10 +143,10 @@ pub struct Table {
     partitions: i32,
     state: Mutex<TableState>,
     progress: Notify,
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<Reader>,
     /// A client that never fetches, for end offsets: the tailing consumer's connection is
     /// busy with long-polling fetches, which would delay these requests.
-    watermarks: Arc<BaseConsumer>,
+    watermarks: Arc<Reader>,
 }
 
 #[derive(Default)]
@@ -168,15 +167,15 @@ type OnChange = Box<dyn Fn(&str, Option<&TableEntry>) + Send + Sync>;
 
 impl Table {
     fn start(
-        config: &ClientConfig,
-        watermarks: Arc<BaseConsumer>,
+        clients: &KafkaClients,
+        watermarks: Arc<Reader>,
         topic: &str,
         partitions: i32,
         shutdown: CancellationToken,
         on_change: OnChange,
     ) -> anyhow::Result<Arc<Self>> {
-        let consumer: BaseConsumer = reader_config(config)
-            .create()
+        let consumer = clients
+            .reader("table reader")
             .with_context(|| format!("creating the reader of {topic}"))?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions {
@@ -199,12 +198,13 @@ impl Table {
     }
 
     fn tail(&self, shutdown: CancellationToken, on_change: OnChange) {
-        while !shutdown.is_cancelled() {
-            let Some(result) = self.consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            match result {
-                Ok(record) => {
+        let every = Duration::from_millis(100);
+        poll_loop(&self.consumer, "table reader", every, |polled| {
+            if shutdown.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            match polled {
+                Polled::Record(record) => {
                     let key = record
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -224,7 +224,7 @@ impl Table {
                         .positions
                         .insert(record.partition(), record.offset() + 1);
                 }
-                Err(KafkaError::PartitionEOF(partition)) => {
+                Polled::PartitionEnd(partition) => {
                     if let Ok(positions) = self.consumer.position() {
                         let mut state = self.state.lock().expect("table lock");
                         for element in positions.elements_for_topic(&self.topic) {
@@ -236,13 +236,11 @@ impl Table {
                         }
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, topic = self.topic, "table reader");
-                    continue;
-                }
+                Polled::Idle => return ControlFlow::Continue(()),
             }
             self.progress.notify_waiters();
-        }
+            ControlFlow::Continue(())
+        });
     }
 
     /// Waits until everything written to the topic before this call has been applied, so a
@@ -296,17 +294,6 @@ impl Table {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
-}
-
-fn record_headers<M: rdkafka::Message>(record: &M) -> Vec<(String, Vec<u8>)> {
-    record
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// One messages topic the dispatcher reads.
@@ -394,17 +381,17 @@ pub struct KafkaUpstream {
     pub instance: String,
     pub routing: Routing,
     /// acks=all, idempotent: QoS 1 and 2, retained, sessions.
-    pub producer: FutureProducer,
+    pub producer: Producer,
     /// QoS 0 with `qos0Acks`.
-    pub qos0: FutureProducer,
-    /// Client config for short-lived readers (catch-up).
-    client: ClientConfig,
+    pub qos0: Producer,
+    /// Makes the readers (the dispatcher, shared groups, catch-up) and the admin clients.
+    clients: KafkaClients,
     /// Messages topics subscribers are served from (the dispatcher reads all their partitions).
     pub topics: MessagesTopics,
     /// Partition counts of the static messages topics and the retained and sessions topics.
     partitions: HashMap<String, i32>,
     /// A client that never fetches: end offsets.
-    watermarks: Arc<BaseConsumer>,
+    watermarks: Arc<Reader>,
     subscriptions: RwLock<Trie<Target>>,
     /// Shared subscriptions with members here: `$share/GROUP/FILTER` → members and the stop
     /// signal of its group consumer.
@@ -415,42 +402,6 @@ pub struct KafkaUpstream {
     local: Arc<Mutex<HashMap<String, Local>>>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
-}
-
-fn reader_config(base: &ClientConfig) -> ClientConfig {
-    let mut config = base.clone();
-    // Readers assign partitions themselves: no group, nothing committed.
-    config
-        .set("group.id", "strait-s-proxy-unused")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    for producer_only in ["linger.ms", "message.timeout.ms", "delivery.timeout.ms"] {
-        config.remove(producer_only);
-    }
-    config
-}
-
-fn producer_config(base: &ClientConfig, acks: &str) -> ClientConfig {
-    let mut config = base.clone();
-    config
-        .set("acks", acks)
-        // The Java client's partitioner for keyed records (murmur2), so Strait and Java
-        // producers put one MQTT topic on the same partition.
-        .set("partitioner", "murmur2_random");
-    if acks == "all" {
-        config.set("enable.idempotence", "true");
-    }
-    if config.get("linger.ms").is_none() {
-        // Measured with `strait-bench mqtt-kafka` (docs/benchmarks.md): 5 ms gave the most
-        // QoS 1 messages/s and the least CPU per message in s-proxy and Kafka (2 ms: half the
-        // rate and twice the CPU; 10 ms: no better), at a few ms of PUBACK latency.
-        config.set("linger.ms", "5");
-    }
-    if config.get("message.timeout.ms").is_none() {
-        config.set("message.timeout.ms", "10000");
-    }
-    config
 }
 
 /// What `KafkaUpstream::start` checks of the topics before serving.
@@ -473,28 +424,24 @@ impl KafkaUpstream {
         shutdown: CancellationToken,
         check: TopicCheck,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = crate::kafka_client::client_config(&config.connection())?;
+        let clients = KafkaClients::new(&config.connection())?;
         // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
         // untrusted certificate is logged and retried, never a crash loop.
-        let report = KafkaReport::new(&config.connection());
-        if !wait_for_cluster(&client, &report, &shutdown).await? {
+        if !clients.wait_for_cluster(&shutdown).await? {
             bail!("shut down before Kafka at {} answered", config.bootstrap);
         }
         let routing = Routing::new(&config);
         let topics = routing.static_topics();
         if check == TopicCheck::Verify {
-            ensure_topics(&client, &config, &topics).await?;
+            ensure_topics(&clients, &config, &topics).await?;
         }
 
-        let producer: FutureProducer = producer_config(&client, "all")
-            .create()
-            .context("creating the Kafka producer")?;
-        let qos0: FutureProducer = producer_config(&client, config.qos0_acks.as_kafka())
-            .create()
+        let producer = clients.producer(Acks::All, Linger::Batch)?;
+        let qos0 = clients
+            .producer(config.qos0_acks, Linger::Batch)
             .context("creating the Kafka QoS 0 producer")?;
 
-        let metadata_reader: BaseConsumer = reader_config(&client).create()?;
-        let metadata_reader = Arc::new(metadata_reader);
+        let metadata_reader = Arc::new(clients.reader("metadata reader")?);
         let mut partitions = HashMap::new();
         let messages_topics = MessagesTopics::default();
         for topic in topics
@@ -509,7 +456,7 @@ impl KafkaUpstream {
         }
         let local: Arc<Mutex<HashMap<String, Local>>> = Arc::default();
         let retained = Table::start(
-            &client,
+            &clients,
             metadata_reader.clone(),
             &config.topics.retained,
             partitions[&config.topics.retained],
@@ -518,7 +465,7 @@ impl KafkaUpstream {
         )?;
         let watched = local.clone();
         let sessions = Table::start(
-            &client,
+            &clients,
             metadata_reader.clone(),
             &config.topics.sessions,
             partitions[&config.topics.sessions],
@@ -537,7 +484,7 @@ impl KafkaUpstream {
             routing,
             producer,
             qos0,
-            client,
+            clients,
             topics: messages_topics,
             partitions,
             watermarks: metadata_reader.clone(),
@@ -618,19 +565,26 @@ impl KafkaUpstream {
             return Ok(());
         }
         if self.config.create_topics {
-            create_topics(&self.client, &self.config, &[messages.to_string()], &[]).await?;
+            create_topics(&self.clients, &self.config, &[messages.to_string()], &[]).await?;
         }
         self.read_topic(messages, From::Beginning).await
     }
 
     fn start_dispatcher(self: &Arc<Self>) -> anyhow::Result<()> {
-        let consumer: BaseConsumer = reader_config(&self.client).create()?;
+        let consumer = self.clients.reader("dispatcher")?;
         let mut assigned = self.assign_new(&consumer, 0)?;
         let upstream = self.clone();
         std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
-                while !upstream.shutdown.is_cancelled() {
+                let every = Duration::from_millis(100);
+                poll_loop(&consumer, "dispatcher", every, |polled| {
+                    if upstream.shutdown.is_cancelled() {
+                        return ControlFlow::Break(());
+                    }
+                    if let Polled::Record(record) = polled {
+                        upstream.dispatch(&record);
+                    }
                     if upstream.topics.len() > assigned {
                         match upstream.assign_new(&consumer, assigned) {
                             Ok(now) => assigned = now,
@@ -639,19 +593,15 @@ impl KafkaUpstream {
                             }
                         }
                     }
-                    match consumer.poll(Duration::from_millis(100)) {
-                        Some(Ok(record)) => upstream.dispatch(&record),
-                        Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-                        Some(Err(error)) => tracing::debug!(%error, "dispatcher"),
-                    }
-                }
+                    ControlFlow::Continue(())
+                })
             })?;
         Ok(())
     }
 
     /// Adds the partitions of the topics from index `from` on to the dispatcher's assignment;
     /// returns how many topics it reads now.
-    fn assign_new(&self, consumer: &BaseConsumer, from: usize) -> anyhow::Result<usize> {
+    fn assign_new(&self, consumer: &Reader, from: usize) -> anyhow::Result<usize> {
         let topics = self.topics.all();
         let mut assignment = TopicPartitionList::new();
         for topic in &topics[from..] {
@@ -900,122 +850,137 @@ impl KafkaUpstream {
         stop: &CancellationToken,
         ready: &tokio::sync::watch::Sender<bool>,
     ) -> anyhow::Result<()> {
-        let mut config = reader_config(&self.client);
         let (_, name) = strait_mqtt_codec::topic::parse_shared(group).unwrap_or(("", inner));
         let group_name = group
             .strip_prefix("$share/")
             .and_then(|g| g.split_once('/'))
             .map_or(name, |(g, _)| g);
-        config
-            // Named after the messages topic too: two bridges on one Kafka do not mix.
-            .set(
-                "group.id",
-                format!(
-                    "strait-share:{}:{group_name}:{inner}",
-                    self.config.topics.messages
-                ),
-            )
-            // A replica that dies is noticed in 10 s, not Kafka's default 45.
-            .set("session.timeout.ms", "10000")
-            // Offsets are committed here once delivered, never when merely read.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "latest");
-        let consumer: BaseConsumer = config.create()?;
+        // Named after the messages topic too: two bridges on one Kafka do not mix.
+        let group_id = format!(
+            "strait-share:{}:{group_name}:{inner}",
+            self.config.topics.messages
+        );
+        let consumer: Reader = self.clients.group_member(
+            &group_id,
+            &[
+                // A replica that dies is noticed in 10 s, not Kafka's default 45.
+                ("session.timeout.ms", "10000"),
+                // Offsets are committed here once delivered, never when merely read.
+                ("auto.offset.reset", "latest"),
+            ],
+            self.clients.report().clone(),
+            "shared subscription consumer",
+        )?;
         // The messages topics read when the group starts (routed ones found later are not
         // part of it).
         let names = self.topics.names();
         let topics: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let offsets = Arc::new(SharedOffsets::default());
-        let mut committed = HashMap::new();
         let mut last_commit = std::time::Instant::now();
-        while !stop.is_cancelled() {
-            for returned in offsets.take_returned() {
-                if !self.hand_out(group, returned, stop) {
-                    return Ok(());
+        let every = Duration::from_millis(100);
+        poll_loop(&consumer, "shared subscription consumer", every, |polled| {
+            let step = || -> anyhow::Result<ControlFlow<()>> {
+                if stop.is_cancelled() {
+                    return Ok(ControlFlow::Break(()));
                 }
-            }
-            let polled = consumer.poll(Duration::from_millis(100));
-            if !*ready.borrow() {
-                let assignment = consumer.assignment()?;
-                if assignment.count() > 0 {
-                    // A new group starts from the current end of the partitions it has not
-                    // consumed yet, so what is published after SUBACK is not skipped.
-                    let committed = consumer.committed(METADATA_TIMEOUT)?;
-                    let mut start = TopicPartitionList::new();
-                    for element in committed.elements() {
-                        if !matches!(element.offset(), Offset::Offset(_)) {
-                            let (_, end) = self.watermarks.fetch_watermarks(
-                                element.topic(),
-                                element.partition(),
-                                METADATA_TIMEOUT,
-                            )?;
-                            consumer.seek(
-                                element.topic(),
-                                element.partition(),
-                                Offset::Offset(end),
-                                METADATA_TIMEOUT,
-                            )?;
-                            start.add_partition_offset(
-                                element.topic(),
-                                element.partition(),
-                                Offset::Offset(end),
-                            )?;
-                        }
+                for returned in offsets.take_returned() {
+                    if !self.hand_out(group, returned, stop) {
+                        return Ok(ControlFlow::Break(()));
                     }
-                    // Committed at once, so a replica that takes a partition over in a
-                    // rebalance continues from here instead of from its own "latest".
-                    if start.count() > 0 {
-                        consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
+                }
+                if !*ready.borrow() {
+                    self.start_shared(&consumer, ready)?;
+                }
+                if last_commit.elapsed() >= SHARED_COMMIT_EVERY {
+                    last_commit = std::time::Instant::now();
+                    if let Err(error) = self.commit_delivered(&consumer, &offsets) {
+                        tracing::debug!(%error, %group, "shared subscription commit");
                     }
-                    let _ = ready.send(true);
                 }
+                let Polled::Record(record) = polled else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let Some(topic) = self.topics.index(record.topic()) else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let key = (topic, record.partition());
+                let headers = record_headers(&record);
+                let message = headers::decode(
+                    record.key(),
+                    Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+                )
+                .ok()
+                .filter(|m| strait_mqtt_codec::topic::matches(inner, &m.topic));
+                offsets.read(key, record.offset(), message.is_some());
+                let Some(message) = message else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let delivery = Arc::new(Delivery {
+                    topic,
+                    partition: record.partition(),
+                    offset: record.offset(),
+                    timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                    message,
+                    shared: Some(offsets.clone()),
+                });
+                Ok(if self.hand_out(group, delivery, stop) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                })
+            };
+            match step() {
+                Ok(ControlFlow::Continue(())) => ControlFlow::Continue(()),
+                Ok(ControlFlow::Break(())) => ControlFlow::Break(Ok(())),
+                Err(error) => ControlFlow::Break(Err(error)),
             }
-            if last_commit.elapsed() >= SHARED_COMMIT_EVERY {
-                last_commit = std::time::Instant::now();
-                if let Err(error) = self.commit_delivered(&consumer, &offsets, &mut committed) {
-                    tracing::debug!(%error, %group, "shared subscription commit");
-                }
-            }
-            let record = match polled {
-                Some(Ok(record)) => record,
-                Some(Err(KafkaError::PartitionEOF(_))) | None => continue,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "shared subscription consumer");
-                    continue;
-                }
-            };
-            let Some(topic) = self.topics.index(record.topic()) else {
-                continue;
-            };
-            let key = (topic, record.partition());
-            let headers = record_headers(&record);
-            let message = headers::decode(
-                record.key(),
-                Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-            )
-            .ok()
-            .filter(|m| strait_mqtt_codec::topic::matches(inner, &m.topic));
-            offsets.read(key, record.offset(), message.is_some());
-            let Some(message) = message else {
-                continue;
-            };
-            let delivery = Arc::new(Delivery {
-                topic,
-                partition: record.partition(),
-                offset: record.offset(),
-                timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
-                message,
-                shared: Some(offsets.clone()),
-            });
-            if !self.hand_out(group, delivery, stop) {
-                return Ok(());
+        })?;
+        // Stopped (the last member here left, or shutdown): commit what was delivered.
+        self.commit_delivered(&consumer, &offsets)?;
+        Ok(())
+    }
+
+    /// Once the group has an assignment: a new group starts from the current end of the
+    /// partitions it has not consumed yet, so what is published after SUBACK is not skipped.
+    fn start_shared(
+        &self,
+        consumer: &Reader,
+        ready: &tokio::sync::watch::Sender<bool>,
+    ) -> anyhow::Result<()> {
+        let assignment = consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(());
+        }
+        let committed = consumer.committed(METADATA_TIMEOUT)?;
+        let mut start = TopicPartitionList::new();
+        for element in committed.elements() {
+            if !matches!(element.offset(), Offset::Offset(_)) {
+                let (_, end) = self.watermarks.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    METADATA_TIMEOUT,
+                )?;
+                consumer.seek(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(end),
+                    METADATA_TIMEOUT,
+                )?;
+                start.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(end),
+                )?;
             }
         }
-        // Stopped (the last member here left, or shutdown): commit what was delivered.
-        self.commit_delivered(&consumer, &offsets, &mut committed)?;
+        // Committed at once, so a replica that takes a partition over in a rebalance
+        // continues from here instead of from its own "latest".
+        if start.count() > 0 {
+            consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        let _ = ready.send(true);
         Ok(())
     }
 
@@ -1066,12 +1031,7 @@ impl KafkaUpstream {
 
     /// Commits, per partition this replica owns, the offset below which every record was
     /// delivered (when it moved).
-    fn commit_delivered(
-        &self,
-        consumer: &BaseConsumer,
-        offsets: &SharedOffsets,
-        committed: &mut HashMap<(usize, i32), i64>,
-    ) -> anyhow::Result<()> {
+    fn commit_delivered(&self, consumer: &Reader, offsets: &SharedOffsets) -> anyhow::Result<()> {
         let assignment = consumer.assignment()?;
         let assigned: std::collections::HashSet<(usize, i32)> = assignment
             .elements()
@@ -1082,23 +1042,16 @@ impl KafkaUpstream {
             })
             .collect();
         offsets.retain(&assigned);
-        committed.retain(|key, _| assigned.contains(key));
         let mut commit = TopicPartitionList::new();
-        let moved: Vec<_> = offsets
-            .committable()
-            .into_iter()
-            .filter(|(key, offset)| committed.get(key) != Some(offset))
-            .collect();
-        for ((topic, partition), offset) in &moved {
+        for ((topic, partition), offset) in offsets.committable() {
             commit.add_partition_offset(
-                &self.topics.name(*topic),
-                *partition,
-                Offset::Offset(*offset),
+                &self.topics.name(topic),
+                partition,
+                Offset::Offset(offset),
             )?;
         }
         if commit.count() > 0 {
             consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync)?;
-            committed.extend(moved);
         }
         Ok(())
     }
@@ -1166,14 +1119,12 @@ fn takeover_check(
 /// Creates the `messages` topics and the `compacted` ones (`newTopics` partitions and
 /// replication) unless they exist.
 async fn create_topics(
-    client: &ClientConfig,
+    clients: &KafkaClients,
     config: &KafkaConfig,
     messages: &[String],
     compacted: &[&String],
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().context("creating the Kafka admin client")?;
-    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let admin = clients.admin()?;
     let partitions = config.new_topics.partitions;
     let replication = || TopicReplication::Fixed(config.new_topics.replication_factor);
     let mut new = Vec::new();
@@ -1183,16 +1134,11 @@ async fn create_topics(
     for topic in compacted {
         new.push(NewTopic::new(topic, partitions, replication()).set("cleanup.policy", "compact"));
     }
-    for result in admin
-        .create_topics(&new, &options)
+    let created = strait_kafka::create_topics(&admin, &new, METADATA_TIMEOUT)
         .await
-        .context("creating the MQTT topics in Kafka")?
-    {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create Kafka topic {topic}: {code}"),
-        }
+        .context("creating the MQTT topics in Kafka")?;
+    for topic in created {
+        tracing::info!(topic, "created Kafka topic");
     }
     Ok(())
 }
@@ -1200,7 +1146,7 @@ async fn create_topics(
 /// The partitions of `topic` and, per partition, the offset to start reading at. A topic
 /// created a moment ago may have no leader yet: retried for a while.
 async fn read_partitions(
-    reader: &Arc<BaseConsumer>,
+    reader: &Arc<Reader>,
     topic: &str,
     from: From,
 ) -> anyhow::Result<Vec<i64>> {
@@ -1238,16 +1184,15 @@ async fn read_partitions(
 
 /// Creates missing topics (when allowed) and refuses compacted topics that are not.
 async fn ensure_topics(
-    client: &ClientConfig,
+    clients: &KafkaClients,
     config: &KafkaConfig,
     messages: &[String],
 ) -> anyhow::Result<()> {
     let compacted = [&config.topics.retained, &config.topics.sessions];
     if config.create_topics {
-        create_topics(client, config, messages, &compacted).await?;
+        create_topics(clients, config, messages, &compacted).await?;
     }
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().context("creating the Kafka admin client")?;
+    let admin = clients.admin()?;
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
     for topic in compacted {
         // A topic created a moment ago may not be described yet: retry briefly.

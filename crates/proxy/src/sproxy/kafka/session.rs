@@ -3,17 +3,21 @@
 //! messages, persistent state in the sessions topic, wills and takeover.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::stream::{FuturesOrdered, StreamExt as _};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message as _;
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
+use strait_kafka::headers::{has_header, owned_headers, record_headers};
+use strait_kafka::poll::{Polled, poll_loop};
+use strait_kafka::{KafkaClients, Producer};
 use strait_mqtt_codec::{
     self as mqtt, ConnAck, Packet, Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
     ReasonCode, RetainHandling, SubAck, UnsubAck,
@@ -27,7 +31,7 @@ use super::headers::{self, Message};
 use super::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
 };
-use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms, record_headers};
+use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::metrics::{ActiveSession, Direction};
 use crate::relay_rules::refusal;
 use crate::sproxy::Context;
@@ -393,20 +397,14 @@ pub(super) fn produce(
 }
 
 fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: &str,
     payload: Option<&Bytes>,
     headers: &[(String, Vec<u8>)],
     partition: Option<i32>,
 ) -> impl Future<Output = ProduceResult> + use<> {
-    let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
-    for (name, value) in headers {
-        kafka_headers = kafka_headers.insert(Header {
-            key: name,
-            value: Some(value.as_slice()),
-        });
-    }
+    let kafka_headers = owned_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
     let mut record = FutureRecord::to(topic).key(key).headers(kafka_headers);
     if let Some(payload) = payload {
         record = record.payload(payload.as_ref());
@@ -1218,9 +1216,9 @@ impl Session {
             return None;
         }
         let (tx, rx) = mpsc::channel(256);
-        let client = super::reader_config(&self.up.client);
+        let clients = self.up.clients.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = catch_up(client, reads, &tx) {
+            if let Err(error) = catch_up(&clients, reads, &tx) {
                 tracing::warn!(error = format!("{error:#}"), "catch-up failed");
                 let _ = tx.blocking_send(Err(format!("{error:#}")));
             }
@@ -1280,7 +1278,7 @@ impl Session {
             return Ok(false);
         }
         if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
-            let reader = super::reader_config(&self.up.client);
+            let clients = self.up.clients.clone();
             let end = self.up.end_offset(&topic, p).await?;
             let (key, payload, client) = (
                 publish.topic.clone(),
@@ -1288,7 +1286,7 @@ impl Session {
                 self.client_id.clone(),
             );
             let found = tokio::task::spawn_blocking(move || {
-                find_written(reader, &topic, p, from, end, &key, &payload, &client)
+                find_written(&clients, &topic, p, from, end, &key, &payload, &client)
             })
             .await??;
             if found {
@@ -1637,11 +1635,11 @@ pub(super) async fn put_session(
 
 /// Reads `ranges` (topic index, topic, partition, from, to) and sends every record to `tx`.
 fn catch_up(
-    client: rdkafka::ClientConfig,
+    clients: &KafkaClients,
     ranges: Vec<(usize, String, i32, i64, i64)>,
     tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = client.create()?;
+    let consumer = clients.reader("catch-up reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
     for (t, topic, p, from, to) in ranges {
@@ -1650,29 +1648,24 @@ fn catch_up(
     }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !left.is_empty() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "catch-up took over 60 s"
-        );
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let record = match result {
-            Ok(record) => record,
-            Err(KafkaError::PartitionEOF(_)) => continue,
-            Err(error) => {
-                tracing::debug!(%error, "catch-up reader");
-                continue;
-            }
+    let every = Duration::from_millis(200);
+    poll_loop(&consumer, "catch-up reader", every, |polled| {
+        if left.is_empty() {
+            return ControlFlow::Break(Ok(()));
+        }
+        if std::time::Instant::now() >= deadline {
+            return ControlFlow::Break(Err(anyhow::anyhow!("catch-up took over 60 s")));
+        }
+        let Polled::Record(record) = polled else {
+            return ControlFlow::Continue(());
         };
         let key = (record.topic().to_string(), record.partition());
         let Some((t, to)) = left.get(&key).copied() else {
-            continue;
+            return ControlFlow::Continue(());
         };
         if record.offset() >= to {
             left.remove(&key);
-            continue;
+            return ControlFlow::Continue(());
         }
         let headers = record_headers(&record);
         if let Ok(message) = headers::decode(
@@ -1689,21 +1682,21 @@ fn catch_up(
                 shared: None,
             });
             if tx.blocking_send(Ok(delivery)).is_err() {
-                return Ok(());
+                return ControlFlow::Break(Ok(()));
             }
         }
         if record.offset() + 1 >= to {
             left.remove(&key);
         }
-    }
-    Ok(())
+        ControlFlow::Continue(())
+    })
 }
 
 /// Whether `topic`/`partition` holds, between `from` and `end`, the record of `client`'s PUBLISH
 /// of `payload` to MQTT topic `key`.
 #[allow(clippy::too_many_arguments)]
 fn find_written(
-    client: rdkafka::ClientConfig,
+    clients: &KafkaClients,
     topic: &str,
     partition: i32,
     from: i64,
@@ -1715,28 +1708,30 @@ fn find_written(
     if from >= end {
         return Ok(false);
     }
-    let consumer: BaseConsumer = client.create()?;
+    let consumer = clients.reader("QoS 2 resend check")?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let Some(Ok(record)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
+    let every = Duration::from_millis(200);
+    poll_loop(&consumer, "QoS 2 resend check", every, |polled| {
+        if std::time::Instant::now() >= deadline {
+            return ControlFlow::Break(Err(anyhow::anyhow!(
+                "reading {topic}/{partition} from {from} to {end} took over 30 s"
+            )));
+        }
+        let Polled::Record(record) = polled else {
+            return ControlFlow::Continue(());
         };
-        let local = record_headers(&record)
-            .into_iter()
-            .find(|(name, _)| name == headers::LOCAL)
-            .map(|(_, value)| value);
         if record.key() == Some(key.as_bytes())
             && record.payload().unwrap_or_default() == payload
-            && local.as_deref() == Some(publisher.as_bytes())
+            && has_header(&record, headers::LOCAL, publisher.as_bytes())
         {
-            return Ok(true);
+            return ControlFlow::Break(Ok(true));
         }
         if record.offset() + 1 >= end {
-            return Ok(false);
+            return ControlFlow::Break(Ok(false));
         }
-    }
-    anyhow::bail!("reading {topic}/{partition} from {from} to {end} took over 30 s")
+        ControlFlow::Continue(())
+    })
 }

@@ -1,7 +1,6 @@
-//! What every Kafka client of strait-proxy shares: the connection settings (bootstrap, TLS,
-//! SASL) turned into librdkafka properties, the command-line flags for them, and the reporting
-//! of failed connections in words a user can act on (authentication failed, certificate not
-//! trusted), with the role kept not ready until the cluster answers.
+//! The reporting of failed connections in words a user can act on (authentication failed,
+//! certificate not trusted), shared by every Kafka client, and the wait that keeps a role not
+//! ready until the cluster answers.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,131 +9,14 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
-use strait_config::ConfigError;
-use strait_config::kafka::{KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
+use strait_config::kafka::KafkaConnection;
 use tokio_util::sync::CancellationToken;
 
-/// The librdkafka configuration every client of `connection` starts from: bootstrap, security
-/// protocol, TLS files, SASL credentials (the password read from its file now), then the
-/// pass-through properties. Never log it: it holds the password.
-pub fn client_config(connection: &KafkaConnection) -> Result<ClientConfig, ConfigError> {
-    let mut config = ClientConfig::new();
-    for (key, value) in connection.client_properties()?.iter() {
-        config.set(key, value);
-    }
-    for (key, value) in &connection.properties {
-        config.set(key, value);
-    }
-    Ok(config)
-}
-
-/// `--kafka-tls-*` and `--kafka-sasl-*`: TLS and SASL for the role's Kafka clients, laid over
-/// the config file's `kafka.tls` and `kafka.sasl`.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Kafka TLS and SASL (override kafka.tls and kafka.sasl)")]
-pub struct KafkaSecurityArgs {
-    /// Connect to Kafka over TLS, trusting this PEM CA bundle (kafka.tls.ca).
-    #[arg(long, env = "STRAIT_KAFKA_TLS_CA", value_name = "FILE")]
-    pub kafka_tls_ca: Option<PathBuf>,
-
-    /// Client certificate presented to the brokers, PEM (mutual TLS; needs --kafka-tls-ca).
-    #[arg(long, env = "STRAIT_KAFKA_TLS_CERT", value_name = "FILE")]
-    pub kafka_tls_cert: Option<PathBuf>,
-
-    /// Private key of --kafka-tls-cert, PEM.
-    #[arg(long, env = "STRAIT_KAFKA_TLS_KEY", value_name = "FILE")]
-    pub kafka_tls_key: Option<PathBuf>,
-
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with --kafka-sasl-username and
-    /// --kafka-sasl-password-file; over TLS when --kafka-tls-ca is set, SASL_PLAINTEXT otherwise).
-    #[arg(long, env = "STRAIT_KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
-    pub kafka_sasl_mechanism: Option<SaslMechanism>,
-
-    /// SASL user name.
-    #[arg(long, env = "STRAIT_KAFKA_SASL_USERNAME", value_name = "NAME")]
-    pub kafka_sasl_username: Option<String>,
-
-    /// File holding the SASL password (e.g. a mounted Secret; one trailing newline is ignored).
-    /// The password itself is never taken from a flag or an environment variable.
-    #[arg(long, env = "STRAIT_KAFKA_SASL_PASSWORD_FILE", value_name = "FILE")]
-    pub kafka_sasl_password_file: Option<PathBuf>,
-}
-
-impl KafkaSecurityArgs {
-    /// Whether any of the flags is given.
-    pub fn any(&self) -> bool {
-        self.sets_tls() || self.sets_sasl()
-    }
-
-    fn sets_tls(&self) -> bool {
-        self.kafka_tls_ca.is_some() || self.kafka_tls_cert.is_some() || self.kafka_tls_key.is_some()
-    }
-
-    fn sets_sasl(&self) -> bool {
-        self.kafka_sasl_mechanism.is_some()
-            || self.kafka_sasl_username.is_some()
-            || self.kafka_sasl_password_file.is_some()
-    }
-
-    /// Lays the flags given over a section's `tls` and `sasl`. Without a `sasl` in the config
-    /// file, the three SASL flags go together.
-    pub fn apply(
-        &self,
-        tls: &mut Option<KafkaTls>,
-        sasl: &mut Option<KafkaSasl>,
-    ) -> Result<(), ConfigError> {
-        if self.sets_tls() {
-            let tls = tls.get_or_insert_with(KafkaTls::default);
-            for (field, flag) in [
-                (&mut tls.ca, &self.kafka_tls_ca),
-                (&mut tls.cert, &self.kafka_tls_cert),
-                (&mut tls.key, &self.kafka_tls_key),
-            ] {
-                if let Some(path) = flag {
-                    *field = Some(path.clone());
-                }
-            }
-        }
-        if !self.sets_sasl() {
-            return Ok(());
-        }
-        match sasl {
-            Some(sasl) => {
-                if let Some(mechanism) = self.kafka_sasl_mechanism {
-                    sasl.mechanism = mechanism;
-                }
-                if let Some(username) = &self.kafka_sasl_username {
-                    sasl.username.clone_from(username);
-                }
-                if let Some(file) = &self.kafka_sasl_password_file {
-                    sasl.password_file.clone_from(file);
-                }
-            }
-            None => {
-                let (Some(mechanism), Some(username), Some(password_file)) = (
-                    self.kafka_sasl_mechanism,
-                    &self.kafka_sasl_username,
-                    &self.kafka_sasl_password_file,
-                ) else {
-                    return Err(ConfigError::invalid(
-                        "kafka.sasl",
-                        "--kafka-sasl-mechanism, --kafka-sasl-username and \
-                         --kafka-sasl-password-file go together (or set kafka.sasl in the config file)",
-                    ));
-                };
-                *sasl = Some(KafkaSasl {
-                    mechanism,
-                    username: username.clone(),
-                    password_file: password_file.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-}
+use crate::KafkaClientError;
 
 /// What a failed connection to Kafka was, as far as librdkafka tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +53,9 @@ impl Problem {
 /// problem again within 30 s only at debug level. Clones share the last problem, which
 /// [`wait_for_cluster`] repeats while it waits.
 ///
-/// librdkafka hands errors with their reason to the context of producers (consumers get only
-/// the error code from `poll`), so producers use it, and so does the probe of
-/// [`wait_for_cluster`].
+/// Every client made by [`crate::KafkaClients`] has it (or a context that passes errors and
+/// logs on to it): librdkafka hands errors with their reason to the context of producers and
+/// admin clients (consumers mostly get only the error code from `poll`).
 #[derive(Clone)]
 pub struct KafkaReport {
     inner: Arc<ReportInner>,
@@ -312,20 +194,28 @@ impl ClientContext for KafkaReport {
     }
 }
 
+impl ConsumerContext for KafkaReport {}
+
 /// Waits until the cluster answers a metadata request through `config` (the settings every
 /// client of the role uses), so a role is ready only once Kafka lets it in. Each failure is
 /// logged as it happens (see [`KafkaReport`]); every 30 s a line says the role still waits.
 /// Returns false if `shutdown` came first.
-pub async fn wait_for_cluster(
+pub(crate) async fn wait_for_cluster(
     config: &ClientConfig,
     report: &KafkaReport,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> Result<bool, KafkaClientError> {
     const ATTEMPT: Duration = Duration::from_secs(5);
     const REMIND: Duration = Duration::from_secs(30);
     // A producer: librdkafka gives its context the errors with their reasons.
-    let probe: Arc<FutureProducer<KafkaReport>> =
-        Arc::new(config.create_with_context(report.clone())?);
+    let probe: Arc<FutureProducer<KafkaReport>> = Arc::new(
+        config
+            .create_with_context(report.clone())
+            .map_err(|source| KafkaClientError::Client {
+                what: "probe",
+                source,
+            })?,
+    );
     let bootstrap = report.inner.bootstrap.clone();
     let started = Instant::now();
     let mut reminded = started;
@@ -336,7 +226,7 @@ pub async fn wait_for_cluster(
             answer = tokio::task::spawn_blocking(move || {
                 let metadata = client.client().fetch_metadata(None, ATTEMPT);
                 metadata.map(|m| m.brokers().len())
-            }) => answer?,
+            }) => answer.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
         };
         match answer {
             Ok(brokers) if brokers > 0 => {
@@ -366,6 +256,7 @@ pub async fn wait_for_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strait_config::kafka::{KafkaSasl, KafkaTls, SaslMechanism};
 
     #[test]
     fn librdkafka_reasons_are_classified() {
@@ -397,38 +288,6 @@ mod tests {
             ),
             Problem::Other
         );
-    }
-
-    #[test]
-    fn flags_fill_in_tls_and_sasl() {
-        let args = KafkaSecurityArgs {
-            kafka_tls_ca: Some("/ca.crt".into()),
-            kafka_sasl_mechanism: Some(SaslMechanism::ScramSha512),
-            kafka_sasl_username: Some("strait".into()),
-            kafka_sasl_password_file: Some("/pw".into()),
-            ..KafkaSecurityArgs::default()
-        };
-        let (mut tls, mut sasl) = (None, None);
-        args.apply(&mut tls, &mut sasl).unwrap();
-        assert_eq!(tls, Some(KafkaTls::with_ca("/ca.crt")));
-        let sasl = sasl.unwrap();
-        assert_eq!(
-            (sasl.mechanism, sasl.username.as_str()),
-            (SaslMechanism::ScramSha512, "strait")
-        );
-
-        // One flag over a config file's sasl replaces just that value.
-        let mut from_file = Some(sasl);
-        let args = KafkaSecurityArgs {
-            kafka_sasl_username: Some("other".into()),
-            ..KafkaSecurityArgs::default()
-        };
-        args.apply(&mut tls, &mut from_file).unwrap();
-        assert_eq!(from_file.unwrap().username, "other");
-
-        // Without one, the three SASL flags go together.
-        let error = args.apply(&mut None, &mut None).unwrap_err().to_string();
-        assert!(error.contains("kafka.sasl"), "{error}");
     }
 
     #[test]
