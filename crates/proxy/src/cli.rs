@@ -1,10 +1,13 @@
 //! The command line of every role: the arguments of each subcommand and how they are laid over
 //! the role's config file.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use strait_config::ConfigError;
+use strait_config::grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
 use strait_config::kafka::{KafkaSasl, KafkaTls, SaslMechanism};
+use strait_config::tls::ServerTls;
+use strait_config::{ConfigError, Validate as _, load};
 
 /// `--kafka-tls-*` and `--kafka-sasl-*`: TLS and SASL for the role's Kafka clients, laid over
 /// the config file's `kafka.tls` and `kafka.sasl`.
@@ -108,6 +111,132 @@ impl KafkaSecurityArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// `strait-proxy grpc-kafka`: serve gRPC calls by producing them to Kafka.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Example:\n  strait-proxy grpc-kafka --listen 0.0.0.0:50051 --kafka kafka:9092 \
+    --config grpc-kafka.yaml\n\n\
+    with grpc-kafka.yaml:\n\
+    \x20 kafka: { bootstrap: kafka:9092 }\n\
+    \x20 protos: { paths: [/etc/strait/protos] }      # .proto files or directories\n\
+    \x20 routes:\n\
+    \x20   - method: example.Greeter/*                # package.Service/Method, * wildcards\n\
+    \x20     produce: { topic: greeter-requests, replyTo: greeter-replies }\n\
+    \x20   - method: example.Events/Fetch\n\
+    \x20     fetch: { topic: events }                 # stream a topic, resumable\n\
+    \x20 # TLS and SASL to Kafka (or the --kafka-tls-*/--kafka-sasl-* flags):\n\
+    \x20 # kafka: { bootstrap: kafka:9093, tls: { ca: ca.crt },\n\
+    \x20 #          sasl: { mechanism: SCRAM-SHA-512, username: strait, passwordFile: /etc/strait/kafka/password } }\n\n\
+    Clients call grpc-kafka as if it were the service. A `strait-proxy kafka-grpc` consuming \
+    greeter-requests calls the real service and writes the answers to greeter-replies."
+)]
+pub struct GrpcKafkaArgs {
+    /// YAML config: routes, .proto files, Kafka (see docs/architecture.md).
+    #[arg(long, env = "STRAIT_CONFIG")]
+    pub config: PathBuf,
+    /// gRPC listener (overrides `listen` of the config).
+    #[arg(long, env = "STRAIT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
+    #[arg(long, env = "STRAIT_KAFKA")]
+    pub kafka: Option<String>,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
+}
+
+impl GrpcKafkaArgs {
+    pub fn load(&self) -> Result<GrpcKafkaConfig, ConfigError> {
+        let mut config: GrpcKafkaConfig = load(&self.config)?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(kafka) = &self.kafka {
+            config.kafka.bootstrap = kafka.clone();
+        }
+        let kafka = &mut config.kafka;
+        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `strait-proxy kafka-grpc`: answer request records by calling the real gRPC service.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Example:\n  strait-proxy kafka-grpc --kafka kafka:9092 --target http://greeter:50051 \
+    --config kafka-grpc.yaml\n\n\
+    with kafka-grpc.yaml:\n\
+    \x20 kafka: { bootstrap: kafka:9092 }\n\
+    \x20 target: http://greeter:50051              # h2c, or https:// with targetTls.ca\n\
+    \x20 groupId: greeter-backend                  # replicas with one id share the partitions\n\
+    \x20 routes: [{ topic: greeter-requests }]\n\
+    \x20 concurrency: 64\n\
+    \x20 callTimeout: 30s\n\
+    \x20 retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }   # on UNAVAILABLE\n\
+    \x20 deadLetterTopic: greeter-dead-letters\n\
+    \x20 # TLS and SASL to Kafka: kafka.tls and kafka.sasl, or the --kafka-tls-*/--kafka-sasl-* flags\n\n\
+    Requests come from `strait-proxy grpc-kafka` (or any producer using Zilla's record layout); \
+    answers go to each request's zilla:reply-to topic."
+)]
+pub struct KafkaGrpcArgs {
+    /// YAML config: request topics, target, group, retries (see docs/architecture.md).
+    #[arg(long, env = "STRAIT_CONFIG")]
+    pub config: PathBuf,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
+    #[arg(long, env = "STRAIT_KAFKA")]
+    pub kafka: Option<String>,
+    /// The real gRPC service, http://HOST:PORT or https://HOST:PORT (overrides `target`).
+    #[arg(long, env = "STRAIT_TARGET")]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
+}
+
+impl KafkaGrpcArgs {
+    pub fn load(&self) -> Result<KafkaGrpcConfig, ConfigError> {
+        let mut config: KafkaGrpcConfig = load(&self.config)?;
+        if let Some(kafka) = &self.kafka {
+            config.kafka.bootstrap = kafka.clone();
+        }
+        if let Some(target) = &self.target {
+            config.target = target.clone();
+        }
+        let kafka = &mut config.kafka;
+        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca`: laid over the config file's `tls` block.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate chain served to clients; enables TLS on the listener.
+    #[arg(long = "tls-cert")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key")]
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate signed by it.
+    #[arg(long = "tls-client-ca")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    pub fn apply(self, tls: &mut ServerTls) {
+        overlay(&mut tls.cert, self.cert);
+        overlay(&mut tls.key, self.key);
+        overlay(&mut tls.client_ca, self.client_ca);
+    }
+}
+
+/// A flag given on the command line replaces the config file's value.
+pub fn overlay<T>(field: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *field = flag;
     }
 }
 

@@ -26,9 +26,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use crate::cli::KafkaSecurityArgs;
+use crate::cli::{KafkaGrpcArgs, KafkaSecurityArgs};
 use crate::sproxy::kafka::TopicCheck;
-use crate::{grpckafka, kafkagrpc, rproxy, sproxy};
+use crate::{rproxy, sproxy};
+use strait_grpc_kafka::{grpckafka, kafkagrpc};
 use strait_kafka::KafkaClients;
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
@@ -315,7 +316,7 @@ async fn serve(
     );
     (k_config.kafka.tls, k_config.kafka.sasl) = (tls, sasl);
     k_config.validate()?;
-    let k_args = kafkagrpc::KafkaGrpcArgs {
+    let k_args = KafkaGrpcArgs {
         config: write_config(dir, "kafka-grpc.yaml", &k_config)?,
         kafka: None,
         target: None,
@@ -324,7 +325,10 @@ async fn serve(
     let (k_process, span) = part("kafka-grpc");
     parts.spawn(
         async move {
-            let result = kafkagrpc::run(k_args, &k_process).await;
+            let result = match k_args.load() {
+                Ok(config) => kafkagrpc::run(config, &k_process).await,
+                Err(error) => Err(error.into()),
+            };
             ("kafka-grpc", result)
         }
         .instrument(span),

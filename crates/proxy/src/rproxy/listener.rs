@@ -152,7 +152,7 @@ async fn handshake(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .and_then(crate::tls::client_identity);
+                .and_then(client_identity);
             (Box::new(stream), identity)
         }
         None => (Box::new(tcp), None),
@@ -200,4 +200,29 @@ fn check_ws_request(
         );
     }
     Ok(response)
+}
+
+/// The identity a verified client certificate establishes: its subject DN, with the common
+/// name, issuer and serial number as attributes. `None` when the certificate cannot be parsed
+/// (rustls has verified it already, so that does not happen with a sane CA).
+pub fn client_identity(
+    cert: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<strait_relay::v1::Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = cert.subject();
+    let mut attributes = std::collections::HashMap::new();
+    if let Some(cn) = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        attributes.insert("cn".to_string(), cn.to_string());
+    }
+    attributes.insert("issuer".to_string(), cert.issuer().to_string());
+    attributes.insert("serial".to_string(), cert.raw_serial_as_string());
+    Some(strait_relay::v1::Identity {
+        subject: subject.to_string(),
+        method: "tls-client-cert".to_string(),
+        attributes,
+    })
 }

@@ -16,8 +16,8 @@ use strait_runtime::Process;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::cli::{ServerTlsArgs, overlay};
 use crate::metrics::RelayMetrics;
-use crate::tls::{ServerTlsArgs, overlay};
 pub use listener::Transport;
 use strait_config::auth::JwtAuth;
 use strait_config::{ConfigError, RProxyConfig, Validate};
@@ -264,7 +264,7 @@ pub async fn start(
     process: &Process,
 ) -> anyhow::Result<(Bound, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
-    let server_tls = crate::tls::server_config(&config.tls, &[])
+    let server_tls = strait_tls::server_config(&config.tls, &[])
         .context("loading the MQTT listener's TLS certificate (tls)")?;
     let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
         .context("configuring the s-proxy endpoints (sProxy)")?;

@@ -48,7 +48,7 @@ impl BrokerTarget {
             .to_string();
         let tls = match tls {
             Some(config) => {
-                let name = crate::tls::server_name(server_name.as_deref().unwrap_or(&host))?;
+                let name = strait_tls::server_name(server_name.as_deref().unwrap_or(&host))?;
                 Some((tokio_rustls::TlsConnector::from(config), name))
             }
             None => None,

@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::cli::KafkaSecurityArgs;
+use crate::cli::{ServerTlsArgs, overlay};
 use crate::metrics::RelayMetrics;
 use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
-use crate::tls::{ServerTlsArgs, overlay};
 use strait_config::relay::{BrokerConfig, KafkaConfig, Upstream};
 use strait_config::tls::ServerTls;
 use strait_config::{ConfigError, SProxyConfig, Validate};
@@ -265,7 +265,7 @@ pub async fn start(
             let broker_tls = match &target.tls {
                 Some(tls) => {
                     let ca = tls.ca.as_deref().context("broker.tls.ca is required")?;
-                    Some(crate::tls::client_config(tls, ca).context("loading broker.tls")?)
+                    Some(strait_tls::client_config(tls, ca).context("loading broker.tls")?)
                 }
                 None => None,
             };

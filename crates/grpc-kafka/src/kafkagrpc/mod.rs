@@ -8,7 +8,6 @@ mod call;
 mod dedup;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
-use strait_config::{Validate as _, load};
+
 use strait_runtime::{Process, ReadinessFlag};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -32,7 +31,6 @@ use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::Instrument as _;
 
-use crate::cli::KafkaSecurityArgs;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
@@ -46,54 +44,6 @@ pub const READINESS: [&str; 1] = ["kafka"];
 /// and such a call is made again).
 const MAX_KEPT_REPLY_BYTES: usize = 256 * 1024;
 const REQUEST_QUEUE: usize = 256;
-
-/// `strait-proxy kafka-grpc`: answer request records by calling the real gRPC service.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "Example:\n  strait-proxy kafka-grpc --kafka kafka:9092 --target http://greeter:50051 \
-    --config kafka-grpc.yaml\n\n\
-    with kafka-grpc.yaml:\n\
-    \x20 kafka: { bootstrap: kafka:9092 }\n\
-    \x20 target: http://greeter:50051              # h2c, or https:// with targetTls.ca\n\
-    \x20 groupId: greeter-backend                  # replicas with one id share the partitions\n\
-    \x20 routes: [{ topic: greeter-requests }]\n\
-    \x20 concurrency: 64\n\
-    \x20 callTimeout: 30s\n\
-    \x20 retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }   # on UNAVAILABLE\n\
-    \x20 deadLetterTopic: greeter-dead-letters\n\
-    \x20 # TLS and SASL to Kafka: kafka.tls and kafka.sasl, or the --kafka-tls-*/--kafka-sasl-* flags\n\n\
-    Requests come from `strait-proxy grpc-kafka` (or any producer using Zilla's record layout); \
-    answers go to each request's zilla:reply-to topic."
-)]
-pub struct KafkaGrpcArgs {
-    /// YAML config: request topics, target, group, retries (see docs/architecture.md).
-    #[arg(long, env = "STRAIT_CONFIG")]
-    pub config: PathBuf,
-    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
-    #[arg(long, env = "STRAIT_KAFKA")]
-    pub kafka: Option<String>,
-    /// The real gRPC service, http://HOST:PORT or https://HOST:PORT (overrides `target`).
-    #[arg(long, env = "STRAIT_TARGET")]
-    pub target: Option<String>,
-    #[command(flatten)]
-    pub kafka_security: KafkaSecurityArgs,
-}
-
-impl KafkaGrpcArgs {
-    pub fn load(&self) -> anyhow::Result<KafkaGrpcConfig> {
-        let mut config: KafkaGrpcConfig = load(&self.config)?;
-        if let Some(kafka) = &self.kafka {
-            config.kafka.bootstrap = kafka.clone();
-        }
-        if let Some(target) = &self.target {
-            config.target = target.clone();
-        }
-        let kafka = &mut config.kafka;
-        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
-        config.validate()?;
-        Ok(config)
-    }
-}
 
 struct Backend {
     config: KafkaGrpcConfig,
@@ -171,8 +121,8 @@ type GroupConsumer = StreamConsumer<GroupContext>;
 /// Commit positions of the request partitions, per (topic, partition).
 type Offsets = OffsetTracker<(String, i32)>;
 
-pub async fn run(args: KafkaGrpcArgs, process: &Process) -> anyhow::Result<()> {
-    let config = args.load()?;
+/// Consumes until shutdown (`config` as validated by the caller).
+pub async fn run(config: KafkaGrpcConfig, process: &Process) -> anyhow::Result<()> {
     let ready = process.health.flag(READINESS[0]);
     let metrics = GrpcMetrics::register(&process.metrics, "kafka-grpc")?;
     let channel = channel(&config).context("target")?;

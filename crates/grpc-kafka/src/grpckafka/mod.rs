@@ -9,7 +9,6 @@ mod replies;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use prost_reflect::{DynamicMessage, MethodDescriptor, ReflectMessage as _};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 use strait_config::grpc::{Acks, GrpcKafkaConfig, GrpcRoute, ProduceRoute, method_matches};
-use strait_config::{Validate as _, load};
+
 use strait_kafka::headers::owned_headers;
 use strait_runtime::Process;
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +37,6 @@ use tonic::server::{Grpc, StreamingService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::cli::KafkaSecurityArgs;
 use crate::grpc::codec::RawCodec;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::protos::Protos;
@@ -48,55 +46,6 @@ use strait_kafka::{KafkaClients, Linger, Producer};
 
 /// Readiness flags: the gRPC listener is bound; every reply topic is being read.
 pub const READINESS: [&str; 2] = ["listener", "kafka"];
-
-/// `strait-proxy grpc-kafka`: serve gRPC calls by producing them to Kafka.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "Example:\n  strait-proxy grpc-kafka --listen 0.0.0.0:50051 --kafka kafka:9092 \
-    --config grpc-kafka.yaml\n\n\
-    with grpc-kafka.yaml:\n\
-    \x20 kafka: { bootstrap: kafka:9092 }\n\
-    \x20 protos: { paths: [/etc/strait/protos] }      # .proto files or directories\n\
-    \x20 routes:\n\
-    \x20   - method: example.Greeter/*                # package.Service/Method, * wildcards\n\
-    \x20     produce: { topic: greeter-requests, replyTo: greeter-replies }\n\
-    \x20   - method: example.Events/Fetch\n\
-    \x20     fetch: { topic: events }                 # stream a topic, resumable\n\
-    \x20 # TLS and SASL to Kafka (or the --kafka-tls-*/--kafka-sasl-* flags):\n\
-    \x20 # kafka: { bootstrap: kafka:9093, tls: { ca: ca.crt },\n\
-    \x20 #          sasl: { mechanism: SCRAM-SHA-512, username: strait, passwordFile: /etc/strait/kafka/password } }\n\n\
-    Clients call grpc-kafka as if it were the service. A `strait-proxy kafka-grpc` consuming \
-    greeter-requests calls the real service and writes the answers to greeter-replies."
-)]
-pub struct GrpcKafkaArgs {
-    /// YAML config: routes, .proto files, Kafka (see docs/architecture.md).
-    #[arg(long, env = "STRAIT_CONFIG")]
-    pub config: PathBuf,
-    /// gRPC listener (overrides `listen` of the config).
-    #[arg(long, env = "STRAIT_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (overrides `kafka.bootstrap`).
-    #[arg(long, env = "STRAIT_KAFKA")]
-    pub kafka: Option<String>,
-    #[command(flatten)]
-    pub kafka_security: KafkaSecurityArgs,
-}
-
-impl GrpcKafkaArgs {
-    pub fn load(&self) -> anyhow::Result<GrpcKafkaConfig> {
-        let mut config: GrpcKafkaConfig = load(&self.config)?;
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        if let Some(kafka) = &self.kafka {
-            config.kafka.bootstrap = kafka.clone();
-        }
-        let kafka = &mut config.kafka;
-        self.kafka_security.apply(&mut kafka.tls, &mut kafka.sasl)?;
-        config.validate()?;
-        Ok(config)
-    }
-}
 
 pub(crate) struct Frontend {
     pub config: GrpcKafkaConfig,
@@ -111,8 +60,8 @@ pub(crate) struct Frontend {
     calls: TaskTracker,
 }
 
-pub async fn run(args: GrpcKafkaArgs, process: &Process) -> anyhow::Result<()> {
-    let config = args.load()?;
+/// Serves until shutdown (`config` as validated by the caller).
+pub async fn run(config: GrpcKafkaConfig, process: &Process) -> anyhow::Result<()> {
     let (_, serve) = start(config, process).await?;
     serve.await
 }
@@ -156,7 +105,7 @@ pub async fn start(
     });
     replies::start_readers(&frontend, kafka_ready)?;
 
-    let tls = crate::tls::server_config(&frontend.config.tls, &[b"h2"])
+    let tls = strait_tls::server_config(&frontend.config.tls, &[b"h2"])
         .context("tls")?
         .map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(frontend.config.listen)

@@ -1,4 +1,6 @@
-//! TLS settings from PEM files, shared by every listener and outbound connection.
+//! TLS settings from PEM files, shared by every listener and outbound connection of the
+//! proxies (r-proxy's listeners, the relay link, grpc-kafka's listener, s-proxy's broker
+//! connection).
 //!
 //! Certificates and keys are read from files only (in Kubernetes: a mounted Secret), never from
 //! flags or environment values, so they stay out of process listings and logs.
@@ -70,35 +72,6 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// `--tls-cert`, `--tls-key`, `--tls-client-ca`: laid over the config file's `tls` block.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServerTlsArgs {
-    /// PEM certificate chain served to clients; enables TLS on the listener.
-    #[arg(long = "tls-cert")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long = "tls-key")]
-    pub key: Option<PathBuf>,
-    /// PEM CA bundle; when set, clients must present a certificate signed by it.
-    #[arg(long = "tls-client-ca")]
-    pub client_ca: Option<PathBuf>,
-}
-
-impl ServerTlsArgs {
-    pub fn apply(self, tls: &mut ServerTls) {
-        overlay(&mut tls.cert, self.cert);
-        overlay(&mut tls.key, self.key);
-        overlay(&mut tls.client_ca, self.client_ca);
-    }
-}
-
-/// A flag given on the command line replaces the config file's value.
-pub(crate) fn overlay<T>(field: &mut Option<T>, flag: Option<T>) {
-    if flag.is_some() {
-        *field = flag;
-    }
-}
-
 /// The rustls server config for `tls`, or `None` when no certificate is configured (plain
 /// listener).
 pub fn server_config(
@@ -141,29 +114,4 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 /// in through dependencies, and rustls refuses to guess; calling this twice is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// The identity a verified client certificate establishes: its subject DN, with the common
-/// name, issuer and serial number as attributes. `None` when the certificate cannot be parsed
-/// (rustls has verified it already, so that does not happen with a sane CA).
-pub fn client_identity(
-    cert: &rustls::pki_types::CertificateDer<'_>,
-) -> Option<strait_relay::v1::Identity> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = cert.subject();
-    let mut attributes = std::collections::HashMap::new();
-    if let Some(cn) = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-    {
-        attributes.insert("cn".to_string(), cn.to_string());
-    }
-    attributes.insert("issuer".to_string(), cert.issuer().to_string());
-    attributes.insert("serial".to_string(), cert.raw_serial_as_string());
-    Some(strait_relay::v1::Identity {
-        subject: subject.to_string(),
-        method: "tls-client-cert".to_string(),
-        attributes,
-    })
 }
