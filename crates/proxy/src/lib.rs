@@ -6,8 +6,6 @@ pub mod batch;
 pub mod cli;
 pub mod dev;
 pub mod drain;
-pub mod metrics;
 pub mod net;
-pub mod relay_rules;
 pub mod rproxy;
 pub mod sproxy;

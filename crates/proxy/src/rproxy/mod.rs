@@ -17,10 +17,10 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::{ServerTlsArgs, overlay};
-use crate::metrics::RelayMetrics;
 pub use listener::Transport;
 use strait_config::auth::JwtAuth;
 use strait_config::{ConfigError, RProxyConfig, Validate};
+use strait_relay::metrics::RelayMetrics;
 
 /// `strait-proxy r-proxy`: serve MQTT clients and relay their sessions to s-proxy.
 ///

@@ -16,8 +16,8 @@ use super::listener::Transport;
 use super::upstream::RelayStream;
 use crate::auth::guard::{PartialSubAcks, TopicGuard, Verdict};
 use crate::batch::{BatchError, ReadBuffer, batch_vec, decode_batch};
-use crate::metrics::{ActiveSession, Direction};
-use crate::relay_rules::{SessionRules, refusal};
+use strait_relay::metrics::{ActiveSession, Direction};
+use strait_relay::rules::{SessionRules, refusal};
 
 /// How long a parting DISCONNECT or close may take before the connection is simply dropped.
 const PARTING_WRITE: Duration = Duration::from_secs(1);

@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
 use strait_config::relay::SProxyLink;
 use strait_config::tls::ClientTls;
+use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
 pub struct SProxyPool {
     /// `connections_per_endpoint` channels for each endpoint, endpoint-major.

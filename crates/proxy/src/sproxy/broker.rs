@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use bytes::BytesMut;
 use futures::FutureExt as _;
 use strait_mqtt_codec::{self as mqtt, Disconnect, Packet, Protocol, ReasonCode};
-use strait_relay::Incoming;
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
+use strait_relay::{Incoming, Opening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -18,9 +18,9 @@ use tonic::Status;
 use super::Context;
 use crate::batch::{BATCH_BYTES, BatchError, ReadBuffer, batch_vec, decode_batch};
 use crate::drain::SessionLag;
-use crate::metrics::{ActiveSession, Direction};
 use crate::net::BoxedIo;
-use crate::relay_rules::refusal;
+use strait_relay::metrics::{ActiveSession, Direction};
+use strait_relay::rules::refusal;
 
 /// Where and how s-proxy connects to the broker.
 pub struct BrokerTarget {
@@ -82,41 +82,6 @@ impl BrokerTarget {
     }
 }
 
-/// The validated first frame of a relay stream.
-pub struct Opening {
-    pub open: Box<v1::SessionOpen>,
-    pub protocol: Protocol,
-    pub connect: mqtt::Connect,
-    /// Packets the client pipelined behind CONNECT.
-    pub pipelined: Vec<Packet>,
-}
-
-impl Opening {
-    pub fn parse(frame: ClientFrame) -> Result<Self, Status> {
-        let open = frame
-            .open
-            .ok_or_else(|| Status::invalid_argument("first frame has no SessionOpen"))?;
-        let protocol = Protocol::try_from(open.protocol())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut packets = frame
-            .packets
-            .into_iter()
-            .map(|p| Packet::try_from(p).map_err(|e| Status::invalid_argument(e.to_string())));
-        let Some(Packet::Connect(connect)) = packets.next().transpose()? else {
-            return Err(Status::invalid_argument(
-                "first packet of a session must be CONNECT",
-            ));
-        };
-        let pipelined = packets.collect::<Result<_, _>>()?;
-        Ok(Self {
-            open,
-            protocol,
-            connect,
-            pipelined,
-        })
-    }
-}
-
 type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 
 /// Why the session ended.
@@ -139,6 +104,7 @@ pub async fn run(
     inbound: Incoming<ClientFrame>,
     to_client: ToClient,
     ctx: Arc<Context>,
+    target: Arc<BrokerTarget>,
 ) {
     let started = std::time::Instant::now();
     let Opening {
@@ -147,9 +113,6 @@ pub async fn run(
         pipelined,
         ..
     } = opening;
-    let super::Backend::Broker(target) = &ctx.backend else {
-        unreachable!("broker sessions run only with the broker upstream");
-    };
     let broker = match target.connect().await {
         Ok(io) => io,
         Err(error) => {

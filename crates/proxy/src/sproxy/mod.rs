@@ -2,7 +2,6 @@
 //! on the client's behalf: a real MQTT broker (this module's `broker` upstream).
 
 mod broker;
-pub mod kafka;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use strait_mqtt_kafka::{KafkaUpstream, TopicCheck};
 use strait_relay::v1::{ClientFrame, ServerFrame};
-use strait_relay::{Incoming, RelayServer, SessionHandler};
+use strait_relay::{Incoming, Opening, RelayServer, SessionHandler};
 use strait_runtime::Process;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -20,11 +20,11 @@ use tonic::Status;
 
 use crate::cli::KafkaSecurityArgs;
 use crate::cli::{ServerTlsArgs, overlay};
-use crate::metrics::RelayMetrics;
-use crate::relay_rules::{FRAME_QUEUE, link, max_frame_size};
 use strait_config::relay::{BrokerConfig, KafkaConfig, Upstream};
 use strait_config::tls::ServerTls;
 use strait_config::{ConfigError, SProxyConfig, Validate};
+use strait_relay::metrics::RelayMetrics;
+use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
 /// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
 pub const READINESS: &str = "listener";
@@ -194,8 +194,8 @@ impl SProxyArgs {
 
 /// What serves the sessions of this process.
 pub(crate) enum Backend {
-    Broker(broker::BrokerTarget),
-    Kafka(Arc<kafka::KafkaUpstream>),
+    Broker(Arc<broker::BrokerTarget>),
+    Kafka(Arc<KafkaUpstream>),
 }
 
 pub(crate) struct Context {
@@ -221,7 +221,7 @@ impl SessionHandler for RelayService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("relay stream ended before its first frame"))?;
-        let opening = broker::Opening::parse(first)?;
+        let opening = Opening::parse(first)?;
         let (to_client, outbound) = mpsc::channel(FRAME_QUEUE);
         let ctx = self.ctx.clone();
         let span = tracing::info_span!(
@@ -235,12 +235,18 @@ impl SessionHandler for RelayService {
             span.record("identity", identity.subject.as_str());
         }
         match &self.ctx.backend {
-            Backend::Broker(_) => self.ctx.sessions.spawn(tracing::Instrument::instrument(
-                broker::run(opening, inbound, to_client, ctx),
+            Backend::Broker(target) => self.ctx.sessions.spawn(tracing::Instrument::instrument(
+                broker::run(opening, inbound, to_client, ctx, target.clone()),
                 span,
             )),
             Backend::Kafka(upstream) => self.ctx.sessions.spawn(tracing::Instrument::instrument(
-                kafka::run(opening, inbound, to_client, ctx, upstream.clone()),
+                strait_mqtt_kafka::run(
+                    opening,
+                    inbound,
+                    to_client,
+                    ctx.metrics.clone(),
+                    upstream.clone(),
+                ),
                 span,
             )),
         };
@@ -249,11 +255,11 @@ impl SessionHandler for RelayService {
 }
 
 /// Binds the gRPC listener and returns its address and the future serving it until shutdown.
-/// `topic_check` is `Verify` except for `dev`'s embedded Kafka (see [`kafka::TopicCheck`]).
+/// `topic_check` is `Verify` except for `dev`'s embedded Kafka (see [`TopicCheck`]).
 pub async fn start(
     config: SProxyConfig,
     process: &Process,
-    topic_check: kafka::TopicCheck,
+    topic_check: TopicCheck,
 ) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
     let ready = process.health.flag(READINESS);
     let backend = match config.upstream {
@@ -269,13 +275,13 @@ pub async fn start(
                 }
                 None => None,
             };
-            Backend::Broker(broker::BrokerTarget::new(
+            Backend::Broker(Arc::new(broker::BrokerTarget::new(
                 target.address,
                 broker_tls,
                 target.server_name,
                 target.connect_timeout,
                 target.qos0_batching,
-            )?)
+            )?))
         }
         Upstream::Kafka => {
             let kafka = config
@@ -283,7 +289,7 @@ pub async fn start(
                 .clone()
                 .context("kafka: upstream is kafka but no bootstrap servers are set")?;
             Backend::Kafka(
-                kafka::KafkaUpstream::start(*kafka, process.shutdown.token(), topic_check)
+                KafkaUpstream::start(*kafka, process.shutdown.token(), topic_check)
                     .await
                     .context("starting the Kafka upstream")?,
             )
@@ -360,7 +366,7 @@ pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> 
     let broker = config.broker.as_ref().map(|b| b.address.clone());
     let kafka = config.kafka.as_ref().map(|k| k.bootstrap.clone());
     let upstream = config.upstream;
-    let (addr, serving) = match start(config, process, kafka::TopicCheck::Verify).await {
+    let (addr, serving) = match start(config, process, TopicCheck::Verify).await {
         // Stopped while waiting for Kafka (e.g. a wrong password): a requested stop, not a failure.
         Err(error) if process.shutdown.is_triggered() => {
             tracing::info!(

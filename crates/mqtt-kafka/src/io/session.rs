@@ -27,15 +27,15 @@ use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::headers::{self, Message};
-use super::state::{
+use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
+use crate::core::headers::{self, Message};
+use crate::core::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
 };
-use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
-use crate::metrics::{ActiveSession, Direction};
-use crate::relay_rules::refusal;
-use crate::sproxy::Context;
-use crate::sproxy::broker::Opening;
+use strait_relay::Opening;
+use strait_relay::metrics::RelayMetrics;
+use strait_relay::metrics::{ActiveSession, Direction};
+use strait_relay::rules::refusal;
 
 type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 
@@ -132,11 +132,12 @@ enum End {
     RelayRestart,
 }
 
-pub(crate) async fn run(
+/// Serves one relayed MQTT session on Kafka until it ends (the client, a takeover, shutdown).
+pub async fn run(
     opening: Opening,
     inbound: Incoming<ClientFrame>,
     to_client: ToClient,
-    ctx: Arc<Context>,
+    metrics: RelayMetrics,
     up: Arc<KafkaUpstream>,
 ) {
     let started = std::time::Instant::now();
@@ -171,7 +172,10 @@ pub(crate) async fn run(
         connect.client_id = format!("strait-{}-{}", up.instance, up.next_id());
         assigned = Some(connect.client_id.clone());
     }
-    if connect.client_id.starts_with(super::state::REPLICA_PREFIX) {
+    if connect
+        .client_id
+        .starts_with(crate::core::state::REPLICA_PREFIX)
+    {
         return refuse(
             ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             "client ids starting with $strait/ are reserved".into(),
@@ -211,7 +215,7 @@ pub(crate) async fn run(
                 error = format!("{error:#}"),
                 "Kafka unavailable; refusing the client"
             );
-            ctx.metrics.error("kafka_unavailable");
+            metrics.error("kafka_unavailable");
             forget_local(&up, &client_id, &connection);
             return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
         }
@@ -279,7 +283,7 @@ pub(crate) async fn run(
             error = format!("{error:#}"),
             "cannot write the session record"
         );
-        ctx.metrics.error("kafka_unavailable");
+        metrics.error("kafka_unavailable");
         up.unregister(id, session.subscriptions.keys().cloned());
         forget_local(&up, &client_id, &connection);
         return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
@@ -301,16 +305,23 @@ pub(crate) async fn run(
     }
     // First, before any PUBREL a resumed session resends.
     session.out.insert(0, Packet::ConnAck(connack).into());
-    let _active = ActiveSession::start(&ctx.metrics);
-    ctx.metrics
+    let _active = ActiveSession::start(&metrics);
+    metrics
         .session_setup_seconds
         .observe(started.elapsed().as_secs_f64());
     tracing::info!(elapsed = ?started.elapsed(), session_present, "session opened on Kafka");
 
     let end = session
-        .serve(pipelined, inbound, &to_client, &ctx, &mut kicked, catch_up)
+        .serve(
+            pipelined,
+            inbound,
+            &to_client,
+            &metrics,
+            &mut kicked,
+            catch_up,
+        )
         .await;
-    session.finish(end, &to_client, &ctx).await;
+    session.finish(end, &to_client, &metrics).await;
 }
 
 /// The stored session to resume, after reading the sessions topic up to its end.
@@ -443,7 +454,7 @@ impl Session {
         pipelined: Vec<Packet>,
         mut inbound: Incoming<ClientFrame>,
         to_client: &ToClient,
-        ctx: &Context,
+        metrics: &RelayMetrics,
         kicked: &mut mpsc::Receiver<()>,
         mut catch_up: Option<CatchUp>,
     ) -> End {
@@ -500,7 +511,7 @@ impl Session {
                                 return End::Server(ReasonCode::MALFORMED_PACKET, error.to_string());
                             }
                         };
-                        ctx.metrics.packet(Direction::Inbound, packet.packet_type());
+                        metrics.packet(Direction::Inbound, packet.packet_type());
                         if let Some(end) = self.handle(packet, &mut acks).await {
                             return end;
                         }
@@ -515,12 +526,12 @@ impl Session {
                     }
                 }
                 Some((ack, result)) = acks.next() => {
-                    if let Some(end) = self.acknowledge(ack, result, ctx).await {
+                    if let Some(end) = self.acknowledge(ack, result, metrics).await {
                         return end;
                     }
                     // Kafka acknowledges batches: every PUBACK ready now goes in one frame.
                     while let Some(Some((ack, result))) = acks.next().now_or_never() {
-                        if let Some(end) = self.acknowledge(ack, result, ctx).await {
+                        if let Some(end) = self.acknowledge(ack, result, metrics).await {
                             return end;
                         }
                     }
@@ -754,9 +765,14 @@ impl Session {
         None
     }
 
-    async fn acknowledge(&mut self, ack: Ack, result: ProduceResult, ctx: &Context) -> Option<End> {
+    async fn acknowledge(
+        &mut self,
+        ack: Ack,
+        result: ProduceResult,
+        metrics: &RelayMetrics,
+    ) -> Option<End> {
         if let Err(reason) = result {
-            ctx.metrics.error("kafka_produce_failed");
+            metrics.error("kafka_produce_failed");
             if reason == ReasonCode::PACKET_TOO_LARGE {
                 // Kafka's record limit is below the packet size: PUBACK/PUBREC cannot carry
                 // 0x95, so the session ends with it, as for any packet that is too large.
@@ -1453,7 +1469,7 @@ impl Session {
         self.write_record(None).await
     }
 
-    async fn finish(mut self, end: End, to_client: &ToClient, ctx: &Context) {
+    async fn finish(mut self, end: End, to_client: &ToClient, metrics: &RelayMetrics) {
         let (publish_will, close) = match &end {
             End::Disconnect(reason) => (*reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, None),
             End::Dropped => (true, None),
@@ -1487,7 +1503,7 @@ impl Session {
         );
         if let Some((reason, detail)) = &close {
             if matches!(end, End::Server(..)) {
-                ctx.metrics.error("session_error");
+                metrics.error("session_error");
             }
             let frame = ServerFrame {
                 packets: std::mem::take(&mut self.out),

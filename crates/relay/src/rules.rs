@@ -1,4 +1,6 @@
-//! What r-proxy itself enforces on a relayed MQTT session, as plain logic without sockets.
+//! The relay's rules, as plain logic without sockets: the queue and HTTP/2 settings both ends
+//! share, the CONNACK that refuses a session (r-proxy and both s-proxy upstreams send it), and
+//! what r-proxy itself enforces on a relayed MQTT session ([`SessionRules`]).
 //!
 //! Everything else (authorization, QoS flows, session state) is the upstream's job; r-proxy only
 //! guards what it must to stay transparent and bounded: the packets a client may send, the

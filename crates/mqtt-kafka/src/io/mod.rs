@@ -7,12 +7,8 @@
 //! memory by tailing the retained and sessions topics. A persistent session that reconnects
 //! reads what it missed from its stored offsets with a short-lived catch-up reader.
 
-pub mod headers;
-pub mod routing;
 mod session;
 mod shared;
-pub mod state;
-pub mod trie;
 mod watchdog;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,12 +32,13 @@ use strait_mqtt_codec::QoS;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use session::run;
+pub use session::run;
 
-use self::headers::Message;
-use self::routing::Routing;
 use self::shared::SharedOffsets;
-use self::trie::Trie;
+use crate::core::headers::{self, Message};
+use crate::core::routing::{self, Routing};
+use crate::core::state;
+use crate::core::trie::Trie;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a shared subscription's group commits what its members delivered.

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::state::{Heartbeat, REPLICA_PREFIX, SessionRecord, VERSION};
 use super::{KafkaUpstream, now_ms};
+use crate::core::state::{Heartbeat, REPLICA_PREFIX, SessionRecord, VERSION};
 
 pub(super) async fn run(up: Arc<KafkaUpstream>) {
     let lease = up.config.replica_lease;
