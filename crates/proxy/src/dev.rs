@@ -27,10 +27,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::cli::{KafkaGrpcArgs, KafkaSecurityArgs};
-use crate::{rproxy, sproxy};
 use strait_grpc_kafka::{grpckafka, kafkagrpc};
 use strait_kafka::KafkaClients;
 use strait_mqtt_kafka::TopicCheck;
+use strait_mqtt_relay::{rproxy, sproxy};
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
 pub mod demo {

@@ -1,11 +1,6 @@
-//! Strait's data plane. Each role is a module with an `Args` struct (its CLI) and a `run`;
-//! the `strait-proxy` binary only picks the role.
+//! Strait's data plane binary: `main.rs` picks the role, `cli` holds every role's command line
+//! and how it is laid over the role's config file, and `dev` runs every role in one process.
+//! The roles live in their own crates (strait-mqtt-relay, strait-mqtt-kafka, strait-grpc-kafka).
 
-pub mod auth;
-pub mod batch;
 pub mod cli;
 pub mod dev;
-pub mod drain;
-pub mod net;
-pub mod rproxy;
-pub mod sproxy;

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
 use strait_grpc_kafka::{grpckafka, kafkagrpc};
+use strait_mqtt_relay::{rproxy, sproxy};
 use strait_proxy::cli::{GrpcKafkaArgs, KafkaGrpcArgs};
-use strait_proxy::{dev, rproxy, sproxy};
+use strait_proxy::cli::{RProxyArgs, SProxyArgs};
+use strait_proxy::dev;
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -31,9 +33,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Role {
     /// MQTT server for clients (TCP, TLS, WebSocket); relays each session to s-proxy over gRPC.
-    RProxy(rproxy::RProxyArgs),
+    RProxy(RProxyArgs),
     /// gRPC end of the relay; drives an MQTT broker on each client's behalf.
-    SProxy(sproxy::SProxyArgs),
+    SProxy(SProxyArgs),
     /// gRPC server for any .proto service: each call becomes records on a Kafka request topic,
     /// answered from a reply topic; fetch routes stream a topic to clients.
     GrpcKafka(GrpcKafkaArgs),
