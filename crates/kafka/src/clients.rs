@@ -32,12 +32,12 @@ const UNUSED_GROUP: &str = "strait-reader-unused";
 /// How long a producer holds records to send more of them in one request (`linger.ms`) when
 /// `kafka.properties` does not set it.
 ///
-/// This is the one producer setting the workloads cannot share, and both values are measured
-/// (docs/benchmarks.md): MQTT publishing streams many small records, where 5 ms gave the most
-/// QoS 1 messages/s and the least CPU in s-proxy and Kafka (2 ms: half the rate and twice the
-/// CPU); a gRPC call waits for its request record and then for its reply record, so each
-/// millisecond held counts twice in the call's latency, and 1 ms keeps unary calls at
-/// concurrency 1 under the 5 ms p50 target.
+/// This is the one producer setting the workloads cannot share; both values are measured
+/// (docs/benchmarks.md, "Figures the code's design rests on"). MQTT publishing streams many
+/// small records, where a longer linger sends fewer, fuller requests: 5 ms gave the most QoS 1
+/// messages/s at the least CPU. A gRPC call waits for its request record and then for its reply
+/// record, so each millisecond held counts twice in the call's latency: 1 ms keeps unary calls
+/// under their p50 target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linger {
     /// 5 ms: throughput of many small records (MQTT).

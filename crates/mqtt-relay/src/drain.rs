@@ -5,9 +5,10 @@
 //! more publishing sessions than subscribing ones on a saturated CPU, the publishing direction
 //! gets most turns: s-proxy feeds the broker faster than it reads the broker's deliveries back,
 //! and the broker drops QoS 0 messages for the relay's subscribers that it would have delivered
-//! to them directly (our 2-core benchmark, 4 publishers and 1 subscriber at 1 KiB: 57 % lost,
-//! 0.44× of direct). This is receive livelock, and the classic cure applies: under overload, give
-//! the output side priority (same benchmark: no loss, 0.79–0.84×).
+//! to them directly (most of them, in our 2-core benchmark with 4 publishers and 1 subscriber;
+//! figures in docs/benchmarks.md, "Figures the code's design rests on"). This is receive
+//! livelock, and the classic cure applies: under overload, give the output side priority (the
+//! same benchmark then loses nothing).
 //!
 //! The rule is armed only while the process waits on the CPU run queue more than
 //! [`OVERLOADED_WAIT`] of the time: a backlog on a machine with CPU to spare is a slow client,

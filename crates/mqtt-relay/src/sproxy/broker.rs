@@ -308,8 +308,9 @@ async fn broker_to_client(
 ///
 /// Mosquitto writes each packet with its own `write()`, so a stream of QoS 0 messages arrives a
 /// few packets per read and, relayed as it comes, costs a read, a relay frame, an HTTP/2 write
-/// and a wake-up of r-proxy per few packets (about 2 µs of s-proxy per message at 16 B, against
-/// 0.5 µs when a millisecond's worth goes together). Waiting is only safe where nobody waits
+/// and a wake-up of r-proxy per few packets: several times the CPU per message of relaying a
+/// millisecond's worth together (docs/benchmarks.md, "Figures the code's design rests on").
+/// Waiting is only safe where nobody waits
 /// for the answer: QoS 0 has no acknowledgement and is delivered at most once anyway.
 #[derive(Debug, Default)]
 struct Trickle {
