@@ -2,7 +2,7 @@
 //! topic (acknowledged only once Kafka has them), subscriptions fed by the dispatcher, retained
 //! messages, persistent state in the sessions topic, wills and takeover.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use strait_kafka::headers::{has_header, owned_headers, record_headers};
 use strait_kafka::poll::{Polled, poll_loop};
 use strait_kafka::{KafkaClients, Producer};
 use strait_mqtt_codec::{
-    self as mqtt, ConnAck, Packet, Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
-    ReasonCode, RetainHandling, SubAck, UnsubAck,
+    self as mqtt, ConnAck, Packet, Protocol, PubAck, PubRec, PubRel, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, UnsubAck,
 };
 use strait_relay::Incoming;
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
+use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
@@ -46,7 +47,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often a persistent session with nothing acknowledged stores its (moved) progress.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
 const SYNC_DEADLINE: Duration = Duration::from_secs(10);
-const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
 /// How a produce ended, for the acknowledgement.
 type ProduceResult = Result<(), ReasonCode>;
@@ -64,17 +64,6 @@ enum Ack {
     PubRec(u16),
 }
 
-/// A message sent to the client and not yet acknowledged.
-struct Outgoing {
-    /// Where it came from (retained deliveries have no offset).
-    source: Option<(usize, i32, i64)>,
-    qos: QoS,
-    /// QoS 2: PUBREC received, PUBREL sent.
-    released: bool,
-    /// A shared subscription's record: its group commits the offset once this is acknowledged.
-    shared: Option<Arc<Delivery>>,
-}
-
 struct Session {
     up: Arc<KafkaUpstream>,
     id: u64,
@@ -86,15 +75,11 @@ struct Session {
     will: Option<mqtt::Will>,
     subscriptions: BTreeMap<String, StoredSubscription>,
     inbox: Arc<Inbox>,
-    /// Client's Receive Maximum.
-    client_receive_max: usize,
-    client_max_packet: Option<u32>,
-    /// Topic aliases towards the client (at most its Topic Alias Maximum).
-    client_aliases: HashMap<mqtt::ByteString, u16>,
-    client_alias_max: u16,
-    outgoing: HashMap<u16, Outgoing>,
-    next_packet_id: u16,
-    qos2_received: HashSet<u16>,
+    /// What the client sends: its topic aliases, QoS 2 packet ids written and not released.
+    inbound: Inbound,
+    /// What the session sends the client: in-flight messages within its Receive Maximum,
+    /// outgoing topic aliases.
+    outbound: Outbound<Arc<Delivery>>,
     /// QoS 2 deliveries restored from the session record, to resend (DUP) with their packet
     /// id when the catch-up reads them again: (topic, partition, offset) → packet id.
     qos2_resend: HashMap<(usize, i32, i64), u16>,
@@ -104,7 +89,6 @@ struct Session {
     qos2_dirty: bool,
     /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
     qos2_pending: HashMap<u16, (String, i32, i64)>,
-    aliases: HashMap<u16, mqtt::ByteString>,
     /// Catch-up in progress: next offset it will deliver per (topic, partition).
     catching_up: HashMap<(usize, i32), i64>,
     /// Live deliveries below these offsets were read by the catch-up.
@@ -235,21 +219,12 @@ pub async fn run(
         will: connect.will.clone(),
         subscriptions: BTreeMap::new(),
         inbox: inbox.clone(),
-        client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX)),
-        client_max_packet: connect.properties.maximum_packet_size,
-        client_aliases: HashMap::new(),
-        client_alias_max: match protocol {
-            Protocol::V5 => connect.properties.topic_alias_maximum.unwrap_or(0),
-            Protocol::V311 => 0,
-        },
-        outgoing: HashMap::new(),
-        next_packet_id: 1,
-        qos2_received: HashSet::new(),
+        inbound: Inbound::new(protocol, []),
+        outbound: Outbound::new(protocol, &connect),
         qos2_resend: HashMap::new(),
         qos2_done: HashMap::new(),
         qos2_dirty: false,
         qos2_pending: HashMap::new(),
-        aliases: HashMap::new(),
         catching_up: HashMap::new(),
         live_from: HashMap::new(),
         pending: VecDeque::new(),
@@ -261,7 +236,7 @@ pub async fn run(
     up.register(id, inbox);
     let mut catch_up = None;
     if let Some(record) = &resumed {
-        session.qos2_received = record.qos2_received.iter().copied().collect();
+        session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied());
         session.restore_qos2(record);
         for pending in &record.qos2_pending {
             session.qos2_pending.insert(
@@ -497,7 +472,7 @@ impl Session {
                 // left out from Kafka, then go on live. QoS >= 1 delivery pauses, nothing is lost.
                 catch_up = self.resume_overflow();
             }
-            let window_open = self.outgoing.len() < self.client_receive_max;
+            let window_open = self.outbound.has_room();
             tokio::select! {
                 frame = inbound.message(), if acks.len() < usize::from(RECEIVE_MAXIMUM) => {
                     let frame = match frame {
@@ -575,32 +550,8 @@ impl Session {
     async fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Option<End> {
         match packet {
             Packet::Publish(mut publish) => {
-                if let Some(alias) = publish.properties.topic_alias.take() {
-                    if alias == 0 || alias > TOPIC_ALIAS_MAXIMUM {
-                        return Some(End::Server(
-                            ReasonCode::TOPIC_ALIAS_INVALID,
-                            format!("topic alias {alias}"),
-                        ));
-                    }
-                    if publish.topic.is_empty() {
-                        match self.aliases.get(&alias) {
-                            Some(topic) => publish.topic = topic.clone(),
-                            None => {
-                                return Some(End::Server(
-                                    ReasonCode::PROTOCOL_ERROR,
-                                    format!("unknown topic alias {alias}"),
-                                ));
-                            }
-                        }
-                    } else {
-                        self.aliases.insert(alias, publish.topic.clone());
-                    }
-                }
-                if mqtt::topic::validate_name(&publish.topic).is_err() {
-                    return Some(End::Server(
-                        ReasonCode::TOPIC_NAME_INVALID,
-                        "invalid topic name".into(),
-                    ));
+                if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
+                    return Some(End::Server(violation.reason, violation.detail));
                 }
                 if self.up.routing.has_param_routes() {
                     let messages = self.up.routing.messages_topic(&publish.topic).into_owned();
@@ -624,7 +575,7 @@ impl Session {
                     }
                     QoS::ExactlyOnce => {
                         let id = publish.packet_id;
-                        if self.qos2_received.contains(&id) {
+                        if self.inbound.is_written(id) {
                             // A resend of a message Kafka already has: acknowledge, do not
                             // write it again.
                             acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
@@ -659,59 +610,20 @@ impl Session {
                 }
             }
             Packet::PubRel(rel) => {
-                let known = self.qos2_received.remove(&rel.packet_id);
-                let mut comp = PubComp {
-                    packet_id: rel.packet_id,
-                    ..Default::default()
-                };
-                if !known && self.protocol == Protocol::V5 {
-                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                }
+                let comp = self.inbound.release(&rel);
                 self.out.push(Packet::PubComp(comp).into());
             }
             Packet::PubAck(ack) => {
-                if self
-                    .outgoing
-                    .get(&ack.packet_id)
-                    .is_some_and(|o| o.qos == QoS::AtLeastOnce)
-                {
-                    let acked = self.outgoing.remove(&ack.packet_id);
-                    if let Some(shared) = acked.as_ref().and_then(|o| o.shared.as_ref()) {
-                        shared.delivered();
-                    }
-                    self.acked_since_write |= acked.is_some_and(|o| o.source.is_some());
-                }
+                let acked = self.outbound.puback(ack.packet_id);
+                self.acknowledged(acked);
             }
             Packet::PubRec(rec) => {
-                if let Some(outgoing) = self.outgoing.get_mut(&rec.packet_id) {
-                    // The client has it (or refused it): the shared group may move on.
-                    if let Some(shared) = outgoing.shared.take() {
-                        shared.delivered();
-                    }
-                    if rec.reason_code.is_error() {
-                        self.outgoing.remove(&rec.packet_id);
-                    } else {
-                        outgoing.released = true;
-                        if let Some((t, p, offset)) = outgoing.source {
-                            self.qos2_done.entry((t, p)).or_default().insert(offset);
-                            self.qos2_dirty = true;
-                        }
-                        self.out.push(
-                            Packet::PubRel(PubRel {
-                                packet_id: rec.packet_id,
-                                ..Default::default()
-                            })
-                            .into(),
-                        );
-                    }
-                }
+                let acked = self.outbound.pubrec(&rec);
+                self.acknowledged(acked);
             }
             Packet::PubComp(comp) => {
-                let completed = self.outgoing.remove(&comp.packet_id);
-                if let Some(shared) = completed.as_ref().and_then(|o| o.shared.as_ref()) {
-                    shared.delivered();
-                }
-                self.acked_since_write |= completed.is_some_and(|o| o.source.is_some());
+                let acked = self.outbound.pubcomp(comp.packet_id);
+                self.acknowledged(acked);
             }
             Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
@@ -798,15 +710,12 @@ impl Session {
             ),
             Ack::PubRec(packet_id) => {
                 self.qos2_pending.remove(&packet_id);
-                if !reason_code.is_error()
-                    && self.qos2_received.insert(packet_id)
-                    && self.expiry > 0
-                {
+                if !reason_code.is_error() && self.inbound.written(packet_id) && self.expiry > 0 {
                     // The packet id must survive a reconnect to another replica before PUBREC,
                     // or a resent PUBLISH would be written twice.
                     if let Err(error) = self.write_record(None).await {
                         tracing::warn!(error = format!("{error:#}"), "cannot store QoS 2 state");
-                        self.qos2_received.remove(&packet_id);
+                        self.inbound.unwritten(packet_id);
                         return Some(End::Server(
                             ReasonCode::UNSPECIFIED_ERROR,
                             "cannot store QoS 2 state".into(),
@@ -1061,75 +970,56 @@ impl Session {
     /// shared subscription's record it carries.
     fn send_publish_as(
         &mut self,
-        mut publish: Publish,
+        publish: Publish,
         source: Option<(usize, i32, i64)>,
         packet_id: Option<u16>,
         shared: Option<Arc<Delivery>>,
     ) {
-        if let Some(max) = self.client_max_packet {
-            let size = mqtt::encoded_len(&Packet::Publish(publish.clone()), self.protocol)
-                .unwrap_or(usize::MAX);
-            if size > max as usize {
+        let qos2_from_kafka = publish.qos == QoS::ExactlyOnce && source.is_some();
+        let resend = &self.qos2_resend;
+        let reserved = |id| resend.values().any(|r| *r == id);
+        match self
+            .outbound
+            .send(publish, source, packet_id, shared, reserved)
+        {
+            Sent::TooLarge(shared) => {
                 // The client cannot take it: as if delivered (MQTT-3.1.2-25).
-                if let Some(shared) = &shared {
+                if let Some(shared) = shared {
                     shared.delivered();
                 }
-                return;
             }
-        }
-        if publish.qos != QoS::AtMostOnce {
-            let id = match packet_id {
-                Some(id) if publish.qos == QoS::ExactlyOnce => id,
-                _ => self.allocate_packet_id(),
-            };
-            if publish.qos == QoS::ExactlyOnce && source.is_some() {
-                self.qos2_dirty = true;
-            }
-            publish.packet_id = id;
-            self.outgoing.insert(
-                id,
-                Outgoing {
-                    source,
-                    qos: publish.qos,
-                    released: false,
-                    shared,
-                },
-            );
-        } else if let Some(shared) = &shared {
-            // QoS 0: sent is delivered.
-            shared.delivered();
-        }
-        if self.client_alias_max > 0 {
-            // The first message on a topic sets an alias; later ones send only the alias.
-            match self.client_aliases.get(&publish.topic) {
-                Some(alias) => {
-                    publish.properties.topic_alias = Some(*alias);
-                    publish.topic = mqtt::ByteString::new();
+            Sent::Publish { publish, delivered } => {
+                if let Some(shared) = delivered {
+                    // QoS 0: sent is delivered.
+                    shared.delivered();
                 }
-                None if self.client_aliases.len() < usize::from(self.client_alias_max) => {
-                    let alias = self.client_aliases.len() as u16 + 1;
-                    self.client_aliases.insert(publish.topic.clone(), alias);
-                    publish.properties.topic_alias = Some(alias);
+                if qos2_from_kafka {
+                    self.qos2_dirty = true;
                 }
-                None => {}
+                self.out.push(Packet::Publish(*publish).into());
             }
         }
-        self.out.push(Packet::Publish(publish).into());
     }
 
-    fn allocate_packet_id(&mut self) -> u16 {
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.outgoing.contains_key(&id) && !self.qos2_resend.values().any(|r| *r == id) {
-                return id;
-            }
+    /// What an acknowledgement from the client settles: a shared record delivered, delivery
+    /// progress moved, a QoS 2 offset done (stored before the client sees more), PUBREL due.
+    fn acknowledged(&mut self, acked: Acked<Arc<Delivery>>) {
+        if let Some(shared) = &acked.shared {
+            shared.delivered();
+        }
+        self.acked_since_write |= acked.from_kafka;
+        if let Some((t, p, offset)) = acked.released {
+            self.qos2_done.entry((t, p)).or_default().insert(offset);
+            self.qos2_dirty = true;
+        }
+        if let Some(rel) = acked.reply {
+            self.out.push(Packet::PubRel(rel).into());
         }
     }
 
     /// Sends queued retained messages while the client's receive window has room.
     fn fill_window(&mut self) {
-        while self.outgoing.len() < self.client_receive_max {
+        while self.outbound.has_room() {
             let Some(publish) = self.pending.pop_front() else {
                 break;
             };
@@ -1138,7 +1028,7 @@ impl Session {
     }
 
     fn drain_inbox(&mut self) {
-        while self.outgoing.len() < self.client_receive_max && self.out.len() < 256 {
+        while self.outbound.has_room() && self.out.len() < 256 {
             let Some(delivery) = self
                 .inbox
                 .state
@@ -1158,7 +1048,7 @@ impl Session {
             .expect("inbox lock")
             .items
             .is_empty()
-            && self.outgoing.len() < self.client_receive_max
+            && self.outbound.has_room()
         {
             // More to do: come back on the next turn.
             self.inbox.notify.notify_one();
@@ -1259,7 +1149,7 @@ impl Session {
                 lower(&mut floor, *key, *offset);
             }
         }
-        for outgoing in self.outgoing.values() {
+        for (_, outgoing) in self.outbound.in_flight() {
             if let Some((t, p, offset)) = outgoing.source {
                 lower(&mut floor, (t, p), offset);
             }
@@ -1318,8 +1208,8 @@ impl Session {
 
     fn stored_qos2_out(&self) -> Vec<StoredOutgoing> {
         let mut stored: Vec<StoredOutgoing> = self
-            .outgoing
-            .iter()
+            .outbound
+            .in_flight()
             .filter(|(_, o)| o.qos == QoS::ExactlyOnce)
             .filter_map(|(id, o)| {
                 let (t, p, offset) = o.source?;
@@ -1362,15 +1252,7 @@ impl Session {
             let Some(t) = index(&out.topic) else { continue };
             let source = (t, out.partition, out.offset);
             if out.released {
-                self.outgoing.insert(
-                    out.packet_id,
-                    Outgoing {
-                        source: Some(source),
-                        qos: QoS::ExactlyOnce,
-                        released: true,
-                        shared: None,
-                    },
-                );
+                self.outbound.restore_released(out.packet_id, source);
                 self.qos2_done
                     .entry((t, out.partition))
                     .or_default()
@@ -1389,8 +1271,7 @@ impl Session {
     }
 
     fn record(&self, disconnected_at_ms: Option<i64>) -> SessionRecord {
-        let mut qos2: Vec<u16> = self.qos2_received.iter().copied().collect();
-        qos2.sort_unstable();
+        let qos2 = self.inbound.qos2_received();
         let mut record = SessionRecord {
             version: VERSION,
             owner: self.up.instance.clone(),
@@ -1614,7 +1495,7 @@ impl Session {
     /// Shared subscriptions' records this session holds undelivered (unacknowledged or still
     /// queued) go to other members (MQTT 4.8.2): the group only commits delivered ones.
     fn give_back_shared(&mut self) {
-        for outgoing in self.outgoing.values_mut() {
+        for outgoing in self.outbound.in_flight_mut() {
             if let Some(shared) = outgoing.shared.take() {
                 shared.give_back();
             }
