@@ -65,7 +65,7 @@ impl KafkaUpstream {
 
     pub(crate) fn dispatch(&self, record: &rdkafka::message::BorrowedMessage<'_>) {
         let (topic, read) = {
-            let topics = self.topics.0.read().expect("topics lock");
+            let topics = self.topics.0.read();
             let Some(t) = topics.iter().position(|t| t.name == record.topic()) else {
                 return;
             };
@@ -75,14 +75,11 @@ impl KafkaUpstream {
         // Shared subscriptions are served by their group consumers.
         let subscribers = |topic: &str| {
             let mut ids = Vec::new();
-            self.subscriptions
-                .read()
-                .expect("trie lock")
-                .matches(topic, |target| {
-                    if target.shared.is_none() {
-                        ids.push(target.session);
-                    }
-                });
+            self.subscriptions.read().matches(topic, |target| {
+                if target.shared.is_none() {
+                    ids.push(target.session);
+                }
+            });
             ids
         };
         // The key is the MQTT topic (headers name it only for records without one): a record
@@ -114,7 +111,7 @@ impl KafkaUpstream {
                         message,
                         shared: None,
                     });
-                    let inboxes = self.inboxes.read().expect("inbox lock");
+                    let inboxes = self.inboxes.read();
                     for id in ids {
                         if let Some(inbox) = inboxes.get(&id) {
                             inbox.push(delivery.clone());

@@ -2,16 +2,17 @@
 //! groups' consumers, drained by the session.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use strait_mqtt_codec::QoS;
 use tokio::sync::Notify;
 
 use super::Delivery;
+use super::lock_order::{Level, OrderedMutex};
 
 /// A session's queue of matched records, filled by the dispatcher thread.
 pub struct Inbox {
-    pub(crate) state: Mutex<InboxState>,
+    pub(crate) state: OrderedMutex<InboxState>,
     pub(crate) notify: Notify,
     pub(crate) capacity: usize,
 }
@@ -28,7 +29,7 @@ pub(crate) struct InboxState {
 impl Inbox {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            state: Mutex::new(InboxState::default()),
+            state: OrderedMutex::new(Level::Inbox, "inbox", InboxState::default()),
             notify: Notify::new(),
             capacity,
         }
@@ -37,7 +38,7 @@ impl Inbox {
     /// Queues a record for a shared subscription; `false` when the inbox is full (the group
     /// consumer tries another member, or waits).
     pub(crate) fn try_push_shared(&self, delivery: Arc<Delivery>) -> bool {
-        let mut state = self.state.lock().expect("inbox lock");
+        let mut state = self.state.lock();
         if state.items.len() >= self.capacity {
             return false;
         }
@@ -48,7 +49,7 @@ impl Inbox {
     }
 
     pub(crate) fn push(&self, delivery: Arc<Delivery>) {
-        let mut state = self.state.lock().expect("inbox lock");
+        let mut state = self.state.lock();
         if state.items.len() >= self.capacity {
             if delivery.message.qos == QoS::AtMostOnce {
                 state.dropped_qos0 += 1;

@@ -9,6 +9,7 @@
 
 mod dispatcher;
 mod inbox;
+mod lock_order;
 mod session;
 mod shared;
 mod table;
@@ -16,8 +17,8 @@ mod topics;
 mod watchdog;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use session::run;
 
 use self::inbox::Inbox;
+use self::lock_order::{Level, OrderedMutex, OrderedRwLock};
 use self::shared::{SharedGroup, SharedOffsets};
 use self::table::{Table, TableEntry};
 use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
@@ -98,14 +100,14 @@ pub struct KafkaUpstream {
     partitions: HashMap<String, i32>,
     /// A client that never fetches: end offsets.
     watermarks: Arc<Reader>,
-    subscriptions: RwLock<Trie<Target>>,
+    subscriptions: OrderedRwLock<Trie<Target>>,
     /// Shared subscriptions with members here: `$share/GROUP/FILTER` → members and the stop
     /// signal of its group consumer.
-    shared: Mutex<HashMap<Arc<str>, SharedGroup>>,
-    inboxes: RwLock<HashMap<u64, Arc<Inbox>>>,
+    shared: OrderedMutex<HashMap<Arc<str>, SharedGroup>>,
+    inboxes: OrderedRwLock<HashMap<u64, Arc<Inbox>>>,
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
-    local: Arc<Mutex<HashMap<String, Local>>>,
+    local: Arc<OrderedMutex<HashMap<String, Local>>>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
 }
@@ -160,7 +162,11 @@ impl KafkaUpstream {
                 messages_topics.add(topic, &ends);
             }
         }
-        let local: Arc<Mutex<HashMap<String, Local>>> = Arc::default();
+        let local = Arc::new(OrderedMutex::new(
+            Level::Leaf,
+            "local sessions",
+            HashMap::new(),
+        ));
         let retained = Table::start(
             &clients,
             metadata_reader.clone(),
@@ -194,9 +200,13 @@ impl KafkaUpstream {
             topics: messages_topics,
             partitions,
             watermarks: metadata_reader.clone(),
-            subscriptions: RwLock::default(),
-            shared: Mutex::default(),
-            inboxes: RwLock::default(),
+            subscriptions: OrderedRwLock::new(
+                Level::Subscriptions,
+                "subscription trie",
+                Trie::default(),
+            ),
+            shared: OrderedMutex::new(Level::SharedGroups, "shared groups", HashMap::new()),
+            inboxes: OrderedRwLock::new(Level::Inboxes, "inboxes", HashMap::new()),
             retained,
             sessions,
             local,
@@ -233,7 +243,7 @@ impl KafkaUpstream {
         if let Some(count) = self.partitions.get(topic) {
             return Some(*count);
         }
-        let topics = self.topics.0.read().expect("topics lock");
+        let topics = self.topics.0.read();
         let found = topics.iter().find(|t| t.name == topic)?;
         Some(found.positions.len() as i32)
     }
@@ -278,11 +288,11 @@ impl KafkaUpstream {
     }
 
     fn register(&self, id: u64, inbox: Arc<Inbox>) {
-        self.inboxes.write().expect("inbox lock").insert(id, inbox);
+        self.inboxes.write().insert(id, inbox);
     }
 
     fn unregister(&self, id: u64, filters: impl IntoIterator<Item = String>) {
-        let mut trie = self.subscriptions.write().expect("trie lock");
+        let mut trie = self.subscriptions.write();
         for filter in filters {
             let (inner, target) = Target::of(id, &filter);
             if let Some(group) = &target.shared {
@@ -291,7 +301,7 @@ impl KafkaUpstream {
             trie.remove(inner, &target);
         }
         drop(trie);
-        self.inboxes.write().expect("inbox lock").remove(&id);
+        self.inboxes.write().remove(&id);
     }
 
     /// Adds a subscription; for a shared one, the returned receiver turns true once its group
@@ -306,10 +316,7 @@ impl KafkaUpstream {
             .shared
             .as_ref()
             .map(|group| self.join_shared(group.clone(), inner, id));
-        self.subscriptions
-            .write()
-            .expect("trie lock")
-            .insert(inner, target);
+        self.subscriptions.write().insert(inner, target);
         ready
     }
 
@@ -318,10 +325,7 @@ impl KafkaUpstream {
         if let Some(group) = &target.shared {
             self.leave_shared(group, id);
         }
-        self.subscriptions
-            .write()
-            .expect("trie lock")
-            .remove(inner, &target);
+        self.subscriptions.write().remove(inner, &target);
     }
 }
 
@@ -358,7 +362,7 @@ impl Target {
 /// Another connection of a client connected here has written its session record: if it is
 /// newer, the local one is taken over.
 fn takeover_check(
-    local: &Mutex<HashMap<String, Local>>,
+    local: &OrderedMutex<HashMap<String, Local>>,
     client_id: &str,
     entry: Option<&TableEntry>,
 ) {
@@ -366,7 +370,7 @@ fn takeover_check(
     let Ok(record) = state::SessionRecord::decode(&entry.value) else {
         return;
     };
-    let local = local.lock().expect("local sessions lock");
+    let local = local.lock();
     if let Some(mine) = local.get(client_id)
         && record.connection != mine.connection
         && (record.connected_at_ms, &record.connection) > (mine.connected_at_ms, &mine.connection)

@@ -179,7 +179,7 @@ pub async fn run(
     // A session of the same client on this process is taken over at once; one on another
     // process when it reads our record below.
     {
-        let mut local = up.local.lock().expect("local sessions lock");
+        let mut local = up.local.lock();
         if let Some(old) = local.insert(
             client_id.clone(),
             Local {
@@ -323,7 +323,7 @@ async fn load(
 }
 
 fn forget_local(up: &KafkaUpstream, client_id: &str, connection: &str) {
-    let mut local = up.local.lock().expect("local sessions lock");
+    let mut local = up.local.lock();
     if local
         .get(client_id)
         .is_some_and(|l| l.connection == connection)
@@ -1029,27 +1029,12 @@ impl Session {
 
     fn drain_inbox(&mut self) {
         while self.outbound.has_room() && self.out.len() < 256 {
-            let Some(delivery) = self
-                .inbox
-                .state
-                .lock()
-                .expect("inbox lock")
-                .items
-                .pop_front()
-            else {
+            let Some(delivery) = self.inbox.state.lock().items.pop_front() else {
                 break;
             };
             self.deliver(&delivery, false);
         }
-        if !self
-            .inbox
-            .state
-            .lock()
-            .expect("inbox lock")
-            .items
-            .is_empty()
-            && self.outbound.has_room()
-        {
+        if !self.inbox.state.lock().items.is_empty() && self.outbound.has_room() {
             // More to do: come back on the next turn.
             self.inbox.notify.notify_one();
         }
@@ -1082,7 +1067,7 @@ impl Session {
         // Positions first: every record before them is in the inbox or in `overflow`.
         let now = self.up.positions();
         let overflow = {
-            let mut state = self.inbox.state.lock().expect("inbox lock");
+            let mut state = self.inbox.state.lock();
             if state.overflow.is_empty() || !state.items.is_empty() {
                 return None;
             }
@@ -1139,7 +1124,7 @@ impl Session {
         let mut progress: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
         let mut floor: HashMap<(usize, i32), i64> = HashMap::new();
         {
-            let state = self.inbox.state.lock().expect("inbox lock");
+            let state = self.inbox.state.lock();
             for item in &state.items {
                 if item.message.qos != QoS::AtMostOnce && item.shared.is_none() {
                     lower(&mut floor, (item.topic, item.partition), item.offset);
@@ -1449,12 +1434,7 @@ impl Session {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_secs(delay.into())).await;
                     // A reconnect within the delay cancels the will.
-                    if up
-                        .local
-                        .lock()
-                        .expect("local sessions lock")
-                        .contains_key(&client_id)
-                    {
+                    if up.local.lock().contains_key(&client_id) {
                         return;
                     }
                     if let Some(entry) = up.sessions.get(&client_id)
@@ -1500,7 +1480,7 @@ impl Session {
                 shared.give_back();
             }
         }
-        let queued = std::mem::take(&mut self.inbox.state.lock().expect("inbox lock").items);
+        let queued = std::mem::take(&mut self.inbox.state.lock().items);
         for delivery in queued {
             delivery.give_back();
         }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,23 +23,32 @@ use strait_kafka::{OffsetTracker, Reader};
 use strait_mqtt_codec::QoS;
 use tokio_util::sync::CancellationToken;
 
+use super::lock_order::{Level, OrderedMutex};
 use super::{Delivery, KafkaUpstream, METADATA_TIMEOUT, SHARED_COMMIT_EVERY, now_ms};
 use crate::core::headers;
 
 /// (topic index, partition).
 type Partition = (usize, i32);
 
-#[derive(Default)]
 pub struct SharedOffsets {
-    tracker: Mutex<OffsetTracker<Partition>>,
+    tracker: OrderedMutex<OffsetTracker<Partition>>,
     /// Deliveries whose member went away before delivering them: handed to another member.
-    returned: Mutex<VecDeque<Arc<Delivery>>>,
+    returned: OrderedMutex<VecDeque<Arc<Delivery>>>,
+}
+
+impl Default for SharedOffsets {
+    fn default() -> Self {
+        Self {
+            tracker: OrderedMutex::new(Level::Leaf, "shared offsets", OffsetTracker::default()),
+            returned: OrderedMutex::new(Level::Leaf, "returned deliveries", VecDeque::new()),
+        }
+    }
 }
 
 impl std::fmt::Debug for SharedOffsets {
     // Not derived: returned deliveries point back here.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tracker = self.tracker.lock().expect("shared offsets lock");
+        let tracker = self.tracker.lock();
         f.debug_struct("SharedOffsets")
             .field("tracker", &*tracker)
             .finish_non_exhaustive()
@@ -50,47 +59,34 @@ impl SharedOffsets {
     /// The group consumer read `offset`; `for_delivery` when it goes to a member (otherwise it
     /// counts as done at once).
     pub fn read(&self, partition: Partition, offset: i64, for_delivery: bool) {
-        let mut tracker = self.tracker.lock().expect("shared offsets lock");
+        let mut tracker = self.tracker.lock();
         tracker.read_as(partition, offset, for_delivery);
     }
 
     /// A member delivered it.
     pub fn done(&self, partition: Partition, offset: i64) {
-        let mut tracker = self.tracker.lock().expect("shared offsets lock");
+        let mut tracker = self.tracker.lock();
         tracker.done(&partition, offset);
     }
 
     /// A member cannot deliver it (its session ended, or it unsubscribed): another one will.
     pub fn give_back(&self, delivery: Arc<Delivery>) {
-        self.returned
-            .lock()
-            .expect("shared offsets lock")
-            .push_back(delivery);
+        self.returned.lock().push_back(delivery);
     }
 
     pub fn take_returned(&self) -> Vec<Arc<Delivery>> {
-        self.returned
-            .lock()
-            .expect("shared offsets lock")
-            .drain(..)
-            .collect()
+        self.returned.lock().drain(..).collect()
     }
 
     /// Per partition whose position moved since the last call, the offset to commit.
     pub fn committable(&self) -> Vec<(Partition, i64)> {
-        self.tracker
-            .lock()
-            .expect("shared offsets lock")
-            .committable()
+        self.tracker.lock().committable()
     }
 
     /// Forgets partitions this replica no longer owns (a rebalance moved them): their new
     /// owner continues from the last commit, and this replica must not commit for them.
     pub fn retain(&self, assigned: &HashSet<Partition>) {
-        self.tracker
-            .lock()
-            .expect("shared offsets lock")
-            .retain(|key| assigned.contains(key));
+        self.tracker.lock().retain(|key| assigned.contains(key));
     }
 }
 
@@ -102,7 +98,7 @@ impl KafkaUpstream {
         inner: &str,
         id: u64,
     ) -> tokio::sync::watch::Receiver<bool> {
-        let mut shared = self.shared.lock().expect("shared lock");
+        let mut shared = self.shared.lock();
         if let Some(existing) = shared.get_mut(&group) {
             existing.members.push(id);
             return existing.ready.clone();
@@ -135,7 +131,7 @@ impl KafkaUpstream {
     }
 
     pub(crate) fn leave_shared(&self, group: &Arc<str>, id: u64) {
-        let mut shared = self.shared.lock().expect("shared lock");
+        let mut shared = self.shared.lock();
         if let Some(existing) = shared.get_mut(group) {
             existing.members.retain(|m| *m != id);
             if existing.members.is_empty() {
@@ -304,11 +300,11 @@ impl KafkaUpstream {
                 return false;
             }
             let taken = {
-                let mut shared = self.shared.lock().expect("shared lock");
+                let mut shared = self.shared.lock();
                 let Some(entry) = shared.get_mut(group) else {
                     return false;
                 };
-                let inboxes = self.inboxes.read().expect("inbox lock");
+                let inboxes = self.inboxes.read();
                 let count = entry.members.len();
                 let mut taken = false;
                 for _ in 0..count {

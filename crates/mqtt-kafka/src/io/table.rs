@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,12 +20,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::METADATA_TIMEOUT;
+use super::lock_order::{Level, OrderedMutex};
 
 /// A compacted topic kept in memory: key → latest value (tombstones remove the key).
 pub struct Table {
     pub(crate) topic: String,
     pub(crate) partitions: i32,
-    pub(crate) state: Mutex<TableState>,
+    pub(crate) state: OrderedMutex<TableState>,
     pub(crate) progress: Notify,
     pub(crate) consumer: Arc<Reader>,
     /// A client that never fetches, for end offsets: the tailing consumer's connection is
@@ -70,7 +71,7 @@ impl Table {
             topic: topic.to_string(),
             partitions,
             watermarks,
-            state: Mutex::default(),
+            state: OrderedMutex::new(Level::Leaf, "table", TableState::default()),
             progress: Notify::new(),
             consumer: Arc::new(consumer),
         });
@@ -99,7 +100,7 @@ impl Table {
                         timestamp_ms: record.timestamp().to_millis().unwrap_or(0),
                     });
                     on_change(&key, entry.as_ref());
-                    let mut state = self.state.lock().expect("table lock");
+                    let mut state = self.state.lock();
                     match entry {
                         Some(entry) => state.entries.insert(key, entry),
                         None => state.entries.remove(&key),
@@ -110,7 +111,7 @@ impl Table {
                 }
                 Polled::PartitionEnd(partition) => {
                     if let Ok(positions) = self.consumer.position() {
-                        let mut state = self.state.lock().expect("table lock");
+                        let mut state = self.state.lock();
                         for element in positions.elements_for_topic(&self.topic) {
                             if element.partition() == partition
                                 && let Offset::Offset(next) = element.offset()
@@ -144,7 +145,7 @@ impl Table {
             loop {
                 let notified = self.progress.notified();
                 {
-                    let state = self.state.lock().expect("table lock");
+                    let state = self.state.lock();
                     let caught_up = ends.iter().all(|(p, end)| {
                         *end == 0 || state.positions.get(p).is_some_and(|pos| pos >= end)
                     });
@@ -160,17 +161,12 @@ impl Table {
     }
 
     pub fn get(&self, key: &str) -> Option<TableEntry> {
-        self.state
-            .lock()
-            .expect("table lock")
-            .entries
-            .get(key)
-            .cloned()
+        self.state.lock().entries.get(key).cloned()
     }
 
     /// Entries whose key satisfies `keep`.
     pub fn select(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<(String, TableEntry)> {
-        let state = self.state.lock().expect("table lock");
+        let state = self.state.lock();
         state
             .entries
             .iter()

@@ -2,8 +2,8 @@
 //! routes as they appear in Kafka) and topic administration: creating missing topics, checking
 //! that the retained and sessions topics are compacted, reading partition counts and offsets.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,6 +13,7 @@ use rdkafka::error::KafkaError;
 use strait_config::mqtt_kafka::KafkaConfig;
 use strait_kafka::{KafkaClients, Reader};
 
+use super::lock_order::{Level, OrderedRwLock};
 use super::{KafkaUpstream, METADATA_TIMEOUT, ROUTED_TOPICS_SCAN};
 
 /// One messages topic the dispatcher reads.
@@ -35,36 +36,45 @@ impl MessagesTopic {
 /// The messages topics subscribers are served from, with indices that never change: the
 /// default and static routes' topics from the start, topics of `${params}` routes as they
 /// appear in Kafka.
-#[derive(Default)]
-pub struct MessagesTopics(pub(crate) RwLock<Vec<Arc<MessagesTopic>>>);
+pub struct MessagesTopics(pub(crate) OrderedRwLock<Vec<Arc<MessagesTopic>>>);
+
+impl Default for MessagesTopics {
+    fn default() -> Self {
+        Self(OrderedRwLock::new(
+            Level::Leaf,
+            "messages topics",
+            Vec::new(),
+        ))
+    }
+}
 
 impl MessagesTopics {
     pub fn all(&self) -> Vec<Arc<MessagesTopic>> {
-        self.0.read().expect("topics lock").clone()
+        self.0.read().clone()
     }
 
     pub fn names(&self) -> Vec<String> {
-        let topics = self.0.read().expect("topics lock");
+        let topics = self.0.read();
         topics.iter().map(|t| t.name.clone()).collect()
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
-        let topics = self.0.read().expect("topics lock");
+        let topics = self.0.read();
         topics.iter().position(|t| t.name == name)
     }
 
     /// The name of topic `t` (indices handed out are never removed).
     pub fn name(&self, t: usize) -> String {
-        self.0.read().expect("topics lock")[t].name.clone()
+        self.0.read()[t].name.clone()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.read().expect("topics lock").len()
+        self.0.read().len()
     }
 
     /// Adds a topic read from `starts` (per partition), unless it is there already.
     pub(crate) fn add(&self, name: &str, starts: &[i64]) -> usize {
-        let mut topics = self.0.write().expect("topics lock");
+        let mut topics = self.0.write();
         if let Some(existing) = topics.iter().position(|t| t.name == name) {
             return existing;
         }
