@@ -28,6 +28,9 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
+use crate::core::ending::{
+    End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
+};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::state::{
@@ -102,20 +105,6 @@ struct Session {
     out: Vec<v1::Packet>,
 }
 
-enum End {
-    /// DISCONNECT from the client (its reason code).
-    Disconnect(ReasonCode),
-    /// The client went away without DISCONNECT.
-    Dropped,
-    /// Another connection took the session over.
-    TakenOver,
-    /// We end it with this reason (and detail).
-    Server(ReasonCode, String),
-    Shutdown,
-    /// r-proxy is restarting; the client reconnects elsewhere.
-    RelayRestart,
-}
-
 /// Serves one relayed MQTT session on Kafka until it ends (the client, a takeover, shutdown).
 pub async fn run(
     opening: Opening,
@@ -167,11 +156,7 @@ pub async fn run(
         .await;
     }
     let client_id = connect.client_id.clone();
-    let expiry = match protocol {
-        Protocol::V311 if connect.clean_start => 0,
-        Protocol::V311 => u32::MAX,
-        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
-    };
+    let expiry = session_expiry(protocol, &connect);
     let connected_at_ms = now_ms();
     let connection = format!("{}-{}", up.instance, up.next_id());
     let (kick_tx, mut kicked) = mpsc::channel(1);
@@ -653,12 +638,10 @@ impl Session {
             }
             Packet::PingReq => self.out.push(Packet::PingResp.into()),
             Packet::Disconnect(disconnect) => {
-                if let Some(expiry) = disconnect.properties.session_expiry_interval {
-                    // Only a session that had an expiry may change it (MQTT-3.14.2-2).
-                    if self.expiry > 0 {
-                        self.expiry = expiry;
-                    }
-                }
+                self.expiry = expiry_after_disconnect(
+                    self.expiry,
+                    disconnect.properties.session_expiry_interval,
+                );
                 return Some(End::Disconnect(disconnect.reason_code));
             }
             Packet::Auth(_) => {
@@ -1336,37 +1319,8 @@ impl Session {
     }
 
     async fn finish(mut self, end: End, to_client: &ToClient, metrics: &RelayMetrics) {
-        let (publish_will, close) = match &end {
-            End::Disconnect(reason) => (*reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE, None),
-            End::Dropped => (true, None),
-            End::TakenOver => (
-                false,
-                Some((
-                    ReasonCode::SESSION_TAKEN_OVER,
-                    "another connection took the session over".to_string(),
-                )),
-            ),
-            End::Server(reason, detail) => (true, Some((*reason, detail.clone()))),
-            End::Shutdown => (
-                false,
-                Some((
-                    ReasonCode::SERVER_SHUTTING_DOWN,
-                    "s-proxy shutting down".to_string(),
-                )),
-            ),
-            End::RelayRestart => (false, None),
-        };
-        tracing::info!(
-            reason = match &end {
-                End::Disconnect(_) => "disconnect",
-                End::Dropped => "dropped",
-                End::TakenOver => "taken over",
-                End::Server(..) => "server",
-                End::Shutdown => "shutdown",
-                End::RelayRestart => "r-proxy restart",
-            },
-            "session ended"
-        );
+        let close = end.close();
+        tracing::info!(reason = end.label(), "session ended");
         if let Some((reason, detail)) = &close {
             if matches!(end, End::Server(..)) {
                 metrics.error("session_error");
@@ -1383,16 +1337,13 @@ impl Session {
         self.up
             .unregister(self.id, self.subscriptions.keys().cloned());
         self.give_back_shared();
-        if matches!(end, End::TakenOver) {
-            // The new connection owns the session record now. A will without delay is published
-            // (MQTT-3.1.4-3 and 3.1.2.5); one with a delay is cancelled by the new connection.
-            if let Some(will) = self
-                .will
-                .take()
-                .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
-            {
-                let publish = StoredWill::from_will(&will).to_publish();
-                let delivery = produce(&self.up, &publish, &self.client_id);
+        let plan = will_plan(self.will.as_ref(), &end, self.expiry);
+        let will = self.will.take().filter(|_| plan != WillPlan::None);
+        if end == End::TakenOver {
+            // The new connection owns the session record now; a will without delay is
+            // published, one with a delay is cancelled (see `will_plan`).
+            if let Some(will) = will {
+                let delivery = produce(&self.up, &will_publish(&will), &self.client_id);
                 tokio::spawn(async move {
                     if let Err(reason) = delivery.await {
                         tracing::warn!(reason = reason.name(), "will not published");
@@ -1402,8 +1353,6 @@ impl Session {
             return;
         }
         forget_local(&self.up, &self.client_id, &self.connection);
-        let will = if publish_will { self.will.take() } else { None };
-        self.will = None;
         let stored = if self.expiry == 0 {
             None
         } else {
@@ -1422,11 +1371,10 @@ impl Session {
             );
         }
         if let Some(will) = will {
-            let delay = will
-                .properties
-                .will_delay_interval
-                .unwrap_or(0)
-                .min(self.expiry);
+            let delay = match plan {
+                WillPlan::After(delay) => delay,
+                WillPlan::Now | WillPlan::None => 0,
+            };
             let up = self.up.clone();
             let client_id = self.client_id.clone();
             let connection = self.connection.clone();
@@ -1444,22 +1392,7 @@ impl Session {
                         return;
                     }
                 }
-                let publish = Publish {
-                    qos: will.qos,
-                    retain: will.retain,
-                    topic: will.topic.as_str().into(),
-                    payload: will.payload.clone(),
-                    properties: mqtt::PublishProperties {
-                        payload_format_indicator: will.properties.payload_format_indicator,
-                        message_expiry_interval: will.properties.message_expiry_interval,
-                        response_topic: will.properties.response_topic.clone(),
-                        correlation_data: will.properties.correlation_data.clone(),
-                        content_type: will.properties.content_type.clone(),
-                        user_properties: will.properties.user_properties.clone(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
+                let publish = will_publish(&will);
                 match produce(&up, &publish, &client_id).await {
                     Ok(()) => tracing::info!(client_id, topic = &*publish.topic, "will published"),
                     Err(reason) => {
