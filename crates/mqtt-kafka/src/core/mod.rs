@@ -6,4 +6,5 @@ pub mod flows;
 pub mod headers;
 pub mod routing;
 pub mod state;
+pub mod subscriptions;
 pub mod trie;

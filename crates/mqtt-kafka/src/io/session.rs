@@ -20,7 +20,7 @@ use strait_kafka::poll::{Polled, poll_loop};
 use strait_kafka::{KafkaClients, Producer};
 use strait_mqtt_codec::{
     self as mqtt, ConnAck, Packet, Protocol, PubAck, PubRec, PubRel, Publish, QoS, ReasonCode,
-    RetainHandling, SubAck, UnsubAck,
+    SubAck, UnsubAck,
 };
 use strait_relay::Incoming;
 use strait_relay::v1::{self, ClientFrame, ServerFrame};
@@ -36,6 +36,7 @@ use crate::core::headers::{self, Message};
 use crate::core::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
 };
+use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
 use strait_relay::metrics::{ActiveSession, Direction};
@@ -723,18 +724,14 @@ impl Session {
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained_for = Vec::new();
         for sub in &subscribe.subscriptions {
-            if mqtt::topic::validate_filter(&sub.filter).is_err() {
-                reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
-                continue;
-            }
-            let shared = mqtt::topic::parse_shared(&sub.filter).is_some();
-            if shared && sub.options.no_local {
-                // MQTT-3.8.3-4.
-                return Some(End::Server(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "No Local on a shared subscription".into(),
-                ));
-            }
+            let shared = match subscriptions::check(sub) {
+                Ok(Checked::Accepted { shared }) => shared,
+                Ok(Checked::Refused(code)) => {
+                    reason_codes.push(code);
+                    continue;
+                }
+                Err(violation) => return Some(End::Server(violation.reason, violation.detail)),
+            };
             let stored = StoredSubscription::new(sub, subscription_id);
             let new = self
                 .subscriptions
@@ -750,14 +747,7 @@ impl Session {
                     );
                 }
             }
-            // Shared subscriptions get no retained messages on subscribe.
-            let send_retained = !shared
-                && match sub.options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendAtSubscribeIfNew => new,
-                    RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
+            if subscriptions::sends_retained(shared, sub.options.retain_handling, new) {
                 retained_for.push(sub.filter.clone());
             }
             reason_codes.push(ReasonCode(sub.options.qos as u8));
@@ -774,13 +764,7 @@ impl Session {
             }
             retained_for.clear();
         }
-        if self.protocol == Protocol::V311 {
-            for code in &mut reason_codes {
-                if code.is_error() {
-                    *code = ReasonCode::UNSPECIFIED_ERROR;
-                }
-            }
-        }
+        subscriptions::suback_codes(self.protocol, &mut reason_codes);
         self.out.push(
             Packet::SubAck(SubAck {
                 packet_id: subscribe.packet_id,
@@ -829,8 +813,7 @@ impl Session {
         None
     }
 
-    /// The PUBLISH a subscriber with these matching subscriptions gets; `None` when none wants it
-    /// (No Local) or it expired.
+    /// The PUBLISH this subscriber gets (see [`subscriptions::to_publish`]).
     fn to_publish(
         &self,
         message: &Message,
@@ -838,31 +821,7 @@ impl Session {
         now_ms: i64,
         matching: &[&StoredSubscription],
     ) -> Option<Publish> {
-        let mut qos = None;
-        let mut ids = Vec::new();
-        let mut retain = false;
-        for sub in matching {
-            if sub.no_local && message.local.as_deref() == Some(self.client_id.as_str()) {
-                continue;
-            }
-            qos = qos.max(Some(sub.qos()));
-            ids.extend(sub.subscription_id);
-            // Retain As Published (MQTT-3.3.1-12, -13): RETAIN as the publisher set it.
-            retain |= sub.retain_as_published && message.retain;
-        }
-        let qos = qos?.min(message.qos);
-        let expiry = headers::remaining_expiry(message.expiry, timestamp_ms, now_ms)?;
-        let mut properties = message.properties.clone();
-        properties.message_expiry_interval = expiry;
-        properties.subscription_identifiers = ids;
-        Some(Publish {
-            qos,
-            retain,
-            topic: message.topic.as_str().into(),
-            payload: message.payload.clone(),
-            properties,
-            ..Default::default()
-        })
+        subscriptions::to_publish(&self.client_id, message, timestamp_ms, now_ms, matching)
     }
 
     /// Sends a delivery from the dispatcher or the catch-up.
