@@ -217,11 +217,52 @@ impl SessionRecord {
             Some(at) => now_ms >= at + i64::from(self.expiry) * 1000,
         }
     }
+
+    /// Whether this record, written by another connection of the same client, takes over the
+    /// connection `connection` (connected at `connected_at_ms`): it is newer (by connect time,
+    /// then by connection id, so two replicas agree) and still connected.
+    pub fn takes_over(&self, connection: &str, connected_at_ms: i64) -> bool {
+        self.connection != connection
+            && (self.connected_at_ms, self.connection.as_str()) > (connected_at_ms, connection)
+            && self.disconnected_at_ms.is_none()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_live_connection_takes_the_session_over() {
+        let record = |connection: &str, at: i64, disconnected: Option<i64>| SessionRecord {
+            version: VERSION,
+            owner: "s-proxy-1".into(),
+            connection: connection.into(),
+            connected_at_ms: at,
+            disconnected_at_ms: disconnected,
+            expiry: 60,
+            subscriptions: Vec::new(),
+            offsets: BTreeMap::new(),
+            qos2_received: Vec::new(),
+            will: None,
+            qos2_out: Vec::new(),
+            qos2_done: BTreeMap::new(),
+            qos2_pending: Vec::new(),
+        };
+        assert!(record("b-2", 200, None).takes_over("a-1", 100));
+        assert!(!record("b-2", 50, None).takes_over("a-1", 100), "older");
+        assert!(
+            !record("a-1", 200, None).takes_over("a-1", 100),
+            "our own record"
+        );
+        assert!(
+            !record("b-2", 200, Some(300)).takes_over("a-1", 100),
+            "already gone"
+        );
+        // Same connect time: the larger connection id wins, on every replica alike.
+        assert!(record("b-2", 100, None).takes_over("a-1", 100));
+        assert!(!record("a-1", 100, None).takes_over("b-2", 100));
+    }
 
     #[test]
     fn records_round_trip_and_unknown_versions_are_refused() {

@@ -1,7 +1,6 @@
 //! Each session's queue of matched records, filled by the dispatcher thread and the shared
 //! groups' consumers, drained by the session.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use strait_mqtt_codec::QoS;
@@ -9,6 +8,7 @@ use tokio::sync::Notify;
 
 use super::Delivery;
 use super::lock_order::{Level, OrderedMutex};
+use crate::core::queue::DeliveryQueue;
 
 /// A session's queue of matched records, filled by the dispatcher thread.
 pub struct Inbox {
@@ -17,14 +17,8 @@ pub struct Inbox {
     pub(crate) capacity: usize,
 }
 
-#[derive(Default)]
-pub(crate) struct InboxState {
-    pub(crate) items: VecDeque<Arc<Delivery>>,
-    /// Lowest offset per (topic, partition) of a QoS ≥ 1 record dropped because the inbox was
-    /// full: the session must be resumed from there.
-    pub(crate) overflow: HashMap<(usize, i32), i64>,
-    pub(crate) dropped_qos0: u64,
-}
+/// The queue itself: its overflow rules are `core::queue`'s.
+pub(crate) type InboxState = DeliveryQueue<Arc<Delivery>>;
 
 impl Inbox {
     pub(crate) fn new(capacity: usize) -> Self {
@@ -38,32 +32,27 @@ impl Inbox {
     /// Queues a record for a shared subscription; `false` when the inbox is full (the group
     /// consumer tries another member, or waits).
     pub(crate) fn try_push_shared(&self, delivery: Arc<Delivery>) -> bool {
-        let mut state = self.state.lock();
-        if state.items.len() >= self.capacity {
-            return false;
+        let queued = self.state.lock().try_push(delivery, self.capacity);
+        if queued {
+            self.notify.notify_one();
         }
-        state.items.push_back(delivery);
-        drop(state);
-        self.notify.notify_one();
-        true
+        queued
     }
 
     pub(crate) fn push(&self, delivery: Arc<Delivery>) {
-        let mut state = self.state.lock();
-        if state.items.len() >= self.capacity {
-            if delivery.message.qos == QoS::AtMostOnce {
-                state.dropped_qos0 += 1;
-                return;
-            }
-            let floor = state
-                .overflow
-                .entry((delivery.topic, delivery.partition))
-                .or_insert(delivery.offset);
-            *floor = (*floor).min(delivery.offset);
-        } else {
-            state.items.push_back(delivery);
+        let (qos, partition, offset) = (
+            delivery.message.qos,
+            (delivery.topic, delivery.partition),
+            delivery.offset,
+        );
+        let queued = self
+            .state
+            .lock()
+            .push(delivery, qos, partition, offset, self.capacity);
+        // An overflow wakes the session too (it resumes what was left out once drained); a
+        // dropped QoS 0 record does not.
+        if queued || qos != QoS::AtMostOnce {
+            self.notify.notify_one();
         }
-        drop(state);
-        self.notify.notify_one();
     }
 }

@@ -372,9 +372,7 @@ fn takeover_check(
     };
     let local = local.lock();
     if let Some(mine) = local.get(client_id)
-        && record.connection != mine.connection
-        && (record.connected_at_ms, &record.connection) > (mine.connected_at_ms, &mine.connection)
-        && record.disconnected_at_ms.is_none()
+        && record.takes_over(&mine.connection, mine.connected_at_ms)
     {
         let _ = mine.kick.try_send(());
     }
