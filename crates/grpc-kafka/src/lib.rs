@@ -7,3 +7,42 @@
 pub mod grpc;
 pub mod grpckafka;
 pub mod kafkagrpc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why grpc-kafka or kafka-grpc could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error(transparent)]
+    Kafka(#[from] strait_kafka::KafkaClientError),
+    #[error("protos")]
+    Protos(#[source] grpc::protos::ProtoError),
+    #[error("tls")]
+    Tls(#[source] strait_tls::TlsError),
+    #[error("listen: cannot bind {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener address")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    #[error("target")]
+    Target(#[source] tonic::transport::Error),
+    #[error("target: targetTls.{field}: cannot read {}", path.display())]
+    TargetTls {
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot subscribe to {topics:?}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}

@@ -305,7 +305,7 @@ async fn serve(
         .instrument(span.clone())
         .await
         .context("grpc-kafka")?;
-    parts.spawn(async move { ("grpc-kafka", serving.await) }.instrument(span));
+    parts.spawn(async move { ("grpc-kafka", serving.await.map_err(Into::into)) }.instrument(span));
 
     // kafka-grpc reads its config file, as it does as a subcommand: the file is the example.
     let mut k_config = KafkaGrpcConfig::new(
@@ -326,7 +326,7 @@ async fn serve(
     parts.spawn(
         async move {
             let result = match k_args.load() {
-                Ok(config) => kafkagrpc::run(config, &k_process).await,
+                Ok(config) => kafkagrpc::run(config, &k_process).await.map_err(Into::into),
                 Err(error) => Err(error.into()),
             };
             ("kafka-grpc", result)

@@ -123,11 +123,11 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
             RoleConfig::RProxy(config) => rproxy::run(config, &process).await,
             RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
             RoleConfig::GrpcKafka(args) => match args.load() {
-                Ok(config) => grpckafka::run(config, &process).await,
+                Ok(config) => grpckafka::run(config, &process).await.map_err(Into::into),
                 Err(error) => Err(error.into()),
             },
             RoleConfig::KafkaGrpc(args) => match args.load() {
-                Ok(config) => kafkagrpc::run(config, &process).await,
+                Ok(config) => kafkagrpc::run(config, &process).await.map_err(Into::into),
                 Err(error) => Err(error.into()),
             },
             RoleConfig::Dev(args) => dev::run(args, &process).await,

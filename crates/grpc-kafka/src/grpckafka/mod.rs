@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::RoleError;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
@@ -63,7 +63,7 @@ pub(crate) struct Frontend {
 }
 
 /// Serves until shutdown (`config` as validated by the caller).
-pub async fn run(config: GrpcKafkaConfig, process: &Process) -> anyhow::Result<()> {
+pub async fn run(config: GrpcKafkaConfig, process: &Process) -> Result<(), RoleError> {
     let (_, serve) = start(config, process).await?;
     serve.await
 }
@@ -72,10 +72,16 @@ pub async fn run(config: GrpcKafkaConfig, process: &Process) -> anyhow::Result<(
 pub async fn start(
     config: GrpcKafkaConfig,
     process: &Process,
-) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = Result<(), RoleError>> + use<>,
+    ),
+    RoleError,
+> {
     let listener_ready = process.health.flag(READINESS[0]);
     let kafka_ready = process.health.flag(READINESS[1]);
-    let protos = Protos::load(config.protos.clone()).context("protos")?;
+    let protos = Protos::load(config.protos.clone()).map_err(RoleError::Protos)?;
     let shutdown = process.shutdown.token();
     protos.watch(shutdown.clone());
     let clients = KafkaClients::new(&config.kafka)?;
@@ -108,12 +114,15 @@ pub async fn start(
     replies::start_readers(&frontend, kafka_ready)?;
 
     let tls = strait_tls::server_config(&frontend.config.tls, &[b"h2"])
-        .context("tls")?
+        .map_err(RoleError::Tls)?
         .map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind(frontend.config.listen)
         .await
-        .with_context(|| format!("listen: cannot bind {}", frontend.config.listen))?;
-    let local = listener.local_addr()?;
+        .map_err(|source| RoleError::Bind {
+            addr: frontend.config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(RoleError::LocalAddr)?;
     tracing::info!(listen = %local, tls = tls.is_some(), routes = frontend.routes.len(), "grpc-kafka serving");
     listener_ready.set(true);
     let serve = async move {

@@ -92,7 +92,10 @@ impl Pending {
 /// Starts one reader per distinct reply topic once the cluster answers; `ready` is set once
 /// every one is assigned (at once if there is none, still only once Kafka answers: until then
 /// no call could be produced either).
-pub(crate) fn start_readers(frontend: &Arc<Frontend>, ready: ReadinessFlag) -> anyhow::Result<()> {
+pub(crate) fn start_readers(
+    frontend: &Arc<Frontend>,
+    ready: ReadinessFlag,
+) -> Result<(), strait_kafka::KafkaClientError> {
     let mut topics: Vec<String> = frontend
         .config
         .routes

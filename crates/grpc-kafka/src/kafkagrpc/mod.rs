@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::RoleError;
 use bytes::Bytes;
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -122,10 +122,10 @@ type GroupConsumer = StreamConsumer<GroupContext>;
 type Offsets = OffsetTracker<(String, i32)>;
 
 /// Consumes until shutdown (`config` as validated by the caller).
-pub async fn run(config: KafkaGrpcConfig, process: &Process) -> anyhow::Result<()> {
+pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleError> {
     let ready = process.health.flag(READINESS[0]);
     let metrics = GrpcMetrics::register(&process.metrics, "kafka-grpc")?;
-    let channel = channel(&config).context("target")?;
+    let channel = channel(&config)?;
     let clients = KafkaClients::new(&config.kafka)?;
     let producer = clients.producer(config.acks, Linger::Latency)?;
     let group = config.group();
@@ -157,7 +157,10 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> anyhow::Result<(
     let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
     consumer
         .subscribe(&topics)
-        .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+        .map_err(|source| RoleError::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            source,
+        })?;
     tracing::info!(%group, ?topics, target = %config.target, "kafka-grpc consuming");
     let backend = Arc::new(Backend {
         permits: Semaphore::new(config.concurrency),
@@ -174,25 +177,30 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> anyhow::Result<(
     consume(backend, consumer, process.shutdown.token()).await
 }
 
-fn channel(config: &KafkaGrpcConfig) -> anyhow::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(config.target.clone())?
+fn channel(config: &KafkaGrpcConfig) -> Result<Channel, RoleError> {
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| RoleError::TargetTls {
+            field,
+            path: path.into(),
+            source,
+        })
+    };
+    let mut endpoint = Endpoint::from_shared(config.target.clone())
+        .map_err(RoleError::Target)?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
     if config.target.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &config.target_tls.ca {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("targetTls.ca: cannot read {}", ca.display()))?;
+            let pem = read("ca", ca)?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&config.target_tls.cert, &config.target_tls.key) {
-            let cert = std::fs::read(cert)
-                .with_context(|| format!("targetTls.cert: cannot read {}", cert.display()))?;
-            let key = std::fs::read(key)
-                .with_context(|| format!("targetTls.key: cannot read {}", key.display()))?;
+            let cert = read("cert", cert)?;
+            let key = read("key", key)?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = endpoint.tls_config(tls).map_err(RoleError::Target)?;
     }
     Ok(endpoint.connect_lazy())
 }
@@ -201,7 +209,7 @@ async fn consume(
     backend: Arc<Backend>,
     consumer: Arc<GroupConsumer>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), RoleError> {
     let config = &backend.config;
     let names = &config.headers;
     let mut tracker = Offsets::default();
