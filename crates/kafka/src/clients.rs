@@ -196,7 +196,7 @@ where
 {
     config
         .create_with_context(context)
-        .map_err(|source| KafkaClientError::Client { what, source })
+        .map_err(|error| KafkaClientError::Client { what, error })
 }
 
 /// Creates `topics` unless they exist; returns the names of those it created.
@@ -209,9 +209,9 @@ pub async fn create_topics(
     let results = admin
         .create_topics(topics, &options)
         .await
-        .map_err(|source| KafkaClientError::Client {
+        .map_err(|error| KafkaClientError::Client {
             what: "topic creation request",
-            source,
+            error,
         })?;
     let mut created = Vec::new();
     for result in results {

@@ -20,10 +20,12 @@ pub use report::{KafkaReport, Problem};
 pub enum KafkaClientError {
     #[error(transparent)]
     Config(#[from] strait_config::ConfigError),
-    #[error("cannot create the Kafka {what}: {source}")]
+    /// The cause is in the message (for logs and gRPC statuses that print only this error),
+    /// so it is not also a `source`.
+    #[error("cannot create the Kafka {what}: {error}")]
     Client {
         what: &'static str,
-        source: rdkafka::error::KafkaError,
+        error: rdkafka::error::KafkaError,
     },
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },

@@ -211,9 +211,9 @@ pub(crate) async fn wait_for_cluster(
     let probe: Arc<FutureProducer<KafkaReport>> = Arc::new(
         config
             .create_with_context(report.clone())
-            .map_err(|source| KafkaClientError::Client {
+            .map_err(|error| KafkaClientError::Client {
                 what: "probe",
-                source,
+                error,
             })?,
     );
     let bootstrap = report.inner.bootstrap.clone();

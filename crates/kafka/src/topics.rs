@@ -57,9 +57,9 @@ pub fn assign_from_end<C: ConsumerContext>(
     }
     consumer
         .assign(&list)
-        .map_err(|source| KafkaClientError::Client {
+        .map_err(|error| KafkaClientError::Client {
             what: "reader assignment",
-            source,
+            error,
         })?;
     Ok(count)
 }

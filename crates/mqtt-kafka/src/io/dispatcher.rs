@@ -16,10 +16,11 @@ use strait_kafka::headers::record_headers;
 use strait_kafka::poll::{Polled, poll_loop};
 
 use super::{Delivery, KafkaUpstream, now_ms};
+use crate::UpstreamError;
 use crate::core::headers;
 
 impl KafkaUpstream {
-    pub(crate) fn start_dispatcher(self: &Arc<Self>) -> anyhow::Result<()> {
+    pub(crate) fn start_dispatcher(self: &Arc<Self>) -> Result<(), UpstreamError> {
         let consumer = self.clients.reader("dispatcher")?;
         let mut assigned = self.assign_new(&consumer, 0)?;
         let upstream = self.clone();
@@ -50,7 +51,11 @@ impl KafkaUpstream {
 
     /// Adds the partitions of the topics from index `from` on to the dispatcher's assignment;
     /// returns how many topics it reads now.
-    pub(crate) fn assign_new(&self, consumer: &Reader, from: usize) -> anyhow::Result<usize> {
+    pub(crate) fn assign_new(
+        &self,
+        consumer: &Reader,
+        from: usize,
+    ) -> Result<usize, UpstreamError> {
         let topics = self.topics.all();
         let mut assignment = TopicPartitionList::new();
         for topic in &topics[from..] {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use crate::{Context as _, UpstreamError};
 use rdkafka::consumer::Consumer;
 use strait_config::mqtt_kafka::{Acks, KafkaConfig};
 use strait_kafka::{KafkaClients, Linger, Producer, Reader};
@@ -131,12 +131,12 @@ impl KafkaUpstream {
         config: KafkaConfig,
         shutdown: CancellationToken,
         check: TopicCheck,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, UpstreamError> {
         let clients = KafkaClients::new(&config.connection())?;
         // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
         // untrusted certificate is logged and retried, never a crash loop.
         if !clients.wait_for_cluster(&shutdown).await? {
-            bail!("shut down before Kafka at {} answered", config.bootstrap);
+            return Err(UpstreamError::ShutDown(config.bootstrap.clone()));
         }
         let routing = Routing::new(&config);
         let topics = routing.static_topics();
@@ -273,7 +273,7 @@ impl KafkaUpstream {
     }
 
     /// The end offset of a partition.
-    pub async fn end_offset(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, UpstreamError> {
         let client = self.watermarks.clone();
         let topic = topic.to_string();
         let (_, high) = tokio::task::spawn_blocking(move || {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lock_order::{Level, OrderedMutex};
 use super::{Delivery, KafkaUpstream, METADATA_TIMEOUT, SHARED_COMMIT_EVERY, now_ms};
+use crate::UpstreamError;
 use crate::core::headers;
 
 /// (topic index, partition).
@@ -121,7 +122,7 @@ impl KafkaUpstream {
             .name("shared-group".into())
             .spawn(move || {
                 if let Err(error) = up.serve_shared(&group, &inner, &stop, &ready_tx) {
-                    tracing::warn!(error = format!("{error:#}"), %group, "shared subscription consumer failed");
+                    tracing::warn!(error = crate::error_chain(&error), %group, "shared subscription consumer failed");
                 }
             });
         if let Err(error) = spawned {
@@ -151,7 +152,7 @@ impl KafkaUpstream {
         inner: &str,
         stop: &CancellationToken,
         ready: &tokio::sync::watch::Sender<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), UpstreamError> {
         let (_, name) = strait_mqtt_codec::topic::parse_shared(group).unwrap_or(("", inner));
         let group_name = group
             .strip_prefix("$share/")
@@ -182,7 +183,7 @@ impl KafkaUpstream {
         let mut last_commit = std::time::Instant::now();
         let every = Duration::from_millis(100);
         poll_loop(&consumer, "shared subscription consumer", every, |polled| {
-            let step = || -> anyhow::Result<ControlFlow<()>> {
+            let step = || -> Result<ControlFlow<()>, UpstreamError> {
                 if stop.is_cancelled() {
                     return Ok(ControlFlow::Break(()));
                 }
@@ -250,7 +251,7 @@ impl KafkaUpstream {
         &self,
         consumer: &Reader,
         ready: &tokio::sync::watch::Sender<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), UpstreamError> {
         let assignment = consumer.assignment()?;
         if assignment.count() == 0 {
             return Ok(());
@@ -337,7 +338,7 @@ impl KafkaUpstream {
         &self,
         consumer: &Reader,
         offsets: &SharedOffsets,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), UpstreamError> {
         let assignment = consumer.assignment()?;
         let assigned: std::collections::HashSet<(usize, i32)> = assignment
             .elements()

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::{Context as _, UpstreamError};
 use bytes::Bytes;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -58,7 +58,7 @@ impl Table {
         partitions: i32,
         shutdown: CancellationToken,
         on_change: OnChange,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, UpstreamError> {
         let consumer = clients
             .reader("table reader")
             .with_context(|| format!("creating the reader of {topic}"))?;
@@ -130,7 +130,7 @@ impl Table {
 
     /// Waits until everything written to the topic before this call has been applied, so a
     /// session reads what another replica wrote a moment ago.
-    pub async fn sync(&self, deadline: Duration) -> anyhow::Result<()> {
+    pub async fn sync(&self, deadline: Duration) -> Result<(), UpstreamError> {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
         let partitions = self.partitions;

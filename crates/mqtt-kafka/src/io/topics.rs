@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use crate::{Context as _, UpstreamError};
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -99,7 +99,7 @@ pub(crate) enum From {
 impl KafkaUpstream {
     /// Adds every topic in Kafka that a `${params}` route renders and the dispatcher does not
     /// read yet.
-    pub(crate) async fn discover_routed_topics(&self, from: From) -> anyhow::Result<()> {
+    pub(crate) async fn discover_routed_topics(&self, from: From) -> Result<(), UpstreamError> {
         let reader = self.watermarks.clone();
         let names = tokio::task::spawn_blocking(move || {
             let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
@@ -132,13 +132,16 @@ impl KafkaUpstream {
                 _ = self.shutdown.cancelled() => return,
             }
             if let Err(error) = self.discover_routed_topics(From::Beginning).await {
-                tracing::debug!(error = format!("{error:#}"), "looking for routed topics");
+                tracing::debug!(
+                    error = crate::error_chain(&error),
+                    "looking for routed topics"
+                );
             }
         }
     }
 
     /// Makes the dispatcher read `topic` (it picks new topics up within a poll).
-    pub(crate) async fn read_topic(&self, topic: &str, from: From) -> anyhow::Result<()> {
+    pub(crate) async fn read_topic(&self, topic: &str, from: From) -> Result<(), UpstreamError> {
         let starts = read_partitions(&self.watermarks, topic, from).await?;
         let t = self.topics.add(topic, &starts);
         tracing::info!(topic, index = t, "reading a routed messages topic");
@@ -148,7 +151,7 @@ impl KafkaUpstream {
     /// Before a PUBLISH to a topic of a `${params}` route that is not read yet: creates it
     /// (with `createTopics`) and makes the dispatcher read it from its beginning, so the record
     /// reaches this process's subscribers.
-    pub async fn ensure_routed(&self, messages: &str) -> anyhow::Result<()> {
+    pub async fn ensure_routed(&self, messages: &str) -> Result<(), UpstreamError> {
         if self.topics.index(messages).is_some() || !self.routing.is_routed_topic(messages) {
             return Ok(());
         }
@@ -166,7 +169,7 @@ pub(crate) async fn create_topics(
     config: &KafkaConfig,
     messages: &[String],
     compacted: &[&String],
-) -> anyhow::Result<()> {
+) -> Result<(), UpstreamError> {
     let admin = clients.admin()?;
     let partitions = config.new_topics.partitions;
     let replication = || TopicReplication::Fixed(config.new_topics.replication_factor);
@@ -192,7 +195,7 @@ pub(crate) async fn read_partitions(
     reader: &Arc<Reader>,
     topic: &str,
     from: From,
-) -> anyhow::Result<Vec<i64>> {
+) -> Result<Vec<i64>, UpstreamError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -215,7 +218,9 @@ pub(crate) async fn read_partitions(
         match read {
             Ok(starts) if !starts.is_empty() => return Ok(starts),
             Ok(_) if attempts >= 40 => {
-                bail!("Kafka topic {topic} has no partitions (does it exist?)")
+                return Err(UpstreamError::Topic(format!(
+                    "Kafka topic {topic} has no partitions (does it exist?)"
+                )));
             }
             Err(error) if attempts >= 40 => {
                 return Err(error).with_context(|| format!("reading metadata of {topic}"));
@@ -230,7 +235,7 @@ pub(crate) async fn ensure_topics(
     clients: &KafkaClients,
     config: &KafkaConfig,
     messages: &[String],
-) -> anyhow::Result<()> {
+) -> Result<(), UpstreamError> {
     let compacted = [&config.topics.retained, &config.topics.sessions];
     if config.create_topics {
         create_topics(clients, config, messages, &compacted).await?;
@@ -248,10 +253,12 @@ pub(crate) async fn ensure_topics(
                 .context("describing the retained and sessions topics")?;
             let policy = match described.into_iter().next() {
                 Some(Ok(resource)) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
-                Some(Err(error)) if attempts >= 20 => bail!(
-                    "Kafka topic {topic} cannot be described ({error}): is it missing? Set \
-                     kafka.createTopics: true or create it with cleanup.policy=compact"
-                ),
+                Some(Err(error)) if attempts >= 20 => {
+                    return Err(UpstreamError::Topic(format!(
+                        "Kafka topic {topic} cannot be described ({error}): is it missing? Set \
+                         kafka.createTopics: true or create it with cleanup.policy=compact"
+                    )));
+                }
                 _ => None,
             };
             match policy {
@@ -261,11 +268,11 @@ pub(crate) async fn ensure_topics(
             }
         };
         if !policy.split(',').any(|p| p.trim() == "compact") {
-            bail!(
+            return Err(UpstreamError::Topic(format!(
                 "Kafka topic {topic} has cleanup.policy={policy}, but the retained and sessions topics must \
                  be compacted (cleanup.policy=compact): otherwise retained messages and sessions are deleted \
                  after the retention time"
-            );
+            )));
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{KafkaUpstream, now_ms};
+use crate::UpstreamError;
 use crate::core::state::{Heartbeat, REPLICA_PREFIX, SessionRecord, VERSION};
 
 pub(super) async fn run(up: Arc<KafkaUpstream>) {
@@ -23,7 +24,7 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
         }
         if let Err(error) = beat(&up).await {
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = crate::error_chain(&error),
                 "cannot write the replica heartbeat"
             );
             continue;
@@ -77,7 +78,7 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
     }
 }
 
-async fn beat(up: &KafkaUpstream) -> anyhow::Result<()> {
+async fn beat(up: &KafkaUpstream) -> Result<(), UpstreamError> {
     let beat = Heartbeat {
         version: VERSION,
         alive_at_ms: now_ms(),
@@ -123,7 +124,7 @@ async fn orphaned(up: Arc<KafkaUpstream>, client_id: String, record: SessionReco
     });
     if let Err(error) = super::session::put_session(&up, &client_id, value).await {
         tracing::warn!(
-            error = format!("{error:#}"),
+            error = crate::error_chain(&error),
             "cannot end an orphaned session"
         );
     }

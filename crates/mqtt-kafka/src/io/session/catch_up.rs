@@ -74,8 +74,8 @@ impl Session {
         let clients = self.up.clients.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(error) = catch_up(&clients, reads, &tx) {
-                tracing::warn!(error = format!("{error:#}"), "catch-up failed");
-                let _ = tx.blocking_send(Err(format!("{error:#}")));
+                tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
+                let _ = tx.blocking_send(Err(crate::error_chain(&error)));
             }
         });
         Some(rx)
@@ -133,7 +133,7 @@ fn catch_up(
     clients: &KafkaClients,
     ranges: Vec<(usize, String, i32, i64, i64)>,
     tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
-) -> anyhow::Result<()> {
+) -> Result<(), UpstreamError> {
     let consumer = clients.reader("catch-up reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
@@ -149,7 +149,9 @@ fn catch_up(
             return ControlFlow::Break(Ok(()));
         }
         if std::time::Instant::now() >= deadline {
-            return ControlFlow::Break(Err(anyhow::anyhow!("catch-up took over 60 s")));
+            return ControlFlow::Break(Err(UpstreamError::Timeout(
+                "catch-up took over 60 s".into(),
+            )));
         }
         let Polled::Record(record) = polled else {
             return ControlFlow::Continue(());

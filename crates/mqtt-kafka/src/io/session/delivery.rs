@@ -41,7 +41,7 @@ impl Session {
             && let Err(error) = self.write_record(None).await
         {
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = crate::error_chain(&error),
                 "cannot store the subscription"
             );
             for code in reason_codes.iter_mut().filter(|c| !c.is_error()) {
@@ -60,7 +60,10 @@ impl Session {
         );
         if !retained_for.is_empty() {
             if let Err(error) = self.up.retained.sync(SYNC_DEADLINE).await {
-                tracing::warn!(error = format!("{error:#}"), "retained messages not read");
+                tracing::warn!(
+                    error = crate::error_chain(&error),
+                    "retained messages not read"
+                );
             }
             let now = now_ms();
             let entries = self

@@ -52,7 +52,7 @@ impl Session {
             tracing::debug!("session record already taken over; not writing the end");
         } else if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = crate::error_chain(&error),
                 "cannot store the session's end"
             );
         }

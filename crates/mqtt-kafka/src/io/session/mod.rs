@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
+use crate::UpstreamError;
 use crate::core::ending::{
     End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
 };
@@ -191,12 +192,12 @@ pub async fn run(
         Ok(resumed) => resumed,
         Err(error) => {
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = crate::error_chain(&error),
                 "Kafka unavailable; refusing the client"
             );
             metrics.error("kafka_unavailable");
             forget_local(&up, &client_id, &connection);
-            return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
+            return refuse(ReasonCode::SERVER_UNAVAILABLE, crate::error_chain(&error)).await;
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), "session state read");
@@ -250,13 +251,13 @@ pub async fn run(
     // The claim: written before CONNACK, so a replica serving this client id hands it over.
     if let Err(error) = session.write_record(None).await {
         tracing::warn!(
-            error = format!("{error:#}"),
+            error = crate::error_chain(&error),
             "cannot write the session record"
         );
         metrics.error("kafka_unavailable");
         up.unregister(id, session.subscriptions.keys().cloned());
         forget_local(&up, &client_id, &connection);
-        return refuse(ReasonCode::SERVER_UNAVAILABLE, format!("{error:#}")).await;
+        return refuse(ReasonCode::SERVER_UNAVAILABLE, crate::error_chain(&error)).await;
     }
     tracing::debug!(elapsed = ?started.elapsed(), "session claimed");
     let mut connack = ConnAck {
@@ -299,7 +300,7 @@ async fn load(
     up: &KafkaUpstream,
     client_id: &str,
     clean_start: bool,
-) -> anyhow::Result<Option<SessionRecord>> {
+) -> Result<Option<SessionRecord>, UpstreamError> {
     up.sessions.sync(SYNC_DEADLINE).await?;
     if clean_start {
         return Ok(None);
@@ -357,7 +358,10 @@ impl Session {
                 if let Err(error) = self.write_record(None).await {
                     return End::Server(
                         ReasonCode::UNSPECIFIED_ERROR,
-                        format!("cannot store QoS 2 delivery state: {error:#}"),
+                        format!(
+                            "cannot store QoS 2 delivery state: {}",
+                            crate::error_chain(&error)
+                        ),
                     );
                 }
             }
@@ -440,7 +444,7 @@ impl Session {
                 }
                 _ = checkpoint.tick(), if self.expiry > 0 => {
                     if let Err(error) = self.checkpoint().await {
-                        tracing::warn!(error = format!("{error:#}"), "cannot write delivery progress");
+                        tracing::warn!(error = crate::error_chain(&error), "cannot write delivery progress");
                     }
                 }
                 _ = kicked.recv() => return End::TakenOver,
@@ -462,7 +466,7 @@ impl Session {
                     if let Err(error) = self.up.ensure_routed(&messages).await {
                         // The produce fails in turn and says so to the client.
                         tracing::warn!(
-                            error = format!("{error:#}"),
+                            error = crate::error_chain(&error),
                             "cannot read routed topic {messages}"
                         );
                     }
@@ -495,7 +499,7 @@ impl Session {
                                 Ok(false) => {}
                                 Err(error) => {
                                     tracing::warn!(
-                                        error = format!("{error:#}"),
+                                        error = crate::error_chain(&error),
                                         "cannot store QoS 2 intent"
                                     );
                                     let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
@@ -543,7 +547,10 @@ impl Session {
                 if self.expiry > 0
                     && let Err(error) = self.write_record(None).await
                 {
-                    tracing::warn!(error = format!("{error:#}"), "cannot store the unsubscribe");
+                    tracing::warn!(
+                        error = crate::error_chain(&error),
+                        "cannot store the unsubscribe"
+                    );
                     reason_codes.fill(ReasonCode::UNSPECIFIED_ERROR);
                 }
                 self.out.push(

@@ -7,7 +7,7 @@ impl Session {
     /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
     /// whose write may have reached Kafka before a crash, look for it (`Ok(true)`: it is
     /// there); otherwise store where it goes and the partition's end offset first.
-    pub(super) async fn qos2_intent(&mut self, publish: &Publish) -> anyhow::Result<bool> {
+    pub(super) async fn qos2_intent(&mut self, publish: &Publish) -> Result<bool, UpstreamError> {
         let (messages, Some(partition)) = self.up.target(&publish.topic) else {
             return Ok(false);
         };
@@ -151,7 +151,7 @@ impl Session {
     pub(super) async fn write_record(
         &mut self,
         disconnected_at_ms: Option<i64>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), UpstreamError> {
         let record = self.record(disconnected_at_ms);
         let offsets = record.offsets.clone();
         // Completed QoS 2 deliveries below the progress need no memory any more.
@@ -174,7 +174,7 @@ impl Session {
     /// Stores delivery progress: within a second of acknowledgements (so a crash repeats
     /// little), otherwise at most every `IDLE_CHECKPOINT` (progress moving only because other
     /// clients' traffic passed needs no write per second per session).
-    pub(super) async fn checkpoint(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn checkpoint(&mut self) -> Result<(), UpstreamError> {
         if !self.acked_since_write && self.last_write.elapsed() < IDLE_CHECKPOINT {
             return Ok(());
         }
@@ -190,16 +190,17 @@ pub(crate) async fn put_session(
     up: &KafkaUpstream,
     client_id: &str,
     value: Option<Vec<u8>>,
-) -> anyhow::Result<()> {
+) -> Result<(), UpstreamError> {
     let mut record = FutureRecord::<str, [u8]>::to(&up.config.topics.sessions).key(client_id);
     if let Some(value) = &value {
         record = record.payload(value.as_slice());
     }
     match up.producer.send(record, Duration::from_secs(5)).await {
         Ok(_) => Ok(()),
-        Err((error, _)) => Err(anyhow::anyhow!(
-            "writing the session of {client_id}: {error}"
-        )),
+        Err((error, _)) => Err(UpstreamError::SessionWrite {
+            client_id: client_id.into(),
+            error,
+        }),
     }
 }
 
@@ -215,7 +216,7 @@ fn find_written(
     key: &str,
     payload: &[u8],
     publisher: &str,
-) -> anyhow::Result<bool> {
+) -> Result<bool, UpstreamError> {
     if from >= end {
         return Ok(false);
     }
@@ -227,9 +228,9 @@ fn find_written(
     let every = Duration::from_millis(200);
     poll_loop(&consumer, "QoS 2 resend check", every, |polled| {
         if std::time::Instant::now() >= deadline {
-            return ControlFlow::Break(Err(anyhow::anyhow!(
+            return ControlFlow::Break(Err(UpstreamError::Timeout(format!(
                 "reading {topic}/{partition} from {from} to {end} took over 30 s"
-            )));
+            ))));
         }
         let Polled::Record(record) = polled else {
             return ControlFlow::Continue(());

@@ -41,7 +41,10 @@ impl Session {
                     // The packet id must survive a reconnect to another replica before PUBREC,
                     // or a resent PUBLISH would be written twice.
                     if let Err(error) = self.write_record(None).await {
-                        tracing::warn!(error = format!("{error:#}"), "cannot store QoS 2 state");
+                        tracing::warn!(
+                            error = crate::error_chain(&error),
+                            "cannot store QoS 2 state"
+                        );
                         self.inbound.unwritten(packet_id);
                         return Some(End::Server(
                             ReasonCode::UNSPECIFIED_ERROR,
