@@ -39,44 +39,8 @@ pub enum UpstreamError {
     #[error("a blocking Kafka call failed: {0}")]
     Blocking(#[from] tokio::task::JoinError),
     /// What was being done, and why it failed.
-    #[error("{what}")]
-    Context {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Failed(#[from] strait_runtime::Failed),
 }
 
-/// `.context()` for the upstream's results: names what was being done, keeps the cause.
-pub(crate) trait Context<T> {
-    fn context(self, what: impl Into<String>) -> Result<T, UpstreamError>;
-    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T, UpstreamError>;
-}
-
-impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
-    fn context(self, what: impl Into<String>) -> Result<T, UpstreamError> {
-        self.map_err(|source| UpstreamError::Context {
-            what: what.into(),
-            source: Box::new(source),
-        })
-    }
-
-    fn with_context<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T, UpstreamError> {
-        self.map_err(|source| UpstreamError::Context {
-            what: what().into(),
-            source: Box::new(source),
-        })
-    }
-}
-
-/// An error with its causes, one line (`what: cause: cause`), for logs and reason strings.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
-}
+pub use strait_runtime::error_chain;

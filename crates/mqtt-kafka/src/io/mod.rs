@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::{Context as _, UpstreamError};
+use crate::UpstreamError;
 use rdkafka::consumer::Consumer;
 use strait_config::mqtt_kafka::{Acks, KafkaConfig};
 use strait_kafka::{KafkaClients, Linger, Producer, Reader};
+use strait_runtime::Context as _;
 use tokio_util::sync::CancellationToken;
 
 pub use session::run;

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Context as _, UpstreamError};
+use crate::UpstreamError;
 use bytes::Bytes;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use strait_kafka::headers::record_headers;
 use strait_kafka::poll::{Polled, poll_loop};
 use strait_kafka::{KafkaClients, Reader};
+use strait_runtime::Context as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +159,7 @@ impl Table {
         })
         .await
         .with_context(|| format!("{} not read up to its end within {deadline:?}", self.topic))
+        .map_err(Into::into)
     }
 
     pub fn get(&self, key: &str) -> Option<TableEntry> {

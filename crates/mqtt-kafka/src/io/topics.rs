@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use crate::{Context as _, UpstreamError};
+use crate::UpstreamError;
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use strait_config::mqtt_kafka::KafkaConfig;
 use strait_kafka::{KafkaClients, Reader};
+use strait_runtime::Context as _;
 
 use super::lock_order::{Level, OrderedRwLock};
 use super::{KafkaUpstream, METADATA_TIMEOUT, ROUTED_TOPICS_SCAN};
@@ -223,7 +224,9 @@ pub(crate) async fn read_partitions(
                 )));
             }
             Err(error) if attempts >= 40 => {
-                return Err(error).with_context(|| format!("reading metadata of {topic}"));
+                return Err(error)
+                    .with_context(|| format!("reading metadata of {topic}"))
+                    .map_err(Into::into);
             }
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
