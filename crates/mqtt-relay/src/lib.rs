@@ -10,3 +10,19 @@ pub mod drain;
 pub mod net;
 pub mod rproxy;
 pub mod sproxy;
+
+/// Why r-proxy or s-proxy could not start or stopped, or a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// What was being done, with its cause.
+    #[error(transparent)]
+    Failed(#[from] strait_runtime::Failed),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] strait_tls::TlsError),
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    #[error("WebSocket handshake: {0}")]
+    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+}

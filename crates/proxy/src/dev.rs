@@ -251,7 +251,7 @@ async fn serve(
         .instrument(span.clone())
         .await
         .context("s-proxy")?;
-    parts.spawn(async move { ("s-proxy", serving.await) }.instrument(span));
+    parts.spawn(async move { ("s-proxy", serving.await.map_err(Into::into)) }.instrument(span));
 
     // r-proxy: MQTT clients, relayed to that s-proxy.
     let (r_process, span) = part("r-proxy");
@@ -267,7 +267,7 @@ async fn serve(
         .first()
         .map(|(_, addr)| *addr)
         .context("r-proxy bound no listener")?;
-    parts.spawn(async move { ("r-proxy", serving.await) }.instrument(span));
+    parts.spawn(async move { ("r-proxy", serving.await.map_err(Into::into)) }.instrument(span));
 
     // The demo service, reached only through Kafka, and the two gRPC roles around it.
     let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

@@ -120,8 +120,8 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
             .start("strait-proxy", default_metrics_addr, readiness)
             .await?;
         let result = match config {
-            RoleConfig::RProxy(config) => rproxy::run(config, &process).await,
-            RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
+            RoleConfig::RProxy(config) => rproxy::run(config, &process).await.map_err(Into::into),
+            RoleConfig::SProxy(config) => sproxy::run(config, &process).await.map_err(Into::into),
             RoleConfig::GrpcKafka(args) => match args.load() {
                 Ok(config) => grpckafka::run(config, &process).await.map_err(Into::into),
                 Err(error) => Err(error.into()),

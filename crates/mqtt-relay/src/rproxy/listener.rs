@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::Context;
 use super::conn::ClientConn;
+use crate::RelayError;
 use crate::net::BoxedIo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +143,7 @@ async fn handshake(
     transport: Transport,
     tls: Option<TlsAcceptor>,
     ws_path: &str,
-) -> anyhow::Result<(ClientConn, Option<v1::Identity>)> {
+) -> Result<(ClientConn, Option<v1::Identity>), RelayError> {
     let (io, identity): (BoxedIo, _) = match &tls {
         Some(acceptor) => {
             let stream = acceptor.accept(tcp).await?;
@@ -166,8 +167,9 @@ async fn handshake(
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0);
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config)).await?;
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config))
+        .await
+        .map_err(Box::new)?;
     Ok((ClientConn::WebSocket(Box::new(ws)), identity))
 }
 

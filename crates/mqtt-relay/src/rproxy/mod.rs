@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use strait_runtime::Context as _;
+
+use crate::RelayError;
 use strait_runtime::Process;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -41,7 +43,7 @@ pub struct Bound {
 }
 
 /// Binds every listener and serves until shutdown, then drains.
-pub async fn run(config: RProxyConfig, process: &Process) -> anyhow::Result<()> {
+pub async fn run(config: RProxyConfig, process: &Process) -> Result<(), RelayError> {
     let (bound, serving) = start(config, process).await?;
     for (transport, addr) in &bound.listeners {
         tracing::info!(%transport, %addr, "r-proxy listening");
@@ -54,7 +56,7 @@ pub async fn run(config: RProxyConfig, process: &Process) -> anyhow::Result<()> 
 pub async fn start(
     config: RProxyConfig,
     process: &Process,
-) -> anyhow::Result<(Bound, impl Future<Output = anyhow::Result<()>> + use<>)> {
+) -> Result<(Bound, impl Future<Output = Result<(), RelayError>> + use<>), RelayError> {
     let ready = process.health.flag(READINESS);
     let server_tls = strait_tls::server_config(&config.tls, &[])
         .context("loading the MQTT listener's TLS certificate (tls)")?;

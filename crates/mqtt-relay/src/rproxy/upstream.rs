@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use strait_runtime::Context as _;
+
+use crate::RelayError;
 use strait_relay::v1::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +32,7 @@ pub struct RelayStream {
 }
 
 impl SProxyPool {
-    pub fn new(link: &SProxyLink, max_packet_size: u32) -> anyhow::Result<Self> {
+    pub fn new(link: &SProxyLink, max_packet_size: u32) -> Result<Self, RelayError> {
         let per_endpoint = link.connections_per_endpoint.max(1);
         let tls = &link.tls;
         let max_message = max_frame_size(max_packet_size);
@@ -53,13 +55,18 @@ impl SProxyPool {
                     .tls_config(client_tls(tls)?)
                     .with_context(|| format!("TLS settings for {uri}"))?;
             } else if tls.ca.is_some() || tls.cert.is_some() {
-                anyhow::bail!("{uri}: sProxy.tls is set but the endpoint is not https://");
+                return Err(strait_runtime::Failed::new(format!(
+                    "{uri}: sProxy.tls is set but the endpoint is not https://"
+                ))
+                .into());
             }
             for _ in 0..per_endpoint {
                 channels.push((uri.clone(), endpoint.connect_lazy()));
             }
         }
-        anyhow::ensure!(!channels.is_empty(), "no s-proxy endpoint given");
+        if channels.is_empty() {
+            return Err(strait_runtime::Failed::new("no s-proxy endpoint given").into());
+        }
         Ok(Self {
             channels,
             per_endpoint,
@@ -100,7 +107,7 @@ impl SProxyPool {
     }
 }
 
-fn client_tls(files: &ClientTls) -> anyhow::Result<ClientTlsConfig> {
+fn client_tls(files: &ClientTls) -> Result<ClientTlsConfig, RelayError> {
     let mut config = ClientTlsConfig::new();
     if let Some(ca) = &files.ca {
         let pem =

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use strait_runtime::Context as _;
+
+use crate::RelayError;
 use bytes::BytesMut;
 use futures::FutureExt as _;
 use strait_mqtt_codec::{self as mqtt, Disconnect, Packet, Protocol, ReasonCode};
@@ -40,7 +42,7 @@ impl BrokerTarget {
         server_name: Option<String>,
         connect_timeout: Duration,
         qos0_batching: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, RelayError> {
         let host = address
             .rsplit_once(':')
             .map(|(host, _)| host.trim_matches(['[', ']']))
@@ -61,11 +63,11 @@ impl BrokerTarget {
         })
     }
 
-    async fn connect(&self) -> anyhow::Result<BoxedIo> {
+    async fn connect(&self) -> Result<BoxedIo, RelayError> {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(&self.address).await?;
             tcp.set_nodelay(true)?;
-            Ok::<BoxedIo, anyhow::Error>(match &self.tls {
+            Ok::<BoxedIo, std::io::Error>(match &self.tls {
                 Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
                 None => Box::new(tcp),
             })
@@ -79,6 +81,7 @@ impl BrokerTarget {
                 )
             })?
             .with_context(|| format!("connecting to broker {}", self.address))
+            .map_err(Into::into)
     }
 }
 
@@ -117,7 +120,7 @@ pub async fn run(
         Ok(io) => io,
         Err(error) => {
             tracing::warn!(
-                error = format!("{error:#}"),
+                error = strait_runtime::error_chain(&error),
                 "broker unreachable; refusing the client"
             );
             ctx.metrics.error("broker_unavailable");
@@ -125,7 +128,7 @@ pub async fn run(
                 packets: vec![refusal(ReasonCode::SERVER_UNAVAILABLE).into()],
                 close: Some(v1::SessionClose {
                     reason_code: 0,
-                    detail: format!("{error:#}"),
+                    detail: strait_runtime::error_chain(&error),
                 }),
             };
             let _ = to_client.send(Ok(frame)).await;

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use strait_runtime::Context as _;
+
+use crate::RelayError;
 use strait_mqtt_kafka::{KafkaUpstream, TopicCheck};
 use strait_relay::v1::{ClientFrame, ServerFrame};
 use strait_relay::{Incoming, Opening, RelayServer, SessionHandler};
@@ -95,7 +97,13 @@ pub async fn start(
     config: SProxyConfig,
     process: &Process,
     topic_check: TopicCheck,
-) -> anyhow::Result<(SocketAddr, impl Future<Output = anyhow::Result<()>> + use<>)> {
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = Result<(), RelayError>> + use<>,
+    ),
+    RelayError,
+> {
     let ready = process.health.flag(READINESS);
     let backend = match config.upstream {
         Upstream::Broker => {
@@ -193,11 +201,12 @@ pub async fn start(
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await
             .context("s-proxy gRPC server failed")
+            .map_err(RelayError::from)
     };
     Ok((local_addr, serving))
 }
 
-pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> {
+pub async fn run(config: SProxyConfig, process: &Process) -> Result<(), RelayError> {
     let broker = config.broker.as_ref().map(|b| b.address.clone());
     let kafka = config.kafka.as_ref().map(|k| k.bootstrap.clone());
     let upstream = config.upstream;
@@ -205,7 +214,7 @@ pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> 
         // Stopped while waiting for Kafka (e.g. a wrong password): a requested stop, not a failure.
         Err(error) if process.shutdown.is_triggered() => {
             tracing::info!(
-                error = format!("{error:#}"),
+                error = strait_runtime::error_chain(&error),
                 "s-proxy stopped before it served"
             );
             return Ok(());
@@ -223,7 +232,7 @@ pub async fn run(config: SProxyConfig, process: &Process) -> anyhow::Result<()> 
     serving.await
 }
 
-fn tls_config(files: &ServerTls) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+fn tls_config(files: &ServerTls) -> Result<Option<tonic::transport::ServerTlsConfig>, RelayError> {
     let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
         return Ok(None);
     };
