@@ -27,6 +27,7 @@ use super::lock_order::{Level, OrderedMutex};
 use super::{Delivery, KafkaUpstream, METADATA_TIMEOUT, SHARED_COMMIT_EVERY, now_ms};
 use crate::UpstreamError;
 use crate::core::headers;
+use crate::core::members::Members;
 
 /// (topic index, partition).
 type Partition = (usize, i32);
@@ -101,16 +102,17 @@ impl KafkaUpstream {
     ) -> tokio::sync::watch::Receiver<bool> {
         let mut shared = self.shared.lock();
         if let Some(existing) = shared.get_mut(&group) {
-            existing.members.push(id);
+            existing.members.join(id);
             return existing.ready.clone();
         }
         let stop = self.shutdown.child_token();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let mut members = Members::default();
+        members.join(id);
         shared.insert(
             group.clone(),
             SharedGroup {
-                members: vec![id],
-                turn: 0,
+                members,
                 stop: stop.clone(),
                 ready: ready.clone(),
             },
@@ -133,12 +135,11 @@ impl KafkaUpstream {
 
     pub(crate) fn leave_shared(&self, group: &Arc<str>, id: u64) {
         let mut shared = self.shared.lock();
-        if let Some(existing) = shared.get_mut(group) {
-            existing.members.retain(|m| *m != id);
-            if existing.members.is_empty() {
-                existing.stop.cancel();
-                shared.remove(group);
-            }
+        if let Some(existing) = shared.get_mut(group)
+            && existing.members.leave(id)
+        {
+            existing.stop.cancel();
+            shared.remove(group);
         }
     }
 
@@ -306,19 +307,14 @@ impl KafkaUpstream {
                     return false;
                 };
                 let inboxes = self.inboxes.read();
-                let count = entry.members.len();
-                let mut taken = false;
-                for _ in 0..count {
-                    let id = entry.members[entry.turn % count];
-                    entry.turn = entry.turn.wrapping_add(1);
-                    if let Some(inbox) = inboxes.get(&id)
-                        && inbox.try_push_shared(delivery.clone())
-                    {
-                        taken = true;
-                        break;
-                    }
-                }
-                taken
+                entry
+                    .members
+                    .hand_out(|id| {
+                        inboxes
+                            .get(&id)
+                            .is_some_and(|inbox| inbox.try_push_shared(delivery.clone()))
+                    })
+                    .is_some()
             };
             if taken {
                 return true;
@@ -366,8 +362,7 @@ impl KafkaUpstream {
 
 /// The members on this process of one shared subscription.
 pub(crate) struct SharedGroup {
-    pub(crate) members: Vec<u64>,
-    pub(crate) turn: usize,
+    pub(crate) members: Members,
     pub(crate) stop: CancellationToken,
     pub(crate) ready: tokio::sync::watch::Receiver<bool>,
 }
