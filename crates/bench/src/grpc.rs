@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use strait_proxy::grpc::codec::RawCodec;
+use strait_grpc_kafka::grpc::codec::RawCodec;
 use tonic::server::{Grpc, ServerStreamingService, UnaryService};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

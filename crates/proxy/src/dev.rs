@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::mocking::MockCluster;
 use strait_config::grpc::{GrpcKafkaConfig, GrpcRoute, KafkaGrpcConfig};
 use strait_config::kafka::{KafkaConnection, KafkaSasl, KafkaTls};
@@ -26,9 +24,11 @@ use strait_runtime::Process;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use crate::kafka_client::{KafkaReport, KafkaSecurityArgs, wait_for_cluster};
-use crate::sproxy::kafka::TopicCheck;
-use crate::{grpckafka, kafkagrpc, rproxy, sproxy};
+use crate::cli::{KafkaGrpcArgs, KafkaSecurityArgs};
+use strait_grpc_kafka::{grpckafka, kafkagrpc};
+use strait_kafka::KafkaClients;
+use strait_mqtt_kafka::TopicCheck;
+use strait_mqtt_relay::{rproxy, sproxy};
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
 pub use crate::demo::proto as demo;
@@ -193,12 +193,11 @@ pub async fn run(args: DevArgs, process: &Process) -> anyhow::Result<()> {
             args.kafka_security
                 .apply(&mut connection.tls, &mut connection.sasl)?;
             connection.check()?;
-            let client = crate::kafka_client::client_config(&connection)?;
-            let report = KafkaReport::new(&connection);
-            if !wait_for_cluster(&client, &report, &process.shutdown.token()).await? {
+            let clients = KafkaClients::new(&connection)?;
+            if !clients.wait_for_cluster(&process.shutdown.token()).await? {
                 return Ok(());
             }
-            create_demo_topics(&client, bootstrap).await?;
+            create_demo_topics(&clients, bootstrap).await?;
             tracing::info!(%bootstrap, "using the Kafka cluster given with --kafka");
             Kafka::External(connection)
         }
@@ -248,7 +247,7 @@ async fn serve(
         .instrument(span.clone())
         .await
         .context("s-proxy")?;
-    parts.spawn(async move { ("s-proxy", serving.await) }.instrument(span));
+    parts.spawn(async move { ("s-proxy", serving.await.map_err(Into::into)) }.instrument(span));
 
     // r-proxy: MQTT clients, relayed to that s-proxy.
     let (r_process, span) = part("r-proxy");
@@ -264,7 +263,7 @@ async fn serve(
         .first()
         .map(|(_, addr)| *addr)
         .context("r-proxy bound no listener")?;
-    parts.spawn(async move { ("r-proxy", serving.await) }.instrument(span));
+    parts.spawn(async move { ("r-proxy", serving.await.map_err(Into::into)) }.instrument(span));
 
     // The demo service, reached only through Kafka, and the two gRPC roles around it.
     let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -298,7 +297,7 @@ async fn serve(
         .instrument(span.clone())
         .await
         .context("grpc-kafka")?;
-    parts.spawn(async move { ("grpc-kafka", serving.await) }.instrument(span));
+    parts.spawn(async move { ("grpc-kafka", serving.await.map_err(Into::into)) }.instrument(span));
 
     // kafka-grpc reads its config file, as it does as a subcommand: the file is the example.
     let mut k_config = KafkaGrpcConfig::new(
@@ -309,7 +308,7 @@ async fn serve(
     );
     (k_config.kafka.tls, k_config.kafka.sasl) = (tls, sasl);
     k_config.validate()?;
-    let k_args = kafkagrpc::KafkaGrpcArgs {
+    let k_args = KafkaGrpcArgs {
         config: write_config(dir, "kafka-grpc.yaml", &k_config)?,
         kafka: None,
         target: None,
@@ -318,7 +317,10 @@ async fn serve(
     let (k_process, span) = part("kafka-grpc");
     parts.spawn(
         async move {
-            let result = kafkagrpc::run(k_args, &k_process).await;
+            let result = match k_args.load() {
+                Ok(config) => kafkagrpc::run(config, &k_process).await.map_err(Into::into),
+                Err(error) => Err(error.into()),
+            };
             ("kafka-grpc", result)
         }
         .instrument(span),
@@ -403,22 +405,15 @@ fn write_config<T: serde::Serialize>(
 }
 
 /// The demo topics on a real cluster (s-proxy creates its own); existing ones are kept.
-async fn create_demo_topics(client: &ClientConfig, bootstrap: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().context("creating a Kafka admin client")?;
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+async fn create_demo_topics(clients: &KafkaClients, bootstrap: &str) -> anyhow::Result<()> {
+    let admin = clients.admin()?;
     let topics = [DEMO_REQUESTS, DEMO_REPLIES]
         .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)));
-    let results = admin
-        .create_topics(&topics, &options)
+    let created = strait_kafka::create_topics(&admin, &topics, Duration::from_secs(10))
         .await
         .with_context(|| format!("creating the demo topics on {bootstrap}"))?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created Kafka topic"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("cannot create Kafka topic {topic} on {bootstrap}: {code}"),
-        }
+    for topic in created {
+        tracing::info!(topic, "created Kafka topic");
     }
     Ok(())
 }

@@ -1,18 +1,7 @@
-//! Strait's data plane. Each role is a module with an `Args` struct (its CLI) and a `run`;
-//! the `strait-proxy` binary only picks the role.
+//! Strait's data plane binary: `main.rs` picks the role, `cli` holds every role's command line
+//! and how it is laid over the role's config file, and `dev` runs every role in one process.
+//! The roles live in their own crates (strait-mqtt-relay, strait-mqtt-kafka, strait-grpc-kafka).
 
-pub mod auth;
-pub mod batch;
+pub mod cli;
 pub mod demo;
 pub mod dev;
-pub mod drain;
-pub mod grpc;
-pub mod grpckafka;
-pub mod kafka_client;
-pub mod kafkagrpc;
-pub mod metrics;
-pub mod net;
-pub mod relay_rules;
-pub mod rproxy;
-pub mod sproxy;
-pub mod tls;

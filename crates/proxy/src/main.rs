@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use strait_config::{ConfigError, RProxyConfig, SProxyConfig};
-use strait_proxy::{demo, dev, grpckafka, kafkagrpc, rproxy, sproxy};
+use strait_grpc_kafka::{grpckafka, kafkagrpc};
+use strait_mqtt_relay::{rproxy, sproxy};
+use strait_proxy::cli::{GrpcKafkaArgs, KafkaGrpcArgs};
+use strait_proxy::cli::{RProxyArgs, SProxyArgs};
+use strait_proxy::{demo, dev};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -29,14 +33,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Role {
     /// MQTT server for clients (TCP, TLS, WebSocket); relays each session to s-proxy over gRPC.
-    RProxy(rproxy::RProxyArgs),
+    RProxy(RProxyArgs),
     /// gRPC end of the relay; drives an MQTT broker on each client's behalf.
-    SProxy(sproxy::SProxyArgs),
+    SProxy(SProxyArgs),
     /// gRPC server for any .proto service: each call becomes records on a Kafka request topic,
     /// answered from a reply topic; fetch routes stream a topic to clients.
-    GrpcKafka(grpckafka::GrpcKafkaArgs),
+    GrpcKafka(GrpcKafkaArgs),
     /// Consumes request topics in a consumer group, calls the real gRPC service, writes replies.
-    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
+    KafkaGrpc(KafkaGrpcArgs),
     /// Everything in one process for trying Strait out: MQTT on 127.0.0.1:1883 and gRPC on
     /// 127.0.0.1:50051 through an embedded Kafka (in-memory, for trying out; nothing survives a
     /// restart), or a real one with --kafka.
@@ -51,8 +55,8 @@ enum Role {
 enum RoleConfig {
     RProxy(RProxyConfig),
     SProxy(SProxyConfig),
-    GrpcKafka(grpckafka::GrpcKafkaArgs),
-    KafkaGrpc(kafkagrpc::KafkaGrpcArgs),
+    GrpcKafka(GrpcKafkaArgs),
+    KafkaGrpc(KafkaGrpcArgs),
     Dev(dev::DevArgs),
     DemoService(demo::DemoServiceArgs),
 }
@@ -116,17 +120,23 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
     let default_metrics_addr = role.default_metrics_addr();
     // A bad config stops the process before it binds anything, with the field named.
     let config = role.into_config()?;
-    strait_proxy::tls::install_crypto_provider();
+    strait_tls::install_crypto_provider();
     let runtime = strait_runtime::build_runtime(process_args.worker_threads)?;
     runtime.block_on(async move {
         let process = process_args
             .start("strait-proxy", default_metrics_addr, readiness)
             .await?;
         let result = match config {
-            RoleConfig::RProxy(config) => rproxy::run(config, &process).await,
-            RoleConfig::SProxy(config) => sproxy::run(config, &process).await,
-            RoleConfig::GrpcKafka(args) => grpckafka::run(args, &process).await,
-            RoleConfig::KafkaGrpc(args) => kafkagrpc::run(args, &process).await,
+            RoleConfig::RProxy(config) => rproxy::run(config, &process).await.map_err(Into::into),
+            RoleConfig::SProxy(config) => sproxy::run(config, &process).await.map_err(Into::into),
+            RoleConfig::GrpcKafka(args) => match args.load() {
+                Ok(config) => grpckafka::run(config, &process).await.map_err(Into::into),
+                Err(error) => Err(error.into()),
+            },
+            RoleConfig::KafkaGrpc(args) => match args.load() {
+                Ok(config) => kafkagrpc::run(config, &process).await.map_err(Into::into),
+                Err(error) => Err(error.into()),
+            },
             RoleConfig::Dev(args) => dev::run(args, &process).await,
             RoleConfig::DemoService(args) => demo::run(args, &process).await,
         };

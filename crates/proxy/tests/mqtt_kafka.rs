@@ -660,7 +660,7 @@ async fn routes_pick_the_messages_topic_and_client_patterns_the_partition() {
     }
     let partitions = record_partitions(&kafka, &relay.topics.messages, "place/client-2").await;
     // murmur2("client-2") & 0x7fffffff % 2 partitions, as Kafka's Java client computes it.
-    let want = (strait_proxy::sproxy::kafka::routing::murmur2(b"client-2") & 0x7fff_ffff) % 2;
+    let want = (strait_mqtt_kafka::core::routing::murmur2(b"client-2") & 0x7fff_ffff) % 2;
     assert_eq!(partitions, vec![want; 3], "all on one partition");
 }
 

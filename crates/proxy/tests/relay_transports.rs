@@ -93,7 +93,7 @@ impl Pki {
 
     /// What a client uses: trusting our CA (or nothing), with the client certificate or not.
     fn client_config(&self, trust_ca: bool, present_cert: bool) -> Arc<rustls::ClientConfig> {
-        strait_proxy::tls::install_crypto_provider();
+        strait_tls::install_crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         if trust_ca {
             roots.add(self.ca.clone()).unwrap();

@@ -4,9 +4,13 @@
 
 pub mod codec;
 pub mod convert;
+pub mod metrics;
+pub mod opening;
+pub mod rules;
 pub mod stream;
 
 pub use convert::{ConvertError, ErrorKind};
+pub use opening::Opening;
 pub use stream::{Incoming, RelayServer, SessionHandler, open_session};
 
 /// Generated protobuf types of `strait.mqtt.v1`.

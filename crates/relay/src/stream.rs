@@ -4,10 +4,11 @@
 //! Frames are encoded by tonic's `EncodeBody`, but read here rather than by tonic's `Streaming`,
 //! which copies every HTTP/2 DATA chunk into one buffer before decoding from it. A frame carries
 //! up to 64 KiB of PUBLISH payloads, so that was a second copy of every payload in each proxy
-//! (about 5 % of s-proxy's CPU at 1 KiB). [`MessageReader`] decodes a message that arrives within
-//! one chunk straight from that chunk, its payloads and topics becoming slices of it. On the relay
-//! link (256 KiB HTTP/2 frames both ways) 5–8 % of messages straddle two chunks, where the sender
-//! cut a DATA frame short; those are decoded from both, and only a payload on the seam is copied.
+//! (measurable in s-proxy's CPU: docs/benchmarks.md, "Figures the code's design rests on").
+//! [`MessageReader`] decodes a message that arrives within one chunk straight from that chunk,
+//! its payloads and topics becoming slices of it. On the relay link (256 KiB HTTP/2 frames both
+//! ways) a few messages straddle two chunks, where the sender cut a DATA frame short; those are
+//! decoded from both, and only a payload on the seam is copied.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -6,6 +6,7 @@
 //! SIGINT or SIGTERM.
 
 mod admin;
+mod failure;
 mod health;
 mod logging;
 mod shutdown;
@@ -13,6 +14,7 @@ mod shutdown;
 use std::net::SocketAddr;
 
 pub use admin::AdminServer;
+pub use failure::{Context, Failed, error_chain};
 pub use health::{Health, ReadinessFlag};
 pub use logging::LogFormat;
 pub use shutdown::{Shutdown, drain};

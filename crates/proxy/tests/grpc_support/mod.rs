@@ -23,7 +23,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use strait_e2e::{Daemon, free_local_addr, unique_name};
-use strait_proxy::grpc::codec::RawCodec;
+use strait_grpc_kafka::grpc::codec::RawCodec;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;

@@ -1,0 +1,12 @@
+//! The sans-IO part of MQTT on Kafka: no sockets, no Kafka clients, no clocks of its own, so
+//! everything here is tested with plain unit tests.
+
+pub mod ending;
+pub mod flows;
+pub mod headers;
+pub mod members;
+pub mod queue;
+pub mod routing;
+pub mod state;
+pub mod subscriptions;
+pub mod trie;

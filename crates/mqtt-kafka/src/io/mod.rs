@@ -1,0 +1,399 @@
+//! The Kafka upstream: s-proxy is the MQTT broker and Kafka holds everything (Zilla's
+//! mqtt-kafka layout, shared/reference/zilla-wire.md §1).
+//!
+//! Per process, not per client: one producer for QoS ≥ 1 (acks=all, idempotent), one for QoS 0
+//! (configurable acks), one fetch of every messages-topic partition (the dispatcher) fanned out
+//! through a topic trie into bounded per-session inboxes, and two compacted tables kept in
+//! memory by tailing the retained and sessions topics. A persistent session that reconnects
+//! reads what it missed from its stored offsets with a short-lived catch-up reader.
+
+mod dispatcher;
+mod inbox;
+mod lock_order;
+mod session;
+mod shared;
+mod table;
+mod topics;
+mod watchdog;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::UpstreamError;
+use rdkafka::consumer::Consumer;
+use strait_config::mqtt_kafka::{Acks, KafkaConfig};
+use strait_kafka::{KafkaClients, Linger, Producer, Reader};
+use strait_runtime::Context as _;
+use tokio_util::sync::CancellationToken;
+
+pub use session::run;
+
+use self::inbox::Inbox;
+use self::lock_order::{Level, OrderedMutex, OrderedRwLock};
+use self::shared::{SharedGroup, SharedOffsets};
+use self::table::{Table, TableEntry};
+use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
+use crate::core::headers::Message;
+use crate::core::routing::{self, Routing};
+use crate::core::state;
+use crate::core::trie::Trie;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a shared subscription's group commits what its members delivered.
+const SHARED_COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// How often the topics of `${params}` routes are looked for in Kafka.
+const ROUTED_TOPICS_SCAN: Duration = Duration::from_secs(2);
+
+/// A record of a messages topic, as the dispatcher hands it to sessions.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Index into `KafkaUpstream::topics`.
+    pub topic: usize,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub message: Message,
+    /// Read for a shared subscription (by its group consumer, not the dispatcher): not part of
+    /// the session's delivery progress; the group commits its offset once it is delivered.
+    pub shared: Option<Arc<SharedOffsets>>,
+}
+
+impl Delivery {
+    /// A shared subscription's record was delivered (QoS 0 sent, QoS ≥ 1 acknowledged).
+    fn delivered(&self) {
+        if let Some(offsets) = &self.shared {
+            offsets.done((self.topic, self.partition), self.offset);
+        }
+    }
+
+    /// A shared subscription's record this member will not deliver: another member gets it.
+    fn give_back(self: Arc<Self>) {
+        if let Some(offsets) = self.shared.clone() {
+            offsets.give_back(self);
+        }
+    }
+}
+
+/// A locally connected session, for takeover.
+struct Local {
+    connection: String,
+    connected_at_ms: i64,
+    kick: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Everything the sessions of one process share.
+pub struct KafkaUpstream {
+    pub config: KafkaConfig,
+    /// This process, in session records.
+    pub instance: String,
+    pub routing: Routing,
+    /// acks=all, idempotent: QoS 1 and 2, retained, sessions.
+    pub producer: Producer,
+    /// QoS 0 with `qos0Acks`.
+    pub qos0: Producer,
+    /// Makes the readers (the dispatcher, shared groups, catch-up) and the admin clients.
+    clients: KafkaClients,
+    /// Messages topics subscribers are served from (the dispatcher reads all their partitions).
+    pub topics: MessagesTopics,
+    /// Partition counts of the static messages topics and the retained and sessions topics.
+    partitions: HashMap<String, i32>,
+    /// A client that never fetches: end offsets.
+    watermarks: Arc<Reader>,
+    subscriptions: OrderedRwLock<Trie<Target>>,
+    /// Shared subscriptions with members here: `$share/GROUP/FILTER` → members and the stop
+    /// signal of its group consumer.
+    shared: OrderedMutex<HashMap<Arc<str>, SharedGroup>>,
+    inboxes: OrderedRwLock<HashMap<u64, Arc<Inbox>>>,
+    pub retained: Arc<Table>,
+    pub sessions: Arc<Table>,
+    local: Arc<OrderedMutex<HashMap<String, Local>>>,
+    next_id: AtomicU64,
+    pub shutdown: CancellationToken,
+}
+
+/// What `KafkaUpstream::start` checks of the topics before serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicCheck {
+    /// Create missing topics (with `createTopics`) and refuse a retained or sessions topic that
+    /// is not compacted. Always, except:
+    Verify,
+    /// Skip both, only for the embedded Kafka of `strait-proxy dev` (librdkafka's mock
+    /// cluster): it implements neither CreateTopics nor DescribeConfigs, so compaction can
+    /// never be confirmed. `dev` creates the topics itself, and the mock keeps nothing beyond
+    /// the process anyway. Not reachable from any config file or flag.
+    EmbeddedKafka,
+}
+
+impl KafkaUpstream {
+    /// Connects, checks (or creates) the topics, and starts the readers.
+    pub async fn start(
+        config: KafkaConfig,
+        shutdown: CancellationToken,
+        check: TopicCheck,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let clients = KafkaClients::new(&config.connection())?;
+        // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
+        // untrusted certificate is logged and retried, never a crash loop.
+        if !clients.wait_for_cluster(&shutdown).await? {
+            return Err(UpstreamError::ShutDown(config.bootstrap.clone()));
+        }
+        let routing = Routing::new(&config);
+        let topics = routing.static_topics();
+        if check == TopicCheck::Verify {
+            ensure_topics(&clients, &config, &topics).await?;
+        }
+
+        let producer = clients.producer(Acks::All, Linger::Batch)?;
+        let qos0 = clients
+            .producer(config.qos0_acks, Linger::Batch)
+            .context("creating the Kafka QoS 0 producer")?;
+
+        let metadata_reader = Arc::new(clients.reader("metadata reader")?);
+        let mut partitions = HashMap::new();
+        let messages_topics = MessagesTopics::default();
+        for topic in topics
+            .iter()
+            .chain([&config.topics.retained, &config.topics.sessions])
+        {
+            let ends = read_partitions(&metadata_reader, topic, From::End).await?;
+            partitions.insert(topic.clone(), ends.len() as i32);
+            if topics.contains(topic) {
+                messages_topics.add(topic, &ends);
+            }
+        }
+        let local = Arc::new(OrderedMutex::new(
+            Level::Leaf,
+            "local sessions",
+            HashMap::new(),
+        ));
+        let retained = Table::start(
+            &clients,
+            metadata_reader.clone(),
+            &config.topics.retained,
+            partitions[&config.topics.retained],
+            shutdown.clone(),
+            Box::new(|_, _| {}),
+        )?;
+        let watched = local.clone();
+        let sessions = Table::start(
+            &clients,
+            metadata_reader.clone(),
+            &config.topics.sessions,
+            partitions[&config.topics.sessions],
+            shutdown.clone(),
+            Box::new(move |client_id, entry| takeover_check(&watched, client_id, entry)),
+        )?;
+
+        let instance = format!(
+            "{}-{}-{:x}",
+            hostname(),
+            std::process::id(),
+            now_ms() & 0xffff_ffff
+        );
+        let upstream = Arc::new(Self {
+            instance,
+            routing,
+            producer,
+            qos0,
+            clients,
+            topics: messages_topics,
+            partitions,
+            watermarks: metadata_reader.clone(),
+            subscriptions: OrderedRwLock::new(
+                Level::Subscriptions,
+                "subscription trie",
+                Trie::default(),
+            ),
+            shared: OrderedMutex::new(Level::SharedGroups, "shared groups", HashMap::new()),
+            inboxes: OrderedRwLock::new(Level::Inboxes, "inboxes", HashMap::new()),
+            retained,
+            sessions,
+            local,
+            next_id: AtomicU64::new(1),
+            shutdown: shutdown.clone(),
+            config,
+        });
+        if upstream.routing.has_param_routes() {
+            // Topics of `${params}` routes that exist now are read from their end, like the
+            // static ones; later ones are found by `watch_routed_topics`.
+            upstream.discover_routed_topics(From::End).await?;
+            tokio::spawn(upstream.clone().watch_routed_topics());
+        }
+        upstream.start_dispatcher()?;
+        tokio::spawn(watchdog::run(upstream.clone()));
+        Ok(upstream)
+    }
+
+    /// The dispatcher's position on every partition: (topic index, partition) → next offset.
+    pub fn positions(&self) -> Vec<Vec<i64>> {
+        self.topics
+            .all()
+            .iter()
+            .map(|t| {
+                t.positions
+                    .iter()
+                    .map(|p| p.load(Ordering::Acquire))
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        if let Some(count) = self.partitions.get(topic) {
+            return Some(*count);
+        }
+        let topics = self.topics.0.read();
+        let found = topics.iter().find(|t| t.name == topic)?;
+        Some(found.positions.len() as i32)
+    }
+
+    /// The messages topic and, when its partition count is known, the partition of a PUBLISH to
+    /// MQTT topic `topic` (murmur2 of the `clients` identity, or of the topic: the Java
+    /// client's choice for the record key).
+    pub fn target(&self, topic: &str) -> (String, Option<i32>) {
+        let messages = self.routing.messages_topic(topic).into_owned();
+        let key = self.routing.hash_key(topic).unwrap_or(topic);
+        let partition = self
+            .partition_count(&messages)
+            .map(|n| routing::partition_for(key.as_bytes(), n));
+        (messages, partition)
+    }
+
+    /// Waits (up to `deadline`) for queued records, QoS 0 ones included, to reach Kafka.
+    pub async fn flush(&self, deadline: Duration) {
+        use rdkafka::producer::Producer as _;
+        let (producer, qos0) = (self.producer.clone(), self.qos0.clone());
+        let flushed =
+            tokio::task::spawn_blocking(move || qos0.flush(deadline).and(producer.flush(deadline)))
+                .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(?deadline, "records still queued for Kafka at shutdown");
+        }
+    }
+
+    /// The end offset of a partition.
+    pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, UpstreamError> {
+        let client = self.watermarks.clone();
+        let topic = topic.to_string();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            client.fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+        })
+        .await??;
+        Ok(high)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn register(&self, id: u64, inbox: Arc<Inbox>) {
+        self.inboxes.write().insert(id, inbox);
+    }
+
+    fn unregister(&self, id: u64, filters: impl IntoIterator<Item = String>) {
+        let mut trie = self.subscriptions.write();
+        for filter in filters {
+            let (inner, target) = Target::of(id, &filter);
+            if let Some(group) = &target.shared {
+                self.leave_shared(group, id);
+            }
+            trie.remove(inner, &target);
+        }
+        drop(trie);
+        self.inboxes.write().remove(&id);
+    }
+
+    /// Adds a subscription; for a shared one, the returned receiver turns true once its group
+    /// consumer reads from the current end of its partitions.
+    fn subscribe(
+        self: &Arc<Self>,
+        id: u64,
+        filter: &str,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let (inner, target) = Target::of(id, filter);
+        let ready = target
+            .shared
+            .as_ref()
+            .map(|group| self.join_shared(group.clone(), inner, id));
+        self.subscriptions.write().insert(inner, target);
+        ready
+    }
+
+    fn unsubscribe(&self, id: u64, filter: &str) {
+        let (inner, target) = Target::of(id, filter);
+        if let Some(group) = &target.shared {
+            self.leave_shared(group, id);
+        }
+        self.subscriptions.write().remove(inner, &target);
+    }
+}
+
+/// What a trie entry reaches: a session, through a plain or a shared subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    session: u64,
+    /// The whole `$share/GROUP/FILTER` of a shared subscription.
+    shared: Option<Arc<str>>,
+}
+
+impl Target {
+    /// The filter to match and the entry for subscription `filter` of session `id`.
+    fn of(id: u64, filter: &str) -> (&str, Self) {
+        match strait_mqtt_codec::topic::parse_shared(filter) {
+            Some((_, inner)) => (
+                inner,
+                Self {
+                    session: id,
+                    shared: Some(filter.into()),
+                },
+            ),
+            None => (
+                filter,
+                Self {
+                    session: id,
+                    shared: None,
+                },
+            ),
+        }
+    }
+}
+
+/// Another connection of a client connected here has written its session record: if it is
+/// newer, the local one is taken over.
+fn takeover_check(
+    local: &OrderedMutex<HashMap<String, Local>>,
+    client_id: &str,
+    entry: Option<&TableEntry>,
+) {
+    let Some(entry) = entry else { return };
+    let Ok(record) = state::SessionRecord::decode(&entry.value) else {
+        return;
+    };
+    let local = local.lock();
+    if let Some(mine) = local.get(client_id)
+        && record.takes_over(&mine.connection, mine.connected_at_ms)
+    {
+        let _ = mine.kick.try_send(());
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "s-proxy".into())
+}

@@ -1,0 +1,190 @@
+//! Catching up: what a resumed session or an overflowed inbox missed is read from Kafka from
+//! the stored delivery progress, and the progress itself.
+
+use super::*;
+
+impl Session {
+    /// Starts reading what the session missed: records after its stored offsets up to the
+    /// dispatcher's current position.
+    pub(super) fn start_catch_up(
+        &mut self,
+        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+    ) -> Option<CatchUp> {
+        let now = self.up.positions();
+        let mut ranges = Vec::new();
+        for (t, ends) in now.iter().enumerate() {
+            let Some(stored) = offsets.get(&self.up.topics.name(t)) else {
+                continue;
+            };
+            for (p, end) in ends.iter().enumerate() {
+                let p = p as i32;
+                if let Some(from) = stored.get(&p) {
+                    ranges.push((t, p, *from, *end));
+                }
+            }
+        }
+        self.catch_up(ranges)
+    }
+
+    /// After an overflow, once the inbox is drained: a catch-up over what was dropped.
+    pub(super) fn resume_overflow(&mut self) -> Option<CatchUp> {
+        // Positions first: every record before them is in the inbox or in `overflow`.
+        let now = self.up.positions();
+        let overflow = {
+            let mut state = self.inbox.state.lock();
+            if state.overflow.is_empty() || !state.items.is_empty() {
+                return None;
+            }
+            std::mem::take(&mut state.overflow)
+        };
+        tracing::debug!(
+            partitions = overflow.len(),
+            "delivery queue overflowed; reading the rest from Kafka"
+        );
+        let mut later = None;
+        let ranges = overflow
+            .into_iter()
+            .map(|((t, p), from)| {
+                // A topic added since `now` was read: a later reading covers it as well.
+                let positions = match now.get(t) {
+                    Some(_) => &now,
+                    None => later.get_or_insert_with(|| self.up.positions()),
+                };
+                (t, p, from, positions[t][p as usize])
+            })
+            .collect();
+        self.catch_up(ranges)
+    }
+
+    /// Reads `ranges` (topic index, partition, from, to) for this session; live deliveries below
+    /// `to` are skipped from now on.
+    pub(super) fn catch_up(&mut self, ranges: Vec<(usize, i32, i64, i64)>) -> Option<CatchUp> {
+        let mut reads = Vec::new();
+        for (t, p, from, to) in ranges {
+            self.live_from.insert((t, p), to);
+            if from < to {
+                reads.push((t, self.up.topics.name(t), p, from, to));
+                self.catching_up.insert((t, p), from);
+            }
+        }
+        if reads.is_empty() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let clients = self.up.clients.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = catch_up(&clients, reads, &tx) {
+                tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
+                let _ = tx.blocking_send(Err(crate::error_chain(&error)));
+            }
+        });
+        Some(rx)
+    }
+
+    /// Per messages topic and partition, the offset this session's delivery would resume from.
+    pub(super) fn progress(&self) -> BTreeMap<String, BTreeMap<i32, i64>> {
+        // The positions first: every record before them is in the inbox or was handled.
+        let positions = self.up.positions();
+        let mut progress: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        let mut floor: HashMap<(usize, i32), i64> = HashMap::new();
+        {
+            let state = self.inbox.state.lock();
+            for item in &state.items {
+                if item.message.qos != QoS::AtMostOnce && item.shared.is_none() {
+                    lower(&mut floor, (item.topic, item.partition), item.offset);
+                }
+            }
+            for (key, offset) in &state.overflow {
+                lower(&mut floor, *key, *offset);
+            }
+        }
+        for (_, outgoing) in self.outbound.in_flight() {
+            if let Some((t, p, offset)) = outgoing.source {
+                lower(&mut floor, (t, p), offset);
+            }
+        }
+        for (key, offset) in &self.catching_up {
+            lower(&mut floor, *key, *offset);
+        }
+        for (t, p, offset) in self.qos2_resend.keys() {
+            lower(&mut floor, (*t, *p), *offset);
+        }
+        for (t, topic_positions) in positions.iter().enumerate() {
+            let partitions = progress.entry(self.up.topics.name(t)).or_default();
+            for (p, position) in topic_positions.iter().enumerate() {
+                let p = p as i32;
+                let at = floor
+                    .get(&(t, p))
+                    .map_or(*position, |f| (*f).min(*position));
+                partitions.insert(p, at);
+            }
+        }
+        progress
+    }
+}
+
+fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64) {
+    let entry = floor.entry(key).or_insert(offset);
+    *entry = (*entry).min(offset);
+}
+
+/// Reads `ranges` (topic index, topic, partition, from, to) and sends every record to `tx`.
+fn catch_up(
+    clients: &KafkaClients,
+    ranges: Vec<(usize, String, i32, i64, i64)>,
+    tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
+) -> Result<(), UpstreamError> {
+    let consumer = clients.reader("catch-up reader")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
+    for (t, topic, p, from, to) in ranges {
+        assignment.add_partition_offset(&topic, p, Offset::Offset(from))?;
+        left.insert((topic, p), (t, to));
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let every = Duration::from_millis(200);
+    poll_loop(&consumer, "catch-up reader", every, |polled| {
+        if left.is_empty() {
+            return ControlFlow::Break(Ok(()));
+        }
+        if std::time::Instant::now() >= deadline {
+            return ControlFlow::Break(Err(UpstreamError::Timeout(
+                "catch-up took over 60 s".into(),
+            )));
+        }
+        let Polled::Record(record) = polled else {
+            return ControlFlow::Continue(());
+        };
+        let key = (record.topic().to_string(), record.partition());
+        let Some((t, to)) = left.get(&key).copied() else {
+            return ControlFlow::Continue(());
+        };
+        if record.offset() >= to {
+            left.remove(&key);
+            return ControlFlow::Continue(());
+        }
+        let headers = record_headers(&record);
+        if let Ok(message) = headers::decode(
+            record.key(),
+            Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        ) {
+            let delivery = Arc::new(Delivery {
+                topic: t,
+                partition: record.partition(),
+                offset: record.offset(),
+                timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                message,
+                shared: None,
+            });
+            if tx.blocking_send(Ok(delivery)).is_err() {
+                return ControlFlow::Break(Ok(()));
+            }
+        }
+        if record.offset() + 1 >= to {
+            left.remove(&key);
+        }
+        ControlFlow::Continue(())
+    })
+}

@@ -1,0 +1,286 @@
+//! Delivering to the client: SUBSCRIBE (and the retained messages after it), records from the
+//! inbox or the catch-up turned into PUBLISHes within the client's window, acknowledgements.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn subscribe(&mut self, subscribe: mqtt::Subscribe) -> Option<End> {
+        let subscription_id = subscribe.properties.subscription_identifier;
+        let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
+        let mut retained_for = Vec::new();
+        for sub in &subscribe.subscriptions {
+            let shared = match subscriptions::check(sub) {
+                Ok(Checked::Accepted { shared }) => shared,
+                Ok(Checked::Refused(code)) => {
+                    reason_codes.push(code);
+                    continue;
+                }
+                Err(violation) => return Some(End::Server(violation.reason, violation.detail)),
+            };
+            let stored = StoredSubscription::new(sub, subscription_id);
+            let new = self
+                .subscriptions
+                .insert(sub.filter.clone(), stored)
+                .is_none();
+            if new && let Some(mut ready) = self.up.subscribe(self.id, &sub.filter) {
+                // SUBACK once the group consumer reads: nothing published after it is missed.
+                let joined = tokio::time::timeout(SYNC_DEADLINE, ready.wait_for(|r| *r)).await;
+                if !matches!(joined, Ok(Ok(_))) {
+                    tracing::warn!(
+                        filter = sub.filter,
+                        "shared subscription consumer not ready"
+                    );
+                }
+            }
+            if subscriptions::sends_retained(shared, sub.options.retain_handling, new) {
+                retained_for.push(sub.filter.clone());
+            }
+            reason_codes.push(ReasonCode(sub.options.qos as u8));
+        }
+        if self.expiry > 0
+            && let Err(error) = self.write_record(None).await
+        {
+            tracing::warn!(
+                error = crate::error_chain(&error),
+                "cannot store the subscription"
+            );
+            for code in reason_codes.iter_mut().filter(|c| !c.is_error()) {
+                *code = ReasonCode::UNSPECIFIED_ERROR;
+            }
+            retained_for.clear();
+        }
+        subscriptions::suback_codes(self.protocol, &mut reason_codes);
+        self.out.push(
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reason_codes,
+                ..Default::default()
+            })
+            .into(),
+        );
+        if !retained_for.is_empty() {
+            if let Err(error) = self.up.retained.sync(SYNC_DEADLINE).await {
+                tracing::warn!(
+                    error = crate::error_chain(&error),
+                    "retained messages not read"
+                );
+            }
+            let now = now_ms();
+            let entries = self
+                .up
+                .retained
+                .select(|topic| retained_for.iter().any(|f| mqtt::topic::matches(f, topic)));
+            for (topic, entry) in entries {
+                let Ok(message) = headers::decode(
+                    Some(topic.as_bytes()),
+                    entry.value.clone(),
+                    entry
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_slice())),
+                ) else {
+                    continue;
+                };
+                for filter in &retained_for {
+                    if !mqtt::topic::matches(filter, &topic) {
+                        continue;
+                    }
+                    let Some(sub) = self.subscriptions.get(filter) else {
+                        continue;
+                    };
+                    if let Some(publish) =
+                        self.to_publish(&message, entry.timestamp_ms, now, &[sub])
+                    {
+                        let mut publish = publish;
+                        publish.retain = true;
+                        self.pending.push_back(publish);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The PUBLISH this subscriber gets (see [`subscriptions::to_publish`]).
+    pub(super) fn to_publish(
+        &self,
+        message: &Message,
+        timestamp_ms: i64,
+        now_ms: i64,
+        matching: &[&StoredSubscription],
+    ) -> Option<Publish> {
+        subscriptions::to_publish(&self.client_id, message, timestamp_ms, now_ms, matching)
+    }
+
+    /// Sends a delivery from the dispatcher or the catch-up.
+    pub(super) fn deliver(&mut self, delivery: &Arc<Delivery>, from_catch_up: bool) {
+        if delivery.shared.is_some() {
+            return self.deliver_shared(delivery);
+        }
+        let key = (delivery.topic, delivery.partition);
+        if !from_catch_up
+            && self
+                .live_from
+                .get(&key)
+                .is_some_and(|from| delivery.offset < *from)
+        {
+            return;
+        }
+        if from_catch_up && delivery.message.qos == QoS::AtMostOnce {
+            return;
+        }
+        // Records from the dispatcher or a catch-up are for the plain subscriptions (shared
+        // ones, whose records other members may have had, are not caught up).
+        let matching = self.matching(&delivery.message.topic, false);
+        if matching.is_empty() {
+            return;
+        }
+        let Some(publish) = self.to_publish(
+            &delivery.message,
+            delivery.timestamp_ms,
+            now_ms(),
+            &matching,
+        ) else {
+            return;
+        };
+        let source = (delivery.topic, delivery.partition, delivery.offset);
+        if from_catch_up
+            && self
+                .qos2_done
+                .get(&(source.0, source.1))
+                .is_some_and(|done| done.contains(&source.2))
+        {
+            return;
+        }
+        let mut publish = publish;
+        let resend = self.qos2_resend.remove(&source);
+        if resend.is_some() && publish.qos == QoS::ExactlyOnce {
+            publish.dup = true;
+        }
+        self.send_publish_as(publish, Some(source), resend, None);
+    }
+
+    /// The subscriptions, shared or plain, whose filter matches `topic`.
+    pub(super) fn matching(&self, topic: &str, shared: bool) -> Vec<&StoredSubscription> {
+        self.subscriptions
+            .values()
+            .filter(|s| match mqtt::topic::parse_shared(&s.filter) {
+                Some((_, inner)) => shared && mqtt::topic::matches(inner, topic),
+                None => !shared && mqtt::topic::matches(&s.filter, topic),
+            })
+            .collect()
+    }
+
+    /// Sends a record a shared subscription's group consumer gave this member. It is not part
+    /// of the session's progress: the group commits its offset once it is delivered.
+    pub(super) fn deliver_shared(&mut self, delivery: &Arc<Delivery>) {
+        let matching = self.matching(&delivery.message.topic, true);
+        if matching.is_empty() {
+            // Unsubscribed meanwhile: another member delivers it.
+            delivery.clone().give_back();
+            return;
+        }
+        match self.to_publish(
+            &delivery.message,
+            delivery.timestamp_ms,
+            now_ms(),
+            &matching,
+        ) {
+            Some(publish) => self.send_publish_as(publish, None, None, Some(delivery.clone())),
+            // Expired: nobody gets it.
+            None => delivery.delivered(),
+        }
+    }
+
+    pub(super) fn send_publish(&mut self, publish: Publish, source: Option<(usize, i32, i64)>) {
+        self.send_publish_as(publish, source, None, None);
+    }
+
+    /// Sends a PUBLISH; `packet_id` reuses a stored one (a QoS 2 resend); `shared` is the
+    /// shared subscription's record it carries.
+    pub(super) fn send_publish_as(
+        &mut self,
+        publish: Publish,
+        source: Option<(usize, i32, i64)>,
+        packet_id: Option<u16>,
+        shared: Option<Arc<Delivery>>,
+    ) {
+        let qos2_from_kafka = publish.qos == QoS::ExactlyOnce && source.is_some();
+        let resend = &self.qos2_resend;
+        let reserved = |id| resend.values().any(|r| *r == id);
+        match self
+            .outbound
+            .send(publish, source, packet_id, shared, reserved)
+        {
+            Sent::TooLarge(shared) => {
+                // The client cannot take it: as if delivered (MQTT-3.1.2-25).
+                if let Some(shared) = shared {
+                    shared.delivered();
+                }
+            }
+            Sent::Publish { publish, delivered } => {
+                if let Some(shared) = delivered {
+                    // QoS 0: sent is delivered.
+                    shared.delivered();
+                }
+                if qos2_from_kafka {
+                    self.qos2_dirty = true;
+                }
+                self.out.push(Packet::Publish(*publish).into());
+            }
+        }
+    }
+
+    /// What an acknowledgement from the client settles: a shared record delivered, delivery
+    /// progress moved, a QoS 2 offset done (stored before the client sees more), PUBREL due.
+    pub(super) fn acknowledged(&mut self, acked: Acked<Arc<Delivery>>) {
+        if let Some(shared) = &acked.shared {
+            shared.delivered();
+        }
+        self.acked_since_write |= acked.from_kafka;
+        if let Some((t, p, offset)) = acked.released {
+            self.qos2_done.entry((t, p)).or_default().insert(offset);
+            self.qos2_dirty = true;
+        }
+        if let Some(rel) = acked.reply {
+            self.out.push(Packet::PubRel(rel).into());
+        }
+    }
+
+    /// Sends queued retained messages while the client's receive window has room.
+    pub(super) fn fill_window(&mut self) {
+        while self.outbound.has_room() {
+            let Some(publish) = self.pending.pop_front() else {
+                break;
+            };
+            self.send_publish(publish, None);
+        }
+    }
+
+    pub(super) fn drain_inbox(&mut self) {
+        while self.outbound.has_room() && self.out.len() < 256 {
+            let Some(delivery) = self.inbox.state.lock().items.pop_front() else {
+                break;
+            };
+            self.deliver(&delivery, false);
+        }
+        if !self.inbox.state.lock().items.is_empty() && self.outbound.has_room() {
+            // More to do: come back on the next turn.
+            self.inbox.notify.notify_one();
+        }
+    }
+
+    /// Shared subscriptions' records this session holds undelivered (unacknowledged or still
+    /// queued) go to other members (MQTT 4.8.2): the group only commits delivered ones.
+    pub(super) fn give_back_shared(&mut self) {
+        for outgoing in self.outbound.in_flight_mut() {
+            if let Some(shared) = outgoing.shared.take() {
+                shared.give_back();
+            }
+        }
+        let queued = std::mem::take(&mut self.inbox.state.lock().items);
+        for delivery in queued {
+            delivery.give_back();
+        }
+    }
+}

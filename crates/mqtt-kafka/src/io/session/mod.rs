@@ -1,0 +1,588 @@
+//! One MQTT session served from Kafka: CONNECT/CONNACK, publishes produced to the messages
+//! topic (acknowledged only once Kafka has them), subscriptions fed by the dispatcher, retained
+//! messages, persistent state in the sessions topic, wills and takeover.
+
+mod catch_up;
+mod delivery;
+mod end;
+mod persistence;
+mod writes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::stream::{FuturesOrdered, StreamExt as _};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use strait_kafka::headers::{has_header, owned_headers, record_headers};
+use strait_kafka::poll::{Polled, poll_loop};
+use strait_kafka::{KafkaClients, Producer};
+use strait_mqtt_codec::{
+    self as mqtt, ConnAck, Packet, Protocol, PubAck, PubRec, PubRel, Publish, QoS, ReasonCode,
+    SubAck, UnsubAck,
+};
+use strait_relay::Incoming;
+use strait_relay::v1::{self, ClientFrame, ServerFrame};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
+use crate::UpstreamError;
+use crate::core::ending::{
+    End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
+};
+use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
+use crate::core::headers::{self, Message};
+use crate::core::state::{
+    SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
+};
+use crate::core::subscriptions::{self, Checked};
+use strait_relay::Opening;
+use strait_relay::metrics::RelayMetrics;
+use strait_relay::metrics::{ActiveSession, Direction};
+use strait_relay::rules::refusal;
+
+pub(crate) use self::persistence::put_session;
+pub(crate) use self::writes::produce;
+
+type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
+
+/// Publishes the client may have in flight towards us (CONNACK Receive Maximum).
+const RECEIVE_MAXIMUM: u16 = 256;
+/// How often a persistent session writes its delivery progress.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often a persistent session with nothing acknowledged stores its (moved) progress.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(60);
+const SYNC_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How a produce ended, for the acknowledgement.
+type ProduceResult = Result<(), ReasonCode>;
+
+/// Records a session missed, read from Kafka (an error ends the session).
+type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
+
+/// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
+type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
+
+enum Ack {
+    /// QoS 1: PUBACK.
+    PubAck(u16),
+    /// QoS 2: PUBREC (and remember the packet id).
+    PubRec(u16),
+}
+
+struct Session {
+    up: Arc<KafkaUpstream>,
+    id: u64,
+    client_id: String,
+    protocol: Protocol,
+    connection: String,
+    connected_at_ms: i64,
+    expiry: u32,
+    will: Option<mqtt::Will>,
+    subscriptions: BTreeMap<String, StoredSubscription>,
+    inbox: Arc<Inbox>,
+    /// What the client sends: its topic aliases, QoS 2 packet ids written and not released.
+    inbound: Inbound,
+    /// What the session sends the client: in-flight messages within its Receive Maximum,
+    /// outgoing topic aliases.
+    outbound: Outbound<Arc<Delivery>>,
+    /// QoS 2 deliveries restored from the session record, to resend (DUP) with their packet
+    /// id when the catch-up reads them again: (topic, partition, offset) → packet id.
+    qos2_resend: HashMap<(usize, i32, i64), u16>,
+    /// Offsets of completed or released QoS 2 deliveries at or above the stored progress.
+    qos2_done: HashMap<(usize, i32), BTreeSet<i64>>,
+    /// QoS 2 delivery state changed: store it before the client sees the next packets.
+    qos2_dirty: bool,
+    /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
+    qos2_pending: HashMap<u16, (String, i32, i64)>,
+    /// Catch-up in progress: next offset it will deliver per (topic, partition).
+    catching_up: HashMap<(usize, i32), i64>,
+    /// Live deliveries below these offsets were read by the catch-up.
+    live_from: HashMap<(usize, i32), i64>,
+    /// Retained messages waiting for room in the client's receive window.
+    pending: VecDeque<Publish>,
+    last_checkpoint: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
+    last_write: std::time::Instant,
+    /// The client acknowledged a delivery from Kafka since the last write.
+    acked_since_write: bool,
+    out: Vec<v1::Packet>,
+}
+
+/// Serves one relayed MQTT session on Kafka until it ends (the client, a takeover, shutdown).
+pub async fn run(
+    opening: Opening,
+    inbound: Incoming<ClientFrame>,
+    to_client: ToClient,
+    metrics: RelayMetrics,
+    up: Arc<KafkaUpstream>,
+) {
+    let started = std::time::Instant::now();
+    let Opening {
+        protocol,
+        mut connect,
+        pipelined,
+        ..
+    } = opening;
+    let refuse = |reason: ReasonCode, detail: String| {
+        let to_client = to_client.clone();
+        async move {
+            let frame = ServerFrame {
+                packets: vec![refusal(reason).into()],
+                close: Some(v1::SessionClose {
+                    reason_code: 0,
+                    detail,
+                }),
+            };
+            let _ = to_client.send(Ok(frame)).await;
+        }
+    };
+    let mut assigned = None;
+    if connect.client_id.is_empty() {
+        if protocol == Protocol::V311 && !connect.clean_start {
+            return refuse(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "an empty client id needs a clean session".into(),
+            )
+            .await;
+        }
+        connect.client_id = format!("strait-{}-{}", up.instance, up.next_id());
+        assigned = Some(connect.client_id.clone());
+    }
+    if connect
+        .client_id
+        .starts_with(crate::core::state::REPLICA_PREFIX)
+    {
+        return refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "client ids starting with $strait/ are reserved".into(),
+        )
+        .await;
+    }
+    let client_id = connect.client_id.clone();
+    let expiry = session_expiry(protocol, &connect);
+    let connected_at_ms = now_ms();
+    let connection = format!("{}-{}", up.instance, up.next_id());
+    let (kick_tx, mut kicked) = mpsc::channel(1);
+
+    // A session of the same client on this process is taken over at once; one on another
+    // process when it reads our record below.
+    {
+        let mut local = up.local.lock();
+        if let Some(old) = local.insert(
+            client_id.clone(),
+            Local {
+                connection: connection.clone(),
+                connected_at_ms,
+                kick: kick_tx,
+            },
+        ) {
+            let _ = old.kick.try_send(());
+        }
+    }
+
+    let resumed = match load(&up, &client_id, connect.clean_start).await {
+        Ok(resumed) => resumed,
+        Err(error) => {
+            tracing::warn!(
+                error = crate::error_chain(&error),
+                "Kafka unavailable; refusing the client"
+            );
+            metrics.error("kafka_unavailable");
+            forget_local(&up, &client_id, &connection);
+            return refuse(ReasonCode::SERVER_UNAVAILABLE, crate::error_chain(&error)).await;
+        }
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), "session state read");
+    let session_present = resumed.is_some();
+    let id = up.next_id();
+    let inbox = Arc::new(Inbox::new(up.config.session_queue));
+    let mut session = Session {
+        up: up.clone(),
+        id,
+        client_id: client_id.clone(),
+        protocol,
+        connection: connection.clone(),
+        connected_at_ms,
+        expiry,
+        will: connect.will.clone(),
+        subscriptions: BTreeMap::new(),
+        inbox: inbox.clone(),
+        inbound: Inbound::new(protocol, []),
+        outbound: Outbound::new(protocol, &connect),
+        qos2_resend: HashMap::new(),
+        qos2_done: HashMap::new(),
+        qos2_dirty: false,
+        qos2_pending: HashMap::new(),
+        catching_up: HashMap::new(),
+        live_from: HashMap::new(),
+        pending: VecDeque::new(),
+        last_checkpoint: None,
+        last_write: std::time::Instant::now(),
+        acked_since_write: false,
+        out: Vec::new(),
+    };
+    up.register(id, inbox);
+    let mut catch_up = None;
+    if let Some(record) = &resumed {
+        session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied());
+        session.restore_qos2(record);
+        for pending in &record.qos2_pending {
+            session.qos2_pending.insert(
+                pending.packet_id,
+                (pending.topic.clone(), pending.partition, pending.from),
+            );
+        }
+        for sub in &record.subscriptions {
+            let _ = up.subscribe(id, &sub.filter);
+            session
+                .subscriptions
+                .insert(sub.filter.clone(), sub.clone());
+        }
+        catch_up = session.start_catch_up(&record.offsets);
+    }
+    // The claim: written before CONNACK, so a replica serving this client id hands it over.
+    if let Err(error) = session.write_record(None).await {
+        tracing::warn!(
+            error = crate::error_chain(&error),
+            "cannot write the session record"
+        );
+        metrics.error("kafka_unavailable");
+        up.unregister(id, session.subscriptions.keys().cloned());
+        forget_local(&up, &client_id, &connection);
+        return refuse(ReasonCode::SERVER_UNAVAILABLE, crate::error_chain(&error)).await;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "session claimed");
+    let mut connack = ConnAck {
+        session_present,
+        ..Default::default()
+    };
+    if protocol == Protocol::V5 {
+        let p = &mut connack.properties;
+        p.receive_maximum = Some(RECEIVE_MAXIMUM);
+        p.retain_available = Some(true);
+        p.wildcard_subscription_available = Some(true);
+        p.subscription_identifier_available = Some(true);
+        p.shared_subscription_available = Some(true);
+        p.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
+        p.assigned_client_identifier = assigned;
+    }
+    // First, before any PUBREL a resumed session resends.
+    session.out.insert(0, Packet::ConnAck(connack).into());
+    let _active = ActiveSession::start(&metrics);
+    metrics
+        .session_setup_seconds
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(elapsed = ?started.elapsed(), session_present, "session opened on Kafka");
+
+    let end = session
+        .serve(
+            pipelined,
+            inbound,
+            &to_client,
+            &metrics,
+            &mut kicked,
+            catch_up,
+        )
+        .await;
+    session.finish(end, &to_client, &metrics).await;
+}
+
+/// The stored session to resume, after reading the sessions topic up to its end.
+async fn load(
+    up: &KafkaUpstream,
+    client_id: &str,
+    clean_start: bool,
+) -> Result<Option<SessionRecord>, UpstreamError> {
+    up.sessions.sync(SYNC_DEADLINE).await?;
+    if clean_start {
+        return Ok(None);
+    }
+    let Some(entry) = up.sessions.get(client_id) else {
+        return Ok(None);
+    };
+    match SessionRecord::decode(&entry.value) {
+        Ok(record) if !record.expired(now_ms()) => Ok(Some(record)),
+        Ok(_) => Ok(None),
+        Err(error) => {
+            tracing::warn!(%error, "ignoring an unreadable session record");
+            Ok(None)
+        }
+    }
+}
+
+fn forget_local(up: &KafkaUpstream, client_id: &str, connection: &str) {
+    let mut local = up.local.lock();
+    if local
+        .get(client_id)
+        .is_some_and(|l| l.connection == connection)
+    {
+        local.remove(client_id);
+    }
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        pipelined: Vec<Packet>,
+        mut inbound: Incoming<ClientFrame>,
+        to_client: &ToClient,
+        metrics: &RelayMetrics,
+        kicked: &mut mpsc::Receiver<()>,
+        mut catch_up: Option<CatchUp>,
+    ) -> End {
+        let mut acks: Acks = FuturesOrdered::new();
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for packet in pipelined {
+            if let Some(end) = self.handle(packet, &mut acks).await {
+                return end;
+            }
+        }
+        loop {
+            self.fill_window();
+            if catch_up.is_none() {
+                // The window may have opened (an acknowledgement came): take what is queued.
+                self.drain_inbox();
+            }
+            if self.qos2_dirty && self.expiry > 0 {
+                // The client must not see a QoS 2 PUBLISH or PUBREL whose state is not stored:
+                // after a crash it is resent with the same packet id, never as a new message.
+                if let Err(error) = self.write_record(None).await {
+                    return End::Server(
+                        ReasonCode::UNSPECIFIED_ERROR,
+                        format!(
+                            "cannot store QoS 2 delivery state: {}",
+                            crate::error_chain(&error)
+                        ),
+                    );
+                }
+            }
+            self.qos2_dirty = false;
+            if !self.out.is_empty() {
+                let frame = ServerFrame {
+                    packets: std::mem::take(&mut self.out),
+                    close: None,
+                };
+                if to_client.send(Ok(frame)).await.is_err() {
+                    return End::Dropped;
+                }
+            }
+            if catch_up.is_none() {
+                // The inbox overflowed (the client was slow): once it is drained, read what was
+                // left out from Kafka, then go on live. QoS >= 1 delivery pauses, nothing is lost.
+                catch_up = self.resume_overflow();
+            }
+            let window_open = self.outbound.has_room();
+            tokio::select! {
+                frame = inbound.message(), if acks.len() < usize::from(RECEIVE_MAXIMUM) => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) | Err(_) => return End::Dropped,
+                    };
+                    for packet in frame.packets {
+                        let packet = match Packet::try_from(packet) {
+                            Ok(packet) => packet,
+                            Err(error) => {
+                                return End::Server(ReasonCode::MALFORMED_PACKET, error.to_string());
+                            }
+                        };
+                        metrics.packet(Direction::Inbound, packet.packet_type());
+                        if let Some(end) = self.handle(packet, &mut acks).await {
+                            return end;
+                        }
+                    }
+                    if let Some(close) = frame.close {
+                        // r-proxy restarting is not the client's failure: no will.
+                        return if close.reason_code == u32::from(ReasonCode::SERVER_SHUTTING_DOWN.0) {
+                            End::RelayRestart
+                        } else {
+                            End::Dropped
+                        };
+                    }
+                }
+                Some((ack, result)) = acks.next() => {
+                    if let Some(end) = self.acknowledge(ack, result, metrics).await {
+                        return end;
+                    }
+                    // Kafka acknowledges batches: every PUBACK ready now goes in one frame.
+                    while let Some(Some((ack, result))) = acks.next().now_or_never() {
+                        if let Some(end) = self.acknowledge(ack, result, metrics).await {
+                            return end;
+                        }
+                    }
+                }
+                delivery = async { catch_up.as_mut().expect("guarded").recv().await },
+                    if catch_up.is_some() && window_open =>
+                {
+                    match delivery {
+                        Some(Err(error)) => {
+                            // Without what it missed the session cannot go on: the client
+                            // reconnects and resumes from the stored progress.
+                            return End::Server(ReasonCode::UNSPECIFIED_ERROR, format!("reading missed messages: {error}"));
+                        }
+                        Some(Ok(delivery)) => {
+                            let key = (delivery.topic, delivery.partition);
+                            self.catching_up.insert(key, delivery.offset + 1);
+                            self.deliver(&delivery, true);
+                        }
+                        None => {
+                            catch_up = None;
+                            self.catching_up.clear();
+                        }
+                    }
+                }
+                _ = self.inbox.notify.notified(), if catch_up.is_none() && window_open => {
+                    self.drain_inbox();
+                }
+                _ = checkpoint.tick(), if self.expiry > 0 => {
+                    if let Err(error) = self.checkpoint().await {
+                        tracing::warn!(error = crate::error_chain(&error), "cannot write delivery progress");
+                    }
+                }
+                _ = kicked.recv() => return End::TakenOver,
+                _ = to_client.closed() => return End::Dropped,
+                _ = self.up.shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Handles one packet from the client; `Some` ends the session.
+    async fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Option<End> {
+        match packet {
+            Packet::Publish(mut publish) => {
+                if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
+                    return Some(End::Server(violation.reason, violation.detail));
+                }
+                if self.up.routing.has_param_routes() {
+                    let messages = self.up.routing.messages_topic(&publish.topic).into_owned();
+                    if let Err(error) = self.up.ensure_routed(&messages).await {
+                        // The produce fails in turn and says so to the client.
+                        tracing::warn!(
+                            error = crate::error_chain(&error),
+                            "cannot read routed topic {messages}"
+                        );
+                    }
+                }
+                match publish.qos {
+                    QoS::AtMostOnce => {
+                        // Handed to the producer now; nobody waits for Kafka's answer.
+                        drop(produce(&self.up, &publish, &self.client_id));
+                    }
+                    QoS::AtLeastOnce => {
+                        let delivery = produce(&self.up, &publish, &self.client_id);
+                        let id = publish.packet_id;
+                        acks.push_back(Box::pin(async move { (Ack::PubAck(id), delivery.await) }));
+                    }
+                    QoS::ExactlyOnce => {
+                        let id = publish.packet_id;
+                        if self.inbound.is_written(id) {
+                            // A resend of a message Kafka already has: acknowledge, do not
+                            // write it again.
+                            acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
+                        } else {
+                            match self.qos2_intent(&publish).await {
+                                Ok(true) => {
+                                    // The first attempt reached Kafka before a crash.
+                                    acks.push_back(Box::pin(
+                                        async move { (Ack::PubRec(id), Ok(())) },
+                                    ));
+                                    return None;
+                                }
+                                Ok(false) => {}
+                                Err(error) => {
+                                    tracing::warn!(
+                                        error = crate::error_chain(&error),
+                                        "cannot store QoS 2 intent"
+                                    );
+                                    let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
+                                    acks.push_back(Box::pin(
+                                        async move { (Ack::PubRec(id), failed) },
+                                    ));
+                                    return None;
+                                }
+                            }
+                            let delivery = produce(&self.up, &publish, &self.client_id);
+                            acks.push_back(Box::pin(
+                                async move { (Ack::PubRec(id), delivery.await) },
+                            ));
+                        }
+                    }
+                }
+            }
+            Packet::PubRel(rel) => {
+                let comp = self.inbound.release(&rel);
+                self.out.push(Packet::PubComp(comp).into());
+            }
+            Packet::PubAck(ack) => {
+                let acked = self.outbound.puback(ack.packet_id);
+                self.acknowledged(acked);
+            }
+            Packet::PubRec(rec) => {
+                let acked = self.outbound.pubrec(&rec);
+                self.acknowledged(acked);
+            }
+            Packet::PubComp(comp) => {
+                let acked = self.outbound.pubcomp(comp.packet_id);
+                self.acknowledged(acked);
+            }
+            Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => {
+                let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
+                for filter in &unsubscribe.filters {
+                    if self.subscriptions.remove(filter).is_some() {
+                        self.up.unsubscribe(self.id, filter);
+                        reason_codes.push(ReasonCode::SUCCESS);
+                    } else {
+                        reason_codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+                    }
+                }
+                if self.expiry > 0
+                    && let Err(error) = self.write_record(None).await
+                {
+                    tracing::warn!(
+                        error = crate::error_chain(&error),
+                        "cannot store the unsubscribe"
+                    );
+                    reason_codes.fill(ReasonCode::UNSPECIFIED_ERROR);
+                }
+                self.out.push(
+                    Packet::UnsubAck(UnsubAck {
+                        packet_id: unsubscribe.packet_id,
+                        reason_codes,
+                        ..Default::default()
+                    })
+                    .into(),
+                );
+            }
+            Packet::PingReq => self.out.push(Packet::PingResp.into()),
+            Packet::Disconnect(disconnect) => {
+                self.expiry = expiry_after_disconnect(
+                    self.expiry,
+                    disconnect.properties.session_expiry_interval,
+                );
+                return Some(End::Disconnect(disconnect.reason_code));
+            }
+            Packet::Auth(_) => {
+                return Some(End::Server(
+                    ReasonCode::BAD_AUTHENTICATION_METHOD,
+                    "enhanced authentication is not supported".into(),
+                ));
+            }
+            other => {
+                return Some(End::Server(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!("unexpected {} from a client", other.name()),
+                ));
+            }
+        }
+        None
+    }
+}

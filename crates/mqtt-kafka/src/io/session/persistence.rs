@@ -1,0 +1,249 @@
+//! The session record in the sessions topic: written on CONNECT, SUBSCRIBE, QoS 2 state and
+//! progress; QoS 2 intents that make a resent PUBLISH written at most once.
+
+use super::*;
+
+impl Session {
+    /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
+    /// whose write may have reached Kafka before a crash, look for it (`Ok(true)`: it is
+    /// there); otherwise store where it goes and the partition's end offset first.
+    pub(super) async fn qos2_intent(&mut self, publish: &Publish) -> Result<bool, UpstreamError> {
+        let (messages, Some(partition)) = self.up.target(&publish.topic) else {
+            return Ok(false);
+        };
+        if self.expiry == 0 {
+            return Ok(false);
+        }
+        if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
+            let clients = self.up.clients.clone();
+            let end = self.up.end_offset(&topic, p).await?;
+            let (key, payload, client) = (
+                publish.topic.clone(),
+                publish.payload.clone(),
+                self.client_id.clone(),
+            );
+            let found = tokio::task::spawn_blocking(move || {
+                find_written(&clients, &topic, p, from, end, &key, &payload, &client)
+            })
+            .await??;
+            if found {
+                return Ok(true);
+            }
+        }
+        let from = self.up.end_offset(&messages, partition).await?;
+        self.qos2_pending
+            .insert(publish.packet_id, (messages, partition, from));
+        self.write_record(None).await?;
+        Ok(false)
+    }
+
+    pub(super) fn stored_qos2_out(&self) -> Vec<StoredOutgoing> {
+        let mut stored: Vec<StoredOutgoing> = self
+            .outbound
+            .in_flight()
+            .filter(|(_, o)| o.qos == QoS::ExactlyOnce)
+            .filter_map(|(id, o)| {
+                let (t, p, offset) = o.source?;
+                Some(StoredOutgoing {
+                    packet_id: *id,
+                    topic: self.up.topics.name(t),
+                    partition: p,
+                    offset,
+                    released: o.released,
+                })
+            })
+            .collect();
+        for ((t, p, offset), id) in &self.qos2_resend {
+            stored.push(StoredOutgoing {
+                packet_id: *id,
+                topic: self.up.topics.name(*t),
+                partition: *p,
+                offset: *offset,
+                released: false,
+            });
+        }
+        stored.sort_by_key(|o| o.packet_id);
+        stored
+    }
+
+    /// Takes back the QoS 2 delivery state of a resumed session: PUBREL again for released
+    /// ones, the same packet id (DUP) for the others when the catch-up reads them.
+    pub(super) fn restore_qos2(&mut self, record: &SessionRecord) {
+        let index = |topic: &str| self.up.topics.index(topic);
+        for (topic, partitions) in &record.qos2_done {
+            let Some(t) = index(topic) else { continue };
+            for (p, offsets) in partitions {
+                self.qos2_done
+                    .entry((t, *p))
+                    .or_default()
+                    .extend(offsets.iter().copied());
+            }
+        }
+        for out in &record.qos2_out {
+            let Some(t) = index(&out.topic) else { continue };
+            let source = (t, out.partition, out.offset);
+            if out.released {
+                self.outbound.restore_released(out.packet_id, source);
+                self.qos2_done
+                    .entry((t, out.partition))
+                    .or_default()
+                    .insert(out.offset);
+                self.out.push(
+                    Packet::PubRel(PubRel {
+                        packet_id: out.packet_id,
+                        ..Default::default()
+                    })
+                    .into(),
+                );
+            } else {
+                self.qos2_resend.insert(source, out.packet_id);
+            }
+        }
+    }
+
+    pub(super) fn record(&self, disconnected_at_ms: Option<i64>) -> SessionRecord {
+        let qos2 = self.inbound.qos2_received();
+        let mut record = SessionRecord {
+            version: VERSION,
+            owner: self.up.instance.clone(),
+            connection: self.connection.clone(),
+            connected_at_ms: self.connected_at_ms,
+            disconnected_at_ms,
+            expiry: self.expiry,
+            subscriptions: self.subscriptions.values().cloned().collect(),
+            offsets: self.progress(),
+            qos2_received: qos2,
+            will: self.will.as_ref().map(StoredWill::from_will),
+            qos2_out: self.stored_qos2_out(),
+            qos2_done: BTreeMap::new(),
+            qos2_pending: self
+                .qos2_pending
+                .iter()
+                .map(|(id, (topic, partition, from))| StoredPending {
+                    packet_id: *id,
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: *from,
+                })
+                .collect(),
+        };
+        // Completed deliveries below the progress are covered by it.
+        for ((t, p), done) in &self.qos2_done {
+            let topic = &self.up.topics.name(*t);
+            let from = record
+                .offsets
+                .get(topic)
+                .and_then(|o| o.get(p))
+                .copied()
+                .unwrap_or(0);
+            let kept: Vec<i64> = done.range(from..).copied().collect();
+            if !kept.is_empty() {
+                record
+                    .qos2_done
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*p, kept);
+            }
+        }
+        record
+    }
+
+    pub(super) async fn write_record(
+        &mut self,
+        disconnected_at_ms: Option<i64>,
+    ) -> Result<(), UpstreamError> {
+        let record = self.record(disconnected_at_ms);
+        let offsets = record.offsets.clone();
+        // Completed QoS 2 deliveries below the progress need no memory any more.
+        for ((t, p), done) in &mut self.qos2_done {
+            let from = offsets
+                .get(&self.up.topics.name(*t))
+                .and_then(|o| o.get(p))
+                .copied()
+                .unwrap_or(0);
+            done.retain(|offset| *offset >= from);
+        }
+        self.qos2_done.retain(|_, done| !done.is_empty());
+        put_session(&self.up, &self.client_id, Some(record.encode())).await?;
+        self.last_checkpoint = Some(offsets);
+        self.last_write = std::time::Instant::now();
+        self.acked_since_write = false;
+        Ok(())
+    }
+
+    /// Stores delivery progress: within a second of acknowledgements (so a crash repeats
+    /// little), otherwise at most every `IDLE_CHECKPOINT` (progress moving only because other
+    /// clients' traffic passed needs no write per second per session).
+    pub(super) async fn checkpoint(&mut self) -> Result<(), UpstreamError> {
+        if !self.acked_since_write && self.last_write.elapsed() < IDLE_CHECKPOINT {
+            return Ok(());
+        }
+        if self.last_checkpoint.as_ref() == Some(&self.progress()) {
+            return Ok(());
+        }
+        self.write_record(None).await
+    }
+}
+
+/// Writes (or with `None` deletes) a client's session record, acks=all.
+pub(crate) async fn put_session(
+    up: &KafkaUpstream,
+    client_id: &str,
+    value: Option<Vec<u8>>,
+) -> Result<(), UpstreamError> {
+    let mut record = FutureRecord::<str, [u8]>::to(&up.config.topics.sessions).key(client_id);
+    if let Some(value) = &value {
+        record = record.payload(value.as_slice());
+    }
+    match up.producer.send(record, Duration::from_secs(5)).await {
+        Ok(_) => Ok(()),
+        Err((error, _)) => Err(UpstreamError::SessionWrite {
+            client_id: client_id.into(),
+            error,
+        }),
+    }
+}
+
+/// Whether `topic`/`partition` holds, between `from` and `end`, the record of `client`'s PUBLISH
+/// of `payload` to MQTT topic `key`.
+#[allow(clippy::too_many_arguments)]
+fn find_written(
+    clients: &KafkaClients,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    key: &str,
+    payload: &[u8],
+    publisher: &str,
+) -> Result<bool, UpstreamError> {
+    if from >= end {
+        return Ok(false);
+    }
+    let consumer = clients.reader("QoS 2 resend check")?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let every = Duration::from_millis(200);
+    poll_loop(&consumer, "QoS 2 resend check", every, |polled| {
+        if std::time::Instant::now() >= deadline {
+            return ControlFlow::Break(Err(UpstreamError::Timeout(format!(
+                "reading {topic}/{partition} from {from} to {end} took over 30 s"
+            ))));
+        }
+        let Polled::Record(record) = polled else {
+            return ControlFlow::Continue(());
+        };
+        if record.key() == Some(key.as_bytes())
+            && record.payload().unwrap_or_default() == payload
+            && has_header(&record, headers::LOCAL, publisher.as_bytes())
+        {
+            return ControlFlow::Break(Ok(true));
+        }
+        if record.offset() + 1 >= end {
+            return ControlFlow::Break(Ok(false));
+        }
+        ControlFlow::Continue(())
+    })
+}

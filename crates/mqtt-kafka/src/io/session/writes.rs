@@ -1,0 +1,158 @@
+//! Writing to Kafka for a session: a PUBLISH becomes a record, acknowledged to the client
+//! (PUBACK, PUBREC) once Kafka has it.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn acknowledge(
+        &mut self,
+        ack: Ack,
+        result: ProduceResult,
+        metrics: &RelayMetrics,
+    ) -> Option<End> {
+        if let Err(reason) = result {
+            metrics.error("kafka_produce_failed");
+            if reason == ReasonCode::PACKET_TOO_LARGE {
+                // Kafka's record limit is below the packet size: PUBACK/PUBREC cannot carry
+                // 0x95, so the session ends with it, as for any packet that is too large.
+                return Some(End::Server(
+                    reason,
+                    "message larger than Kafka accepts".into(),
+                ));
+            }
+            if self.protocol == Protocol::V311 {
+                // 3.1.1 cannot refuse a PUBLISH: close without acknowledging it.
+                return Some(End::Server(reason, "Kafka did not take the message".into()));
+            }
+        }
+        let reason_code = result.err().unwrap_or(ReasonCode::SUCCESS);
+        match ack {
+            Ack::PubAck(packet_id) => self.out.push(
+                Packet::PubAck(PubAck {
+                    packet_id,
+                    reason_code,
+                    ..Default::default()
+                })
+                .into(),
+            ),
+            Ack::PubRec(packet_id) => {
+                self.qos2_pending.remove(&packet_id);
+                if !reason_code.is_error() && self.inbound.written(packet_id) && self.expiry > 0 {
+                    // The packet id must survive a reconnect to another replica before PUBREC,
+                    // or a resent PUBLISH would be written twice.
+                    if let Err(error) = self.write_record(None).await {
+                        tracing::warn!(
+                            error = crate::error_chain(&error),
+                            "cannot store QoS 2 state"
+                        );
+                        self.inbound.unwritten(packet_id);
+                        return Some(End::Server(
+                            ReasonCode::UNSPECIFIED_ERROR,
+                            "cannot store QoS 2 state".into(),
+                        ));
+                    }
+                }
+                self.out.push(
+                    Packet::PubRec(PubRec {
+                        packet_id,
+                        reason_code,
+                        ..Default::default()
+                    })
+                    .into(),
+                )
+            }
+        }
+        None
+    }
+}
+
+/// Produces a PUBLISH (to the messages topic, and the retained topic when RETAIN is set).
+/// Returns at once with the future of the Kafka acknowledgement.
+pub(crate) fn produce(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    client_id: &str,
+) -> impl Future<Output = ProduceResult> + use<> {
+    let (messages, partition) = up.target(&publish.topic);
+    let headers = headers::encode(
+        &publish.topic,
+        publish.qos,
+        publish.retain,
+        &publish.properties,
+        client_id,
+        &messages,
+    );
+    let producer = if publish.qos == QoS::AtMostOnce {
+        &up.qos0
+    } else {
+        &up.producer
+    };
+    let mut deliveries = Vec::with_capacity(2);
+    deliveries.push(send(
+        producer,
+        &messages,
+        &publish.topic,
+        Some(&publish.payload),
+        &headers,
+        partition,
+    ));
+    if publish.retain {
+        // An empty retained payload clears the topic: a tombstone.
+        let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
+        deliveries.push(send(
+            &up.producer,
+            &up.config.topics.retained,
+            &publish.topic,
+            payload,
+            &headers,
+            None,
+        ));
+    }
+    async move {
+        for delivery in deliveries {
+            delivery.await?;
+        }
+        Ok(())
+    }
+}
+
+fn send(
+    producer: &Producer,
+    topic: &str,
+    key: &str,
+    payload: Option<&Bytes>,
+    headers: &[(String, Vec<u8>)],
+    partition: Option<i32>,
+) -> impl Future<Output = ProduceResult> + use<> {
+    let kafka_headers = owned_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+    let mut record = FutureRecord::to(topic).key(key).headers(kafka_headers);
+    if let Some(payload) = payload {
+        record = record.payload(payload.as_ref());
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    let queued = producer
+        .send_result(record)
+        .map_err(|(error, _)| reason_for(&error));
+    async move {
+        match queued?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => {
+                tracing::warn!(%error, "Kafka did not take a message");
+                Err(reason_for(&error))
+            }
+            Err(_) => Err(ReasonCode::UNSPECIFIED_ERROR),
+        }
+    }
+}
+
+fn reason_for(error: &KafkaError) -> ReasonCode {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            ReasonCode::PACKET_TOO_LARGE
+        }
+        Some(RDKafkaErrorCode::QueueFull) => ReasonCode::QUOTA_EXCEEDED,
+        _ => ReasonCode::UNSPECIFIED_ERROR,
+    }
+}

@@ -1,0 +1,387 @@
+//! Shared subscriptions (`$share/GROUP/FILTER`): one Kafka consumer group per subscription,
+//! joined by every replica with members, whose members on a replica take turns.
+//!
+//! Delivery progress of one shared subscription's group consumer: which offsets may be
+//! committed. An offset is committed only once every record before it on its partition was
+//! delivered (QoS 0 sent, QoS ≥ 1 acknowledged by the client) or was not for delivery (another
+//! filter, unreadable), so a replica that dies repeats records but never skips one: the rule of
+//! [`strait_kafka::OffsetTracker`], shared between the group consumer's thread and the
+//! sessions that deliver.
+
+use std::collections::{HashSet, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use strait_kafka::headers::record_headers;
+use strait_kafka::poll::{Polled, poll_loop};
+use strait_kafka::{OffsetTracker, Reader};
+use strait_mqtt_codec::QoS;
+use tokio_util::sync::CancellationToken;
+
+use super::lock_order::{Level, OrderedMutex};
+use super::{Delivery, KafkaUpstream, METADATA_TIMEOUT, SHARED_COMMIT_EVERY, now_ms};
+use crate::UpstreamError;
+use crate::core::headers;
+use crate::core::members::Members;
+
+/// (topic index, partition).
+type Partition = (usize, i32);
+
+pub struct SharedOffsets {
+    tracker: OrderedMutex<OffsetTracker<Partition>>,
+    /// Deliveries whose member went away before delivering them: handed to another member.
+    returned: OrderedMutex<VecDeque<Arc<Delivery>>>,
+}
+
+impl Default for SharedOffsets {
+    fn default() -> Self {
+        Self {
+            tracker: OrderedMutex::new(Level::Leaf, "shared offsets", OffsetTracker::default()),
+            returned: OrderedMutex::new(Level::Leaf, "returned deliveries", VecDeque::new()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedOffsets {
+    // Not derived: returned deliveries point back here.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tracker = self.tracker.lock();
+        f.debug_struct("SharedOffsets")
+            .field("tracker", &*tracker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedOffsets {
+    /// The group consumer read `offset`; `for_delivery` when it goes to a member (otherwise it
+    /// counts as done at once).
+    pub fn read(&self, partition: Partition, offset: i64, for_delivery: bool) {
+        let mut tracker = self.tracker.lock();
+        tracker.read_as(partition, offset, for_delivery);
+    }
+
+    /// A member delivered it.
+    pub fn done(&self, partition: Partition, offset: i64) {
+        let mut tracker = self.tracker.lock();
+        tracker.done(&partition, offset);
+    }
+
+    /// A member cannot deliver it (its session ended, or it unsubscribed): another one will.
+    pub fn give_back(&self, delivery: Arc<Delivery>) {
+        self.returned.lock().push_back(delivery);
+    }
+
+    pub fn take_returned(&self) -> Vec<Arc<Delivery>> {
+        self.returned.lock().drain(..).collect()
+    }
+
+    /// Per partition whose position moved since the last call, the offset to commit.
+    pub fn committable(&self) -> Vec<(Partition, i64)> {
+        self.tracker.lock().committable()
+    }
+
+    /// Forgets partitions this replica no longer owns (a rebalance moved them): their new
+    /// owner continues from the last commit, and this replica must not commit for them.
+    pub fn retain(&self, assigned: &HashSet<Partition>) {
+        self.tracker.lock().retain(|key| assigned.contains(key));
+    }
+}
+
+impl KafkaUpstream {
+    /// Adds a member to a shared subscription, starting its group consumer on the first.
+    pub(crate) fn join_shared(
+        self: &Arc<Self>,
+        group: Arc<str>,
+        inner: &str,
+        id: u64,
+    ) -> tokio::sync::watch::Receiver<bool> {
+        let mut shared = self.shared.lock();
+        if let Some(existing) = shared.get_mut(&group) {
+            existing.members.join(id);
+            return existing.ready.clone();
+        }
+        let stop = self.shutdown.child_token();
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let mut members = Members::default();
+        members.join(id);
+        shared.insert(
+            group.clone(),
+            SharedGroup {
+                members,
+                stop: stop.clone(),
+                ready: ready.clone(),
+            },
+        );
+        drop(shared);
+        let up = self.clone();
+        let inner = inner.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("shared-group".into())
+            .spawn(move || {
+                if let Err(error) = up.serve_shared(&group, &inner, &stop, &ready_tx) {
+                    tracing::warn!(error = crate::error_chain(&error), %group, "shared subscription consumer failed");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a shared subscription consumer");
+        }
+        ready
+    }
+
+    pub(crate) fn leave_shared(&self, group: &Arc<str>, id: u64) {
+        let mut shared = self.shared.lock();
+        if let Some(existing) = shared.get_mut(group)
+            && existing.members.leave(id)
+        {
+            existing.stop.cancel();
+            shared.remove(group);
+        }
+    }
+
+    /// One Kafka consumer group per shared subscription
+    /// (`strait-share:MESSAGES-TOPIC:GROUP:FILTER`), joined
+    /// by every replica that has members: Kafka splits the partitions between the replicas, and
+    /// the members on a replica take turns.
+    pub(crate) fn serve_shared(
+        &self,
+        group: &Arc<str>,
+        inner: &str,
+        stop: &CancellationToken,
+        ready: &tokio::sync::watch::Sender<bool>,
+    ) -> Result<(), UpstreamError> {
+        let (_, name) = strait_mqtt_codec::topic::parse_shared(group).unwrap_or(("", inner));
+        let group_name = group
+            .strip_prefix("$share/")
+            .and_then(|g| g.split_once('/'))
+            .map_or(name, |(g, _)| g);
+        // Named after the messages topic too: two bridges on one Kafka do not mix.
+        let group_id = format!(
+            "strait-share:{}:{group_name}:{inner}",
+            self.config.topics.messages
+        );
+        let consumer: Reader = self.clients.group_member(
+            &group_id,
+            &[
+                // A replica that dies is noticed in 10 s, not Kafka's default 45.
+                ("session.timeout.ms", "10000"),
+                // Offsets are committed here once delivered, never when merely read.
+                ("auto.offset.reset", "latest"),
+            ],
+            self.clients.report().clone(),
+            "shared subscription consumer",
+        )?;
+        // The messages topics read when the group starts (routed ones found later are not
+        // part of it).
+        let names = self.topics.names();
+        let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let offsets = Arc::new(SharedOffsets::default());
+        let mut last_commit = std::time::Instant::now();
+        let every = Duration::from_millis(100);
+        poll_loop(&consumer, "shared subscription consumer", every, |polled| {
+            let step = || -> Result<ControlFlow<()>, UpstreamError> {
+                if stop.is_cancelled() {
+                    return Ok(ControlFlow::Break(()));
+                }
+                for returned in offsets.take_returned() {
+                    if !self.hand_out(group, returned, stop) {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+                if !*ready.borrow() {
+                    self.start_shared(&consumer, ready)?;
+                }
+                if last_commit.elapsed() >= SHARED_COMMIT_EVERY {
+                    last_commit = std::time::Instant::now();
+                    if let Err(error) = self.commit_delivered(&consumer, &offsets) {
+                        tracing::debug!(%error, %group, "shared subscription commit");
+                    }
+                }
+                let Polled::Record(record) = polled else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let Some(topic) = self.topics.index(record.topic()) else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let key = (topic, record.partition());
+                let headers = record_headers(&record);
+                let message = headers::decode(
+                    record.key(),
+                    Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+                )
+                .ok()
+                .filter(|m| strait_mqtt_codec::topic::matches(inner, &m.topic));
+                offsets.read(key, record.offset(), message.is_some());
+                let Some(message) = message else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let delivery = Arc::new(Delivery {
+                    topic,
+                    partition: record.partition(),
+                    offset: record.offset(),
+                    timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                    message,
+                    shared: Some(offsets.clone()),
+                });
+                Ok(if self.hand_out(group, delivery, stop) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                })
+            };
+            match step() {
+                Ok(ControlFlow::Continue(())) => ControlFlow::Continue(()),
+                Ok(ControlFlow::Break(())) => ControlFlow::Break(Ok(())),
+                Err(error) => ControlFlow::Break(Err(error)),
+            }
+        })?;
+        // Stopped (the last member here left, or shutdown): commit what was delivered.
+        self.commit_delivered(&consumer, &offsets)?;
+        Ok(())
+    }
+
+    /// Once the group has an assignment: a new group starts from the current end of the
+    /// partitions it has not consumed yet, so what is published after SUBACK is not skipped.
+    pub(crate) fn start_shared(
+        &self,
+        consumer: &Reader,
+        ready: &tokio::sync::watch::Sender<bool>,
+    ) -> Result<(), UpstreamError> {
+        let assignment = consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(());
+        }
+        let committed = consumer.committed(METADATA_TIMEOUT)?;
+        let mut start = TopicPartitionList::new();
+        for element in committed.elements() {
+            if !matches!(element.offset(), Offset::Offset(_)) {
+                let (_, end) = self.watermarks.fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    METADATA_TIMEOUT,
+                )?;
+                consumer.seek(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(end),
+                    METADATA_TIMEOUT,
+                )?;
+                start.add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(end),
+                )?;
+            }
+        }
+        // Committed at once, so a replica that takes a partition over in a rebalance
+        // continues from here instead of from its own "latest".
+        if start.count() > 0 {
+            consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        let _ = ready.send(true);
+        Ok(())
+    }
+
+    /// Gives a shared subscription's record to the next member with room; when all are full,
+    /// waits (QoS ≥ 1: the group's delivery pauses) or drops it (QoS 0). `false` when the
+    /// group has no members here any more or is stopped.
+    pub(crate) fn hand_out(
+        &self,
+        group: &Arc<str>,
+        delivery: Arc<Delivery>,
+        stop: &CancellationToken,
+    ) -> bool {
+        loop {
+            if stop.is_cancelled() {
+                return false;
+            }
+            let taken = {
+                let mut shared = self.shared.lock();
+                let Some(entry) = shared.get_mut(group) else {
+                    return false;
+                };
+                let inboxes = self.inboxes.read();
+                entry
+                    .members
+                    .hand_out(|id| {
+                        inboxes
+                            .get(&id)
+                            .is_some_and(|inbox| inbox.try_push_shared(delivery.clone()))
+                    })
+                    .is_some()
+            };
+            if taken {
+                return true;
+            }
+            if delivery.message.qos == QoS::AtMostOnce {
+                // QoS 0 may be dropped: as good as delivered.
+                delivery.delivered();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Commits, per partition this replica owns, the offset below which every record was
+    /// delivered (when it moved).
+    pub(crate) fn commit_delivered(
+        &self,
+        consumer: &Reader,
+        offsets: &SharedOffsets,
+    ) -> Result<(), UpstreamError> {
+        let assignment = consumer.assignment()?;
+        let assigned: std::collections::HashSet<(usize, i32)> = assignment
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let topic = self.topics.index(e.topic())?;
+                Some((topic, e.partition()))
+            })
+            .collect();
+        offsets.retain(&assigned);
+        let mut commit = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets.committable() {
+            commit.add_partition_offset(
+                &self.topics.name(topic),
+                partition,
+                Offset::Offset(offset),
+            )?;
+        }
+        if commit.count() > 0 {
+            consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        Ok(())
+    }
+}
+
+/// The members on this process of one shared subscription.
+pub(crate) struct SharedGroup {
+    pub(crate) members: Members,
+    pub(crate) stop: CancellationToken,
+    pub(crate) ready: tokio::sync::watch::Receiver<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_records_move_the_commit_and_revoked_partitions_do_not() {
+        let offsets = SharedOffsets::default();
+        offsets.read((0, 0), 10, true);
+        offsets.read((0, 0), 11, false);
+        offsets.read((0, 1), 3, true);
+        assert!(offsets.committable().is_empty(), "10 and 3 are still out");
+        offsets.done((0, 0), 10);
+        assert_eq!(offsets.committable(), [((0, 0), 12)]);
+        offsets.retain(&HashSet::from([(0, 0)]));
+        offsets.done((0, 1), 3);
+        assert!(offsets.committable().is_empty(), "(0, 1) moved away");
+    }
+}

@@ -1,0 +1,179 @@
+//! The retained and sessions topics kept in memory: a reader thread per compacted topic applies
+//! every record (latest value per key), and a session waits until what other replicas wrote a
+//! moment ago has been applied.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::UpstreamError;
+use bytes::Bytes;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use strait_kafka::headers::record_headers;
+use strait_kafka::poll::{Polled, poll_loop};
+use strait_kafka::{KafkaClients, Reader};
+use strait_runtime::Context as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::METADATA_TIMEOUT;
+use super::lock_order::{Level, OrderedMutex};
+
+/// A compacted topic kept in memory: key → latest value (tombstones remove the key).
+pub struct Table {
+    pub(crate) topic: String,
+    pub(crate) partitions: i32,
+    pub(crate) state: OrderedMutex<TableState>,
+    pub(crate) progress: Notify,
+    pub(crate) consumer: Arc<Reader>,
+    /// A client that never fetches, for end offsets: the tailing consumer's connection is
+    /// busy with long-polling fetches, which would delay these requests.
+    pub(crate) watermarks: Arc<Reader>,
+}
+
+#[derive(Default)]
+pub(crate) struct TableState {
+    pub(crate) entries: HashMap<String, TableEntry>,
+    /// Next offset to read per partition (everything before has been applied).
+    pub(crate) positions: HashMap<i32, i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    pub value: Bytes,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub timestamp_ms: i64,
+}
+
+pub(crate) type OnChange = Box<dyn Fn(&str, Option<&TableEntry>) + Send + Sync>;
+
+impl Table {
+    pub(crate) fn start(
+        clients: &KafkaClients,
+        watermarks: Arc<Reader>,
+        topic: &str,
+        partitions: i32,
+        shutdown: CancellationToken,
+        on_change: OnChange,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let consumer = clients
+            .reader("table reader")
+            .with_context(|| format!("creating the reader of {topic}"))?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let table = Arc::new(Self {
+            topic: topic.to_string(),
+            partitions,
+            watermarks,
+            state: OrderedMutex::new(Level::Leaf, "table", TableState::default()),
+            progress: Notify::new(),
+            consumer: Arc::new(consumer),
+        });
+        let reader = table.clone();
+        std::thread::Builder::new()
+            .name(format!("table-{topic}"))
+            .spawn(move || reader.tail(shutdown, on_change))?;
+        Ok(table)
+    }
+
+    pub(crate) fn tail(&self, shutdown: CancellationToken, on_change: OnChange) {
+        let every = Duration::from_millis(100);
+        poll_loop(&self.consumer, "table reader", every, |polled| {
+            if shutdown.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            match polled {
+                Polled::Record(record) => {
+                    let key = record
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default();
+                    let entry = record.payload().map(|value| TableEntry {
+                        value: Bytes::copy_from_slice(value),
+                        headers: record_headers(&record),
+                        timestamp_ms: record.timestamp().to_millis().unwrap_or(0),
+                    });
+                    on_change(&key, entry.as_ref());
+                    let mut state = self.state.lock();
+                    match entry {
+                        Some(entry) => state.entries.insert(key, entry),
+                        None => state.entries.remove(&key),
+                    };
+                    state
+                        .positions
+                        .insert(record.partition(), record.offset() + 1);
+                }
+                Polled::PartitionEnd(partition) => {
+                    if let Ok(positions) = self.consumer.position() {
+                        let mut state = self.state.lock();
+                        for element in positions.elements_for_topic(&self.topic) {
+                            if element.partition() == partition
+                                && let Offset::Offset(next) = element.offset()
+                            {
+                                state.positions.insert(partition, next);
+                            }
+                        }
+                    }
+                }
+                Polled::Idle => return ControlFlow::Continue(()),
+            }
+            self.progress.notify_waiters();
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// Waits until everything written to the topic before this call has been applied, so a
+    /// session reads what another replica wrote a moment ago.
+    pub async fn sync(&self, deadline: Duration) -> Result<(), UpstreamError> {
+        let consumer = self.watermarks.clone();
+        let topic = self.topic.clone();
+        let partitions = self.partitions;
+        let ends = tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?.1)))
+                .collect::<Result<Vec<_>, KafkaError>>()
+        })
+        .await?
+        .with_context(|| format!("reading the end offsets of {}", self.topic))?;
+        tokio::time::timeout(deadline, async {
+            loop {
+                let notified = self.progress.notified();
+                {
+                    let state = self.state.lock();
+                    let caught_up = ends.iter().all(|(p, end)| {
+                        *end == 0 || state.positions.get(p).is_some_and(|pos| pos >= end)
+                    });
+                    if caught_up {
+                        return;
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await
+        .with_context(|| format!("{} not read up to its end within {deadline:?}", self.topic))
+        .map_err(Into::into)
+    }
+
+    pub fn get(&self, key: &str) -> Option<TableEntry> {
+        self.state.lock().entries.get(key).cloned()
+    }
+
+    /// Entries whose key satisfies `keep`.
+    pub fn select(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<(String, TableEntry)> {
+        let state = self.state.lock();
+        state
+            .entries
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}

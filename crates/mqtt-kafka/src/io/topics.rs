@@ -1,0 +1,282 @@
+//! The messages topics the dispatcher reads (static ones from the start, those of `${params}`
+//! routes as they appear in Kafka) and topic administration: creating missing topics, checking
+//! that the retained and sessions topics are compacted, reading partition counts and offsets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use crate::UpstreamError;
+use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use strait_config::mqtt_kafka::KafkaConfig;
+use strait_kafka::{KafkaClients, Reader};
+use strait_runtime::Context as _;
+
+use super::lock_order::{Level, OrderedRwLock};
+use super::{KafkaUpstream, METADATA_TIMEOUT, ROUTED_TOPICS_SCAN};
+
+/// One messages topic the dispatcher reads.
+pub struct MessagesTopic {
+    pub name: String,
+    /// Per partition: every record before this offset has been handed to the sessions it
+    /// matches.
+    pub(crate) positions: Vec<AtomicI64>,
+}
+
+impl MessagesTopic {
+    /// Every record of `partition` up to `offset` has been handed over.
+    pub(crate) fn advance(&self, partition: i32, offset: i64) {
+        if let Some(position) = self.positions.get(partition as usize) {
+            position.store(offset + 1, Ordering::Release);
+        }
+    }
+}
+
+/// The messages topics subscribers are served from, with indices that never change: the
+/// default and static routes' topics from the start, topics of `${params}` routes as they
+/// appear in Kafka.
+pub struct MessagesTopics(pub(crate) OrderedRwLock<Vec<Arc<MessagesTopic>>>);
+
+impl Default for MessagesTopics {
+    fn default() -> Self {
+        Self(OrderedRwLock::new(
+            Level::Leaf,
+            "messages topics",
+            Vec::new(),
+        ))
+    }
+}
+
+impl MessagesTopics {
+    pub fn all(&self) -> Vec<Arc<MessagesTopic>> {
+        self.0.read().clone()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let topics = self.0.read();
+        topics.iter().map(|t| t.name.clone()).collect()
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        let topics = self.0.read();
+        topics.iter().position(|t| t.name == name)
+    }
+
+    /// The name of topic `t` (indices handed out are never removed).
+    pub fn name(&self, t: usize) -> String {
+        self.0.read()[t].name.clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.read().len()
+    }
+
+    /// Adds a topic read from `starts` (per partition), unless it is there already.
+    pub(crate) fn add(&self, name: &str, starts: &[i64]) -> usize {
+        let mut topics = self.0.write();
+        if let Some(existing) = topics.iter().position(|t| t.name == name) {
+            return existing;
+        }
+        topics.push(Arc::new(MessagesTopic {
+            name: name.to_string(),
+            positions: starts.iter().map(|o| AtomicI64::new(*o)).collect(),
+        }));
+        topics.len() - 1
+    }
+}
+
+/// Where reading a topic the dispatcher starts on begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    /// Its current end: what is published from now on.
+    End,
+    /// Its beginning: a topic that appeared after this process started holds only records
+    /// published since.
+    Beginning,
+}
+
+impl KafkaUpstream {
+    /// Adds every topic in Kafka that a `${params}` route renders and the dispatcher does not
+    /// read yet.
+    pub(crate) async fn discover_routed_topics(&self, from: From) -> Result<(), UpstreamError> {
+        let reader = self.watermarks.clone();
+        let names = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await?
+        .context("listing Kafka topics")?;
+        for name in names {
+            if self.routing.is_routed_topic(&name) && self.topics.index(&name).is_none() {
+                self.read_topic(&name, from).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks for new topics of `${params}` routes every few seconds (other replicas' clients
+    /// publish to them too).
+    pub(crate) async fn watch_routed_topics(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(ROUTED_TOPICS_SCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.discover_routed_topics(From::Beginning).await {
+                tracing::debug!(
+                    error = crate::error_chain(&error),
+                    "looking for routed topics"
+                );
+            }
+        }
+    }
+
+    /// Makes the dispatcher read `topic` (it picks new topics up within a poll).
+    pub(crate) async fn read_topic(&self, topic: &str, from: From) -> Result<(), UpstreamError> {
+        let starts = read_partitions(&self.watermarks, topic, from).await?;
+        let t = self.topics.add(topic, &starts);
+        tracing::info!(topic, index = t, "reading a routed messages topic");
+        Ok(())
+    }
+
+    /// Before a PUBLISH to a topic of a `${params}` route that is not read yet: creates it
+    /// (with `createTopics`) and makes the dispatcher read it from its beginning, so the record
+    /// reaches this process's subscribers.
+    pub async fn ensure_routed(&self, messages: &str) -> Result<(), UpstreamError> {
+        if self.topics.index(messages).is_some() || !self.routing.is_routed_topic(messages) {
+            return Ok(());
+        }
+        if self.config.create_topics {
+            create_topics(&self.clients, &self.config, &[messages.to_string()], &[]).await?;
+        }
+        self.read_topic(messages, From::Beginning).await
+    }
+}
+
+/// Creates the `messages` topics and the `compacted` ones (`newTopics` partitions and
+/// replication) unless they exist.
+pub(crate) async fn create_topics(
+    clients: &KafkaClients,
+    config: &KafkaConfig,
+    messages: &[String],
+    compacted: &[&String],
+) -> Result<(), UpstreamError> {
+    let admin = clients.admin()?;
+    let partitions = config.new_topics.partitions;
+    let replication = || TopicReplication::Fixed(config.new_topics.replication_factor);
+    let mut new = Vec::new();
+    for topic in messages {
+        new.push(NewTopic::new(topic, partitions, replication()));
+    }
+    for topic in compacted {
+        new.push(NewTopic::new(topic, partitions, replication()).set("cleanup.policy", "compact"));
+    }
+    let created = strait_kafka::create_topics(&admin, &new, METADATA_TIMEOUT)
+        .await
+        .context("creating the MQTT topics in Kafka")?;
+    for topic in created {
+        tracing::info!(topic, "created Kafka topic");
+    }
+    Ok(())
+}
+
+/// The partitions of `topic` and, per partition, the offset to start reading at. A topic
+/// created a moment ago may have no leader yet: retried for a while.
+pub(crate) async fn read_partitions(
+    reader: &Arc<Reader>,
+    topic: &str,
+    from: From,
+) -> Result<Vec<i64>, UpstreamError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (reader, name) = (reader.clone(), topic.to_string());
+        let read = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+            let count = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len() as i32)
+                .unwrap_or(0);
+            (0..count)
+                .map(|p| {
+                    let (low, high) = reader.fetch_watermarks(&name, p, METADATA_TIMEOUT)?;
+                    Ok(if from == From::End { high } else { low })
+                })
+                .collect::<Result<Vec<i64>, KafkaError>>()
+        })
+        .await?;
+        match read {
+            Ok(starts) if !starts.is_empty() => return Ok(starts),
+            Ok(_) if attempts >= 40 => {
+                return Err(UpstreamError::Topic(format!(
+                    "Kafka topic {topic} has no partitions (does it exist?)"
+                )));
+            }
+            Err(error) if attempts >= 40 => {
+                return Err(error)
+                    .with_context(|| format!("reading metadata of {topic}"))
+                    .map_err(Into::into);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Creates missing topics (when allowed) and refuses compacted topics that are not.
+pub(crate) async fn ensure_topics(
+    clients: &KafkaClients,
+    config: &KafkaConfig,
+    messages: &[String],
+) -> Result<(), UpstreamError> {
+    let compacted = [&config.topics.retained, &config.topics.sessions];
+    if config.create_topics {
+        create_topics(clients, config, messages, &compacted).await?;
+    }
+    let admin = clients.admin()?;
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    for topic in compacted {
+        // A topic created a moment ago may not be described yet: retry briefly.
+        let mut attempts = 0;
+        let policy = loop {
+            attempts += 1;
+            let described = admin
+                .describe_configs(&[ResourceSpecifier::Topic(topic.as_str())], &options)
+                .await
+                .context("describing the retained and sessions topics")?;
+            let policy = match described.into_iter().next() {
+                Some(Ok(resource)) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+                Some(Err(error)) if attempts >= 20 => {
+                    return Err(UpstreamError::Topic(format!(
+                        "Kafka topic {topic} cannot be described ({error}): is it missing? Set \
+                         kafka.createTopics: true or create it with cleanup.policy=compact"
+                    )));
+                }
+                _ => None,
+            };
+            match policy {
+                Some(policy) if !policy.is_empty() => break policy,
+                _ if attempts >= 20 => break String::new(),
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            return Err(UpstreamError::Topic(format!(
+                "Kafka topic {topic} has cleanup.policy={policy}, but the retained and sessions topics must \
+                 be compacted (cleanup.policy=compact): otherwise retained messages and sessions are deleted \
+                 after the retention time"
+            )));
+        }
+    }
+    Ok(())
+}
