@@ -249,18 +249,8 @@ log.dirs=$dir/data
 # SASL_SSL: SCRAM users are stored in the cluster metadata (kafka-storage format --add-scram),
 # the PLAIN user in the JAAS line. No authorizer: an authenticated user may do anything.
 sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$(cat "$sec/plain.password")";
-listener.name.sasl_ssl.ssl.keystore.type=PKCS12
-listener.name.sasl_ssl.ssl.keystore.location=$sec/broker.p12
-listener.name.sasl_ssl.ssl.keystore.password=$keystore_password
-listener.name.pods_sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.pods_sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
-listener.name.pods_sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$(cat "$sec/plain.password")";
-listener.name.pods_sasl_ssl.ssl.keystore.type=PKCS12
-listener.name.pods_sasl_ssl.ssl.keystore.location=$sec/broker.p12
-listener.name.pods_sasl_ssl.ssl.keystore.password=$keystore_password
+$(kafka_sasl_listener sasl_ssl "$sec" "$keystore_password")
+$(kafka_sasl_listener pods_sasl_ssl "$sec" "$keystore_password")
 
 # Tests create their topics explicitly, so a typo fails instead of creating a topic.
 auto.create.topics.enable=false
@@ -303,6 +293,19 @@ PROPS
   echo "$PODS_REACH_HOST_AT:$pport" >"$dir/pods_bootstrap"
   echo "$PODS_REACH_HOST_AT:$psport" >"$dir/pods_sasl_ssl_bootstrap"
   kafka_launch "$dir"
+}
+
+# kafka_sasl_listener NAME DIR PASSWORD: the SASL mechanisms and keystore of SASL_SSL listener NAME.
+kafka_sasl_listener() {
+  local name=$1 sec=$2 password=$3
+  cat <<PROPS
+listener.name.$name.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.$name.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.$name.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$(cat "$sec/plain.password")";
+listener.name.$name.ssl.keystore.type=PKCS12
+listener.name.$name.ssl.keystore.location=$sec/broker.p12
+listener.name.$name.ssl.keystore.password=$password
+PROPS
 }
 
 # kafka_security DIR: a test CA, the broker's certificate (127.0.0.1 and localhost) in a PKCS12

@@ -3,46 +3,11 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, PostParams};
+pub use strait_e2e::cluster::{helm_ok, kubectl, kubectl_ok, repo_file};
 use strait_e2e::{Daemon, unique_name};
-
-pub fn repo_file(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
-pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let mut child = Command::new(&kubectl)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{kubectl}: {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(input) = stdin {
-        std::io::Write::write_all(&mut pipe, input.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(args, stdin);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// `kubectl wait --for=condition=CONDITION RESOURCE -n NS --timeout=90s`, as a user waits; on
 /// failure it panics with kubectl's error, the resource and `operator_log`.
@@ -67,20 +32,6 @@ operator log:
         String::from_utf8_lossy(&wait.stderr),
         String::from_utf8_lossy(&kubectl(&["get", resource, "-n", ns, "-o", "json"], None).stdout),
     );
-}
-
-pub fn helm_ok(args: &[&str]) -> String {
-    let helm = std::env::var("HELM").unwrap_or_else(|_| "helm".into());
-    let out = Command::new(&helm)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{helm}: {e}"));
-    assert!(
-        out.status.success(),
-        "helm {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Installs the checked-in CRDs and waits until they are served.
