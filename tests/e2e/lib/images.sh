@@ -286,15 +286,15 @@ image_py_args() {
 }
 
 # build_app_image NAME WORKDIR: the image of cargo's debug build of NAME; prints its reference.
-# The tag is the first 12 hex digits of the sha256 of the binary without debug info, so an
-# unchanged binary reuses its archive.
+# The tag is the first 12 hex digits of the sha256 of the binary without debug info and of this
+# file (the recipe), so an unchanged binary built by an unchanged recipe reuses its archive.
 build_app_image() {
   local name=$1 work=$2 bin stripped hex ref out libs lib_args=() lib
   bin=$CARGO_TARGET_DIR/debug/$name
   [ -x "$bin" ] || die "$bin is missing after cargo build"
   stripped=$work/$name
   objcopy --strip-debug "$bin" "$stripped" || die "objcopy --strip-debug $bin failed"
-  hex=$(sha256sum "$stripped")
+  hex=$(cat "$stripped" "${BASH_SOURCE[0]}" | sha256sum)
   hex=${hex:0:12}
   ref=$IMAGES_REGISTRY/$name:dev-$hex
   out=$(image_archive "$ref")
