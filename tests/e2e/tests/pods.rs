@@ -210,6 +210,9 @@ async fn real_pods_end_to_end() {
         kafka_scram_user: require!("KAFKA_SCRAM_USER", "kafka"),
         kafka_scram_password_file: require!("KAFKA_SCRAM_PASSWORD_FILE", "kafka"),
     };
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[pods {:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    step("helm install: the operator in-cluster");
     let mut operator = Operator::install(&ground);
 
     // The peers under the names the examples use, as a user's cluster would have them.
@@ -223,10 +226,13 @@ async fn real_pods_end_to_end() {
     let ns = operator.namespace("pods");
 
     // gRPC through Kafka to the demo service running as a pod.
+    step("gRPC example through Kafka to the demo service pod");
     grpc_example(&ns, &ground, &operator).await;
+    step("kafka-grpc scaled from lag and back");
     autoscaling_follows_lag(&ns, &ground, &operator).await;
 
     // Broker mode: devices -> r-proxy -> s-proxy -> Mosquitto.
+    step("MqttBridge broker example");
     kubectl_ok(
         &["apply", "-n", &ns, "-f", "-"],
         Some(&example("examples/mqttbridge-broker.yaml", &[])),
@@ -238,6 +244,7 @@ async fn real_pods_end_to_end() {
     relay_round_trip(devices, &ground.broker).await;
 
     // Kafka mode: the example as written, but for the one-broker test Kafka.
+    step("MqttBridge Kafka example, persistent session across deleted s-proxy pods");
     kubectl_ok(
         &["apply", "-n", &ns, "-f", "-"],
         Some(&example(
@@ -252,12 +259,15 @@ async fn real_pods_end_to_end() {
     persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &operator).await;
 
     // TLS, SASL and listener certificates from Secrets.
+    step("Secrets: Kafka SASL_SSL, MQTT TLS listener");
     secrets_reach_the_pods(&ns, &ground, &operator).await;
 
     // A spec change rolls the pods: sessions drained with 0x8B, no will published.
+    step("rolling update drains with 0x8B, no will");
     rolling_update_drains_sessions(&ns, devices, &ground.broker, &operator).await;
 
     // Deleting the resource garbage-collects what it owned.
+    step("deleting a resource garbage-collects its objects");
     kubectl_ok(&["delete", "mqttbridge", "devices", "-n", &ns], None);
     wait_until(
         READY,
@@ -280,6 +290,7 @@ async fn real_pods_end_to_end() {
         },
     )
     .await;
+    step("done");
 }
 
 fn mqtt311(addr: SocketAddr, id: &str, clean: bool) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
