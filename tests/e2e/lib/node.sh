@@ -143,6 +143,7 @@ node_net_down() {
     "$NODE_HOME/bin/kube-proxy" --cleanup --proxy-mode=iptables >"$dir/kube-proxy-cleanup.log" 2>&1 || true
   fi
   while node_guard -C 2>/dev/null; do node_guard -D; done
+  node_kube_chains_down
   # What the pods' sandboxes left: their network namespaces (CNI's cni-* names under
   # /var/run/netns) and with them their veths.
   local ns
@@ -157,6 +158,24 @@ node_net_down() {
     while read -r key value; do sysctl -qw "$key=$value" 2>/dev/null || true; done <"$dir/sysctl.saved"
   fi
   rm -rf /var/lib/cni/networks/strait 2>/dev/null || true # host-local's leases
+}
+
+# The chains the kubelet adds and kube-proxy --cleanup leaves (KUBE-FIREWALL with its jumps from
+# INPUT and OUTPUT, the canaries, the hint), in IPv4 and IPv6: every KUBE-* chain, since only the
+# test ground's node runs a kubelet on this machine.
+node_kube_chains_down() {
+  local cmd table rule chains
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    for table in filter nat mangle; do
+      "$cmd" -w -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' | grep -vE '^-A KUBE-' \
+        | while read -r rule; do eval "$cmd -w -t $table -D ${rule#-A }" 2>/dev/null || true; done \
+        || true # no such rule: grep fails the pipeline
+      chains=$("$cmd" -w -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/ { print $2 }')
+      for rule in $chains; do "$cmd" -w -t "$table" -F "$rule" 2>/dev/null || true; done
+      for rule in $chains; do "$cmd" -w -t "$table" -X "$rule" 2>/dev/null || true; done
+    done
+  done
 }
 
 # node_certs PKI: the kubelet's and kube-proxy's client identities (the Node authorizer and the
