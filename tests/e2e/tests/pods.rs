@@ -116,8 +116,19 @@ impl Drop for Operator {
         if std::thread::panicking() {
             eprintln!("{}", self.log());
         }
-        for ns in self.namespaces.iter().skip(1) {
-            let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
+        // The test's namespaces go first, while the operator still runs to finish what it
+        // owns there; only then the operator, so nothing of this test is left for the
+        // operators of later tests to find.
+        let mut delete = vec!["delete", "namespace", "--wait=true", "--timeout=180s"];
+        delete.extend(self.namespaces.iter().skip(1).map(String::as_str));
+        if delete.len() > 4 {
+            let out = kubectl(&delete, None);
+            if !out.status.success() {
+                eprintln!(
+                    "deleting the test namespaces: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         let _ = std::process::Command::new(std::env::var("HELM").unwrap_or_else(|_| "helm".into()))
             .args([
@@ -901,6 +912,14 @@ async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: &Operator) 
         ],
     });
     kubectl_ok(&["apply", "-f", "-"], Some(&secrets.to_string()));
+    // Devices authenticate with a JWT signed by a key whose public half is in a Secret.
+    let signer = JwtSigner::new();
+    let jwks = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "secure-jwks", "namespace": ns},
+        "stringData": {"jwks.json": signer.jwks()},
+    });
+    kubectl_ok(&["apply", "-f", "-"], Some(&jwks.to_string()));
     let messages = unique_name("secure-messages");
     let bridge = serde_json::json!({
         "apiVersion": "strait.dev/v1alpha1",
@@ -917,6 +936,12 @@ async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: &Operator) 
                 "newTopics": {"partitions": 1, "replicationFactor": 1},
             }},
             "listener": {"port": 1883, "tls": {"secretName": "secure-tls", "port": 8883}},
+            "auth": {"jwt": {
+                "issuer": JWT_ISSUER,
+                "keysSecret": {"name": "secure-jwks"},
+                "clientIdClaim": "sub",
+                "publishClaim": "mqtt_pub",
+            }},
             "rProxy": {"replicas": 1},
             "sProxy": {"replicas": 1},
         },
@@ -937,13 +962,41 @@ async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: &Operator) 
     });
 
     let address = service_address(ns, "secure", 8883);
-    let mut options =
-        rumqttc::MqttOptions::new(unique_name("tls"), address.ip().to_string(), address.port());
-    options.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(tls_for_name(&ca, &service_name)),
-    ));
-    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
-    let topic = format!("secure/{}", unique_name("t"));
+    let device = unique_name("device");
+    let tls = tls_for_name(&ca, &service_name);
+    let device_options = |token: String| {
+        let mut options =
+            rumqttc::MqttOptions::new(device.clone(), address.ip().to_string(), address.port());
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+        options.set_credentials("device", token);
+        options
+    };
+
+    // A token signed by another key is refused: the keys came from the Secret.
+    let (_forged, mut forged_events) =
+        rumqttc::AsyncClient::new(device_options(JwtSigner::new().token(&device)), 16);
+    let refused = poll_until!(
+        forged_events,
+        Duration::from_secs(60),
+        "the forged token's CONNACK",
+        |polled: Result<_, rumqttc::ConnectionError>| match polled {
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => Some(code),
+            _ => None,
+        }
+    );
+    assert!(
+        matches!(
+            refused,
+            rumqttc::ConnectReturnCode::BadUserNamePassword
+                | rumqttc::ConnectReturnCode::NotAuthorized
+        ),
+        "a forged token is refused, got {refused:?}"
+    );
+
+    let (client, mut events) = rumqttc::AsyncClient::new(device_options(signer.token(&device)), 16);
+    let topic = format!("secure/{device}/up");
     client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, false, "over tls")
         .await
@@ -1043,25 +1096,31 @@ struct MqttSubProcess {
 }
 
 impl MqttSubProcess {
-    /// Connects as an MQTT client does: a CONNACK refusing with 0x88 (server unavailable, which
-    /// r-proxy answers while its link to a replaced s-proxy comes back) is retried, for up to a
-    /// minute.
+    /// Connects as an MQTT client does: no CONNACK within 10 s (a connection opened while a
+    /// Service still pointed at a pod that is gone) or one refusing with 0x88 (server unavailable,
+    /// which r-proxy answers while its link to a replaced s-proxy comes back) means a new
+    /// attempt, for up to 90 s.
     async fn connect(address: SocketAddr, will_topic: &str) -> Self {
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut attempts = Vec::new();
         loop {
             let (sub, connack) = Self::try_connect(address, will_topic).await;
-            if connack.contains("CONNACK (0)") {
-                return sub;
+            match connack {
+                Some(connack) if connack.contains("CONNACK (0)") => return sub,
+                Some(connack) if !connack.contains("CONNACK (136)") => {
+                    panic!("connected: {connack:?}")
+                }
+                connack => attempts.push(connack),
             }
             assert!(
-                connack.contains("CONNACK (136)") && tokio::time::Instant::now() < give_up,
-                "connected: {connack:?}"
+                tokio::time::Instant::now() < give_up,
+                "no CONNACK (0) within 90 s through {address}: {attempts:?}"
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn try_connect(address: SocketAddr, will_topic: &str) -> (Self, String) {
+    async fn try_connect(address: SocketAddr, will_topic: &str) -> (Self, Option<String>) {
         use tokio::io::AsyncBufReadExt as _;
         // stdbuf: mosquitto_sub's stdout is block-buffered in a pipe otherwise.
         let mut child = tokio::process::Command::new("stdbuf")
@@ -1103,9 +1162,9 @@ impl MqttSubProcess {
             _child: child,
         };
         let connack = sub
-            .line_containing("CONNACK", Duration::from_secs(60))
+            .try_line_containing("CONNACK", Duration::from_secs(10))
             .await;
-        if connack.contains("CONNACK (0)") {
+        if connack.as_ref().is_some_and(|c| c.contains("CONNACK (0)")) {
             sub.line_containing("SUBACK", Duration::from_secs(30)).await;
         }
         (sub, connack)
@@ -1113,6 +1172,17 @@ impl MqttSubProcess {
 
     /// The next output line containing `text`, or a panic with everything seen so far.
     async fn line_containing(&mut self, text: &str, deadline: Duration) -> String {
+        match self.try_line_containing(text, deadline).await {
+            Some(line) => line,
+            None => panic!(
+                "mosquitto_sub printed no line with {text:?} within {deadline:?}: {:?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// The next output line containing `text`, if one comes within `deadline`.
+    async fn try_line_containing(&mut self, text: &str, deadline: Duration) -> Option<String> {
         let found = tokio::time::timeout(deadline, async {
             while let Ok(Some(line)) = self.lines.next_line().await {
                 let hit = line.contains(text);
@@ -1124,12 +1194,46 @@ impl MqttSubProcess {
             None
         })
         .await;
-        match found {
-            Ok(Some(line)) => line,
-            _ => panic!(
-                "mosquitto_sub printed no line with {text:?} within {deadline:?}: {:?}",
-                self.seen
-            ),
-        }
+        found.ok().flatten()
+    }
+}
+
+const JWT_ISSUER: &str = "https://auth.pods.test/";
+
+/// An ES256 key made for the test: its public half as a JWKS, and device tokens it signs.
+struct JwtSigner {
+    key: jsonwebtoken::EncodingKey,
+    jwk: jsonwebtoken::jwk::Jwk,
+}
+
+impl JwtSigner {
+    fn new() -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)
+                .expect("a JWK");
+        jwk.common.key_id = Some("pods".into());
+        Self { key, jwk }
+    }
+
+    fn jwks(&self) -> String {
+        serde_json::to_string(&jsonwebtoken::jwk::JwkSet {
+            keys: vec![self.jwk.clone()],
+        })
+        .expect("JWKS as JSON")
+    }
+
+    /// A token for device `sub` that may publish under `secure/{clientId}/`.
+    fn token(&self, sub: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("pods".into());
+        let claims = serde_json::json!({
+            "iss": JWT_ISSUER,
+            "sub": sub,
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+            "mqtt_pub": ["secure/{clientId}/#"],
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("a signed token")
     }
 }
