@@ -6,31 +6,19 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, PostParams};
+#[allow(unused_imports)] // each test file uses a different part
 pub use strait_e2e::cluster::{helm_ok, kubectl, kubectl_ok, repo_file};
 use strait_e2e::{Daemon, unique_name};
 
 /// `kubectl wait --for=condition=CONDITION RESOURCE -n NS --timeout=90s`, as a user waits; on
 /// failure it panics with kubectl's error, the resource and `operator_log`.
 pub fn wait_for_condition(resource: &str, ns: &str, condition: &str, operator_log: &str) {
-    let wait = kubectl(
-        &[
-            "wait",
-            &format!("--for=condition={condition}"),
-            resource,
-            "-n",
-            ns,
-            "--timeout=90s",
-        ],
-        None,
-    );
-    assert!(
-        wait.status.success(),
-        "kubectl wait: {}
-{resource}: {}
-operator log:
-{operator_log}",
-        String::from_utf8_lossy(&wait.stderr),
-        String::from_utf8_lossy(&kubectl(&["get", resource, "-n", ns, "-o", "json"], None).stdout),
+    strait_e2e::cluster::wait_for_condition(
+        resource,
+        ns,
+        condition,
+        std::time::Duration::from_secs(90),
+        || format!("operator log:\n{operator_log}"),
     );
 }
 
