@@ -358,6 +358,113 @@ async fn the_relay_link_with_mutual_tls_requires_r_proxys_certificate() {
     );
 }
 
+/// Puts `pki`'s files where the proxies read them, as the kubelet updates a mounted Secret: each
+/// file replaced whole, never half-written.
+fn install(pki: &Pki, live: &std::path::Path) {
+    for file in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        let staged = live.join(format!(".{file}.new"));
+        std::fs::copy(pki.dir.join(file), &staged).unwrap();
+        std::fs::rename(&staged, live.join(file)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn relay_link_certificates_rotate_without_dropping_sessions() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let live = std::env::temp_dir().join(unique_name("strait-link-tls"));
+    std::fs::create_dir_all(&live).unwrap();
+    install(&Pki::generate(), &live);
+    let path = |file: &str| live.join(file).to_str().unwrap().to_string();
+    let s_proxy_tls = [
+        "--tls-cert",
+        &path("server.pem"),
+        "--tls-key",
+        &path("server.key"),
+        "--tls-client-ca",
+        &path("ca.pem"),
+    ]
+    .map(String::from);
+    let s_proxy_args: Vec<&str> = s_proxy_tls.iter().map(String::as_str).collect();
+    let grpc = free_local_addr();
+    let s_proxy = start_s_proxy_with(grpc, &broker, &s_proxy_args).await;
+    let endpoint = format!("https://localhost:{}", grpc.port());
+    let r_proxy_tls = [
+        "--s-proxy-ca",
+        &path("ca.pem"),
+        "--s-proxy-cert",
+        &path("client.pem"),
+        "--s-proxy-key",
+        &path("client.key"),
+    ]
+    .map(String::from);
+    let r_proxy_args: Vec<&str> = r_proxy_tls.iter().map(String::as_str).collect();
+    let mqtt = free_local_addr();
+    let _r_proxy = start_r_proxy(mqtt, std::slice::from_ref(&endpoint), &r_proxy_args).await;
+    let mut before = Bystander::join(mqtt, Protocol::V5).await;
+    before.assert_alive().await;
+
+    // A whole new CA: nothing issued before the rotation is trusted after it.
+    let rotated = Pki::generate();
+    install(&rotated, &live);
+
+    // s-proxy serves the new certificate and trusts only the new CA: an r-proxy holding nothing
+    // but the new material gets sessions.
+    let fresh_mqtt = free_local_addr();
+    let _fresh = start_r_proxy(
+        fresh_mqtt,
+        std::slice::from_ref(&endpoint),
+        &[
+            "--s-proxy-ca",
+            &rotated.path("ca.pem"),
+            "--s-proxy-cert",
+            &rotated.path("client.pem"),
+            "--s-proxy-key",
+            &rotated.path("client.key"),
+        ],
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(15),
+        "s-proxy to accept an r-proxy with the rotated certificates",
+        || async move {
+            RawClient::try_session(
+                fresh_mqtt,
+                Protocol::V5,
+                connect_packet(&unique_name("fresh")),
+            )
+            .await
+            .ok()
+            .map(|_| ())
+        },
+    )
+    .await;
+    // The session opened before the rotation still runs over its old connection.
+    before.assert_alive().await;
+
+    // r-proxy's next connection uses its rotated client certificate: s-proxy, restarted on the
+    // same address, now knows only the new CA.
+    drop(s_proxy);
+    let _s_proxy = start_s_proxy_with(grpc, &broker, &s_proxy_args).await;
+    wait_until(
+        Duration::from_secs(20),
+        "r-proxy to reconnect to s-proxy with its rotated certificate",
+        || async move {
+            RawClient::try_session(mqtt, Protocol::V5, connect_packet(&unique_name("after")))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    std::fs::remove_dir_all(&live).unwrap();
+}
+
 /// An MQTT client over a WebSocket: our codec's bytes in binary messages.
 struct WsClient<S> {
     ws: WebSocketStream<S>,

@@ -72,6 +72,10 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+pub mod reload;
+
+pub use reload::Reloading;
+
 /// The rustls server config for `tls`, or `None` when no certificate is configured (plain
 /// listener).
 pub fn server_config(

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use strait_relay::v1;
+use strait_tls::Reloading;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -62,20 +63,21 @@ pub struct Listener {
     pub transport: Transport,
     pub local_addr: SocketAddr,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    /// Read again when the certificate files change, so a rotated certificate needs no restart.
+    tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
 }
 
 impl Listener {
     pub fn new(
         transport: Transport,
         listener: TcpListener,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
     ) -> std::io::Result<Self> {
         Ok(Self {
             transport,
             local_addr: listener.local_addr()?,
             listener,
-            tls: tls.map(TlsAcceptor::from),
+            tls,
         })
     }
 
@@ -107,7 +109,10 @@ impl Listener {
             };
             let _ = tcp.set_nodelay(true);
             let ctx = ctx.clone();
-            let tls = self.tls.clone();
+            let tls = self
+                .tls
+                .as_ref()
+                .map(|tls| TlsAcceptor::from(tls.current()));
             let transport = self.transport;
             let span = tracing::info_span!("session", %peer, %transport, client_id = tracing::field::Empty, subject = tracing::field::Empty);
             sessions.spawn(

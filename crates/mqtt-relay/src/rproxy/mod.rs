@@ -2,6 +2,7 @@
 //! bidirectional gRPC stream of typed packets (`MqttRelay.Session`).
 
 mod conn;
+mod link_tls;
 mod listener;
 mod session;
 mod upstream;
@@ -58,7 +59,7 @@ pub async fn start(
     process: &Process,
 ) -> Result<(Bound, impl Future<Output = Result<(), RelayError>> + use<>), RelayError> {
     let ready = process.health.flag(READINESS);
-    let server_tls = strait_tls::server_config(&config.tls, &[])
+    let server_tls = strait_tls::reload::server_config(&config.tls, &[])
         .context("loading the MQTT listener's TLS certificate (tls)")?;
     let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
         .context("configuring the s-proxy endpoints (sProxy)")?;

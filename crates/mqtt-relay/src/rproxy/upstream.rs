@@ -9,10 +9,11 @@ use crate::RelayError;
 use strait_relay::v1::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::link_tls::Connector;
 
 use strait_config::relay::SProxyLink;
-use strait_config::tls::ClientTls;
 use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
 pub struct SProxyPool {
@@ -37,11 +38,41 @@ impl SProxyPool {
         let tls = &link.tls;
         let max_message = max_frame_size(max_packet_size);
         let mut channels = Vec::new();
+        // One reloading TLS config for every endpoint: the files are read once per change.
+        let link_tls = match link.endpoints.iter().any(|e| e.starts_with("https://")) {
+            true => {
+                let ca = tls
+                    .ca
+                    .clone()
+                    .context("sProxy.tls.ca is required for https:// endpoints")?;
+                Some(
+                    strait_tls::reload::client_config(tls, ca, &[b"h2"])
+                        .context("loading sProxy.tls")?,
+                )
+            }
+            false => None,
+        };
         for endpoint in &link.endpoints {
             let uri: Uri = endpoint
                 .parse()
                 .with_context(|| format!("sProxy.endpoints: {endpoint:?} is not a URL"))?;
-            let mut endpoint = Endpoint::from(uri.clone())
+            let connector = match (&link_tls, uri.scheme_str()) {
+                (Some(link_tls), Some("https")) => Some(
+                    Connector::new(&uri, link_tls.clone())
+                        .with_context(|| format!("sProxy.endpoints: {uri}"))?,
+                ),
+                _ if tls.ca.is_some() || tls.cert.is_some() => {
+                    return Err(strait_runtime::Failed::new(format!(
+                        "{uri}: sProxy.tls is set but the endpoint is not https://"
+                    ))
+                    .into());
+                }
+                _ => None,
+            };
+            let tonic_uri = connector
+                .as_ref()
+                .map_or_else(|| uri.clone(), Connector::plain_uri);
+            let endpoint = Endpoint::from(tonic_uri)
                 .tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(20))
@@ -50,18 +81,12 @@ impl SProxyPool {
                 .initial_connection_window_size(link::CONNECTION_WINDOW)
                 .initial_stream_window_size(link::STREAM_WINDOW)
                 .max_frame_size(link::MAX_FRAME);
-            if uri.scheme_str() == Some("https") {
-                endpoint = endpoint
-                    .tls_config(client_tls(tls)?)
-                    .with_context(|| format!("TLS settings for {uri}"))?;
-            } else if tls.ca.is_some() || tls.cert.is_some() {
-                return Err(strait_runtime::Failed::new(format!(
-                    "{uri}: sProxy.tls is set but the endpoint is not https://"
-                ))
-                .into());
-            }
             for _ in 0..per_endpoint {
-                channels.push((uri.clone(), endpoint.connect_lazy()));
+                let channel = match &connector {
+                    Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+                    None => endpoint.connect_lazy(),
+                };
+                channels.push((uri.clone(), channel));
             }
         }
         if channels.is_empty() {
@@ -105,19 +130,4 @@ impl SProxyPool {
         }
         Err(last_error)
     }
-}
-
-fn client_tls(files: &ClientTls) -> Result<ClientTlsConfig, RelayError> {
-    let mut config = ClientTlsConfig::new();
-    if let Some(ca) = &files.ca {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("reading sProxy.tls.ca {}", ca.display()))?;
-        config = config.ca_certificate(Certificate::from_pem(pem));
-    }
-    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
-        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        config = config.identity(Identity::from_pem(cert, key));
-    }
-    Ok(config)
 }

@@ -2,9 +2,9 @@
 //! on the client's behalf: a real MQTT broker (this module's `broker` upstream).
 
 mod broker;
+mod link_tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ use tonic::Status;
 
 use strait_config::SProxyConfig;
 use strait_config::relay::Upstream;
-use strait_config::tls::ServerTls;
 use strait_relay::metrics::RelayMetrics;
 use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
@@ -161,11 +160,8 @@ pub async fn start(
         .initial_connection_window_size(link::CONNECTION_WINDOW)
         .initial_stream_window_size(link::STREAM_WINDOW)
         .max_frame_size(link::MAX_FRAME);
-    if let Some(tls) = tls_config(&config.tls)? {
-        server = server
-            .tls_config(tls)
-            .context("relay link TLS settings (tls)")?;
-    }
+    let link_tls = strait_tls::reload::server_config(&config.tls, &[b"h2"])
+        .context("relay link TLS settings (tls)")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen for r-proxy on {}", config.listen))?;
@@ -173,6 +169,7 @@ pub async fn start(
     let shutdown = process.shutdown.token();
     let drain_timeout = config.drain_timeout;
     let flush_ctx = ctx.clone();
+    let metrics = ctx.metrics.clone();
     let serving = async move {
         ready.set(true);
         // Sessions end themselves on shutdown (telling r-proxy 0x8B); the server stops once
@@ -196,10 +193,18 @@ pub async fn start(
                 upstream.flush(Duration::from_secs(5)).await;
             }
         };
-        server
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-            .await
+        let router = server.add_service(service);
+        let served = match link_tls {
+            Some(tls) => {
+                let incoming = link_tls::incoming(listener, tls, metrics);
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
+        served
             .context("s-proxy gRPC server failed")
             .map_err(RelayError::from)
     };
@@ -230,18 +235,4 @@ pub async fn run(config: SProxyConfig, process: &Process) -> Result<(), RelayErr
         }
     }
     serving.await
-}
-
-fn tls_config(files: &ServerTls) -> Result<Option<tonic::transport::ServerTlsConfig>, RelayError> {
-    let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
-        return Ok(None);
-    };
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-    );
-    if let Some(ca) = &files.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(config))
 }
