@@ -100,6 +100,10 @@ pub struct SProxyLink {
     /// TLS for `https://` endpoints (`ca` required; `cert` and `key` for mutual TLS).
     #[serde(default)]
     pub tls: ClientTls,
+    /// Name checked against s-proxy's certificate, when it is not the endpoints' host (e.g.
+    /// endpoints given by IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
     /// HTTP/2 connections opened to each endpoint; sessions are multiplexed over them.
     #[serde(default = "default_connections_per_endpoint")]
     pub connections_per_endpoint: usize,
@@ -140,6 +144,7 @@ impl RProxyConfig {
             s_proxy: SProxyLink {
                 endpoints,
                 tls: ClientTls::default(),
+                server_name: None,
                 connections_per_endpoint: default_connections_per_endpoint(),
             },
             limits: ClientLimits::default(),

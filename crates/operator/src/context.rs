@@ -14,6 +14,8 @@ use prometheus::{HistogramVec, IntCounterVec};
 pub struct Context {
     pub client: kube::Client,
     pub proxy_image: String,
+    /// Prefixes a resource's `spec.image` must start with.
+    pub allowed_images: Vec<String>,
     pub metrics: Metrics,
     /// Kafka admin clients, one per cluster.
     pub kafka: crate::topics::Admins,
@@ -36,15 +38,32 @@ impl Context {
     pub fn new(
         client: kube::Client,
         proxy_image: String,
+        allowed_images: Vec<String>,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        // Without a list, only the default image's own repository (any tag or digest).
+        let repository = proxy_image
+            .rsplit_once('@')
+            .map(|(repo, _)| repo)
+            .or_else(|| {
+                proxy_image
+                    .rsplit_once(':')
+                    .filter(|(_, tag)| !tag.contains('/'))
+                    .map(|(repo, _)| repo)
+            })
+            .unwrap_or(&proxy_image);
+        let allowed_images = match allowed_images.is_empty() {
+            true => vec![format!("{repository}:"), format!("{repository}@")],
+            false => allowed_images,
+        };
         Ok(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            allowed_images,
             proxy_image,
             metrics: Metrics::register(registry)?,
             kafka: crate::topics::Admins::default(),
@@ -52,6 +71,25 @@ impl Context {
             lag_readers: tokio::sync::Semaphore::new(4),
             failures: Mutex::default(),
             stabilizers: Mutex::default(),
+        })
+    }
+
+    /// The image a resource's pods run: `spec_image` when it is on the allow-list, else the
+    /// operator's default. A resource may not run any image it likes with its Secrets mounted.
+    pub fn proxy_image(&self, spec_image: Option<&str>) -> Result<String, ReconcileError> {
+        let Some(image) = spec_image else {
+            return Ok(self.proxy_image.clone());
+        };
+        if self
+            .allowed_images
+            .iter()
+            .any(|prefix| image.starts_with(prefix.as_str()))
+        {
+            return Ok(image.to_string());
+        }
+        Err(ReconcileError::ImageNotAllowed {
+            image: image.into(),
+            allowed: self.allowed_images.join(", "),
         })
     }
 
@@ -125,6 +163,18 @@ pub enum ReconcileError {
          (monitoring.coreos.com/v1): install the Prometheus Operator or turn it off"
     )]
     ServiceMonitorUnavailable,
+    #[error(
+        "{kind} {name:?} already exists and is not owned by this resource: rename the resource or \
+         remove the {kind} (the operator never takes over an object it did not create)"
+    )]
+    NotOwned { kind: String, name: String },
+    #[error(
+        "spec.image {image:?} is not allowed: it must start with one of {allowed} (the chart's \
+         allowedImages)"
+    )]
+    ImageNotAllowed { image: String, allowed: String },
+    #[error("relay link certificates: {0}")]
+    Pki(#[from] crate::relay_pki::PkiError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -143,6 +193,9 @@ impl ReconcileError {
             Self::Finalizer(_) => "FinalizerFailed",
             Self::Render(_) => "InvalidSpec",
             Self::ServiceMonitorUnavailable => "ServiceMonitorCrdMissing",
+            Self::NotOwned { .. } => "ObjectNotOwned",
+            Self::Pki(_) => "CertificateFailed",
+            Self::ImageNotAllowed { .. } => "ImageNotAllowed",
             Self::Kube(_) => "KubernetesApiError",
         }
     }
@@ -150,6 +203,17 @@ impl ReconcileError {
 
 /// The watch mapper that wakes, when a Secret appears or changes, the resources in its namespace
 /// whose `names` list it.
+/// `Api<K>` over `namespace`, or over every namespace when `None` (cluster-wide mode).
+pub fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => kube::Api::namespaced(client.clone(), namespace),
+        None => kube::Api::all(client.clone()),
+    }
+}
+
 pub fn woken_by_secret<K>(
     store: kube::runtime::reflector::Store<K>,
     names: fn(&K) -> Vec<(String, String)>,

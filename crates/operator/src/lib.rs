@@ -10,6 +10,7 @@ pub mod kafka_access;
 pub mod leader;
 pub mod monitoring;
 pub mod mqtt_bridge;
+pub mod relay_pki;
 pub mod status;
 pub mod topics;
 pub mod workload;

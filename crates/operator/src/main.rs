@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -42,6 +43,21 @@ struct OperatorArgs {
         default_value = concat!("ghcr.io/strait-dev/strait-proxy:", env!("CARGO_PKG_VERSION"))
     )]
     proxy_image: String,
+
+    /// Image prefixes a resource's `spec.image` may start with (comma-separated, e.g.
+    /// `registry.example.com/strait/`). Default: the --proxy-image repository only. Other images
+    /// are refused with the condition ImageNotAllowed.
+    #[arg(long, env = "STRAIT_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
+
+    /// Watch only these namespaces (comma-separated or repeated); every namespace when not
+    /// given. The chart's `watchNamespaces` sets this with Roles in those namespaces only.
+    #[arg(
+        long = "watch-namespace",
+        env = "STRAIT_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
 
     #[command(flatten)]
     leader: leader::LeaderArgs,
@@ -86,6 +102,7 @@ async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(context::Context::new(
         client,
         operator.proxy_image,
+        operator.allowed_images,
         &process.metrics,
     )?);
     warn_if_crds_missing(&ctx.client).await;
@@ -104,9 +121,17 @@ async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
     tracing::info!("leading: reconciling MqttBridge and GrpcKafkaRoute resources");
     // Every reconcile is idempotent (server-side apply of the whole desired state), so stopping
     // in the middle of one loses nothing: the next leader redoes it.
+    let scopes = match operator.watch_namespaces.is_empty() {
+        true => vec![None],
+        false => operator.watch_namespaces.into_iter().map(Some).collect(),
+    };
+    let mut controllers: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+    for namespace in scopes {
+        controllers.push(Box::pin(mqtt_bridge::run(ctx.clone(), namespace.clone())));
+        controllers.push(Box::pin(grpc_route::run(ctx.clone(), namespace)));
+    }
     let lost = tokio::select! {
-        () = mqtt_bridge::run(ctx.clone()) => false,
-        () = grpc_route::run(ctx) => false,
+        _ = futures::future::join_all(controllers) => false,
         () = leadership.lost() => true,
         () = process.shutdown.requested() => false,
     };

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, KubeSchema};
@@ -31,6 +32,12 @@ pub struct Monitoring {
     /// Extra labels on the ServiceMonitor, for a Prometheus that selects ServiceMonitors by label.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Who may reach the pods' admin port (metrics and probes), as NetworkPolicy peers, e.g.
+    /// `[{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]`.
+    /// Default: pods in the resource's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
 }
 
 fn service_monitors(namespace: &str, client: Client) -> Api<DynamicObject> {
@@ -90,9 +97,7 @@ pub async fn reconcile(
     let name = name(owner);
     if monitoring.service_monitor {
         let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-        services
-            .patch(&name, &params, &Patch::Apply(&metrics_service(owner)))
-            .await?;
+        crate::workload::apply_owned(&services, &metrics_service(owner), owner).await?;
         let monitor = service_monitor(owner, monitoring);
         match monitors
             .patch(&name, &params, &Patch::Apply(&monitor))
@@ -164,6 +169,7 @@ mod tests {
             service_monitor: true,
             interval: Some("15s".into()),
             labels: BTreeMap::from([("release".into(), "prometheus".into())]),
+            metrics_from: Vec::new(),
         };
         let monitor = service_monitor(&owner, &monitoring);
         assert_eq!(monitor.metadata.labels.unwrap()["release"], "prometheus");

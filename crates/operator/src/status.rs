@@ -13,6 +13,8 @@ use crate::context::{Context, ReconcileError};
 pub const READY: &str = "Ready";
 pub const PROXIES_READY: &str = "ProxiesReady";
 pub const TOPICS_READY: &str = "TopicsReady";
+/// Insecure settings the spec spelled out: `True` while there are any. Never holds up `Ready`.
+pub const WARNING: &str = "Warning";
 
 /// One condition as the reconciler sees it, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,14 @@ pub struct Check {
 }
 
 impl Check {
+    /// The `Warning` condition for `warnings` (`False` when there are none).
+    pub fn warnings(warnings: &[String]) -> Self {
+        match warnings.is_empty() {
+            true => Self::failed(WARNING, "None", "no insecure settings"),
+            false => Self::ok(WARNING, "InsecureSettings", warnings.join("; ")),
+        }
+    }
+
     pub fn ok(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
         Self {
             type_,
@@ -45,7 +55,7 @@ impl Check {
 
 /// `Ready` from the other checks: true when all are, else the first failure's reason and message.
 pub fn ready(checks: &[Check]) -> Check {
-    match checks.iter().find(|c| !c.ok) {
+    match checks.iter().find(|c| !c.ok && c.type_ != WARNING) {
         None => Check::ok(READY, "Ready", "every part is ready"),
         Some(failed) => Check::failed(READY, &failed.reason, failed.message.clone()),
     }

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -150,6 +155,47 @@ pub fn service(owner: &Owner, name: String, role: &str, type_: &str, ports: Vec<
     }))
 }
 
+/// Who may reach one role's pods: `open_ports` from anywhere (what clients use), `peer_ports`
+/// only from `peers`, and the admin port only from `monitoring.metricsFrom` (default: the
+/// resource's own namespace). Everything else is refused where the network plugin enforces
+/// NetworkPolicies. Egress stays open: Kafka and brokers may be anywhere.
+pub fn network_policy(
+    owner: &Owner,
+    role: &str,
+    open_ports: &[i32],
+    peers: Option<(Value, &[i32])>,
+    monitoring: &crate::monitoring::Monitoring,
+) -> NetworkPolicy {
+    let ports = |ports: &[i32]| -> Vec<Value> {
+        ports
+            .iter()
+            .map(|p| json!({"protocol": "TCP", "port": p}))
+            .collect()
+    };
+    let mut ingress = Vec::new();
+    if !open_ports.is_empty() {
+        ingress.push(json!({"ports": ports(open_ports)}));
+    }
+    if let Some((peer, peer_ports)) = peers {
+        ingress.push(json!({"from": [peer], "ports": ports(peer_ports)}));
+    }
+    let admin_from = match monitoring.metrics_from.is_empty() {
+        true => json!([{"podSelector": {}}]),
+        false => json!(monitoring.metrics_from),
+    };
+    ingress.push(json!({"from": admin_from, "ports": ports(&[ADMIN_PORT])}));
+    from_json(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owner.meta(format!("{}-{role}", owner.instance), role),
+        "spec": {
+            "podSelector": {"matchLabels": owner.selector(role)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }))
+}
+
 /// Voluntary evictions (node drains) take one pod of the role at a time.
 pub fn disruption_budget(owner: &Owner, role: &str) -> PodDisruptionBudget {
     from_json(json!({
@@ -158,6 +204,45 @@ pub fn disruption_budget(owner: &Owner, role: &str) -> PodDisruptionBudget {
         "metadata": owner.meta(format!("{}-{role}", owner.instance), role),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": owner.selector(role)}},
     }))
+}
+
+/// Refuses an object this resource did not create. Server-side apply with `force` would take over
+/// a user's Service or Secret of the same name, and Kubernetes would delete it with the resource.
+pub fn check_owned(
+    meta: &ObjectMeta,
+    owner: &Owner,
+    kind: &str,
+) -> Result<(), crate::context::ReconcileError> {
+    let ours = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == owner.reference.uid && r.controller == Some(true));
+    if ours {
+        return Ok(());
+    }
+    Err(crate::context::ReconcileError::NotOwned {
+        kind: kind.into(),
+        name: meta.name.clone().unwrap_or_default(),
+    })
+}
+
+/// Server-side apply of an object `owner` owns, after making sure an existing object of that
+/// name is the owner's (see [`check_owned`]). Returns the object as stored.
+pub async fn apply_owned<K>(
+    api: &Api<K>,
+    object: &K,
+    owner: &Owner,
+) -> Result<K, crate::context::ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    if let Some(existing) = api.get_metadata_opt(&name).await? {
+        check_owned(&existing.metadata, owner, &K::kind(&()))?;
+    }
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(object)).await?)
 }
 
 pub fn config_hash(yaml: &str) -> String {

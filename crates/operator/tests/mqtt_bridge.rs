@@ -162,7 +162,8 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     r_proxy.validate().unwrap();
     assert_eq!(
         r_proxy.s_proxy.endpoints,
-        [format!("http://devices-s-proxy.{ns}.svc:50516")]
+        [format!("https://devices-s-proxy.{ns}.svc:50516")],
+        "a mutual TLS relay link by default"
     );
     assert_eq!(r_proxy.limits.max_packet_size, 262_144);
     let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
@@ -170,7 +171,8 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         s_proxy.broker.unwrap().address,
         "mosquitto.mqtt.svc.cluster.local:1883"
     );
-    relay_through_rendered_configs(&config["r-proxy.yaml"], &config["s-proxy.yaml"]).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    relay_through_rendered_configs(&config, Some(&secrets), "devices").await;
     let budget: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(client.clone(), &ns);
     let budget = budget.get("devices-r-proxy").await.unwrap();
@@ -469,8 +471,13 @@ async fn one_of_two_operators_reconciles_and_the_other_takes_over() {
 }
 
 /// The proxies started as local processes with the configs the operator rendered (addresses moved
-/// to loopback, the broker to the test Mosquitto): a message goes through them.
-async fn relay_through_rendered_configs(r_yaml: &str, s_yaml: &str) {
+/// to loopback, the broker to the test Mosquitto) and, for a TLS link, the certificates the
+/// operator issued in `secrets`: a message goes through them.
+async fn relay_through_rendered_configs(
+    rendered: &std::collections::BTreeMap<String, String>,
+    secrets: Option<&Api<Secret>>,
+    bridge: &str,
+) {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let proxy = std::env::current_exe()
         .unwrap()
@@ -480,17 +487,61 @@ async fn relay_through_rendered_configs(r_yaml: &str, s_yaml: &str) {
         .filter(|path| path.exists())
         .expect("strait-proxy next to the test binaries (cargo test --workspace builds it)");
     let (grpc, mqtt) = (strait_e2e::free_local_addr(), strait_e2e::free_local_addr());
-    let mut s_config: SProxyConfig = serde_saphyr::from_str(s_yaml).unwrap();
+    let mut s_config: SProxyConfig = serde_saphyr::from_str(&rendered["s-proxy.yaml"]).unwrap();
     s_config.listen = grpc;
     if let Some(target) = s_config.broker.as_mut() {
         target.address = broker.clone();
     }
-    let mut r_config: RProxyConfig = serde_saphyr::from_str(r_yaml).unwrap();
+    let mut r_config: RProxyConfig = serde_saphyr::from_str(&rendered["r-proxy.yaml"]).unwrap();
     r_config.listeners.tcp = Some(mqtt);
     r_config.listeners.ws = None;
-    r_config.s_proxy.endpoints = vec![format!("http://{grpc}")];
     let dir = std::env::temp_dir().join(unique_name("rendered"));
     std::fs::create_dir_all(&dir).unwrap();
+    let endpoint = r_config.s_proxy.endpoints[0].clone();
+    match endpoint.strip_prefix("https://") {
+        Some(host_port) => {
+            // The Service name stays the name checked against s-proxy's certificate.
+            let host = host_port.rsplit_once(':').unwrap().0;
+            r_config.s_proxy.server_name = Some(host.to_string());
+            r_config.s_proxy.endpoints = vec![format!("https://{grpc}")];
+            let secrets = secrets.expect("the link certificates' Secrets");
+            let link = |role: &str| {
+                let dir = dir.join(role);
+                std::fs::create_dir_all(&dir).unwrap();
+                let secret = format!("{bridge}-{role}-link-tls");
+                (dir, secret)
+            };
+            for (role, (files, secret)) in
+                [("s-proxy", link("s-proxy")), ("r-proxy", link("r-proxy"))]
+            {
+                let data = secrets.get(&secret).await.unwrap().data.unwrap();
+                for (key, value) in data {
+                    std::fs::write(files.join(&key), value.0).unwrap();
+                }
+                let file = |key: &str| Some(files.join(key));
+                if role == "s-proxy" {
+                    assert_eq!(
+                        s_config
+                            .tls
+                            .client_ca
+                            .as_ref()
+                            .unwrap()
+                            .file_name()
+                            .unwrap(),
+                        "ca.crt"
+                    );
+                    s_config.tls.cert = file("tls.crt");
+                    s_config.tls.key = file("tls.key");
+                    s_config.tls.client_ca = file("ca.crt");
+                } else {
+                    r_config.s_proxy.tls.ca = file("ca.crt");
+                    r_config.s_proxy.tls.cert = file("tls.crt");
+                    r_config.s_proxy.tls.key = file("tls.key");
+                }
+            }
+        }
+        None => r_config.s_proxy.endpoints = vec![format!("http://{grpc}")],
+    }
     let (s_path, r_path) = (dir.join("s-proxy.yaml"), dir.join("r-proxy.yaml"));
     std::fs::write(&s_path, strait_config::to_yaml(&s_config)).unwrap();
     std::fs::write(&r_path, strait_config::to_yaml(&r_config)).unwrap();
@@ -624,7 +675,8 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
         !s_proxy.kafka.as_ref().unwrap().create_topics,
         "the operator owns the topics"
     );
-    relay_through_rendered_configs(&config["r-proxy.yaml"], &config["s-proxy.yaml"]).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    relay_through_rendered_configs(&config, Some(&secrets), "fleet").await;
     drop(operator);
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }

@@ -58,7 +58,7 @@ impl SProxyPool {
                 .with_context(|| format!("sProxy.endpoints: {endpoint:?} is not a URL"))?;
             let connector = match (&link_tls, uri.scheme_str()) {
                 (Some(link_tls), Some("https")) => Some(
-                    Connector::new(&uri, link_tls.clone())
+                    Connector::new(&uri, link.server_name.as_deref(), link_tls.clone())
                         .with_context(|| format!("sProxy.endpoints: {uri}"))?,
                 ),
                 _ if tls.ca.is_some() || tls.cert.is_some() => {

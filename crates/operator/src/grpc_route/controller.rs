@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -19,23 +20,26 @@ use kube::{Resource, ResourceExt};
 use super::render::{self, BACKEND};
 use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
 use crate::autoscale::{self, Observation, Policy};
-use crate::context::{Context, ReconcileError};
+use crate::context::{Context, ReconcileError, scoped};
 use crate::kafka_access::KafkaAccess;
 use crate::status::{self, Check};
+use crate::workload::apply_owned;
 
 const FINALIZER: &str = "strait.dev/topics";
 
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller over `namespace` (every namespace when `None`) until the process stops it.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let controller = Controller::new(
-        Api::<GrpcKafkaRoute>::all(client.clone()),
+        scoped::<GrpcKafkaRoute>(&client, ns),
         watcher::Config::default(),
     );
     // A Kafka TLS or SASL Secret that appears or changes wakes the routes that name it.
     let routes = controller.store();
     controller
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             crate::context::woken_by_secret(routes, |route: &GrpcKafkaRoute| {
                 route.spec.kafka.kafka_ref().secrets()
@@ -43,11 +47,11 @@ pub async fn run(ctx: Arc<Context>) {
         )
         // Metadata only: enough to wake the owner (see the MqttBridge controller).
         .owns(
-            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Deployment>>(&client, ns),
             watcher::Config::default(),
         )
         .owns(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
             watcher::Config::default(),
         )
         .run(reconcile, crate::context::error_policy, ctx)
@@ -178,25 +182,17 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
 
     let rendered = render::render(
         route,
-        route.spec.image.as_deref().unwrap_or(&ctx.proxy_image),
+        &ctx.proxy_image(route.spec.image.as_deref())?,
         backend_replicas,
         access.client_cert(),
     )?;
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
-        .patch(
-            &rendered.config_map.name_any(),
-            &params,
-            &Patch::Apply(&rendered.config_map),
-        )
-        .await?;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    apply_owned(&config_maps, &rendered.config_map, &owner).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let mut consumers = None;
     let mut rolling = Vec::new();
     for deployment in &rendered.deployments {
-        let applied = deployments
-            .patch(&deployment.name_any(), &params, &Patch::Apply(deployment))
-            .await?;
+        let applied = apply_owned(&deployments, deployment, &owner).await?;
         let (ready, message) = crate::mqtt_bridge::rollout(&applied);
         if deployment.name_any().ends_with(BACKEND) {
             consumers = applied.status.as_ref().and_then(|s| s.replicas).or(Some(0));
@@ -214,20 +210,17 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     } else {
         Check::failed(status::PROXIES_READY, "RollingOut", rolling.join("; "))
     });
-    Api::<Service>::namespaced(client.clone(), &namespace)
-        .patch(
-            &rendered.service.name_any(),
-            &params,
-            &Patch::Apply(&rendered.service),
-        )
-        .await?;
+    let services = Api::<Service>::namespaced(client.clone(), &namespace);
+    apply_owned(&services, &rendered.service, &owner).await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, &namespace);
     for budget in &rendered.disruption_budgets {
-        budgets
-            .patch(&budget.name_any(), &params, &Patch::Apply(budget))
-            .await?;
+        apply_owned(&budgets, budget, &owner).await?;
     }
 
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    for policy in &rendered.network_policies {
+        apply_owned(&policies, policy, &owner).await?;
+    }
     crate::monitoring::reconcile(&ctx.client, &owner, &route.spec.monitoring).await?;
 
     let status = GrpcKafkaRouteStatus {

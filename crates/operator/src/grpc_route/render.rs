@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -134,6 +135,8 @@ pub struct Rendered {
     pub deployments: Vec<Deployment>,
     pub service: Service,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// Clients reach grpc-kafka's port only; kafka-grpc serves nothing but its admin port.
+    pub network_policies: Vec<NetworkPolicy>,
     pub endpoint: String,
 }
 
@@ -205,11 +208,22 @@ pub fn render(
         .into_iter()
         .map(|role| workload::disruption_budget(&owner, role))
         .collect();
+    let network_policies = vec![
+        workload::network_policy(
+            &owner,
+            FRONTEND,
+            &[spec.frontend.port],
+            None,
+            &spec.monitoring,
+        ),
+        workload::network_policy(&owner, BACKEND, &[], None, &spec.monitoring),
+    ];
     Ok(Rendered {
         config_map,
         deployments,
         service,
         disruption_budgets,
+        network_policies,
         endpoint: format!(
             "{}.{}.svc:{}",
             route.name_any(),

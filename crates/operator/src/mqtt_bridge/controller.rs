@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -17,15 +18,18 @@ use kube::{Resource, ResourceExt};
 
 use super::render::{self, Inputs};
 use super::spec::{MqttBridge, MqttBridgeStatus};
-use crate::context::{Context, ReconcileError};
+use crate::context::{Context, ReconcileError, scoped};
 use crate::kafka_access::get_secret;
+use crate::relay_pki;
 use crate::status::{self, Check};
+use crate::workload::apply_owned;
 
-/// Runs the controller (until the process stops it).
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller over `namespace` (every namespace when `None`) until the process stops it.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let controller = Controller::new(
-        Api::<MqttBridge>::all(client.clone()),
+        scoped::<MqttBridge>(&client, ns),
         watcher::Config::default(),
     );
     // A referenced Secret that appears or changes wakes the bridges that name it.
@@ -35,20 +39,20 @@ pub async fn run(ctx: Arc<Context>) {
     // data or whole Deployments.
     controller
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             crate::context::woken_by_secret(bridges, |bridge: &MqttBridge| bridge.spec.secrets()),
         )
         .owns(
-            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Deployment>>(&client, ns),
             watcher::Config::default(),
         )
         .owns(
-            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            scoped::<PartialObjectMeta<Service>>(&client, ns),
             watcher::Config::default(),
         )
         .owns(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client),
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
             watcher::Config::default(),
         )
         .run(reconcile, crate::context::error_policy, ctx)
@@ -79,11 +83,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     let namespace = bridge.namespace().expect("MqttBridge is namespaced");
     let client = ctx.client.clone();
     let mut inputs = Inputs {
-        image: bridge
-            .spec
-            .image
-            .clone()
-            .unwrap_or_else(|| ctx.proxy_image.clone()),
+        image: ctx.proxy_image(bridge.spec.image.as_deref())?,
         broker_client_cert: false,
         kafka_client_cert: false,
     };
@@ -125,23 +125,23 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     };
     inputs.kafka_client_cert = kafka_access.as_ref().is_some_and(|a| a.client_cert());
     let rendered = render::render(bridge, &inputs)?;
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    let owner = render::owner(bridge);
+    // The link certificates exist before the pods that mount them; renewal wakes us in time.
+    let mut next_pass = Duration::from_secs(300);
+    if !bridge.spec.relay.plaintext {
+        let names = render::s_proxy_names(bridge);
+        let identity = render::r_proxy_identity(bridge);
+        let renew_in = relay_pki::ensure(&secrets, &owner, &names, &identity).await?;
+        next_pass = next_pass.min(renew_in + Duration::from_secs(1));
+    }
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    config_maps
-        .patch(
-            &rendered.config_map.name_any(),
-            &params,
-            &Patch::Apply(&rendered.config_map),
-        )
-        .await?;
+    apply_owned(&config_maps, &rendered.config_map, &owner).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let mut checks = Vec::new();
+    let mut checks = vec![Check::warnings(&rendered.warnings)];
     let mut ready_r_proxies = None;
     let mut rolling = Vec::new();
     for deployment in &rendered.deployments {
-        let applied = deployments
-            .patch(&deployment.name_any(), &params, &Patch::Apply(deployment))
-            .await?;
+        let applied = apply_owned(&deployments, deployment, &owner).await?;
         let role = deployment.name_any();
         let (ready, message) = rollout(&applied);
         if role.ends_with("-r-proxy") {
@@ -162,18 +162,17 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     });
     let services: Api<Service> = Api::namespaced(client, &namespace);
     for service in &rendered.services {
-        services
-            .patch(&service.name_any(), &params, &Patch::Apply(service))
-            .await?;
+        apply_owned(&services, service, &owner).await?;
     }
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &namespace);
     for budget in &rendered.disruption_budgets {
-        budgets
-            .patch(&budget.name_any(), &params, &Patch::Apply(budget))
-            .await?;
+        apply_owned(&budgets, budget, &owner).await?;
     }
-    crate::monitoring::reconcile(&ctx.client, &render::owner(bridge), &bridge.spec.monitoring)
-        .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    for policy in &rendered.network_policies {
+        apply_owned(&policies, policy, &owner).await?;
+    }
+    crate::monitoring::reconcile(&ctx.client, &owner, &bridge.spec.monitoring).await?;
     let mode = if let Some(access) = &kafka_access {
         let topics = render::kafka_topics(bridge);
         let admin = ctx.kafka.get(access)?;
@@ -203,7 +202,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     .await?;
     // Owned Deployments wake the controller when their pods change; the periodic resync is a
     // safety net.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(next_pass))
 }
 
 /// Whether a Deployment has rolled out its current template, and if not, how far it got.

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -15,6 +16,7 @@ use strait_config::tls::{ClientTls, ServerTls};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 
 use super::spec::MqttBridge;
+use crate::relay_pki;
 use crate::topics::TopicSpec;
 use crate::workload::{self, Owner, ProxyPods, from_json};
 
@@ -23,6 +25,8 @@ const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
 const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
 /// The JWT keys Secret, mounted whole (not by subPath) so Secret updates reach the pods.
 const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
+/// The relay link's certificate (mounted whole: renewals reach the pods, which re-read it).
+const LINK_TLS_DIR: &str = "/etc/strait/tls/link";
 
 /// Everything one MqttBridge owns.
 #[derive(Debug, Clone)]
@@ -32,8 +36,12 @@ pub struct Rendered {
     pub services: Vec<Service>,
     /// One per role: voluntary evictions (node drains) take one pod at a time.
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// One per role: only r-proxy reaches s-proxy; clients reach only the listener ports.
+    pub network_policies: Vec<NetworkPolicy>,
     /// What devices connect to, for the status.
     pub endpoints: Vec<String>,
+    /// Insecure settings the spec asked for, for the `Warning` condition.
+    pub warnings: Vec<String>,
 }
 
 /// What the reconciler learned from the cluster that rendering needs.
@@ -46,10 +54,50 @@ pub struct Inputs {
     pub kafka_client_cert: bool,
 }
 
+/// The DNS names s-proxy's link certificate is valid for: its Service, short and long, and
+/// each pod behind it (for clients that address pods directly).
+pub fn s_proxy_names(bridge: &MqttBridge) -> Vec<String> {
+    let service = s_proxy_name(bridge);
+    let namespace = bridge.namespace().unwrap_or_default();
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("*.{service}.{namespace}.svc"),
+        service,
+    ]
+}
+
+/// The common name of r-proxy's link certificate.
+pub fn r_proxy_identity(bridge: &MqttBridge) -> String {
+    format!("{}-r-proxy", bridge.name_any())
+}
+
+fn link_tls(bridge: &MqttBridge) -> bool {
+    !bridge.spec.relay.plaintext
+}
+
+fn link_file(name: &str) -> Option<std::path::PathBuf> {
+    Some(format!("{LINK_TLS_DIR}/{name}").into())
+}
+
+/// A Secret volume and its read-only mount.
+fn secret_volume(name: &str, secret: &str, dir: &str) -> (serde_json::Value, serde_json::Value) {
+    (
+        json!({"name": name, "secret": {"secretName": secret}}),
+        json!({"name": name, "mountPath": dir, "readOnly": true}),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("spec.upstream needs broker or kafka")]
     NoUpstream,
+    #[error(
+        "spec.auth.jwt: devices would send their tokens in clear text over a listener without \
+         TLS; set spec.listener.tls (and leave spec.listener.port unset), or spell out \
+         spec.listener.allowPlaintextCredentials: true"
+    )]
+    PlaintextCredentials,
     #[error("the rendered {role} config is invalid: {error}")]
     Config {
         role: &'static str,
@@ -74,11 +122,13 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
         }
     }
     let mut config = RProxyConfig::new(Vec::new());
+    let websocket = spec.listener.websocket.as_ref();
+    let wss = spec.listener.websocket_tls();
     config.listeners = Listeners {
-        tcp: any(spec.listener.port),
+        tcp: spec.listener.plain_port().and_then(any),
         tls: spec.listener.tls.as_ref().and_then(|t| any(t.port)),
-        ws: spec.listener.websocket.as_ref().and_then(|w| any(w.port)),
-        wss: None,
+        ws: websocket.filter(|_| !wss).and_then(|w| any(w.port)),
+        wss: websocket.filter(|_| wss).and_then(|w| any(w.port)),
         ws_path: spec
             .listener
             .websocket
@@ -86,13 +136,21 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
             .map_or_else(|| "/mqtt".into(), |w| w.path.clone()),
     };
     config.tls = tls;
+    let scheme = if link_tls(bridge) { "https" } else { "http" };
     config.s_proxy = SProxyLink {
         endpoints: vec![format!(
-            "http://{}.{namespace}.svc:{S_PROXY_PORT}",
+            "{scheme}://{}.{namespace}.svc:{S_PROXY_PORT}",
             s_proxy_name(bridge)
         )],
         ..config.s_proxy
     };
+    if link_tls(bridge) {
+        config.s_proxy.tls = ClientTls {
+            ca: link_file(relay_pki::CA_CERT),
+            cert: link_file("tls.crt"),
+            key: link_file("tls.key"),
+        };
+    }
     config.limits = spec.limits.clone();
     config.auth.jwt = spec.auth.jwt.as_ref().map(|jwt| {
         let mut auth = JwtAuth::new(
@@ -120,6 +178,14 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
         max_packet_size: bridge.spec.limits.max_packet_size,
         ..SProxyConfig::default()
     };
+    if link_tls(bridge) {
+        // Only holders of this bridge's r-proxy certificate may open relay streams.
+        config.tls = ServerTls {
+            cert: link_file("tls.crt"),
+            key: link_file("tls.key"),
+            client_ca: link_file(relay_pki::CA_CERT),
+        };
+    }
     if let Some(kafka) = &upstream.kafka {
         let mut target = KafkaConfig::new(kafka.bootstrap.clone());
         target.topics = kafka.topics.clone();
@@ -193,6 +259,17 @@ pub fn owner(bridge: &MqttBridge) -> Owner {
 }
 
 pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderError> {
+    let mut warnings = Vec::new();
+    let listener = &bridge.spec.listener;
+    if bridge.spec.auth.jwt.is_some() && listener.has_plaintext() {
+        if !listener.allow_plaintext_credentials {
+            return Err(RenderError::PlaintextCredentials);
+        }
+        warnings.push("devices send tokens over a listener without TLS (spec.listener.allowPlaintextCredentials)".to_string());
+    }
+    if !link_tls(bridge) {
+        warnings.push("the r-proxy to s-proxy link runs without TLS (spec.relay.plaintext): any pod that reaches s-proxy can open sessions as any client".to_string());
+    }
     let r_config = r_proxy_config(bridge);
     r_config.validate().map_err(|error| RenderError::Config {
         role: "r-proxy",
@@ -217,12 +294,27 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
     }));
 
     let spec = &bridge.spec;
-    let mut r_ports = vec![json!({"name": "mqtt", "containerPort": spec.listener.port})];
-    let mut service_ports =
-        vec![json!({"name": "mqtt", "port": spec.listener.port, "targetPort": "mqtt"})];
-    let mut endpoints = vec![format!("mqtt://{host}:{}", spec.listener.port)];
+    let (mut r_ports, mut service_ports, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(port) = spec.listener.plain_port() {
+        r_ports.push(json!({"name": "mqtt", "containerPort": port}));
+        service_ports.push(json!({"name": "mqtt", "port": port, "targetPort": "mqtt"}));
+        endpoints.push(format!("mqtt://{host}:{port}"));
+    }
     let mut r_volumes = Vec::new();
     let mut r_mounts = Vec::new();
+    let mut s_volumes = Vec::new();
+    let mut s_mounts = Vec::new();
+    if link_tls(bridge) {
+        for (role, volumes, mounts) in [
+            ("r-proxy", &mut r_volumes, &mut r_mounts),
+            ("s-proxy", &mut s_volumes, &mut s_mounts),
+        ] {
+            let secret = relay_pki::leaf_secret_name(&name, role);
+            let (volume, mount) = secret_volume("link-tls", &secret, LINK_TLS_DIR);
+            volumes.push(volume);
+            mounts.push(mount);
+        }
+    }
     if let Some(tls) = &spec.listener.tls {
         r_ports.push(json!({"name": "mqtts", "containerPort": tls.port}));
         service_ports.push(json!({"name": "mqtts", "port": tls.port, "targetPort": "mqtts"}));
@@ -237,12 +329,15 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         r_mounts.push(json!({"name": "jwt-keys", "mountPath": JWT_KEYS_DIR, "readOnly": true}));
     }
     if let Some(ws) = &spec.listener.websocket {
-        r_ports.push(json!({"name": "ws", "containerPort": ws.port}));
-        service_ports.push(json!({"name": "ws", "port": ws.port, "targetPort": "ws"}));
-        endpoints.push(format!("ws://{host}:{}{}", ws.port, ws.path));
+        let scheme = if spec.listener.websocket_tls() {
+            "wss"
+        } else {
+            "ws"
+        };
+        r_ports.push(json!({"name": scheme, "containerPort": ws.port}));
+        service_ports.push(json!({"name": scheme, "port": ws.port, "targetPort": scheme}));
+        endpoints.push(format!("{scheme}://{host}:{}{}", ws.port, ws.path));
     }
-    let mut s_volumes = Vec::new();
-    let mut s_mounts = Vec::new();
     if let Some(tls) = spec.upstream.broker.as_ref().and_then(|b| b.tls.as_ref()) {
         s_volumes.push(json!({"name": "broker-tls", "secret": {"secretName": tls.secret_name}}));
         s_mounts.push(json!({"name": "broker-tls", "mountPath": BROKER_TLS_DIR, "readOnly": true}));
@@ -253,6 +348,11 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         s_mounts.extend(mounts);
     }
 
+    let listener_ports: Vec<i32> = r_ports
+        .iter()
+        .filter_map(|p| p["containerPort"].as_i64())
+        .map(|p| p as i32)
+        .collect();
     let deployments = vec![
         ProxyPods {
             role: "s-proxy",
@@ -297,12 +397,27 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         .into_iter()
         .map(|role| workload::disruption_budget(&owner, role))
         .collect();
+    let network_policies = vec![
+        workload::network_policy(
+            &owner,
+            "s-proxy",
+            &[],
+            Some((
+                json!({"podSelector": {"matchLabels": owner.selector("r-proxy")}}),
+                &[S_PROXY_PORT],
+            )),
+            &spec.monitoring,
+        ),
+        workload::network_policy(&owner, "r-proxy", &listener_ports, None, &spec.monitoring),
+    ];
     Ok(Rendered {
         config_map,
         deployments,
         services,
         disruption_budgets,
+        network_policies,
         endpoints,
+        warnings,
     })
 }
 
@@ -340,7 +455,7 @@ mod tests {
         r.validate().unwrap();
         assert_eq!(
             r.s_proxy.endpoints,
-            ["http://devices-s-proxy.iot.svc:50516"]
+            ["https://devices-s-proxy.iot.svc:50516"]
         );
         assert_eq!(r.limits.max_packet_size, 65536);
         assert_eq!(r.listeners.ws.unwrap().port(), 8080);
@@ -399,6 +514,7 @@ mod tests {
                 "algorithms": ["ES256"],
                 "publishClaim": "mqtt_publish",
             }},
+            "listener": {"tls": {"secretName": "devices-tls"}},
         }));
         let rendered = render(&bridge, &inputs()).unwrap();
         let data = rendered.config_map.data.unwrap();
@@ -439,13 +555,10 @@ mod tests {
             mount.sub_path, None,
             "a subPath mount would never see a rotated key"
         );
-        assert_eq!(
-            bridge.spec.secrets(),
-            [(
-                "device-jwks".to_string(),
-                "spec.auth.jwt.keysSecret.name".to_string()
-            )]
-        );
+        assert!(bridge.spec.secrets().contains(&(
+            "device-jwks".to_string(),
+            "spec.auth.jwt.keysSecret.name".to_string()
+        )));
     }
 
     #[test]
@@ -484,7 +597,217 @@ mod tests {
                 .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(volumes(0), ["broker-ca"]);
-        assert_eq!(volumes(1), ["devices-tls"]);
+        assert_eq!(volumes(0), ["devices-s-proxy-link-tls", "broker-ca"]);
+        assert_eq!(volumes(1), ["devices-r-proxy-link-tls", "devices-tls"]);
+    }
+
+    fn configs(rendered: &Rendered) -> (RProxyConfig, SProxyConfig) {
+        let data = rendered.config_map.data.as_ref().unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        let s: SProxyConfig = serde_saphyr::from_str(&data["s-proxy.yaml"]).unwrap();
+        r.validate().unwrap();
+        s.validate().unwrap();
+        (r, s)
+    }
+
+    fn service_ports(rendered: &Rendered) -> Vec<(String, i32)> {
+        let service = rendered.services.iter().find(|s| s.name_any() == "devices");
+        let spec = service.unwrap().spec.as_ref().unwrap();
+        let ports = spec.ports.as_ref().unwrap();
+        ports
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.port))
+            .collect()
+    }
+
+    #[test]
+    fn a_bridge_with_only_a_broker_address_gets_a_mutual_tls_relay_link() {
+        let bridge = bridge(json!({"upstream": {"broker": {"address": "b:1883"}}}));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let (r, s) = configs(&rendered);
+        assert_eq!(
+            r.s_proxy.endpoints,
+            ["https://devices-s-proxy.iot.svc:50516"]
+        );
+        let link = |f: &str| {
+            Some(std::path::PathBuf::from(format!(
+                "/etc/strait/tls/link/{f}"
+            )))
+        };
+        assert_eq!(
+            r.s_proxy.tls,
+            ClientTls {
+                ca: link("ca.crt"),
+                cert: link("tls.crt"),
+                key: link("tls.key"),
+            }
+        );
+        assert_eq!(
+            s.tls,
+            ServerTls {
+                cert: link("tls.crt"),
+                key: link("tls.key"),
+                client_ca: link("ca.crt"),
+            },
+            "s-proxy requires r-proxy's client certificate"
+        );
+        // The server certificate covers the name r-proxy dials.
+        assert!(s_proxy_names(&bridge).contains(&"devices-s-proxy.iot.svc".to_string()));
+        assert!(rendered.warnings.is_empty());
+        assert_eq!(service_ports(&rendered), [("mqtt".to_string(), 1883)]);
+    }
+
+    #[test]
+    fn a_plain_relay_link_only_when_spelled_out_and_then_with_a_warning() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "relay": {"plaintext": true},
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let (r, s) = configs(&rendered);
+        assert_eq!(
+            r.s_proxy.endpoints,
+            ["http://devices-s-proxy.iot.svc:50516"]
+        );
+        assert!(!s.tls.is_enabled());
+        assert_eq!(rendered.warnings.len(), 1);
+        assert!(rendered.warnings[0].contains("spec.relay.plaintext"));
+    }
+
+    #[test]
+    fn with_a_tls_listener_there_is_no_plain_port_unless_one_is_given() {
+        let tls = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "devices-tls"}, "websocket": {}},
+        }));
+        let rendered = render(&tls, &inputs()).unwrap();
+        assert_eq!(
+            service_ports(&rendered),
+            [("mqtts".to_string(), 8883), ("wss".to_string(), 8080)],
+            "no plain MQTT and WebSocket over TLS"
+        );
+        let (r, _) = configs(&rendered);
+        assert_eq!((r.listeners.tcp, r.listeners.ws), (None, None));
+        assert_eq!(r.listeners.wss.unwrap().port(), 8080);
+        assert_eq!(
+            rendered.endpoints,
+            [
+                "mqtts://devices.iot.svc:8883",
+                "wss://devices.iot.svc:8080/mqtt"
+            ]
+        );
+
+        let both = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"port": 1883, "tls": {"secretName": "devices-tls"}, "websocket": {"tls": false}},
+        }));
+        let rendered = render(&both, &inputs()).unwrap();
+        assert_eq!(
+            service_ports(&rendered),
+            [
+                ("mqtt".to_string(), 1883),
+                ("mqtts".to_string(), 8883),
+                ("ws".to_string(), 8080)
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_over_a_plain_listener_are_refused_unless_allowed() {
+        let jwt = json!({"issuer": "https://auth.example.com/", "keysSecret": {"name": "jwks"}});
+        let plain = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {"jwt": jwt},
+        }));
+        let error = render(&plain, &inputs()).unwrap_err();
+        assert!(matches!(error, RenderError::PlaintextCredentials));
+        assert!(
+            error
+                .to_string()
+                .contains("spec.listener.allowPlaintextCredentials")
+        );
+
+        let plain_ws = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "t"}, "websocket": {"tls": false}},
+            "auth": {"jwt": jwt},
+        }));
+        assert!(matches!(
+            render(&plain_ws, &inputs()),
+            Err(RenderError::PlaintextCredentials)
+        ));
+
+        let allowed = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"allowPlaintextCredentials": true},
+            "auth": {"jwt": jwt},
+        }));
+        let rendered = render(&allowed, &inputs()).unwrap();
+        assert!(rendered.warnings[0].contains("allowPlaintextCredentials"));
+    }
+
+    #[test]
+    fn network_policies_let_only_r_proxy_reach_s_proxy_and_clients_only_the_listeners() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "t"}},
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let policy = |name: &str| {
+            let policy = rendered
+                .network_policies
+                .iter()
+                .find(|p| p.name_any() == name)
+                .unwrap();
+            serde_json::to_value(policy.spec.as_ref().unwrap()).unwrap()
+        };
+        let s_proxy = policy("devices-s-proxy");
+        assert_eq!(
+            s_proxy["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "s-proxy"
+        );
+        assert_eq!(s_proxy["policyTypes"], json!(["Ingress"]));
+        let rules = s_proxy["ingress"].as_array().unwrap();
+        assert_eq!(
+            rules.len(),
+            2,
+            "the relay port from r-proxy, the admin port: {rules:?}"
+        );
+        assert_eq!(
+            rules[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "r-proxy"
+        );
+        assert_eq!(rules[0]["ports"][0]["port"], 50516);
+        assert_eq!(rules[1]["ports"][0]["port"], 9090);
+        assert_eq!(
+            rules[1]["from"],
+            json!([{"podSelector": {}}]),
+            "admin: own namespace"
+        );
+        let r_proxy = policy("devices-r-proxy");
+        let rules = r_proxy["ingress"].as_array().unwrap();
+        assert_eq!(rules[0].get("from"), None, "clients come from anywhere");
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{"protocol": "TCP", "port": 8883}])
+        );
+
+        let monitored = bridge_with_metrics_from();
+        let rendered = render(&monitored, &inputs()).unwrap();
+        let spec =
+            serde_json::to_value(rendered.network_policies[1].spec.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            spec["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+    }
+
+    fn bridge_with_metrics_from() -> MqttBridge {
+        bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "monitoring": {"metricsFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+            ]},
+        }))
     }
 }

@@ -58,6 +58,10 @@ pub struct MqttBridgeSpec {
     /// The pods that drive the upstream on each session's behalf.
     #[serde(default)]
     pub s_proxy: ProxyPods,
+    /// The link between r-proxy and s-proxy: mutual TLS with certificates from the bridge's own
+    /// CA unless a plain link is asked for.
+    #[serde(default)]
+    pub relay: RelayLink,
     /// Prometheus scraping of every pod's `/metrics`.
     #[serde(default)]
     pub monitoring: crate::monitoring::Monitoring,
@@ -138,28 +142,57 @@ pub struct SecretTls {
     pub server_name: Option<String>,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// `spec.relay`: how r-proxy reaches s-proxy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct RelayLink {
+    /// Run the link without TLS. Any pod that reaches s-proxy could then open sessions under any
+    /// client id, bypassing r-proxy's authentication; the bridge reports a `Warning` condition.
+    /// Off by default: the operator issues mutual TLS certificates from a CA of the bridge's own
+    /// (Secret `<name>-relay-ca`) and renews them before they expire.
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.websocket) || !has(self.websocket.tls) || !self.websocket.tls || has(self.tls)")
+    .message("spec.listener.websocket.tls needs spec.listener.tls (the certificate)"))]
 pub struct Listener {
-    /// Plain MQTT port.
-    #[serde(default = "default_mqtt_port")]
+    /// Plain MQTT port: 1883 when no TLS listener is configured; with `tls` there is no plain
+    /// port unless one is given here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
+    pub port: Option<i32>,
     /// MQTT over TLS on `tls.port`, with the certificate of a `kubernetes.io/tls` Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
-    /// MQTT over WebSocket.
+    /// MQTT over WebSocket; over TLS (wss) when `tls` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocket>,
+    /// Let devices send JWTs over a listener without TLS (the plain port, or plain WebSocket).
+    /// Refused otherwise: a token on the wire in clear text is a token anyone on the path can use.
+    #[serde(default)]
+    pub allow_plaintext_credentials: bool,
 }
 
-impl Default for Listener {
-    fn default() -> Self {
-        Self {
-            port: default_mqtt_port(),
-            tls: None,
-            websocket: None,
-        }
+impl Listener {
+    /// The plain MQTT port, if one is served.
+    pub fn plain_port(&self) -> Option<i32> {
+        self.port
+            .or(self.tls.is_none().then_some(default_mqtt_port()))
+    }
+
+    /// Whether the WebSocket listener runs over TLS.
+    pub fn websocket_tls(&self) -> bool {
+        self.websocket
+            .as_ref()
+            .is_some_and(|ws| ws.tls.unwrap_or(self.tls.is_some()))
+    }
+
+    /// Whether any listener carries MQTT without TLS.
+    pub fn has_plaintext(&self) -> bool {
+        self.plain_port().is_some() || (self.websocket.is_some() && !self.websocket_tls())
     }
 }
 
@@ -187,6 +220,10 @@ pub struct WebSocket {
     #[serde(default = "default_ws_path")]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("websocket.path must start with '/'"))]
     pub path: String,
+    /// WebSocket over TLS (wss) with `listener.tls`'s certificate. Default: on when `listener.tls`
+    /// is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
 }
 
 /// How one proxy role runs.
