@@ -18,8 +18,8 @@ use tokio::time::Instant;
 mod support;
 
 use support::{
-    chart_operator, condition, helm_ok, install_crds, kubectl, kubectl_ok, namespace, repo_file,
-    wait_for_condition,
+    chart_operator, chart_operator_with, condition, helm_ok, install_crds, kubectl, kubectl_ok,
+    namespace, repo_file, wait_for_condition,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
@@ -104,7 +104,9 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     for (verb, resource, allowed) in [
         ("patch", "deployments.apps", "yes"),
         ("get", "secrets", "yes"),
+        ("create", "secrets", "yes"),
         ("delete", "secrets", "no"),
+        ("create", "networkpolicies.networking.k8s.io", "yes"),
         ("create", "pods", "no"),
         ("delete", "mqttbridges.strait.dev", "no"),
     ] {
@@ -307,7 +309,8 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     .await;
 
     // JWT authentication: its keys Secret is checked and watched like the TLS one, and the
-    // rendered r-proxy config verifies tokens against the mounted key set.
+    // rendered r-proxy config verifies tokens against the mounted key set. The example keeps its
+    // plain port, so tokens over it must be allowed in so many words (and are warned about).
     kubectl_ok(
         &[
             "patch",
@@ -317,7 +320,7 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
             &ns,
             "--type=merge",
             "-p",
-            r#"{"spec":{"auth":{"jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
+            r#"{"spec":{"listener":{"allowPlaintextCredentials":true},"auth":{"jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
         ],
         None,
     );
@@ -356,6 +359,14 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         },
     )
     .await;
+    let warning = condition(&get_bridge(&ns, "devices"), "Warning").unwrap();
+    assert_eq!(warning["status"], "True");
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowPlaintextCredentials")
+    );
     let rendered = config_maps
         .get("devices-config")
         .await
@@ -422,6 +433,218 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     let _ = ResourceExt::name_any(&secret);
+}
+
+/// The bar for a user who sets no security field, with the operator installed in namespace mode:
+/// an mTLS relay link from the bridge's own CA, NetworkPolicies the API server accepts, no plain
+/// port once TLS is set, no object taken over, no image outside the allow-list, and no Secret
+/// readable outside the watched namespace.
+#[tokio::test]
+async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_its_namespace() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let other = namespace(&client).await;
+    let watch = format!("watchNamespaces={{{ns}}}");
+    let flag = format!("--watch-namespace={ns}");
+    let (operator, release, account) = chart_operator_with(&ns, &[&watch], &[&flag]).await;
+    for (verb, resource, namespace, allowed) in [
+        ("get", "secrets", &ns, "yes"),
+        ("create", "secrets", &ns, "yes"),
+        ("get", "secrets", &other, "no"),
+        ("list", "secrets", &other, "no"),
+        ("patch", "deployments.apps", &other, "no"),
+    ] {
+        let out = kubectl(
+            &[
+                "auth", "can-i", verb, resource, "-n", namespace, "--as", &account,
+            ],
+            None,
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            answer, allowed,
+            "can the operator {verb} {resource} in {namespace}?"
+        );
+    }
+
+    let apply = |name: &str, spec: &str| {
+        kubectl_ok(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            Some(&bridge_yaml(name, spec)),
+        );
+    };
+    // A bridge in a namespace the operator does not watch: never reconciled (checked at the end).
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &other, "-f", "-"],
+        Some(&bridge_yaml(
+            "elsewhere",
+            "  upstream: {broker: {address: 'b:1883'}}\n",
+        )),
+    );
+    apply(
+        "bare",
+        "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n",
+    );
+    wait_for_condition("mqttbridge/bare", &ns, "Ready", &operator.log());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config = config_maps.get("bare-config").await.unwrap().data.unwrap();
+    let r_proxy: RProxyConfig = serde_saphyr::from_str(&config["r-proxy.yaml"]).unwrap();
+    assert_eq!(
+        r_proxy.s_proxy.endpoints,
+        [format!("https://bare-s-proxy.{ns}.svc:50516")]
+    );
+    let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
+    assert!(
+        s_proxy.tls.client_ca.is_some(),
+        "s-proxy requires r-proxy's certificate"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for name in [
+        "bare-relay-ca",
+        "bare-s-proxy-link-tls",
+        "bare-r-proxy-link-tls",
+    ] {
+        let secret = secrets.get(name).await.unwrap();
+        assert_eq!(
+            secret.owner_references()[0].name,
+            "bare",
+            "{name} is owned by the bridge"
+        );
+    }
+    // The proxies run with the certificates the operator issued: the link works.
+    relay_through_rendered_configs(&config, Some(&secrets), "bare").await;
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &ns);
+    let mut names: Vec<_> = policies
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bare-r-proxy", "bare-s-proxy"]);
+    let bridge = get_bridge(&ns, "bare");
+    assert_eq!(condition(&bridge, "Warning").unwrap()["status"], "False");
+
+    // With a TLS listener, the Service publishes no plain port.
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "tls",
+            "bare-listener",
+            "-n",
+            &ns,
+            "--cert",
+            repo_file("crates/operator/tests/fixtures/listener.crt")
+                .to_str()
+                .unwrap(),
+            "--key",
+            repo_file("crates/operator/tests/fixtures/listener.key")
+                .to_str()
+                .unwrap(),
+        ],
+        None,
+    );
+    apply(
+        "bare",
+        "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n  listener: {tls: {secretName: bare-listener}}\n",
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    wait_until(
+        Duration::from_secs(30),
+        "the Service to publish only MQTT over TLS",
+        || {
+            let services = services.clone();
+            async move {
+                let ports: Vec<i32> = services
+                    .get("bare")
+                    .await
+                    .ok()?
+                    .spec?
+                    .ports?
+                    .iter()
+                    .map(|p| p.port)
+                    .collect();
+                (ports == [8883]).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A Service the user made is never taken over, and is left as it was.
+    kubectl_ok(
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "taken",
+            "-n",
+            &ns,
+            "--tcp=80:80",
+        ],
+        None,
+    );
+    apply(
+        "taken",
+        "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n",
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "Ready=False with ObjectNotOwned",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "taken"), "Ready")?;
+                (ready["reason"] == "ObjectNotOwned").then_some(ready)
+            }
+        },
+    )
+    .await;
+    let taken = services.get("taken").await.unwrap();
+    assert!(taken.metadata.owner_references.is_none(), "{taken:?}");
+    assert_eq!(taken.spec.unwrap().ports.unwrap()[0].port, 80);
+
+    // spec.image outside the allow-list is refused, naming the field.
+    apply(
+        "foreign",
+        "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n  image: evil.example/miner:latest\n",
+    );
+    let refused = wait_until(
+        Duration::from_secs(30),
+        "Ready=False with ImageNotAllowed",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_bridge(&ns, "foreign"), "Ready")?;
+                (ready["reason"] == "ImageNotAllowed").then_some(ready)
+            }
+        },
+    )
+    .await;
+    assert!(refused["message"].as_str().unwrap().contains("spec.image"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        deployments
+            .get_opt("foreign-r-proxy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // It never tried to watch or touch anything outside its namespace (a cluster-wide watch
+    // would have been forbidden under these Roles).
+    let log = operator.log();
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    drop(operator);
+    helm_ok(&["uninstall", &release, "-n", &ns]);
+    for namespace in [&ns, &other] {
+        kubectl_ok(&["delete", "namespace", namespace, "--wait=false"], None);
+    }
 }
 
 #[tokio::test]

@@ -26,8 +26,10 @@ pub(super) struct Connector {
 }
 
 impl Connector {
+    /// `server_name` is checked against the certificate; the URI's host when `None`.
     pub(super) fn new(
         uri: &Uri,
+        server_name: Option<&str>,
         tls: Arc<Reloading<ClientConfig>>,
     ) -> Result<Self, strait_tls::TlsError> {
         let host = uri.host().unwrap_or_default();
@@ -37,7 +39,7 @@ impl Connector {
             .trim_end_matches(']')
             .to_string();
         Ok(Self {
-            server_name: strait_tls::server_name(&host)?,
+            server_name: strait_tls::server_name(server_name.unwrap_or(&host))?,
             port: uri.port_u16().unwrap_or(443),
             host,
             tls,

@@ -71,9 +71,18 @@ pub fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::
 /// process with exactly the chart's ServiceAccount permissions (impersonation), which proves the
 /// RBAC. Returns the operator, the release and the ServiceAccount's user name.
 pub async fn chart_operator(ns: &str) -> (Daemon, String, String) {
+    chart_operator_with(ns, &[], &[]).await
+}
+
+/// [`chart_operator`] with extra `helm --set` values and operator flags.
+pub async fn chart_operator_with(
+    ns: &str,
+    values: &[&str],
+    flags: &[&str],
+) -> (Daemon, String, String) {
     let release = format!("strait-{ns}");
     let chart = repo_file("charts/strait");
-    helm_ok(&[
+    let mut install = vec![
         "install",
         &release,
         chart.to_str().unwrap(),
@@ -81,18 +90,24 @@ pub async fn chart_operator(ns: &str) -> (Daemon, String, String) {
         ns,
         "--set",
         "image.repository=example.invalid/strait-operator",
-    ]);
+    ];
+    for value in values {
+        install.extend(["--set", value]);
+    }
+    helm_ok(&install);
     let account = format!("system:serviceaccount:{ns}:{release}");
+    let mut args = vec![
+        "--proxy-image",
+        "example.invalid/strait-proxy:test",
+        "--lease-namespace",
+        ns,
+        "--lease-name",
+        &release,
+    ];
+    args.extend_from_slice(flags);
     let operator = Daemon::start_with_env(
         env!("CARGO_BIN_EXE_strait-operator"),
-        &[
-            "--proxy-image",
-            "example.invalid/strait-proxy:test",
-            "--lease-namespace",
-            ns,
-            "--lease-name",
-            &release,
-        ],
+        &args,
         &[
             ("KUBE_RS_DEBUG_IMPERSONATE_USER", &account),
             (
