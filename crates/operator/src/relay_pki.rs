@@ -183,6 +183,21 @@ pub fn leaf_secret_name(bridge: &str, role: &str) -> String {
     format!("{bridge}-{role}-link-tls")
 }
 
+/// All three, with what they hold (for the controller's Secret watch).
+pub fn secret_names(bridge: &str) -> [(String, String); 3] {
+    [
+        (ca_secret_name(bridge), "relay link CA".into()),
+        (
+            leaf_secret_name(bridge, "s-proxy"),
+            "s-proxy's link certificate".into(),
+        ),
+        (
+            leaf_secret_name(bridge, "r-proxy"),
+            "r-proxy's link certificate".into(),
+        ),
+    ]
+}
+
 /// Makes sure the CA and both certificates exist, are current and were issued for `names`;
 /// returns how long until the next renewal is due.
 pub async fn ensure(

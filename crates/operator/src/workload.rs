@@ -78,6 +78,10 @@ pub struct ProxyPods<'a> {
     pub image: &'a str,
     /// The role's rendered config, for the hash that rolls pods when it changes.
     pub config_yaml: &'a str,
+    /// A digest of credentials the process reads only at start (Kafka TLS and SASL): part of the
+    /// same hash, so a rotated password rolls the pods. Files re-read while running (listener
+    /// certificates, JWT keys, the relay link's certificates) are left out: they rotate in place.
+    pub credentials: Option<&'a str>,
     /// `None` leaves the Deployment's replicas to whoever else scales it.
     pub replicas: Option<i32>,
     pub ports: Vec<Value>,
@@ -100,7 +104,11 @@ impl ProxyPods<'_> {
             "template": {
                 "metadata": {
                     "labels": owner.labels(role),
-                    "annotations": {CONFIG_HASH: config_hash(self.config_yaml)},
+                    "annotations": {CONFIG_HASH: config_hash(&format!(
+                        "{}{}",
+                        self.config_yaml,
+                        self.credentials.unwrap_or_default()
+                    ))},
                 },
                 "spec": {
                     "automountServiceAccountToken": false,

@@ -41,7 +41,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
-            crate::context::woken_by_secret(bridges, |bridge: &MqttBridge| bridge.spec.secrets()),
+            crate::context::woken_by_secret(bridges, |bridge: &MqttBridge| {
+                // Its own link PKI too: a deleted certificate is issued again at once.
+                let mut secrets = bridge.spec.secrets();
+                secrets.extend(relay_pki::secret_names(&bridge.name_any()));
+                secrets
+            }),
         )
         .owns(
             scoped::<PartialObjectMeta<Deployment>>(&client, ns),
@@ -86,6 +91,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         image: ctx.proxy_image(bridge.spec.image.as_deref())?,
         broker_client_cert: false,
         kafka_client_cert: false,
+        kafka_credentials: None,
     };
     // Referenced Secrets must exist before pods that mount them can start.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -124,6 +130,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         None => None,
     };
     inputs.kafka_client_cert = kafka_access.as_ref().is_some_and(|a| a.client_cert());
+    inputs.kafka_credentials = kafka_access.as_ref().map(|a| a.cache_key());
     let rendered = render::render(bridge, &inputs)?;
     let owner = render::owner(bridge);
     // The link certificates exist before the pods that mount them; renewal wakes us in time.

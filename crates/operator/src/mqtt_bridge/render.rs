@@ -52,6 +52,8 @@ pub struct Inputs {
     pub broker_client_cert: bool,
     /// The Kafka TLS Secret holds `tls.crt`/`tls.key` (mutual TLS).
     pub kafka_client_cert: bool,
+    /// Digest of the Kafka credentials s-proxy reads at start (see `ProxyPods::credentials`).
+    pub kafka_credentials: Option<String>,
 }
 
 /// The DNS names s-proxy's link certificate is valid for: its Service, short and long, and
@@ -358,6 +360,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             role: "s-proxy",
             image: &inputs.image,
             config_yaml: &s_yaml,
+            credentials: inputs.kafka_credentials.as_deref(),
             replicas: Some(spec.s_proxy.replicas),
             ports: vec![json!({"name": "grpc", "containerPort": S_PROXY_PORT})],
             volumes: s_volumes,
@@ -369,6 +372,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             role: "r-proxy",
             image: &inputs.image,
             config_yaml: &r_yaml,
+            credentials: None,
             replicas: Some(spec.r_proxy.replicas),
             ports: r_ports,
             volumes: r_volumes,
@@ -439,6 +443,7 @@ mod tests {
             image: "strait/strait-proxy:test".into(),
             broker_client_cert: false,
             kafka_client_cert: false,
+            kafka_credentials: None,
         }
     }
 
@@ -809,5 +814,32 @@ mod tests {
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
             ]},
         }))
+    }
+
+    #[test]
+    fn a_rotated_kafka_password_rolls_s_proxy_but_not_r_proxy() {
+        let bridge = bridge(json!({"upstream": {"kafka": {"bootstrap": "k:9092"}}}));
+        let hashes = |credentials: &str| {
+            let inputs = Inputs {
+                kafka_credentials: Some(credentials.into()),
+                ..inputs()
+            };
+            let rendered = render(&bridge, &inputs).unwrap();
+            rendered
+                .deployments
+                .iter()
+                .map(|d| {
+                    let template = d.spec.as_ref().unwrap().template.metadata.as_ref();
+                    template.unwrap().annotations.as_ref().unwrap()[crate::workload::CONFIG_HASH]
+                        .clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        let (before, after) = (hashes("old password digest"), hashes("new password digest"));
+        assert_ne!(
+            before[0], after[0],
+            "s-proxy reads the password at start: it rolls"
+        );
+        assert_eq!(before[1], after[1], "r-proxy does not use Kafka");
     }
 }
