@@ -465,6 +465,50 @@ async fn relay_link_certificates_rotate_without_dropping_sessions() {
     std::fs::remove_dir_all(&live).unwrap();
 }
 
+#[tokio::test]
+async fn a_rotated_listener_certificate_is_served_without_a_restart() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let live = std::env::temp_dir().join(unique_name("strait-listener-tls"));
+    std::fs::create_dir_all(&live).unwrap();
+    let first = Pki::generate();
+    install(&first, &live);
+    let tls = free_local_addr();
+    let listen = tls.to_string();
+    let (cert, key) = (live.join("server.pem"), live.join("server.key"));
+    let args = [
+        "--tls-listen",
+        &listen,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let _relay = Relay::start_with(&broker, &args).await;
+    let (client, mut events) = tls_v5_client(tls, first.client_config(true, false));
+    assert_eq!(
+        connection_outcome(&mut events).await.expect("TLS session"),
+        ConnectReturnCode::Success
+    );
+
+    let rotated = Pki::generate();
+    install(&rotated, &live);
+    wait_until(
+        Duration::from_secs(15),
+        "r-proxy to serve the rotated certificate",
+        || {
+            let config = rotated.client_config(true, false);
+            async move {
+                let (_client, mut events) = tls_v5_client(tls, config);
+                connection_outcome(&mut events).await.ok().map(|_| ())
+            }
+        },
+    )
+    .await;
+    // The session that began before the rotation goes on.
+    assert_round_trip(&client, &mut events, "after the rotation").await;
+    std::fs::remove_dir_all(&live).unwrap();
+}
+
 /// An MQTT client over a WebSocket: our codec's bytes in binary messages.
 struct WsClient<S> {
     ws: WebSocketStream<S>,

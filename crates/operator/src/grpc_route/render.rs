@@ -304,4 +304,28 @@ mod tests {
         );
         assert_eq!(rendered.endpoint, "greeter.apps.svc:50051");
     }
+
+    #[test]
+    fn network_policies_open_only_the_grpc_port_and_the_admin_port() {
+        let rendered = render(&example(), "strait/strait-proxy:test", Some(1), false).unwrap();
+        let spec = |i: usize| {
+            serde_json::to_value(rendered.network_policies[i].spec.as_ref().unwrap()).unwrap()
+        };
+        let frontend = spec(0);
+        assert_eq!(
+            frontend["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            FRONTEND
+        );
+        let port = example().spec.frontend.port;
+        assert_eq!(
+            frontend["ingress"][0]["ports"],
+            json!([{"protocol": "TCP", "port": port}])
+        );
+        assert_eq!(frontend["ingress"][1]["ports"][0]["port"], 9090);
+        // kafka-grpc serves nothing but its admin port.
+        let backend = spec(1);
+        let rules = backend["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0]["ports"][0]["port"], 9090);
+    }
 }

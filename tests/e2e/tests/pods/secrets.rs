@@ -129,7 +129,9 @@ pub(super) async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: 
                            "sessions": unique_name("secure-sessions")},
                 "newTopics": {"partitions": 1, "replicationFactor": 1},
             }},
-            "listener": {"port": 1883, "tls": {"secretName": "secure-tls", "port": 8883}},
+            // No plain port: with TLS there is none unless asked for, and tokens never travel
+            // in clear text.
+            "listener": {"tls": {"secretName": "secure-tls", "port": 8883}},
             "auth": {"jwt": {
                 "issuer": JWT_ISSUER,
                 "keysSecret": {"name": "secure-jwks"},
@@ -155,6 +157,19 @@ pub(super) async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: 
         diagnostics(ns, operator)
     });
 
+    let ports = kubectl_ok(
+        &[
+            "get",
+            "service",
+            "secure",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.ports[*].port}",
+        ],
+        None,
+    );
+    assert_eq!(ports.trim(), "8883", "only MQTT over TLS is published");
     let address = service_address(ns, "secure", 8883);
     let device = unique_name("device");
     let tls = tls_for_name(&ca, &service_name);
