@@ -515,6 +515,28 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     }
     // The proxies run with the certificates the operator issued: the link works.
     relay_through_rendered_configs(&config, Some(&secrets), "bare").await;
+    // A certificate Secret that goes missing is issued again, from the same CA.
+    let ca = secrets.get("bare-relay-ca").await.unwrap().data.unwrap()["ca.crt"].clone();
+    secrets
+        .delete("bare-r-proxy-link-tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reissued = wait_until(
+        Duration::from_secs(30),
+        "r-proxy's certificate issued again",
+        || {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .get_opt("bare-r-proxy-link-tls")
+                    .await
+                    .ok()?
+                    .and_then(|s| s.data)
+            }
+        },
+    )
+    .await;
+    assert_eq!(reissued["ca.crt"], ca, "issued by the bridge's CA");
     let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
         Api::namespaced(client.clone(), &ns);
     let mut names: Vec<_> = policies
