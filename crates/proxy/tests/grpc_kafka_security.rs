@@ -26,7 +26,7 @@ const ISSUER: &str = "https://auth.grpc.test/";
 /// How the secured grpc-kafka authenticates its callers.
 enum Mode {
     /// `auth.jwt` with `methodsClaim: grpc_methods`; tokens signed by this key.
-    Jwt(Signer),
+    Jwt(Box<Signer>),
     /// `tls.clientCa` and `auth.clientCertificate`.
     ClientCertificates,
 }
@@ -167,7 +167,7 @@ async fn metric(admin: SocketAddr, want: &str) {
 #[tokio::test]
 async fn calls_without_a_valid_token_or_outside_its_methods_are_refused() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    let front = Secured::start(&bootstrap, Mode::Jwt(Signer::new("grpc"))).await;
+    let front = Secured::start(&bootstrap, Mode::Jwt(Box::new(Signer::new("grpc")))).await;
     let mut unary_only = front.caller("alice", &["strait.test.v1.Echo/Unary"]).await;
     assert_eq!(
         unary_only
@@ -253,7 +253,7 @@ async fn record_headers(bootstrap: &str, topic: &str, count: usize) -> Vec<Vec<(
 #[tokio::test]
 async fn a_requests_authorization_header_never_appears_in_any_kafka_record() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    let front = Secured::start(&bootstrap, Mode::Jwt(Signer::new("grpc"))).await;
+    let front = Secured::start(&bootstrap, Mode::Jwt(Box::new(Signer::new("grpc")))).await;
     let mut caller = front.caller("alice", &["*"]).await;
     let token = caller.token.clone().unwrap();
     let mut request = caller.request(grpc_support::request("with secrets"), None);
@@ -292,7 +292,10 @@ async fn a_requests_authorization_header_never_appears_in_any_kafka_record() {
 #[tokio::test]
 async fn two_callers_with_one_idempotency_key_each_get_their_own_answer() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    for mode in [Mode::Jwt(Signer::new("grpc")), Mode::ClientCertificates] {
+    for mode in [
+        Mode::Jwt(Box::new(Signer::new("grpc"))),
+        Mode::ClientCertificates,
+    ] {
         let front = Secured::start(&bootstrap, mode).await;
         let key = unique_name("order");
         let mut alice = front.caller("alice", &["*"]).await;
