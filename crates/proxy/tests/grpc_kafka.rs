@@ -782,21 +782,45 @@ fn help_teaches_and_bad_config_names_the_field() {
             help.contains("Example:") && help.contains("routes:"),
             "{help}"
         );
+        // The settings that keep credentials and reply topics in check are taught too.
+        let security: &[&str] = match role {
+            "grpc-kafka" => &["auth:", "forwardMetadata:"],
+            _ => &["replyTo:"],
+        };
+        for field in security {
+            assert!(help.contains(field), "{field} in {help}");
+        }
     }
-    let config = write_config(
-        "bad-grpc-kafka",
-        "kafka: { bootstrap: 'k:9092' }\nprotos: { paths: [/p] }\n\
-         routes: [{ method: a.B/C, produce: { topic: 'no spaces' } }]\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .args(["grpc-kafka", "--config", config.to_str().unwrap()])
-        .arg("--metrics-addr")
-        .arg(free_local_addr().to_string())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("routes[].produce.topic"), "{stderr}");
+    for (routes_and_more, field) in [
+        (
+            "routes: [{ method: a.B/C, produce: { topic: 'no spaces' } }]\n",
+            "routes[].produce.topic",
+        ),
+        (
+            "routes: [{ method: a.B/C, produce: { topic: t } }]\nauth: { clientCertificate: true }\n",
+            "auth.clientCertificate",
+        ),
+        (
+            "routes: [{ method: a.B/C, produce: { topic: t } }]\nforwardMetadata: { deny: [Authorization] }\n",
+            "forwardMetadata.deny",
+        ),
+    ] {
+        let config = write_config(
+            "bad-grpc-kafka",
+            &format!(
+                "kafka: {{ bootstrap: 'k:9092' }}\nprotos: {{ paths: [/p] }}\n{routes_and_more}"
+            ),
+        );
+        let out = std::process::Command::new(BIN)
+            .args(["grpc-kafka", "--config", config.to_str().unwrap()])
+            .arg("--metrics-addr")
+            .arg(free_local_addr().to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(field), "{field} in {stderr}");
+    }
 }
 
 #[tokio::test]
