@@ -345,8 +345,9 @@ pub struct ProduceRoute {
     /// Kafka produce acknowledgement: `all` (every in-sync replica, the default), `leader`, `none`.
     #[serde(default = "Acks::all")]
     pub acks: Acks,
-    /// Record key: the correlation id (default), `metadata:NAME` or `field:NAME` (a top-level
-    /// scalar field of the first request message, which is then decoded).
+    /// Record key: the correlation id (default), `metadata:NAME` (metadata `forwardMetadata`
+    /// lets through) or `field:NAME` (a top-level scalar field of the first request message,
+    /// which is then decoded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -498,6 +499,16 @@ impl Validate for GrpcKafkaConfig {
                             return Err(ConfigError::invalid(
                                 "routes[].produce.key",
                                 format!("{key:?} is neither metadata:NAME nor field:NAME"),
+                            ));
+                        }
+                        // The key is written to Kafka as it is: it must not smuggle out what
+                        // forwardMetadata keeps in.
+                        if let Some(name) = key.strip_prefix("metadata:")
+                            && !self.forward_metadata.forwards(name)
+                        {
+                            return Err(ConfigError::invalid(
+                                "routes[].produce.key",
+                                format!("{key:?}: forwardMetadata keeps {name:?} out of Kafka"),
                             ));
                         }
                     }
@@ -995,6 +1006,9 @@ mod tests {
         assert_eq!(field_of(c.validate()), "routes[]");
         let mut c = base();
         c.routes[0].produce.as_mut().unwrap().key = Some("header:x".into());
+        assert_eq!(field_of(c.validate()), "routes[].produce.key");
+        let mut c = base();
+        c.routes[0].produce.as_mut().unwrap().key = Some("metadata:authorization".into());
         assert_eq!(field_of(c.validate()), "routes[].produce.key");
         let mut c = base();
         c.reliability.field = 19500;
