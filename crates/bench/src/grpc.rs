@@ -297,7 +297,7 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         &back_config,
         format!(
             "kafka: {{ bootstrap: '{}' }}\ntarget: http://{service}\ngroupId: bench-{run_id}\n\
-             routes: [{{ topic: {requests} }}]\nconcurrency: 256\n",
+             routes: [{{ topic: {requests}, replyTo: [{replies}] }}]\nconcurrency: 256\n",
             args.kafka
         ),
     )?;

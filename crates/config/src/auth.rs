@@ -153,13 +153,13 @@ impl JwtAuth {
     }
 }
 
-fn default_keys_reload_interval() -> Duration {
+pub(crate) fn default_keys_reload_interval() -> Duration {
     Duration::from_secs(10)
 }
-fn default_leeway() -> Duration {
+pub(crate) fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
-fn default_algorithms() -> Vec<JwtAlgorithm> {
+pub(crate) fn default_algorithms() -> Vec<JwtAlgorithm> {
     use JwtAlgorithm::*;
     vec![
         RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,

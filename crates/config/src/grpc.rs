@@ -12,6 +12,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{JwtAlgorithm, JwtAuth};
 pub use crate::kafka::{Acks, KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
 use crate::tls::{ClientTls, ServerTls};
 use crate::{ConfigError, Validate};
@@ -98,6 +99,10 @@ pub struct Protos {
 ///
 /// ```yaml
 /// listen: 0.0.0.0:50051
+/// tls: { cert: /etc/strait/tls/tls.crt, key: /etc/strait/tls/tls.key }
+/// auth:
+///   jwt: { issuer: https://auth.example.com/, keysFile: /etc/strait/jwt/jwks.json, methodsClaim: grpc_methods }
+/// forwardMetadata: { allow: ['x-*'] }
 /// kafka: { bootstrap: kafka:9092 }
 /// protos: { paths: [/etc/strait/protos] }
 /// routes:
@@ -112,15 +117,23 @@ pub struct GrpcKafkaConfig {
     /// gRPC (h2c, or TLS with `tls`) listener for clients (`--listen` overrides it).
     #[serde(default = "default_grpc_kafka_listen")]
     pub listen: SocketAddr,
+    /// TLS for the listener; with `clientCa`, callers must present a certificate it signed.
     #[serde(default)]
     pub tls: ServerTls,
+    /// Who may call which methods; without it every caller may call every routed method.
+    #[serde(default)]
+    pub auth: GrpcAuth,
+    /// Which request metadata is copied into the request records as `meta:*` headers.
+    #[serde(default)]
+    pub forward_metadata: ForwardMetadata,
     pub kafka: KafkaConnection,
     pub protos: Protos,
     /// First matching route wins; a method no route matches is UNIMPLEMENTED.
     pub routes: Vec<GrpcRoute>,
     #[serde(default)]
     pub headers: CorrelationHeaders,
-    /// Request metadata whose value makes the correlation id stable across retries.
+    /// Request metadata whose value makes the correlation id stable across retries (of one
+    /// caller: the id also depends on the authenticated identity).
     #[serde(default = "default_idempotency_metadata")]
     pub idempotency_metadata: String,
     /// Fetch message ids: the protobuf field they travel in, and the resume metadata name.
@@ -132,6 +145,177 @@ pub struct GrpcKafkaConfig {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+}
+
+/// grpc-kafka's caller authentication (`auth`). A refused call ends with UNAUTHENTICATED (no
+/// or an invalid credential) or PERMISSION_DENIED (a method the token does not grant), counted
+/// in `strait_grpc_refused_total{reason}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcAuth {
+    /// Callers send `authorization: Bearer <JWT>`; the token's `sub` is their identity.
+    /// (Boxed: it is large and usually absent.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Box<GrpcJwtAuth>>,
+    /// Callers are identified by their TLS client certificate's subject (needs `tls.clientCa`,
+    /// which already refuses connections without a certificate it signed). Every routed method
+    /// is permitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_certificate: bool,
+}
+
+/// `auth.jwt` of grpc-kafka: r-proxy's token verification, with method permissions instead of
+/// topic ones.
+///
+/// ```yaml
+/// jwt:
+///   issuer: https://auth.example.com/
+///   audience: orders
+///   keysFile: /etc/strait/jwt/jwks.json
+///   methodsClaim: grpc_methods   # e.g. ["example.Orders/Get", "example.Catalog/*"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcJwtAuth {
+    /// Required value of the token's `iss` claim.
+    pub issuer: String,
+    /// When set, the token's `aud` claim must be or contain this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// JSON Web Key Set file (`{"keys": [...]}`) of the keys tokens are signed with, read again
+    /// when it changes (every `keysReloadInterval`, and at once for an unknown `kid`).
+    pub keys_file: PathBuf,
+    #[serde(
+        default = "crate::auth::default_keys_reload_interval",
+        with = "humantime_serde"
+    )]
+    #[schemars(with = "String")]
+    pub keys_reload_interval: Duration,
+    /// Signature algorithms accepted (`none` never is); every asymmetric one by default.
+    #[serde(default = "crate::auth::default_algorithms")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[serde(default = "crate::auth::default_leeway", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
+    /// Claim listing the methods the caller may call (a list of strings, or one string), as
+    /// `package.Service/Method` patterns where `*` matches any run of characters
+    /// (`example.Orders/*`, or `*` for all). A token without the claim may call nothing. Unset:
+    /// every routed method is permitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods_claim: Option<String>,
+}
+
+impl GrpcJwtAuth {
+    pub fn new(issuer: impl Into<String>, keys_file: impl Into<PathBuf>) -> Self {
+        let common = JwtAuth::new(issuer, keys_file);
+        Self {
+            issuer: common.issuer,
+            audience: None,
+            keys_file: common.keys_file,
+            keys_reload_interval: common.keys_reload_interval,
+            algorithms: common.algorithms,
+            leeway: common.leeway,
+            methods_claim: None,
+        }
+    }
+
+    /// The token checks as the shared verifier takes them (r-proxy's `auth.jwt` without its
+    /// MQTT claims).
+    pub fn verification(&self) -> JwtAuth {
+        JwtAuth {
+            audience: self.audience.clone(),
+            keys_reload_interval: self.keys_reload_interval,
+            algorithms: self.algorithms.clone(),
+            leeway: self.leeway,
+            ..JwtAuth::new(self.issuer.clone(), self.keys_file.clone())
+        }
+    }
+}
+
+impl GrpcAuth {
+    fn check(&self, tls: &ServerTls) -> Result<(), ConfigError> {
+        if let Some(jwt) = &self.jwt {
+            jwt.verification().check()?;
+            if jwt.methods_claim.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    "auth.jwt.methodsClaim",
+                    "must name a claim when set",
+                ));
+            }
+            if self.client_certificate {
+                return Err(ConfigError::invalid(
+                    "auth.clientCertificate",
+                    "set either auth.jwt or auth.clientCertificate, not both",
+                ));
+            }
+        }
+        if self.client_certificate && tls.client_ca.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.clientCertificate",
+                "needs tls.clientCa (the CA client certificates must chain to)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Request metadata copied into Kafka (`forwardMetadata`): a name is forwarded when it matches
+/// `allow` and not `deny` (patterns where `*` matches any run of characters; binary entries
+/// keep their `-bin` suffix). Whatever is forwarded stays in the topic for its retention and is
+/// readable by everyone who may read the topic, so credentials are denied by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardMetadata {
+    /// Default `["*"]`: everything not denied.
+    #[serde(default = "default_forward_allow")]
+    pub allow: Vec<String>,
+    /// Default: `authorization`, `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key`,
+    /// `x-auth-token`, `x-csrf-token`. Setting this replaces the whole list.
+    #[serde(default = "default_forward_deny")]
+    pub deny: Vec<String>,
+}
+
+impl Default for ForwardMetadata {
+    fn default() -> Self {
+        Self {
+            allow: default_forward_allow(),
+            deny: default_forward_deny(),
+        }
+    }
+}
+
+impl ForwardMetadata {
+    /// Whether metadata `name` (lower case, as HTTP/2 sends it) goes into Kafka.
+    pub fn forwards(&self, name: &str) -> bool {
+        let matches = |patterns: &[String]| patterns.iter().any(|p| method_matches(p, name));
+        matches(&self.allow) && !matches(&self.deny)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for (field, patterns) in [
+            ("forwardMetadata.allow", &self.allow),
+            ("forwardMetadata.deny", &self.deny),
+        ] {
+            for pattern in patterns {
+                let valid = !pattern.is_empty()
+                    && pattern.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'-' | b'_' | b'.' | b'*')
+                    });
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        field,
+                        format!(
+                            "{pattern:?} is not a metadata name pattern (lower case a-z 0-9 - _ . and *)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which calls a route takes and what it does with them.
@@ -161,8 +345,9 @@ pub struct ProduceRoute {
     /// Kafka produce acknowledgement: `all` (every in-sync replica, the default), `leader`, `none`.
     #[serde(default = "Acks::all")]
     pub acks: Acks,
-    /// Record key: the correlation id (default), `metadata:NAME` or `field:NAME` (a top-level
-    /// scalar field of the first request message, which is then decoded).
+    /// Record key: the correlation id (default), `metadata:NAME` (metadata `forwardMetadata`
+    /// lets through) or `field:NAME` (a top-level scalar field of the first request message,
+    /// which is then decoded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -233,6 +418,8 @@ impl GrpcKafkaConfig {
         Self {
             listen: default_grpc_kafka_listen(),
             tls: ServerTls::default(),
+            auth: GrpcAuth::default(),
+            forward_metadata: ForwardMetadata::default(),
             kafka: KafkaConnection::new(bootstrap),
             protos: Protos {
                 paths: protos,
@@ -280,6 +467,8 @@ impl GrpcRoute {
 impl Validate for GrpcKafkaConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.tls.check("tls")?;
+        self.auth.check(&self.tls)?;
+        self.forward_metadata.check()?;
         self.kafka.check()?;
         if self.protos.paths.is_empty() {
             return Err(ConfigError::invalid(
@@ -310,6 +499,16 @@ impl Validate for GrpcKafkaConfig {
                             return Err(ConfigError::invalid(
                                 "routes[].produce.key",
                                 format!("{key:?} is neither metadata:NAME nor field:NAME"),
+                            ));
+                        }
+                        // The key is written to Kafka as it is: it must not smuggle out what
+                        // forwardMetadata keeps in.
+                        if let Some(name) = key.strip_prefix("metadata:")
+                            && !self.forward_metadata.forwards(name)
+                        {
+                            return Err(ConfigError::invalid(
+                                "routes[].produce.key",
+                                format!("{key:?}: forwardMetadata keeps {name:?} out of Kafka"),
                             ));
                         }
                     }
@@ -389,7 +588,8 @@ pub struct KafkaGrpcConfig {
     /// Zilla-style group id `zilla:<namespace>-<binding>` (instead of `groupId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zilla_group: Option<ZillaGroup>,
-    /// Request topics consumed, optionally restricted to some methods.
+    /// Request topics consumed, optionally restricted to some methods, and the reply topics
+    /// their calls may be answered on.
     pub routes: Vec<KafkaRoute>,
     #[serde(default)]
     pub headers: CorrelationHeaders,
@@ -440,6 +640,12 @@ pub struct KafkaRoute {
     /// Only calls of methods matching this pattern (`*` wildcards); others are left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Topics this route's calls may be answered on. A record whose `zilla:reply-to` names any
+    /// other topic is refused without calling the service (its offset committed, counted in
+    /// `strait_grpc_refused_total{reason="reply_to_not_allowed"}`), so whoever may write
+    /// requests cannot make kafka-grpc write to arbitrary topics. Empty: no call is answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -479,6 +685,7 @@ impl KafkaGrpcConfig {
                 .map(|t| KafkaRoute {
                     topic: (*t).into(),
                     method: None,
+                    reply_to: Vec::new(),
                 })
                 .collect(),
             headers: CorrelationHeaders::default(),
@@ -549,6 +756,9 @@ impl Validate for KafkaGrpcConfig {
             check_topic("routes[].topic", &route.topic)?;
             if let Some(method) = &route.method {
                 check_method_pattern("routes[].method", method)?;
+            }
+            for topic in &route.reply_to {
+                check_topic("routes[].replyTo", topic)?;
             }
         }
         self.headers.check("headers")?;
@@ -670,6 +880,22 @@ fn default_message_header() -> String {
 fn default_idempotency_metadata() -> String {
     "idempotency-key".into()
 }
+fn default_forward_allow() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_forward_deny() -> Vec<String> {
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth-token",
+        "x-csrf-token",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 fn default_message_id_field() -> u32 {
     DEFAULT_MESSAGE_ID_FIELD
 }
@@ -782,6 +1008,9 @@ mod tests {
         c.routes[0].produce.as_mut().unwrap().key = Some("header:x".into());
         assert_eq!(field_of(c.validate()), "routes[].produce.key");
         let mut c = base();
+        c.routes[0].produce.as_mut().unwrap().key = Some("metadata:authorization".into());
+        assert_eq!(field_of(c.validate()), "routes[].produce.key");
+        let mut c = base();
         c.reliability.field = 19500;
         assert_eq!(field_of(c.validate()), "reliability.field");
         let mut c = base();
@@ -795,6 +1024,49 @@ mod tests {
         let mut c = base();
         c.kafka.tls = Some(KafkaTls::default());
         assert_eq!(field_of(c.validate()), "kafka.tls.ca");
+        let mut c = base();
+        c.auth.client_certificate = true;
+        assert_eq!(field_of(c.validate()), "auth.clientCertificate");
+        let mut c = base();
+        c.auth.jwt = Some(Box::new(GrpcJwtAuth::new("", "/jwks.json")));
+        assert_eq!(field_of(c.validate()), "auth.jwt.issuer");
+        let mut c = base();
+        let mut jwt = GrpcJwtAuth::new("https://issuer/", "/jwks.json");
+        jwt.methods_claim = Some(String::new());
+        c.auth.jwt = Some(Box::new(jwt));
+        assert_eq!(field_of(c.validate()), "auth.jwt.methodsClaim");
+        let mut c = base();
+        c.forward_metadata.allow = vec!["X-Upper".into()];
+        assert_eq!(field_of(c.validate()), "forwardMetadata.allow");
+        let mut c = base();
+        c.forward_metadata.deny = vec![String::new()];
+        assert_eq!(field_of(c.validate()), "forwardMetadata.deny");
+    }
+
+    #[test]
+    fn grpc_kafka_auth_parses_and_credentials_are_not_forwarded_by_default() {
+        let config: GrpcKafkaConfig = parse(
+            "kafka: { bootstrap: 'kafka:9092' }\n\
+             protos: { paths: [/protos] }\n\
+             routes: [{ method: a.B/*, produce: { topic: req, replyTo: rep } }]\n\
+             auth: { jwt: { issuer: 'https://i/', keysFile: /jwks.json, methodsClaim: m } }\n",
+        );
+        config.validate().unwrap();
+        let jwt = config.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.methods_claim.as_deref(), Some("m"));
+        assert_eq!(jwt.verification().issuer, "https://i/");
+        let forward = &config.forward_metadata;
+        for secret in ["authorization", "cookie", "proxy-authorization"] {
+            assert!(!forward.forwards(secret), "{secret}");
+        }
+        assert!(forward.forwards("x-tenant"));
+        let only_x = ForwardMetadata {
+            allow: vec!["x-*".into()],
+            deny: vec!["x-secret-*".into()],
+        };
+        assert!(only_x.forwards("x-tenant"));
+        assert!(!only_x.forwards("tenant"));
+        assert!(!only_x.forwards("x-secret-bin"));
     }
 
     #[test]
@@ -841,6 +1113,9 @@ mod tests {
         let mut c = base();
         c.dead_letter_topic = Some("a/b".into());
         assert_eq!(field_of(c.validate()), "deadLetterTopic");
+        let mut c = base();
+        c.routes[0].reply_to = vec!["no spaces".into()];
+        assert_eq!(field_of(c.validate()), "routes[].replyTo");
         let mut c = base();
         c.routes.clear();
         assert_eq!(field_of(c.validate()), "routes");

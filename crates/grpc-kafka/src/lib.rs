@@ -20,6 +20,8 @@ pub enum RoleError {
     Protos(#[source] grpc::protos::ProtoError),
     #[error("tls")]
     Tls(#[source] strait_tls::TlsError),
+    #[error("auth.jwt")]
+    Jwt(#[source] strait_jwt::KeyFileError),
     #[error("listen: cannot bind {addr}")]
     Bind {
         addr: SocketAddr,

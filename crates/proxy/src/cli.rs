@@ -502,7 +502,14 @@ impl KafkaSecurityArgs {
     \x20     fetch: { topic: events }                 # stream a topic, resumable\n\
     \x20 # TLS and SASL to Kafka (or the --kafka-tls-*/--kafka-sasl-* flags):\n\
     \x20 # kafka: { bootstrap: kafka:9093, tls: { ca: ca.crt },\n\
-    \x20 #          sasl: { mechanism: SCRAM-SHA-512, username: strait, passwordFile: /etc/strait/kafka/password } }\n\n\
+    \x20 #          sasl: { mechanism: SCRAM-SHA-512, username: strait, passwordFile: /etc/strait/kafka/password } }\n\
+    \x20 # The listener over TLS (clientCa: callers need a certificate it signed):\n\
+    \x20 # tls: { cert: tls.crt, key: tls.key, clientCa: ca.crt }\n\
+    \x20 # Callers authenticate (missing/invalid: UNAUTHENTICATED; method not granted: PERMISSION_DENIED):\n\
+    \x20 # auth: { jwt: { issuer: https://auth.example.com/, keysFile: jwks.json, methodsClaim: grpc_methods } }\n\
+    \x20 # auth: { clientCertificate: true }         # the certificate subject is the identity\n\
+    \x20 # Request metadata copied into Kafka (default: all but authorization, cookie and other credentials):\n\
+    \x20 # forwardMetadata: { allow: ['x-*'], deny: [authorization, cookie, proxy-authorization] }\n\n\
     Clients call grpc-kafka as if it were the service. A `strait-proxy kafka-grpc` consuming \
     greeter-requests calls the real service and writes the answers to greeter-replies."
 )]
@@ -545,14 +552,15 @@ impl GrpcKafkaArgs {
     \x20 kafka: { bootstrap: kafka:9092 }\n\
     \x20 target: http://greeter:50051              # h2c, or https:// with targetTls.ca\n\
     \x20 groupId: greeter-backend                  # replicas with one id share the partitions\n\
-    \x20 routes: [{ topic: greeter-requests }]\n\
+    \x20 routes: [{ topic: greeter-requests, replyTo: [greeter-replies] }]   # the only reply topics written\n\
     \x20 concurrency: 64\n\
     \x20 callTimeout: 30s\n\
     \x20 retries: { attempts: 5, initialBackoff: 100ms, maxBackoff: 5s }   # on UNAVAILABLE\n\
     \x20 deadLetterTopic: greeter-dead-letters\n\
     \x20 # TLS and SASL to Kafka: kafka.tls and kafka.sasl, or the --kafka-tls-*/--kafka-sasl-* flags\n\n\
     Requests come from `strait-proxy grpc-kafka` (or any producer using Zilla's record layout); \
-    answers go to each request's zilla:reply-to topic."
+    answers go to each request's zilla:reply-to topic when its route's replyTo lists it (others are \
+    refused without calling the service)."
 )]
 pub struct KafkaGrpcArgs {
     /// YAML config: request topics, target, group, retries (see docs/architecture.md).

@@ -306,6 +306,7 @@ async fn serve(
         DEMO_GROUP,
         &[DEMO_REQUESTS],
     );
+    k_config.routes[0].reply_to = vec![DEMO_REPLIES.into()];
     (k_config.kafka.tls, k_config.kafka.sasl) = (tls, sasl);
     k_config.validate()?;
     let k_args = KafkaGrpcArgs {

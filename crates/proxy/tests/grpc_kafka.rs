@@ -782,46 +782,52 @@ fn help_teaches_and_bad_config_names_the_field() {
             help.contains("Example:") && help.contains("routes:"),
             "{help}"
         );
+        // The settings that keep credentials and reply topics in check are taught too.
+        let security: &[&str] = match role {
+            "grpc-kafka" => &["auth:", "forwardMetadata:"],
+            _ => &["replyTo:"],
+        };
+        for field in security {
+            assert!(help.contains(field), "{field} in {help}");
+        }
     }
-    let config = write_config(
-        "bad-grpc-kafka",
-        "kafka: { bootstrap: 'k:9092' }\nprotos: { paths: [/p] }\n\
-         routes: [{ method: a.B/C, produce: { topic: 'no spaces' } }]\n",
-    );
-    let out = std::process::Command::new(BIN)
-        .args(["grpc-kafka", "--config", config.to_str().unwrap()])
-        .arg("--metrics-addr")
-        .arg(free_local_addr().to_string())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("routes[].produce.topic"), "{stderr}");
-}
-
-/// A throw-away CA and a certificate for localhost/127.0.0.1, as PEM files.
-fn test_pki() -> (PathBuf, String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(unique_name("strait-grpc-pki"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let (ca, cert, key) = (ca.pem(), cert.pem(), key.serialize_pem());
-    for (file, pem) in [("ca.pem", &ca), ("tls.pem", &cert), ("tls.key", &key)] {
-        std::fs::write(dir.join(file), pem).unwrap();
+    for (routes_and_more, field) in [
+        (
+            "routes: [{ method: a.B/C, produce: { topic: 'no spaces' } }]\n",
+            "routes[].produce.topic",
+        ),
+        (
+            "routes: [{ method: a.B/C, produce: { topic: t } }]\nauth: { clientCertificate: true }\n",
+            "auth.clientCertificate",
+        ),
+        (
+            "routes: [{ method: a.B/C, produce: { topic: t } }]\nforwardMetadata: { deny: [Authorization] }\n",
+            "forwardMetadata.deny",
+        ),
+    ] {
+        let config = write_config(
+            "bad-grpc-kafka",
+            &format!(
+                "kafka: {{ bootstrap: 'k:9092' }}\nprotos: {{ paths: [/p] }}\n{routes_and_more}"
+            ),
+        );
+        let out = std::process::Command::new(BIN)
+            .args(["grpc-kafka", "--config", config.to_str().unwrap()])
+            .arg("--metrics-addr")
+            .arg(free_local_addr().to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(field), "{field} in {stderr}");
     }
-    (dir, ca, cert, key)
 }
 
 #[tokio::test]
 async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    let (dir, ca, cert, key) = test_pki();
+    let pki = strait_e2e::pki::Pki::new();
+    let (ca, cert, key) = (pki.pem("ca.pem"), pki.pem("tls.pem"), pki.pem("tls.key"));
     // The service over TLS.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
@@ -835,7 +841,7 @@ async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
         .add_service(EchoServer::new(service.clone()))
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
-    let file = |name: &str| dir.join(name).display().to_string();
+    let file = |name: &str| pki.path(name);
     let bridge = Bridge::start_full(
         &bootstrap,
         &format!("https://localhost:{}", target.port()),

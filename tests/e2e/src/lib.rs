@@ -7,6 +7,8 @@
 //! test is skipped with a loud message, so `cargo test` alone still runs the unit tests.
 
 pub mod cluster;
+pub mod jwt;
+pub mod pki;
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

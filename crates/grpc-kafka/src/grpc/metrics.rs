@@ -16,6 +16,9 @@ pub struct GrpcMetrics {
     pub dead_letters: IntCounterVec,
     pub duplicates: IntCounterVec,
     pub bad_records: IntCounterVec,
+    /// Calls (grpc-kafka) and request records (kafka-grpc) refused before reaching Kafka or
+    /// the service, by reason.
+    pub refused: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     /// Method labels in use: at most [`MAX_METHODS`]; later ones are counted as `other`.
     methods: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -78,6 +81,13 @@ impl GrpcMetrics {
             ),
             &["reason"],
         )?;
+        let refused = IntCounterVec::new(
+            opts(
+                "strait_grpc_refused_total",
+                "Calls refused by caller authentication or method permissions (grpc-kafka) and request records refused for a reply topic their route does not allow (kafka-grpc), by reason",
+            ),
+            &["reason"],
+        )?;
         let consumer_lag = IntGaugeVec::new(
             opts(
                 "strait_grpc_consumer_lag",
@@ -92,6 +102,7 @@ impl GrpcMetrics {
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(bad_records.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         Ok(Self {
             calls,
@@ -101,6 +112,7 @@ impl GrpcMetrics {
             dead_letters,
             duplicates,
             bad_records,
+            refused,
             consumer_lag,
             methods: Default::default(),
         })

@@ -1,8 +1,9 @@
 //! The record layout of gRPC over Kafka (Zilla's, shared/reference/zilla-wire.md §2–3):
 //!
 //! - request records: value = one request message without gRPC framing; headers
-//!   `zilla:service`, `zilla:method`, `zilla:reply-to`, `zilla:correlation-id`, then every
-//!   request metadata entry as `meta:NAME` (binary ones `meta:NAME-bin`, base64 as on the wire);
+//!   `zilla:service`, `zilla:method`, `zilla:reply-to`, `zilla:correlation-id`, then the request
+//!   metadata `forwardMetadata` lets through as `meta:NAME` (binary ones `meta:NAME-bin`, base64
+//!   as on the wire);
 //!   a null value ends the request stream. A null value that also carries `zilla:status` cancels
 //!   the call (Strait's addition: sent when the client's deadline passes or it goes away).
 //! - reply records: key and `zilla:correlation-id` = the call's; `meta:*` = response metadata;
@@ -27,13 +28,16 @@ pub fn is_reserved_metadata(name: &str) -> bool {
         )
 }
 
-/// Metadata entries as `(meta:NAME, value)` header pairs, values as on the wire (binary entries
-/// keep their base64 text and `-bin` suffix, which is Zilla's layout).
-pub fn metadata_to_headers(metadata: &MetadataMap) -> Vec<(String, Vec<u8>)> {
+/// The metadata entries `forward` lets through as `(meta:NAME, value)` header pairs, values as on
+/// the wire (binary entries keep their base64 text and `-bin` suffix, which is Zilla's layout).
+pub fn metadata_to_headers(
+    metadata: &MetadataMap,
+    forward: impl Fn(&str) -> bool,
+) -> Vec<(String, Vec<u8>)> {
     let headers = metadata.clone().into_headers();
     headers
         .iter()
-        .filter(|(name, _)| !is_reserved_metadata(name.as_str()))
+        .filter(|(name, _)| !is_reserved_metadata(name.as_str()) && forward(name.as_str()))
         .map(|(name, value)| {
             (
                 format!("{META_PREFIX}{}", name.as_str()),
@@ -70,15 +74,22 @@ pub fn headers_to_metadata<'a>(
 }
 
 /// `<idempotency key or random uuid>-<md5 hex of the correlation headers>` (Zilla's shape), so a
-/// retried call with the same idempotency key gets the same id.
+/// retried call with the same idempotency key gets the same id. The authenticated `caller` goes
+/// into the hash too: another caller with the same key gets its own call and answer, never the
+/// first caller's (anonymous callers share one scope, which keeps Zilla's ids).
 pub fn correlation_id(
     idempotency_key: Option<&str>,
+    caller: Option<&str>,
     names: &CorrelationHeaders,
     service: &str,
     method: &str,
     reply_to: Option<&str>,
 ) -> String {
     let mut md5 = Md5::new();
+    if let Some(caller) = caller {
+        md5.update(b"strait:caller");
+        md5.update(caller.as_bytes());
+    }
     md5.update(names.service.as_bytes());
     md5.update(service.as_bytes());
     md5.update(names.method.as_bytes());
@@ -220,7 +231,10 @@ mod tests {
         );
         md.insert("grpc-timeout", "5S".parse().unwrap());
         md.insert("te", "trailers".parse().unwrap());
-        let headers = metadata_to_headers(&md);
+        md.insert("authorization", "Bearer secret".parse().unwrap());
+        md.insert("cookie", "session=secret".parse().unwrap());
+        let forward = strait_config::grpc::ForwardMetadata::default();
+        let headers = metadata_to_headers(&md, |name| forward.forwards(name));
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -251,16 +265,24 @@ mod tests {
     #[test]
     fn idempotency_key_gives_a_stable_correlation_id() {
         let names = CorrelationHeaders::default();
-        let a = correlation_id(Some("k1"), &names, "a.S", "M", Some("rep"));
-        let b = correlation_id(Some("k1"), &names, "a.S", "M", Some("rep"));
+        let a = correlation_id(Some("k1"), None, &names, "a.S", "M", Some("rep"));
+        let b = correlation_id(Some("k1"), None, &names, "a.S", "M", Some("rep"));
         assert_eq!(a, b);
         assert!(a.starts_with("k1-") && a.len() == 3 + 32, "{a}");
         assert_ne!(
             a,
-            correlation_id(Some("k1"), &names, "a.S", "N", Some("rep"))
+            correlation_id(Some("k1"), None, &names, "a.S", "N", Some("rep"))
         );
-        let r1 = correlation_id(None, &names, "a.S", "M", Some("rep"));
-        let r2 = correlation_id(None, &names, "a.S", "M", Some("rep"));
+        let alice = correlation_id(Some("k1"), Some("alice"), &names, "a.S", "M", Some("rep"));
+        let bob = correlation_id(Some("k1"), Some("bob"), &names, "a.S", "M", Some("rep"));
+        assert_ne!(alice, bob, "one key, two callers: two calls");
+        assert_ne!(alice, a);
+        assert_eq!(
+            alice,
+            correlation_id(Some("k1"), Some("alice"), &names, "a.S", "M", Some("rep"))
+        );
+        let r1 = correlation_id(None, None, &names, "a.S", "M", Some("rep"));
+        let r2 = correlation_id(None, None, &names, "a.S", "M", Some("rep"));
         assert_ne!(r1, r2);
         assert!(r1.ends_with(&a[3..]), "{r1}");
     }

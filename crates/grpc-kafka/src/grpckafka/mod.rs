@@ -1,8 +1,10 @@
 //! grpc-kafka: a gRPC server for any service the `.proto` files describe. Each call becomes
 //! records on a route's request topic; its answer comes back as records on the reply topic,
 //! read by one consumer per reply topic (assigned all partitions) that hands each record to the
-//! waiting call by correlation id. `fetch` routes stream a topic to the client instead.
+//! waiting call by correlation id. `fetch` routes stream a topic to the client instead. Callers
+//! are authenticated (`auth`) before anything reaches Kafka.
 
+mod auth;
 mod fetch;
 mod produce;
 mod replies;
@@ -51,6 +53,7 @@ pub const READINESS: [&str; 2] = ["listener", "kafka"];
 
 pub(crate) struct Frontend {
     pub config: GrpcKafkaConfig,
+    auth: auth::Auth,
     routes: Vec<(GrpcRoute, Option<Arc<ProduceRoute>>)>,
     pub protos: Protos,
     producers: HashMap<Acks, Producer>,
@@ -95,12 +98,14 @@ pub async fn start(
         }
     }
     let metrics = GrpcMetrics::register(&process.metrics, "grpc-kafka")?;
+    let auth = auth::Auth::load(&config.auth, &process.metrics, shutdown.clone()).await?;
     let routes = config
         .routes
         .iter()
         .map(|r| (r.clone(), r.produce.clone().map(Arc::new)))
         .collect();
     let frontend = Arc::new(Frontend {
+        auth,
         pending: Pending::new(config.limits.max_pending_calls),
         routes,
         protos,
@@ -123,7 +128,7 @@ pub async fn start(
             source,
         })?;
     let local = listener.local_addr().map_err(RoleError::LocalAddr)?;
-    tracing::info!(listen = %local, tls = tls.is_some(), routes = frontend.routes.len(), "grpc-kafka serving");
+    tracing::info!(listen = %local, tls = tls.is_some(), auth = frontend.auth.name(), routes = frontend.routes.len(), "grpc-kafka serving");
     listener_ready.set(true);
     let serve = async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -134,7 +139,8 @@ pub async fn start(
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some((stream, peer)) = secured.recv() => {
-                    serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer);
+                    let subject = certificate_subject(&stream);
+                    serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer, subject);
                     continue;
                 }
                 accepted = listener.accept() => match accepted {
@@ -148,7 +154,13 @@ pub async fn start(
             };
             let _ = stream.set_nodelay(true);
             match tls.clone() {
-                None => serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer),
+                None => serve_connection(
+                    frontend.clone(),
+                    &graceful,
+                    TokioIo::new(stream),
+                    peer,
+                    None,
+                ),
                 Some(acceptor) => {
                     let handshaken = handshaken.clone();
                     tokio::spawn(async move {
@@ -190,17 +202,29 @@ pub async fn start(
     Ok((local, serve))
 }
 
+/// The subject DN of the client certificate the TLS listener verified (only with `tls.clientCa`).
+fn certificate_subject(
+    stream: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) -> Option<Arc<str>> {
+    let cert = stream.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(cert.subject().to_string().into())
+}
+
+/// Serves one connection; `certificate_subject` is its verified client certificate's, if any.
 fn serve_connection<IO>(
     frontend: Arc<Frontend>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     io: TokioIo<IO>,
     peer: SocketAddr,
+    certificate_subject: Option<Arc<str>>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
         let frontend = frontend.clone();
-        async move { Ok::<_, Infallible>(frontend.handle(request).await) }
+        let subject = certificate_subject.clone();
+        async move { Ok::<_, Infallible>(frontend.handle(request, subject.as_ref()).await) }
     });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(io, service);
@@ -216,8 +240,18 @@ impl Frontend {
     async fn handle(
         self: Arc<Self>,
         request: http::Request<Incoming>,
+        certificate_subject: Option<&Arc<str>>,
     ) -> http::Response<tonic::body::Body> {
         let name = request.uri().path().trim_start_matches('/').to_owned();
+        // Authenticated before the method is looked up, so unknown callers learn nothing.
+        let caller = match self
+            .auth
+            .authenticate(request.headers(), certificate_subject, &self.metrics)
+            .await
+        {
+            Ok(caller) => caller,
+            Err(status) => return self.refused(&name, status),
+        };
         let Some(method) = self.protos.method(&name) else {
             self.metrics
                 .finished("unknown", Code::Unimplemented, Duration::ZERO);
@@ -240,6 +274,9 @@ impl Frontend {
                 .finished(&name, Code::Unimplemented, Duration::ZERO);
             return Status::unimplemented(format!("no route for {name}")).into_http();
         };
+        if let Err(status) = caller.permit(&name, &self.metrics) {
+            return self.refused(&name, status);
+        }
         let max = self.config.limits.max_message_size;
         let mut grpc = Grpc::new(RawCodec)
             .max_decoding_message_size(max)
@@ -252,6 +289,7 @@ impl Frontend {
                     route: produce.clone(),
                     method,
                     name,
+                    caller: caller.identity,
                 };
                 grpc.streaming(service, request).await
             }
@@ -265,6 +303,18 @@ impl Frontend {
                 grpc.streaming(service, request).await
             }
         }
+    }
+
+    /// Answers a call refused by authentication, counted like every other call.
+    fn refused(&self, name: &str, status: Status) -> http::Response<tonic::body::Body> {
+        // Unknown names stay out of the method label (`protos` describes the known ones).
+        let label = if self.protos.method(name).is_some() {
+            name
+        } else {
+            "unknown"
+        };
+        self.metrics.finished(label, status.code(), Duration::ZERO);
+        status.into_http()
     }
 }
 

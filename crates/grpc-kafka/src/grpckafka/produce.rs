@@ -9,6 +9,8 @@ pub(super) struct ProduceCall {
     pub(super) route: Arc<ProduceRoute>,
     pub(super) method: MethodDescriptor,
     pub(super) name: Arc<str>,
+    /// The authenticated identity; `None` when anonymous.
+    pub(super) caller: Option<Arc<str>>,
 }
 
 pub(super) type Replies = ReceiverStream<Result<Bytes, Status>>;
@@ -24,6 +26,7 @@ impl StreamingService<Bytes> for ProduceCall {
             self.route.clone(),
             self.method.clone(),
             self.name.clone(),
+            self.caller.clone(),
             request,
         ))
     }
@@ -51,6 +54,7 @@ pub(super) async fn produce_call(
     route: Arc<ProduceRoute>,
     method: MethodDescriptor,
     name: Arc<str>,
+    caller: Option<Arc<str>>,
     request: Request<Streaming<Bytes>>,
 ) -> Result<Response<Replies>, Status> {
     let started = Instant::now();
@@ -70,6 +74,7 @@ pub(super) async fn produce_call(
     let (service, method_name) = name.split_once('/').unwrap_or((&name, ""));
     let correlation_id = wire::correlation_id(
         idempotency_key,
+        caller.as_deref(),
         &config.headers,
         service,
         method_name,
@@ -100,7 +105,9 @@ pub(super) async fn produce_call(
             timeout.as_millis().to_string().into_bytes(),
         ));
     }
-    pairs.extend(wire::metadata_to_headers(metadata));
+    pairs.extend(wire::metadata_to_headers(metadata, |name| {
+        config.forward_metadata.forwards(name)
+    }));
     let headers = owned_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
     let records = CallRecords {
         topic: route.topic.clone(),

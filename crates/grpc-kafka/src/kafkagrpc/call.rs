@@ -350,7 +350,7 @@ impl ReplyWriter {
     }
 
     fn set_metadata(&mut self, metadata: &MetadataMap) {
-        self.meta = wire::metadata_to_headers(metadata);
+        self.meta = wire::metadata_to_headers(metadata, |_| true);
     }
 
     async fn message(&mut self, value: Bytes) {

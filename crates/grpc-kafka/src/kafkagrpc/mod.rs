@@ -315,8 +315,14 @@ async fn on_record(
             config.headers.service,
             config.headers.method
         );
+        let reply_allowed = |reply_to: &String| {
+            config
+                .routes
+                .iter()
+                .any(|r| r.topic == *topic && r.reply_to.contains(reply_to))
+        };
         match (&headers.reply_to, &headers.correlation_id) {
-            (Some(reply_to), Some(id)) => {
+            (Some(reply_to), Some(id)) if reply_allowed(reply_to) => {
                 let status = Status::internal(format!(
                     "request record {topic}/{partition}@{offset} has no {} or {} header",
                     config.headers.service, config.headers.method
@@ -351,13 +357,38 @@ async fn on_record(
         return;
     };
     let full_name = format!("{service}/{method}");
-    let routed = config.routes.iter().any(|r| {
-        r.topic == *topic
-            && r.method
-                .as_deref()
-                .is_none_or(|p| method_matches(p, &full_name))
-    });
-    if !routed {
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|r| {
+            r.topic == *topic
+                && r.method
+                    .as_deref()
+                    .is_none_or(|p| method_matches(p, &full_name))
+        })
+        .collect();
+    if routes.is_empty() {
+        tracker.done(&(topic.to_owned(), partition), offset);
+        return;
+    }
+    if let Some(reply_to) = &headers.reply_to
+        && !routes.iter().any(|r| r.reply_to.contains(reply_to))
+    {
+        // Anyone who may write requests could otherwise make kafka-grpc write into any topic
+        // it can reach.
+        backend
+            .metrics
+            .refused
+            .with_label_values(&["reply_to_not_allowed"])
+            .inc();
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            reply_to,
+            method = %full_name,
+            "request record refused: its reply topic is not in the route's replyTo; the service is not called"
+        );
         tracker.done(&(topic.to_owned(), partition), offset);
         return;
     }

@@ -1,38 +1,31 @@
 //! Client authentication for r-proxy: a JWT in the CONNECT password, verified against a JWKS
 //! file that is read again when it changes, and the topic permissions its claims grant.
 //!
-//! The decisions are plain logic ([`jwt`], [`topics`], [`guard`]); this module adds the file,
-//! the reload task and the metrics.
+//! The decisions are plain logic ([`jwt`], shared with grpc-kafka, [`topics`], [`guard`]); this
+//! module adds the MQTT side and the metrics.
 
 pub mod guard;
-pub mod jwt;
 pub mod topics;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+/// The verifier, shared with grpc-kafka.
+pub use strait_jwt as jwt;
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounterVec, Opts, Registry};
 use strait_config::auth::JwtAuth;
 use strait_mqtt_codec::{Connect, ReasonCode};
 use strait_relay::v1;
 use tokio_util::sync::CancellationToken;
 
-use jwt::{KeySet, KeysError, TokenError, Verifier, claim_list, claim_str};
+use jwt::{KeyFile, TokenError, claim_list, claim_str};
 use topics::{Permissions, substitute_client_id};
-
-/// A token naming an unknown `kid` makes r-proxy read the key file again, at most this often.
-const FORCED_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("cannot read the JWT key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid JWT key file {path}: {source}")]
-    Keys { path: PathBuf, source: KeysError },
+    #[error(transparent)]
+    Keys(#[from] jwt::KeyFileError),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
 }
@@ -65,31 +58,9 @@ pub struct SessionAuth {
     pub expires_at: SystemTime,
 }
 
-/// Identifies a version of the key file: a rewrite or a Kubernetes Secret update (a symlink
-/// swap) changes at least one of these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl Fingerprint {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt as _;
-        Self {
-            modified: metadata.modified().ok(),
-            len: metadata.len(),
-            inode: metadata.ino(),
-        }
-    }
-}
-
 struct AuthMetrics {
     failures: IntCounterVec,
     denied: IntCounterVec,
-    reloads: IntCounterVec,
-    keys: IntGauge,
 }
 
 impl AuthMetrics {
@@ -108,124 +79,33 @@ impl AuthMetrics {
             ),
             &["action"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "strait_mqtt_jwt_key_reloads_total",
-                "Reads of the JWT key file after a change, by result",
-            ),
-            &["result"],
-        )?;
-        let keys = IntGauge::with_opts(Opts::new(
-            "strait_mqtt_jwt_keys",
-            "Signature keys loaded from the JWT key file",
-        ))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(denied.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(keys.clone()))?;
-        Ok(Self {
-            failures,
-            denied,
-            reloads,
-            keys,
-        })
+        Ok(Self { failures, denied })
     }
 }
 
 /// JWT authentication of r-proxy's clients, shared by every session.
 pub struct Authenticator {
     config: JwtAuth,
-    verifier: Verifier,
-    keys: RwLock<Arc<KeySet>>,
-    fingerprint: Mutex<Option<Fingerprint>>,
-    /// Serialises reloads; holds when the last forced one ran.
-    reloading: tokio::sync::Mutex<Option<Instant>>,
+    keys: Arc<KeyFile>,
     metrics: AuthMetrics,
 }
 
 impl Authenticator {
     /// Reads the key file; fails when it is missing or holds no usable key.
     pub async fn load(config: &JwtAuth, registry: &Registry) -> Result<Arc<Self>, AuthError> {
-        let (keys, fingerprint) = read_keys(&config.keys_file).await?;
-        let metrics = AuthMetrics::register(registry)?;
-        metrics.keys.set(keys.key_count() as i64);
-        tracing::info!(
-            file = %config.keys_file.display(),
-            keys = keys.key_count(),
-            issuer = %config.issuer,
-            "JWT authentication on"
-        );
+        let keys = KeyFile::load(config, registry, "strait_mqtt").await?;
         Ok(Arc::new(Self {
             config: config.clone(),
-            verifier: Verifier::new(config),
-            keys: RwLock::new(Arc::new(keys)),
-            fingerprint: Mutex::new(Some(fingerprint)),
-            reloading: tokio::sync::Mutex::new(None),
-            metrics,
+            keys: Arc::new(keys),
+            metrics: AuthMetrics::register(registry)?,
         }))
     }
 
     /// Checks the key file every `keysReloadInterval` until `shutdown`.
     pub fn spawn_reloader(self: &Arc<Self>, shutdown: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.config.keys_reload_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let _guard = this.reloading.lock().await;
-                this.reload_if_changed().await;
-            }
-        });
-    }
-
-    /// Reads the key file again when it changed; a broken file keeps the keys in use.
-    async fn reload_if_changed(&self) {
-        let path = &self.config.keys_file;
-        let fingerprint = match tokio::fs::metadata(path).await {
-            Ok(metadata) => Fingerprint::of(&metadata),
-            Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "JWT key file unreadable; keeping the keys in use");
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                return;
-            }
-        };
-        if self.fingerprint.lock().expect("never poisoned").as_ref() == Some(&fingerprint) {
-            return;
-        }
-        match read_keys(path).await {
-            Ok((keys, fingerprint)) => {
-                tracing::info!(file = %path.display(), keys = keys.key_count(), ?keys, "JWT keys reloaded");
-                self.metrics.keys.set(keys.key_count() as i64);
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
-                *self.keys.write().expect("never poisoned") = Arc::new(keys);
-                *self.fingerprint.lock().expect("never poisoned") = Some(fingerprint);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "JWT key file changed but is unusable; keeping the keys in use");
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                // Remember the broken version so it is not read again every tick.
-                *self.fingerprint.lock().expect("never poisoned") = Some(fingerprint);
-            }
-        }
-    }
-
-    /// Reloads at once when no reload was forced within [`FORCED_RELOAD_EVERY`].
-    async fn force_reload(&self) {
-        let mut last = self.reloading.lock().await;
-        if last.is_some_and(|at| at.elapsed() < FORCED_RELOAD_EVERY) {
-            return;
-        }
-        *last = Some(Instant::now());
-        self.reload_if_changed().await;
-    }
-
-    fn verify(&self, token: &str) -> Result<jwt::Claims, TokenError> {
-        let keys = self.keys.read().expect("never poisoned").clone();
-        self.verifier.verify(token, &keys)
+        self.keys.spawn_reloader(shutdown);
     }
 
     /// Verifies the token in the CONNECT password and works out the session's identity and
@@ -248,14 +128,7 @@ impl Authenticator {
                 std::str::from_utf8(password).map_err(|_| Refusal::from(TokenError::Malformed))?
             }
         };
-        let claims = match self.verify(token) {
-            Err(TokenError::UnknownKey(_)) => {
-                // Perhaps the keys rotated and the file was updated since the last check.
-                self.force_reload().await;
-                self.verify(token)?
-            }
-            other => other?,
-        };
+        let claims = self.keys.verify(token).await?;
         let client_id = connect.client_id.as_str();
         if let Some(claim) = &self.config.client_id_claim
             && claim_str(&claims, claim).as_deref() != Some(client_id)
@@ -288,8 +161,7 @@ impl Authenticator {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
-        let expires_at =
-            UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.verifier.leeway()));
+        let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.keys.leeway()));
         let subject = claim_str(&claims, "sub").unwrap_or_default();
         let mut attributes = std::collections::HashMap::new();
         attributes.insert("iss".to_string(), self.config.issuer.clone());
@@ -320,18 +192,4 @@ impl Authenticator {
                 .inc_by(subscriptions);
         }
     }
-}
-
-async fn read_keys(path: &Path) -> Result<(KeySet, Fingerprint), AuthError> {
-    let read_error = |source| AuthError::Read {
-        path: path.into(),
-        source,
-    };
-    let metadata = tokio::fs::metadata(path).await.map_err(read_error)?;
-    let bytes = tokio::fs::read(path).await.map_err(read_error)?;
-    let keys = KeySet::from_jwks(&bytes).map_err(|source| AuthError::Keys {
-        path: path.into(),
-        source,
-    })?;
-    Ok((keys, Fingerprint::of(&metadata)))
 }

@@ -35,15 +35,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         scoped::<GrpcKafkaRoute>(&client, ns),
         watcher::Config::default(),
     );
-    // A Kafka TLS or SASL Secret that appears or changes wakes the routes that name it.
+    // A Secret the route names (Kafka TLS or SASL, listener TLS, JWT keys) that appears or
+    // changes wakes the routes that name it.
     let routes = controller.store();
     controller
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
-            crate::context::woken_by_secret(routes, |route: &GrpcKafkaRoute| {
-                route.spec.kafka.kafka_ref().secrets()
-            }),
+            crate::context::woken_by_secret(routes, |route: &GrpcKafkaRoute| route.spec.secrets()),
         )
         // Metadata only: enough to wake the owner (see the MqttBridge controller).
         .owns(
@@ -186,6 +185,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         backend_replicas,
         access.client_cert(),
     )?;
+    checks.push(Check::warnings(&rendered.warnings));
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
     apply_owned(&config_maps, &rendered.config_map, &owner).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);

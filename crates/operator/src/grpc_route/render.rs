@@ -8,7 +8,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use strait_config::Validate;
-use strait_config::grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
+use strait_config::grpc::{GrpcAuth, GrpcJwtAuth, GrpcKafkaConfig, KafkaGrpcConfig};
+use strait_config::tls::ServerTls;
 
 use super::spec::GrpcKafkaRoute;
 use crate::topics::TopicSpec;
@@ -17,9 +18,17 @@ use crate::workload::{self, Owner, ProxyPods, from_json};
 pub const FRONTEND: &str = "grpc-kafka";
 pub const BACKEND: &str = "kafka-grpc";
 const PROTOS_DIR: &str = "/etc/strait/protos";
+const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
+/// The JWT keys Secret, mounted whole (not by subPath) so Secret updates reach the pods.
+const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    #[error(
+        "spec.auth.jwt: callers would send their tokens in clear text to a port without TLS; \
+         set spec.frontend.tls, or spell out spec.frontend.allowPlaintextCredentials: true"
+    )]
+    PlaintextCredentials,
     #[error("the rendered {role} config is invalid: {error}")]
     Config {
         role: &'static str,
@@ -95,13 +104,44 @@ pub fn group_id(route: &GrpcKafkaRoute) -> String {
 pub fn frontend_config(route: &GrpcKafkaRoute, kafka_client_cert: bool) -> GrpcKafkaConfig {
     let spec = &route.spec;
     // Through JSON so every field the resource does not set takes the proxy's own default.
-    serde_json::from_value(json!({
+    let mut config: GrpcKafkaConfig = serde_json::from_value(json!({
         "listen": format!("0.0.0.0:{}", spec.frontend.port),
         "kafka": spec.kafka.kafka_ref().connection(kafka_client_cert),
         "protos": {"paths": [PROTOS_DIR]},
         "routes": spec.routes,
     }))
-    .expect("the route spec holds the grpc-kafka route type")
+    .expect("the route spec holds the grpc-kafka route type");
+    if let Some(tls) = &spec.frontend.tls {
+        let file = |name: &str| -> Option<std::path::PathBuf> {
+            Some(format!("{LISTENER_TLS_DIR}/{name}").into())
+        };
+        config.tls = ServerTls {
+            cert: file("tls.crt"),
+            key: file("tls.key"),
+            client_ca: file("ca.crt").filter(|_| tls.require_client_certificate),
+        };
+    }
+    if let Some(auth) = &spec.auth {
+        config.auth = GrpcAuth {
+            jwt: auth.jwt.as_ref().map(|jwt| {
+                let mut config = GrpcJwtAuth::new(
+                    jwt.issuer.clone(),
+                    format!("{JWT_KEYS_DIR}/{}", jwt.keys_secret.key),
+                );
+                config.audience = jwt.audience.clone();
+                if !jwt.algorithms.is_empty() {
+                    config.algorithms = jwt.algorithms.clone();
+                }
+                config.methods_claim = jwt.methods_claim.clone();
+                Box::new(config)
+            }),
+            client_certificate: auth.client_certificate,
+        };
+    }
+    if let Some(forward) = &spec.forward_metadata {
+        config.forward_metadata = forward.clone();
+    }
+    config
 }
 
 pub fn backend_config(
@@ -127,6 +167,17 @@ pub fn backend_config(
         config.retries = retries.clone();
     }
     config.dead_letter_topic = backend.dead_letter_topic.clone();
+    // Replies go only to the reply topics the routes name for that request topic.
+    for kafka_route in &mut config.routes {
+        for produce in route.spec.routes.iter().filter_map(|r| r.produce.as_ref()) {
+            if let Some(reply_to) = &produce.reply_to
+                && produce.topic == kafka_route.topic
+                && !kafka_route.reply_to.contains(reply_to)
+            {
+                kafka_route.reply_to.push(reply_to.clone());
+            }
+        }
+    }
     Ok(config)
 }
 
@@ -138,6 +189,8 @@ pub struct Rendered {
     /// Clients reach grpc-kafka's port only; kafka-grpc serves nothing but its admin port.
     pub network_policies: Vec<NetworkPolicy>,
     pub endpoint: String,
+    /// Insecure settings the spec asked for (the `Warning` condition).
+    pub warnings: Vec<String>,
 }
 
 /// `backend_replicas`: what the autoscaler decided, or `None` to leave them alone.
@@ -147,6 +200,17 @@ pub fn render(
     backend_replicas: Option<i32>,
     kafka_client_cert: bool,
 ) -> Result<Rendered, RenderError> {
+    let spec = &route.spec;
+    let mut warnings = Vec::new();
+    if spec.auth.as_ref().is_some_and(|a| a.jwt.is_some()) && spec.frontend.tls.is_none() {
+        if !spec.frontend.allow_plaintext_credentials {
+            return Err(RenderError::PlaintextCredentials);
+        }
+        warnings.push(
+            "callers send tokens to a port without TLS (spec.frontend.allowPlaintextCredentials)"
+                .to_string(),
+        );
+    }
     let frontend = frontend_config(route, kafka_client_cert);
     frontend.validate().map_err(|error| RenderError::Config {
         role: FRONTEND,
@@ -162,7 +226,6 @@ pub fn render(
         strait_config::to_yaml(&backend),
     );
     let owner = owner(route);
-    let spec = &route.spec;
     let config_map = from_json(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -172,6 +235,17 @@ pub fn render(
     let protos_volume = json!({"name": "protos", "configMap": {"name": spec.protos.config_map}});
     let protos_mount = json!({"name": "protos", "mountPath": PROTOS_DIR, "readOnly": true});
     let (kafka_volumes, kafka_mounts) = spec.kafka.kafka_ref().volumes();
+    let (mut front_volumes, mut front_mounts) = (vec![protos_volume], vec![protos_mount]);
+    let mut secret_dir = |name: &str, secret: &str, dir: &str| {
+        front_volumes.push(json!({"name": name, "secret": {"secretName": secret}}));
+        front_mounts.push(json!({"name": name, "mountPath": dir, "readOnly": true}));
+    };
+    if let Some(tls) = &spec.frontend.tls {
+        secret_dir("listener-tls", &tls.secret_name, LISTENER_TLS_DIR);
+    }
+    if let Some(jwt) = spec.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+        secret_dir("jwt-keys", &jwt.keys_secret.name, JWT_KEYS_DIR);
+    }
     // The protos ConfigMap is part of the frontend's config: a change rolls it too.
     let deployments = vec![
         ProxyPods {
@@ -181,8 +255,8 @@ pub fn render(
             credentials: None,
             replicas: Some(spec.frontend.replicas),
             ports: vec![json!({"name": "grpc", "containerPort": spec.frontend.port})],
-            volumes: [vec![protos_volume], kafka_volumes.clone()].concat(),
-            mounts: [vec![protos_mount], kafka_mounts.clone()].concat(),
+            volumes: [front_volumes, kafka_volumes.clone()].concat(),
+            mounts: [front_mounts, kafka_mounts.clone()].concat(),
             resources: spec.frontend.resources.as_ref(),
         }
         .deployment(&owner),
@@ -226,6 +300,7 @@ pub fn render(
         service,
         disruption_budgets,
         network_policies,
+        warnings,
         endpoint: format!(
             "{}.{}.svc:{}",
             route.name_any(),
@@ -303,6 +378,153 @@ mod tests {
             None
         );
         assert_eq!(rendered.endpoint, "greeter.apps.svc:50051");
+        assert_eq!(
+            back.routes[0].reply_to,
+            ["greeter-replies"],
+            "kafka-grpc answers only on the routes' reply topics"
+        );
+        assert!(!front.tls.is_enabled());
+        assert_eq!(front.auth, GrpcAuth::default());
+        assert!(!front.forward_metadata.forwards("authorization"));
+    }
+
+    fn secured() -> GrpcKafkaRoute {
+        let mut route = example();
+        let mut spec = serde_json::to_value(&route.spec).unwrap();
+        spec["frontend"]["tls"] =
+            json!({"secretName": "greeter-tls", "requireClientCertificate": true});
+        spec["auth"] = json!({"jwt": {
+            "issuer": "https://auth.example.com/",
+            "keysSecret": {"name": "greeter-jwks"},
+            "algorithms": ["ES256"],
+            "methodsClaim": "grpc_methods",
+        }});
+        spec["forwardMetadata"] = json!({"allow": ["x-*"], "deny": ["x-secret"]});
+        route.spec = serde_json::from_value(spec).unwrap();
+        route
+    }
+
+    fn front_of(rendered: &Rendered) -> GrpcKafkaConfig {
+        let data = rendered.config_map.data.as_ref().unwrap();
+        serde_saphyr::from_str(&data["grpc-kafka.yaml"]).unwrap()
+    }
+
+    #[test]
+    fn listener_tls_auth_and_metadata_forwarding_reach_grpc_kafka() {
+        let route = secured();
+        let rendered = render(&route, "i", None, false).unwrap();
+        let front = front_of(&rendered);
+        front.validate().unwrap();
+        assert_eq!(
+            front.tls.cert.as_deref(),
+            Some(std::path::Path::new("/etc/strait/tls/listener/tls.crt"))
+        );
+        assert_eq!(
+            front.tls.key.as_deref(),
+            Some(std::path::Path::new("/etc/strait/tls/listener/tls.key"))
+        );
+        assert_eq!(
+            front.tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/etc/strait/tls/listener/ca.crt"))
+        );
+        let jwt = front.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.keys_file.to_str(), Some("/etc/strait/jwt/jwks.json"));
+        assert_eq!(jwt.issuer, "https://auth.example.com/");
+        assert_eq!(jwt.algorithms, [strait_config::auth::JwtAlgorithm::ES256]);
+        assert_eq!(jwt.methods_claim.as_deref(), Some("grpc_methods"));
+        assert!(front.forward_metadata.forwards("x-tenant"));
+        assert!(!front.forward_metadata.forwards("x-secret"));
+        assert!(!front.forward_metadata.forwards("tenant"));
+
+        // Both Secrets mounted whole into grpc-kafka only (kafka-grpc needs neither).
+        let pod = |i: usize| {
+            rendered.deployments[i]
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .clone()
+                .unwrap()
+        };
+        let front_pod = pod(0);
+        let secret_of = |name: &str| {
+            front_pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.clone())
+        };
+        assert_eq!(secret_of("listener-tls").as_deref(), Some("greeter-tls"));
+        assert_eq!(secret_of("jwt-keys").as_deref(), Some("greeter-jwks"));
+        let mounts = front_pod.containers[0].volume_mounts.clone().unwrap();
+        for (name, path) in [
+            ("listener-tls", "/etc/strait/tls/listener"),
+            ("jwt-keys", "/etc/strait/jwt"),
+        ] {
+            let mount = mounts.iter().find(|m| m.name == name).unwrap();
+            assert_eq!(mount.mount_path, path);
+            assert!(mount.sub_path.is_none(), "whole, so Secret updates arrive");
+        }
+        assert!(
+            pod(1)
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .all(|v| v.name != "jwt-keys" && v.name != "listener-tls")
+        );
+        let names: Vec<_> = route.spec.secrets().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["greeter-tls", "greeter-jwks"]);
+        assert!(rendered.warnings.is_empty());
+    }
+
+    #[test]
+    fn tokens_are_not_sent_to_a_port_without_tls_unless_spelled_out() {
+        let mut route = secured();
+        route.spec.frontend.tls = None;
+        let Err(error) = render(&route, "i", None, false) else {
+            panic!("rendered");
+        };
+        let error = error.to_string();
+        assert!(error.contains("allowPlaintextCredentials"), "{error}");
+        route.spec.frontend.allow_plaintext_credentials = true;
+        let rendered = render(&route, "i", None, false).unwrap();
+        assert!(rendered.warnings[0].contains("allowPlaintextCredentials"));
+        assert!(!front_of(&rendered).tls.is_enabled());
+    }
+
+    #[test]
+    fn client_certificate_auth_needs_required_client_certificates() {
+        let mut route = secured();
+        route
+            .spec
+            .frontend
+            .tls
+            .as_mut()
+            .unwrap()
+            .require_client_certificate = false;
+        route.spec.auth = Some(crate::grpc_route::spec::AuthSpec {
+            jwt: None,
+            client_certificate: true,
+        });
+        let Err(error) = render(&route, "i", None, false) else {
+            panic!("rendered");
+        };
+        let error = error.to_string();
+        assert!(error.contains("auth.clientCertificate"), "{error}");
+        route
+            .spec
+            .frontend
+            .tls
+            .as_mut()
+            .unwrap()
+            .require_client_certificate = true;
+        let front = front_of(&render(&route, "i", None, false).unwrap());
+        assert!(front.auth.client_certificate);
+        assert!(front.auth.jwt.is_none());
     }
 
     #[test]

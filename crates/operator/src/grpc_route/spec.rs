@@ -9,7 +9,10 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
-use strait_config::grpc::{GrpcRoute, Retries};
+use strait_config::auth::JwtAlgorithm;
+use strait_config::grpc::{ForwardMetadata, GrpcRoute, Retries};
+
+use crate::mqtt_bridge::spec::SecretKeyRef;
 
 #[allow(clippy::duplicated_attributes)] // the printer columns' repeated `type_ =`
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -60,6 +63,14 @@ pub struct GrpcKafkaRouteSpec {
     pub topics: BTreeMap<String, TopicDefaults>,
     #[serde(default)]
     pub frontend: Frontend,
+    /// How callers authenticate at grpc-kafka and which methods they may call; without it
+    /// every caller may call every routed method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// Which request metadata grpc-kafka copies into Kafka (`meta:*` headers); by default all
+    /// but credentials (`authorization`, `cookie`, `proxy-authorization`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_metadata: Option<ForwardMetadata>,
     pub backend: Backend,
     /// What happens to the Kafka topics when the resource is deleted.
     #[serde(default)]
@@ -142,6 +153,14 @@ pub struct Frontend {
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// gRPC over TLS on `port`, with the certificate of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<FrontendTls>,
+    /// Let callers send JWTs (`spec.auth.jwt`) to a port without TLS, e.g. behind a mesh that
+    /// encrypts; the route then reports a `Warning` condition. Refused otherwise: a token on the
+    /// wire in clear text is a token anyone on the path can use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext_credentials: bool,
 }
 
 impl Default for Frontend {
@@ -150,7 +169,78 @@ impl Default for Frontend {
             port: default_grpc_port(),
             replicas: default_replicas(),
             resources: None,
+            tls: None,
+            allow_plaintext_credentials: false,
         }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendTls {
+    /// Secret with `tls.crt` and `tls.key` (and `ca.crt` when client certificates are required).
+    #[x_kube(validation = kube::core::Rule::new("self != ''").message("secretName must not be empty"))]
+    pub secret_name: String,
+    /// Require client certificates signed by the Secret's `ca.crt`.
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+/// `spec.auth`: caller authentication at grpc-kafka (UNAUTHENTICATED without a valid credential,
+/// PERMISSION_DENIED for a method not granted).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.jwt) && has(self.clientCertificate) && self.clientCertificate)")
+    .message("spec.auth sets either jwt or clientCertificate, not both"))]
+pub struct AuthSpec {
+    /// Callers send `authorization: Bearer <JWT>`; its `sub` is their identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+    /// Callers are identified by their client certificate's subject (needs
+    /// `frontend.tls.requireClientCertificate`); every routed method is permitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_certificate: bool,
+}
+
+/// `spec.auth.jwt`: grpc-kafka's `auth.jwt`, with the keys taken from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Required value of the tokens' `iss` claim.
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// When set, the tokens' `aud` claim must be or contain this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Secret holding the JSON Web Key Set (`{"keys": [...]}`) tokens are signed with. Updating
+    /// the Secret rotates the keys without restarting pods (grpc-kafka re-reads the mounted file).
+    pub keys_secret: SecretKeyRef,
+    /// Signature algorithms accepted (`none` never is); every asymmetric algorithm when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Claim listing the methods a caller may call, as `package.Service/Method` patterns with
+    /// `*` wildcards (`example.Orders/*`, `*`). Unset: every routed method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods_claim: Option<String>,
+}
+
+impl GrpcKafkaRouteSpec {
+    /// Every Secret the route names, with the field that names it.
+    pub fn secrets(&self) -> Vec<(String, String)> {
+        let mut secrets = self.kafka.kafka_ref().secrets();
+        if let Some(tls) = &self.frontend.tls {
+            secrets.push((
+                tls.secret_name.clone(),
+                "spec.frontend.tls.secretName".into(),
+            ));
+        }
+        if let Some(jwt) = self.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+            secrets.push((
+                jwt.keys_secret.name.clone(),
+                "spec.auth.jwt.keysSecret.name".into(),
+            ));
+        }
+        secrets
     }
 }
 

@@ -364,10 +364,15 @@ impl Bridge {
                 "kafka: {{ bootstrap: '{}' }}\n\
                  target: {}\n\
                  groupId: {}\n\
-                 routes: [{{ topic: {} }}]\n\
+                 routes: [{{ topic: {}, replyTo: [{}] }}]\n\
                  sessionTimeout: 6s\n\
                  retries: {{ attempts: 3, initialBackoff: 50ms, maxBackoff: 200ms }}\n{}",
-                self.bootstrap, self.target, self.group, self.requests, self.backend_extra
+                self.bootstrap,
+                self.target,
+                self.group,
+                self.requests,
+                self.replies,
+                self.backend_extra
             ),
         );
         let mut args = vec!["kafka-grpc", "--config", config.to_str().unwrap()];

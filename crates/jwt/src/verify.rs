@@ -1,5 +1,6 @@
 //! JWT verification as plain logic: a key set parsed from JWKS bytes, and a verifier that turns
-//! a token into its claims or says precisely why not. Reading the key file is the caller's job.
+//! a token into its claims or says precisely why not. Reading the key file is [`crate::KeyFile`]'s
+//! job.
 
 use std::collections::HashSet;
 
@@ -30,7 +31,7 @@ pub enum KeysError {
 /// the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("no token: the CONNECT password must carry the JWT")]
+    #[error("no token")]
     Missing,
     #[error("not a well-formed JWT")]
     Malformed,
@@ -91,7 +92,7 @@ impl std::fmt::Debug for KeySet {
 
 impl KeySet {
     /// Parses a JWKS document. Keys of kinds jsonwebtoken cannot use make the whole set
-    /// invalid, so a typo is noticed when the file is loaded rather than at a client's CONNECT.
+    /// invalid, so a typo is noticed when the file is loaded rather than at a client's first call.
     pub fn from_jwks(bytes: &[u8]) -> Result<Self, KeysError> {
         let set: JwkSet = serde_json::from_slice(bytes)?;
         let keys = set
