@@ -185,6 +185,13 @@ impl KafkaAccess {
         }
     }
 
+    /// `self` with SASL/SCRAM credentials, for tests that need two passwords.
+    #[cfg(test)]
+    pub(crate) fn with_scram_password(mut self, password: &str) -> Self {
+        self.sasl = Some((SaslMechanism::ScramSha512, "strait".into(), password.into()));
+        self
+    }
+
     /// Whether the TLS Secret carries a client certificate (mutual TLS).
     pub fn client_cert(&self) -> bool {
         self.tls

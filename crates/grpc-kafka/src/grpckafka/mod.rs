@@ -118,9 +118,9 @@ pub async fn start(
     });
     replies::start_readers(&frontend, kafka_ready)?;
 
-    let tls = strait_tls::server_config(&frontend.config.tls, &[b"h2"])
-        .map_err(RoleError::Tls)?
-        .map(tokio_rustls::TlsAcceptor::from);
+    // Read again when the certificate files change: a rotated certificate needs no restart.
+    let tls = strait_tls::reload::server_config(&frontend.config.tls, &[b"h2"])
+        .map_err(RoleError::Tls)?;
     let listener = tokio::net::TcpListener::bind(frontend.config.listen)
         .await
         .map_err(|source| RoleError::Bind {
@@ -153,7 +153,10 @@ pub async fn start(
                 },
             };
             let _ = stream.set_nodelay(true);
-            match tls.clone() {
+            match tls
+                .as_ref()
+                .map(|tls| tokio_rustls::TlsAcceptor::from(tls.current()))
+            {
                 None => serve_connection(
                     frontend.clone(),
                     &graceful,

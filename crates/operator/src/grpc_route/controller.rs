@@ -183,7 +183,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         route,
         &ctx.proxy_image(route.spec.image.as_deref())?,
         backend_replicas,
-        access.client_cert(),
+        &access,
     )?;
     checks.push(Check::warnings(&rendered.warnings));
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);

@@ -12,6 +12,7 @@ use strait_config::grpc::{GrpcAuth, GrpcJwtAuth, GrpcKafkaConfig, KafkaGrpcConfi
 use strait_config::tls::ServerTls;
 
 use super::spec::GrpcKafkaRoute;
+use crate::kafka_access::KafkaAccess;
 use crate::topics::TopicSpec;
 use crate::workload::{self, Owner, ProxyPods, from_json};
 
@@ -198,8 +199,11 @@ pub fn render(
     route: &GrpcKafkaRoute,
     image: &str,
     backend_replicas: Option<i32>,
-    kafka_client_cert: bool,
+    kafka: &KafkaAccess,
 ) -> Result<Rendered, RenderError> {
+    let kafka_client_cert = kafka.client_cert();
+    // Both roles read the Kafka credentials only at start: a rotated password rolls them.
+    let credentials = kafka.cache_key();
     let spec = &route.spec;
     let mut warnings = Vec::new();
     if spec.auth.as_ref().is_some_and(|a| a.jwt.is_some()) && spec.frontend.tls.is_none() {
@@ -252,7 +256,7 @@ pub fn render(
             role: FRONTEND,
             image,
             config_yaml: &front_yaml,
-            credentials: None,
+            credentials: Some(&credentials),
             replicas: Some(spec.frontend.replicas),
             ports: vec![json!({"name": "grpc", "containerPort": spec.frontend.port})],
             volumes: [front_volumes, kafka_volumes.clone()].concat(),
@@ -264,7 +268,7 @@ pub fn render(
             role: BACKEND,
             image,
             config_yaml: &back_yaml,
-            credentials: None,
+            credentials: Some(&credentials),
             replicas: backend_replicas,
             ports: Vec::new(),
             volumes: kafka_volumes,
@@ -315,6 +319,10 @@ mod tests {
     use super::*;
     use crate::grpc_route::spec::GrpcKafkaRouteSpec;
 
+    fn plain_kafka() -> KafkaAccess {
+        KafkaAccess::plaintext("kafka:9092")
+    }
+
     fn route(spec: serde_json::Value) -> GrpcKafkaRoute {
         let spec: GrpcKafkaRouteSpec = serde_json::from_value(spec).unwrap();
         let mut route = GrpcKafkaRoute::new("greeter", spec);
@@ -359,7 +367,7 @@ mod tests {
     #[test]
     fn both_configs_are_what_the_proxies_accept() {
         let route = example();
-        let rendered = render(&route, "strait/strait-proxy:test", Some(2), false).unwrap();
+        let rendered = render(&route, "strait/strait-proxy:test", Some(2), &plain_kafka()).unwrap();
         let data = rendered.config_map.data.unwrap();
         let front: GrpcKafkaConfig = serde_saphyr::from_str(&data["grpc-kafka.yaml"]).unwrap();
         front.validate().unwrap();
@@ -372,7 +380,7 @@ mod tests {
             rendered.deployments[1].spec.as_ref().unwrap().replicas,
             Some(2)
         );
-        let unmanaged = render(&route, "i", None, false).unwrap();
+        let unmanaged = render(&route, "i", None, &plain_kafka()).unwrap();
         assert_eq!(
             unmanaged.deployments[1].spec.as_ref().unwrap().replicas,
             None
@@ -412,7 +420,7 @@ mod tests {
     #[test]
     fn listener_tls_auth_and_metadata_forwarding_reach_grpc_kafka() {
         let route = secured();
-        let rendered = render(&route, "i", None, false).unwrap();
+        let rendered = render(&route, "i", None, &plain_kafka()).unwrap();
         let front = front_of(&rendered);
         front.validate().unwrap();
         assert_eq!(
@@ -485,13 +493,13 @@ mod tests {
     fn tokens_are_not_sent_to_a_port_without_tls_unless_spelled_out() {
         let mut route = secured();
         route.spec.frontend.tls = None;
-        let Err(error) = render(&route, "i", None, false) else {
+        let Err(error) = render(&route, "i", None, &plain_kafka()) else {
             panic!("rendered");
         };
         let error = error.to_string();
         assert!(error.contains("allowPlaintextCredentials"), "{error}");
         route.spec.frontend.allow_plaintext_credentials = true;
-        let rendered = render(&route, "i", None, false).unwrap();
+        let rendered = render(&route, "i", None, &plain_kafka()).unwrap();
         assert!(rendered.warnings[0].contains("allowPlaintextCredentials"));
         assert!(!front_of(&rendered).tls.is_enabled());
     }
@@ -510,7 +518,7 @@ mod tests {
             jwt: None,
             client_certificate: true,
         });
-        let Err(error) = render(&route, "i", None, false) else {
+        let Err(error) = render(&route, "i", None, &plain_kafka()) else {
             panic!("rendered");
         };
         let error = error.to_string();
@@ -522,14 +530,20 @@ mod tests {
             .as_mut()
             .unwrap()
             .require_client_certificate = true;
-        let front = front_of(&render(&route, "i", None, false).unwrap());
+        let front = front_of(&render(&route, "i", None, &plain_kafka()).unwrap());
         assert!(front.auth.client_certificate);
         assert!(front.auth.jwt.is_none());
     }
 
     #[test]
     fn network_policies_open_only_the_grpc_port_and_the_admin_port() {
-        let rendered = render(&example(), "strait/strait-proxy:test", Some(1), false).unwrap();
+        let rendered = render(
+            &example(),
+            "strait/strait-proxy:test",
+            Some(1),
+            &plain_kafka(),
+        )
+        .unwrap();
         let spec = |i: usize| {
             serde_json::to_value(rendered.network_policies[i].spec.as_ref().unwrap()).unwrap()
         };
@@ -549,5 +563,34 @@ mod tests {
         let rules = backend["ingress"].as_array().unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0]["ports"][0]["port"], 9090);
+    }
+
+    #[test]
+    fn rotated_kafka_credentials_roll_both_roles() {
+        let hashes = |access: &KafkaAccess| {
+            let rendered = render(&example(), "i", Some(1), access).unwrap();
+            rendered
+                .deployments
+                .iter()
+                .map(|d| {
+                    let template = d.spec.as_ref().unwrap().template.metadata.as_ref();
+                    template.unwrap().annotations.as_ref().unwrap()[crate::workload::CONFIG_HASH]
+                        .clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        let with = |password| plain_kafka().with_scram_password(password);
+        let before = hashes(&with("old"));
+        let after = hashes(&with("new"));
+        assert_ne!(
+            before[0], after[0],
+            "grpc-kafka reads the password at start: it rolls"
+        );
+        assert_ne!(before[1], after[1], "so does kafka-grpc");
+        assert_eq!(
+            before,
+            hashes(&with("old")),
+            "unchanged credentials roll nothing"
+        );
     }
 }
