@@ -1,28 +1,31 @@
-//! Client authentication for r-proxy: a JWT in the CONNECT password, verified against a JWKS
-//! file that is read again when it changes, and the topic permissions its claims grant.
+//! Client authentication and topic authorization for r-proxy, per `auth.mode`: a JWT in the
+//! CONNECT password ([`token`]), the TLS client certificate, a password file ([`password`]), or
+//! nobody (`anonymous`); and the topic permissions that apply to the session: the token's and
+//! the static ACL's (`auth.aclFile`), enforced on every packet by [`guard`].
 //!
-//! The decisions are plain logic ([`jwt`], [`topics`], [`guard`]); this module adds the file,
-//! the reload task and the metrics.
+//! The decisions are plain logic ([`jwt`], [`password`], [`guard`], `strait_relay::topics`); this
+//! module adds the files and the metrics.
 
 pub mod guard;
 pub mod jwt;
-pub mod topics;
+pub mod password;
+pub mod token;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use strait_config::auth::JwtAuth;
+use prometheus::{IntCounterVec, Opts, Registry};
+use strait_config::ConfigError;
+use strait_config::auth::{Acl, AuthMode, ClientAuth};
 use strait_mqtt_codec::{Connect, ReasonCode};
+use strait_relay::topics::{Permissions, Placeholders, Policy};
 use strait_relay::v1;
 use tokio_util::sync::CancellationToken;
 
-use jwt::{KeySet, KeysError, TokenError, Verifier, claim_list, claim_str};
-use topics::{Permissions, substitute_client_id};
-
-/// A token naming an unknown `kid` makes r-proxy read the key file again, at most this often.
-const FORCED_RELOAD_EVERY: Duration = Duration::from_secs(1);
+use jwt::{KeysError, TokenError};
+use password::{PasswordFileError, Passwords};
+use token::TokenAuthenticator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -33,6 +36,18 @@ pub enum AuthError {
     },
     #[error("invalid JWT key file {path}: {source}")]
     Keys { path: PathBuf, source: KeysError },
+    #[error("cannot read the password file {path}: {source}")]
+    ReadPasswords {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid password file {path}: {source}")]
+    Passwords {
+        path: PathBuf,
+        source: PasswordFileError,
+    },
+    #[error("ACL (auth.aclFile): {0}")]
+    Acl(#[from] ConfigError),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
 }
@@ -56,40 +71,20 @@ impl From<TokenError> for Refusal {
     }
 }
 
-/// What a verified token establishes for one session.
-#[derive(Debug, Clone)]
+/// What authentication establishes for one session.
+#[derive(Debug, Clone, Default)]
 pub struct SessionAuth {
-    pub identity: v1::Identity,
-    pub permissions: Permissions,
+    /// Who the client is, for s-proxy's logs (none: anonymous).
+    pub identity: Option<v1::Identity>,
+    /// The topic permissions that apply (empty: unrestricted).
+    pub policy: Policy,
     /// When the token stops being valid (`exp` plus the leeway): the session ends then.
-    pub expires_at: SystemTime,
-}
-
-/// Identifies a version of the key file: a rewrite or a Kubernetes Secret update (a symlink
-/// swap) changes at least one of these.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl Fingerprint {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt as _;
-        Self {
-            modified: metadata.modified().ok(),
-            len: metadata.len(),
-            inode: metadata.ino(),
-        }
-    }
+    pub expires_at: Option<SystemTime>,
 }
 
 struct AuthMetrics {
     failures: IntCounterVec,
     denied: IntCounterVec,
-    reloads: IntCounterVec,
-    keys: IntGauge,
 }
 
 impl AuthMetrics {
@@ -97,141 +92,82 @@ impl AuthMetrics {
         let failures = IntCounterVec::new(
             Opts::new(
                 "strait_mqtt_auth_failures_total",
-                "CONNECTs refused by JWT authentication, by reason",
+                "CONNECTs refused by authentication or authorization, by reason",
             ),
             &["reason"],
         )?;
         let denied = IntCounterVec::new(
             Opts::new(
                 "strait_mqtt_auth_denied_total",
-                "PUBLISHes and SUBSCRIBE filters refused by the token's topic permissions",
+                "PUBLISHes and SUBSCRIBE filters refused by the session's topic permissions \
+                 (token, ACL)",
             ),
             &["action"],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "strait_mqtt_jwt_key_reloads_total",
-                "Reads of the JWT key file after a change, by result",
-            ),
-            &["result"],
-        )?;
-        let keys = IntGauge::with_opts(Opts::new(
-            "strait_mqtt_jwt_keys",
-            "Signature keys loaded from the JWT key file",
-        ))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(denied.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(keys.clone()))?;
-        Ok(Self {
-            failures,
-            denied,
-            reloads,
-            keys,
-        })
+        Ok(Self { failures, denied })
     }
 }
 
-/// JWT authentication of r-proxy's clients, shared by every session.
+/// Authentication and authorization of r-proxy's clients, shared by every session.
 pub struct Authenticator {
-    config: JwtAuth,
-    verifier: Verifier,
-    keys: RwLock<Arc<KeySet>>,
-    fingerprint: Mutex<Option<Fingerprint>>,
-    /// Serialises reloads; holds when the last forced one ran.
-    reloading: tokio::sync::Mutex<Option<Instant>>,
+    mode: AuthMode,
+    token: Option<Arc<TokenAuthenticator>>,
+    passwords: Option<Passwords>,
+    acl: Option<Acl>,
     metrics: AuthMetrics,
 }
 
 impl Authenticator {
-    /// Reads the key file; fails when it is missing or holds no usable key.
-    pub async fn load(config: &JwtAuth, registry: &Registry) -> Result<Arc<Self>, AuthError> {
-        let (keys, fingerprint) = read_keys(&config.keys_file).await?;
-        let metrics = AuthMetrics::register(registry)?;
-        metrics.keys.set(keys.key_count() as i64);
-        tracing::info!(
-            file = %config.keys_file.display(),
-            keys = keys.key_count(),
-            issuer = %config.issuer,
-            "JWT authentication on"
-        );
+    /// Reads the files `auth` names (key set, password file, ACL) and starts the key reloader.
+    pub async fn load(
+        config: &ClientAuth,
+        registry: &Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, AuthError> {
+        let mode = config.mode();
+        let token = match &config.jwt {
+            Some(jwt) if mode == AuthMode::Jwt => {
+                let token = TokenAuthenticator::load(jwt, registry).await?;
+                token.spawn_reloader(shutdown);
+                Some(token)
+            }
+            _ => None,
+        };
+        let passwords = match &config.password_file {
+            Some(path) => Some(read_passwords(path).await?),
+            None => None,
+        };
+        let acl = match &config.acl_file {
+            Some(path) => {
+                let acl = Acl::load(path)?;
+                config.check_acl(&acl)?;
+                tracing::info!(file = %path.display(), users = acl.users.len(), "topic ACL on");
+                Some(acl)
+            }
+            None => None,
+        };
+        tracing::info!(?mode, "client authentication");
         Ok(Arc::new(Self {
-            config: config.clone(),
-            verifier: Verifier::new(config),
-            keys: RwLock::new(Arc::new(keys)),
-            fingerprint: Mutex::new(Some(fingerprint)),
-            reloading: tokio::sync::Mutex::new(None),
-            metrics,
+            mode,
+            token,
+            passwords,
+            acl,
+            metrics: AuthMetrics::register(registry)?,
         }))
     }
 
-    /// Checks the key file every `keysReloadInterval` until `shutdown`.
-    pub fn spawn_reloader(self: &Arc<Self>, shutdown: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.config.keys_reload_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                let _guard = this.reloading.lock().await;
-                this.reload_if_changed().await;
-            }
-        });
-    }
-
-    /// Reads the key file again when it changed; a broken file keeps the keys in use.
-    async fn reload_if_changed(&self) {
-        let path = &self.config.keys_file;
-        let fingerprint = match tokio::fs::metadata(path).await {
-            Ok(metadata) => Fingerprint::of(&metadata),
-            Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "JWT key file unreadable; keeping the keys in use");
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                return;
-            }
-        };
-        if self.fingerprint.lock().expect("never poisoned").as_ref() == Some(&fingerprint) {
-            return;
-        }
-        match read_keys(path).await {
-            Ok((keys, fingerprint)) => {
-                tracing::info!(file = %path.display(), keys = keys.key_count(), ?keys, "JWT keys reloaded");
-                self.metrics.keys.set(keys.key_count() as i64);
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
-                *self.keys.write().expect("never poisoned") = Arc::new(keys);
-                *self.fingerprint.lock().expect("never poisoned") = Some(fingerprint);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "JWT key file changed but is unusable; keeping the keys in use");
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                // Remember the broken version so it is not read again every tick.
-                *self.fingerprint.lock().expect("never poisoned") = Some(fingerprint);
-            }
-        }
-    }
-
-    /// Reloads at once when no reload was forced within [`FORCED_RELOAD_EVERY`].
-    async fn force_reload(&self) {
-        let mut last = self.reloading.lock().await;
-        if last.is_some_and(|at| at.elapsed() < FORCED_RELOAD_EVERY) {
-            return;
-        }
-        *last = Some(Instant::now());
-        self.reload_if_changed().await;
-    }
-
-    fn verify(&self, token: &str) -> Result<jwt::Claims, TokenError> {
-        let keys = self.keys.read().expect("never poisoned").clone();
-        self.verifier.verify(token, &keys)
-    }
-
-    /// Verifies the token in the CONNECT password and works out the session's identity and
-    /// permissions. Counts and explains refusals; never logs the token.
-    pub async fn authenticate(&self, connect: &Connect) -> Result<SessionAuth, Refusal> {
-        let result = self.decide(connect).await;
+    /// Authenticates the client's CONNECT (`certificate`: its verified TLS client certificate)
+    /// and works out its permissions. Unless the mode is `anonymous`, the CONNECT is rewritten
+    /// for the upstream: the verified identity becomes its user name and the password (token)
+    /// is removed. Counts and explains refusals; never logs a secret.
+    pub async fn authenticate(
+        &self,
+        connect: &mut Connect,
+        certificate: Option<v1::Identity>,
+    ) -> Result<SessionAuth, Refusal> {
+        let result = self.decide(connect, certificate).await;
         if let Err(refusal) = &result {
             self.metrics
                 .failures
@@ -241,97 +177,184 @@ impl Authenticator {
         result
     }
 
-    async fn decide(&self, connect: &Connect) -> Result<SessionAuth, Refusal> {
-        let token = match &connect.password {
-            None => return Err(TokenError::Missing.into()),
-            Some(password) => {
-                std::str::from_utf8(password).map_err(|_| Refusal::from(TokenError::Malformed))?
+    async fn decide(
+        &self,
+        connect: &mut Connect,
+        certificate: Option<v1::Identity>,
+    ) -> Result<SessionAuth, Refusal> {
+        let mut session = SessionAuth::default();
+        let user_name = match self.mode {
+            AuthMode::Anonymous => {
+                session.identity = certificate;
+                None
+            }
+            AuthMode::Jwt => {
+                let token = self.token.as_ref().expect("loaded in jwt mode");
+                let verified = token.authenticate(connect).await?;
+                let mut identity = verified.identity;
+                if let Some(cert) = certificate {
+                    identity
+                        .attributes
+                        .insert("tlsSubject".into(), cert.subject);
+                }
+                session.identity = Some(identity);
+                session.policy.0.push(verified.permissions);
+                session.expires_at = Some(verified.expires_at);
+                verified.user_name
+            }
+            AuthMode::ClientCertificate => {
+                let cert = certificate.ok_or_else(|| Refusal {
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    label: "no_client_certificate",
+                    detail: "mode clientCertificate: no verified client certificate".into(),
+                })?;
+                let cn = cert.attributes.get("cn").cloned().ok_or_else(|| Refusal {
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    label: "no_common_name",
+                    detail: format!("client certificate {:?} has no common name", cert.subject),
+                })?;
+                session.identity = Some(cert);
+                Some(cn)
+            }
+            AuthMode::Password => {
+                let passwords = self.passwords.as_ref().expect("loaded in password mode");
+                let user = connect.username.as_deref().unwrap_or_default();
+                let password = connect.password.as_deref().unwrap_or_default();
+                if user.is_empty() || !passwords.check(user, password) {
+                    return Err(Refusal {
+                        reason: ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                        label: "bad_password",
+                        detail: format!("unknown user {user:?} or wrong password"),
+                    });
+                }
+                session.identity = Some(v1::Identity {
+                    subject: user.into(),
+                    method: "password".into(),
+                    attributes: Default::default(),
+                });
+                Some(user.to_string())
             }
         };
-        let claims = match self.verify(token) {
-            Err(TokenError::UnknownKey(_)) => {
-                // Perhaps the keys rotated and the file was updated since the last check.
-                self.force_reload().await;
-                self.verify(token)?
-            }
-            other => other?,
-        };
-        let client_id = connect.client_id.as_str();
-        if let Some(claim) = &self.config.client_id_claim
-            && claim_str(&claims, claim).as_deref() != Some(client_id)
-        {
-            return Err(Refusal {
-                reason: ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                label: "client_id_mismatch",
-                detail: format!("client id is not the token's {claim:?} claim"),
-            });
+        if let Some(acl) = &self.acl {
+            let authenticated = self.mode != AuthMode::Anonymous;
+            let placeholders = Placeholders {
+                client_id: Some(&connect.client_id),
+                username: user_name.as_deref(),
+            };
+            session
+                .policy
+                .0
+                .push(acl_permissions(acl, authenticated, placeholders));
         }
-        let grant = |claim: &Option<String>| {
-            claim
-                .as_ref()
-                .map(|name| substitute_client_id(claim_list(&claims, name), client_id))
-        };
-        let permissions = Permissions {
-            publish: grant(&self.config.publish_claim),
-            subscribe: grant(&self.config.subscribe_claim),
-        };
         if let Some(will) = &connect.will
-            && !permissions.may_publish(&will.topic)
+            && !session.policy.may_publish(&will.topic)
         {
             return Err(Refusal {
                 reason: ReasonCode::NOT_AUTHORIZED,
                 label: "will_not_authorized",
-                detail: format!("the token may not publish the will to {:?}", will.topic),
+                detail: format!("the client may not publish the will to {:?}", will.topic),
             });
         }
-        let exp = claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        let expires_at =
-            UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.verifier.leeway()));
-        let subject = claim_str(&claims, "sub").unwrap_or_default();
-        let mut attributes = std::collections::HashMap::new();
-        attributes.insert("iss".to_string(), self.config.issuer.clone());
-        attributes.insert("exp".to_string(), exp.to_string());
-        Ok(SessionAuth {
-            identity: v1::Identity {
-                subject,
-                method: "jwt".into(),
-                attributes,
-            },
-            permissions,
-            expires_at,
-        })
+        if self.mode != AuthMode::Anonymous {
+            // The upstream trusts r-proxy's verdict: it sees who was verified, never the secret.
+            connect.username = user_name.map(Into::into);
+            connect.password = None;
+        }
+        Ok(session)
     }
 
     /// Counts PUBLISHes and SUBSCRIBE filters the permissions refused.
     pub fn count_denied(&self, publishes: u64, subscriptions: u64) {
-        if publishes > 0 {
-            self.metrics
-                .denied
-                .with_label_values(&["publish"])
-                .inc_by(publishes);
-        }
-        if subscriptions > 0 {
-            self.metrics
-                .denied
-                .with_label_values(&["subscribe"])
-                .inc_by(subscriptions);
+        for (action, count) in [("publish", publishes), ("subscribe", subscriptions)] {
+            if count > 0 {
+                self.metrics
+                    .denied
+                    .with_label_values(&[action])
+                    .inc_by(count);
+            }
         }
     }
 }
 
-async fn read_keys(path: &Path) -> Result<(KeySet, Fingerprint), AuthError> {
-    let read_error = |source| AuthError::Read {
-        path: path.into(),
-        source,
+/// What the ACL lets a client do: the `anonymous` rules, or the `authenticated` ones plus its
+/// user's (by `placeholders.username`).
+pub fn acl_permissions(
+    acl: &Acl,
+    authenticated: bool,
+    placeholders: Placeholders<'_>,
+) -> Permissions {
+    let user = placeholders.username.and_then(|u| acl.users.get(u));
+    let rules: Vec<_> = if authenticated {
+        std::iter::once(&acl.authenticated).chain(user).collect()
+    } else {
+        vec![&acl.anonymous]
     };
-    let metadata = tokio::fs::metadata(path).await.map_err(read_error)?;
-    let bytes = tokio::fs::read(path).await.map_err(read_error)?;
-    let keys = KeySet::from_jwks(&bytes).map_err(|source| AuthError::Keys {
+    let all = |pick: fn(&strait_config::auth::TopicRules) -> &Vec<String>| {
+        rules.iter().flat_map(move |r| pick(r).iter().cloned())
+    };
+    Permissions {
+        publish: Some(placeholders.allow(all(|r| &r.publish))),
+        subscribe: Some(placeholders.allow(all(|r| &r.subscribe))),
+        deny_publish: placeholders.deny(all(|r| &r.deny_publish)),
+        deny_subscribe: placeholders.deny(all(|r| &r.deny_subscribe)),
+    }
+}
+
+async fn read_passwords(path: &Path) -> Result<Passwords, AuthError> {
+    let text =
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| AuthError::ReadPasswords {
+                path: path.into(),
+                source,
+            })?;
+    let passwords = Passwords::parse(&text).map_err(|source| AuthError::Passwords {
         path: path.into(),
         source,
     })?;
-    Ok((keys, Fingerprint::of(&metadata)))
+    tracing::info!(file = %path.display(), users = passwords.len(), "password authentication on");
+    Ok(passwords)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_rules_by_identity_with_placeholders() {
+        let acl: Acl = serde_json::from_value(serde_json::json!({
+            "anonymous": {"subscribe": ["public/#"]},
+            "authenticated": {
+                "publish": ["devices/{username}/#", "clients/{clientId}/#"],
+                "subscribe": ["public/#"],
+                "denySubscribe": ["public/internal/#"]
+            },
+            "users": {"ops": {"subscribe": ["#"]}}
+        }))
+        .unwrap();
+        let of = |authenticated, username| {
+            let placeholders = Placeholders {
+                client_id: Some("c1"),
+                username,
+            };
+            acl_permissions(&acl, authenticated, placeholders)
+        };
+        let anonymous = of(false, None);
+        assert!(anonymous.may_subscribe("public/x") && !anonymous.may_publish("public/x"));
+        let alice = of(true, Some("alice"));
+        assert!(alice.may_publish("devices/alice/t") && alice.may_publish("clients/c1/t"));
+        assert!(!alice.may_publish("devices/bob/t") && !alice.may_subscribe("devices/#"));
+        assert!(
+            !alice.may_subscribe("public/#"),
+            "overlaps the denied public/internal/#"
+        );
+        let ops = of(true, Some("ops"));
+        assert!(ops.may_subscribe("devices/+/t"));
+        assert!(
+            !ops.may_subscribe("public/internal/x"),
+            "denies apply to every user"
+        );
+        let unnamed = of(true, None);
+        assert!(!unnamed.may_publish("devices/alice/t") && unnamed.may_publish("clients/c1/t"));
+    }
 }
