@@ -38,7 +38,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
     let ns = namespace(&client).await;
     let cases = [
         (
-            "  upstream: {broker: {address: 'b:1883'}}\n  listener: {port: 70000}\n",
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: anonymous}\n  listener: {port: 70000}\n",
             "spec.listener.port",
         ),
         (
@@ -52,6 +52,23 @@ async fn invalid_specs_are_refused_naming_the_field() {
         (
             "  upstream: {broker: {address: 'b:1883'}}\n  rProxy: {serviceType: Magic}\n",
             "serviceType must be ClusterIP, NodePort or LoadBalancer",
+        ),
+        // Secure by default: an open bridge must say `mode: anonymous`.
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n",
+            "spec.auth: Required value",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: jwt}\n",
+            "spec.auth.jwt is set exactly when spec.auth.mode is jwt",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: password}\n",
+            "spec.auth.passwordSecret is set exactly when spec.auth.mode is password",
+        ),
+        (
+            "  upstream: {kafka: {bootstrap: 'k:9092'}}\n  auth: {mode: jwt, jwt: {issuer: i, keysSecret: {name: k}}}\n",
+            "spec.auth.jwt.clientIdClaim is required with a Kafka upstream",
         ),
     ];
     for (spec, expected) in cases {
@@ -315,7 +332,7 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
             &ns,
             "--type=merge",
             "-p",
-            r#"{"spec":{"auth":{"jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
+            r#"{"spec":{"auth":{"mode":"jwt","jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
         ],
         None,
     );
@@ -572,7 +589,7 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
     let topic = |kind: &str| unique_name(&format!("mqtt-{kind}"));
     let (messages, retained, sessions) = (topic("messages"), topic("retained"), topic("sessions"));
     let spec = format!(
-        "  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
+        "  auth: {{mode: anonymous}}\n  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
     );
     kubectl_ok(
         &["apply", "--server-side", "-n", &ns, "-f", "-"],

@@ -14,7 +14,7 @@ use strait_config::relay::{BrokerConfig, Listeners, SProxyLink, Upstream};
 use strait_config::tls::{ClientTls, ServerTls};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 
-use super::spec::MqttBridge;
+use super::spec::{ACL_KEY, MqttBridge, PASSWORDS_KEY};
 use crate::topics::TopicSpec;
 use crate::workload::{self, Owner, ProxyPods, from_json};
 
@@ -23,6 +23,8 @@ const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
 const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
 /// The JWT keys Secret, mounted whole (not by subPath) so Secret updates reach the pods.
 const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
+const PASSWORDS_DIR: &str = "/etc/strait/passwords";
+const ACL_DIR: &str = "/etc/strait/acl";
 
 /// Everything one MqttBridge owns.
 #[derive(Debug, Clone)]
@@ -108,6 +110,12 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
         auth.subscribe_claim = jwt.subscribe_claim.clone();
         Box::new(auth)
     });
+    let auth = &spec.auth;
+    config.auth.mode = Some(auth.mode);
+    config.auth.password_file = (auth.password_secret.as_ref())
+        .map(|s| format!("{PASSWORDS_DIR}/{}", s.key_or(PASSWORDS_KEY)).into());
+    config.auth.acl_file =
+        (auth.acl_config_map.as_ref()).map(|c| format!("{ACL_DIR}/{}", c.key_or(ACL_KEY)).into());
     config
 }
 
@@ -236,6 +244,14 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         r_volumes.push(json!({"name": "jwt-keys", "secret": {"secretName": secret}}));
         r_mounts.push(json!({"name": "jwt-keys", "mountPath": JWT_KEYS_DIR, "readOnly": true}));
     }
+    if let Some(passwords) = &spec.auth.password_secret {
+        r_volumes.push(json!({"name": "passwords", "secret": {"secretName": passwords.name}}));
+        r_mounts.push(json!({"name": "passwords", "mountPath": PASSWORDS_DIR, "readOnly": true}));
+    }
+    if let Some(acl) = &spec.auth.acl_config_map {
+        r_volumes.push(json!({"name": "acl", "configMap": {"name": acl.name}}));
+        r_mounts.push(json!({"name": "acl", "mountPath": ACL_DIR, "readOnly": true}));
+    }
     if let Some(ws) = &spec.listener.websocket {
         r_ports.push(json!({"name": "ws", "containerPort": ws.port}));
         service_ports.push(json!({"name": "ws", "port": ws.port, "targetPort": "ws"}));
@@ -311,7 +327,11 @@ mod tests {
     use super::*;
     use crate::mqtt_bridge::spec::MqttBridgeSpec;
 
-    fn bridge(spec: serde_json::Value) -> MqttBridge {
+    /// A bridge from a spec; one without `auth` says `mode: anonymous`, as the CRD requires.
+    fn bridge(mut spec: serde_json::Value) -> MqttBridge {
+        if spec.get("auth").is_none() {
+            spec["auth"] = json!({"mode": "anonymous"});
+        }
         let spec: MqttBridgeSpec = serde_json::from_value(spec).unwrap();
         let mut bridge = MqttBridge::new("devices", spec);
         bridge.metadata.namespace = Some("iot".into());
@@ -393,7 +413,7 @@ mod tests {
     fn jwt_keys_secret_is_mounted_whole_and_named_by_the_r_proxy_config() {
         let bridge = bridge(json!({
             "upstream": {"broker": {"address": "b:1883"}},
-            "auth": {"jwt": {
+            "auth": {"mode": "jwt", "jwt": {
                 "issuer": "https://auth.example.com/",
                 "keysSecret": {"name": "device-jwks"},
                 "algorithms": ["ES256"],
@@ -486,5 +506,93 @@ mod tests {
         };
         assert_eq!(volumes(0), ["broker-ca"]);
         assert_eq!(volumes(1), ["devices-tls"]);
+    }
+
+    #[test]
+    fn password_secret_and_acl_config_map_are_mounted_and_named_with_the_mode() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {
+                "mode": "password",
+                "passwordSecret": {"name": "device-passwords"},
+                "aclConfigMap": {"name": "device-acl", "key": "rules.yaml"},
+            },
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.auth.mode(), strait_config::auth::AuthMode::Password);
+        assert_eq!(
+            r.auth.password_file.unwrap().to_str(),
+            Some("/etc/strait/passwords/passwords")
+        );
+        assert_eq!(
+            r.auth.acl_file.unwrap().to_str(),
+            Some("/etc/strait/acl/rules.yaml")
+        );
+        let pod = rendered.deployments[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let volumes = pod.volumes.unwrap();
+        let volume = |name: &str| volumes.iter().find(|v| v.name == name).unwrap().clone();
+        assert_eq!(
+            volume("passwords").secret.unwrap().secret_name.as_deref(),
+            Some("device-passwords")
+        );
+        assert_eq!(volume("acl").config_map.unwrap().name, "device-acl");
+        let mounts: Vec<_> = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path))
+            .collect();
+        for want in [
+            ("passwords", "/etc/strait/passwords"),
+            ("acl", "/etc/strait/acl"),
+        ] {
+            assert!(
+                mounts.contains(&(want.0.into(), want.1.into())),
+                "{mounts:?}"
+            );
+        }
+        assert_eq!(
+            bridge.spec.secrets(),
+            [(
+                "device-passwords".to_string(),
+                "spec.auth.passwordSecret.name".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn anonymous_is_rendered_explicitly_and_client_certificates_need_a_tls_listener() {
+        let rendered = render(
+            &bridge(json!({"upstream": {"broker": {"address": "b:1883"}}})),
+            &inputs(),
+        )
+        .unwrap();
+        let r: RProxyConfig =
+            serde_saphyr::from_str(&rendered.config_map.data.unwrap()["r-proxy.yaml"]).unwrap();
+        assert_eq!(r.auth.mode, Some(strait_config::auth::AuthMode::Anonymous));
+
+        let without_tls = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {"mode": "clientCertificate"},
+        }));
+        let error = render(&without_tls, &inputs()).unwrap_err().to_string();
+        assert!(error.contains("auth.mode"), "{error}");
+        let with_tls = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "devices-tls", "requireClientCertificate": true}},
+            "auth": {"mode": "clientCertificate"},
+        }));
+        render(&with_tls, &inputs()).unwrap();
     }
 }

@@ -130,7 +130,7 @@ pub(super) async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: 
                 "newTopics": {"partitions": 1, "replicationFactor": 1},
             }},
             "listener": {"port": 1883, "tls": {"secretName": "secure-tls", "port": 8883}},
-            "auth": {"jwt": {
+            "auth": {"mode": "jwt", "jwt": {
                 "issuer": JWT_ISSUER,
                 "keysSecret": {"name": "secure-jwks"},
                 "clientIdClaim": "sub",
