@@ -257,7 +257,7 @@ impl Authenticator {
         }
         if self.mode != AuthMode::Anonymous {
             // The upstream trusts r-proxy's verdict: it sees who was verified, never the secret.
-            connect.username = user_name.map(Into::into);
+            connect.username = user_name;
             connect.password = None;
         }
         Ok(session)
