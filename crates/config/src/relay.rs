@@ -48,7 +48,8 @@ pub struct RProxyConfig {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
-    /// How clients authenticate (a JWT in the CONNECT password) and which topics they may use.
+    /// How clients authenticate (`mode`) and which topics they may use (a token's permissions,
+    /// an ACL).
     #[serde(default, skip_serializing_if = "is_default")]
     pub auth: ClientAuth,
 }
@@ -219,9 +220,9 @@ impl Validate for RProxyConfig {
                 "must be at least 1",
             ));
         }
-        if let Some(jwt) = &self.auth.jwt {
-            jwt.check()?;
-        }
+        let client_certificates = self.tls.client_ca.is_some()
+            && (self.listeners.tls.is_some() || self.listeners.wss.is_some());
+        self.auth.check(client_certificates)?;
         Ok(())
     }
 }
@@ -510,6 +511,73 @@ mod tests {
                 other => panic!("expected an error naming {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn r_proxy_auth_modes_default_and_name_what_they_miss() {
+        use crate::auth::{Acl, AuthMode, JwtAuth};
+        let base = || RProxyConfig::new(vec!["http://s:50516".into()]);
+        assert_eq!(base().auth.mode(), AuthMode::Anonymous, "no auth section");
+        let parsed: RProxyConfig = parse(
+            "sProxy: { endpoints: [http://s:1] }\n\
+             auth: { mode: password, passwordFile: /p, aclFile: /acl.yaml }",
+        )
+        .unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(parsed.auth.mode(), AuthMode::Password);
+
+        let jwt = || Some(Box::new(JwtAuth::new("https://i/", "/k.json")));
+        type Change = fn(&mut RProxyConfig);
+        let cases: Vec<(Change, &str)> = vec![
+            (|c| c.auth.mode = Some(AuthMode::Jwt), "auth.jwt"),
+            (
+                |c| c.auth.mode = Some(AuthMode::Password),
+                "auth.passwordFile",
+            ),
+            (
+                |c| c.auth.password_file = Some("/p".into()),
+                "auth.passwordFile",
+            ),
+            (
+                |c| {
+                    c.auth.mode = Some(AuthMode::Anonymous);
+                    c.auth.jwt = Some(Box::new(JwtAuth::new("https://i/", "/k.json")));
+                },
+                "auth.jwt",
+            ),
+            (
+                |c| c.auth.mode = Some(AuthMode::ClientCertificate),
+                "auth.mode",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut config = base();
+            change(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("expected an error naming {field}, got {other:?}"),
+            }
+        }
+
+        let mut certificates = base();
+        certificates.auth.mode = Some(AuthMode::ClientCertificate);
+        certificates.listeners.tls = Some("0.0.0.0:8883".parse().unwrap());
+        certificates.tls.cert = Some("/c".into());
+        certificates.tls.key = Some("/k".into());
+        certificates.tls.client_ca = Some("/ca".into());
+        certificates.validate().unwrap();
+
+        // `{clientId}` in the ACL means the token's device only when the token binds the id.
+        let acl: Acl = parse("authenticated: { publish: [\"d/{clientId}/#\"] }").unwrap();
+        let mut unbound = base();
+        unbound.auth.jwt = jwt();
+        match unbound.auth.check_acl(&acl) {
+            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "auth.jwt.clientIdClaim"),
+            other => panic!("expected an error naming auth.jwt.clientIdClaim, got {other:?}"),
+        }
+        unbound.auth.jwt.as_mut().unwrap().client_id_claim = Some("sub".into());
+        unbound.auth.check_acl(&acl).unwrap();
+        base().auth.check_acl(&acl).unwrap();
     }
 
     #[test]

@@ -38,7 +38,7 @@ async fn invalid_specs_are_refused_naming_the_field() {
     let ns = namespace(&client).await;
     let cases = [
         (
-            "  upstream: {broker: {address: 'b:1883'}}\n  listener: {port: 70000}\n",
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: anonymous}\n  listener: {port: 70000}\n",
             "spec.listener.port",
         ),
         (
@@ -52,6 +52,23 @@ async fn invalid_specs_are_refused_naming_the_field() {
         (
             "  upstream: {broker: {address: 'b:1883'}}\n  rProxy: {serviceType: Magic}\n",
             "serviceType must be ClusterIP, NodePort or LoadBalancer",
+        ),
+        // Kafka authenticates nobody: a bridge open to every device must say `mode: anonymous`.
+        (
+            "  upstream: {kafka: {bootstrap: 'k:9092'}}\n",
+            "spec.auth.mode is required with a Kafka upstream",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: jwt}\n",
+            "spec.auth.jwt is set exactly when spec.auth.mode is jwt",
+        ),
+        (
+            "  upstream: {broker: {address: 'b:1883'}}\n  auth: {mode: password}\n",
+            "spec.auth.passwordSecret is set exactly when spec.auth.mode is password",
+        ),
+        (
+            "  upstream: {kafka: {bootstrap: 'k:9092'}}\n  auth: {mode: jwt, jwt: {issuer: i, keysSecret: {name: k}}}\n",
+            "spec.auth.jwt.clientIdClaim is required with a Kafka upstream",
         ),
     ];
     for (spec, expected) in cases {
@@ -320,7 +337,7 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
             &ns,
             "--type=merge",
             "-p",
-            r#"{"spec":{"listener":{"allowPlaintextCredentials":true},"auth":{"jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
+            r#"{"spec":{"listener":{"allowPlaintextCredentials":true},"auth":{"mode":"jwt","jwt":{"issuer":"https://auth.example.com/","keysSecret":{"name":"device-jwks"},"publishClaim":"mqtt_publish"}}}}"#,
         ],
         None,
     );
@@ -550,7 +567,10 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     names.sort();
     assert_eq!(names, ["bare-r-proxy", "bare-s-proxy"]);
     let bridge = get_bridge(&ns, "bare");
-    assert_eq!(condition(&bridge, "Warning").unwrap()["status"], "False");
+    // The one thing not closed is said so: the broker, not r-proxy, judges the devices.
+    let warning = condition(&bridge, "Warning").unwrap();
+    assert_eq!(warning["status"], "True");
+    assert!(warning["message"].as_str().unwrap().contains("spec.auth.mode unset"));
 
     // With a TLS listener, the Service publishes no plain port.
     kubectl_ok(
@@ -868,7 +888,7 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
     let topic = |kind: &str| unique_name(&format!("mqtt-{kind}"));
     let (messages, retained, sessions) = (topic("messages"), topic("retained"), topic("sessions"));
     let spec = format!(
-        "  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
+        "  auth: {{mode: anonymous}}\n  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
     );
     kubectl_ok(
         &["apply", "--server-side", "-n", &ns, "-f", "-"],

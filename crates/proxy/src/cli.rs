@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strait_config::auth::JwtAuth;
+use strait_config::auth::{AuthMode, JwtAuth};
 use strait_config::grpc::{GrpcKafkaConfig, KafkaGrpcConfig};
 use strait_config::kafka::{KafkaSasl, KafkaTls, SaslMechanism};
 use strait_config::relay::{BrokerConfig, KafkaConfig, Upstream};
@@ -30,6 +30,9 @@ use strait_config::{ConfigError, RProxyConfig, SProxyConfig, Validate as _, load
     limits: { connectTimeout: 10s, maxPacketSize: 1048576, maxConnections: 100000 }\n  \
     drainTimeout: 10s\n  \
     auth:\n    \
+      mode: jwt                   # jwt | clientCertificate | password | anonymous\n    \
+      passwordFile: passwords     # mode password: mosquitto_passwd's user:hash lines\n    \
+      aclFile: acl.yaml           # topic ACL, any mode (anonymous/authenticated/users)\n    \
       jwt:                        # JWT in the CONNECT password\n      \
         issuer: https://auth.example.com/\n      \
         audience: mqtt            # optional\n      \
@@ -43,7 +46,9 @@ use strait_config::{ConfigError, RProxyConfig, SProxyConfig, Validate as _, load
     A missing, invalid or expired token is refused with CONNACK 0x86 (3.1.1: 4); a will outside\n\
     publishClaim with 0x87 (3.1.1: 5). PUBLISH outside publishClaim: PUBACK/PUBREC 0x87, QoS 0\n\
     dropped, 3.1.1 QoS 1/2 disconnected. SUBSCRIBE filters outside subscribeClaim: SUBACK 0x87\n\
-    (3.1.1: 0x80). When the token expires the session ends with DISCONNECT 0xA0."
+    (3.1.1: 0x80), and so with the ACL. When the token expires the session ends with DISCONNECT\n\
+    0xA0. Unless the mode is anonymous, the broker gets the verified identity as the user name\n\
+    and never the password or token."
 )]
 pub struct RProxyArgs {
     /// YAML config file; flags given on the command line override its values.
@@ -113,6 +118,20 @@ pub struct RProxyArgs {
     /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+
+    /// How clients authenticate: jwt, clientCertificate, password or anonymous [default: jwt
+    /// when --jwt-issuer or auth.jwt is set, else anonymous].
+    #[arg(long)]
+    pub auth_mode: Option<AuthMode>,
+
+    /// `user:hash` lines as mosquitto_passwd writes them, for --auth-mode password.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+
+    /// Topic ACL (YAML: anonymous, authenticated, users.NAME with publish, subscribe,
+    /// denyPublish, denySubscribe filters), enforced whatever the mode.
+    #[arg(long)]
+    pub acl_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub jwt: Box<JwtArgs>,
@@ -213,6 +232,9 @@ impl RProxyArgs {
         limits.max_packet_size = self.max_packet_size.unwrap_or(limits.max_packet_size);
         limits.max_connections = self.max_connections.unwrap_or(limits.max_connections);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
+        overlay(&mut config.auth.mode, self.auth_mode);
+        overlay(&mut config.auth.password_file, self.password_file);
+        overlay(&mut config.auth.acl_file, self.acl_file);
         self.jwt.apply(&mut config.auth.jwt)?;
         config.validate()?;
         Ok(config)

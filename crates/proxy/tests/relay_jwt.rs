@@ -2,6 +2,7 @@
 //! in front of the test Mosquitto, a key pair and JWKS file made by the test, tokens in the
 //! CONNECT password.
 
+mod kafka_support;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use strait_e2e::{Daemon, free_local_addr, require, unique_name, wait_until};
 use strait_mqtt_codec::{self as mqtt, Connect, Packet, Protocol, QoS, ReasonCode};
-use support::{RawClient, broker_watcher, connect_packet, next_v5, start_r_proxy, start_s_proxy};
+use support::{
+    LoggingBroker, RawClient, broker_watcher, connect_packet, next_v5, start_r_proxy, start_s_proxy,
+};
 
 const ISSUER: &str = "https://auth.strait.test/";
 
@@ -419,6 +422,141 @@ async fn the_session_ends_when_the_token_expires() {
     .await;
     let parting = client.until_closed().await;
     support::assert_disconnected_with(&parting, ReasonCode::MAXIMUM_CONNECT_TIME);
+}
+
+#[tokio::test]
+async fn a_token_without_the_client_id_claim_cannot_take_another_devices_id() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let signer = Signer::new("k1");
+    let relay = JwtRelay::start(&broker, &signer).await;
+    let (_victim, victim) = relay.device(&signer, Protocol::V5).await;
+    // Validly signed, but it binds no client id (no `sub`): it may not pick the victim's.
+    let mut claims = device_claims(&victim);
+    claims.as_object_mut().unwrap().remove("sub");
+    let token = signer.sign(&claims);
+    for protocol in [Protocol::V5, Protocol::V311] {
+        assert_eq!(
+            relay
+                .connack(protocol, connect_with_token(&victim, Some(&token)))
+                .await,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "{protocol:?} (3.1.1: return code 2)"
+        );
+    }
+    let metrics = strait_e2e::http_get(relay.r_proxy.admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("strait_mqtt_auth_failures_total{reason=\"client_id_mismatch\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_broker_gets_the_verified_subject_as_user_name_and_never_the_token() {
+    require!("MQTT_BROKER", "mosquitto");
+    let broker = LoggingBroker::start().await;
+    let signer = Signer::new("k1");
+    let relay = JwtRelay::start(&broker.address, &signer).await;
+    // The client says its user name is "device"; the token says who it is.
+    let (_client, device) = relay.device(&signer, Protocol::V5).await;
+    assert_eq!(
+        broker.user_name_of(&device).await.as_deref(),
+        Some(&*device)
+    );
+    let (_v3, v3_device) = relay.device(&signer, Protocol::V311).await;
+    assert_eq!(
+        broker.user_name_of(&v3_device).await.as_deref(),
+        Some(&*v3_device)
+    );
+    assert!(
+        !broker.log().contains("u'device'"),
+        "the unverified user name reached the broker"
+    );
+}
+
+#[tokio::test]
+async fn restored_subscriptions_are_checked_against_the_new_token() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let signer = Signer::new("k1");
+    let dir = std::env::temp_dir().join(unique_name("jwt-restore"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_file = dir.join("jwks.json");
+    write_jwks(&keys_file, &[&signer]);
+    let keys = keys_file.to_str().unwrap();
+    let r_args = [
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-keys-file",
+        keys,
+        "--jwt-client-id-claim",
+        "sub",
+        "--jwt-subscribe-claim",
+        "mqtt_sub",
+    ];
+    let topics = kafka_support::Topics::unique("jwt-restore");
+    let relay = kafka_support::KafkaRelay::start_with_r_args(&kafka, topics, "", &r_args).await;
+    let device = unique_name("device");
+    let a = format!("strait/restore/{device}/a/#");
+    let b = format!("strait/restore/{device}/b/#");
+    let token = |allowed: &[&str]| {
+        let mut claims = device_claims(&device);
+        claims["mqtt_sub"] = json!(allowed);
+        signer.sign(&claims)
+    };
+    let persistent = |token: &str| {
+        let mut connect = kafka_support::v5_connect(&device, false, 300);
+        connect.password = Some(token.to_string().into_bytes().into());
+        connect
+    };
+
+    // Subscribed to a/# and b/# under a token allowing both, then gone (the session persists).
+    let (mut client, _) =
+        RawClient::session(relay.mqtt, Protocol::V5, persistent(&token(&[&a, &b]))).await;
+    client.send(&subscribe(1, &[&a, &b])).await;
+    match client.recv().await {
+        Some(Packet::SubAck(ack)) => {
+            assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1; 2])
+        }
+        other => panic!("expected a SUBACK, got {other:?}"),
+    }
+    client.send(&Packet::Disconnect(Default::default())).await;
+    assert_eq!(client.until_closed().await, []);
+
+    // Back with a token that only allows b/#: the session is resumed without a/#.
+    let (mut client, ack) =
+        RawClient::session(relay.mqtt, Protocol::V5, persistent(&token(&[&b]))).await;
+    assert!(ack.session_present);
+    let (mut publisher, _) = RawClient::session(relay.mqtt, Protocol::V5, {
+        let id = unique_name("publisher");
+        connect_with_token(&id, Some(&signer.sign(&device_claims(&id))))
+    })
+    .await;
+    for (packet_id, level) in [(1, "a"), (2, "b")] {
+        let topic = format!("strait/restore/{device}/{level}/x");
+        publisher
+            .send(&publish(packet_id, &topic, QoS::AtLeastOnce, "m"))
+            .await;
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+    }
+    let first = kafka_support::next_publish(&mut client, Duration::from_secs(10))
+        .await
+        .expect("the message to b/x");
+    assert_eq!(&*first.topic, format!("strait/restore/{device}/b/x"));
+    // a/x was published first; give a straggler from another partition a moment to show.
+    let late = kafka_support::next_publish(&mut client, Duration::from_millis(1500)).await;
+    assert_eq!(late.map(|p| p.topic), None, "a/x delivered after all");
+    let log = relay.s_proxy.log();
+    assert!(log.contains("dropping a restored subscription"), "{log}");
+    let metrics = strait_e2e::http_get(relay.s_proxy.admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("strait_mqtt_restored_subscriptions_dropped_total{role=\"s-proxy\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -250,6 +250,45 @@ async fn tls_with_a_client_ca_requires_a_client_certificate() {
 }
 
 #[tokio::test]
+async fn client_certificate_mode_makes_the_common_name_the_identity() {
+    require!("MQTT_BROKER", "mosquitto");
+    let broker = support::LoggingBroker::start().await;
+    let pki = Pki::generate();
+    let tls = free_local_addr();
+    let mut args = pki.tls_listener_args("--tls-listen", tls);
+    args.extend(["--tls-client-ca".into(), pki.path("ca.pem")]);
+    args.extend(["--auth-mode".into(), "clientCertificate".into()]);
+    let relay = Relay::start_with(&broker.address, &strs(&args)).await;
+
+    let (client, mut events) = tls_v5_client(tls, pki.client_config(true, true));
+    assert_eq!(
+        connection_outcome(&mut events)
+            .await
+            .expect("mutual TLS session"),
+        ConnectReturnCode::Success
+    );
+    assert_round_trip(&client, &mut events, "as the certificate's CN").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the broker to get the certificate's common name as the user name",
+        || async { broker.log().contains("u'strait test client'").then_some(()) },
+    )
+    .await;
+
+    // The plain listener has no certificate to go by: refused, 0x87 (3.1.1: 5).
+    for protocol in [Protocol::V5, Protocol::V311] {
+        let refused = RawClient::try_session(relay.mqtt, protocol, connect_packet("plain")).await;
+        match refused {
+            Err(Some(Packet::ConnAck(ack))) => {
+                assert_eq!(ack.reason_code, ReasonCode::NOT_AUTHORIZED, "{protocol:?}")
+            }
+            Err(other) => panic!("expected CONNACK 0x87, got {other:?}"),
+            Ok(_) => panic!("{protocol:?}: a client without a certificate was let in"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_relay_link_runs_over_tls() {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let pki = Pki::generate();

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod opening;
 pub mod rules;
 pub mod stream;
+pub mod topics;
 
 pub use convert::{ConvertError, ErrorKind};
 pub use opening::Opening;

@@ -40,6 +40,8 @@ pub struct RelayMetrics {
     bytes: [IntCounter; 2],
     errors: IntCounterVec,
     pub session_setup_seconds: Histogram,
+    /// Stored subscriptions a resumed session lost because its permissions no longer allow them.
+    pub restored_subscriptions_dropped: IntCounter,
 }
 
 impl RelayMetrics {
@@ -81,6 +83,11 @@ impl RelayMetrics {
                 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let restored_subscriptions_dropped = IntCounter::with_opts(with_role(
+            "strait_mqtt_restored_subscriptions_dropped_total",
+            "Subscriptions of resumed persistent sessions dropped: the client's permissions no \
+             longer allow them",
+        ))?;
         for collector in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions_total.clone()),
@@ -88,6 +95,7 @@ impl RelayMetrics {
             Box::new(bytes.clone()),
             Box::new(errors.clone()),
             Box::new(session_setup_seconds.clone()),
+            Box::new(restored_subscriptions_dropped.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -104,6 +112,7 @@ impl RelayMetrics {
             ],
             errors,
             session_setup_seconds,
+            restored_subscriptions_dropped,
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use strait_mqtt_codec::{Packet, Protocol, PubAck, PubRec, QoS, ReasonCode, SubAck};
 
-use super::topics::Permissions;
+use strait_relay::topics::Policy;
 
 /// What to do with one packet from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Checked {
 /// Per-session enforcement of the permissions on inbound packets.
 #[derive(Debug)]
 pub struct TopicGuard {
-    permissions: Permissions,
+    permissions: Policy,
     protocol: Protocol,
     /// Topic aliases the client set (MQTT 5), to judge PUBLISHes that only carry the alias.
     aliases: HashMap<u16, strait_mqtt_codec::ByteString>,
@@ -78,7 +78,7 @@ impl PartialSubAcks {
 }
 
 impl TopicGuard {
-    pub fn new(permissions: Permissions, protocol: Protocol) -> Self {
+    pub fn new(permissions: Policy, protocol: Protocol) -> Self {
         Self {
             permissions,
             protocol,
@@ -170,13 +170,15 @@ impl TopicGuard {
 mod tests {
     use super::*;
     use strait_mqtt_codec::{Publish, Subscribe, Subscription, SubscriptionOptions};
+    use strait_relay::topics::Permissions;
 
     fn guard(protocol: Protocol) -> TopicGuard {
         TopicGuard::new(
-            Permissions {
+            Policy(vec![Permissions {
                 publish: Some(vec!["up/#".into()]),
                 subscribe: Some(vec!["down/+".into()]),
-            },
+                ..Default::default()
+            }]),
             protocol,
         )
     }

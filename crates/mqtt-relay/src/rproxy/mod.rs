@@ -33,8 +33,8 @@ pub(crate) struct Context {
     pub max_packet_size: u32,
     pub ws_path: String,
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// JWT authentication (`auth.jwt`), when configured.
-    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Client authentication and topic permissions (`auth`).
+    pub auth: Arc<crate::auth::Authenticator>,
 }
 
 /// The addresses r-proxy listens on, once bound.
@@ -64,16 +64,10 @@ pub async fn start(
     let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
         .context("configuring the s-proxy endpoints (sProxy)")?;
     let metrics = RelayMetrics::register(&process.metrics, "r-proxy")?;
-    let auth = match &config.auth.jwt {
-        Some(jwt) => {
-            let auth = crate::auth::Authenticator::load(jwt, &process.metrics)
-                .await
-                .context("setting up JWT authentication (auth.jwt)")?;
-            auth.spawn_reloader(process.shutdown.token());
-            Some(auth)
-        }
-        None => None,
-    };
+    let auth =
+        crate::auth::Authenticator::load(&config.auth, &process.metrics, process.shutdown.token())
+            .await
+            .context("setting up client authentication (auth)")?;
     let ctx = Arc::new(Context {
         upstream,
         metrics,

@@ -87,38 +87,27 @@ pub async fn run(
         .packet(Direction::Inbound, mqtt::PacketType::Connect);
     let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size);
 
-    let mut identity = identity;
-    let mut guard = None;
-    let mut expires_at = None;
-    if let Some(auth) = &ctx.auth {
-        match auth.authenticate(&connect).await {
-            Ok(session) => {
-                tracing::Span::current().record("subject", session.identity.subject.as_str());
-                let mut jwt_identity = session.identity;
-                if let Some(cert) = identity {
-                    jwt_identity
-                        .attributes
-                        .insert("tlsSubject".into(), cert.subject);
-                }
-                identity = Some(jwt_identity);
-                guard = Some(TopicGuard::new(session.permissions, protocol));
-                expires_at = Some(session.expires_at);
-                // The token is r-proxy's to check; s-proxy gets the verified identity instead.
-                connect.password = None;
-            }
-            Err(refused) => {
-                tracing::info!(
-                    reason = refused.label,
-                    detail = %refused.detail,
-                    code = refused.reason.name(),
-                    "refusing connection: authentication failed"
-                );
-                write_parting(&mut writer, protocol, refusal(refused.reason)).await;
-                writer.close().await;
-                return;
-            }
+    let session = match ctx.auth.authenticate(&mut connect, identity).await {
+        Ok(session) => session,
+        Err(refused) => {
+            tracing::info!(
+                reason = refused.label,
+                detail = %refused.detail,
+                code = refused.reason.name(),
+                "refusing connection: authentication failed"
+            );
+            write_parting(&mut writer, protocol, refusal(refused.reason)).await;
+            writer.close().await;
+            return;
         }
+    };
+    if let Some(identity) = &session.identity {
+        tracing::Span::current().record("subject", identity.subject.as_str());
     }
+    let subscribe_grants = session.policy.subscribe_grants();
+    let expires_at = session.expires_at;
+    let mut guard =
+        (!session.policy.is_unrestricted()).then(|| TopicGuard::new(session.policy, protocol));
     let partial_subacks = PartialSubAcks::default();
 
     // Packets the client pipelined behind CONNECT travel in the same first frame; r-proxy's own
@@ -147,7 +136,8 @@ pub async fn run(
             listener: transport.to_string(),
             transport: transport.as_proto().into(),
             protocol: v1::ProtocolVersion::from(protocol).into(),
-            identity,
+            identity: session.identity,
+            subscribe_grants,
         })),
         packets: first_packets,
         close: None,
@@ -331,7 +321,7 @@ async fn read_connect(
 /// would add 12 KiB to every session, idle or not.
 const REPLY_QUEUE: usize = 64;
 
-/// The session's topic permissions (with JWT authentication) and the SUBACKs to complete.
+/// The session's topic permissions (a token's, the ACL's) and the SUBACKs to complete.
 type Authz<'a> = Option<(&'a mut TopicGuard, &'a PartialSubAcks)>;
 
 /// What the inbound side needs to answer the client itself.
@@ -370,9 +360,8 @@ fn decode_client_batch(
             return Ok(true);
         };
         let checked = guard.check(packet, partial);
-        if let Some(auth) = &ctx.auth {
-            auth.count_denied(checked.denied_publishes, checked.denied_subscriptions);
-        }
+        ctx.auth
+            .count_denied(checked.denied_publishes, checked.denied_subscriptions);
         match checked.verdict {
             Verdict::Relay => Ok(true),
             Verdict::Drop => Ok(false),
@@ -381,7 +370,7 @@ fn decode_client_batch(
                 Ok(false)
             }
             Verdict::Disconnect(reason) => {
-                let detail = format!("{} refused by the token's permissions", packet.name());
+                let detail = format!("{} refused by the topic permissions", packet.name());
                 Err((reason, detail))
             }
         }

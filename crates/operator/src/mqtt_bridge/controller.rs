@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::render::{self, Inputs};
-use super::spec::{MqttBridge, MqttBridgeStatus};
+use super::spec::{ACL_KEY, MqttBridge, MqttBridgeStatus, PASSWORDS_KEY};
 use crate::context::{Context, ReconcileError, scoped};
 use crate::kafka_access::get_secret;
 use crate::relay_pki;
@@ -123,6 +123,24 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         let keys = &jwt.keys_secret;
         let secret = get_secret(&secrets, &keys.name, "spec.auth.jwt.keysSecret.name").await?;
         require_keys(&secret, &keys.name, &[keys.key.as_str()])?;
+    }
+    if let Some(passwords) = &bridge.spec.auth.password_secret {
+        let field = "spec.auth.passwordSecret.name";
+        let secret = get_secret(&secrets, &passwords.name, field).await?;
+        require_keys(&secret, &passwords.name, &[passwords.key_or(PASSWORDS_KEY)])?;
+    }
+    if let Some(acl) = &bridge.spec.auth.acl_config_map {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let has_key = config_maps
+            .get_opt(&acl.name)
+            .await?
+            .is_some_and(|c| c.data.is_some_and(|d| d.contains_key(acl.key_or(ACL_KEY))));
+        if !has_key {
+            return Err(ReconcileError::MissingConfigMap {
+                name: acl.name.clone(),
+                field: format!("spec.auth.aclConfigMap (key {})", acl.key_or(ACL_KEY)),
+            });
+        }
     }
 
     let kafka_access = match &bridge.spec.upstream.kafka {

@@ -9,13 +9,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-use strait_config::auth::JwtAuth;
+use strait_config::auth::{AuthMode, JwtAuth};
 use strait_config::mqtt_kafka::KafkaConfig;
 use strait_config::relay::{BrokerConfig, Listeners, SProxyLink, Upstream};
 use strait_config::tls::{ClientTls, ServerTls};
 use strait_config::{RProxyConfig, SProxyConfig, Validate};
 
-use super::spec::MqttBridge;
+use super::spec::{ACL_KEY, MqttBridge, PASSWORDS_KEY};
 use crate::relay_pki;
 use crate::topics::TopicSpec;
 use crate::workload::{self, Owner, ProxyPods, from_json};
@@ -27,6 +27,8 @@ const BROKER_TLS_DIR: &str = "/etc/strait/tls/broker";
 const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
 /// The relay link's certificate (mounted whole: renewals reach the pods, which re-read it).
 const LINK_TLS_DIR: &str = "/etc/strait/tls/link";
+const PASSWORDS_DIR: &str = "/etc/strait/passwords";
+const ACL_DIR: &str = "/etc/strait/acl";
 
 /// Everything one MqttBridge owns.
 #[derive(Debug, Clone)]
@@ -95,8 +97,8 @@ pub enum RenderError {
     #[error("spec.upstream needs broker or kafka")]
     NoUpstream,
     #[error(
-        "spec.auth.jwt: devices would send their tokens in clear text over a listener without \
-         TLS; set spec.listener.tls (and leave spec.listener.port unset), or spell out \
+        "spec.auth.mode: devices would send their tokens or passwords in clear text over a \
+         listener without TLS; set spec.listener.tls (and leave spec.listener.port unset), or spell out \
          spec.listener.allowPlaintextCredentials: true"
     )]
     PlaintextCredentials,
@@ -168,6 +170,12 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
         auth.subscribe_claim = jwt.subscribe_claim.clone();
         Box::new(auth)
     });
+    let auth = &spec.auth;
+    config.auth.mode = Some(auth.mode.unwrap_or(AuthMode::Anonymous));
+    config.auth.password_file = (auth.password_secret.as_ref())
+        .map(|s| format!("{PASSWORDS_DIR}/{}", s.key_or(PASSWORDS_KEY)).into());
+    config.auth.acl_file =
+        (auth.acl_config_map.as_ref()).map(|c| format!("{ACL_DIR}/{}", c.key_or(ACL_KEY)).into());
     config
 }
 
@@ -263,11 +271,18 @@ pub fn owner(bridge: &MqttBridge) -> Owner {
 pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderError> {
     let mut warnings = Vec::new();
     let listener = &bridge.spec.listener;
-    if bridge.spec.auth.jwt.is_some() && listener.has_plaintext() {
+    let mode = bridge.spec.auth.mode;
+    let credentials = matches!(mode, Some(AuthMode::Jwt | AuthMode::Password));
+    if credentials && listener.has_plaintext() {
         if !listener.allow_plaintext_credentials {
             return Err(RenderError::PlaintextCredentials);
         }
-        warnings.push("devices send tokens over a listener without TLS (spec.listener.allowPlaintextCredentials)".to_string());
+        warnings.push("devices send credentials over a listener without TLS (spec.listener.allowPlaintextCredentials)".to_string());
+    }
+    match mode {
+        None => warnings.push("r-proxy does not authenticate devices (spec.auth.mode unset): the broker judges their CONNECT credentials".to_string()),
+        Some(AuthMode::Anonymous) => warnings.push("r-proxy lets every device in (spec.auth.mode: anonymous)".to_string()),
+        Some(_) => {}
     }
     if !link_tls(bridge) {
         warnings.push("the r-proxy to s-proxy link runs without TLS (spec.relay.plaintext): any pod that reaches s-proxy can open sessions as any client".to_string());
@@ -329,6 +344,14 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
         let secret = &jwt.keys_secret.name;
         r_volumes.push(json!({"name": "jwt-keys", "secret": {"secretName": secret}}));
         r_mounts.push(json!({"name": "jwt-keys", "mountPath": JWT_KEYS_DIR, "readOnly": true}));
+    }
+    if let Some(passwords) = &spec.auth.password_secret {
+        r_volumes.push(json!({"name": "passwords", "secret": {"secretName": passwords.name}}));
+        r_mounts.push(json!({"name": "passwords", "mountPath": PASSWORDS_DIR, "readOnly": true}));
+    }
+    if let Some(acl) = &spec.auth.acl_config_map {
+        r_volumes.push(json!({"name": "acl", "configMap": {"name": acl.name}}));
+        r_mounts.push(json!({"name": "acl", "mountPath": ACL_DIR, "readOnly": true}));
     }
     if let Some(ws) = &spec.listener.websocket {
         let scheme = if spec.listener.websocket_tls() {
@@ -430,6 +453,7 @@ mod tests {
     use super::*;
     use crate::mqtt_bridge::spec::MqttBridgeSpec;
 
+    /// A bridge from a spec; one without `auth` says `mode: anonymous`, as the CRD requires.
     fn bridge(spec: serde_json::Value) -> MqttBridge {
         let spec: MqttBridgeSpec = serde_json::from_value(spec).unwrap();
         let mut bridge = MqttBridge::new("devices", spec);
@@ -513,7 +537,7 @@ mod tests {
     fn jwt_keys_secret_is_mounted_whole_and_named_by_the_r_proxy_config() {
         let bridge = bridge(json!({
             "upstream": {"broker": {"address": "b:1883"}},
-            "auth": {"jwt": {
+            "auth": {"mode": "jwt", "jwt": {
                 "issuer": "https://auth.example.com/",
                 "keysSecret": {"name": "device-jwks"},
                 "algorithms": ["ES256"],
@@ -658,7 +682,9 @@ mod tests {
         );
         // The server certificate covers the name r-proxy dials.
         assert!(s_proxy_names(&bridge).contains(&"devices-s-proxy.iot.svc".to_string()));
-        assert!(rendered.warnings.is_empty());
+        // The one thing left open is said so: the broker, not r-proxy, judges devices.
+        assert_eq!(rendered.warnings.len(), 1, "{:?}", rendered.warnings);
+        assert!(rendered.warnings[0].contains("spec.auth.mode unset"));
         assert_eq!(service_ports(&rendered), [("mqtt".to_string(), 1883)]);
     }
 
@@ -675,8 +701,11 @@ mod tests {
             ["http://devices-s-proxy.iot.svc:50516"]
         );
         assert!(!s.tls.is_enabled());
-        assert_eq!(rendered.warnings.len(), 1);
-        assert!(rendered.warnings[0].contains("spec.relay.plaintext"));
+        assert!(
+            rendered.warnings.iter().any(|w| w.contains("spec.relay.plaintext")),
+            "{:?}",
+            rendered.warnings
+        );
     }
 
     #[test]
@@ -722,7 +751,7 @@ mod tests {
         let jwt = json!({"issuer": "https://auth.example.com/", "keysSecret": {"name": "jwks"}});
         let plain = bridge(json!({
             "upstream": {"broker": {"address": "b:1883"}},
-            "auth": {"jwt": jwt},
+            "auth": {"mode": "jwt", "jwt": jwt},
         }));
         let error = render(&plain, &inputs()).unwrap_err();
         assert!(matches!(error, RenderError::PlaintextCredentials));
@@ -735,7 +764,7 @@ mod tests {
         let plain_ws = bridge(json!({
             "upstream": {"broker": {"address": "b:1883"}},
             "listener": {"tls": {"secretName": "t"}, "websocket": {"tls": false}},
-            "auth": {"jwt": jwt},
+            "auth": {"mode": "jwt", "jwt": jwt},
         }));
         assert!(matches!(
             render(&plain_ws, &inputs()),
@@ -745,10 +774,19 @@ mod tests {
         let allowed = bridge(json!({
             "upstream": {"broker": {"address": "b:1883"}},
             "listener": {"allowPlaintextCredentials": true},
-            "auth": {"jwt": jwt},
+            "auth": {"mode": "jwt", "jwt": jwt},
         }));
         let rendered = render(&allowed, &inputs()).unwrap();
         assert!(rendered.warnings[0].contains("allowPlaintextCredentials"));
+
+        let passwords = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {"mode": "password", "passwordSecret": {"name": "p"}},
+        }));
+        assert!(matches!(
+            render(&passwords, &inputs()),
+            Err(RenderError::PlaintextCredentials)
+        ));
     }
 
     #[test]
@@ -841,5 +879,91 @@ mod tests {
             "s-proxy reads the password at start: it rolls"
         );
         assert_eq!(before[1], after[1], "r-proxy does not use Kafka");
+    }
+
+    #[test]
+    fn password_secret_and_acl_config_map_are_mounted_and_named_with_the_mode() {
+        let bridge = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "devices-tls"}},
+            "auth": {
+                "mode": "password",
+                "passwordSecret": {"name": "device-passwords"},
+                "aclConfigMap": {"name": "device-acl", "key": "rules.yaml"},
+            },
+        }));
+        let rendered = render(&bridge, &inputs()).unwrap();
+        let data = rendered.config_map.data.unwrap();
+        let r: RProxyConfig = serde_saphyr::from_str(&data["r-proxy.yaml"]).unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.auth.mode(), strait_config::auth::AuthMode::Password);
+        assert_eq!(
+            r.auth.password_file.unwrap().to_str(),
+            Some("/etc/strait/passwords/passwords")
+        );
+        assert_eq!(
+            r.auth.acl_file.unwrap().to_str(),
+            Some("/etc/strait/acl/rules.yaml")
+        );
+        let pod = rendered.deployments[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let volumes = pod.volumes.unwrap();
+        let volume = |name: &str| volumes.iter().find(|v| v.name == name).unwrap().clone();
+        assert_eq!(
+            volume("passwords").secret.unwrap().secret_name.as_deref(),
+            Some("device-passwords")
+        );
+        assert_eq!(volume("acl").config_map.unwrap().name, "device-acl");
+        let mounts: Vec<_> = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path))
+            .collect();
+        for want in [
+            ("passwords", "/etc/strait/passwords"),
+            ("acl", "/etc/strait/acl"),
+        ] {
+            assert!(
+                mounts.contains(&(want.0.into(), want.1.into())),
+                "{mounts:?}"
+            );
+        }
+        assert!(bridge.spec.secrets().contains(&(
+            "device-passwords".to_string(),
+            "spec.auth.passwordSecret.name".to_string()
+        )));
+    }
+
+    #[test]
+    fn anonymous_is_rendered_explicitly_and_client_certificates_need_a_tls_listener() {
+        let rendered = render(
+            &bridge(json!({"upstream": {"broker": {"address": "b:1883"}}})),
+            &inputs(),
+        )
+        .unwrap();
+        let r: RProxyConfig =
+            serde_saphyr::from_str(&rendered.config_map.data.unwrap()["r-proxy.yaml"]).unwrap();
+        assert_eq!(r.auth.mode, Some(strait_config::auth::AuthMode::Anonymous));
+
+        let without_tls = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "auth": {"mode": "clientCertificate"},
+        }));
+        let error = render(&without_tls, &inputs()).unwrap_err().to_string();
+        assert!(error.contains("auth.mode"), "{error}");
+        let with_tls = bridge(json!({
+            "upstream": {"broker": {"address": "b:1883"}},
+            "listener": {"tls": {"secretName": "devices-tls", "requireClientCertificate": true}},
+            "auth": {"mode": "clientCertificate"},
+        }));
+        render(&with_tls, &inputs()).unwrap();
     }
 }

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
-use strait_config::auth::JwtAlgorithm;
+use strait_config::auth::{AuthMode, JwtAlgorithm};
 use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics};
 use strait_config::relay::ClientLimits;
 
@@ -39,6 +39,10 @@ use strait_config::relay::ClientLimits;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.upstream.kafka) || has(self.auth) && has(self.auth.mode)")
+    .message("spec.auth.mode is required with a Kafka upstream (Kafka does not authenticate devices): jwt, clientCertificate, password, or anonymous spelled out"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.upstream.kafka) || !has(self.auth) || !has(self.auth.jwt) || has(self.auth.jwt.clientIdClaim)")
+    .message("spec.auth.jwt.clientIdClaim is required with a Kafka upstream: sessions persist, and a token must not take over another device's session"))]
 pub struct MqttBridgeSpec {
     /// What serves sessions and messages behind s-proxy.
     pub upstream: Upstream,
@@ -48,8 +52,10 @@ pub struct MqttBridgeSpec {
     /// What one client may do (connect timeout, packet size, connections per r-proxy pod).
     #[serde(default)]
     pub limits: ClientLimits,
-    /// How devices authenticate and which topics they may use; without it r-proxy lets every
-    /// client in and leaves authorisation to the upstream.
+    /// How devices authenticate and which topics they may use. Required with a Kafka upstream
+    /// (a bridge open to every device says `mode: anonymous`). Unset with a broker upstream,
+    /// r-proxy passes the CONNECT on and the broker judges its credentials; the bridge then
+    /// reports a `Warning`.
     #[serde(default)]
     pub auth: ClientAuthSpec,
     /// The MQTT server pods devices connect to.
@@ -304,15 +310,57 @@ impl crate::status::Conditioned for MqttBridgeStatus {
     }
 }
 
-/// `spec.auth`: device authentication at r-proxy.
+/// `spec.auth`: device authentication and topic authorization at r-proxy.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.mode) && self.mode == 'jwt') == has(self.jwt)")
+    .message("spec.auth.jwt is set exactly when spec.auth.mode is jwt"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.mode) && self.mode == 'password') == has(self.passwordSecret)")
+    .message("spec.auth.passwordSecret is set exactly when spec.auth.mode is password"))]
 pub struct ClientAuthSpec {
+    /// `jwt` (a token in the CONNECT password), `clientCertificate` (the TLS client
+    /// certificate's common name; needs `listener.tls.requireClientCertificate`), `password`
+    /// (`passwordSecret`) or `anonymous` (every device is let in; the broker judges the CONNECT's
+    /// own credentials). The verified identity replaces the user name the upstream sees.
+    /// Required with a Kafka upstream; unset with a broker upstream means `anonymous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AuthMode>,
     /// Devices present a JWT as the MQTT CONNECT password; r-proxy verifies it and enforces the
     /// topic permissions its claims grant (MQTT reason codes 0x86, 0x87 on refusal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSpec>,
+    /// Mode `password`: a Secret whose key holds `user:hash` lines as `mosquitto_passwd` writes
+    /// them (PBKDF2-SHA512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<NamedKey>,
+    /// A ConfigMap whose key holds the topic ACL (YAML: `anonymous`, `authenticated` and
+    /// `users.NAME`, each with `publish`, `subscribe`, `denyPublish`, `denySubscribe` filters;
+    /// `{clientId}` and `{username}` substituted), enforced in every mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_config_map: Option<NamedKey>,
 }
+
+/// A key of a Secret or ConfigMap in the resource's namespace (`key` defaults per field:
+/// `passwords` for a password Secret, `acl.yaml` for an ACL ConfigMap).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedKey {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl NamedKey {
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
+}
+
+/// The key of `spec.auth.passwordSecret` unless named.
+pub const PASSWORDS_KEY: &str = "passwords";
+/// The key of `spec.auth.aclConfigMap` unless named.
+pub const ACL_KEY: &str = "acl.yaml";
 
 /// `spec.auth.jwt`: the r-proxy `auth.jwt` settings, with the keys taken from a Secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -331,7 +379,9 @@ pub struct JwtSpec {
     /// algorithm, when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub algorithms: Vec<JwtAlgorithm>,
-    /// When set, the CONNECT client id must equal this claim (e.g. `sub`).
+    /// When set, the CONNECT client id must equal this claim (e.g. `sub`); else 0x85. Required
+    /// with a Kafka upstream (persistent sessions), and for `{clientId}` in a token's or the
+    /// ACL's filters to mean anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id_claim: Option<String>,
     /// Claim listing the topic filters a device may publish to (`{clientId}` stands for its id).
@@ -369,6 +419,9 @@ impl MqttBridgeSpec {
         }
         if let Some(jwt) = &self.auth.jwt {
             add(&jwt.keys_secret.name, "spec.auth.jwt.keysSecret.name");
+        }
+        if let Some(passwords) = &self.auth.password_secret {
+            add(&passwords.name, "spec.auth.passwordSecret.name");
         }
         if let Some(kafka) = &self.upstream.kafka {
             secrets.extend(kafka.kafka_ref().secrets());

@@ -70,11 +70,22 @@ impl KafkaRelay {
     }
 
     pub async fn start_with(bootstrap: &str, topics: Topics, extra: &str) -> Self {
+        Self::start_with_r_args(bootstrap, topics, extra, &[]).await
+    }
+
+    /// As [`KafkaRelay::start_with`], with extra r-proxy flags.
+    pub async fn start_with_r_args(
+        bootstrap: &str,
+        topics: Topics,
+        extra: &str,
+        r_args: &[&str],
+    ) -> Self {
         let grpc = free_local_addr();
         let config = s_proxy_config(grpc, bootstrap, &topics, extra);
         let s_proxy = start_s_proxy(&config).await;
         let mqtt = free_local_addr();
-        let r_proxy = crate::support::start_r_proxy(mqtt, &[format!("http://{grpc}")], &[]).await;
+        let r_proxy =
+            crate::support::start_r_proxy(mqtt, &[format!("http://{grpc}")], r_args).await;
         Self {
             s_proxy,
             r_proxy,

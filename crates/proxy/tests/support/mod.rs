@@ -405,3 +405,75 @@ pub fn connect_packet(client_id: &str) -> Connect {
         ..Default::default()
     }
 }
+
+/// A Mosquitto of the test's own on a free port, logging every CONNECT it gets (client id and
+/// user name), to see exactly what the relay hands the broker. Killed when dropped.
+pub struct LoggingBroker {
+    _child: tokio::process::Child,
+    pub address: String,
+    log: std::path::PathBuf,
+}
+
+impl LoggingBroker {
+    pub async fn start() -> Self {
+        let addr = strait_e2e::free_local_addr();
+        let dir = std::env::temp_dir().join(strait_e2e::unique_name("mosquitto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n\
+                 log_type all\nconnection_messages true\npersistence false\n",
+                port = addr.port()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("mosquitto.log");
+        let child = tokio::process::Command::new(
+            ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or("mosquitto"),
+        )
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mosquitto");
+        strait_e2e::wait_until(Duration::from_secs(10), "mosquitto to listen", || async {
+            TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        Self {
+            _child: child,
+            address: addr.to_string(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the broker logged `client_id`'s connection, and returns the user name it got
+    /// (`None`: no user name).
+    pub async fn user_name_of(&self, client_id: &str) -> Option<String> {
+        let needle = format!(" as {client_id} (");
+        let line = strait_e2e::wait_until(
+            Duration::from_secs(10),
+            &format!("mosquitto to log the connection of {client_id}"),
+            || async {
+                self.log()
+                    .lines()
+                    .find(|l| l.contains(&needle))
+                    .map(String::from)
+            },
+        )
+        .await;
+        let (_, rest) = line.split_once(", u'")?;
+        Some(rest.split_once("')")?.0.to_string())
+    }
+}

@@ -132,7 +132,7 @@ pub(super) async fn secrets_reach_the_pods(ns: &str, ground: &Ground, operator: 
             // No plain port: with TLS there is none unless asked for, and tokens never travel
             // in clear text.
             "listener": {"tls": {"secretName": "secure-tls", "port": 8883}},
-            "auth": {"jwt": {
+            "auth": {"mode": "jwt", "jwt": {
                 "issuer": JWT_ISSUER,
                 "keysSecret": {"name": "secure-jwks"},
                 "clientIdClaim": "sub",

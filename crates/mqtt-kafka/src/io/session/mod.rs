@@ -48,6 +48,7 @@ use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
 use strait_relay::metrics::{ActiveSession, Direction};
 use strait_relay::rules::refusal;
+use strait_relay::topics::Policy;
 
 pub(crate) use self::persistence::put_session;
 pub(crate) use self::writes::produce;
@@ -126,11 +127,13 @@ pub async fn run(
 ) {
     let started = std::time::Instant::now();
     let Opening {
+        open,
         protocol,
         mut connect,
         pipelined,
-        ..
     } = opening;
+    // What the client may subscribe to now, as r-proxy enforces it.
+    let allowed = Policy::from_subscribe_grants(&open.subscribe_grants);
     let refuse = |reason: ReasonCode, detail: String| {
         let to_client = to_client.clone();
         async move {
@@ -241,6 +244,15 @@ pub async fn run(
             );
         }
         for sub in &record.subscriptions {
+            // Allowed when it was made; the client's token or the ACL may have changed since.
+            if !allowed.may_subscribe(&sub.filter) {
+                tracing::info!(
+                    filter = %sub.filter,
+                    "dropping a restored subscription: the client's permissions no longer allow it"
+                );
+                metrics.restored_subscriptions_dropped.inc();
+                continue;
+            }
             let _ = up.subscribe(id, &sub.filter);
             session
                 .subscriptions
