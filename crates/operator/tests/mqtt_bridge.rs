@@ -570,7 +570,12 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     // The one thing not closed is said so: the broker, not r-proxy, judges the devices.
     let warning = condition(&bridge, "Warning").unwrap();
     assert_eq!(warning["status"], "True");
-    assert!(warning["message"].as_str().unwrap().contains("spec.auth.mode unset"));
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.auth.mode unset")
+    );
 
     // With a TLS listener, the Service publishes no plain port.
     kubectl_ok(

@@ -88,8 +88,7 @@ impl TokenAuthenticator {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
-        let expires_at =
-            UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.keys.leeway()));
+        let expires_at = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.keys.leeway()));
         let subject = claim_str(&claims, "sub").unwrap_or_default();
         // The name the broker sees: the subject, else the client id the token binds.
         let user_name = Some(subject.clone())

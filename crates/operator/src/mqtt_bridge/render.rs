@@ -702,7 +702,10 @@ mod tests {
         );
         assert!(!s.tls.is_enabled());
         assert!(
-            rendered.warnings.iter().any(|w| w.contains("spec.relay.plaintext")),
+            rendered
+                .warnings
+                .iter()
+                .any(|w| w.contains("spec.relay.plaintext")),
             "{:?}",
             rendered.warnings
         );
