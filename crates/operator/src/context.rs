@@ -221,8 +221,20 @@ pub fn woken_by_secret<K>(
 where
     K: Resource<DynamicType = ()> + ResourceExt + Clone + 'static,
 {
-    move |secret| {
-        let (name, namespace) = (secret.name_any(), secret.namespace());
+    woken_by(store, names)
+}
+
+/// Like [`woken_by_secret`], for any kind of object a resource names (e.g. a ConfigMap).
+pub fn woken_by<K, W>(
+    store: kube::runtime::reflector::Store<K>,
+    names: fn(&K) -> Vec<(String, String)>,
+) -> impl Fn(kube::core::PartialObjectMeta<W>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + ResourceExt + Clone + 'static,
+    W: Resource<DynamicType = ()>,
+{
+    move |named| {
+        let (name, namespace) = (named.name_any(), named.namespace());
         store
             .state()
             .into_iter()

@@ -623,6 +623,56 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     )
     .await;
 
+    // r-proxy reads its ACL only at start: a changed ACL ConfigMap rolls its pods.
+    let acl = |rules: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bare-acl", "namespace": ns},
+            "data": {"acl.yaml": rules},
+        })
+        .to_string()
+    };
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&acl("anonymous: {subscribe: [public/#]}\n")),
+    );
+    apply(
+        "bare",
+        "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n  listener: {tls: {secretName: bare-listener}}\n  auth: {mode: anonymous, aclConfigMap: {name: bare-acl}}\n",
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let with_acl = wait_until(
+        Duration::from_secs(30),
+        "r-proxy rendered with the ACL",
+        || {
+            let config_maps = config_maps.clone();
+            let deployments = deployments.clone();
+            async move {
+                let config = config_maps.get("bare-config").await.ok()?.data?;
+                config["r-proxy.yaml"].contains("aclFile").then_some(())?;
+                Some(template_hash(&deployments.get("bare-r-proxy").await.ok()?))
+            }
+        },
+    )
+    .await;
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&acl("anonymous: {subscribe: [other/#]}\n")),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "a changed ACL to roll r-proxy",
+        || {
+            let deployments = deployments.clone();
+            let with_acl = with_acl.clone();
+            async move {
+                let now = template_hash(&deployments.get("bare-r-proxy").await.ok()?);
+                (now != with_acl).then_some(())
+            }
+        },
+    )
+    .await;
+
     // A Service the user made is never taken over, and is left as it was.
     kubectl_ok(
         &[
@@ -674,7 +724,6 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     )
     .await;
     assert!(refused["message"].as_str().unwrap().contains("spec.image"));
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     assert!(
         deployments
             .get_opt("foreign-r-proxy")

@@ -34,6 +34,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     );
     // A referenced Secret that appears or changes wakes the bridges that name it.
     let bridges = controller.store();
+    let acl_readers = bridges.clone();
     // Owned objects and Secrets are watched by metadata only (`PartialObjectMeta`): the
     // reconciler reads what it needs from the apply answers, so the operator never caches Secret
     // data or whole Deployments.
@@ -46,6 +47,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 let mut secrets = bridge.spec.secrets();
                 secrets.extend(relay_pki::secret_names(&bridge.name_any()));
                 secrets
+            }),
+        )
+        // An ACL ConfigMap that changes rolls r-proxy (it reads the ACL at start).
+        .watches(
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
+            watcher::Config::default(),
+            crate::context::woken_by(acl_readers, |bridge: &MqttBridge| {
+                let acl = bridge.spec.auth.acl_config_map.as_ref();
+                acl.map(|c| (c.name.clone(), "spec.auth.aclConfigMap".into()))
+                    .into_iter()
+                    .collect()
             }),
         )
         .owns(
@@ -92,6 +104,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         broker_client_cert: false,
         kafka_client_cert: false,
         kafka_credentials: None,
+        r_proxy_files: None,
     };
     // Referenced Secrets must exist before pods that mount them can start.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -124,23 +137,35 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         let secret = get_secret(&secrets, &keys.name, "spec.auth.jwt.keysSecret.name").await?;
         require_keys(&secret, &keys.name, &[keys.key.as_str()])?;
     }
+    // r-proxy reads the password file and the ACL only at start: their contents go into its pod
+    // template hash, so a change rolls the pods (sessions drain with 0x8B and reconnect).
+    let mut read_at_start = Vec::new();
     if let Some(passwords) = &bridge.spec.auth.password_secret {
         let field = "spec.auth.passwordSecret.name";
         let secret = get_secret(&secrets, &passwords.name, field).await?;
-        require_keys(&secret, &passwords.name, &[passwords.key_or(PASSWORDS_KEY)])?;
+        let key = passwords.key_or(PASSWORDS_KEY);
+        require_keys(&secret, &passwords.name, &[key])?;
+        let data = secret.data.as_ref().and_then(|d| d.get(key));
+        read_at_start.extend(data.map(|d| d.0.clone()).unwrap_or_default());
     }
     if let Some(acl) = &bridge.spec.auth.acl_config_map {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        let has_key = config_maps
+        let rules = config_maps
             .get_opt(&acl.name)
             .await?
-            .is_some_and(|c| c.data.is_some_and(|d| d.contains_key(acl.key_or(ACL_KEY))));
-        if !has_key {
+            .and_then(|c| c.data?.remove(acl.key_or(ACL_KEY)));
+        let Some(rules) = rules else {
             return Err(ReconcileError::MissingConfigMap {
                 name: acl.name.clone(),
                 field: format!("spec.auth.aclConfigMap (key {})", acl.key_or(ACL_KEY)),
             });
-        }
+        };
+        read_at_start.extend(rules.into_bytes());
+    }
+    if !read_at_start.is_empty() {
+        inputs.r_proxy_files = Some(crate::workload::config_hash(&String::from_utf8_lossy(
+            &read_at_start,
+        )));
     }
 
     let kafka_access = match &bridge.spec.upstream.kafka {

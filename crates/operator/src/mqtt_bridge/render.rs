@@ -56,6 +56,8 @@ pub struct Inputs {
     pub kafka_client_cert: bool,
     /// Digest of the Kafka credentials s-proxy reads at start (see `ProxyPods::credentials`).
     pub kafka_credentials: Option<String>,
+    /// Digest of the password file and ACL r-proxy reads at start.
+    pub r_proxy_files: Option<String>,
 }
 
 /// The DNS names s-proxy's link certificate is valid for: its Service, short and long, and
@@ -395,7 +397,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             role: "r-proxy",
             image: &inputs.image,
             config_yaml: &r_yaml,
-            credentials: None,
+            credentials: inputs.r_proxy_files.as_deref(),
             replicas: Some(spec.r_proxy.replicas),
             ports: r_ports,
             volumes: r_volumes,
@@ -468,6 +470,7 @@ mod tests {
             broker_client_cert: false,
             kafka_client_cert: false,
             kafka_credentials: None,
+            r_proxy_files: None,
         }
     }
 
