@@ -273,6 +273,28 @@ pub(crate) async fn get_secret(
         })
 }
 
+/// Whether the Secret holds every one of `keys`.
+pub(crate) fn has_keys(secret: &Secret, keys: &[&str]) -> bool {
+    let data = secret.data.as_ref();
+    keys.iter()
+        .all(|k| data.is_some_and(|d| d.contains_key(*k)))
+}
+
+/// [`ReconcileError::SecretKeys`] naming the keys when the Secret lacks any of them.
+pub(crate) fn require_keys(
+    secret: &Secret,
+    name: &str,
+    keys: &[&str],
+) -> Result<(), ReconcileError> {
+    if has_keys(secret, keys) {
+        return Ok(());
+    }
+    Err(ReconcileError::SecretKeys {
+        name: name.into(),
+        keys: keys.join(", "),
+    })
+}
+
 fn text(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()

@@ -435,3 +435,120 @@ spec:
         "the operator never logs the password"
     );
 }
+
+/// An https backend: its CA Secret is checked before anything is applied (the condition names the
+/// field), then mounted into kafka-grpc, whose config trusts it.
+#[tokio::test]
+async fn an_https_backend_trusts_the_ca_of_its_secret() {
+    require!("KUBECONFIG", "kube");
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter-protos"},
+        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &protos)
+        .await
+        .unwrap();
+    let lease = unique_name("gkr-lease");
+    let operator = Daemon::start(
+        BIN,
+        &[
+            "--proxy-image",
+            "example.invalid/strait-proxy:test",
+            "--lease-name",
+            &lease,
+        ],
+    )
+    .await;
+    let (requests, replies) = (unique_name("tls-requests"), unique_name("tls-replies"));
+    let yaml = format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: GrpcKafkaRoute
+metadata:
+  name: secured-backend
+spec:
+  kafka: {{bootstrap: "{bootstrap}"}}
+  protos: {{configMap: greeter-protos}}
+  routes:
+    - method: example.Greeter/*
+      produce: {{topic: {requests}, replyTo: {replies}}}
+  backend:
+    target: https://greeter.example:443
+    tls: {{secretName: greeter-ca}}
+    replicas: 1
+"#
+    );
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&yaml),
+    );
+    let missing = wait_until(
+        Duration::from_secs(30),
+        "SecretNotFound for the backend CA",
+        || {
+            let ns = ns.clone();
+            async move {
+                let ready = condition(&get_route(&ns, "secured-backend"), "Ready")?;
+                (ready["reason"] == "SecretNotFound").then_some(ready)
+            }
+        },
+    )
+    .await;
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.backend.tls.secretName"),
+        "{missing}"
+    );
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "greeter-ca",
+            "-n",
+            &ns,
+            "--from-literal=ca.crt=-----BEGIN CERTIFICATE-----",
+        ],
+        None,
+    );
+    wait_for_condition(
+        "grpckafkaroute/secured-backend",
+        &ns,
+        "Ready",
+        &operator.log(),
+    );
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("secured-backend-config")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let backend: strait_config::grpc::KafkaGrpcConfig =
+        serde_saphyr::from_str(&config["kafka-grpc.yaml"]).unwrap();
+    assert_eq!(
+        backend.target_tls.ca.unwrap().to_str(),
+        Some("/etc/strait/tls/backend/ca.crt")
+    );
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("secured-backend-kafka-grpc")
+        .await
+        .unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "backend-tls");
+    assert_eq!(
+        volume.unwrap().secret.unwrap().secret_name.as_deref(),
+        Some("greeter-ca")
+    );
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

@@ -884,6 +884,47 @@ async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
     }
 }
 
+/// An https target without `targetTls.ca` is checked against the system's trusted roots: here
+/// the test CA, made the system's bundle through `SSL_CERT_FILE` (which rustls-native-certs
+/// honours).
+#[tokio::test]
+async fn an_https_target_without_a_ca_is_checked_against_the_system_roots() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let pki = strait_e2e::pki::Pki::new();
+    let (cert, key) = (pki.pem("tls.pem"), pki.pem("tls.key"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let service = Service::default();
+    let server = tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&cert, &key)),
+        )
+        .unwrap()
+        .add_service(EchoServer::new(service.clone()))
+        .serve_with_incoming(TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    let target = format!("https://localhost:{}", target.port());
+    let mut bridge = Bridge::start_full(&bootstrap, &target, "", NO_BACKEND).await;
+    bridge.backend_extra = String::new();
+    bridge.backend_env = vec![("SSL_CERT_FILE".into(), pki.path("ca.pem"))];
+    bridge.add_backend().await;
+    let reply = bridge
+        .client()
+        .await
+        .unary(with_timeout(request("public"), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(reply.text, "public");
+    assert_eq!(service.count("public"), 1);
+    assert!(
+        bridge.logs().contains("trusting the system's roots"),
+        "{}",
+        bridge.logs()
+    );
+}
+
 /// The Python of `tests/e2e/python-grpcio` (installed on first use). Outside CI a failed install
 /// skips the test with the reason; in CI it fails.
 fn python_grpcio() -> Option<String> {

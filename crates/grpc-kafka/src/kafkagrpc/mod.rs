@@ -191,9 +191,15 @@ fn channel(config: &KafkaGrpcConfig) -> Result<Channel, RoleError> {
         .http2_keep_alive_interval(Duration::from_secs(30));
     if config.target.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &config.target_tls.ca {
-            let pem = read("ca", ca)?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        match &config.target_tls.ca {
+            Some(ca) => {
+                let pem = read("ca", ca)?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            None => {
+                tracing::info!(target = %config.target, "trusting the system's roots for the target (no targetTls.ca)");
+                tls = tls.with_native_roots();
+            }
         }
         if let (Some(cert), Some(key)) = (&config.target_tls.cert, &config.target_tls.key) {
             let cert = read("cert", cert)?;

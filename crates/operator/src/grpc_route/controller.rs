@@ -21,7 +21,7 @@ use super::render::{self, BACKEND};
 use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
 use crate::autoscale::{self, Observation, Policy};
 use crate::context::{Context, ReconcileError, scoped};
-use crate::kafka_access::KafkaAccess;
+use crate::kafka_access::{KafkaAccess, get_secret, require_keys};
 use crate::status::{self, Check};
 use crate::workload::apply_owned;
 
@@ -56,6 +56,37 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .run(reconcile, crate::context::error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// The Secrets the pods mount exist with the keys they need, before anything is applied.
+async fn check_secrets(
+    spec: &super::spec::GrpcKafkaRouteSpec,
+    secrets: &Api<Secret>,
+) -> Result<(), ReconcileError> {
+    if let Some(tls) = &spec.frontend.tls {
+        let field = "spec.frontend.tls.secretName";
+        let secret = get_secret(secrets, &tls.secret_name, field).await?;
+        let mut keys = vec!["tls.crt", "tls.key"];
+        if tls.require_client_certificate {
+            keys.push("ca.crt");
+        }
+        require_keys(&secret, &tls.secret_name, &keys)?;
+    }
+    if let Some(jwt) = spec.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+        let keys = &jwt.keys_secret;
+        let secret = get_secret(secrets, &keys.name, "spec.auth.jwt.keysSecret.name").await?;
+        require_keys(&secret, &keys.name, &[keys.key.as_str()])?;
+    }
+    if let Some(tls) = &spec.backend.tls {
+        let field = "spec.backend.tls.secretName";
+        let secret = get_secret(secrets, &tls.secret_name, field).await?;
+        let mut keys = vec!["ca.crt"];
+        if tls.client_certificate {
+            keys.extend(["tls.crt", "tls.key"]);
+        }
+        require_keys(&secret, &tls.secret_name, &keys)?;
+    }
+    Ok(())
 }
 
 async fn reconcile(
@@ -129,6 +160,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         });
     }
     let secrets = Api::namespaced(client.clone(), &namespace);
+    check_secrets(&route.spec, &secrets).await?;
     let access = route.spec.kafka.kafka_ref().resolve(&secrets).await?;
     let mut topics = render::topics(route);
     let admin = ctx.kafka.get(&access)?;

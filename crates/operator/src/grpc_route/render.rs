@@ -20,6 +20,8 @@ pub const FRONTEND: &str = "grpc-kafka";
 pub const BACKEND: &str = "kafka-grpc";
 const PROTOS_DIR: &str = "/etc/strait/protos";
 const LISTENER_TLS_DIR: &str = "/etc/strait/tls/listener";
+/// The `spec.backend.tls` Secret in kafka-grpc's pods.
+const BACKEND_TLS_DIR: &str = "/etc/strait/tls/backend";
 /// The JWT keys Secret, mounted whole (not by subPath) so Secret updates reach the pods.
 const JWT_KEYS_DIR: &str = "/etc/strait/jwt";
 
@@ -168,6 +170,14 @@ pub fn backend_config(
         config.retries = retries.clone();
     }
     config.dead_letter_topic = backend.dead_letter_topic.clone();
+    if let Some(tls) = &backend.tls {
+        let file = |name: &str| Some(format!("{BACKEND_TLS_DIR}/{name}").into());
+        config.target_tls.ca = file("ca.crt");
+        if tls.client_certificate {
+            config.target_tls.cert = file("tls.crt");
+            config.target_tls.key = file("tls.key");
+        }
+    }
     // Replies go only to the reply topics the routes name for that request topic.
     for kafka_route in &mut config.routes {
         for produce in route.spec.routes.iter().filter_map(|r| r.produce.as_ref()) {
@@ -239,6 +249,13 @@ pub fn render(
     let protos_volume = json!({"name": "protos", "configMap": {"name": spec.protos.config_map}});
     let protos_mount = json!({"name": "protos", "mountPath": PROTOS_DIR, "readOnly": true});
     let (kafka_volumes, kafka_mounts) = spec.kafka.kafka_ref().volumes();
+    let (mut backend_volumes, mut backend_mounts) = (Vec::new(), Vec::new());
+    if let Some(tls) = &spec.backend.tls {
+        backend_volumes
+            .push(json!({"name": "backend-tls", "secret": {"secretName": tls.secret_name}}));
+        backend_mounts
+            .push(json!({"name": "backend-tls", "mountPath": BACKEND_TLS_DIR, "readOnly": true}));
+    }
     let (mut front_volumes, mut front_mounts) = (vec![protos_volume], vec![protos_mount]);
     let mut secret_dir = |name: &str, secret: &str, dir: &str| {
         front_volumes.push(json!({"name": name, "secret": {"secretName": secret}}));
@@ -271,8 +288,8 @@ pub fn render(
             credentials: Some(&credentials),
             replicas: backend_replicas,
             ports: Vec::new(),
-            volumes: kafka_volumes,
-            mounts: kafka_mounts,
+            volumes: [kafka_volumes, backend_volumes].concat(),
+            mounts: [kafka_mounts, backend_mounts].concat(),
             resources: spec.backend.resources.as_ref(),
         }
         .deployment(&owner),
@@ -592,5 +609,70 @@ mod tests {
             hashes(&with("old")),
             "unchanged credentials roll nothing"
         );
+    }
+
+    #[test]
+    fn https_backends_trust_the_system_roots_or_the_ca_of_a_secret() {
+        let with_backend = |backend: serde_json::Value| {
+            let mut spec = serde_json::to_value(&example().spec).unwrap();
+            for (key, value) in backend.as_object().unwrap() {
+                spec["backend"][key] = value.clone();
+            }
+            route(spec)
+        };
+        // No tls: the system's roots (kafka-grpc's config has no CA and is valid).
+        let public = with_backend(json!({"target": "https://api.example.com:443"}));
+        let rendered = render(&public, "i", Some(1), &plain_kafka()).unwrap();
+        let back: KafkaGrpcConfig =
+            serde_saphyr::from_str(&rendered.config_map.data.as_ref().unwrap()["kafka-grpc.yaml"])
+                .unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.target_tls.ca, None);
+
+        let private = with_backend(json!({
+            "target": "https://svc.apps.svc:50051",
+            "tls": {"secretName": "svc-ca", "clientCertificate": true},
+        }));
+        let rendered = render(&private, "i", Some(1), &plain_kafka()).unwrap();
+        let back: KafkaGrpcConfig =
+            serde_saphyr::from_str(&rendered.config_map.data.as_ref().unwrap()["kafka-grpc.yaml"])
+                .unwrap();
+        back.validate().unwrap();
+        let file = |name: &str| {
+            Some(std::path::PathBuf::from(format!(
+                "/etc/strait/tls/backend/{name}"
+            )))
+        };
+        assert_eq!(back.target_tls.ca, file("ca.crt"));
+        assert_eq!(back.target_tls.cert, file("tls.crt"));
+        assert_eq!(back.target_tls.key, file("tls.key"));
+        let pod = rendered.deployments[1]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let secret = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "backend-tls");
+        assert_eq!(
+            secret
+                .unwrap()
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("svc-ca")
+        );
+        assert!(private.spec.secrets().contains(&(
+            "svc-ca".to_string(),
+            "spec.backend.tls.secretName".to_string()
+        )));
     }
 }

@@ -240,18 +240,43 @@ impl GrpcKafkaRouteSpec {
                 "spec.auth.jwt.keysSecret.name".into(),
             ));
         }
+        if let Some(tls) = &self.backend.tls {
+            secrets.push((
+                tls.secret_name.clone(),
+                "spec.backend.tls.secretName".into(),
+            ));
+        }
         secrets
     }
 }
 
+/// `spec.backend.tls`: the CA (and client certificate) for the target, from a Secret.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// Secret with `ca.crt`, the CA that signs the target's certificate (and `tls.crt`,
+    /// `tls.key` with `clientCertificate`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Present the Secret's `tls.crt`/`tls.key` to the target (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: bool,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.tls) || self.target.startsWith('https://')")
+    .message("spec.backend.tls needs an https:// target"))]
 pub struct Backend {
     /// The real service: `http://HOST:PORT` (h2c) or `https://HOST:PORT`.
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')")
         .message("spec.backend.target must be an http:// or https:// URL"))]
     #[schemars(length(max = 2048))]
     pub target: String,
+    /// TLS to an `https://` target. Unset, the target's certificate is checked against the
+    /// system's trusted roots (the image's CA bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
     /// Consumer group id (default `strait-<namespace>-<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,

@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use super::render::{self, Inputs};
 use super::spec::{ACL_KEY, MqttBridge, MqttBridgeStatus, PASSWORDS_KEY};
 use crate::context::{Context, ReconcileError, scoped};
-use crate::kafka_access::get_secret;
+use crate::kafka_access::{get_secret, has_keys, require_keys};
 use crate::relay_pki;
 use crate::status::{self, Check};
 use crate::workload::apply_owned;
@@ -278,22 +278,6 @@ pub fn rollout(deployment: &Deployment) -> (bool, String) {
         done,
         format!("{ready} of {want} pods ready, {updated} updated"),
     )
-}
-
-fn has_keys(secret: &Secret, keys: &[&str]) -> bool {
-    let data = secret.data.as_ref();
-    keys.iter()
-        .all(|k| data.is_some_and(|d| d.contains_key(*k)))
-}
-
-fn require_keys(secret: &Secret, name: &str, keys: &[&str]) -> Result<(), ReconcileError> {
-    if has_keys(secret, keys) {
-        return Ok(());
-    }
-    Err(ReconcileError::SecretKeys {
-        name: name.into(),
-        keys: keys.join(", "),
-    })
 }
 
 async fn write_status(

@@ -271,6 +271,8 @@ pub struct Bridge {
     pub backend_extra: String,
     /// More kafka-grpc command-line arguments.
     pub backend_args: Vec<String>,
+    /// Environment of the kafka-grpc processes started from now on.
+    pub backend_env: Vec<(String, String)>,
 }
 
 impl Bridge {
@@ -349,6 +351,7 @@ impl Bridge {
             addr,
             backend_extra: String::new(),
             backend_args: backend_args.iter().map(|a| a.to_string()).collect(),
+            backend_env: Vec::new(),
         };
         bridge.backend_extra = backend_extra.into();
         if backend_extra != NO_BACKEND {
@@ -377,7 +380,10 @@ impl Bridge {
         );
         let mut args = vec!["kafka-grpc", "--config", config.to_str().unwrap()];
         args.extend(self.backend_args.iter().map(String::as_str));
-        let daemon = Daemon::start(BIN, &args).await;
+        let env: Vec<(&str, &str)> = (self.backend_env.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let daemon = Daemon::start_with_env(BIN, &args, &env).await;
         self.back.push(daemon);
     }
 
