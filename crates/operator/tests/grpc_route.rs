@@ -552,3 +552,40 @@ spec:
     );
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
+
+#[tokio::test]
+async fn invalid_backend_settings_are_refused_naming_the_field() {
+    require!("KUBECONFIG", "kube");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    for (backend, expected) in [
+        (
+            "{target: 'http://s:1', groupId: g, zillaGroup: {namespace: a, binding: b}}",
+            "spec.backend takes groupId or zillaGroup, not both",
+        ),
+        (
+            "{target: 'http://s:1', dedupWindow: '5 minutes'}",
+            "spec.backend.dedupWindow",
+        ),
+        (
+            "{target: 'http://s:1', tls: {secretName: ca}}",
+            "spec.backend.tls needs an https:// target",
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: strait.dev/v1alpha1\nkind: GrpcKafkaRoute\nmetadata: {{name: bad}}\nspec:\n  kafka: {{bootstrap: 'k:9092'}}\n  protos: {{configMap: p}}\n  routes: [{{method: a.B/C, produce: {{topic: t}}}}]\n  backend: {backend}\n"
+        );
+        let out = support::kubectl(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            Some(&yaml),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{backend} should be refused");
+        assert!(
+            stderr.contains(expected),
+            "{backend}: expected {expected:?} in {stderr}"
+        );
+    }
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

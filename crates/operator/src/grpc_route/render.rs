@@ -39,6 +39,11 @@ pub enum RenderError {
     },
     #[error("spec.backend.callTimeout: {0}")]
     CallTimeout(String),
+    #[error("spec.backend.{field}: {message}")]
+    Duration {
+        field: &'static str,
+        message: String,
+    },
 }
 
 pub fn owner(route: &GrpcKafkaRoute) -> Owner {
@@ -94,7 +99,15 @@ pub fn request_topics(route: &GrpcKafkaRoute) -> Vec<String> {
 }
 
 pub fn group_id(route: &GrpcKafkaRoute) -> String {
-    route.spec.backend.group_id.clone().unwrap_or_else(|| {
+    let backend = &route.spec.backend;
+    if let Some(zilla) = backend
+        .zilla_group
+        .as_ref()
+        .filter(|_| backend.group_id.is_none())
+    {
+        return format!("zilla:{}-{}", zilla.namespace, zilla.binding);
+    }
+    backend.group_id.clone().unwrap_or_else(|| {
         format!(
             "strait-{}-{}",
             route.namespace().unwrap_or_default(),
@@ -170,6 +183,34 @@ pub fn backend_config(
         config.retries = retries.clone();
     }
     config.dead_letter_topic = backend.dead_letter_topic.clone();
+    if let Some(zilla) = backend
+        .zilla_group
+        .as_ref()
+        .filter(|_| backend.group_id.is_none())
+    {
+        config.group_id = None;
+        config.zilla_group = Some(zilla.clone());
+    }
+    if let Some(acks) = backend.acks {
+        config.acks = acks;
+    }
+    let duration = |field: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| RenderError::Duration {
+                    field,
+                    message: format!("{text:?}: {e}"),
+                })
+            })
+            .transpose()
+    };
+    if let Some(window) = duration("dedupWindow", &backend.dedup_window)? {
+        config.dedup_window = window;
+    }
+    if let Some(timeout) = duration("sessionTimeout", &backend.session_timeout)? {
+        config.session_timeout = timeout;
+    }
     if let Some(tls) = &backend.tls {
         let file = |name: &str| Some(format!("{BACKEND_TLS_DIR}/{name}").into());
         config.target_tls.ca = file("ca.crt");
@@ -674,5 +715,26 @@ mod tests {
             "svc-ca".to_string(),
             "spec.backend.tls.secretName".to_string()
         )));
+    }
+
+    #[test]
+    fn backend_settings_reach_kafka_grpc_and_a_zilla_group_is_the_lag_group() {
+        let mut spec = serde_json::to_value(&example().spec).unwrap();
+        spec["backend"]["zillaGroup"] = json!({"namespace": "apps", "binding": "grpc0"});
+        spec["backend"]["acks"] = json!("leader");
+        spec["backend"]["dedupWindow"] = json!("1m");
+        spec["backend"]["sessionTimeout"] = json!("20s");
+        let route = route(spec);
+        let back = backend_config(&route, false).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.group(), "zilla:apps-grpc0");
+        assert_eq!(
+            group_id(&route),
+            "zilla:apps-grpc0",
+            "the autoscaler reads this group"
+        );
+        assert_eq!(back.acks, strait_config::mqtt_kafka::Acks::Leader);
+        assert_eq!(back.dedup_window, std::time::Duration::from_secs(60));
+        assert_eq!(back.session_timeout, std::time::Duration::from_secs(20));
     }
 }

@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use strait_config::auth::JwtAlgorithm;
-use strait_config::grpc::{ForwardMetadata, GrpcRoute, Retries};
+use strait_config::grpc::{ForwardMetadata, GrpcRoute, Retries, ZillaGroup};
+use strait_config::mqtt_kafka::Acks;
 
 use crate::mqtt_bridge::spec::SecretKeyRef;
 
@@ -267,6 +268,8 @@ pub struct BackendTls {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tls) || self.target.startsWith('https://')")
     .message("spec.backend.tls needs an https:// target"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.groupId) || !has(self.zillaGroup)")
+    .message("spec.backend takes groupId or zillaGroup, not both"))]
 pub struct Backend {
     /// The real service: `http://HOST:PORT` (h2c) or `https://HOST:PORT`.
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')")
@@ -280,6 +283,24 @@ pub struct Backend {
     /// Consumer group id (default `strait-<namespace>-<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// Join Zilla's kafka-grpc consumers: group `zilla:<namespace>-<binding>` (instead of
+    /// `groupId`), for a migration with both running on the same request topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zilla_group: Option<ZillaGroup>,
+    /// Acknowledgement for reply and dead-letter records (`all` by default); offsets are
+    /// committed only after they are acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Acks>,
+    /// A redelivered call (same correlation id) within this window is answered from the recorded
+    /// replies instead of calling the target again, e.g. `5m` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub dedup_window: Option<String>,
+    /// Consumer session timeout: how soon a dead pod's partitions move to the others, e.g. `10s`
+    /// (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub session_timeout: Option<String>,
     /// Calls made to the target at once, per pod.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 100000))]

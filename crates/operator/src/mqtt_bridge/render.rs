@@ -104,6 +104,8 @@ pub enum RenderError {
          spec.listener.allowPlaintextCredentials: true"
     )]
     PlaintextCredentials,
+    #[error("spec.upstream.kafka.replicaLease: {message}")]
+    ReplicaLease { message: String },
     #[error("the rendered {role} config is invalid: {error}")]
     Config {
         role: &'static str,
@@ -207,6 +209,15 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
         target.qos0_acks = kafka.qos0_acks;
         target.routes = kafka.routes.clone();
         target.clients = kafka.clients.clone();
+        if let Some(queue) = kafka.session_queue {
+            target.session_queue = queue as usize;
+        }
+        if let Some(lease) = &kafka.replica_lease {
+            target.replica_lease =
+                humantime::parse_duration(lease).map_err(|e| RenderError::ReplicaLease {
+                    message: format!("{lease:?}: {e}"),
+                })?;
+        }
         let connection = kafka.kafka_ref().connection(inputs.kafka_client_cert);
         target.tls = connection.tls;
         target.sasl = connection.sasl;
@@ -971,5 +982,17 @@ mod tests {
             "auth": {"mode": "clientCertificate"},
         }));
         render(&with_tls, &inputs()).unwrap();
+    }
+
+    #[test]
+    fn session_queue_and_replica_lease_reach_s_proxy() {
+        let bridge = bridge(json!({
+            "upstream": {"kafka": {"bootstrap": "k:9092", "sessionQueue": 64, "replicaLease": "30s"}},
+            "auth": {"mode": "anonymous"},
+        }));
+        let (_, s) = configs(&render(&bridge, &inputs()).unwrap());
+        let kafka = s.kafka.unwrap();
+        assert_eq!(kafka.session_queue, 64);
+        assert_eq!(kafka.replica_lease, std::time::Duration::from_secs(30));
     }
 }

@@ -121,6 +121,16 @@ pub struct KafkaUpstream {
     /// Topic patterns whose `{identity}` level is the partition key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<String>,
+    /// Messages queued per session towards its device before QoS 0 messages are dropped and
+    /// QoS 1/2 delivery pauses (s-proxy's default, 1024, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub session_queue: Option<u32>,
+    /// How long an s-proxy pod may stay silent in the sessions topic before the others consider
+    /// it dead and publish the wills of its devices, e.g. `15s` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub replica_lease: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
