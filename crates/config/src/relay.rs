@@ -108,6 +108,15 @@ pub struct SProxyLink {
     /// HTTP/2 connections opened to each endpoint; sessions are multiplexed over them.
     #[serde(default = "default_connections_per_endpoint")]
     pub connections_per_endpoint: usize,
+    /// Each endpoint's host names every s-proxy (e.g. a headless Service): it is resolved to all
+    /// its addresses, again every `resolveInterval`, and sessions go to each address as to an
+    /// endpoint of its own (the certificate is still checked against the host or `serverName`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub discover: bool,
+    /// How often `discover` resolves the endpoints again.
+    #[serde(default = "default_resolve_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub resolve_interval: Duration,
 }
 
 /// What one client may do to r-proxy.
@@ -147,6 +156,8 @@ impl RProxyConfig {
                 tls: ClientTls::default(),
                 server_name: None,
                 connections_per_endpoint: default_connections_per_endpoint(),
+                discover: false,
+                resolve_interval: default_resolve_interval(),
             },
             limits: ClientLimits::default(),
             drain_timeout: default_drain_timeout(),
@@ -207,6 +218,12 @@ impl Validate for RProxyConfig {
             }
         }
         self.s_proxy.tls.check("sProxy.tls")?;
+        if self.s_proxy.discover && self.s_proxy.resolve_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "sProxy.resolveInterval",
+                "must be at least 100ms",
+            ));
+        }
         if self.s_proxy.connections_per_endpoint == 0 {
             return Err(ConfigError::invalid(
                 "sProxy.connectionsPerEndpoint",
@@ -392,6 +409,9 @@ fn default_ws_path() -> String {
 }
 fn default_connections_per_endpoint() -> usize {
     2
+}
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)

@@ -204,6 +204,18 @@ pub fn network_policy(
     }))
 }
 
+/// A headless Service over a role's ready pods: its DNS name resolves to every pod's address,
+/// which is how r-proxy finds each s-proxy (a ClusterIP balances per connection, and r-proxy
+/// keeps few, long-lived connections).
+pub fn headless_service(owner: &Owner, name: String, role: &str, ports: Vec<Value>) -> Service {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.meta(name, role),
+        "spec": {"clusterIP": "None", "selector": owner.selector(role), "ports": ports},
+    }))
+}
+
 /// Voluntary evictions (node drains) take one pod of the role at a time.
 pub fn disruption_budget(owner: &Owner, role: &str) -> PodDisruptionBudget {
     from_json(json!({

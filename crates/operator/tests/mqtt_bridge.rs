@@ -181,7 +181,7 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
     r_proxy.validate().unwrap();
     assert_eq!(
         r_proxy.s_proxy.endpoints,
-        [format!("https://devices-s-proxy.{ns}.svc:50516")],
+        [format!("https://devices-s-proxy-pods.{ns}.svc:50516")],
         "a mutual TLS relay link by default"
     );
     assert_eq!(r_proxy.limits.max_packet_size, 262_144);
@@ -510,7 +510,7 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
     let r_proxy: RProxyConfig = serde_saphyr::from_str(&config["r-proxy.yaml"]).unwrap();
     assert_eq!(
         r_proxy.s_proxy.endpoints,
-        [format!("https://bare-s-proxy.{ns}.svc:50516")]
+        [format!("https://bare-s-proxy-pods.{ns}.svc:50516")]
     );
     let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
     assert!(
@@ -818,10 +818,10 @@ async fn relay_through_rendered_configs(
     std::fs::create_dir_all(&dir).unwrap();
     let endpoint = r_config.s_proxy.endpoints[0].clone();
     match endpoint.strip_prefix("https://") {
-        Some(host_port) => {
-            // The Service name stays the name checked against s-proxy's certificate.
-            let host = host_port.rsplit_once(':').unwrap().0;
-            r_config.s_proxy.server_name = Some(host.to_string());
+        Some(_) => {
+            // The rendered serverName (the s-proxy Service's name) is still what r-proxy checks
+            // s-proxy's certificate against; only the address moves to loopback.
+            assert!(r_config.s_proxy.server_name.is_some());
             r_config.s_proxy.endpoints = vec![format!("https://{grpc}")];
             let secrets = secrets.expect("the link certificates' Secrets");
             let link = |role: &str| {

@@ -95,6 +95,15 @@ pub struct RProxyArgs {
     #[arg(long)]
     pub s_proxy_key: Option<PathBuf>,
 
+    /// Name checked against s-proxy's certificate when it is not the endpoints' host.
+    #[arg(long)]
+    pub s_proxy_server_name: Option<String>,
+
+    /// Resolve each --s-proxy host to all its addresses (e.g. a headless Service naming every
+    /// s-proxy pod), again every 5 s, and spread sessions over every address.
+    #[arg(long)]
+    pub s_proxy_discover: bool,
+
     /// HTTP/2 connections opened to each s-proxy endpoint; sessions are multiplexed over them
     /// [default: 2].
     #[arg(long)]
@@ -224,6 +233,8 @@ impl RProxyArgs {
         overlay(&mut link.tls.ca, self.s_proxy_ca);
         overlay(&mut link.tls.cert, self.s_proxy_cert);
         overlay(&mut link.tls.key, self.s_proxy_key);
+        overlay(&mut link.server_name, self.s_proxy_server_name);
+        link.discover |= self.s_proxy_discover;
         let limits = &mut config.limits;
         link.connections_per_endpoint = self
             .connections_per_endpoint

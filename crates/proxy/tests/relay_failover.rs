@@ -182,6 +182,56 @@ async fn sessions_spread_over_s_proxies_and_fail_over_when_one_dies() {
     wait_for_sessions(b.admin, CLIENTS as i64, "s-proxy B").await;
 }
 
+/// An s-proxy that starts after the others takes the new sessions until it carries as many:
+/// r-proxy places each session on the s-proxy with the fewest, not merely the next in turn.
+/// The endpoints are found by resolving their names (`--s-proxy-discover`).
+#[tokio::test]
+async fn a_late_s_proxy_takes_new_sessions_until_the_load_is_even() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let (grpc_a, grpc_b) = (free_local_addr(), free_local_addr());
+    let a = start_s_proxy(grpc_a, &broker).await;
+    let mqtt = free_local_addr();
+    let endpoints = [
+        format!("http://localhost:{}", grpc_a.port()),
+        format!("http://localhost:{}", grpc_b.port()),
+    ];
+    let _r_proxy = start_r_proxy(mqtt, &endpoints, &["--s-proxy-discover"]).await;
+
+    // B is not there yet: every session lands on A.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let id = unique_name(&format!("early{i}"));
+        clients.push(
+            RawClient::session(mqtt, Protocol::V5, connect_packet(&id))
+                .await
+                .0,
+        );
+    }
+    wait_for_sessions(a.admin, 4, "s-proxy A").await;
+
+    let b = start_s_proxy(grpc_b, &broker).await;
+    for i in 0..4 {
+        let id = unique_name(&format!("late{i}"));
+        let opened = wait_until(Duration::from_secs(10), "a session through r-proxy", || {
+            let id = id.clone();
+            async move {
+                RawClient::try_session(mqtt, Protocol::V5, connect_packet(&id))
+                    .await
+                    .ok()
+                    .map(|(client, _)| client)
+            }
+        })
+        .await;
+        clients.push(opened);
+    }
+    wait_for_sessions(b.admin, 4, "s-proxy B, which had none").await;
+    assert_eq!(sessions_active(a.admin).await, Some(4), "A got no more");
+    for client in &mut clients {
+        client.send(&Packet::PingReq).await;
+        assert_eq!(client.recv().await, Some(Packet::PingResp));
+    }
+}
+
 #[tokio::test]
 async fn graceful_r_proxy_shutdown_disconnects_clients_without_publishing_their_wills() {
     let broker = require!("MQTT_BROKER", "mosquitto");

@@ -46,6 +46,21 @@ impl Connector {
         })
     }
 
+    /// The same TLS settings and checked name, connecting to `uri` instead (an address the
+    /// endpoint's name resolved to).
+    pub(super) fn at(&self, uri: &Uri) -> Result<Self, strait_tls::TlsError> {
+        let host = uri.host().unwrap_or_default();
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: uri.port_u16().unwrap_or(443),
+            server_name: self.server_name.clone(),
+            tls: self.tls.clone(),
+        })
+    }
+
     /// The URI tonic is given for this endpoint.
     pub(super) fn plain_uri(&self) -> Uri {
         let host = match self.host.contains(':') {

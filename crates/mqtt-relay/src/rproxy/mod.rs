@@ -27,7 +27,7 @@ pub const READINESS: &str = "listeners";
 
 /// Shared by every session of the process.
 pub(crate) struct Context {
-    pub upstream: upstream::SProxyPool,
+    pub upstream: Arc<upstream::SProxyPool>,
     pub metrics: RelayMetrics,
     pub connect_timeout: Duration,
     pub max_packet_size: u32,
@@ -62,7 +62,10 @@ pub async fn start(
     let server_tls = strait_tls::reload::server_config(&config.tls, &[])
         .context("loading the MQTT listener's TLS certificate (tls)")?;
     let upstream = upstream::SProxyPool::new(&config.s_proxy, config.limits.max_packet_size)
+        .await
         .context("configuring the s-proxy endpoints (sProxy)")?;
+    let upstream = Arc::new(upstream);
+    upstream.spawn_discovery(process.shutdown.token());
     let metrics = RelayMetrics::register(&process.metrics, "r-proxy")?;
     let auth =
         crate::auth::Authenticator::load(&config.auth, &process.metrics, process.shutdown.token())

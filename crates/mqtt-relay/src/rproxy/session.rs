@@ -159,9 +159,11 @@ pub async fn run(
     };
     let _active = ActiveSession::start(&ctx.metrics);
     tracing::debug!(endpoint = %relay.endpoint, "session relayed");
+    // `_load` counts the session against its s-proxy until the session ends.
     let RelayStream {
         to_server,
         mut from_server,
+        load: _load,
         ..
     } = relay;
 

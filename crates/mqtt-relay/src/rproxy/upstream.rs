@@ -1,6 +1,13 @@
-//! The link to s-proxy: a few HTTP/2 connections per endpoint, each carrying many sessions.
+//! The link to s-proxy: a few HTTP/2 connections per s-proxy, each carrying many sessions.
+//!
+//! Each configured endpoint is one s-proxy, or, with `sProxy.discover`, a DNS name standing for
+//! all of them (a headless Service): it is resolved again every `resolveInterval`, so s-proxy pods
+//! that come are used at once and pods that go are left. A new session goes to the s-proxy with
+//! the fewest sessions from this r-proxy (ties in turn), skipping any that refuses.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use strait_runtime::Context as _;
@@ -9,6 +16,7 @@ use crate::RelayError;
 use strait_relay::v1::{ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::link_tls::Connector;
@@ -17,12 +25,31 @@ use strait_config::relay::SProxyLink;
 use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
 pub struct SProxyPool {
-    /// `connections_per_endpoint` channels for each endpoint, endpoint-major.
-    channels: Vec<(Uri, Channel)>,
+    configured: Vec<Configured>,
     per_endpoint: usize,
+    discover: bool,
+    resolve_interval: Duration,
+    /// The s-proxies sessions go to now (replaced whole when discovery finds a change).
+    targets: RwLock<Arc<Vec<Arc<Target>>>>,
     next: AtomicUsize,
     /// Largest relay frame either way.
     max_message: usize,
+}
+
+/// One entry of `sProxy.endpoints`.
+struct Configured {
+    uri: Uri,
+    /// TLS for an `https://` endpoint: the connector for the endpoint itself, whose settings
+    /// discovered addresses share.
+    tls: Option<Connector>,
+}
+
+/// One s-proxy: its channels and how many sessions this r-proxy has open on it.
+struct Target {
+    uri: Uri,
+    addr: Option<SocketAddr>,
+    channels: Vec<Channel>,
+    sessions: Arc<AtomicUsize>,
 }
 
 /// An open relay stream: frames go out through `to_server`, come back from `from_server`.
@@ -30,14 +57,85 @@ pub struct RelayStream {
     pub endpoint: Uri,
     pub to_server: mpsc::Sender<ClientFrame>,
     pub from_server: strait_relay::Incoming<ServerFrame>,
+    /// Counts the session against its s-proxy while it lives.
+    pub load: SessionLoad,
+}
+
+/// One session's share of an s-proxy's load, released when the session ends.
+pub struct SessionLoad(Arc<AtomicUsize>);
+
+impl Drop for SessionLoad {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn endpoint(uri: Uri) -> Endpoint {
+    Endpoint::from(uri)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .initial_connection_window_size(link::CONNECTION_WINDOW)
+        .initial_stream_window_size(link::STREAM_WINDOW)
+        .max_frame_size(link::MAX_FRAME)
+}
+
+impl Configured {
+    /// The s-proxy at `addr` (a discovered address), or the endpoint itself.
+    fn target(&self, addr: Option<SocketAddr>, per_endpoint: usize) -> Result<Target, RelayError> {
+        let uri: Uri = match addr {
+            Some(addr) => format!("{}://{addr}", self.uri.scheme_str().unwrap_or("http"))
+                .parse()
+                .expect("scheme and socket address"),
+            None => self.uri.clone(),
+        };
+        let connector = match &self.tls {
+            // A discovered address is checked against the endpoint's own name.
+            Some(tls) => Some(
+                tls.at(&uri)
+                    .with_context(|| format!("sProxy.endpoints: {uri}"))?,
+            ),
+            None => None,
+        };
+        let tonic_uri = connector
+            .as_ref()
+            .map_or_else(|| uri.clone(), Connector::plain_uri);
+        let endpoint = endpoint(tonic_uri);
+        let channels = (0..per_endpoint)
+            .map(|_| match &connector {
+                Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+                None => endpoint.connect_lazy(),
+            })
+            .collect();
+        Ok(Target {
+            uri,
+            addr,
+            channels,
+            sessions: Arc::default(),
+        })
+    }
+
+    /// Every address the endpoint's host resolves to, sorted.
+    async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let host = self.uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = self.uri.port_u16().unwrap_or(match self.uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
+    }
 }
 
 impl SProxyPool {
-    pub fn new(link: &SProxyLink, max_packet_size: u32) -> Result<Self, RelayError> {
+    pub async fn new(link: &SProxyLink, max_packet_size: u32) -> Result<Self, RelayError> {
         let per_endpoint = link.connections_per_endpoint.max(1);
         let tls = &link.tls;
-        let max_message = max_frame_size(max_packet_size);
-        let mut channels = Vec::new();
         // One reloading TLS config for every endpoint: the files are read once per change.
         let link_tls = match link.endpoints.iter().any(|e| e.starts_with("https://")) {
             true => {
@@ -52,11 +150,12 @@ impl SProxyPool {
             }
             false => None,
         };
+        let mut configured = Vec::new();
         for endpoint in &link.endpoints {
             let uri: Uri = endpoint
                 .parse()
                 .with_context(|| format!("sProxy.endpoints: {endpoint:?} is not a URL"))?;
-            let connector = match (&link_tls, uri.scheme_str()) {
+            let tls = match (&link_tls, uri.scheme_str()) {
                 (Some(link_tls), Some("https")) => Some(
                     Connector::new(&uri, link.server_name.as_deref(), link_tls.clone())
                         .with_context(|| format!("sProxy.endpoints: {uri}"))?,
@@ -69,46 +168,114 @@ impl SProxyPool {
                 }
                 _ => None,
             };
-            let tonic_uri = connector
-                .as_ref()
-                .map_or_else(|| uri.clone(), Connector::plain_uri);
-            let endpoint = Endpoint::from(tonic_uri)
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true)
-                .initial_connection_window_size(link::CONNECTION_WINDOW)
-                .initial_stream_window_size(link::STREAM_WINDOW)
-                .max_frame_size(link::MAX_FRAME);
-            for _ in 0..per_endpoint {
-                let channel = match &connector {
-                    Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
-                    None => endpoint.connect_lazy(),
-                };
-                channels.push((uri.clone(), channel));
-            }
+            configured.push(Configured { uri, tls });
         }
-        if channels.is_empty() {
+        if configured.is_empty() {
             return Err(strait_runtime::Failed::new("no s-proxy endpoint given").into());
         }
-        Ok(Self {
-            channels,
+        let pool = Self {
+            configured,
             per_endpoint,
+            discover: link.discover,
+            resolve_interval: link.resolve_interval,
+            targets: RwLock::default(),
             next: AtomicUsize::new(0),
-            max_message,
-        })
+            max_message: max_frame_size(max_packet_size),
+        };
+        pool.refresh().await?;
+        Ok(pool)
     }
 
-    /// Opens a relay stream whose first frame is `first`, trying each endpoint once starting
-    /// from the next in turn, so sessions spread out and a dead endpoint is skipped.
+    /// Rebuilds the targets: each configured endpoint as it is, or, with discovery, each address
+    /// its host resolves to now. A target whose address stays keeps its channels and load; a
+    /// name that does not resolve keeps the addresses it had.
+    async fn refresh(&self) -> Result<(), RelayError> {
+        let current = self.targets.read().expect("never poisoned").clone();
+        let mut next = Vec::new();
+        for configured in &self.configured {
+            if !self.discover {
+                let kept = current
+                    .iter()
+                    .find(|t| t.addr.is_none() && t.uri == configured.uri);
+                match kept {
+                    Some(kept) => next.push(kept.clone()),
+                    None => next.push(Arc::new(configured.target(None, self.per_endpoint)?)),
+                }
+                continue;
+            }
+            let addrs = match configured.resolve().await {
+                Ok(addrs) if !addrs.is_empty() => addrs,
+                result => {
+                    let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(endpoint = %configured.uri, %error, "s-proxy endpoint resolves to no address; keeping the last ones");
+                    let kept = current.iter().filter(|t| same_port(t, configured));
+                    next.extend(kept.cloned());
+                    continue;
+                }
+            };
+            for addr in addrs {
+                let kept = current.iter().find(|t| t.addr == Some(addr));
+                match kept {
+                    Some(kept) => next.push(kept.clone()),
+                    None => next.push(Arc::new(configured.target(Some(addr), self.per_endpoint)?)),
+                }
+            }
+        }
+        let added: Vec<String> = (next.iter())
+            .filter(|t| !current.iter().any(|c| Arc::ptr_eq(c, t)))
+            .map(|t| t.uri.to_string())
+            .collect();
+        let removed: Vec<String> = (current.iter())
+            .filter(|c| !next.iter().any(|t| Arc::ptr_eq(c, t)))
+            .map(|t| t.uri.to_string())
+            .collect();
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(
+                ?added,
+                ?removed,
+                total = next.len(),
+                "s-proxy endpoints changed"
+            );
+        }
+        *self.targets.write().expect("never poisoned") = Arc::new(next);
+        Ok(())
+    }
+
+    /// With `sProxy.discover`, resolves the endpoints again every `resolveInterval` until
+    /// `shutdown`.
+    pub fn spawn_discovery(self: &Arc<Self>, shutdown: CancellationToken) {
+        if !self.discover {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(pool.resolve_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if let Err(error) = pool.refresh().await {
+                    tracing::warn!(error = %strait_runtime::error_chain(&error), "s-proxy discovery failed");
+                }
+            }
+        });
+    }
+
+    /// Opens a relay stream whose first frame is `first` on the s-proxy with the fewest of this
+    /// r-proxy's sessions, trying the others in that order when it refuses.
     pub async fn open(&self, first: ClientFrame) -> Result<RelayStream, tonic::Status> {
+        let targets = self.targets.read().expect("never poisoned").clone();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let endpoints = self.channels.len() / self.per_endpoint;
+        let loads: Vec<usize> = (targets.iter())
+            .map(|t| t.sessions.load(Ordering::Relaxed))
+            .collect();
         let mut last_error = tonic::Status::unavailable("no s-proxy endpoint");
-        for attempt in 0..endpoints {
-            let index = (start + attempt * self.per_endpoint) % self.channels.len();
-            let (uri, channel) = &self.channels[index];
+        for index in placement(&loads, start) {
+            let target = &targets[index];
+            let channel = &target.channels[start % target.channels.len()];
             let (to_server, outbound) = mpsc::channel(FRAME_QUEUE);
             to_server
                 .try_send(first.clone())
@@ -116,18 +283,68 @@ impl SProxyPool {
             let frames = ReceiverStream::new(outbound);
             match strait_relay::open_session(channel, frames, self.max_message).await {
                 Ok(from_server) => {
+                    target.sessions.fetch_add(1, Ordering::Relaxed);
                     return Ok(RelayStream {
-                        endpoint: uri.clone(),
+                        endpoint: target.uri.clone(),
                         to_server,
                         from_server,
+                        load: SessionLoad(target.sessions.clone()),
                     });
                 }
                 Err(status) => {
-                    tracing::warn!(endpoint = %uri, %status, "s-proxy refused or unreachable");
+                    tracing::warn!(endpoint = %target.uri, %status, "s-proxy refused or unreachable");
                     last_error = status;
                 }
             }
         }
         Err(last_error)
+    }
+}
+
+fn same_port(target: &Target, configured: &Configured) -> bool {
+    target
+        .addr
+        .is_some_and(|a| Some(a.port()) == configured.uri.port_u16())
+}
+
+/// The order in which to try the s-proxies: fewest sessions first, ties in turn from `start`,
+/// so equal s-proxies share new sessions evenly.
+fn placement(loads: &[usize], start: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..loads.len()).collect();
+    if !order.is_empty() {
+        order.rotate_left(start % loads.len());
+    }
+    // Stable: ties keep the rotated order.
+    order.sort_by_key(|&i| loads[i]);
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placement;
+
+    #[test]
+    fn the_least_loaded_s_proxy_comes_first_and_ties_take_turns() {
+        assert_eq!(placement(&[3, 1, 2], 0), [1, 2, 0]);
+        assert_eq!(placement(&[0, 0, 0], 0), [0, 1, 2]);
+        assert_eq!(placement(&[0, 0, 0], 1), [1, 2, 0]);
+        assert_eq!(placement(&[0, 0, 0], 5), [2, 0, 1]);
+        assert!(placement(&[], 7).is_empty());
+    }
+
+    #[test]
+    fn a_new_s_proxy_takes_the_new_sessions_until_it_catches_up() {
+        // Two busy s-proxies and one just added: new sessions go to the new one.
+        let mut loads = vec![10, 10, 0];
+        for start in 0..10 {
+            let first = placement(&loads, start)[0];
+            loads[first] += 1;
+        }
+        assert_eq!(loads, [10, 10, 10]);
+        for start in 0..30 {
+            let first = placement(&loads, start)[0];
+            loads[first] += 1;
+        }
+        assert_eq!(loads, [20, 20, 20], "then all three share evenly");
     }
 }

@@ -117,6 +117,11 @@ pub fn s_proxy_name(bridge: &MqttBridge) -> String {
     format!("{}-s-proxy", bridge.name_any())
 }
 
+/// The headless Service whose name resolves to every ready s-proxy pod.
+pub fn s_proxy_pods_name(bridge: &MqttBridge) -> String {
+    format!("{}-s-proxy-pods", bridge.name_any())
+}
+
 pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
     let spec = &bridge.spec;
     let any = |port: i32| format!("0.0.0.0:{port}").parse().ok();
@@ -144,15 +149,19 @@ pub fn r_proxy_config(bridge: &MqttBridge) -> RProxyConfig {
             .map_or_else(|| "/mqtt".into(), |w| w.path.clone()),
     };
     config.tls = tls;
+    // Every s-proxy pod, found through the headless Service and re-resolved as pods come and go,
+    // so sessions spread over all of them; the certificate names the s-proxy Service.
     let scheme = if link_tls(bridge) { "https" } else { "http" };
     config.s_proxy = SProxyLink {
         endpoints: vec![format!(
             "{scheme}://{}.{namespace}.svc:{S_PROXY_PORT}",
-            s_proxy_name(bridge)
+            s_proxy_pods_name(bridge)
         )],
+        discover: true,
         ..config.s_proxy
     };
     if link_tls(bridge) {
+        config.s_proxy.server_name = Some(format!("{}.{namespace}.svc", s_proxy_name(bridge)));
         config.s_proxy.tls = ClientTls {
             ca: link_file(relay_pki::CA_CERT),
             cert: link_file("tls.crt"),
@@ -425,6 +434,12 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             "ClusterIP",
             vec![json!({"name": "grpc", "port": S_PROXY_PORT, "targetPort": "grpc"})],
         ),
+        workload::headless_service(
+            &owner,
+            s_proxy_pods_name(bridge),
+            "s-proxy",
+            vec![json!({"name": "grpc", "port": S_PROXY_PORT, "targetPort": "grpc"})],
+        ),
         workload::service(
             &owner,
             name.clone(),
@@ -498,7 +513,7 @@ mod tests {
         r.validate().unwrap();
         assert_eq!(
             r.s_proxy.endpoints,
-            ["https://devices-s-proxy.iot.svc:50516"]
+            ["https://devices-s-proxy-pods.iot.svc:50516"]
         );
         assert_eq!(r.limits.max_packet_size, 65536);
         assert_eq!(r.listeners.ws.unwrap().port(), 8080);
@@ -670,7 +685,7 @@ mod tests {
         let (r, s) = configs(&rendered);
         assert_eq!(
             r.s_proxy.endpoints,
-            ["https://devices-s-proxy.iot.svc:50516"]
+            ["https://devices-s-proxy-pods.iot.svc:50516"]
         );
         let link = |f: &str| {
             Some(std::path::PathBuf::from(format!(
@@ -712,7 +727,7 @@ mod tests {
         let (r, s) = configs(&rendered);
         assert_eq!(
             r.s_proxy.endpoints,
-            ["http://devices-s-proxy.iot.svc:50516"]
+            ["http://devices-s-proxy-pods.iot.svc:50516"]
         );
         assert!(!s.tls.is_enabled());
         assert!(

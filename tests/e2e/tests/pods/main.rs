@@ -28,6 +28,7 @@ mod secrets;
 use grpc::{autoscaling_follows_lag, grpc_example};
 use mqtt::{
     persistent_session_survives_s_proxy_pods, relay_round_trip, rolling_update_drains_sessions,
+    sessions_spread_over_every_s_proxy_pod,
 };
 use secrets::secrets_reach_the_pods;
 
@@ -278,6 +279,8 @@ async fn real_pods_end_to_end() {
     });
     let fleet = service_address(&ns, "fleet", 1883);
     persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &operator).await;
+    step("Kafka example: sessions spread over every s-proxy pod");
+    sessions_spread_over_every_s_proxy_pod(&ns, fleet).await;
 
     // TLS, SASL and listener certificates from Secrets.
     step("Secrets: Kafka SASL_SSL, MQTT TLS listener");

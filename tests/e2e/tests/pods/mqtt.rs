@@ -447,3 +447,70 @@ impl MqttSubProcess {
         found.ok().flatten()
     }
 }
+
+/// r-proxy finds every ready s-proxy pod through the headless Service and puts each new session
+/// on the one with the fewest of its sessions: with more clients than s-proxy pods, every pod
+/// serves some (a ClusterIP Service would have pinned each r-proxy to one or two of them).
+pub(super) async fn sessions_spread_over_every_s_proxy_pod(ns: &str, fleet: SocketAddr) {
+    const CLIENTS: usize = 12;
+    let mut pollers = Vec::new();
+    for i in 0..CLIENTS {
+        let (client, mut events) = mqtt311(fleet, &unique_name(&format!("spread{i}")), true);
+        pollers.push(tokio::spawn(async move {
+            let _client = client;
+            loop {
+                if events.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    // The pods behind the headless Service, as r-proxy's DNS lookups see them.
+    let ready = kubectl_ok(
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            ns,
+            "-l",
+            "kubernetes.io/service-name=fleet-s-proxy-pods",
+            "-o",
+            "jsonpath={.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}",
+        ],
+        None,
+    );
+    let pods: Vec<SocketAddr> = ready
+        .split_whitespace()
+        .map(|ip| format!("{ip}:9090").parse().unwrap())
+        .collect();
+    assert_eq!(pods.len(), 3, "the example's three s-proxy pods: {ready:?}");
+    let counts = wait_until(
+        Duration::from_secs(90),
+        "every s-proxy pod to serve sessions",
+        || {
+            let pods = pods.clone();
+            async move {
+                let mut counts = Vec::new();
+                for pod in &pods {
+                    counts.push(s_proxy_sessions(*pod).await?);
+                }
+                let all = counts.iter().sum::<i64>() >= CLIENTS as i64;
+                (all && counts.iter().all(|c| *c > 0)).then_some(counts)
+            }
+        },
+    )
+    .await;
+    eprintln!("sessions per s-proxy pod: {counts:?}");
+    for poller in pollers {
+        poller.abort();
+    }
+}
+
+/// `strait_mqtt_sessions_active` of the s-proxy pod whose admin port is `admin`.
+async fn s_proxy_sessions(admin: SocketAddr) -> Option<i64> {
+    let (_, body) = strait_e2e::http_get(admin, "/metrics").await.ok()?;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("strait_mqtt_sessions_active{"))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
