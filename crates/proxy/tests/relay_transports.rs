@@ -678,6 +678,48 @@ async fn websocket_session<S: AsyncRead + AsyncWrite + Unpin>(
     assert_eq!(client.recv().await, None, "r-proxy closes after DISCONNECT");
 }
 
+/// One 48 MiB WebSocket message sent before CONNECT is refused at its frame header, so r-proxy
+/// never buffers it, and other clients go on being served.
+#[tokio::test]
+async fn a_huge_websocket_message_before_connect_is_refused_without_buffering_it() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let ws_addr = free_local_addr();
+    let relay = Relay::start_with(&broker, &["--ws-listen", &ws_addr.to_string()]).await;
+    let before = relay.r_proxy.peak_rss_kib().expect("r-proxy runs");
+
+    let mut request = format!("ws://{ws_addr}/mqtt")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket upgrade on /mqtt");
+    // r-proxy may close while the message is still being written: that is the refusal.
+    let _ = ws.send(Message::Binary(vec![0u8; 48 << 20].into())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(data))) => panic!("r-proxy answered {} bytes", data.len()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "r-proxy closes the connection");
+    let after = relay.r_proxy.peak_rss_kib().expect("r-proxy still runs");
+    assert!(
+        after < before + 16 * 1024,
+        "r-proxy's peak memory grew from {before} KiB to {after} KiB"
+    );
+    Bystander::join(relay.mqtt, Protocol::V5)
+        .await
+        .assert_alive()
+        .await;
+}
+
 #[tokio::test]
 async fn websocket_clients_speak_mqtt_on_the_mqtt_path() {
     let broker = require!("MQTT_BROKER", "mosquitto");

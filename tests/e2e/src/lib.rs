@@ -241,6 +241,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The most resident memory the process has used so far, in KiB (`VmHWM` of /proc): a
+    /// buffer allocated and freed again still shows.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -119,7 +119,7 @@ impl Listener {
                 async move {
                     let handshake = tokio::time::timeout(
                         ctx.connect_timeout,
-                        handshake(tcp, transport, tls, &ctx.ws_path),
+                        handshake(tcp, transport, tls, &ctx.ws_path, ctx.max_packet_size),
                     );
                     match handshake.await {
                         Ok(Ok((conn, identity))) => {
@@ -143,11 +143,16 @@ impl Listener {
 }
 
 #[allow(clippy::result_large_err)] // the closure returns tungstenite's callback error type
+/// Room beyond one maximum-size packet in a WebSocket message, for a few small packets sent with
+/// it (a PUBLISH and the PINGREQ behind it).
+const WS_MESSAGE_SLACK: usize = 64 * 1024;
+
 async fn handshake(
     tcp: TcpStream,
     transport: Transport,
     tls: Option<TlsAcceptor>,
     ws_path: &str,
+    max_packet_size: u32,
 ) -> Result<(ClientConn, Option<v1::Identity>), RelayError> {
     let (io, identity): (BoxedIo, _) = match &tls {
         Some(acceptor) => {
@@ -169,9 +174,15 @@ async fn handshake(
     let check_request =
         |request: &Request, response: Response| check_ws_request(ws_path, request, response);
     // Small buffers: most connections are idle IoT devices.
+    // A WebSocket message or frame may not be much larger than the largest MQTT packet accepted:
+    // tungstenite's 64 MiB default would let any client, before CONNECT, make r-proxy buffer that
+    // much. (Packets may span messages, so clients that split large packets lose nothing.)
+    let largest = max_packet_size as usize + WS_MESSAGE_SLACK;
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0);
+        .write_buffer_size(0)
+        .max_message_size(Some(largest))
+        .max_frame_size(Some(largest));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check_request, Some(config))
         .await
         .map_err(Box::new)?;
