@@ -285,3 +285,42 @@ async fn a_publish_to_a_wildcard_topic_is_disconnected_with_the_codecs_reason() 
 
     bystander.assert_alive().await;
 }
+
+/// A relay stream that never sends its first frame (which would say whose session it is) is
+/// ended by s-proxy at its deadline instead of holding a task for ever.
+#[tokio::test]
+async fn a_relay_stream_that_never_sends_its_first_frame_is_ended_at_the_deadline() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let grpc = strait_e2e::free_local_addr();
+    let s_proxy = support::start_s_proxy(grpc, &broker).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(30),
+        strait_relay::open_session(&channel, futures::stream::pending(), 1 << 20),
+    )
+    .await
+    .expect("s-proxy ends the stream");
+    let status = opened.err().expect("no session without a first frame");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, metrics) = strait_e2e::http_get(s_proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("strait_mqtt_relay_errors_total")
+                && l.contains(r#"kind="first_frame_timeout""#)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}

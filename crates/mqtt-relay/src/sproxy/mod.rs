@@ -25,6 +25,9 @@ use strait_config::relay::Upstream;
 use strait_relay::metrics::RelayMetrics;
 use strait_relay::rules::{FRAME_QUEUE, link, max_frame_size};
 
+/// How long a new relay stream may take to send its first frame (SessionOpen and CONNECT).
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The readiness flag this role sets once it listens (registered by `ProcessArgs::start`).
 pub const READINESS: &str = "listener";
 
@@ -53,9 +56,15 @@ impl SessionHandler for RelayService {
     type Outbound = ReceiverStream<Result<ServerFrame, Status>>;
 
     async fn session(&self, mut inbound: Incoming<ClientFrame>) -> Result<Self::Outbound, Status> {
-        let first = inbound
-            .message()
-            .await?
+        // A stream that never says which session it is would hold its task forever.
+        let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                self.ctx.metrics.error("first_frame_timeout");
+                Status::deadline_exceeded(format!(
+                    "no first relay frame within {FIRST_FRAME_TIMEOUT:?}"
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("relay stream ended before its first frame"))?;
         let opening = Opening::parse(first)?;
         let (to_client, outbound) = mpsc::channel(FRAME_QUEUE);
