@@ -142,11 +142,11 @@ impl Listener {
     }
 }
 
-#[allow(clippy::result_large_err)] // the closure returns tungstenite's callback error type
 /// Room beyond one maximum-size packet in a WebSocket message, for a few small packets sent with
 /// it (a PUBLISH and the PINGREQ behind it).
 const WS_MESSAGE_SLACK: usize = 64 * 1024;
 
+#[allow(clippy::result_large_err)] // the closure returns tungstenite's callback error type
 async fn handshake(
     tcp: TcpStream,
     transport: Transport,
