@@ -133,6 +133,10 @@ pub struct ClientLimits {
     /// Most client connections served at once; further connections wait in the accept backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most sessions from one client address (one host, or a NAT in front of many); a CONNECT
+    /// beyond them gets CONNACK 0x97 Quota exceeded (3.1.1: 3 Server unavailable).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ClientLimits {
@@ -141,6 +145,7 @@ impl Default for ClientLimits {
             connect_timeout: default_connect_timeout(),
             max_packet_size: default_max_packet_size(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
         }
     }
 }
@@ -231,6 +236,12 @@ impl Validate for RProxyConfig {
             ));
         }
         check_packet_size("limits.maxPacketSize", self.limits.max_packet_size)?;
+        if self.limits.max_connections_per_address == 0 {
+            return Err(ConfigError::invalid(
+                "limits.maxConnectionsPerAddress",
+                "must be at least 1",
+            ));
+        }
         if self.limits.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.maxConnections",
@@ -409,6 +420,9 @@ fn default_ws_path() -> String {
 }
 fn default_connections_per_endpoint() -> usize {
     2
+}
+fn default_max_connections_per_address() -> usize {
+    10_000
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(5)

@@ -124,6 +124,11 @@ pub struct RProxyArgs {
     #[arg(long)]
     pub max_connections: Option<usize>,
 
+    /// Most sessions from one client address; more get CONNACK 0x97 Quota exceeded (3.1.1:
+    /// return code 3) [default: 10000].
+    #[arg(long)]
+    pub max_connections_per_address: Option<usize>,
+
     /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -242,6 +247,9 @@ impl RProxyArgs {
         limits.connect_timeout = self.connect_timeout.unwrap_or(limits.connect_timeout);
         limits.max_packet_size = self.max_packet_size.unwrap_or(limits.max_packet_size);
         limits.max_connections = self.max_connections.unwrap_or(limits.max_connections);
+        limits.max_connections_per_address = self
+            .max_connections_per_address
+            .unwrap_or(limits.max_connections_per_address);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
         overlay(&mut config.auth.mode, self.auth_mode);
         overlay(&mut config.auth.password_file, self.password_file);

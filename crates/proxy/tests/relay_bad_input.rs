@@ -324,3 +324,59 @@ async fn a_relay_stream_that_never_sends_its_first_frame_is_ended_at_the_deadlin
         "{metrics}"
     );
 }
+
+/// One address may hold only so many sessions: the next CONNECT from it is refused with Quota
+/// exceeded (3.1.1: server unavailable) and counted, and a slot given back can be used again.
+#[tokio::test]
+async fn one_address_gets_at_most_its_share_of_sessions() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start_with(&broker, &["--max-connections-per-address", "2"]).await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let id = unique_name(&format!("share{i}"));
+        held.push(
+            RawClient::session(relay.mqtt, Protocol::V5, connect_packet(&id))
+                .await
+                .0,
+        );
+    }
+    for (protocol, expected) in [
+        (Protocol::V5, ReasonCode::QUOTA_EXCEEDED),
+        // 3.1.1 has no such code: return code 3, read back as 0x88.
+        (Protocol::V311, ReasonCode::SERVER_UNAVAILABLE),
+    ] {
+        let refused =
+            RawClient::try_session(relay.mqtt, protocol, connect_packet(&unique_name("third")))
+                .await
+                .map(|(_, ack)| ack);
+        let Err(Some(Packet::ConnAck(ack))) = &refused else {
+            panic!("a third session from 127.0.0.1 is refused, got {refused:?}");
+        };
+        assert_eq!(ack.reason_code, expected, "{protocol:?}");
+    }
+    let (_, metrics) = strait_e2e::http_get(relay.r_proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains(r#"kind="address_limit""#) && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    held.pop();
+    strait_e2e::wait_until(
+        Duration::from_secs(10),
+        "a freed slot to be usable",
+        || async {
+            RawClient::try_session(
+                relay.mqtt,
+                Protocol::V5,
+                connect_packet(&unique_name("again")),
+            )
+            .await
+            .ok()
+            .map(|_| ())
+        },
+    )
+    .await;
+}

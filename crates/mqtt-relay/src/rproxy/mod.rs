@@ -1,6 +1,7 @@
 //! r-proxy: the MQTT server clients connect to. Each client session is relayed to s-proxy as one
 //! bidirectional gRPC stream of typed packets (`MqttRelay.Session`).
 
+mod addresses;
 mod conn;
 mod link_tls;
 mod listener;
@@ -28,6 +29,8 @@ pub const READINESS: &str = "listeners";
 /// Shared by every session of the process.
 pub(crate) struct Context {
     pub upstream: Arc<upstream::SProxyPool>,
+    /// Connections per client address (`limits.maxConnectionsPerAddress`).
+    pub addresses: Arc<addresses::AddressSlots>,
     pub metrics: RelayMetrics,
     pub connect_timeout: Duration,
     pub max_packet_size: u32,
@@ -76,6 +79,7 @@ pub async fn start(
         metrics,
         connect_timeout: config.limits.connect_timeout,
         max_packet_size: config.limits.max_packet_size,
+        addresses: addresses::AddressSlots::new(config.limits.max_connections_per_address),
         ws_path: config.listeners.ws_path.clone(),
         shutdown: process.shutdown.token(),
         auth,

@@ -87,6 +87,13 @@ pub async fn run(
         .packet(Direction::Inbound, mqtt::PacketType::Connect);
     let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size);
 
+    let Some(_address_slot) = ctx.addresses.take(peer.ip()) else {
+        tracing::info!(address = %peer.ip(), "refusing connection: too many from this address");
+        ctx.metrics.error("address_limit");
+        write_parting(&mut writer, protocol, refusal(ReasonCode::QUOTA_EXCEEDED)).await;
+        writer.close().await;
+        return;
+    };
     let session = match ctx.auth.authenticate(&mut connect, identity).await {
         Ok(session) => session,
         Err(refused) => {
