@@ -53,7 +53,8 @@ enum Role {
 /// A role's validated settings: its config file with the command line laid over it.
 /// (The gRPC roles read their config file, with its .proto files, when they start.)
 enum RoleConfig {
-    RProxy(RProxyConfig),
+    // Boxed: by far the largest, and there is one per process.
+    RProxy(Box<RProxyConfig>),
     SProxy(SProxyConfig),
     GrpcKafka(GrpcKafkaArgs),
     KafkaGrpc(KafkaGrpcArgs),
@@ -64,7 +65,7 @@ enum RoleConfig {
 impl Role {
     fn into_config(self) -> Result<RoleConfig, ConfigError> {
         Ok(match self {
-            Self::RProxy(args) => RoleConfig::RProxy(args.into_config()?),
+            Self::RProxy(args) => RoleConfig::RProxy(Box::new(args.into_config()?)),
             Self::SProxy(args) => RoleConfig::SProxy(args.into_config()?),
             Self::GrpcKafka(args) => RoleConfig::GrpcKafka(args),
             Self::KafkaGrpc(args) => RoleConfig::KafkaGrpc(args),
@@ -127,7 +128,7 @@ fn run(process_args: ProcessArgs, role: Role) -> anyhow::Result<()> {
             .start("strait-proxy", default_metrics_addr, readiness)
             .await?;
         let result = match config {
-            RoleConfig::RProxy(config) => rproxy::run(config, &process).await.map_err(Into::into),
+            RoleConfig::RProxy(config) => rproxy::run(*config, &process).await.map_err(Into::into),
             RoleConfig::SProxy(config) => sproxy::run(config, &process).await.map_err(Into::into),
             RoleConfig::GrpcKafka(args) => match args.load() {
                 Ok(config) => grpckafka::run(config, &process).await.map_err(Into::into),
