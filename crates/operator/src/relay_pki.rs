@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -304,16 +304,10 @@ async fn put(
             .annotations_mut()
             .insert(ISSUED_FOR.into(), issued_for);
     }
-    // The type of a Secret cannot change: a first write creates, later ones replace the data.
-    match secrets.get_opt(name).await? {
-        None => {
-            secrets.create(&PostParams::default(), &secret).await?;
-        }
-        Some(_) => {
-            let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-            secrets.patch(name, &params, &Patch::Apply(&secret)).await?;
-        }
-    }
+    // Server-side apply creates it or replaces the data; the caller has checked that an
+    // existing one is this owner's.
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    secrets.patch(name, &params, &Patch::Apply(&secret)).await?;
     Ok(())
 }
 
