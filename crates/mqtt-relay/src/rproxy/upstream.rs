@@ -47,6 +47,8 @@ struct Configured {
 /// One s-proxy: its channels and how many sessions this r-proxy has open on it.
 struct Target {
     uri: Uri,
+    /// The configured endpoint it stands for (its index in `configured`).
+    source: usize,
     addr: Option<SocketAddr>,
     channels: Vec<Channel>,
     sessions: Arc<AtomicUsize>,
@@ -84,7 +86,12 @@ fn endpoint(uri: Uri) -> Endpoint {
 
 impl Configured {
     /// The s-proxy at `addr` (a discovered address), or the endpoint itself.
-    fn target(&self, addr: Option<SocketAddr>, per_endpoint: usize) -> Result<Target, RelayError> {
+    fn target(
+        &self,
+        source: usize,
+        addr: Option<SocketAddr>,
+        per_endpoint: usize,
+    ) -> Result<Target, RelayError> {
         let uri: Uri = match addr {
             Some(addr) => format!("{}://{addr}", self.uri.scheme_str().unwrap_or("http"))
                 .parse()
@@ -111,6 +118,7 @@ impl Configured {
             .collect();
         Ok(Target {
             uri,
+            source,
             addr,
             channels,
             sessions: Arc::default(),
@@ -192,14 +200,16 @@ impl SProxyPool {
     async fn refresh(&self) -> Result<(), RelayError> {
         let current = self.targets.read().expect("never poisoned").clone();
         let mut next = Vec::new();
-        for configured in &self.configured {
+        for (source, configured) in self.configured.iter().enumerate() {
+            let from_here = || current.iter().filter(move |t| t.source == source);
             if !self.discover {
-                let kept = current
-                    .iter()
-                    .find(|t| t.addr.is_none() && t.uri == configured.uri);
-                match kept {
+                match from_here().next() {
                     Some(kept) => next.push(kept.clone()),
-                    None => next.push(Arc::new(configured.target(None, self.per_endpoint)?)),
+                    None => next.push(Arc::new(configured.target(
+                        source,
+                        None,
+                        self.per_endpoint,
+                    )?)),
                 }
                 continue;
             }
@@ -208,16 +218,18 @@ impl SProxyPool {
                 result => {
                     let error = result.err().map(|e| e.to_string()).unwrap_or_default();
                     tracing::warn!(endpoint = %configured.uri, %error, "s-proxy endpoint resolves to no address; keeping the last ones");
-                    let kept = current.iter().filter(|t| same_port(t, configured));
-                    next.extend(kept.cloned());
+                    next.extend(from_here().cloned());
                     continue;
                 }
             };
             for addr in addrs {
-                let kept = current.iter().find(|t| t.addr == Some(addr));
-                match kept {
+                match from_here().find(|t| t.addr == Some(addr)) {
                     Some(kept) => next.push(kept.clone()),
-                    None => next.push(Arc::new(configured.target(Some(addr), self.per_endpoint)?)),
+                    None => next.push(Arc::new(configured.target(
+                        source,
+                        Some(addr),
+                        self.per_endpoint,
+                    )?)),
                 }
             }
         }
@@ -299,12 +311,6 @@ impl SProxyPool {
         }
         Err(last_error)
     }
-}
-
-fn same_port(target: &Target, configured: &Configured) -> bool {
-    target
-        .addr
-        .is_some_and(|a| Some(a.port()) == configured.uri.port_u16())
 }
 
 /// The order in which to try the s-proxies: fewest sessions first, ties in turn from `start`,
