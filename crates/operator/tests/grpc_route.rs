@@ -17,7 +17,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
-use support::{condition, install_crds, kubectl_ok, namespace, wait_for_condition};
+use support::{
+    condition, install_crds, kubectl_ok, namespace, wait_for_condition, wait_for_ready_reason,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
 
@@ -77,24 +79,23 @@ fn partitions(bootstrap: &str, topic: &str) -> usize {
         .map_or(0, |t| t.partitions().len())
 }
 
-#[tokio::test]
-async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
-    require!("KUBECONFIG", "kube");
-    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    install_crds();
-    let client = Client::try_default().await.unwrap();
-    let ns = namespace(&client).await;
+/// The `greeter-protos` ConfigMap the routes name, in `ns`.
+async fn create_greeter_protos(client: &Client, ns: &str) {
     let protos: ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "greeter-protos"},
         "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
     }))
     .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &protos)
         .await
         .unwrap();
-    let lease = unique_name("gkr-lease");
-    let operator = Daemon::start(
+}
+
+/// The operator as a local process, leading on a Lease of its own (named from `lease`).
+async fn start_operator(lease: &str) -> Daemon {
+    let lease = unique_name(lease);
+    Daemon::start(
         BIN,
         &[
             "--proxy-image",
@@ -103,7 +104,18 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
             &lease,
         ],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
+    require!("KUBECONFIG", "kube");
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    create_greeter_protos(&client, &ns).await;
+    let operator = start_operator("gkr-lease").await;
 
     let (requests, replies) = (
         unique_name("greeter-requests"),
@@ -232,13 +244,12 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
         ],
         None,
     );
-    let ready = wait_until(Duration::from_secs(90), "Ready=False naming Kafka", || {
-        let ns = ns.clone();
-        async move {
-            let ready = condition(&get_route(&ns, "greeter"), "Ready")?;
-            (ready["reason"] == "KafkaUnreachable").then_some(ready)
-        }
-    })
+    let ready = wait_for_ready_reason(
+        "grpckafkaroute/greeter",
+        &ns,
+        "KafkaUnreachable",
+        Duration::from_secs(90),
+    )
     .await;
     assert_eq!(ready["status"], "False", "{ready}");
     assert!(
@@ -304,15 +315,7 @@ async fn route_reaches_kafka_over_sasl_ssl_with_credentials_from_secrets() {
     install_crds();
     let client = Client::try_default().await.unwrap();
     let ns = namespace(&client).await;
-    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "greeter-protos"},
-        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &protos)
-        .await
-        .unwrap();
+    create_greeter_protos(&client, &ns).await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     let ca_secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kafka-ca"},
@@ -323,17 +326,7 @@ async fn route_reaches_kafka_over_sasl_ssl_with_credentials_from_secrets() {
         .create(&PostParams::default(), &ca_secret)
         .await
         .unwrap();
-    let lease = unique_name("gkr-sasl-lease");
-    let operator = Daemon::start(
-        BIN,
-        &[
-            "--proxy-image",
-            "example.invalid/strait-proxy:test",
-            "--lease-name",
-            &lease,
-        ],
-    )
-    .await;
+    let operator = start_operator("gkr-sasl-lease").await;
 
     let (requests, replies) = (unique_name("sasl-requests"), unique_name("sasl-replies"));
     let yaml = format!(
@@ -357,16 +350,11 @@ spec:
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
         Some(&yaml),
     );
-    let ready = wait_until(
+    let ready = wait_for_ready_reason(
+        "grpckafkaroute/secured",
+        &ns,
+        "SecretNotFound",
         Duration::from_secs(30),
-        "Ready=False for the missing password Secret",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_route(&ns, "secured"), "Ready")?;
-                (ready["reason"] == "SecretNotFound").then_some(ready)
-            }
-        },
     )
     .await;
     let message = ready["message"].as_str().unwrap();
@@ -445,26 +433,8 @@ async fn an_https_backend_trusts_the_ca_of_its_secret() {
     install_crds();
     let client = Client::try_default().await.unwrap();
     let ns = namespace(&client).await;
-    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "greeter-protos"},
-        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &protos)
-        .await
-        .unwrap();
-    let lease = unique_name("gkr-lease");
-    let operator = Daemon::start(
-        BIN,
-        &[
-            "--proxy-image",
-            "example.invalid/strait-proxy:test",
-            "--lease-name",
-            &lease,
-        ],
-    )
-    .await;
+    create_greeter_protos(&client, &ns).await;
+    let operator = start_operator("gkr-lease").await;
     let (requests, replies) = (unique_name("tls-requests"), unique_name("tls-replies"));
     let yaml = format!(
         r#"apiVersion: strait.dev/v1alpha1
@@ -487,16 +457,11 @@ spec:
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
         Some(&yaml),
     );
-    let missing = wait_until(
+    let missing = wait_for_ready_reason(
+        "grpckafkaroute/secured-backend",
+        &ns,
+        "SecretNotFound",
         Duration::from_secs(30),
-        "SecretNotFound for the backend CA",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_route(&ns, "secured-backend"), "Ready")?;
-                (ready["reason"] == "SecretNotFound").then_some(ready)
-            }
-        },
     )
     .await;
     assert!(

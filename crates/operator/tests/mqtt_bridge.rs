@@ -19,7 +19,7 @@ mod support;
 
 use support::{
     chart_operator, chart_operator_with, condition, helm_ok, install_crds, kubectl, kubectl_ok,
-    namespace, repo_file, wait_for_condition,
+    namespace, repo_file, wait_for_condition, wait_for_ready_reason,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
@@ -283,18 +283,14 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         ],
         None,
     );
-    let ready = wait_until(
+    let ready = wait_for_ready_reason(
+        "mqttbridge/devices",
+        &ns,
+        "SecretNotFound",
         Duration::from_secs(30),
-        "Ready=False for the missing Secret",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
-                (ready["status"] == "False" && ready["reason"] == "SecretNotFound").then_some(ready)
-            }
-        },
     )
     .await;
+    assert_eq!(ready["status"], "False", "{ready}");
     assert!(
         ready["message"].as_str().unwrap().contains("devices-tls"),
         "{ready}"
@@ -341,18 +337,14 @@ async fn example_bridge_becomes_ready_rolls_on_change_and_is_cleaned_up() {
         ],
         None,
     );
-    let ready = wait_until(
+    let ready = wait_for_ready_reason(
+        "mqttbridge/devices",
+        &ns,
+        "SecretNotFound",
         Duration::from_secs(30),
-        "Ready=False for the missing JWT keys Secret",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_bridge(&ns, "devices"), "Ready")?;
-                (ready["status"] == "False" && ready["reason"] == "SecretNotFound").then_some(ready)
-            }
-        },
     )
     .await;
+    assert_eq!(ready["status"], "False", "{ready}");
     let message = ready["message"].as_str().unwrap();
     assert!(
         message.contains("device-jwks") && message.contains("spec.auth.jwt.keysSecret.name"),
@@ -690,16 +682,11 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
         "taken",
         "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n",
     );
-    wait_until(
+    wait_for_ready_reason(
+        "mqttbridge/taken",
+        &ns,
+        "ObjectNotOwned",
         Duration::from_secs(30),
-        "Ready=False with ObjectNotOwned",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_bridge(&ns, "taken"), "Ready")?;
-                (ready["reason"] == "ObjectNotOwned").then_some(ready)
-            }
-        },
     )
     .await;
     let taken = services.get("taken").await.unwrap();
@@ -711,16 +698,11 @@ async fn a_bridge_with_no_security_fields_is_secure_and_the_operator_stays_in_it
         "foreign",
         "  upstream: {broker: {address: 'mosquitto.mqtt.svc:1883'}}\n  image: evil.example/miner:latest\n",
     );
-    let refused = wait_until(
+    let refused = wait_for_ready_reason(
+        "mqttbridge/foreign",
+        &ns,
+        "ImageNotAllowed",
         Duration::from_secs(30),
-        "Ready=False with ImageNotAllowed",
-        || {
-            let ns = ns.clone();
-            async move {
-                let ready = condition(&get_bridge(&ns, "foreign"), "Ready")?;
-                (ready["reason"] == "ImageNotAllowed").then_some(ready)
-            }
-        },
     )
     .await;
     assert!(refused["message"].as_str().unwrap().contains("spec.image"));

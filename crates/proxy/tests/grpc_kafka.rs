@@ -823,24 +823,30 @@ fn help_teaches_and_bad_config_names_the_field() {
     }
 }
 
-#[tokio::test]
-async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
-    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
-    let pki = strait_e2e::pki::Pki::new();
-    let (ca, cert, key) = (pki.pem("ca.pem"), pki.pem("tls.pem"), pki.pem("tls.key"));
-    // The service over TLS.
+/// The test service over TLS with `cert` and `key` (PEM) on a loopback port.
+async fn tls_echo_service(cert: &str, key: &str) -> (std::net::SocketAddr, Service) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     let service = Service::default();
     let server = tonic::transport::Server::builder()
         .tls_config(
             tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&cert, &key)),
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
         )
         .unwrap()
         .add_service(EchoServer::new(service.clone()))
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
+    (target, service)
+}
+
+#[tokio::test]
+async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let pki = strait_e2e::pki::Pki::new();
+    let (ca, cert, key) = (pki.pem("ca.pem"), pki.pem("tls.pem"), pki.pem("tls.key"));
+    // The service over TLS.
+    let (target, service) = tls_echo_service(&cert, &key).await;
     let file = |name: &str| pki.path(name);
     let bridge = Bridge::start_full(
         &bootstrap,
@@ -891,19 +897,7 @@ async fn tls_to_grpc_kafka_and_from_kafka_grpc_to_the_service() {
 async fn an_https_target_without_a_ca_is_checked_against_the_system_roots() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let pki = strait_e2e::pki::Pki::new();
-    let (cert, key) = (pki.pem("tls.pem"), pki.pem("tls.key"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap();
-    let service = Service::default();
-    let server = tonic::transport::Server::builder()
-        .tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&cert, &key)),
-        )
-        .unwrap()
-        .add_service(EchoServer::new(service.clone()))
-        .serve_with_incoming(TcpListenerStream::new(listener));
-    tokio::spawn(server);
+    let (target, service) = tls_echo_service(&pki.pem("tls.pem"), &pki.pem("tls.key")).await;
     let target = format!("https://localhost:{}", target.port());
     let mut bridge = Bridge::start_full(&bootstrap, &target, "", NO_BACKEND).await;
     bridge.backend_extra = String::new();

@@ -59,6 +59,24 @@ pub async fn namespace(client: &Client) -> String {
     name
 }
 
+/// Waits up to `deadline` until the `Ready` condition of `resource` (`kind/name`) in `ns` has
+/// `reason`, and returns that condition.
+pub async fn wait_for_ready_reason(
+    resource: &str,
+    ns: &str,
+    reason: &str,
+    deadline: std::time::Duration,
+) -> serde_json::Value {
+    let (kind, name) = resource.split_once('/').expect("kind/name");
+    let what = format!("{resource}: Ready with reason {reason}");
+    strait_e2e::wait_until(deadline, &what, || async move {
+        let json = kubectl_ok(&["get", kind, name, "-n", ns, "-o", "json"], None);
+        let ready = condition(&serde_json::from_str(&json).ok()?, "Ready")?;
+        (ready["reason"] == reason).then_some(ready)
+    })
+    .await
+}
+
 pub fn condition(bridge: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
     bridge["status"]["conditions"]
         .as_array()?
