@@ -30,8 +30,6 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// The autoscaler's recent recommendations per object (scale-down window).
-    stabilizers: Mutex<HashMap<String, crate::autoscale::Stabilizer>>,
 }
 
 impl Context {
@@ -70,7 +68,6 @@ impl Context {
             reconcile_slots: tokio::sync::Semaphore::new(16),
             lag_readers: tokio::sync::Semaphore::new(4),
             failures: Mutex::default(),
-            stabilizers: Mutex::default(),
         })
     }
 
@@ -98,21 +95,6 @@ impl Context {
             .lock()
             .expect("not poisoned")
             .remove(&ObjectRef::from_obj(object).to_string());
-    }
-
-    /// `recommended` held to the object's scale-down window.
-    pub fn stabilize<K: Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        window: Duration,
-        recommended: i32,
-    ) -> i32 {
-        self.stabilizers
-            .lock()
-            .expect("not poisoned")
-            .entry(ObjectRef::from_obj(object).to_string())
-            .or_default()
-            .stabilize(window, std::time::Instant::now(), recommended)
     }
 
     /// An Event on `object` (a Ready transition), so `kubectl describe` tells the story.
@@ -201,8 +183,6 @@ impl ReconcileError {
     }
 }
 
-/// The watch mapper that wakes, when a Secret appears or changes, the resources in its namespace
-/// whose `names` list it.
 /// `Api<K>` over `namespace`, or over every namespace when `None` (cluster-wide mode).
 pub fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
 where
@@ -214,6 +194,48 @@ where
     }
 }
 
+/// A controller over the resources of kind `K` that reacts to what users change (spec, deletion,
+/// finalizers, labels, annotations) but not to the status the operator writes itself: a status
+/// that moves with load (lag, sessions) would otherwise wake the very reconcile that wrote it.
+pub fn controller_for<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> kube::runtime::Controller<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    use kube::runtime::WatchStreamExt as _;
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = kube::runtime::watcher(
+        scoped::<K>(client, namespace),
+        kube::runtime::watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(user_changes::<K>, Default::default());
+    kube::runtime::Controller::for_stream(trigger, reader)
+}
+
+fn user_changes<K: Resource>(object: &K) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let meta = object.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.uid.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The watch mapper that wakes, when a Secret appears or changes, the resources in its namespace
+/// whose `names` list it.
 pub fn woken_by_secret<K>(
     store: kube::runtime::reflector::Store<K>,
     names: fn(&K) -> Vec<(String, String)>,

@@ -29,6 +29,18 @@ pub enum LagError {
 /// Lag of `group` on `topic` (uncommitted partitions count their whole log), the topic's
 /// partitions and the group's members. Blocking: call from `spawn_blocking`.
 pub fn observe(kafka: &KafkaAccess, topic: &str, group: &str) -> Result<Observation, LagError> {
+    observe_counting(kafka, topic, group, true)
+}
+
+/// [`observe`], where `count_uncommitted` decides whether a partition the group never committed
+/// counts its whole log (a consumer that starts at the beginning) or nothing (one that starts at
+/// the end, like shared subscriptions).
+fn observe_counting(
+    kafka: &KafkaAccess,
+    topic: &str,
+    group: &str,
+    count_uncommitted: bool,
+) -> Result<Observation, LagError> {
     let bootstrap = kafka.bootstrap.as_str();
     // A consumer that never subscribes: it only asks the group coordinator about offsets.
     let consumer: BaseConsumer = kafka
@@ -76,7 +88,8 @@ pub fn observe(kafka: &KafkaAccess, topic: &str, group: &str) -> Result<Observat
             .map(|p| p.offset())
         {
             Some(Offset::Offset(offset)) => offset,
-            _ => low,
+            _ if count_uncommitted => low,
+            _ => high,
         };
         lag += (high - from).max(0);
     }
@@ -95,6 +108,63 @@ pub fn observe(kafka: &KafkaAccess, topic: &str, group: &str) -> Result<Observat
         partitions: partitions.len() as i32,
         members: members as i32,
     })
+}
+
+/// Consumer groups examined at most per reading (a fleet with thousands of shared subscription
+/// groups must not make each reconcile open thousands of consumers).
+pub const MAX_GROUPS_READ: usize = 64;
+
+/// Lag summed over the consumer groups whose id starts with `prefix` (an MqttBridge's shared
+/// subscriptions), on `topics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupsLag {
+    pub lag: i64,
+    /// Groups with the prefix, and how many of them were read.
+    pub groups: usize,
+    pub read: usize,
+    pub members: i32,
+}
+
+/// Blocking: call from `spawn_blocking`.
+pub fn groups_lag(
+    kafka: &KafkaAccess,
+    prefix: &str,
+    topics: &[String],
+) -> Result<GroupsLag, LagError> {
+    let unreachable = |error| LagError::Unreachable {
+        bootstrap: kafka.bootstrap.clone(),
+        error,
+    };
+    let lister: BaseConsumer = kafka.client_config().create().map_err(unreachable)?;
+    let list = lister.fetch_group_list(None, TIMEOUT).map_err(unreachable)?;
+    let mut groups: Vec<String> = list
+        .groups()
+        .iter()
+        .map(|g| g.name().to_string())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    groups.sort();
+    let mut total = GroupsLag {
+        groups: groups.len(),
+        ..GroupsLag::default()
+    };
+    for group in groups.iter().take(MAX_GROUPS_READ) {
+        let mut members = 0;
+        for topic in topics {
+            match observe_counting(kafka, topic, group, false) {
+                Ok(seen) => {
+                    total.lag += seen.lag;
+                    members = members.max(seen.members);
+                }
+                // A route's topic not created yet has no lag.
+                Err(LagError::NoTopic(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        total.members += members;
+        total.read += 1;
+    }
+    Ok(total)
 }
 
 /// The group's committed offsets. A group Kafka has not seen yet gets a coordinator on first

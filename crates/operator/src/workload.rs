@@ -165,14 +165,16 @@ pub fn service(owner: &Owner, name: String, role: &str, type_: &str, ports: Vec<
 
 /// Who may reach one role's pods: `open_ports` from anywhere (what clients use), `peer_ports`
 /// only from `peers`, and the admin port only from `monitoring.metricsFrom` (default: the
-/// resource's own namespace). Everything else is refused where the network plugin enforces
-/// NetworkPolicies. Egress stays open: Kafka and brokers may be anywhere.
+/// resource's own namespace), plus the operator's pods when `operator_reads_load` (the
+/// autoscaler reads the pods' sessions there). Everything else is refused where the network
+/// plugin enforces NetworkPolicies. Egress stays open: Kafka and brokers may be anywhere.
 pub fn network_policy(
     owner: &Owner,
     role: &str,
     open_ports: &[i32],
     peers: Option<(Value, &[i32])>,
     monitoring: &crate::monitoring::Monitoring,
+    operator_reads_load: bool,
 ) -> NetworkPolicy {
     let ports = |ports: &[i32]| -> Vec<Value> {
         ports
@@ -187,10 +189,19 @@ pub fn network_policy(
     if let Some((peer, peer_ports)) = peers {
         ingress.push(json!({"from": [peer], "ports": ports(peer_ports)}));
     }
-    let admin_from = match monitoring.metrics_from.is_empty() {
+    let mut admin_from = match monitoring.metrics_from.is_empty() {
         true => json!([{"podSelector": {}}]),
         false => json!(monitoring.metrics_from),
     };
+    if operator_reads_load && let Some(from) = admin_from.as_array_mut() {
+        from.push(json!({
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "strait",
+                "app.kubernetes.io/component": "operator",
+            }},
+        }));
+    }
     ingress.push(json!({"from": admin_from, "ports": ports(&[ADMIN_PORT])}));
     from_json(json!({
         "apiVersion": "networking.k8s.io/v1",

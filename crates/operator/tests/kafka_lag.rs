@@ -64,7 +64,7 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
         scale_down_window: Duration::from_secs(60),
         max_partitions: None,
     };
-    let decision = autoscale::recommend(&policy, &seen);
+    let decision = autoscale::recommend(&policy, &seen, Some(0));
     assert_eq!((decision.replicas, decision.reason), (3, "PartitionCapped"));
 
     // The group commits partition 0 to its end: its 10 records no longer count.
@@ -85,7 +85,7 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
         .unwrap()
         .unwrap();
     assert_eq!(seen.lag, 20);
-    assert_eq!(autoscale::recommend(&policy, &seen).replicas, 3);
+    assert_eq!(autoscale::recommend(&policy, &seen, Some(0)).replicas, 3);
 
     let missing = unique_name("absent");
     let error = tokio::task::spawn_blocking(move || {

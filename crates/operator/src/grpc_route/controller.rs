@@ -12,15 +12,19 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::render::{self, BACKEND};
 use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
-use crate::autoscale::{self, Observation, Policy};
+use crate::autoscale::{self, Observation, Policy, Recommendation};
 use crate::context::{Context, ReconcileError, scoped};
+use crate::hpa;
 use crate::kafka_access::{KafkaAccess, get_secret, require_keys};
 use crate::status::{self, Check};
 use crate::workload::apply_owned;
@@ -31,10 +35,7 @@ const FINALIZER: &str = "strait.dev/topics";
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let controller = Controller::new(
-        scoped::<GrpcKafkaRoute>(&client, ns),
-        watcher::Config::default(),
-    );
+    let controller = crate::context::controller_for::<GrpcKafkaRoute>(&client, ns);
     // A Secret the route names (Kafka TLS or SASL, listener TLS, JWT keys) that appears or
     // changes wakes the routes that name it.
     let routes = controller.store();
@@ -43,6 +44,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             scoped::<PartialObjectMeta<Secret>>(&client, ns),
             watcher::Config::default(),
             crate::context::woken_by_secret(routes, |route: &GrpcKafkaRoute| route.spec.secrets()),
+        )
+        // An autoscaler that starts or stops targeting a route's consumers changes who sets
+        // their replicas.
+        .watches(
+            scoped::<HorizontalPodAutoscaler>(&client, ns),
+            watcher::Config::default(),
+            |hpa| {
+                let namespace = hpa.namespace();
+                hpa::owners_of(&hpa, "GrpcKafkaRoute", &[&format!("-{BACKEND}")])
+                    .map(|name| ObjectRef::new(&name).within(namespace.as_deref().unwrap_or("")))
+            },
         )
         // Metadata only: enough to wake the owner (see the MqttBridge controller).
         .owns(
@@ -172,44 +184,21 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     )];
 
     let owner = render::owner(route);
-    let (backend_replicas, observation, scaling) = match &route.spec.backend.autoscale {
-        Some(autoscale) => {
-            let observation = observe(route, ctx, &access).await?;
-            let policy = Policy {
-                min_replicas: autoscale.min_replicas,
-                max_replicas: autoscale.max_replicas,
-                lag_threshold: autoscale.lag_threshold,
-                activation_lag: autoscale.activation_lag,
-                scale_down_window: Duration::from_secs(
-                    autoscale.scale_down_stabilization_seconds.max(0) as u64,
-                ),
-                max_partitions: autoscale.max_partitions,
-            };
-            let decision = autoscale::recommend(&policy, &observation);
-            if let Some(grow) = decision.grow_partitions_to {
-                let requests = render::request_topics(route);
-                for topic in topics.iter_mut().filter(|t| requests.contains(&t.name)) {
-                    topic.partitions = topic.partitions.max(grow);
-                }
-                crate::topics::ensure(&admin, bootstrap, &topics).await?;
-                tracing::info!(
-                    partitions = grow,
-                    "grew the request topics: consumers were capped by them"
-                );
-            }
-            let replicas = ctx.stabilize(route, policy.scale_down_window, decision.replicas);
-            checks.push(Check::ok("Scaling", decision.reason, decision.message));
-            (Some(replicas), Some(observation), Some(replicas))
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let scaled = scale(route, ctx, &deployments, &access).await?;
+    if let Some(grow) = scaled.grow_partitions_to {
+        let requests = render::request_topics(route);
+        for topic in topics.iter_mut().filter(|t| requests.contains(&t.name)) {
+            topic.partitions = topic.partitions.max(grow);
         }
-        None => {
-            checks.push(Check::ok(
-                "Scaling",
-                "Manual",
-                "autoscaling is off; spec.backend.replicas or you set the consumers",
-            ));
-            (route.spec.backend.replicas, None, None)
-        }
-    };
+        crate::topics::ensure(&admin, bootstrap, &topics).await?;
+        tracing::info!(
+            partitions = grow,
+            "grew the request topics: consumers were capped by them"
+        );
+    }
+    checks.push(scaled.check);
+    let backend_replicas = scaled.replicas;
 
     let rendered = render::render(
         route,
@@ -220,7 +209,6 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     checks.push(Check::warnings(&rendered.warnings));
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
     apply_owned(&config_maps, &rendered.config_map, &owner).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let mut consumers = None;
     let mut rolling = Vec::new();
     for deployment in &rendered.deployments {
@@ -260,10 +248,11 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         endpoints: vec![rendered.endpoint],
         replicas: consumers,
         selector: Some(owner.selector_string(BACKEND)),
-        desired_replicas: scaling,
-        lag: observation.map(|o| o.lag),
-        members: observation.map(|o| o.members),
-        partitions: observation.map(|o| o.partitions),
+        desired_replicas: scaled.desired,
+        lag: scaled.observation.map(|o| o.lag),
+        members: scaled.observation.map(|o| o.members),
+        partitions: scaled.observation.map(|o| o.partitions),
+        recommendations: scaled.recommendations,
         ..GrpcKafkaRouteStatus::default()
     };
     write_status(route, ctx, checks, status).await?;
@@ -274,6 +263,123 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
         .as_ref()
         .map_or(300, |a| a.poll_interval_seconds.max(1) as u64);
     Ok(Action::requeue(Duration::from_secs(poll)))
+}
+
+/// What the consumer count comes out as this pass.
+struct Scaled {
+    /// kafka-grpc's replicas to apply; `None` leaves them to someone else.
+    replicas: Option<i32>,
+    /// What the operator's own autoscaler wants (status `desiredReplicas`).
+    desired: Option<i32>,
+    grow_partitions_to: Option<i32>,
+    observation: Option<Observation>,
+    recommendations: Vec<Recommendation>,
+    check: Check,
+}
+
+/// Decides kafka-grpc's replicas: an autoscaler that targets its Deployment (or this route's
+/// scale subresource) wins; else the lag autoscaler with its window kept in the status; else
+/// `spec.backend.replicas`.
+async fn scale(
+    route: &GrpcKafkaRoute,
+    ctx: &Context,
+    deployments: &Api<Deployment>,
+    access: &KafkaAccess,
+) -> Result<Scaled, ReconcileError> {
+    let namespace = route.namespace().unwrap_or_default();
+    let deployment = format!("{}-{BACKEND}", route.name_any());
+    let on_deployment = hpa::targeting(&ctx.client, &namespace, "Deployment", &deployment).await?;
+    let on_route =
+        hpa::targeting(&ctx.client, &namespace, "GrpcKafkaRoute", &route.name_any()).await?;
+    let autoscale = route.spec.backend.autoscale.as_ref();
+    let mut scaled = Scaled {
+        replicas: route.spec.backend.replicas,
+        desired: None,
+        grow_partitions_to: None,
+        observation: None,
+        recommendations: Vec::new(),
+        check: Check::ok(
+            "Scaling",
+            "Manual",
+            "autoscaling is off; spec.backend.replicas or you set the consumers",
+        ),
+    };
+    let ignored = if autoscale.is_some() {
+        "; spec.backend.autoscale is not applied while it does"
+    } else {
+        ""
+    };
+    if !on_deployment.is_empty() {
+        hpa::release_replicas(deployments, &deployment).await?;
+        scaled.replicas = None;
+        scaled.check = Check::ok(
+            "Scaling",
+            "ExternalAutoscaler",
+            format!(
+                "HorizontalPodAutoscaler {} scales {deployment}; the operator leaves its replicas \
+                 alone{ignored}",
+                on_deployment.join(", ")
+            ),
+        );
+        return Ok(scaled);
+    }
+    if !on_route.is_empty() {
+        scaled.check = Check::ok(
+            "Scaling",
+            "ExternalAutoscaler",
+            format!(
+                "HorizontalPodAutoscaler {} scales this route through spec.backend.replicas{ignored}",
+                on_route.join(", ")
+            ),
+        );
+        return Ok(scaled);
+    }
+    let Some(autoscale) = autoscale else {
+        return Ok(scaled);
+    };
+    let observation = observe(route, ctx, access).await?;
+    let policy = Policy {
+        min_replicas: autoscale.min_replicas,
+        max_replicas: autoscale.max_replicas,
+        lag_threshold: autoscale.lag_threshold,
+        activation_lag: autoscale.activation_lag,
+        scale_down_window: Duration::from_secs(
+            autoscale.scale_down_stabilization_seconds.max(0) as u64,
+        ),
+        max_partitions: autoscale.max_partitions,
+    };
+    let running = deployments
+        .get_opt(&deployment)
+        .await?
+        .map(|d| d.status.and_then(|s| s.ready_replicas).unwrap_or(0));
+    let decision = autoscale::recommend(&policy, &observation, running);
+    let history = route
+        .status
+        .as_ref()
+        .map(|s| s.recommendations.as_slice())
+        .unwrap_or_default();
+    let (replicas, recommendations) = autoscale::stabilize(
+        history,
+        policy.scale_down_window,
+        Timestamp::now(),
+        decision.replicas,
+    );
+    let message = if replicas > decision.replicas {
+        format!(
+            "{}; holding {replicas} for the scale-down window ({}s)",
+            decision.message, autoscale.scale_down_stabilization_seconds
+        )
+    } else {
+        decision.message
+    };
+    Ok(Scaled {
+        replicas: Some(replicas),
+        desired: Some(replicas),
+        grow_partitions_to: decision.grow_partitions_to,
+        observation: Some(observation),
+        recommendations,
+        check: Check::ok("Scaling", decision.reason, message),
+    })
 }
 
 /// The group's lag summed over the request topics; partitions of the widest topic (a consumer

@@ -353,8 +353,9 @@ pub fn render(
             &[spec.frontend.port],
             None,
             &spec.monitoring,
+            false,
         ),
-        workload::network_policy(&owner, BACKEND, &[], None, &spec.monitoring),
+        workload::network_policy(&owner, BACKEND, &[], None, &spec.monitoring, false),
     ];
     Ok(Rendered {
         config_map,

@@ -346,7 +346,7 @@ pub struct Autoscale {
     pub activation_lag: i64,
     /// Seconds a lower replica count must hold before scaling down.
     #[serde(default = "default_stabilization")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 86400))]
     pub scale_down_stabilization_seconds: i64,
     /// Seconds between lag readings.
     #[serde(default = "default_poll")]
@@ -397,6 +397,10 @@ pub struct GrpcKafkaRouteStatus {
     pub members: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<i32>,
+    /// The autoscaler's recent recommendations within the scale-down window (its memory, kept
+    /// here so a new operator leader continues it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<crate::autoscale::Recommendation>,
 }
 
 fn default_partitions() -> i32 {

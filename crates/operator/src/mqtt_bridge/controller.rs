@@ -12,11 +12,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::render::{self, Inputs};
+use super::scaling;
 use super::spec::{ACL_KEY, MqttBridge, MqttBridgeStatus, PASSWORDS_KEY};
 use crate::context::{Context, ReconcileError, scoped};
 use crate::kafka_access::{get_secret, has_keys, require_keys};
@@ -28,10 +31,7 @@ use crate::workload::apply_owned;
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let controller = Controller::new(
-        scoped::<MqttBridge>(&client, ns),
-        watcher::Config::default(),
-    );
+    let controller = crate::context::controller_for::<MqttBridge>(&client, ns);
     // A referenced Secret that appears or changes wakes the bridges that name it.
     let bridges = controller.store();
     let acl_readers = bridges.clone();
@@ -60,6 +60,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                     .collect()
             }),
         )
+        // An autoscaler that starts or stops targeting a role changes who sets its replicas.
+        .watches(
+            scoped::<HorizontalPodAutoscaler>(&client, ns),
+            watcher::Config::default(),
+            |hpa| {
+                let namespace = hpa.namespace();
+                crate::hpa::owners_of(&hpa, "MqttBridge", &["-r-proxy", "-s-proxy"])
+                    .map(|name| ObjectRef::new(&name).within(namespace.as_deref().unwrap_or("")))
+            },
+        )
         .owns(
             scoped::<PartialObjectMeta<Deployment>>(&client, ns),
             watcher::Config::default(),
@@ -86,7 +96,9 @@ async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action,
     if let Err(error) = &result {
         // The failure goes into the status too, so `kubectl get mqb` says why it is not Ready.
         let check = Check::failed(status::READY, error.reason(), error.to_string());
-        let _ = write_status(&bridge, &ctx, vec![check], Vec::new(), None, None).await;
+        // The other fields keep what the last full pass found.
+        let previous = bridge.status.clone().unwrap_or_default();
+        let _ = status::write(bridge.as_ref(), &ctx, &previous, previous.clone(), vec![check]).await;
     } else {
         ctx.reset_backoff(bridge.as_ref());
     }
@@ -105,6 +117,8 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         kafka_client_cert: false,
         kafka_credentials: None,
         r_proxy_files: None,
+        s_proxy_replicas: Default::default(),
+        r_proxy_replicas: Default::default(),
     };
     // Referenced Secrets must exist before pods that mount them can start.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -174,10 +188,13 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     };
     inputs.kafka_client_cert = kafka_access.as_ref().is_some_and(|a| a.client_cert());
     inputs.kafka_credentials = kafka_access.as_ref().map(|a| a.cache_key());
+    let scaled = scaling::scale(bridge, ctx).await?;
+    inputs.r_proxy_replicas = scaled.r_proxy.replicas;
+    inputs.s_proxy_replicas = scaled.s_proxy.replicas;
     let rendered = render::render(bridge, &inputs)?;
     let owner = render::owner(bridge);
     // The link certificates exist before the pods that mount them; renewal wakes us in time.
-    let mut next_pass = Duration::from_secs(300);
+    let mut next_pass = scaled.poll.unwrap_or(Duration::from_secs(300));
     if !bridge.spec.relay.plaintext {
         let names = render::s_proxy_names(bridge);
         let identity = render::r_proxy_identity(bridge);
@@ -187,7 +204,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     apply_owned(&config_maps, &rendered.config_map, &owner).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let mut checks = vec![Check::warnings(&rendered.warnings)];
+    let mut checks = vec![Check::warnings(&rendered.warnings), scaled.check];
     let mut ready_r_proxies = None;
     let mut rolling = Vec::new();
     for deployment in &rendered.deployments {
@@ -223,6 +240,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         apply_owned(&policies, policy, &owner).await?;
     }
     crate::monitoring::reconcile(&ctx.client, &owner, &bridge.spec.monitoring).await?;
+    let mut shared = None;
     let mode = if let Some(access) = &kafka_access {
         let topics = render::kafka_topics(bridge);
         let admin = ctx.kafka.get(access)?;
@@ -232,6 +250,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
             "TopicsExist",
             format!("{} topics ready in Kafka", partitions.len()),
         ));
+        shared = scaling::shared_lag(bridge, ctx, access).await?;
         "kafka"
     } else {
         checks.push(Check::ok(
@@ -241,15 +260,18 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         ));
         "broker"
     };
-    write_status(
-        bridge,
-        ctx,
-        checks,
-        rendered.endpoints,
-        ready_r_proxies.or(Some(0)),
-        Some(mode),
-    )
-    .await?;
+    let previous = bridge.status.clone().unwrap_or_default();
+    let next = MqttBridgeStatus {
+        mode: Some(mode.into()),
+        endpoints: rendered.endpoints,
+        replicas: ready_r_proxies.or(Some(0)),
+        lag: shared.as_ref().map(|s| s.lag),
+        shared_groups: shared.as_ref().map(|s| s.groups as i32),
+        r_proxy: scaled.r_proxy.status,
+        s_proxy: scaled.s_proxy.status,
+        ..previous.clone()
+    };
+    status::write(bridge, ctx, &previous, next, checks).await?;
     // Owned Deployments wake the controller when their pods change; the periodic resync is a
     // safety net.
     Ok(Action::requeue(next_pass))
@@ -278,28 +300,4 @@ pub fn rollout(deployment: &Deployment) -> (bool, String) {
         done,
         format!("{ready} of {want} pods ready, {updated} updated"),
     )
-}
-
-async fn write_status(
-    bridge: &MqttBridge,
-    ctx: &Context,
-    checks: Vec<Check>,
-    endpoints: Vec<String>,
-    replicas: Option<i32>,
-    mode: Option<&str>,
-) -> Result<(), ReconcileError> {
-    let previous = bridge.status.clone().unwrap_or_default();
-    // An error pass knows only Ready: the other fields keep what the last full pass found.
-    let next = MqttBridgeStatus {
-        mode: mode.map(str::to_string).or(previous.mode.clone()),
-        endpoints: if endpoints.is_empty() {
-            previous.endpoints.clone()
-        } else {
-            endpoints
-        },
-        replicas: replicas.or(previous.replicas),
-        lag: None,
-        ..previous.clone()
-    };
-    status::write(bridge, ctx, &previous, next, checks).await
 }

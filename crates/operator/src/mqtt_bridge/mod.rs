@@ -2,6 +2,7 @@
 
 mod controller;
 pub mod render;
+mod scaling;
 pub mod spec;
 
 pub use controller::{rollout, run};

@@ -58,6 +58,30 @@ pub struct Inputs {
     pub kafka_credentials: Option<String>,
     /// Digest of the password file and ACL r-proxy reads at start.
     pub r_proxy_files: Option<String>,
+    pub s_proxy_replicas: Replicas,
+    pub r_proxy_replicas: Replicas,
+}
+
+/// Who sets a role's Deployment replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replicas {
+    /// `spec.<role>.replicas`.
+    #[default]
+    Spec,
+    /// The operator's autoscaler.
+    Scaled(i32),
+    /// A HorizontalPodAutoscaler: left out of the apply.
+    External,
+}
+
+impl Replicas {
+    fn resolve(self, spec: i32) -> Option<i32> {
+        match self {
+            Self::Spec => Some(spec),
+            Self::Scaled(replicas) => Some(replicas),
+            Self::External => None,
+        }
+    }
 }
 
 /// The DNS names s-proxy's link certificate is valid for: its Service, short and long, and
@@ -406,7 +430,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             image: &inputs.image,
             config_yaml: &s_yaml,
             credentials: inputs.kafka_credentials.as_deref(),
-            replicas: Some(spec.s_proxy.replicas),
+            replicas: inputs.s_proxy_replicas.resolve(spec.s_proxy.replicas),
             ports: vec![json!({"name": "grpc", "containerPort": S_PROXY_PORT})],
             volumes: s_volumes,
             mounts: s_mounts,
@@ -418,7 +442,7 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
             image: &inputs.image,
             config_yaml: &r_yaml,
             credentials: inputs.r_proxy_files.as_deref(),
-            replicas: Some(spec.r_proxy.replicas),
+            replicas: inputs.r_proxy_replicas.resolve(spec.r_proxy.replicas),
             ports: r_ports,
             volumes: r_volumes,
             mounts: r_mounts,
@@ -462,8 +486,16 @@ pub fn render(bridge: &MqttBridge, inputs: &Inputs) -> Result<Rendered, RenderEr
                 &[S_PROXY_PORT],
             )),
             &spec.monitoring,
+            spec.s_proxy.autoscale.is_some(),
         ),
-        workload::network_policy(&owner, "r-proxy", &listener_ports, None, &spec.monitoring),
+        workload::network_policy(
+            &owner,
+            "r-proxy",
+            &listener_ports,
+            None,
+            &spec.monitoring,
+            spec.r_proxy.autoscale.is_some(),
+        ),
     ];
     Ok(Rendered {
         config_map,
@@ -497,6 +529,8 @@ mod tests {
             kafka_client_cert: false,
             kafka_credentials: None,
             r_proxy_files: None,
+            s_proxy_replicas: Replicas::Spec,
+            r_proxy_replicas: Replicas::Spec,
         }
     }
 

@@ -246,9 +246,14 @@ pub struct WebSocket {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyPods {
+    /// Pods when `autoscale` is unset and no HorizontalPodAutoscaler targets the role's
+    /// Deployment (one that does is left to set them).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+    /// Pods from the load they report: r-proxy by client connections, s-proxy by sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<PodAutoscale>,
     /// CPU and memory for each pod (one CPU each runs the relay's benchmarked configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -259,9 +264,38 @@ pub struct ProxyPods {
     pub service_type: Option<String>,
 }
 
+/// Replicas = ceil(sessions / sessionsPerPod) within [minReplicas, maxReplicas], the sessions
+/// read from the pods' own `/metrics`; a lower count applies once it held for the window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.maxReplicas >= self.minReplicas")
+    .message("autoscale.maxReplicas must be at least minReplicas"))]
+pub struct PodAutoscale {
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Sessions one pod is meant to carry (r-proxy: client connections).
+    #[serde(default = "default_sessions_per_pod")]
+    #[schemars(range(min = 1))]
+    pub sessions_per_pod: i64,
+    /// Seconds a lower replica count must hold before scaling down (sessions on a removed pod
+    /// move: they are told 0x8B and reconnect).
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_stabilization_seconds: i64,
+    /// Seconds between readings of the pods' load.
+    #[serde(default = "default_poll")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub poll_interval_seconds: i64,
+}
+
 impl Default for ProxyPods {
     fn default() -> Self {
         Self {
+            autoscale: None,
             replicas: default_replicas(),
             resources: None,
             service_type: None,
@@ -288,9 +322,35 @@ pub struct MqttBridgeStatus {
     /// Ready r-proxy pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Consumer lag (Kafka mode only).
+    /// Lag of the shared subscriptions' consumer groups on the messages topics (Kafka mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Shared subscription groups (consumer groups) in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_groups: Option<i32>,
+    /// r-proxy's load and scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r_proxy: Option<RoleScaling>,
+    /// s-proxy's load and scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s_proxy: Option<RoleScaling>,
+}
+
+/// One role's load as its pods report it, and what the autoscaler made of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleScaling {
+    /// Ready pods.
+    pub pods: i32,
+    /// Sessions (r-proxy: client connections) summed over the pods that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// The autoscaler's recent recommendations within the scale-down window (kept here so a new
+    /// operator leader continues it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<crate::autoscale::Recommendation>,
 }
 
 fn default_mqtt_port() -> i32 {
@@ -307,6 +367,18 @@ fn default_ws_path() -> String {
 }
 fn default_replicas() -> i32 {
     1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_sessions_per_pod() -> i64 {
+    1000
+}
+fn default_stabilization() -> i64 {
+    300
+}
+fn default_poll() -> i64 {
+    15
 }
 
 impl crate::status::Conditioned for MqttBridgeStatus {

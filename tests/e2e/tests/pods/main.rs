@@ -23,6 +23,7 @@ use strait_e2e::{require, unique_name, wait_until};
 #[macro_use]
 mod mqtt;
 mod grpc;
+mod scaling;
 mod secrets;
 
 use grpc::{autoscaling_follows_lag, grpc_example};
@@ -281,6 +282,8 @@ async fn real_pods_end_to_end() {
     persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &operator).await;
     step("Kafka example: sessions spread over every s-proxy pod");
     sessions_spread_over_every_s_proxy_pod(&ns, fleet).await;
+    step("Kafka example: s-proxy follows its sessions; scale-down drains with 0x8B, no will");
+    scaling::s_proxy_follows_sessions_and_drains_on_scale_down(&ns, fleet).await;
 
     // TLS, SASL and listener certificates from Secrets.
     step("Secrets: Kafka SASL_SSL, MQTT TLS listener");

@@ -1,0 +1,191 @@
+//! MqttBridge scaling on real pods: s-proxy replicas follow the sessions its pods report, and
+//! the sessions of the pods a scale-down removes move cleanly (0x8B, reconnect, no will).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+const CLIENTS: usize = 6;
+
+fn autoscale(ns: &str, autoscale: &str) {
+    kubectl_ok(
+        &[
+            "patch",
+            "mqttbridge",
+            "fleet",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"sProxy":{{"autoscale":{autoscale}}}}}}}"#),
+        ],
+        None,
+    );
+}
+
+/// The s-proxy Deployment's replicas and the bridge's view of s-proxy's load, once `ok` says
+/// they are what the test waits for.
+async fn wait_scaled(ns: &str, what: &str, ok: impl Fn(i64, &serde_json::Value) -> bool) -> i64 {
+    wait_until(READY, what, || {
+        let ns = ns.to_string();
+        let ok = &ok;
+        async move {
+            let deployment = kubectl_json(&["deployment", "fleet-s-proxy", "-n", &ns])?;
+            let bridge = kubectl_json(&["mqttbridge", "fleet", "-n", &ns])?;
+            let replicas = deployment["spec"]["replicas"].as_i64()?;
+            let ready = deployment["status"]["readyReplicas"].as_i64().unwrap_or(0);
+            let status = &bridge["status"];
+            (ready == replicas && ok(replicas, status)).then_some(replicas)
+        }
+    })
+    .await
+}
+
+pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, fleet: SocketAddr) {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let base = format!("scale/{}", unique_name("s"));
+    let wills = format!("{base}/wills");
+    // Three pods, each to carry its share of the sessions.
+    autoscale(
+        ns,
+        r#"{"minReplicas":3,"maxReplicas":3,"sessionsPerPod":2,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
+    );
+    wait_scaled(ns, "3 s-proxy pods under autoscale", |replicas, _| replicas == 3).await;
+
+    // A watcher of wills through the bridge itself (Kafka mode: wills are records too).
+    let (watcher, mut watch_events) = AsyncClient::new(
+        MqttOptions::new(unique_name("watcher"), fleet.ip().to_string(), fleet.port()),
+        16,
+    );
+    watcher
+        .subscribe(format!("{wills}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    super::mqtt::next_5(
+        &mut watch_events,
+        Duration::from_secs(60),
+        "the will watcher's SUBACK",
+        |p| matches!(p, Packet::SubAck(_)).then_some(()),
+    )
+    .await;
+
+    // Clients with wills; each counts its CONNACKs and the 0x8B DISCONNECTs it is sent.
+    let connacks = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    let mut pollers = Vec::new();
+    for i in 0..CLIENTS {
+        let mut options =
+            MqttOptions::new(unique_name(&format!("scaled{i}")), fleet.ip().to_string(), fleet.port());
+        options.set_last_will(LastWill::new(
+            format!("{wills}/{i}"),
+            "gone",
+            QoS::AtLeastOnce,
+            false,
+            None,
+        ));
+        let (client, mut events) = AsyncClient::new(options, 16);
+        clients.push(client);
+        let (connacks, drained) = (connacks.clone(), drained.clone());
+        pollers.push(tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connacks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Event::Incoming(Packet::Disconnect(d)))
+                        if d.reason_code == DisconnectReasonCode::ServerShuttingDown =>
+                    {
+                        drained.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    // rumqttc reconnects on the next poll.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }));
+    }
+    wait_until(READY, "every client's CONNACK", || async {
+        (connacks.load(Ordering::SeqCst) >= CLIENTS).then_some(())
+    })
+    .await;
+    // The operator reads the sessions from the pods' own metrics.
+    wait_scaled(ns, "status.sProxy.sessions to count the clients", |_, status| {
+        // The clients and the watcher (and any session an earlier step left draining).
+        status["sProxy"]["sessions"].as_i64() >= Some(CLIENTS as i64 + 1)
+    })
+    .await;
+
+    // Now one pod carries them all: two of the three go, and their sessions move.
+    autoscale(
+        ns,
+        r#"{"minReplicas":1,"maxReplicas":3,"sessionsPerPod":10,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
+    );
+    wait_scaled(ns, "s-proxy scaled down to 1 pod", |replicas, _| replicas == 1).await;
+    let moved = drained.load(Ordering::SeqCst);
+    assert!(
+        moved >= 1,
+        "the sessions on the two removed pods were drained with DISCONNECT 0x8B"
+    );
+    // Every drained client is back.
+    wait_until(READY, "the drained clients to reconnect", || async {
+        (connacks.load(Ordering::SeqCst) >= CLIENTS + moved).then_some(())
+    })
+    .await;
+    eprintln!("scale-down moved {moved} sessions (0x8B, reconnected)");
+
+    // And up again: at 2 sessions per pod, 7 sessions want 4 pods, capped at the maximum of 2.
+    autoscale(
+        ns,
+        r#"{"minReplicas":1,"maxReplicas":2,"sessionsPerPod":2,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
+    );
+    wait_scaled(ns, "s-proxy scaled up to 2 pods by its sessions", |replicas, status| {
+        replicas == 2 && status["sProxy"]["desiredReplicas"].as_i64() == Some(2)
+    })
+    .await;
+    let bridge = kubectl_json(&["mqttbridge", "fleet", "-n", ns]).unwrap();
+    let scaling = bridge["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Scaling")
+        .cloned()
+        .unwrap();
+    assert_eq!(scaling["reason"], "LoadTracked", "{scaling}");
+    assert!(
+        scaling["message"].as_str().unwrap().contains("sessions on 2 pods, 2 per pod → 2"),
+        "{scaling}"
+    );
+
+    // No will was published for a drained session: a message published now is the first thing
+    // the watcher receives.
+    watcher
+        .publish(format!("{wills}/sentinel"), QoS::AtLeastOnce, false, "sentinel")
+        .await
+        .unwrap();
+    let first = super::mqtt::next_5(
+        &mut watch_events,
+        Duration::from_secs(60),
+        "the sentinel at the watcher",
+        |p| match p {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(
+        &first.payload[..],
+        b"sentinel",
+        "no will was published before it: {first:?}"
+    );
+    for poller in pollers {
+        poller.abort();
+    }
+    drop(clients);
+}
