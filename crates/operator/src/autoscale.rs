@@ -6,8 +6,8 @@
 //! lag persists, it recommends more partitions, up to the policy's maximum.
 //!
 //! Group membership shapes the decision too: members that are not this resource's pods (Zilla's
-//! consumers in a shared `zillaGroup`) take partitions of their own, and while fewer of our pods
-//! are members than are running the group is rebalancing, so the count holds until it settles.
+//! consumers in a shared `zillaGroup`) take partitions of their own, and the condition message
+//! says how many of our pods have joined the group.
 //!
 //! The scale-down window's memory lives in the resource's status ([`Recommendation`]), not in the
 //! operator's memory, so a new leader continues where the old one left off.
@@ -59,6 +59,11 @@ pub struct Decision {
 pub fn recommend(policy: &Policy, now: &Observation, running: Option<i32>) -> Decision {
     let mut decision = recommend_from_lag(policy, now, running);
     let group = match running {
+        // Fewer members than pods: some have not joined (yet), the group is rebalancing.
+        Some(ours) if now.members < ours => format!(
+            "group: {} members of {ours} pods of ours (rebalancing), {} partitions",
+            now.members, now.partitions
+        ),
         Some(ours) => format!(
             "group: {} members ({ours} pods of ours), {} partitions",
             now.members, now.partitions
@@ -84,22 +89,6 @@ fn recommend_from_lag(policy: &Policy, now: &Observation, running: Option<i32>) 
             message: format!(
                 "lag {} is at most the activation lag {}",
                 now.lag, policy.activation_lag
-            ),
-        };
-    }
-    // Some of our pods are running but not (yet) members: the group is rebalancing, and a
-    // change now would only start another rebalance.
-    if let Some(ours) = running
-        && ours > 0
-        && now.members < ours
-    {
-        return Decision {
-            replicas: ours.clamp(policy.min_replicas, policy.max_replicas),
-            grow_partitions_to: None,
-            reason: "GroupRebalancing",
-            message: format!(
-                "holding at {ours} consumers while the group rebalances ({} of them are members)",
-                now.members
             ),
         };
     }
@@ -286,17 +275,24 @@ mod tests {
         let d = recommend(&policy(), &observe(5_000, 6, 4), Some(2));
         assert_eq!((d.replicas, d.reason), (4, "PartitionCapped"));
         assert!(d.message.contains("2 other members"), "{}", d.message);
-        assert!(d.message.contains("4 members (2 pods of ours)"), "{}", d.message);
+        assert!(
+            d.message.contains("4 members (2 pods of ours)"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
-    fn a_rebalancing_group_holds_the_count() {
-        // 3 pods run, only 1 has joined: no change until the group settles.
-        let d = recommend(&policy(), &observe(5_000, 6, 1), Some(3));
-        assert_eq!((d.replicas, d.reason), (3, "GroupRebalancing"));
-        // Once all joined, the lag decides again.
-        let d = recommend(&policy(), &observe(5_000, 6, 3), Some(3));
-        assert_eq!((d.replicas, d.reason), (6, "PartitionCapped"));
+    fn a_rebalancing_group_is_named_in_the_message() {
+        // 3 pods run, only 1 has joined.
+        let d = recommend(&policy(), &observe(250, 6, 1), Some(3));
+        assert_eq!(d.replicas, 3);
+        assert!(
+            d.message
+                .contains("1 members of 3 pods of ours (rebalancing)"),
+            "{}",
+            d.message
+        );
     }
 
     fn at(seconds: i64) -> Timestamp {

@@ -136,7 +136,9 @@ pub fn groups_lag(
         error,
     };
     let lister: BaseConsumer = kafka.client_config().create().map_err(unreachable)?;
-    let list = lister.fetch_group_list(None, TIMEOUT).map_err(unreachable)?;
+    let list = lister
+        .fetch_group_list(None, TIMEOUT)
+        .map_err(unreachable)?;
     let mut groups: Vec<String> = list
         .groups()
         .iter()

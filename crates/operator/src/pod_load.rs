@@ -114,7 +114,10 @@ async fn scrape(ip: &str) -> Result<String, String> {
         .await
         .map_err(|e| format!("GET http://{address}/metrics: {e}"))?;
     if !response.status().is_success() {
-        return Err(format!("GET http://{address}/metrics: {}", response.status()));
+        return Err(format!(
+            "GET http://{address}/metrics: {}",
+            response.status()
+        ));
     }
     let body = Limited::new(response.into_body(), MAX_PAGE)
         .collect()

@@ -226,7 +226,136 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
         },
     )
     .await;
-    assert_eq!(get_route(&ns, "greeter")["status"]["lag"], 0);
+    // The status is written at the end of the pass that applied the replicas.
+    wait_until(Duration::from_secs(30), "the status to show no lag", || {
+        let ns = ns.clone();
+        async move { (get_route(&ns, "greeter")["status"]["lag"] == 0).then_some(()) }
+    })
+    .await;
+
+    // A HorizontalPodAutoscaler on the consumers' Deployment takes their replicas over. The
+    // test cluster has no metrics API, so the HPA controller never moves them: the test scales
+    // them as it would (the scale subresource), and the operator, which wants 1, leaves them.
+    let hpa = serde_json::json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "greeter-consumers"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "greeter-kafka-grpc"},
+            "minReplicas": 1,
+            "maxReplicas": 6,
+        },
+    });
+    kubectl_ok(&["apply", "-n", &ns, "-f", "-"], Some(&hpa.to_string()));
+    let scaling = wait_until(
+        Duration::from_secs(60),
+        "Scaling to name the HorizontalPodAutoscaler",
+        || {
+            let ns = ns.clone();
+            async move {
+                let scaling = condition(&get_route(&ns, "greeter"), "Scaling")?;
+                (scaling["reason"] == "ExternalAutoscaler").then_some(scaling)
+            }
+        },
+    )
+    .await;
+    assert!(
+        scaling["message"]
+            .as_str()
+            .unwrap()
+            .contains("greeter-consumers"),
+        "{scaling}"
+    );
+    kubectl_ok(
+        &[
+            "scale",
+            "deployment",
+            "greeter-kafka-grpc",
+            "-n",
+            &ns,
+            "--replicas=2",
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the consumers to be scaled to 2",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(2))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // A spec change makes the operator apply again; the replicas stay the HPA's.
+    kubectl_ok(
+        &[
+            "patch",
+            "grpckafkaroute",
+            "greeter",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"backend":{"autoscale":{"lagThreshold":11}}}}"#,
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the operator to apply the change",
+        || {
+            let ns = ns.clone();
+            async move {
+                let route = get_route(&ns, "greeter");
+                (route["status"]["observedGeneration"] == route["metadata"]["generation"])
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let consumers = deployments.get("greeter-kafka-grpc").await.unwrap();
+    assert_eq!(consumers.spec.as_ref().unwrap().replicas, Some(2));
+    let owns_replicas = consumers
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("strait-operator"))
+        .any(|m| {
+            m.fields_v1.as_ref().unwrap().0["f:spec"]
+                .get("f:replicas")
+                .is_some()
+        });
+    assert!(!owns_replicas, "the operator let go of spec.replicas");
+    // The HPA gone, the operator's own autoscaler takes them back to what the lag calls for.
+    kubectl_ok(&["delete", "hpa", "greeter-consumers", "-n", &ns], None);
+    wait_until(
+        Duration::from_secs(60),
+        "the operator's autoscaler to take the consumers back",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(1))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "Scaling to be the operator's again",
+        || {
+            let ns = ns.clone();
+            async move {
+                let scaling = condition(&get_route(&ns, "greeter"), "Scaling")?;
+                (scaling["reason"] != "ExternalAutoscaler").then_some(())
+            }
+        },
+    )
+    .await;
 
     // Kafka unreachable: Ready=False naming Kafka; the right address again recovers.
     let patch =

@@ -968,6 +968,70 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
         );
     }
 
+    // A shared subscription's consumer group 5 records behind on the messages topic: the
+    // bridge's status reports its lag (the operator reads it every pass).
+    let group = format!("strait-share:{messages}:workers:jobs/#");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for _ in 0..5 {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to(&messages)
+                    .partition(0)
+                    .payload("job"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    {
+        use rdkafka::consumer::Consumer as _;
+        let member: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&messages, 0, rdkafka::Offset::Offset(0))
+            .unwrap();
+        member
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+    }
+    // A label change is a change the operator reacts to (its own status writes are not).
+    kubectl_ok(
+        &[
+            "label",
+            "mqttbridge",
+            "fleet",
+            "-n",
+            &ns,
+            "strait.dev/test=lag",
+        ],
+        None,
+    );
+    let bridge = wait_until(
+        Duration::from_secs(60),
+        "status.lag of the shared group",
+        || {
+            let ns = ns.clone();
+            async move {
+                let bridge = get_bridge(&ns, "fleet");
+                (bridge["status"]["lag"] == 5).then_some(bridge)
+            }
+        },
+    )
+    .await;
+    assert_eq!(bridge["status"]["sharedGroups"], 1);
+    assert_eq!(
+        condition(&bridge, "Scaling").unwrap()["reason"],
+        "Manual",
+        "no autoscale set"
+    );
+
     // The rendered configs, run as local proxies, carry MQTT through Kafka.
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let config = config_maps.get("fleet-config").await.unwrap().data.unwrap();

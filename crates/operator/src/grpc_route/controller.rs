@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -344,7 +344,7 @@ async fn scale(
         lag_threshold: autoscale.lag_threshold,
         activation_lag: autoscale.activation_lag,
         scale_down_window: Duration::from_secs(
-            autoscale.scale_down_stabilization_seconds.max(0) as u64,
+            autoscale.scale_down_stabilization_seconds.max(0) as u64
         ),
         max_partitions: autoscale.max_partitions,
     };

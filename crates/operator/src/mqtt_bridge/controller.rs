@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -98,7 +98,14 @@ async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action,
         let check = Check::failed(status::READY, error.reason(), error.to_string());
         // The other fields keep what the last full pass found.
         let previous = bridge.status.clone().unwrap_or_default();
-        let _ = status::write(bridge.as_ref(), &ctx, &previous, previous.clone(), vec![check]).await;
+        let _ = status::write(
+            bridge.as_ref(),
+            &ctx,
+            &previous,
+            previous.clone(),
+            vec![check],
+        )
+        .await;
     } else {
         ctx.reset_backoff(bridge.as_ref());
     }

@@ -38,8 +38,22 @@ pub struct Scaled {
 
 pub async fn scale(bridge: &MqttBridge, ctx: &Context) -> Result<Scaled, ReconcileError> {
     let previous = bridge.status.clone().unwrap_or_default();
-    let r_proxy = role(bridge, ctx, "r-proxy", &bridge.spec.r_proxy, previous.r_proxy).await?;
-    let s_proxy = role(bridge, ctx, "s-proxy", &bridge.spec.s_proxy, previous.s_proxy).await?;
+    let r_proxy = role(
+        bridge,
+        ctx,
+        "r-proxy",
+        &bridge.spec.r_proxy,
+        previous.r_proxy,
+    )
+    .await?;
+    let s_proxy = role(
+        bridge,
+        ctx,
+        "s-proxy",
+        &bridge.spec.s_proxy,
+        previous.s_proxy,
+    )
+    .await?;
     let autoscaled = [&bridge.spec.r_proxy, &bridge.spec.s_proxy]
         .into_iter()
         .filter_map(|pods| pods.autoscale.as_ref());
@@ -98,8 +112,8 @@ async fn role(
         });
     };
     let owner = render::owner(bridge);
-    let load = crate::pod_load::read(&ctx.client, &namespace, &owner.selector_string(role), role)
-        .await?;
+    let load =
+        crate::pod_load::read(&ctx.client, &namespace, &owner.selector_string(role), role).await?;
     let (recommended, why) = recommend(autoscale, &load, role);
     let history = previous.map(|p| p.recommendations).unwrap_or_default();
     let window = Duration::from_secs(autoscale.scale_down_stabilization_seconds.max(0) as u64);
@@ -128,7 +142,11 @@ async fn role(
 fn recommend(policy: &PodAutoscale, load: &crate::pod_load::Load, role: &str) -> (i32, String) {
     let per_pod = policy.sessions_per_pod.max(1);
     let wanted = i32::try_from((load.sessions + per_pod - 1) / per_pod).unwrap_or(i32::MAX);
-    let noun = if role == "r-proxy" { "connections" } else { "sessions" };
+    let noun = if role == "r-proxy" {
+        "connections"
+    } else {
+        "sessions"
+    };
     let mut replicas = wanted.clamp(policy.min_replicas, policy.max_replicas);
     let mut why = format!(
         "{} {noun} on {} pods, {per_pod} per pod → {replicas} (min {}, max {})",
@@ -175,9 +193,10 @@ pub async fn shared_lag(
         .collect();
     let _reader = ctx.lag_readers.acquire().await.expect("never closed");
     let access = access.clone();
-    let lag = tokio::task::spawn_blocking(move || crate::kafka::groups_lag(&access, &prefix, &topics))
-        .await
-        .expect("lag reading does not panic")?;
+    let lag =
+        tokio::task::spawn_blocking(move || crate::kafka::groups_lag(&access, &prefix, &topics))
+            .await
+            .expect("lag reading does not panic")?;
     Ok(Some(lag))
 }
 
@@ -200,7 +219,9 @@ mod tests {
         Load {
             pods,
             sessions,
-            unreadable: (0..unreadable).map(|i| format!("pod-{i}: refused")).collect(),
+            unreadable: (0..unreadable)
+                .map(|i| format!("pod-{i}: refused"))
+                .collect(),
         }
     }
 
@@ -209,7 +230,10 @@ mod tests {
         for (sessions, want) in [(0, 1), (100, 1), (101, 2), (450, 5), (10_000, 5)] {
             let (replicas, why) = recommend(&policy(), &load(2, sessions, 0), "s-proxy");
             assert_eq!(replicas, want, "{sessions} sessions: {why}");
-            assert!(why.contains(&format!("{sessions} sessions on 2 pods")), "{why}");
+            assert!(
+                why.contains(&format!("{sessions} sessions on 2 pods")),
+                "{why}"
+            );
         }
     }
 
@@ -217,7 +241,10 @@ mod tests {
     fn unread_pods_never_cause_a_scale_down() {
         let (replicas, why) = recommend(&policy(), &load(4, 10, 1), "r-proxy");
         assert_eq!(replicas, 4);
-        assert!(why.contains("10 connections") && why.contains("1 pods unread"), "{why}");
+        assert!(
+            why.contains("10 connections") && why.contains("1 pods unread"),
+            "{why}"
+        );
         // Scaling up still happens on what could be read.
         assert_eq!(recommend(&policy(), &load(2, 450, 1), "r-proxy").0, 5);
     }

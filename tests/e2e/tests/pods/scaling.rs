@@ -45,8 +45,8 @@ async fn wait_scaled(ns: &str, what: &str, ok: impl Fn(i64, &serde_json::Value) 
 }
 
 pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, fleet: SocketAddr) {
-    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
     use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
     let base = format!("scale/{}", unique_name("s"));
@@ -56,7 +56,10 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
         ns,
         r#"{"minReplicas":3,"maxReplicas":3,"sessionsPerPod":2,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
     );
-    wait_scaled(ns, "3 s-proxy pods under autoscale", |replicas, _| replicas == 3).await;
+    wait_scaled(ns, "3 s-proxy pods under autoscale", |replicas, _| {
+        replicas == 3
+    })
+    .await;
 
     // A watcher of wills through the bridge itself (Kafka mode: wills are records too).
     let (watcher, mut watch_events) = AsyncClient::new(
@@ -81,8 +84,11 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
     let mut clients = Vec::new();
     let mut pollers = Vec::new();
     for i in 0..CLIENTS {
-        let mut options =
-            MqttOptions::new(unique_name(&format!("scaled{i}")), fleet.ip().to_string(), fleet.port());
+        let mut options = MqttOptions::new(
+            unique_name(&format!("scaled{i}")),
+            fleet.ip().to_string(),
+            fleet.port(),
+        );
         options.set_last_will(LastWill::new(
             format!("{wills}/{i}"),
             "gone",
@@ -116,10 +122,14 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
     })
     .await;
     // The operator reads the sessions from the pods' own metrics.
-    wait_scaled(ns, "status.sProxy.sessions to count the clients", |_, status| {
-        // The clients and the watcher (and any session an earlier step left draining).
-        status["sProxy"]["sessions"].as_i64() >= Some(CLIENTS as i64 + 1)
-    })
+    wait_scaled(
+        ns,
+        "status.sProxy.sessions to count the clients",
+        |_, status| {
+            // The clients and the watcher (and any session an earlier step left draining).
+            status["sProxy"]["sessions"].as_i64() >= Some(CLIENTS as i64 + 1)
+        },
+    )
     .await;
 
     // Now one pod carries them all: two of the three go, and their sessions move.
@@ -127,7 +137,10 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
         ns,
         r#"{"minReplicas":1,"maxReplicas":3,"sessionsPerPod":10,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
     );
-    wait_scaled(ns, "s-proxy scaled down to 1 pod", |replicas, _| replicas == 1).await;
+    wait_scaled(ns, "s-proxy scaled down to 1 pod", |replicas, _| {
+        replicas == 1
+    })
+    .await;
     let moved = drained.load(Ordering::SeqCst);
     assert!(
         moved >= 1,
@@ -145,9 +158,11 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
         ns,
         r#"{"minReplicas":1,"maxReplicas":2,"sessionsPerPod":2,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
     );
-    wait_scaled(ns, "s-proxy scaled up to 2 pods by its sessions", |replicas, status| {
-        replicas == 2 && status["sProxy"]["desiredReplicas"].as_i64() == Some(2)
-    })
+    wait_scaled(
+        ns,
+        "s-proxy scaled up to 2 pods by its sessions",
+        |replicas, status| replicas == 2 && status["sProxy"]["desiredReplicas"].as_i64() == Some(2),
+    )
     .await;
     let bridge = kubectl_json(&["mqttbridge", "fleet", "-n", ns]).unwrap();
     let scaling = bridge["status"]["conditions"]
@@ -159,14 +174,22 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
         .unwrap();
     assert_eq!(scaling["reason"], "LoadTracked", "{scaling}");
     assert!(
-        scaling["message"].as_str().unwrap().contains("sessions on 2 pods, 2 per pod → 2"),
+        scaling["message"]
+            .as_str()
+            .unwrap()
+            .contains("sessions on 2 pods, 2 per pod → 2"),
         "{scaling}"
     );
 
     // No will was published for a drained session: a message published now is the first thing
     // the watcher receives.
     watcher
-        .publish(format!("{wills}/sentinel"), QoS::AtLeastOnce, false, "sentinel")
+        .publish(
+            format!("{wills}/sentinel"),
+            QoS::AtLeastOnce,
+            false,
+            "sentinel",
+        )
         .await
         .unwrap();
     let first = super::mqtt::next_5(
