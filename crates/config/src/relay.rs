@@ -137,6 +137,19 @@ pub struct ClientLimits {
     /// beyond them gets CONNACK 0x97 Quota exceeded (3.1.1: 3 Server unavailable).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// Longest keep-alive a client may have. A client asking for more, or for none (0), gets
+    /// this one: MQTT 5 clients are told (Server Keep Alive in CONNACK); 3.1.1 clients cannot be,
+    /// and are disconnected after one and a half of it in silence. An upstream's own Server Keep
+    /// Alive is capped too. `0s` lets clients have any, including none (a silent half-open
+    /// connection then holds its session until TCP keepalive notices).
+    #[serde(default = "default_max_keep_alive", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_keep_alive: Duration,
+    /// TCP keepalive on client connections: the first probe after this much silence (`0s`: off).
+    /// Notices a peer that vanished without closing, even between MQTT keep-alives.
+    #[serde(default = "default_tcp_keep_alive", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub tcp_keep_alive: Duration,
 }
 
 impl Default for ClientLimits {
@@ -146,7 +159,17 @@ impl Default for ClientLimits {
             max_packet_size: default_max_packet_size(),
             max_connections: default_max_connections(),
             max_connections_per_address: default_max_connections_per_address(),
+            max_keep_alive: default_max_keep_alive(),
+            tcp_keep_alive: default_tcp_keep_alive(),
         }
+    }
+}
+
+impl ClientLimits {
+    /// [`ClientLimits::max_keep_alive`] in whole seconds, `None` when off.
+    pub fn max_keep_alive_seconds(&self) -> Option<u16> {
+        let seconds = self.max_keep_alive.as_secs();
+        (seconds > 0).then(|| u16::try_from(seconds).unwrap_or(u16::MAX))
     }
 }
 
@@ -236,6 +259,20 @@ impl Validate for RProxyConfig {
             ));
         }
         check_packet_size("limits.maxPacketSize", self.limits.max_packet_size)?;
+        if self.limits.max_keep_alive > Duration::from_secs(u16::MAX.into()) {
+            return Err(ConfigError::invalid(
+                "limits.maxKeepAlive",
+                "must be at most 65535s (18h12m15s), MQTT's largest keep-alive",
+            ));
+        }
+        if !self.limits.max_keep_alive.is_zero()
+            && self.limits.max_keep_alive < Duration::from_secs(1)
+        {
+            return Err(ConfigError::invalid(
+                "limits.maxKeepAlive",
+                "must be 0s (off) or at least 1s",
+            ));
+        }
         if self.limits.max_connections_per_address == 0 {
             return Err(ConfigError::invalid(
                 "limits.maxConnectionsPerAddress",
@@ -429,6 +466,12 @@ fn default_resolve_interval() -> Duration {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_keep_alive() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_tcp_keep_alive() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_broker_connect_timeout() -> Duration {
     Duration::from_secs(5)

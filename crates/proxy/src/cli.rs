@@ -109,8 +109,8 @@ pub struct RProxyArgs {
     #[arg(long)]
     pub connections_per_endpoint: Option<usize>,
 
-    /// How long a new connection may take to complete TLS/WebSocket handshakes and send CONNECT
-    /// [default: 10s].
+    /// How long a new connection may take, from accept, to complete its TLS/WebSocket
+    /// handshakes and send CONNECT (one deadline for all of it) [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
 
@@ -128,6 +128,16 @@ pub struct RProxyArgs {
     /// return code 3) [default: 10000].
     #[arg(long)]
     pub max_connections_per_address: Option<usize>,
+
+    /// Longest keep-alive a client may have: more, or none (0), becomes this; MQTT 5 clients
+    /// are told in CONNACK (Server Keep Alive). `0s` allows any, including none [default: 30m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_keep_alive: Option<Duration>,
+
+    /// TCP keepalive on client connections: first probe after this much silence (`0s`: off)
+    /// [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub tcp_keep_alive: Option<Duration>,
 
     /// How long to wait for sessions to close on shutdown before dropping them [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -250,6 +260,8 @@ impl RProxyArgs {
         limits.max_connections_per_address = self
             .max_connections_per_address
             .unwrap_or(limits.max_connections_per_address);
+        limits.max_keep_alive = self.max_keep_alive.unwrap_or(limits.max_keep_alive);
+        limits.tcp_keep_alive = self.tcp_keep_alive.unwrap_or(limits.tcp_keep_alive);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
         overlay(&mut config.auth.mode, self.auth_mode);
         overlay(&mut config.auth.password_file, self.password_file);

@@ -380,3 +380,84 @@ async fn one_address_gets_at_most_its_share_of_sessions() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn keep_alive_is_capped_and_a_silent_client_is_disconnected() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start_with(&broker, &["--max-keep-alive", "2s"]).await;
+
+    // MQTT 5, asking for none: told 2 s in CONNACK, disconnected with 0x8D after 3 s of silence.
+    let mut connect = connect_packet(&unique_name("forever5"));
+    connect.keep_alive = 0;
+    let started = Instant::now();
+    let (mut v5, connack) = RawClient::session(relay.mqtt, Protocol::V5, connect).await;
+    assert_eq!(connack.properties.server_keep_alive, Some(2), "{connack:?}");
+    // 3.1.1, asking for more than the cap: cannot be told, and is closed all the same.
+    let mut connect = connect_packet(&unique_name("long311"));
+    connect.keep_alive = 3600;
+    let (mut v3, _) = RawClient::session(relay.mqtt, Protocol::V311, connect).await;
+    // Within the cap: left as it is.
+    let mut connect = connect_packet(&unique_name("fine5"));
+    connect.keep_alive = 1;
+    let (_, fine) = RawClient::session(relay.mqtt, Protocol::V5, connect).await;
+    assert_eq!(fine.properties.server_keep_alive, None, "{fine:?}");
+
+    let (v5_parting, v3_parting) = tokio::join!(v5.until_closed(), v3.until_closed());
+    let elapsed = started.elapsed();
+    assert_disconnected_with(&v5_parting, ReasonCode::KEEP_ALIVE_TIMEOUT);
+    assert!(
+        v3_parting.is_empty(),
+        "3.1.1 is just closed: {v3_parting:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(2_800) && elapsed <= Duration::from_secs(6),
+        "closed {elapsed:?} after connecting, expected about 1.5 x 2 s"
+    );
+    let (_, metrics) = strait_e2e::http_get(relay.r_proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("strait_mqtt_keep_alive_capped_total{role=\"r-proxy\"}")
+            && l.ends_with(" 2")),
+        "both capped sessions counted: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_deadline_covers_the_websocket_handshake_and_the_connect() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let ws = strait_e2e::free_local_addr().to_string();
+    let relay = Relay::start_with(&broker, &["--ws-listen", &ws, "--connect-timeout", "1s"]).await;
+
+    // A slow client: the WebSocket upgrade after 700 ms, then no CONNECT. Each step alone is
+    // within the timeout; together they are not.
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(&ws).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stream
+        .write_all(
+            b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let elapsed = started.elapsed();
+    assert!(closed.is_ok(), "r-proxy closes the connection");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 101"),
+        "the upgrade itself succeeded: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1_600),
+        "closed {elapsed:?} after connecting: one 1 s deadline from accept, not 1 s after the \
+         upgrade"
+    );
+    drop(relay);
+}

@@ -42,6 +42,9 @@ pub struct RelayMetrics {
     pub session_setup_seconds: Histogram,
     /// Stored subscriptions a resumed session lost because its permissions no longer allow them.
     pub restored_subscriptions_dropped: IntCounter,
+    /// Sessions whose keep-alive r-proxy lowered, or set where the client asked for none
+    /// (`limits.maxKeepAlive`).
+    pub keep_alive_capped: IntCounter,
 }
 
 impl RelayMetrics {
@@ -83,6 +86,10 @@ impl RelayMetrics {
                 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let keep_alive_capped = IntCounter::with_opts(with_role(
+            "strait_mqtt_keep_alive_capped_total",
+            "Sessions whose keep-alive was lowered to limits.maxKeepAlive, or set where the client asked for none",
+        ))?;
         let restored_subscriptions_dropped = IntCounter::with_opts(with_role(
             "strait_mqtt_restored_subscriptions_dropped_total",
             "Subscriptions of resumed persistent sessions dropped: the client's permissions no \
@@ -96,6 +103,7 @@ impl RelayMetrics {
             Box::new(errors.clone()),
             Box::new(session_setup_seconds.clone()),
             Box::new(restored_subscriptions_dropped.clone()),
+            Box::new(keep_alive_capped.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -113,6 +121,7 @@ impl RelayMetrics {
             errors,
             session_setup_seconds,
             restored_subscriptions_dropped,
+            keep_alive_capped,
         })
     }
 

@@ -34,18 +34,39 @@ pub fn max_frame_size(max_packet_size: u32) -> usize {
 #[derive(Debug, Clone)]
 pub struct SessionRules {
     protocol: Protocol,
-    keep_alive: Duration,
+    /// What the client asked for, in seconds (0: none).
+    requested_keep_alive: u16,
+    /// What applies until the CONNACK: the request within r-proxy's cap.
+    keep_alive: u16,
+    /// r-proxy's largest keep-alive, in seconds (`None`: any, including none).
+    max_keep_alive: Option<u16>,
     max_packet_size: u32,
 }
 
 impl SessionRules {
-    /// `max_packet_size` is the largest packet r-proxy accepts from the client.
-    pub fn new(protocol: Protocol, connect: &Connect, max_packet_size: u32) -> Self {
+    /// `max_packet_size` is the largest packet r-proxy accepts from the client; `max_keep_alive`
+    /// the longest keep-alive (seconds) it lets a client have: a client asking for more, or for
+    /// none, gets this one (MQTT 5 clients are told in the CONNACK; 3.1.1 clients cannot be, and
+    /// are disconnected after one and a half of it in silence like any other).
+    pub fn new(
+        protocol: Protocol,
+        connect: &Connect,
+        max_packet_size: u32,
+        max_keep_alive: Option<u16>,
+    ) -> Self {
+        let requested = connect.keep_alive;
         Self {
             protocol,
-            keep_alive: Duration::from_secs(connect.keep_alive.into()),
+            requested_keep_alive: requested,
+            keep_alive: capped(requested, max_keep_alive),
+            max_keep_alive,
             max_packet_size,
         }
+    }
+
+    /// Whether r-proxy's cap lowered (or set) the client's keep-alive.
+    pub fn keep_alive_capped(&self) -> bool {
+        self.keep_alive != self.requested_keep_alive
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -56,6 +77,15 @@ impl SessionRules {
     /// or `None` when keep-alive is off.
     pub fn idle_timeout(&self) -> Option<Duration> {
         idle_timeout(self.keep_alive)
+    }
+
+    /// The keep-alive in force once `connack` is what the client gets: the upstream's Server
+    /// Keep Alive if it sent one, else the client's, both within r-proxy's cap.
+    fn keep_alive_after(&self, connack: &ConnAck) -> u16 {
+        match connack.properties.server_keep_alive {
+            Some(server) => capped(server, self.max_keep_alive),
+            None => self.keep_alive,
+        }
     }
 
     /// Checks a packet from the client once the session is open. `Err` carries the reason code
@@ -74,17 +104,19 @@ impl SessionRules {
     }
 
     /// Adjusts the upstream's CONNACK before it reaches the client: a v5 client learns the
-    /// largest packet r-proxy accepts (the smaller of the upstream's limit and ours). Returns the
-    /// new idle timeout when the server imposes its own keep-alive (`Some(None)`: turned off).
+    /// largest packet r-proxy accepts (the smaller of the upstream's limit and ours) and, as
+    /// Server Keep Alive, any keep-alive other than the one it asked for (r-proxy's cap, or the
+    /// upstream's own). Returns the idle timeout from then on (`None` inside: keep-alive off).
     pub fn apply_connack(&self, connack: &mut ConnAck) -> Option<Option<Duration>> {
+        let keep_alive = self.keep_alive_after(connack);
         if self.protocol == Protocol::V5 && !connack.reason_code.is_error() {
             let limit = &mut connack.properties.maximum_packet_size;
             *limit = Some(limit.map_or(self.max_packet_size, |l| l.min(self.max_packet_size)));
+            if keep_alive != self.requested_keep_alive {
+                connack.properties.server_keep_alive = Some(keep_alive);
+            }
         }
-        connack
-            .properties
-            .server_keep_alive
-            .map(|seconds| idle_timeout(Duration::from_secs(seconds.into())))
+        (keep_alive != self.keep_alive).then(|| idle_timeout(keep_alive))
     }
 
     /// The packet telling the client why the server ends the session: a v5 DISCONNECT with the
@@ -101,8 +133,16 @@ impl SessionRules {
     }
 }
 
-fn idle_timeout(keep_alive: Duration) -> Option<Duration> {
-    (!keep_alive.is_zero()).then(|| keep_alive * 3 / 2)
+fn idle_timeout(keep_alive_seconds: u16) -> Option<Duration> {
+    (keep_alive_seconds != 0).then(|| Duration::from_secs(keep_alive_seconds.into()) * 3 / 2)
+}
+
+/// `keep_alive` within `max`: 0 (none) or more than `max` becomes `max`.
+fn capped(keep_alive: u16, max: Option<u16>) -> u16 {
+    match max {
+        Some(max) if max > 0 && (keep_alive == 0 || keep_alive > max) => max,
+        _ => keep_alive,
+    }
 }
 
 /// The CONNACK refusing a session before it is open (upstream unreachable, overloaded…). The
@@ -125,7 +165,63 @@ mod tests {
             client_id: "c1".into(),
             ..Default::default()
         };
-        SessionRules::new(protocol, &connect, 65_536)
+        SessionRules::new(protocol, &connect, 65_536, None)
+    }
+
+    fn capped_rules(protocol: Protocol, keep_alive: u16, max: u16) -> SessionRules {
+        let connect = Connect {
+            keep_alive,
+            client_id: "c1".into(),
+            ..Default::default()
+        };
+        SessionRules::new(protocol, &connect, 65_536, Some(max))
+    }
+
+    #[test]
+    fn the_cap_applies_to_none_and_to_more_and_v5_clients_are_told() {
+        for (asked, applies) in [(0, 120), (600, 120), (60, 60), (120, 120)] {
+            let rules = capped_rules(Protocol::V5, asked, 120);
+            assert_eq!(
+                rules.idle_timeout(),
+                Some(Duration::from_secs(u64::from(applies)) * 3 / 2),
+                "asked {asked}"
+            );
+            assert_eq!(rules.keep_alive_capped(), asked != applies, "asked {asked}");
+            let mut connack = ConnAck::default();
+            assert_eq!(
+                rules.apply_connack(&mut connack),
+                None,
+                "no change at CONNACK"
+            );
+            let told = (asked != applies).then_some(applies);
+            assert_eq!(connack.properties.server_keep_alive, told, "asked {asked}");
+        }
+        // 3.1.1 has no Server Keep Alive; the cap is enforced all the same.
+        let v3 = capped_rules(Protocol::V311, 0, 120);
+        assert_eq!(v3.idle_timeout(), Some(Duration::from_secs(180)));
+        let mut connack = ConnAck::default();
+        v3.apply_connack(&mut connack);
+        assert_eq!(connack.properties.server_keep_alive, None);
+    }
+
+    #[test]
+    fn an_upstreams_server_keep_alive_is_capped_too() {
+        let rules = capped_rules(Protocol::V5, 60, 120);
+        let mut connack = ConnAck::default();
+        connack.properties.server_keep_alive = Some(0);
+        assert_eq!(
+            rules.apply_connack(&mut connack),
+            Some(Some(Duration::from_secs(180))),
+            "the upstream's 'none' is the cap"
+        );
+        assert_eq!(connack.properties.server_keep_alive, Some(120));
+        let mut connack = ConnAck::default();
+        connack.properties.server_keep_alive = Some(30);
+        assert_eq!(
+            rules.apply_connack(&mut connack),
+            Some(Some(Duration::from_secs(45)))
+        );
+        assert_eq!(connack.properties.server_keep_alive, Some(30));
     }
 
     #[test]

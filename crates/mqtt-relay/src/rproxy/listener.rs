@@ -107,7 +107,8 @@ impl Listener {
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
+            let accepted_at = tokio::time::Instant::now();
+            configure_socket(&tcp, ctx.tcp_keep_alive);
             let ctx = ctx.clone();
             let tls = self
                 .tls
@@ -117,13 +118,16 @@ impl Listener {
             let span = tracing::info_span!("session", %peer, %transport, client_id = tracing::field::Empty, subject = tracing::field::Empty);
             sessions.spawn(
                 async move {
-                    let handshake = tokio::time::timeout(
-                        ctx.connect_timeout,
+                    // One deadline for the handshakes and the CONNECT after them.
+                    let connect_by = accepted_at + ctx.connect_timeout;
+                    let handshake = tokio::time::timeout_at(
+                        connect_by,
                         handshake(tcp, transport, tls, &ctx.ws_path, ctx.max_packet_size),
                     );
                     match handshake.await {
                         Ok(Ok((conn, identity))) => {
-                            super::session::run(conn, peer, transport, identity, &ctx).await
+                            super::session::run(conn, peer, transport, identity, connect_by, &ctx)
+                                .await
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "handshake failed");
@@ -138,6 +142,21 @@ impl Listener {
                 }
                 .instrument(span),
             );
+        }
+    }
+}
+
+/// No Nagle delay (MQTT packets are small and latency matters), and TCP keepalive probes after
+/// `keep_alive` of silence, so a client that vanished without closing is noticed.
+fn configure_socket(tcp: &TcpStream, keep_alive: Option<std::time::Duration>) {
+    let _ = tcp.set_nodelay(true);
+    if let Some(idle) = keep_alive {
+        let probes = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(std::time::Duration::from_secs(10))
+            .with_retries(3);
+        if let Err(error) = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes) {
+            tracing::debug!(%error, "cannot turn on TCP keepalive");
         }
     }
 }
@@ -243,4 +262,26 @@ pub fn client_identity(
         method: "tls-client-cert".to_string(),
         attributes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_tcp_keepalive_when_configured() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        for keep_alive in [Some(std::time::Duration::from_secs(42)), None] {
+            let _client = TcpStream::connect(address).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            configure_socket(&accepted, keep_alive);
+            let socket = socket2::SockRef::from(&accepted);
+            assert_eq!(socket.keepalive().unwrap(), keep_alive.is_some());
+            if let Some(idle) = keep_alive {
+                assert_eq!(socket.tcp_keepalive_time().unwrap(), idle);
+            }
+            assert!(accepted.nodelay().unwrap());
+        }
+    }
 }

@@ -32,8 +32,13 @@ pub(crate) struct Context {
     /// Connections per client address (`limits.maxConnectionsPerAddress`).
     pub addresses: Arc<addresses::AddressSlots>,
     pub metrics: RelayMetrics,
+    /// From accepting a connection to its CONNECT: TLS and WebSocket handshakes included.
     pub connect_timeout: Duration,
     pub max_packet_size: u32,
+    /// `limits.maxKeepAlive` in seconds (`None`: off).
+    pub max_keep_alive: Option<u16>,
+    /// `limits.tcpKeepAlive` (`None`: off).
+    pub tcp_keep_alive: Option<Duration>,
     pub ws_path: String,
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Client authentication and topic permissions (`auth`).
@@ -79,6 +84,8 @@ pub async fn start(
         metrics,
         connect_timeout: config.limits.connect_timeout,
         max_packet_size: config.limits.max_packet_size,
+        max_keep_alive: config.limits.max_keep_alive_seconds(),
+        tcp_keep_alive: Some(config.limits.tcp_keep_alive).filter(|d| !d.is_zero()),
         addresses: addresses::AddressSlots::new(config.limits.max_connections_per_address),
         ws_path: config.listeners.ws_path.clone(),
         shutdown: process.shutdown.token(),

@@ -52,14 +52,15 @@ pub async fn run(
     peer: SocketAddr,
     transport: Transport,
     identity: Option<v1::Identity>,
+    connect_by: tokio::time::Instant,
     ctx: &Context,
 ) {
     let (mut reader, mut writer) = conn.split();
     let mut inbuf = ReadBuffer::default();
     let started = Instant::now();
 
-    let (protocol, mut connect) = match tokio::time::timeout(
-        ctx.connect_timeout,
+    let (protocol, mut connect) = match tokio::time::timeout_at(
+        connect_by,
         read_connect(&mut reader, inbuf.bytes(), ctx.max_packet_size as usize),
     )
     .await
@@ -85,7 +86,15 @@ pub async fn run(
     tracing::Span::current().record("client_id", connect.client_id.as_str());
     ctx.metrics
         .packet(Direction::Inbound, mqtt::PacketType::Connect);
-    let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size);
+    let rules = SessionRules::new(protocol, &connect, ctx.max_packet_size, ctx.max_keep_alive);
+    if rules.keep_alive_capped() {
+        tracing::debug!(
+            asked = connect.keep_alive,
+            max = ctx.max_keep_alive,
+            "keep-alive capped (limits.maxKeepAlive)"
+        );
+        ctx.metrics.keep_alive_capped.inc();
+    }
 
     let Some(_address_slot) = ctx.addresses.take(peer.ip()) else {
         tracing::info!(address = %peer.ip(), "refusing connection: too many from this address");
