@@ -115,18 +115,24 @@ impl KafkaUpstream {
 
     /// The cell of a routed topic, counting a new one against `maxRoutedTopics`.
     fn routed_cell(&self, routed: &RoutedTopic) -> Result<Arc<OnceCell<()>>, RoutedRefusal> {
-        let mut known = self.routed.state.lock();
-        if let Some(cell) = known.topics.get(&routed.name) {
-            return Ok(cell.clone());
+        let known = |known: &Known| known.topics.get(&routed.name).cloned();
+        if let Some(cell) = known(&self.routed.state.lock()) {
+            return Ok(cell);
         }
-        if self.topics.index(&routed.name).is_some() {
+        // Looked up without holding the routed topics' lock (both are leaves of the lock order).
+        let exists = self.topics.index(&routed.name).is_some();
+        let mut state = self.routed.state.lock();
+        if let Some(cell) = known(&state) {
+            return Ok(cell);
+        }
+        if exists {
             // Found in Kafka (another replica's clients made it): not ours to count.
             let cell = Arc::new(OnceCell::new_with(Some(())));
-            known.topics.insert(routed.name.clone(), cell.clone());
+            state.topics.insert(routed.name.clone(), cell.clone());
             return Ok(cell);
         }
         let limit = self.config.max_routed_topics;
-        if known.created >= limit {
+        if state.created >= limit {
             let refusal = RoutedRefusal::Limit {
                 route: self.config.routes[routed.route].topic.clone(),
                 name: routed.name.clone(),
@@ -139,9 +145,9 @@ impl KafkaUpstream {
             }
             return Err(refusal);
         }
-        known.created += 1;
+        state.created += 1;
         let cell = Arc::new(OnceCell::new());
-        known.topics.insert(routed.name.clone(), cell.clone());
+        state.topics.insert(routed.name.clone(), cell.clone());
         Ok(cell)
     }
 
