@@ -146,7 +146,9 @@ async fn a_routed_topic_is_created_on_its_first_publish_with_the_routes_settings
         "the route's partitions"
     );
     assert_eq!(
-        topic_config(&kafka, &topic, "retention.ms").await.as_deref(),
+        topic_config(&kafka, &topic, "retention.ms")
+            .await
+            .as_deref(),
         Some("3600000"),
         "the route's topicConfig"
     );
@@ -220,14 +222,22 @@ async fn the_allow_list_and_the_cap_refuse_routed_topics_beyond_them() {
         "the third distinct topic is one over maxRoutedTopics"
     );
     assert_eq!(partitions_of(&kafka, &format!("{prefix}dev-3")).await, None);
-    assert_eq!(partitions_of(&kafka, &format!("{prefix}other-1")).await, None);
+    assert_eq!(
+        partitions_of(&kafka, &format!("{prefix}other-1")).await,
+        None
+    );
     // Topics already made take PUBLISHes as before; QoS 2 is refused with the same code.
     assert_eq!(
         publish_qos1(&mut client, "sensors/dev-1/temp", 5, b"y").await,
         ReasonCode::SUCCESS
     );
     client
-        .send(&publish_packet("sensors/dev-4/temp", QoS::ExactlyOnce, 6, b"z"))
+        .send(&publish_packet(
+            "sensors/dev-4/temp",
+            QoS::ExactlyOnce,
+            6,
+            b"z",
+        ))
         .await;
     match client.recv_within(Duration::from_secs(30)).await {
         Some(Packet::PubRec(rec)) => {
@@ -244,8 +254,13 @@ async fn the_allow_list_and_the_cap_refuse_routed_topics_beyond_them() {
     // 3.1.1 has no reason codes: the connection is closed instead of acknowledging.
     let (mut old, _) =
         raw_session(&relay, Protocol::V311, connect_packet(&unique_name("v311"))).await;
-    old.send(&publish_packet("sensors/dev-5/temp", QoS::AtLeastOnce, 1, b"x"))
-        .await;
+    old.send(&publish_packet(
+        "sensors/dev-5/temp",
+        QoS::AtLeastOnce,
+        1,
+        b"x",
+    ))
+    .await;
     let parting = old.until_closed().await;
     assert!(
         !parting.iter().any(|p| matches!(p, Packet::PubAck(_))),

@@ -91,7 +91,9 @@ pub enum RouteRefusal {
         param: String,
         value: String,
     },
-    #[error("route {route:?}: topic name {name:?} is longer than Kafka's {MAX_TOPIC_NAME} characters")]
+    #[error(
+        "route {route:?}: topic name {name:?} is longer than Kafka's {MAX_TOPIC_NAME} characters"
+    )]
     TooLong { route: String, name: String },
     #[error("route {route:?}: topic name {name:?} does not match its topicPattern {pattern:?}")]
     NotAllowed {
@@ -377,8 +379,16 @@ mod tests {
             ],
             &[],
         );
-        let ok = |name: &str, route| Some(Ok(RoutedTopic { name: name.into(), route }));
-        assert_eq!(r.routed_topic("sensors/dev-42/temp"), ok("telemetry.dev-42", 0));
+        let ok = |name: &str, route| {
+            Some(Ok(RoutedTopic {
+                name: name.into(),
+                route,
+            }))
+        };
+        assert_eq!(
+            r.routed_topic("sensors/dev-42/temp"),
+            ok("telemetry.dev-42", 0)
+        );
         assert_eq!(r.routed_topic("site/a_1/B.2"), ok("site-a_1-B.2", 1));
         assert_eq!(r.routed_topic("alerts/x"), None, "a static route");
         assert_eq!(r.routed_topic("other"), None, "the default topic");
@@ -405,7 +415,10 @@ mod tests {
             Some(Err(RouteRefusal::TooLong { .. }))
         ));
         let fits = "x".repeat(MAX_TOPIC_NAME - "telemetry.".len());
-        assert!(matches!(r.routed_topic(&format!("sensors/{fits}")), Some(Ok(_))));
+        assert!(matches!(
+            r.routed_topic(&format!("sensors/{fits}")),
+            Some(Ok(_))
+        ));
 
         let mut config = KafkaConfig::new("k:9092".into());
         config.routes.push(MqttKafkaRoute {

@@ -155,7 +155,9 @@ impl KafkaUpstream {
     /// rest), unless it exists.
     async fn create_routed(&self, routed: &RoutedTopic) -> Result<(), UpstreamError> {
         let route = &self.config.routes[routed.route];
-        let partitions = route.partitions.unwrap_or(self.config.new_topics.partitions);
+        let partitions = route
+            .partitions
+            .unwrap_or(self.config.new_topics.partitions);
         let replication = TopicReplication::Fixed(self.config.new_topics.replication_factor);
         let mut new = NewTopic::new(&routed.name, partitions, replication);
         for (key, value) in &route.topic_config {

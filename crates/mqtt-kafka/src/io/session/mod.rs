@@ -72,6 +72,8 @@ type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
 /// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
 type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
 
+// The variants are the packets they answer with (`PubAck` ends in `Ack` by MQTT's naming).
+#[allow(clippy::enum_variant_names)]
 enum Ack {
     /// QoS 1: PUBACK.
     PubAck(u16),
