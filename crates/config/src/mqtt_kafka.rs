@@ -20,7 +20,8 @@ use crate::kafka::{check_security, is_typed_property};
 ///   createTopics: true
 ///   newTopics: { partitions: 3, replicationFactor: 1 }
 ///   qos0Acks: leader
-///   routes: [ { topic: "sensors/{id}/#", messages: "sensors.${params.id}" } ]
+///   routes: [ { topic: "sensors/{id}/#", messages: "sensors.${params.id}", partitions: 6 } ]
+///   maxRoutedTopics: 1000
 ///   clients: [ "place/{identity}/#" ]
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -43,6 +44,15 @@ pub struct KafkaConfig {
     /// Partitions and replication of topics s-proxy creates.
     #[serde(default)]
     pub new_topics: NewTopics,
+    /// Create the topics of `${params}` routes on their first PUBLISH (with the route's
+    /// `partitions` and `topicConfig`); defaults to `createTopics`. The operator turns it on
+    /// while it creates every other topic itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_routed_topics: Option<bool>,
+    /// How many distinct topics of `${params}` routes one s-proxy process creates at most;
+    /// a PUBLISH that would need one more is refused (MQTT 5: 0x97 Quota exceeded).
+    #[serde(default = "default_max_routed_topics")]
+    pub max_routed_topics: u32,
     /// Produce acknowledgement for QoS 0 PUBLISH (QoS 1 and 2 always wait for `all`).
     #[serde(default)]
     pub qos0_acks: Acks,
@@ -78,6 +88,8 @@ impl KafkaConfig {
             topics: MqttKafkaTopics::default(),
             create_topics: true,
             new_topics: NewTopics::default(),
+            create_routed_topics: None,
+            max_routed_topics: default_max_routed_topics(),
             qos0_acks: Acks::default(),
             routes: Vec::new(),
             clients: Vec::new(),
@@ -143,6 +155,17 @@ impl KafkaConfig {
             if !route.messages.contains("${") {
                 check_topic_name("kafka.routes.messages", &route.messages)?;
             }
+            if route.partitions.is_some_and(|p| p < 1) {
+                return Err(ConfigError::invalid(
+                    "kafka.routes.partitions",
+                    "must be at least 1",
+                ));
+            }
+            if let Some(pattern) = &route.topic_pattern {
+                route_topic_pattern(pattern).map_err(|error| {
+                    ConfigError::invalid("kafka.routes.topicPattern", error.to_string())
+                })?;
+            }
         }
         for pattern in &self.clients {
             let params = pattern_params(pattern)
@@ -177,6 +200,11 @@ impl KafkaConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether s-proxy creates the topics of `${params}` routes as clients publish to them.
+    pub fn creates_routed_topics(&self) -> bool {
+        self.create_routed_topics.unwrap_or(self.create_topics)
     }
 
     /// The connection part of the section, as every Kafka client of s-proxy uses it.
@@ -217,15 +245,30 @@ pub fn pattern_params(pattern: &str) -> Result<Vec<String>, String> {
     Ok(params)
 }
 
-fn check_topic_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= 249
+/// A route's `topicPattern`, which must match the whole rendered topic name.
+pub fn route_topic_pattern(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// Whether `name` is a legal Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249).
+pub fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_NAME
         && name != "."
         && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+        && name.chars().all(is_topic_char)
+}
+
+/// A character Kafka allows in a topic name.
+pub fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Kafka's longest topic name.
+pub const MAX_TOPIC_NAME: usize = 249;
+
+fn check_topic_name(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    if is_topic_name(name) {
         Ok(())
     } else {
         Err(ConfigError::invalid(
@@ -280,13 +323,30 @@ impl Default for NewTopics {
 }
 
 /// A topic filter routed to another messages topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttKafkaRoute {
     /// MQTT topic filter whose levels may be `{param}` (one level each), `+` or a final `#`.
+    #[schemars(length(min = 1, max = 65535))]
     pub topic: String,
-    /// Kafka messages topic; may use `${params.NAME}`.
+    /// Kafka messages topic; may use `${params.NAME}`. Each parameter value must be letters,
+    /// digits, `.`, `_` or `-` and the name at most 249 characters, or the PUBLISH is refused
+    /// (MQTT 5: 0x90 Topic Name invalid).
+    #[schemars(length(min = 1, max = 1024))]
     pub messages: String,
+    /// Partitions of this route's topics when Strait creates them (default `newTopics.partitions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub partitions: Option<i32>,
+    /// Kafka topic configs of this route's topics when Strait creates them, e.g.
+    /// `retention.ms: "86400000"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_config: BTreeMap<String, String>,
+    /// A regular expression the whole rendered topic name of a `${params}` route must match,
+    /// e.g. `telemetry\.dev-[0-9]+`; other PUBLISHes are refused (MQTT 5: 0x87 Not authorized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub topic_pattern: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -306,6 +366,9 @@ fn default_partitions() -> i32 {
 }
 fn default_replication() -> i32 {
     1
+}
+fn default_max_routed_topics() -> u32 {
+    1000
 }
 fn default_session_queue() -> usize {
     1024
@@ -342,12 +405,18 @@ mod tests {
              topics: { messages: m, retained: r, sessions: s }\n\
              createTopics: false\n\
              qos0Acks: none\n\
-             routes: [ { topic: 'sensors/{id}/#', messages: 'sensors.${params.id}' } ]\n\
+             routes: [ { topic: 'sensors/{id}/#', messages: 'sensors.${params.id}', partitions: 6, \
+               topicConfig: { retention.ms: '3600000' }, topicPattern: 'sensors\\.dev-[0-9]+' } ]\n\
+             createRoutedTopics: true\n\
+             maxRoutedTopics: 10\n\
              clients: [ 'place/{identity}/#' ]\n\
              librdkafka: { linger.ms: '5' }",
         );
         config.check().unwrap();
         assert_eq!(config.qos0_acks, Acks::None);
+        assert!(config.creates_routed_topics() && !config.create_topics);
+        assert_eq!(config.max_routed_topics, 10);
+        assert_eq!(config.routes[0].partitions, Some(6));
         assert_eq!(
             config.sasl.as_ref().unwrap().mechanism,
             SaslMechanism::ScramSha512
@@ -392,6 +461,7 @@ mod tests {
                     c.routes.push(MqttKafkaRoute {
                         topic: "a/{x}".into(),
                         messages: "t.${params.y}".into(),
+                        ..Default::default()
                     });
                     c
                 },
@@ -403,10 +473,37 @@ mod tests {
                     c.routes.push(MqttKafkaRoute {
                         topic: "a/#/b".into(),
                         messages: "t".into(),
+                        ..Default::default()
                     });
                     c
                 },
                 "kafka.routes.topic",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.routes.push(MqttKafkaRoute {
+                        topic: "a/{x}".into(),
+                        messages: "t.${params.x}".into(),
+                        topic_pattern: Some("t.(".into()),
+                        ..Default::default()
+                    });
+                    c
+                },
+                "kafka.routes.topicPattern",
+            ),
+            (
+                {
+                    let mut c = base();
+                    c.routes.push(MqttKafkaRoute {
+                        topic: "a/{x}".into(),
+                        messages: "t.${params.x}".into(),
+                        partitions: Some(0),
+                        ..Default::default()
+                    });
+                    c
+                },
+                "kafka.routes.partitions",
             ),
             (
                 {

@@ -70,6 +70,14 @@ async fn invalid_specs_are_refused_naming_the_field() {
             "  upstream: {kafka: {bootstrap: 'k:9092'}}\n  auth: {mode: jwt, jwt: {issuer: i, keysSecret: {name: k}}}\n",
             "spec.auth.jwt.clientIdClaim is required with a Kafka upstream",
         ),
+        (
+            "  upstream: {kafka: {bootstrap: 'k:9092', maxRoutedTopics: 0}}\n  auth: {mode: anonymous}\n",
+            "spec.upstream.kafka.maxRoutedTopics",
+        ),
+        (
+            "  upstream: {kafka: {bootstrap: 'k:9092', routes: [{topic: 'a/{x}', messages: 't.${params.x}', partitions: 0}]}}\n  auth: {mode: anonymous}\n",
+            "spec.upstream.kafka.routes[0].partitions",
+        ),
     ];
     for (spec, expected) in cases {
         let out = kubectl(
@@ -923,8 +931,9 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
     .await;
     let topic = |kind: &str| unique_name(&format!("mqtt-{kind}"));
     let (messages, retained, sessions) = (topic("messages"), topic("retained"), topic("sessions"));
+    let alerts = topic("alerts");
     let spec = format!(
-        "  auth: {{mode: anonymous}}\n  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
+        "  auth: {{mode: anonymous}}\n  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n      maxRoutedTopics: 50\n      routes:\n      - {{topic: 'sensors/{{id}}/#', messages: 'telemetry.${{params.id}}', partitions: 6, topicPattern: 'telemetry\\.dev-[0-9]+'}}\n      - {{topic: 'alerts/#', messages: '{alerts}', partitions: 3}}\n"
     );
     kubectl_ok(
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
@@ -1036,10 +1045,27 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let config = config_maps.get("fleet-config").await.unwrap().data.unwrap();
     let s_proxy: SProxyConfig = serde_saphyr::from_str(&config["s-proxy.yaml"]).unwrap();
+    let kafka = s_proxy.kafka.as_ref().unwrap();
     assert!(
-        !s_proxy.kafka.as_ref().unwrap().create_topics,
-        "the operator owns the topics"
+        !kafka.create_topics,
+        "the operator owns the topics it can name"
     );
+    assert!(
+        kafka.creates_routed_topics(),
+        "s-proxy creates those of ${{params}} routes"
+    );
+    assert_eq!(kafka.max_routed_topics, 50);
+    let routed = &kafka.routes[0];
+    assert_eq!(
+        (routed.partitions, routed.topic_pattern.as_deref()),
+        (Some(6), Some("telemetry\\.dev-[0-9]+"))
+    );
+    // The static route's topic is pre-created with the route's partitions.
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&alerts), std::time::Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), 3, "{alerts}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     relay_through_rendered_configs(&config, Some(&secrets), "fleet").await;
     drop(operator);

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
-use strait_config::mqtt_kafka::{KafkaConfig, MqttKafkaRoute};
+use strait_config::mqtt_kafka::{
+    KafkaConfig, MAX_TOPIC_NAME, MqttKafkaRoute, is_topic_char, route_topic_pattern,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
@@ -57,7 +59,48 @@ impl Pattern {
 pub struct Routing {
     default: String,
     routes: Vec<(Pattern, String)>,
+    /// Per route: its MQTT topic filter as configured (for errors) and its `topicPattern`.
+    checks: Vec<RouteCheck>,
     clients: Vec<Pattern>,
+}
+
+#[derive(Debug, Clone)]
+struct RouteCheck {
+    filter: String,
+    /// `topicPattern` as configured and compiled.
+    allowed: Option<(String, regex::Regex)>,
+}
+
+/// The topic a `${params}` route renders for a PUBLISH, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedTopic {
+    pub name: String,
+    /// Index into the config's `routes`.
+    pub route: usize,
+}
+
+/// Why a PUBLISH cannot go to the topic its `${params}` route renders.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteRefusal {
+    #[error(
+        "route {route:?}: {{{param}}} = {value:?} cannot be part of a Kafka topic name \
+         (letters, digits, '.', '_', '-')"
+    )]
+    InvalidParam {
+        route: String,
+        param: String,
+        value: String,
+    },
+    #[error(
+        "route {route:?}: topic name {name:?} is longer than Kafka's {MAX_TOPIC_NAME} characters"
+    )]
+    TooLong { route: String, name: String },
+    #[error("route {route:?}: topic name {name:?} does not match its topicPattern {pattern:?}")]
+    NotAllowed {
+        route: String,
+        name: String,
+        pattern: String,
+    },
 }
 
 impl Routing {
@@ -67,8 +110,9 @@ impl Routing {
             routes: config
                 .routes
                 .iter()
-                .map(|MqttKafkaRoute { topic, messages }| (Pattern::parse(topic), messages.clone()))
+                .map(|route| (Pattern::parse(&route.topic), route.messages.clone()))
                 .collect(),
+            checks: config.routes.iter().map(RouteCheck::new).collect(),
             clients: config.clients.iter().map(|c| Pattern::parse(c)).collect(),
         }
     }
@@ -88,6 +132,50 @@ impl Routing {
             }
         }
         Cow::Borrowed(&self.default)
+    }
+
+    /// The topic of the `${params}` route MQTT topic `topic` takes, when it takes one: checked
+    /// that every value is a legal Kafka topic name part, the name not too long, and that the
+    /// route's `topicPattern` allows it.
+    pub fn routed_topic(&self, topic: &str) -> Option<Result<RoutedTopic, RouteRefusal>> {
+        let (route, params) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find_map(|(i, (pattern, _))| pattern.capture(topic).map(|params| (i, params)))?;
+        let template = &self.routes[route].1;
+        if !template.contains("${") {
+            return None;
+        }
+        let check = &self.checks[route];
+        let described = || check.filter.clone();
+        let mut name = template.clone();
+        for (param, value) in params {
+            if value.is_empty() || !value.chars().all(is_topic_char) {
+                return Some(Err(RouteRefusal::InvalidParam {
+                    route: described(),
+                    param: param.to_string(),
+                    value: value.to_string(),
+                }));
+            }
+            name = name.replace(&format!("${{params.{param}}}"), value);
+        }
+        if name.len() > MAX_TOPIC_NAME {
+            return Some(Err(RouteRefusal::TooLong {
+                route: described(),
+                name,
+            }));
+        }
+        if let Some((pattern, allowed)) = &check.allowed
+            && !allowed.is_match(&name)
+        {
+            return Some(Err(RouteRefusal::NotAllowed {
+                route: described(),
+                name,
+                pattern: pattern.clone(),
+            }));
+        }
+        Some(Ok(RoutedTopic { name, route }))
     }
 
     /// Every messages topic whose name is known up front (the default and routes without
@@ -124,6 +212,20 @@ impl Routing {
             .iter()
             .find_map(|p| p.capture(topic))
             .and_then(|params| params.first().map(|(_, v)| *v))
+    }
+}
+
+impl RouteCheck {
+    fn new(route: &MqttKafkaRoute) -> Self {
+        Self {
+            filter: route.topic.clone(),
+            // `KafkaConfig::check` refuses a pattern that does not compile.
+            allowed: route.topic_pattern.as_ref().and_then(|pattern| {
+                route_topic_pattern(pattern)
+                    .ok()
+                    .map(|regex| (pattern.clone(), regex))
+            }),
+        }
     }
 }
 
@@ -217,6 +319,7 @@ mod tests {
             config.routes.push(MqttKafkaRoute {
                 topic: topic.to_string(),
                 messages: messages.to_string(),
+                ..Default::default()
             });
         }
         config.clients = clients.iter().map(|c| c.to_string()).collect();
@@ -264,6 +367,75 @@ mod tests {
         );
         assert!(!r.is_routed_topic("mqtt-messages"));
         assert!(!routing(&[("a/+", "a")], &[]).has_param_routes());
+    }
+
+    #[test]
+    fn routed_topic_names_are_checked_before_any_topic_is_made() {
+        let mut r = routing(
+            &[
+                ("sensors/{id}/#", "telemetry.${params.id}"),
+                ("site/{a}/{b}", "site-${params.a}-${params.b}"),
+                ("alerts/+", "alerts"),
+            ],
+            &[],
+        );
+        let ok = |name: &str, route| {
+            Some(Ok(RoutedTopic {
+                name: name.into(),
+                route,
+            }))
+        };
+        assert_eq!(
+            r.routed_topic("sensors/dev-42/temp"),
+            ok("telemetry.dev-42", 0)
+        );
+        assert_eq!(r.routed_topic("site/a_1/B.2"), ok("site-a_1-B.2", 1));
+        assert_eq!(r.routed_topic("alerts/x"), None, "a static route");
+        assert_eq!(r.routed_topic("other"), None, "the default topic");
+
+        for (topic, value) in [
+            ("sensors/dev 42/temp", "dev 42"),
+            ("sensors/dév/temp", "dév"),
+            ("sensors/a$b", "a$b"),
+            ("sensors//temp", ""),
+        ] {
+            assert_eq!(
+                r.routed_topic(topic),
+                Some(Err(RouteRefusal::InvalidParam {
+                    route: "sensors/{id}/#".into(),
+                    param: "id".into(),
+                    value: value.into(),
+                })),
+                "{topic}"
+            );
+        }
+        let long = "x".repeat(240);
+        assert!(matches!(
+            r.routed_topic(&format!("sensors/{long}")),
+            Some(Err(RouteRefusal::TooLong { .. }))
+        ));
+        let fits = "x".repeat(MAX_TOPIC_NAME - "telemetry.".len());
+        assert!(matches!(
+            r.routed_topic(&format!("sensors/{fits}")),
+            Some(Ok(_))
+        ));
+
+        let mut config = KafkaConfig::new("k:9092".into());
+        config.routes.push(MqttKafkaRoute {
+            topic: "sensors/{id}/#".into(),
+            messages: "telemetry.${params.id}".into(),
+            topic_pattern: Some("telemetry\\.dev-[0-9]+".into()),
+            ..Default::default()
+        });
+        config.check().unwrap();
+        r = Routing::new(&config);
+        assert_eq!(r.routed_topic("sensors/dev-7/t"), ok("telemetry.dev-7", 0));
+        let refused = r.routed_topic("sensors/dev-7x/t").unwrap().unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "route \"sensors/{id}/#\": topic name \"telemetry.dev-7x\" does not match its \
+             topicPattern \"telemetry\\\\.dev-[0-9]+\""
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod dispatcher;
 mod inbox;
 mod lock_order;
+mod routed;
 mod session;
 mod shared;
 mod table;
@@ -28,6 +29,7 @@ use strait_kafka::{KafkaClients, Linger, Producer, Reader};
 use strait_runtime::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub use routed::RoutedRefusal;
 pub use session::run;
 
 use self::inbox::Inbox;
@@ -97,6 +99,8 @@ pub struct KafkaUpstream {
     clients: KafkaClients,
     /// Messages topics subscribers are served from (the dispatcher reads all their partitions).
     pub topics: MessagesTopics,
+    /// Topics of `${params}` routes known to exist or being created.
+    routed: routed::RoutedTopics,
     /// Partition counts of the static messages topics and the retained and sessions topics.
     partitions: HashMap<String, i32>,
     /// A client that never fetches: end offsets.
@@ -199,6 +203,7 @@ impl KafkaUpstream {
             qos0,
             clients,
             topics: messages_topics,
+            routed: routed::RoutedTopics::default(),
             partitions,
             watermarks: metadata_reader.clone(),
             subscriptions: OrderedRwLock::new(

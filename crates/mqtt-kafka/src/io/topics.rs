@@ -148,19 +148,6 @@ impl KafkaUpstream {
         tracing::info!(topic, index = t, "reading a routed messages topic");
         Ok(())
     }
-
-    /// Before a PUBLISH to a topic of a `${params}` route that is not read yet: creates it
-    /// (with `createTopics`) and makes the dispatcher read it from its beginning, so the record
-    /// reaches this process's subscribers.
-    pub async fn ensure_routed(&self, messages: &str) -> Result<(), UpstreamError> {
-        if self.topics.index(messages).is_some() || !self.routing.is_routed_topic(messages) {
-            return Ok(());
-        }
-        if self.config.create_topics {
-            create_topics(&self.clients, &self.config, &[messages.to_string()], &[]).await?;
-        }
-        self.read_topic(messages, From::Beginning).await
-    }
 }
 
 /// Creates the `messages` topics and the `compacted` ones (`newTopics` partitions and

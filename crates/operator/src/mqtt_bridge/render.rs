@@ -236,8 +236,14 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
     if let Some(kafka) = &upstream.kafka {
         let mut target = KafkaConfig::new(kafka.bootstrap.clone());
         target.topics = kafka.topics.clone();
-        // The operator creates the topics (with the right cleanup policies); s-proxy only checks.
+        // The operator creates the topics it can name (with the right cleanup policies); s-proxy
+        // only checks them, and creates the topics of `${params}` routes, named only as devices
+        // publish.
         target.create_topics = false;
+        target.create_routed_topics = Some(true);
+        if let Some(max) = kafka.max_routed_topics {
+            target.max_routed_topics = max;
+        }
         target.new_topics = kafka.new_topics.clone();
         target.qos0_acks = kafka.qos0_acks;
         target.routes = kafka.routes.clone();
@@ -276,8 +282,8 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
     Ok(config)
 }
 
-/// The three topics of Kafka mode (routed messages topics with `${params}` are made by s-proxy's
-/// publishers' routes at run time and are not pre-created).
+/// The three topics of Kafka mode and those of routes without `${params}` (s-proxy creates the
+/// others as devices first publish to them, with the same route settings).
 pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
     let Some(kafka) = &bridge.spec.upstream.kafka else {
         return Vec::new();
@@ -299,7 +305,10 @@ pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
             .routes
             .iter()
             .filter(|r| !r.messages.contains("${"))
-            .map(|r| topic(&r.messages, BTreeMap::new())),
+            .map(|r| TopicSpec {
+                partitions: r.partitions.unwrap_or(kafka.new_topics.partitions),
+                ..topic(&r.messages, r.topic_config.clone())
+            }),
     );
     topics
 }
@@ -1043,5 +1052,42 @@ mod tests {
         let kafka = s.kafka.unwrap();
         assert_eq!(kafka.session_queue, 64);
         assert_eq!(kafka.replica_lease, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn s_proxy_creates_only_routed_topics_and_the_operator_the_rest_with_route_settings() {
+        let bridge = bridge(json!({
+            "upstream": {"kafka": {
+                "bootstrap": "k:9092",
+                "newTopics": {"partitions": 2},
+                "maxRoutedTopics": 50,
+                "routes": [
+                    {"topic": "sensors/{id}/#", "messages": "telemetry.${params.id}",
+                     "partitions": 6, "topicPattern": "telemetry\\.dev-[0-9]+"},
+                    {"topic": "alerts/#", "messages": "alerts", "partitions": 4,
+                     "topicConfig": {"retention.ms": "60000"}},
+                ],
+            }},
+            "auth": {"mode": "anonymous"},
+        }));
+        let (_, s) = configs(&render(&bridge, &inputs()).unwrap());
+        let kafka = s.kafka.unwrap();
+        assert!(!kafka.create_topics && kafka.creates_routed_topics());
+        assert_eq!(kafka.max_routed_topics, 50);
+        assert_eq!(kafka.routes[0].partitions, Some(6));
+        let topics = kafka_topics(&bridge);
+        let names: Vec<_> = topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["mqtt-messages", "mqtt-retained", "mqtt-sessions", "alerts"],
+            "routed topics are left to s-proxy"
+        );
+        assert_eq!(topics[3].partitions, 4);
+        assert_eq!(topics[3].config["retention.ms"], "60000");
+
+        let mut bad = bridge.clone();
+        bad.spec.upstream.kafka.as_mut().unwrap().routes[0].topic_pattern = Some("(".into());
+        let error = render(&bad, &inputs()).unwrap_err().to_string();
+        assert!(error.contains("kafka.routes.topicPattern"), "{error}");
     }
 }

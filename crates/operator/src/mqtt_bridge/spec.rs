@@ -89,8 +89,9 @@ pub struct Upstream {
     pub kafka: Option<KafkaUpstream>,
 }
 
-/// MQTT on Kafka, in Zilla's record layout. The operator creates the topics (retained and
-/// sessions compacted); s-proxy does not.
+/// MQTT on Kafka, in Zilla's record layout. The operator creates the topics whose names it knows
+/// (retained and sessions compacted, routes without `${params}`); s-proxy creates only the topics
+/// of `${params}` routes, as devices first publish to them (see `maxRoutedTopics`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaUpstream {
@@ -114,10 +115,20 @@ pub struct KafkaUpstream {
     /// Produce acknowledgement for QoS 0 (QoS 1 and 2 always wait for all replicas).
     #[serde(default)]
     pub qos0_acks: Acks,
-    /// MQTT topic filters routed to other messages topics.
+    /// MQTT topic filters routed to other messages topics. A route's topic with `${params}` is
+    /// created by s-proxy on its first PUBLISH, with the route's `partitions` and `topicConfig`,
+    /// when its name is a legal Kafka topic name (else 0x90) that matches `topicPattern` (else
+    /// 0x87).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub routes: Vec<MqttKafkaRoute>,
+    /// How many topics of `${params}` routes each s-proxy pod creates at most; a PUBLISH that
+    /// needs one more is refused (MQTT 5: 0x97 Quota exceeded) and counted
+    /// (`strait_mqtt_relay_errors_total{kind="routed_topic_limit"}`). s-proxy's default, 1000,
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_routed_topics: Option<u32>,
     /// Topic patterns whose `{identity}` level is the partition key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<String>,

@@ -72,11 +72,15 @@ type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
 /// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
 type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
 
+// The variants are the packets they answer with (`PubAck` ends in `Ack` by MQTT's naming).
+#[allow(clippy::enum_variant_names)]
 enum Ack {
     /// QoS 1: PUBACK.
     PubAck(u16),
     /// QoS 2: PUBREC (and remember the packet id).
     PubRec(u16),
+    /// A PUBLISH refused before it was produced (a routed topic it may not use), and why.
+    Refused(Box<Ack>, String),
 }
 
 struct Session {
@@ -354,7 +358,7 @@ impl Session {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for packet in pipelined {
-            if let Some(end) = self.handle(packet, &mut acks).await {
+            if let Some(end) = self.handle(packet, &mut acks, metrics).await {
                 return end;
             }
         }
@@ -407,7 +411,7 @@ impl Session {
                             }
                         };
                         metrics.packet(Direction::Inbound, packet.packet_type());
-                        if let Some(end) = self.handle(packet, &mut acks).await {
+                        if let Some(end) = self.handle(packet, &mut acks, metrics).await {
                             return end;
                         }
                     }
@@ -467,21 +471,35 @@ impl Session {
     }
 
     /// Handles one packet from the client; `Some` ends the session.
-    async fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Option<End> {
+    async fn handle(
+        &mut self,
+        packet: Packet,
+        acks: &mut Acks,
+        metrics: &RelayMetrics,
+    ) -> Option<End> {
         match packet {
             Packet::Publish(mut publish) => {
                 if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
                     return Some(End::Server(violation.reason, violation.detail));
                 }
-                if self.up.routing.has_param_routes() {
-                    let messages = self.up.routing.messages_topic(&publish.topic).into_owned();
-                    if let Err(error) = self.up.ensure_routed(&messages).await {
-                        // The produce fails in turn and says so to the client.
-                        tracing::warn!(
-                            error = crate::error_chain(&error),
-                            "cannot read routed topic {messages}"
-                        );
-                    }
+                if self.up.routing.has_param_routes()
+                    && let Err(refusal) = self.up.ensure_routed(&publish.topic).await
+                {
+                    tracing::debug!(topic = %publish.topic, "PUBLISH refused: {refusal}");
+                    metrics.error(refusal.metric_kind());
+                    let ack = match publish.qos {
+                        // Nothing to answer: dropped, counted.
+                        QoS::AtMostOnce => return None,
+                        QoS::AtLeastOnce => Ack::PubAck(publish.packet_id),
+                        QoS::ExactlyOnce => Ack::PubRec(publish.packet_id),
+                    };
+                    // In order with the acknowledgements still waiting for Kafka.
+                    let refused = (
+                        Ack::Refused(Box::new(ack), refusal.to_string()),
+                        Err(refusal.reason_code()),
+                    );
+                    acks.push_back(Box::pin(async move { refused }));
+                    return None;
                 }
                 match publish.qos {
                     QoS::AtMostOnce => {

@@ -10,8 +10,22 @@ impl Session {
         result: ProduceResult,
         metrics: &RelayMetrics,
     ) -> Option<End> {
+        let ack = match ack {
+            Ack::Refused(ack, detail) => {
+                if self.protocol == Protocol::V311 {
+                    // 3.1.1 cannot refuse a PUBLISH: close without acknowledging it.
+                    return Some(End::Server(result.err()?, detail));
+                }
+                *ack
+            }
+            ack => {
+                if result.is_err() {
+                    metrics.error("kafka_produce_failed");
+                }
+                ack
+            }
+        };
         if let Err(reason) = result {
-            metrics.error("kafka_produce_failed");
             if reason == ReasonCode::PACKET_TOO_LARGE {
                 // Kafka's record limit is below the packet size: PUBACK/PUBREC cannot carry
                 // 0x95, so the session ends with it, as for any packet that is too large.
@@ -35,6 +49,7 @@ impl Session {
                 })
                 .into(),
             ),
+            Ack::Refused(..) => unreachable!("unwrapped above"),
             Ack::PubRec(packet_id) => {
                 self.qos2_pending.remove(&packet_id);
                 if !reason_code.is_error() && self.inbound.written(packet_id) && self.expiry > 0 {
