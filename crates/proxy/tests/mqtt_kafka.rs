@@ -462,7 +462,7 @@ async fn a_persistent_session_gets_what_was_published_while_it_was_away() {
             r#"strait_mqtt_kafka_produce_failures_total{kind="messages",role="s-proxy"}"#
         )
         .await,
-        None,
+        Some(0.0),
         "no record failed"
     );
 

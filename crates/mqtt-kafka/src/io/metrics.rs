@@ -3,7 +3,8 @@
 //! no client id, topic or group name, so the series count does not grow with users.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use strait_mqtt_codec::QoS;
 
@@ -26,17 +27,21 @@ pub const METRIC_NAMES: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// A PUBLISH (or a will) in its messages topic.
-    Messages,
+    Messages = 0,
     /// Its copy in the retained topic (RETAIN set).
-    Retained,
+    Retained = 1,
 }
 
-impl RecordKind {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Messages => "messages",
-            Self::Retained => "retained",
-        }
+/// Label values, indexed by `RecordKind as usize`, `qos_index` and `CatchUpReason as usize`.
+const KINDS: [&str; 2] = ["messages", "retained"];
+const QOS: [&str; 3] = ["0", "1", "2"];
+const CATCH_UP_REASONS: [&str; 2] = ["resume", "overflow"];
+
+fn qos_index(qos: QoS) -> usize {
+    match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
     }
 }
 
@@ -44,20 +49,25 @@ impl RecordKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatchUpReason {
     /// A persistent session resumed: what it missed while away.
-    Resume,
+    Resume = 0,
     /// Its delivery queue overflowed: what was dropped from it.
-    Overflow,
+    Overflow = 1,
 }
 
-#[derive(Clone)]
+/// Resolved once, so the per-record path only increments (like `strait_relay::metrics`).
 pub struct KafkaMetrics {
-    produced: IntCounterVec,
-    produce_failures: IntCounterVec,
-    produce_ack_seconds: HistogramVec,
-    deliveries: IntCounterVec,
-    catch_ups: IntCounterVec,
+    /// `[kind][qos]`.
+    produced: [[IntCounter; 3]; 2],
+    /// `[kind]`.
+    produce_failures: [IntCounter; 2],
+    /// `[kind][qos]`.
+    produce_ack_seconds: [[Histogram; 3]; 2],
+    /// `[qos]`.
+    deliveries: [IntCounter; 3],
+    /// `[reason]`.
+    catch_ups: [IntCounter; 2],
     pub catch_ups_active: IntGauge,
-    pub catch_up_records: prometheus::IntCounter,
+    pub catch_up_records: IntCounter,
     table_records: IntGaugeVec,
     table_bytes: IntGaugeVec,
     pub shared_groups: IntGauge,
@@ -69,14 +79,6 @@ pub struct KafkaMetrics {
 pub struct TableGauges {
     pub records: IntGauge,
     pub bytes: IntGauge,
-}
-
-fn qos_label(qos: QoS) -> &'static str {
-    match qos {
-        QoS::AtMostOnce => "0",
-        QoS::AtLeastOnce => "1",
-        QoS::ExactlyOnce => "2",
-    }
 }
 
 impl KafkaMetrics {
@@ -129,7 +131,7 @@ impl KafkaMetrics {
             "strait_mqtt_kafka_catch_ups_active",
             "Sessions reading what they missed from Kafka now",
         ))?;
-        let catch_up_records = prometheus::IntCounter::with_opts(opts(
+        let catch_up_records = IntCounter::with_opts(opts(
             "strait_mqtt_kafka_catch_up_records_total",
             "Records read again from Kafka by catch-ups",
         ))?;
@@ -173,12 +175,15 @@ impl KafkaMetrics {
         ] {
             registry.register(collector)?;
         }
+        let by_kind_and_qos = |kind: &str| QOS.map(|qos| produced.with_label_values(&[kind, qos]));
+        let ack_by_kind_and_qos =
+            |kind: &str| QOS.map(|qos| produce_ack_seconds.with_label_values(&[kind, qos]));
         Ok(Self {
-            produced,
-            produce_failures,
-            produce_ack_seconds,
-            deliveries,
-            catch_ups,
+            produced: KINDS.map(by_kind_and_qos),
+            produce_failures: KINDS.map(|kind| produce_failures.with_label_values(&[kind])),
+            produce_ack_seconds: KINDS.map(ack_by_kind_and_qos),
+            deliveries: QOS.map(|qos| deliveries.with_label_values(&[qos])),
+            catch_ups: CATCH_UP_REASONS.map(|reason| catch_ups.with_label_values(&[reason])),
             catch_ups_active,
             catch_up_records,
             table_records,
@@ -189,34 +194,24 @@ impl KafkaMetrics {
     }
 
     pub fn produced(&self, kind: RecordKind, qos: QoS) {
-        self.produced
-            .with_label_values(&[kind.label(), qos_label(qos)])
-            .inc();
+        self.produced[kind as usize][qos_index(qos)].inc();
     }
 
     pub fn produce_failed(&self, kind: RecordKind) {
-        self.produce_failures
-            .with_label_values(&[kind.label()])
-            .inc();
+        self.produce_failures[kind as usize].inc();
     }
 
     pub fn acknowledged(&self, kind: RecordKind, qos: QoS, took: std::time::Duration) {
-        self.produce_ack_seconds
-            .with_label_values(&[kind.label(), qos_label(qos)])
-            .observe(took.as_secs_f64());
+        self.produce_ack_seconds[kind as usize][qos_index(qos)].observe(took.as_secs_f64());
     }
 
     pub fn delivered(&self, qos: QoS) {
-        self.deliveries.with_label_values(&[qos_label(qos)]).inc();
+        self.deliveries[qos_index(qos)].inc();
     }
 
     /// Counts a catch-up that starts; it is active until the returned guard is dropped.
     pub fn catch_up(&self, reason: CatchUpReason) -> ActiveCatchUp {
-        let reason = match reason {
-            CatchUpReason::Resume => "resume",
-            CatchUpReason::Overflow => "overflow",
-        };
-        self.catch_ups.with_label_values(&[reason]).inc();
+        self.catch_ups[reason as usize].inc();
         self.catch_ups_active.inc();
         ActiveCatchUp(self.catch_ups_active.clone())
     }
@@ -247,17 +242,9 @@ mod tests {
     fn registers_exactly_the_listed_metrics_with_the_role() {
         let registry = Registry::new();
         let metrics = KafkaMetrics::register(&registry, "s-proxy").unwrap();
-        // Labelled families appear once a series exists.
-        metrics.produced(RecordKind::Messages, QoS::AtLeastOnce);
-        metrics.produce_failed(RecordKind::Retained);
-        metrics.acknowledged(
-            RecordKind::Messages,
-            QoS::AtLeastOnce,
-            std::time::Duration::from_millis(3),
-        );
-        metrics.delivered(QoS::AtMostOnce);
-        drop(metrics.catch_up(CatchUpReason::Resume));
+        // Every labelled series but the tables' exists from the start, at zero.
         metrics.table("retained");
+        drop(metrics.catch_up(CatchUpReason::Overflow));
         let families = registry.gather();
         let mut names: Vec<_> = families.iter().map(|f| f.name().to_string()).collect();
         names.sort();
@@ -277,5 +264,14 @@ mod tests {
             }
         }
         assert_eq!(metrics.catch_ups_active.get(), 0, "the guard gave it back");
+        let overflow = &families
+            .iter()
+            .find(|f| f.name() == "strait_mqtt_kafka_catch_ups_total")
+            .unwrap()
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label().iter().any(|l| l.value() == "overflow"))
+            .unwrap();
+        assert_eq!(overflow.get_counter().value(), 1.0);
     }
 }

@@ -114,7 +114,7 @@ pub struct KafkaUpstream {
     local: Arc<OrderedMutex<HashMap<String, Local>>>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
-    pub(crate) metrics: KafkaMetrics,
+    pub(crate) metrics: Arc<KafkaMetrics>,
 }
 
 /// What `KafkaUpstream::start` checks of the topics before serving.
@@ -139,7 +139,7 @@ impl KafkaUpstream {
         check: TopicCheck,
         registry: &prometheus::Registry,
     ) -> Result<Arc<Self>, UpstreamError> {
-        let metrics = KafkaMetrics::register(registry, "s-proxy")?;
+        let metrics = Arc::new(KafkaMetrics::register(registry, "s-proxy")?);
         let clients = KafkaClients::new(&config.connection())?;
         // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
         // untrusted certificate is logged and retried, never a crash loop.
