@@ -32,6 +32,8 @@ pub enum UpstreamError {
         client_id: String,
         error: rdkafka::error::KafkaError,
     },
+    #[error("cannot register the Kafka upstream's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     #[error(transparent)]

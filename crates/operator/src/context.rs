@@ -288,6 +288,14 @@ pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
     Action::requeue(delay)
 }
 
+/// Every metric [`Metrics`] registers (the chart's dashboard and alerts are checked against it,
+/// with [`crate::monitoring::RESOURCE_METRIC_NAMES`]).
+pub const METRIC_NAMES: &[&str] = &[
+    "strait_operator_reconciles_total",
+    "strait_operator_reconcile_errors_total",
+    "strait_operator_reconcile_duration_seconds",
+];
+
 pub struct Metrics {
     reconciles: IntCounterVec,
     errors: IntCounterVec,
@@ -334,5 +342,31 @@ impl Metrics {
         self.duration
             .with_label_values(&[kind])
             .observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_exactly_the_listed_metrics() {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        // Labelled families appear once a series exists.
+        metrics.observe("MqttBridge", Duration::from_millis(5), false);
+        metrics
+            .errors
+            .with_label_values(&["MqttBridge", "KafkaUnreachable"])
+            .inc();
+        let mut names: Vec<_> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.sort();
+        let mut listed: Vec<_> = METRIC_NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
     }
 }

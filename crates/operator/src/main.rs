@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use strait_operator::{context, crd, grpc_route, leader, mqtt_bridge};
+use strait_operator::{context, crd, grpc_route, leader, monitoring, mqtt_bridge};
 use strait_runtime::ProcessArgs;
 
 #[derive(Debug, Parser)]
@@ -125,6 +125,8 @@ async fn run(args: ProcessArgs, operator: OperatorArgs) -> anyhow::Result<()> {
         true => vec![None],
         false => operator.watch_namespaces.into_iter().map(Some).collect(),
     };
+    // Per-resource Ready, replicas and lag for dashboards and alerts, from the leader only.
+    monitoring::ResourceGauges::watch(&ctx.client, &scopes, &process.metrics)?;
     let mut controllers: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
     for namespace in scopes {
         controllers.push(Box::pin(mqtt_bridge::run(ctx.clone(), namespace.clone())));

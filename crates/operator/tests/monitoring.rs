@@ -77,6 +77,15 @@ async fn service_monitor_follows_the_spec_and_explains_a_missing_crd() {
         message.contains("spec.monitoring.serviceMonitor"),
         "the message names the field: {message}"
     );
+    // The operator's per-resource gauges (the chart's dashboard and alerts read them) say so too.
+    let resource = format!(
+        r#"kind="MqttBridge",reason="ServiceMonitorCrdMissing",resource_name="devices",resource_namespace="{ns}""#
+    );
+    wait_for_series(
+        operator.admin,
+        &format!("strait_operator_resource_ready{{{resource}}} 0"),
+    )
+    .await;
 
     let crd = repo_file("crates/operator/tests/fixtures/servicemonitor-crd.yaml");
     kubectl_ok(&["apply", "-f", crd.to_str().unwrap()], None);
@@ -90,6 +99,14 @@ async fn service_monitor_follows_the_spec_and_explains_a_missing_crd() {
         None,
     );
     wait_ready(&ns, "True", None).await;
+    let resource = format!(
+        r#"kind="MqttBridge",reason="Ready",resource_name="devices",resource_namespace="{ns}""#
+    );
+    wait_for_series(
+        operator.admin,
+        &format!("strait_operator_resource_ready{{{resource}}} 1"),
+    )
+    .await;
 
     let monitors: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -185,10 +202,37 @@ async fn service_monitor_follows_the_spec_and_explains_a_missing_crd() {
         operator.log()
     );
 
+    // A deleted resource's series go with it.
+    kubectl_ok(
+        &["delete", "mqttbridge", "devices", "-n", &ns, "--wait"],
+        None,
+    );
+    let gone = format!(r#"resource_namespace="{ns}""#);
+    wait_until(
+        Duration::from_secs(60),
+        "the deleted bridge's series to go",
+        || async {
+            let (_, body) = strait_e2e::http_get(operator.admin, "/metrics")
+                .await
+                .ok()?;
+            (!body.contains(&gone)).then_some(())
+        },
+    )
+    .await;
+
     drop(operator);
     helm_ok(&["uninstall", &release, "-n", &ns]);
     let _ = kubectl(
         &["delete", "crd", SERVICE_MONITOR_CRD, "--ignore-not-found"],
         None,
     );
+}
+
+/// Waits until the operator's `/metrics` has exactly the line `line`.
+async fn wait_for_series(admin: std::net::SocketAddr, line: &str) {
+    wait_until(Duration::from_secs(60), line, || async {
+        let (_, body) = strait_e2e::http_get(admin, "/metrics").await.ok()?;
+        body.lines().any(|l| l == line).then_some(())
+    })
+    .await;
 }

@@ -188,6 +188,14 @@ async fn retained_messages_are_set_replaced_and_cleared() {
     };
     publisher.send(&retained(b"online", 1)).await;
     acked(&mut publisher, 1).await;
+    let held = r#"strait_mqtt_kafka_table_records{role="s-proxy",table="retained"}"#;
+    wait_for_metric(relay.s_proxy.admin, held, 1.0).await;
+    let bytes = r#"strait_mqtt_kafka_table_bytes{role="s-proxy",table="retained"}"#;
+    let retained_bytes = metric(relay.s_proxy.admin, bytes).await.unwrap_or(0.0);
+    assert!(
+        retained_bytes >= ("status/device".len() + "online".len()) as f64,
+        "{bytes} is {retained_bytes}"
+    );
 
     let late_subscriber = async |relay: &KafkaRelay| {
         let (mut sub, _) =
@@ -219,6 +227,8 @@ async fn retained_messages_are_set_replaced_and_cleared() {
         None,
         "an empty retained message clears the topic"
     );
+    wait_for_metric(relay.s_proxy.admin, held, 0.0).await;
+    wait_for_metric(relay.s_proxy.admin, bytes, 0.0).await;
 
     // The retained topic holds a tombstone for it, as a plain Kafka consumer sees.
     let (key, _, value) = read_record(&kafka, &relay.topics.retained, "status/device").await;
@@ -393,6 +403,68 @@ async fn a_persistent_session_gets_what_was_published_while_it_was_away() {
         .await
         .expect("live message");
     assert_eq!(&live.payload[..], b"live");
+
+    // s-proxy's own figures: six QoS 1 records produced and acknowledged, the five offline ones
+    // (and the QoS 0 one, read but not delivered) replayed by one catch-up, six deliveries.
+    let admin = relay.s_proxy.admin;
+    let at_least = async |series: &str, want: f64| {
+        let value = metric(admin, series).await.unwrap_or(0.0);
+        assert!(
+            value >= want,
+            "{series} is {value}, expected at least {want}"
+        );
+    };
+    at_least(
+        r#"strait_mqtt_kafka_records_produced_total{kind="messages",qos="1",role="s-proxy"}"#,
+        6.0,
+    )
+    .await;
+    at_least(
+        r#"strait_mqtt_kafka_records_produced_total{kind="messages",qos="0",role="s-proxy"}"#,
+        1.0,
+    )
+    .await;
+    at_least(
+        r#"strait_mqtt_kafka_produce_ack_seconds_count{kind="messages",qos="1",role="s-proxy"}"#,
+        6.0,
+    )
+    .await;
+    at_least(
+        r#"strait_mqtt_kafka_deliveries_total{qos="1",role="s-proxy"}"#,
+        6.0,
+    )
+    .await;
+    at_least(
+        r#"strait_mqtt_kafka_catch_ups_total{reason="resume",role="s-proxy"}"#,
+        1.0,
+    )
+    .await;
+    at_least(
+        r#"strait_mqtt_kafka_catch_up_records_total{role="s-proxy"}"#,
+        5.0,
+    )
+    .await;
+    wait_for_metric(
+        admin,
+        r#"strait_mqtt_kafka_catch_ups_active{role="s-proxy"}"#,
+        0.0,
+    )
+    .await;
+    // This test's own sessions topic: the persistent session is stored.
+    at_least(
+        r#"strait_mqtt_kafka_table_records{role="s-proxy",table="sessions"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            admin,
+            r#"strait_mqtt_kafka_produce_failures_total{kind="messages",role="s-proxy"}"#
+        )
+        .await,
+        Some(0.0),
+        "no record failed"
+    );
 
     // A clean start drops the session.
     sub.send(&Packet::Disconnect(mqtt::Disconnect::default()))
@@ -867,6 +939,19 @@ async fn a_shared_subscription_splits_the_messages_among_three_members() {
         );
         members.push(member);
     }
+    let admin = relay.s_proxy.admin;
+    wait_for_metric(
+        admin,
+        r#"strait_mqtt_kafka_shared_groups{role="s-proxy"}"#,
+        1.0,
+    )
+    .await;
+    wait_for_metric(
+        admin,
+        r#"strait_mqtt_kafka_shared_members{role="s-proxy"}"#,
+        3.0,
+    )
+    .await;
     let (mut everything, _) =
         raw_session(&relay, Protocol::V5, connect_packet(&unique_name("all"))).await;
     subscribe(&mut everything, 1, &[("jobs/+", QoS::AtLeastOnce)]).await;
@@ -911,6 +996,19 @@ async fn a_shared_subscription_splits_the_messages_among_three_members() {
         counts.iter().all(|c| *c >= 5),
         "members share the work: {counts:?}"
     );
+    drop(members);
+    wait_for_metric(
+        admin,
+        r#"strait_mqtt_kafka_shared_members{role="s-proxy"}"#,
+        0.0,
+    )
+    .await;
+    wait_for_metric(
+        admin,
+        r#"strait_mqtt_kafka_shared_groups{role="s-proxy"}"#,
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -30,6 +30,18 @@ const PACKET_TYPES: [PacketType; 15] = [
     PacketType::Auth,
 ];
 
+/// Every metric [`RelayMetrics`] registers (the chart's dashboard and alerts are checked
+/// against it).
+pub const METRIC_NAMES: &[&str] = &[
+    "strait_mqtt_sessions_active",
+    "strait_mqtt_sessions_total",
+    "strait_mqtt_packets_total",
+    "strait_mqtt_bytes_total",
+    "strait_mqtt_relay_errors_total",
+    "strait_mqtt_session_setup_seconds",
+    "strait_mqtt_restored_subscriptions_dropped_total",
+];
+
 /// Metrics of one relay role (`r-proxy` or `s-proxy`), labelled with it.
 #[derive(Clone)]
 pub struct RelayMetrics {
@@ -153,5 +165,27 @@ impl ActiveSession {
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_exactly_the_listed_metrics() {
+        let registry = Registry::new();
+        let metrics = RelayMetrics::register(&registry, "s-proxy").unwrap();
+        // Labelled families appear once a series exists.
+        metrics.error("protocol");
+        let mut names: Vec<_> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.sort();
+        let mut listed: Vec<_> = METRIC_NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
     }
 }

@@ -7,6 +7,20 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Every metric [`GrpcMetrics`] registers (the chart's dashboard and alerts are checked
+/// against it).
+pub const METRIC_NAMES: &[&str] = &[
+    "strait_grpc_calls_total",
+    "strait_grpc_call_seconds",
+    "strait_grpc_calls_in_flight",
+    "strait_grpc_retries_total",
+    "strait_grpc_dead_letters_total",
+    "strait_grpc_duplicate_calls_total",
+    "strait_grpc_bad_records_total",
+    "strait_grpc_refused_total",
+    "strait_grpc_consumer_lag",
+];
+
 #[derive(Clone)]
 pub struct GrpcMetrics {
     calls: IntCounterVec,
@@ -174,5 +188,32 @@ mod tests {
         assert_eq!(metrics.method_label("a.S/New"), "other");
         let long = "x".repeat(500);
         assert_eq!(label(&long).len(), 128);
+    }
+
+    #[test]
+    fn registers_exactly_the_listed_metrics() {
+        let registry = Registry::new();
+        let metrics = GrpcMetrics::register(&registry, "grpc-kafka").unwrap();
+        // Labelled families appear once a series exists.
+        metrics.finished(
+            "a.S/M",
+            tonic::Code::Ok,
+            std::time::Duration::from_millis(1),
+        );
+        for counter in [&metrics.retries, &metrics.dead_letters, &metrics.duplicates] {
+            counter.with_label_values(&["a.S/M"]).inc();
+        }
+        metrics.bad_records.with_label_values(&["decode"]).inc();
+        metrics.refused.with_label_values(&["no_token"]).inc();
+        metrics.consumer_lag.with_label_values(&["t", "0"]).set(1);
+        let mut names: Vec<_> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.sort();
+        let mut listed: Vec<_> = METRIC_NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
     }
 }

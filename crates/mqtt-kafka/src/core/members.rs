@@ -14,6 +14,14 @@ impl Members {
         self.ids.push(id);
     }
 
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// Removes a member; `true` when none is left (the group consumer stops).
     pub fn leave(&mut self, id: u64) -> bool {
         self.ids.retain(|m| *m != id);

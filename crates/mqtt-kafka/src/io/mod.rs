@@ -10,6 +10,7 @@
 mod dispatcher;
 mod inbox;
 mod lock_order;
+pub mod metrics;
 mod routed;
 mod session;
 mod shared;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use routed::RoutedRefusal;
 pub use session::run;
+
+use self::metrics::KafkaMetrics;
 
 use self::inbox::Inbox;
 use self::lock_order::{Level, OrderedMutex, OrderedRwLock};
@@ -115,6 +118,7 @@ pub struct KafkaUpstream {
     local: Arc<OrderedMutex<HashMap<String, Local>>>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
+    pub(crate) metrics: Arc<KafkaMetrics>,
 }
 
 /// What `KafkaUpstream::start` checks of the topics before serving.
@@ -131,12 +135,15 @@ pub enum TopicCheck {
 }
 
 impl KafkaUpstream {
-    /// Connects, checks (or creates) the topics, and starts the readers.
+    /// Connects, checks (or creates) the topics, and starts the readers. Its metrics are
+    /// registered in `registry`, labelled `role="s-proxy"`.
     pub async fn start(
         config: KafkaConfig,
         shutdown: CancellationToken,
         check: TopicCheck,
+        registry: &prometheus::Registry,
     ) -> Result<Arc<Self>, UpstreamError> {
+        let metrics = Arc::new(KafkaMetrics::register(registry, "s-proxy")?);
         let clients = KafkaClients::new(&config.connection())?;
         // Not ready (nothing listens yet) until the cluster lets us in; a wrong password or an
         // untrusted certificate is logged and retried, never a crash loop.
@@ -178,6 +185,7 @@ impl KafkaUpstream {
             &config.topics.retained,
             partitions[&config.topics.retained],
             shutdown.clone(),
+            metrics.table("retained"),
             Box::new(|_, _| {}),
         )?;
         let watched = local.clone();
@@ -187,6 +195,7 @@ impl KafkaUpstream {
             &config.topics.sessions,
             partitions[&config.topics.sessions],
             shutdown.clone(),
+            metrics.table("sessions"),
             Box::new(move |client_id, entry| takeover_check(&watched, client_id, entry)),
         )?;
 
@@ -219,6 +228,7 @@ impl KafkaUpstream {
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             config,
+            metrics,
         });
         if upstream.routing.has_param_routes() {
             // Topics of `${params}` routes that exist now are read from their end, like the

@@ -8,7 +8,7 @@
 //! [`strait_kafka::OffsetTracker`], shared between the group consumer's thread and the
 //! sessions that deliver.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +103,9 @@ impl KafkaUpstream {
         let mut shared = self.shared.lock();
         if let Some(existing) = shared.get_mut(&group) {
             existing.members.join(id);
-            return existing.ready.clone();
+            let ready = existing.ready.clone();
+            self.count_shared(&shared);
+            return ready;
         }
         let stop = self.shutdown.child_token();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
@@ -117,6 +119,7 @@ impl KafkaUpstream {
                 ready: ready.clone(),
             },
         );
+        self.count_shared(&shared);
         drop(shared);
         let up = self.clone();
         let inner = inner.to_string();
@@ -141,6 +144,14 @@ impl KafkaUpstream {
             existing.stop.cancel();
             shared.remove(group);
         }
+        self.count_shared(&shared);
+    }
+
+    /// Sets the shared-subscription gauges from the groups (called with their lock held).
+    fn count_shared(&self, shared: &HashMap<Arc<str>, SharedGroup>) {
+        let members: usize = shared.values().map(|g| g.members.len()).sum();
+        self.metrics.shared_groups.set(shared.len() as i64);
+        self.metrics.shared_members.set(members as i64);
     }
 
     /// One Kafka consumer group per shared subscription

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::METADATA_TIMEOUT;
 use super::lock_order::{Level, OrderedMutex};
+use super::metrics::TableGauges;
 
 /// A compacted topic kept in memory: key → latest value (tombstones remove the key).
 pub struct Table {
@@ -33,6 +34,8 @@ pub struct Table {
     /// A client that never fetches, for end offsets: the tailing consumer's connection is
     /// busy with long-polling fetches, which would delay these requests.
     pub(crate) watermarks: Arc<Reader>,
+    /// Records and bytes held, for the metrics.
+    gauges: TableGauges,
 }
 
 #[derive(Default)]
@@ -49,6 +52,14 @@ pub struct TableEntry {
     pub timestamp_ms: i64,
 }
 
+impl TableEntry {
+    /// Bytes held for this entry under `key` (key, value and headers), for the metrics.
+    fn size(&self, key: &str) -> i64 {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        (key.len() + self.value.len() + headers) as i64
+    }
+}
+
 pub(crate) type OnChange = Box<dyn Fn(&str, Option<&TableEntry>) + Send + Sync>;
 
 impl Table {
@@ -58,6 +69,7 @@ impl Table {
         topic: &str,
         partitions: i32,
         shutdown: CancellationToken,
+        gauges: TableGauges,
         on_change: OnChange,
     ) -> Result<Arc<Self>, UpstreamError> {
         let consumer = clients
@@ -75,6 +87,7 @@ impl Table {
             state: OrderedMutex::new(Level::Leaf, "table", TableState::default()),
             progress: Notify::new(),
             consumer: Arc::new(consumer),
+            gauges,
         });
         let reader = table.clone();
         std::thread::Builder::new()
@@ -102,10 +115,14 @@ impl Table {
                     });
                     on_change(&key, entry.as_ref());
                     let mut state = self.state.lock();
+                    let removed = state.entries.get(&key).map_or(0, |e| e.size(&key));
+                    let added = entry.as_ref().map_or(0, |e| e.size(&key));
                     match entry {
                         Some(entry) => state.entries.insert(key, entry),
                         None => state.entries.remove(&key),
                     };
+                    self.gauges.bytes.add(added - removed);
+                    self.gauges.records.set(state.entries.len() as i64);
                     state
                         .positions
                         .insert(record.partition(), record.offset() + 1);

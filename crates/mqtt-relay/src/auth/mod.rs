@@ -78,6 +78,13 @@ pub struct SessionAuth {
     pub expires_at: Option<SystemTime>,
 }
 
+/// Every metric r-proxy's authentication registers, besides the JWT key file's (the chart's
+/// dashboard and alerts are checked against it).
+pub const METRIC_NAMES: &[&str] = &[
+    "strait_mqtt_auth_failures_total",
+    "strait_mqtt_auth_denied_total",
+];
+
 struct AuthMetrics {
     failures: IntCounterVec,
     denied: IntCounterVec,
@@ -315,6 +322,24 @@ async fn read_passwords(path: &Path) -> Result<Passwords, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registers_exactly_the_listed_metrics() {
+        let registry = Registry::new();
+        let metrics = AuthMetrics::register(&registry).unwrap();
+        // Labelled families appear once a series exists.
+        metrics.failures.with_label_values(&["bad_password"]).inc();
+        metrics.denied.with_label_values(&["publish"]).inc();
+        let mut names: Vec<_> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.sort();
+        let mut listed: Vec<_> = METRIC_NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
+    }
 
     #[test]
     fn acl_rules_by_identity_with_placeholders() {

@@ -140,9 +140,14 @@ pub async fn start(
                 .clone()
                 .context("kafka: upstream is kafka but no bootstrap servers are set")?;
             Backend::Kafka(
-                KafkaUpstream::start(*kafka, process.shutdown.token(), topic_check)
-                    .await
-                    .context("starting the Kafka upstream")?,
+                KafkaUpstream::start(
+                    *kafka,
+                    process.shutdown.token(),
+                    topic_check,
+                    &process.metrics,
+                )
+                .await
+                .context("starting the Kafka upstream")?,
             )
         }
     };

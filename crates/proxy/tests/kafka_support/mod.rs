@@ -354,3 +354,23 @@ pub async fn next_packet(client: &mut RawClient, deadline: Duration) -> Option<P
     .ok()
     .flatten()
 }
+
+/// The value of one series (`name{labels}` exactly as `/metrics` prints it, labels sorted) on
+/// the admin endpoint `admin`; `None` while the series does not exist.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = strait_e2e::http_get(admin, "/metrics").await.ok()?;
+    assert_eq!(status, 200, "/metrics answers 200");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().expect("a sample's value is a number"))
+}
+
+/// Waits until the series reaches `want` exactly (a gauge) on `admin`.
+pub async fn wait_for_metric(admin: SocketAddr, series: &str, want: f64) {
+    strait_e2e::wait_until(
+        Duration::from_secs(20),
+        &format!("{series} to be {want}"),
+        || async { (metric(admin, series).await == Some(want)).then_some(()) },
+    )
+    .await;
+}

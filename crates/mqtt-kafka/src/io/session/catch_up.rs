@@ -23,7 +23,7 @@ impl Session {
                 }
             }
         }
-        self.catch_up(ranges)
+        self.catch_up(ranges, CatchUpReason::Resume)
     }
 
     /// After an overflow, once the inbox is drained: a catch-up over what was dropped.
@@ -53,12 +53,16 @@ impl Session {
                 (t, p, from, positions[t][p as usize])
             })
             .collect();
-        self.catch_up(ranges)
+        self.catch_up(ranges, CatchUpReason::Overflow)
     }
 
     /// Reads `ranges` (topic index, partition, from, to) for this session; live deliveries below
     /// `to` are skipped from now on.
-    pub(super) fn catch_up(&mut self, ranges: Vec<(usize, i32, i64, i64)>) -> Option<CatchUp> {
+    pub(super) fn catch_up(
+        &mut self,
+        ranges: Vec<(usize, i32, i64, i64)>,
+        reason: CatchUpReason,
+    ) -> Option<CatchUp> {
         let mut reads = Vec::new();
         for (t, p, from, to) in ranges {
             self.live_from.insert((t, p), to);
@@ -72,8 +76,11 @@ impl Session {
         }
         let (tx, rx) = mpsc::channel(256);
         let clients = self.up.clients.clone();
+        let metrics = self.up.metrics.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = catch_up(&clients, reads, &tx) {
+            // Active while the reader runs.
+            let _active = metrics.catch_up(reason);
+            if let Err(error) = catch_up(&clients, reads, &tx, &metrics.catch_up_records) {
                 tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
                 let _ = tx.blocking_send(Err(crate::error_chain(&error)));
             }
@@ -133,6 +140,7 @@ fn catch_up(
     clients: &KafkaClients,
     ranges: Vec<(usize, String, i32, i64, i64)>,
     tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
+    records: &prometheus::IntCounter,
 ) -> Result<(), UpstreamError> {
     let consumer = clients.reader("catch-up reader")?;
     let mut assignment = TopicPartitionList::new();
@@ -181,6 +189,7 @@ fn catch_up(
             if tx.blocking_send(Ok(delivery)).is_err() {
                 return ControlFlow::Break(Ok(()));
             }
+            records.inc();
         }
         if record.offset() + 1 >= to {
             left.remove(&key);

@@ -226,6 +226,7 @@ impl Session {
                 if qos2_from_kafka {
                     self.qos2_dirty = true;
                 }
+                self.up.metrics.delivered(publish.qos);
                 self.out.push(Packet::Publish(*publish).into());
             }
         }

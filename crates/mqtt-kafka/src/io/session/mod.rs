@@ -33,6 +33,7 @@ use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::metrics::{CatchUpReason, RecordKind};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::UpstreamError;
 use crate::core::ending::{

@@ -104,23 +104,33 @@ pub(crate) fn produce(
     };
     let mut deliveries = Vec::with_capacity(2);
     deliveries.push(send(
+        up,
         producer,
-        &messages,
+        Produced {
+            kind: RecordKind::Messages,
+            qos: publish.qos,
+            topic: &messages,
+            partition,
+        },
         &publish.topic,
         Some(&publish.payload),
         &headers,
-        partition,
     ));
     if publish.retain {
         // An empty retained payload clears the topic: a tombstone.
         let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
         deliveries.push(send(
+            up,
             &up.producer,
-            &up.config.topics.retained,
+            Produced {
+                kind: RecordKind::Retained,
+                qos: publish.qos,
+                topic: &up.config.topics.retained,
+                partition: None,
+            },
             &publish.topic,
             payload,
             &headers,
-            None,
         ));
     }
     async move {
@@ -131,33 +141,56 @@ pub(crate) fn produce(
     }
 }
 
+/// Where a record goes and what it is, for [`send`] and the metrics.
+struct Produced<'a> {
+    kind: RecordKind,
+    /// The PUBLISH's QoS.
+    qos: QoS,
+    topic: &'a str,
+    partition: Option<i32>,
+}
+
 fn send(
+    up: &KafkaUpstream,
     producer: &Producer,
-    topic: &str,
+    to: Produced<'_>,
     key: &str,
     payload: Option<&Bytes>,
     headers: &[(String, Vec<u8>)],
-    partition: Option<i32>,
 ) -> impl Future<Output = ProduceResult> + use<> {
     let kafka_headers = owned_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-    let mut record = FutureRecord::to(topic).key(key).headers(kafka_headers);
+    let mut record = FutureRecord::to(to.topic).key(key).headers(kafka_headers);
     if let Some(payload) = payload {
         record = record.payload(payload.as_ref());
     }
-    if let Some(partition) = partition {
+    if let Some(partition) = to.partition {
         record = record.partition(partition);
     }
-    let queued = producer
-        .send_result(record)
-        .map_err(|(error, _)| reason_for(&error));
+    let metrics = up.metrics.clone();
+    let (kind, qos) = (to.kind, to.qos);
+    let queued_at = std::time::Instant::now();
+    let queued = producer.send_result(record).map_err(|(error, _)| {
+        metrics.produce_failed(kind);
+        reason_for(&error)
+    });
+    if queued.is_ok() {
+        metrics.produced(kind, qos);
+    }
     async move {
         match queued?.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                metrics.acknowledged(kind, qos, queued_at.elapsed());
+                Ok(())
+            }
             Ok(Err((error, _))) => {
                 tracing::warn!(%error, "Kafka did not take a message");
+                metrics.produce_failed(kind);
                 Err(reason_for(&error))
             }
-            Err(_) => Err(ReasonCode::UNSPECIFIED_ERROR),
+            Err(_) => {
+                metrics.produce_failed(kind);
+                Err(ReasonCode::UNSPECIFIED_ERROR)
+            }
         }
     }
 }

@@ -1,0 +1,277 @@
+//! Prometheus metrics of s-proxy's Kafka upstream, labelled with the role like the relay's
+//! (`strait_relay::metrics`). Labels take only fixed values (record kind, QoS, catch-up reason):
+//! no client id, topic or group name, so the series count does not grow with users.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use strait_mqtt_codec::QoS;
+
+/// Every metric this module registers (the chart's dashboard and alerts are checked against it).
+pub const METRIC_NAMES: &[&str] = &[
+    "strait_mqtt_kafka_records_produced_total",
+    "strait_mqtt_kafka_produce_failures_total",
+    "strait_mqtt_kafka_produce_ack_seconds",
+    "strait_mqtt_kafka_deliveries_total",
+    "strait_mqtt_kafka_catch_ups_total",
+    "strait_mqtt_kafka_catch_ups_active",
+    "strait_mqtt_kafka_catch_up_records_total",
+    "strait_mqtt_kafka_table_records",
+    "strait_mqtt_kafka_table_bytes",
+    "strait_mqtt_kafka_shared_groups",
+    "strait_mqtt_kafka_shared_members",
+];
+
+/// What a produced record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A PUBLISH (or a will) in its messages topic.
+    Messages = 0,
+    /// Its copy in the retained topic (RETAIN set).
+    Retained = 1,
+}
+
+/// Label values, indexed by `RecordKind as usize`, `qos_index` and `CatchUpReason as usize`.
+const KINDS: [&str; 2] = ["messages", "retained"];
+const QOS: [&str; 3] = ["0", "1", "2"];
+const CATCH_UP_REASONS: [&str; 2] = ["resume", "overflow"];
+
+fn qos_index(qos: QoS) -> usize {
+    match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+/// Why a session reads records from Kafka itself rather than from the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpReason {
+    /// A persistent session resumed: what it missed while away.
+    Resume = 0,
+    /// Its delivery queue overflowed: what was dropped from it.
+    Overflow = 1,
+}
+
+/// Resolved once, so the per-record path only increments (like `strait_relay::metrics`).
+pub struct KafkaMetrics {
+    /// `[kind][qos]`.
+    produced: [[IntCounter; 3]; 2],
+    /// `[kind]`.
+    produce_failures: [IntCounter; 2],
+    /// `[kind][qos]`.
+    produce_ack_seconds: [[Histogram; 3]; 2],
+    /// `[qos]`.
+    deliveries: [IntCounter; 3],
+    /// `[reason]`.
+    catch_ups: [IntCounter; 2],
+    pub catch_ups_active: IntGauge,
+    pub catch_up_records: IntCounter,
+    table_records: IntGaugeVec,
+    table_bytes: IntGaugeVec,
+    pub shared_groups: IntGauge,
+    pub shared_members: IntGauge,
+}
+
+/// The two gauges of one in-memory table (retained or sessions topic).
+#[derive(Clone)]
+pub struct TableGauges {
+    pub records: IntGauge,
+    pub bytes: IntGauge,
+}
+
+impl KafkaMetrics {
+    pub fn register(registry: &Registry, role: &str) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("role", role);
+        let produced = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_records_produced_total",
+                "Records handed to the Kafka producer, by kind (messages, retained) and the \
+                 PUBLISH's QoS",
+            ),
+            &["kind", "qos"],
+        )?;
+        let produce_failures = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_produce_failures_total",
+                "Records Kafka did not take (refused when queued, or a failed acknowledgement), \
+                 by kind",
+            ),
+            &["kind"],
+        )?;
+        let produce_ack_seconds = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "strait_mqtt_kafka_produce_ack_seconds",
+                "From a record handed to the producer to Kafka's acknowledgement (the PUBACK or \
+                 PUBREC waits for it); QoS 0 records are not waited for and not timed",
+            ))
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["kind", "qos"],
+        )?;
+        let deliveries = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_deliveries_total",
+                "PUBLISHes sent to subscribers, by the QoS they were sent with",
+            ),
+            &["qos"],
+        )?;
+        let catch_ups = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_catch_ups_total",
+                "Catch-up reads started, by reason (resume: a persistent session came back; \
+                 overflow: its delivery queue was full)",
+            ),
+            &["reason"],
+        )?;
+        let catch_ups_active = IntGauge::with_opts(opts(
+            "strait_mqtt_kafka_catch_ups_active",
+            "Sessions reading what they missed from Kafka now",
+        ))?;
+        let catch_up_records = IntCounter::with_opts(opts(
+            "strait_mqtt_kafka_catch_up_records_total",
+            "Records read again from Kafka by catch-ups",
+        ))?;
+        let table_records = IntGaugeVec::new(
+            opts(
+                "strait_mqtt_kafka_table_records",
+                "Records held in memory from a compacted topic: retained messages (table \
+                 retained) or stored sessions (table sessions); every replica holds all",
+            ),
+            &["table"],
+        )?;
+        let table_bytes = IntGaugeVec::new(
+            opts(
+                "strait_mqtt_kafka_table_bytes",
+                "Bytes of keys, values and headers of the records in table_records",
+            ),
+            &["table"],
+        )?;
+        let shared_groups = IntGauge::with_opts(opts(
+            "strait_mqtt_kafka_shared_groups",
+            "Shared subscriptions with members on this replica (one consumer group member \
+             each)",
+        ))?;
+        let shared_members = IntGauge::with_opts(opts(
+            "strait_mqtt_kafka_shared_members",
+            "Sessions on this replica that are members of a shared subscription, summed over \
+             the subscriptions",
+        ))?;
+        for collector in [
+            Box::new(produced.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(produce_failures.clone()),
+            Box::new(produce_ack_seconds.clone()),
+            Box::new(deliveries.clone()),
+            Box::new(catch_ups.clone()),
+            Box::new(catch_ups_active.clone()),
+            Box::new(catch_up_records.clone()),
+            Box::new(table_records.clone()),
+            Box::new(table_bytes.clone()),
+            Box::new(shared_groups.clone()),
+            Box::new(shared_members.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        let by_kind_and_qos = |kind: &str| QOS.map(|qos| produced.with_label_values(&[kind, qos]));
+        let ack_by_kind_and_qos =
+            |kind: &str| QOS.map(|qos| produce_ack_seconds.with_label_values(&[kind, qos]));
+        Ok(Self {
+            produced: KINDS.map(by_kind_and_qos),
+            produce_failures: KINDS.map(|kind| produce_failures.with_label_values(&[kind])),
+            produce_ack_seconds: KINDS.map(ack_by_kind_and_qos),
+            deliveries: QOS.map(|qos| deliveries.with_label_values(&[qos])),
+            catch_ups: CATCH_UP_REASONS.map(|reason| catch_ups.with_label_values(&[reason])),
+            catch_ups_active,
+            catch_up_records,
+            table_records,
+            table_bytes,
+            shared_groups,
+            shared_members,
+        })
+    }
+
+    pub fn produced(&self, kind: RecordKind, qos: QoS) {
+        self.produced[kind as usize][qos_index(qos)].inc();
+    }
+
+    pub fn produce_failed(&self, kind: RecordKind) {
+        self.produce_failures[kind as usize].inc();
+    }
+
+    pub fn acknowledged(&self, kind: RecordKind, qos: QoS, took: std::time::Duration) {
+        self.produce_ack_seconds[kind as usize][qos_index(qos)].observe(took.as_secs_f64());
+    }
+
+    pub fn delivered(&self, qos: QoS) {
+        self.deliveries[qos_index(qos)].inc();
+    }
+
+    /// Counts a catch-up that starts; it is active until the returned guard is dropped.
+    pub fn catch_up(&self, reason: CatchUpReason) -> ActiveCatchUp {
+        self.catch_ups[reason as usize].inc();
+        self.catch_ups_active.inc();
+        ActiveCatchUp(self.catch_ups_active.clone())
+    }
+
+    /// The gauges of the table of compacted topic `table` (`retained` or `sessions`).
+    pub fn table(&self, table: &str) -> TableGauges {
+        TableGauges {
+            records: self.table_records.with_label_values(&[table]),
+            bytes: self.table_bytes.with_label_values(&[table]),
+        }
+    }
+}
+
+/// Keeps `catch_ups_active` right however a catch-up ends.
+pub struct ActiveCatchUp(IntGauge);
+
+impl Drop for ActiveCatchUp {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_exactly_the_listed_metrics_with_the_role() {
+        let registry = Registry::new();
+        let metrics = KafkaMetrics::register(&registry, "s-proxy").unwrap();
+        // Every labelled series but the tables' exists from the start, at zero.
+        metrics.table("retained");
+        drop(metrics.catch_up(CatchUpReason::Overflow));
+        let families = registry.gather();
+        let mut names: Vec<_> = families.iter().map(|f| f.name().to_string()).collect();
+        names.sort();
+        let mut listed: Vec<_> = METRIC_NAMES.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed);
+        for family in &families {
+            for metric in family.get_metric() {
+                assert!(
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == "role" && l.value() == "s-proxy"),
+                    "{} has no role label",
+                    family.name()
+                );
+            }
+        }
+        assert_eq!(metrics.catch_ups_active.get(), 0, "the guard gave it back");
+        let overflow = &families
+            .iter()
+            .find(|f| f.name() == "strait_mqtt_kafka_catch_ups_total")
+            .unwrap()
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label().iter().any(|l| l.value() == "overflow"))
+            .unwrap();
+        assert_eq!(overflow.get_counter().value(), 1.0);
+    }
+}
