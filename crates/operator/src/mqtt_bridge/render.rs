@@ -259,10 +259,13 @@ pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
         return Vec::new();
     };
     let compacted = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    // The retained and sessions tables are compacted and read by key: their partitions are
+    // never raised after creation.
     let topic = |name: &str, config: BTreeMap<String, String>| TopicSpec {
         name: name.into(),
         partitions: kafka.new_topics.partitions,
         replication_factor: kafka.new_topics.replication_factor,
+        may_grow: !TopicSpec::compacted(&config),
         config,
     };
     let mut topics = vec![
@@ -1009,5 +1012,25 @@ mod tests {
         let kafka = s.kafka.unwrap();
         assert_eq!(kafka.session_queue, 64);
         assert_eq!(kafka.replica_lease, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_compacted_tables_are_never_grown() {
+        let bridge = bridge(json!({
+            "upstream": {"kafka": {"bootstrap": "k:9092", "newTopics": {"partitions": 6, "replicationFactor": 1}}},
+            "auth": {"mode": "anonymous"},
+        }));
+        let growable: Vec<(String, bool)> = kafka_topics(&bridge)
+            .into_iter()
+            .map(|t| (t.name, t.may_grow))
+            .collect();
+        assert_eq!(
+            growable,
+            [
+                ("mqtt-messages".to_string(), true),
+                ("mqtt-retained".to_string(), false),
+                ("mqtt-sessions".to_string(), false),
+            ]
+        );
     }
 }
