@@ -127,7 +127,8 @@ where
         }
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!(
-            "no answer within {}s",
+            "Kafka at {} gave no answer within {}s",
+            kafka.bootstrap,
             left.max(Duration::from_secs(1)).as_secs()
         ),
     };
