@@ -157,20 +157,22 @@ where
 pub async fn record_created<K>(
     object: &K,
     ctx: &Context,
-    recorded: &[String],
     created: &[String],
 ) -> Result<(), ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Clone + std::fmt::Debug + Serialize + serde::de::DeserializeOwned,
 {
     if created.is_empty() {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    // This manager's whole list: the new names and those recorded before (as far as this pass
-    // knows them; the other status writer keeps owning what it has written).
-    let mut topics = recorded.to_vec();
+    // This manager's whole list, read fresh: an entry it left out would no longer be its own.
+    let current = api.get_status(&object.name_any()).await?;
+    let mut topics: Vec<String> = serde_json::to_value(&current)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["status"]["createdTopics"].clone()).ok())
+        .unwrap_or_default();
     topics.extend(created.iter().cloned());
     topics.sort();
     topics.dedup();

@@ -149,9 +149,7 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     let mut topics = render::topics(route);
     let admin = ctx.kafka.get(&access)?;
     let ensured = crate::topics::ensure(&admin, bootstrap, &topics).await?;
-    let recorded = route.status.as_ref().map(|s| s.created_topics.as_slice());
-    crate::deletion::record_created(route, ctx, recorded.unwrap_or_default(), &ensured.created)
-        .await?;
+    crate::deletion::record_created(route, ctx, &ensured.created).await?;
     let mut checks = vec![topics_check(&ensured)];
 
     let owner = render::owner(route);

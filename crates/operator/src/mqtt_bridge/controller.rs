@@ -252,14 +252,7 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         let topics = render::kafka_topics(bridge);
         let admin = ctx.kafka.get(access)?;
         let ensured = crate::topics::ensure(&admin, &access.bootstrap, &topics).await?;
-        let recorded = bridge.status.as_ref().map(|s| s.created_topics.as_slice());
-        crate::deletion::record_created(
-            bridge,
-            ctx,
-            recorded.unwrap_or_default(),
-            &ensured.created,
-        )
-        .await?;
+        crate::deletion::record_created(bridge, ctx, &ensured.created).await?;
         let ready = format!("{} topics ready in Kafka", ensured.partitions.len());
         checks.push(match ensured.partitions_kept.is_empty() {
             true => Check::ok(status::TOPICS_READY, "TopicsExist", ready),
