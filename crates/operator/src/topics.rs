@@ -13,6 +13,7 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 
 use crate::kafka_access::KafkaAccess;
+use crate::status::{Check, TOPICS_READY};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +50,21 @@ pub struct Ensured {
     pub created: Vec<String>,
     /// Topics whose partition count differs from the spec and was left alone, one sentence each.
     pub partitions_kept: Vec<String>,
+}
+
+impl Ensured {
+    /// `TopicsReady` with `summary`: true, and naming any partition count left alone (the
+    /// resource works with the partitions its tables have, so that is no failure).
+    pub fn check(&self, summary: String) -> Check {
+        match self.partitions_kept.is_empty() {
+            true => Check::ok(TOPICS_READY, "TopicsExist", summary),
+            false => Check::ok(
+                TOPICS_READY,
+                "PartitionsKept",
+                format!("{summary}; {}", self.partitions_kept.join("; ")),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -290,7 +290,7 @@ async fn observe(
     ))
 }
 
-/// `TopicsReady`: each topic with its partitions, and any partition count left alone.
+/// `TopicsReady`: each topic with its partitions.
 fn topics_check(ensured: &crate::topics::Ensured) -> Check {
     let listed = ensured
         .partitions
@@ -298,15 +298,7 @@ fn topics_check(ensured: &crate::topics::Ensured) -> Check {
         .map(|(topic, n)| format!("{topic} ({n} partitions)"))
         .collect::<Vec<_>>()
         .join(", ");
-    let message = format!("{} topics: {listed}", ensured.partitions.len());
-    match ensured.partitions_kept.is_empty() {
-        true => Check::ok(status::TOPICS_READY, "TopicsExist", message),
-        false => Check::ok(
-            status::TOPICS_READY,
-            "PartitionsKept",
-            format!("{message}; {}", ensured.partitions_kept.join("; ")),
-        ),
-    }
+    ensured.check(format!("{} topics: {listed}", ensured.partitions.len()))
 }
 
 async fn write_status(

@@ -253,16 +253,10 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
         let admin = ctx.kafka.get(access)?;
         let ensured = crate::topics::ensure(&admin, &access.bootstrap, &topics).await?;
         crate::deletion::record_created(bridge, ctx, &ensured.created).await?;
-        let ready = format!("{} topics ready in Kafka", ensured.partitions.len());
-        checks.push(match ensured.partitions_kept.is_empty() {
-            true => Check::ok(status::TOPICS_READY, "TopicsExist", ready),
-            // Not a failure: the bridge works with the partitions the tables have.
-            false => Check::ok(
-                status::TOPICS_READY,
-                "PartitionsKept",
-                format!("{ready}; {}", ensured.partitions_kept.join("; ")),
-            ),
-        });
+        checks.push(ensured.check(format!(
+            "{} topics ready in Kafka",
+            ensured.partitions.len()
+        )));
         "kafka"
     } else {
         checks.push(Check::ok(
