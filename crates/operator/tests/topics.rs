@@ -16,8 +16,9 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use strait_e2e::{Daemon, require, unique_name, wait_until};
 use support::{
-    condition, create_greeter_protos, install_crds, kafka_admin, kubectl, kubectl_ok, namespace,
-    partitions, topic_config, wait_for_condition, wait_for_ready_reason,
+    chart_operator_with, condition, create_greeter_protos, helm_ok, install_crds, kafka_admin,
+    kubectl, kubectl_ok, namespace, partitions, topic_config, wait_for_condition,
+    wait_for_ready_reason,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
@@ -354,7 +355,11 @@ async fn a_bridge_never_grows_its_compacted_tables_and_deletes_only_the_topics_i
     let (messages, retained, sessions) = (topic("messages"), topic("retained"), topic("sessions"));
     create_topic(&admin, &messages, 1, &[]).await;
     create_topic(&admin, &retained, 1, &[("cleanup.policy", "compact")]).await;
-    let operator = start_operator(&ns).await;
+    // Installed by the chart in namespace mode, with exactly its permissions: the finalizer, the
+    // createdTopics record and the Events need no more than the chart grants.
+    let watch = format!("watchNamespaces={{{ns}}}");
+    let flag = format!("--watch-namespace={ns}");
+    let (operator, release, _) = chart_operator_with(&ns, &[&watch], &[&flag]).await;
     let yaml = format!(
         "apiVersion: strait.dev/v1alpha1\nkind: MqttBridge\nmetadata: {{name: fleet}}\nspec:\n  auth: {{mode: anonymous}}\n  deletionPolicy: Delete\n  deletionTimeoutSeconds: 30\n  upstream:\n    kafka:\n      bootstrap: \"{bootstrap}\"\n      topics: {{messages: {messages}, retained: {retained}, sessions: {sessions}}}\n      newTopics: {{partitions: 2, replicationFactor: 1}}\n"
     );
@@ -404,6 +409,7 @@ async fn a_bridge_never_grows_its_compacted_tables_and_deletes_only_the_topics_i
         "a topic that existed before stays"
     );
     drop(operator);
+    helm_ok(&["uninstall", &release, "-n", &ns]);
     delete_topics(&admin, &[&messages, &retained]).await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
