@@ -1,7 +1,7 @@
 //! What the operator does to Kafka topics, against a real kube-apiserver and a real Kafka: it sets
 //! only the configs a spec names (the topic's other settings stay), never grows a compacted table,
 //! and under `deletionPolicy: Delete` deletes only the topics the resource created, giving up
-//! after `deletionTimeoutSeconds` with a Warning Event when Kafka is gone.
+//! after `deletionTimeoutSeconds` with a Warning Event when Kafka or its Secret is gone.
 
 mod support;
 
@@ -323,6 +323,113 @@ async fn a_route_whose_kafka_is_gone_is_deleted_within_its_timeout_with_a_warnin
     assert_eq!(partitions(&bootstrap, &requests), 2);
     drop(operator);
     delete_topics(&kafka_admin(&bootstrap), &[&requests, &replies]).await;
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}
+
+/// The Kafka Secret gone (SASL password deleted): the same bound holds, and the Warning names
+/// the missing Secret.
+#[tokio::test]
+async fn a_route_whose_kafka_secret_is_gone_is_deleted_within_its_timeout_with_a_warning() {
+    require!("KUBECONFIG", "kube");
+    let plain_bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let bootstrap = require!("KAFKA_SASL_SSL_BOOTSTRAP", "kafka");
+    let ca = std::fs::read_to_string(require!("KAFKA_TLS_CA", "kafka")).unwrap();
+    let user = require!("KAFKA_SCRAM_USER", "kafka");
+    let password = std::fs::read_to_string(require!("KAFKA_SCRAM_PASSWORD_FILE", "kafka")).unwrap();
+    install_crds();
+    let client = Client::try_default().await.unwrap();
+    let ns = namespace(&client).await;
+    create_greeter_protos(&client, &ns).await;
+    for (name, key, value) in [
+        ("kafka-ca", "ca.crt", &ca),
+        ("kafka-user", "password", &password),
+    ] {
+        kubectl_ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                name,
+                "-n",
+                &ns,
+                &format!("--from-literal={key}={value}"),
+            ],
+            None,
+        );
+    }
+    let operator = start_operator(&ns).await;
+    let (requests, replies) = (
+        unique_name("nosecret-requests"),
+        unique_name("nosecret-replies"),
+    );
+    let yaml = format!(
+        r#"apiVersion: strait.dev/v1alpha1
+kind: GrpcKafkaRoute
+metadata:
+  name: locked
+spec:
+  kafka:
+    bootstrap: "{bootstrap}"
+    tls: {{secretName: kafka-ca}}
+    sasl: {{mechanism: SCRAM-SHA-512, username: {user}, passwordSecret: {{name: kafka-user}}}}
+  protos: {{configMap: greeter-protos}}
+  routes:
+    - method: example.Greeter/*
+      produce: {{topic: {requests}, replyTo: {replies}}}
+  backend: {{target: "http://greeter:50051", replicas: 1}}
+  deletionPolicy: Delete
+  deletionTimeoutSeconds: 5
+"#
+    );
+    kubectl_ok(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        Some(&yaml),
+    );
+    wait_for_condition("grpckafkaroute/locked", &ns, "TopicsReady", &operator.log());
+    assert_eq!(
+        created_topics(&get("grpckafkaroute", &ns, "locked")).len(),
+        2
+    );
+
+    kubectl_ok(&["delete", "secret", "kafka-user", "-n", &ns], None);
+    let started = Instant::now();
+    kubectl_ok(
+        &[
+            "delete",
+            "grpckafkaroute",
+            "locked",
+            "-n",
+            &ns,
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "deleted in {took:?}, the bound is 5 s plus a retry"
+    );
+    let warnings = wait_until(
+        Duration::from_secs(10),
+        "the TopicsLeftBehind event",
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let found = events(&client, &ns, "locked", "TopicsLeftBehind").await;
+                (!found.is_empty()).then_some(found)
+            }
+        },
+    )
+    .await;
+    let note = warnings[0].note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains(&requests) && note.contains(&replies) && note.contains("kafka-user"),
+        "the event names the topics and the missing Secret: {note}"
+    );
+    assert_eq!(partitions(&plain_bootstrap, &requests), 3, "left behind");
+    drop(operator);
+    delete_topics(&kafka_admin(&plain_bootstrap), &[&requests, &replies]).await;
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"], None);
 }
 
