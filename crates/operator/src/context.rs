@@ -138,6 +138,16 @@ pub enum ReconcileError {
     RenderRoute(#[from] crate::grpc_route::render::RenderError),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error(
+        "deleting the topics this resource created ({topics}): {error}; retrying, giving up in {}s \
+         (spec.deletionTimeoutSeconds)", give_up_in.as_secs()
+    )]
+    TopicsNotDeleted {
+        topics: String,
+        error: String,
+        /// Time left before the finalizer lets go: the next retry comes no later.
+        give_up_in: Duration,
+    },
     #[error(transparent)]
     Render(#[from] crate::mqtt_bridge::render::RenderError),
     #[error(
@@ -173,6 +183,7 @@ impl ReconcileError {
             Self::Lag(_) => "LagUnknown",
             Self::RenderRoute(_) => "InvalidSpec",
             Self::Finalizer(_) => "FinalizerFailed",
+            Self::TopicsNotDeleted { .. } => "TopicDeletionPending",
             Self::Render(_) => "InvalidSpec",
             Self::ServiceMonitorUnavailable => "ServiceMonitorCrdMissing",
             Self::NotOwned { .. } => "ObjectNotOwned",
@@ -279,7 +290,11 @@ pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
     let mut failures = ctx.failures.lock().expect("not poisoned");
     let count = failures.entry(key.clone()).or_default();
     *count = count.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    let mut delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    if let ReconcileError::TopicsNotDeleted { give_up_in, .. } = error {
+        // The finalizer's deadline holds whatever the backoff has grown to.
+        delay = delay.min(*give_up_in);
+    }
     tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed");
     ctx.metrics
         .errors
@@ -300,6 +315,7 @@ pub struct Metrics {
     reconciles: IntCounterVec,
     errors: IntCounterVec,
     duration: HistogramVec,
+    topic_cleanups: IntCounterVec,
 }
 
 impl Metrics {
@@ -326,6 +342,15 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let topic_cleanups = IntCounterVec::new(
+            prometheus::opts!(
+                "strait_operator_topic_cleanups_total",
+                "Deleted resources under deletionPolicy Delete, by kind and result: deleted, or \
+                 left_behind when the deletion timeout passed first."
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(topic_cleanups.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -333,7 +358,13 @@ impl Metrics {
             reconciles,
             errors,
             duration,
+            topic_cleanups,
         })
+    }
+
+    /// One resource's topics deleted (`deleted`) or given up on (`left_behind`).
+    pub fn topic_cleanup(&self, kind: &str, result: &str) {
+        self.topic_cleanups.with_label_values(&[kind, result]).inc();
     }
 
     pub fn observe(&self, kind: &str, took: Duration, ok: bool) {

@@ -4,6 +4,7 @@
 pub mod autoscale;
 pub mod context;
 pub mod crd;
+pub mod deletion;
 pub mod grpc_route;
 pub mod hpa;
 pub mod kafka;

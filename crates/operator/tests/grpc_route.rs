@@ -18,7 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
 use support::{
-    condition, install_crds, kubectl_ok, namespace, wait_for_condition, wait_for_ready_reason,
+    condition, create_greeter_protos, install_crds, kubectl_ok, namespace, partitions,
+    wait_for_condition, wait_for_ready_reason,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_strait-operator");
@@ -61,35 +62,6 @@ fn get_route(ns: &str, name: &str) -> serde_json::Value {
 
 async fn consumer_replicas(deployments: &Api<Deployment>, name: &str) -> Option<i32> {
     deployments.get(name).await.ok()?.spec?.replicas
-}
-
-/// Partitions of `topic` (0 when it does not exist).
-fn partitions(bootstrap: &str, topic: &str) -> usize {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len())
-}
-
-/// The `greeter-protos` ConfigMap the routes name, in `ns`.
-async fn create_greeter_protos(client: &Client, ns: &str) {
-    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "greeter-protos"},
-        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
-    }))
-    .unwrap();
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &protos)
-        .await
-        .unwrap();
 }
 
 /// The operator as a local process, leading on a Lease of its own (named from `lease`).

@@ -1,6 +1,6 @@
 //! Reconciles a `GrpcKafkaRoute`: topics in Kafka, the proxies in Kubernetes, and the consumer
-//! count from the group's lag. Topics are deleted with the resource only under
-//! `deletionPolicy: Delete`, held by a finalizer until they are.
+//! count from the group's lag. The topics it created are deleted with the resource only under
+//! `deletionPolicy: Delete` (see crate::deletion).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,21 +15,19 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::render::{self, BACKEND};
-use super::spec::{DeletionPolicy, GrpcKafkaRoute, GrpcKafkaRouteStatus};
+use super::spec::{GrpcKafkaRoute, GrpcKafkaRouteStatus};
 use crate::autoscale::{self, Observation, Policy, Recommendation};
 use crate::context::{Context, ReconcileError, scoped};
 use crate::hpa;
 use crate::kafka_access::{KafkaAccess, get_secret, require_keys};
 use crate::status::{self, Check};
 use crate::workload::apply_owned;
-
-const FINALIZER: &str = "strait.dev/topics";
 
 /// Runs the controller over `namespace` (every namespace when `None`) until the process stops it.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
@@ -107,29 +105,15 @@ async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let _slot = ctx.reconcile_slots.acquire().await.expect("never closed");
     let started = Instant::now();
-    let namespace = route.namespace().expect("GrpcKafkaRoute is namespaced");
-    let api: Api<GrpcKafkaRoute> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = route.meta().deletion_timestamp.is_some();
-    let result = if route.spec.deletion_policy == DeletionPolicy::Delete
-        || route.finalizers().iter().any(|f| f == FINALIZER)
-    {
-        finalizer(&api, FINALIZER, route.clone(), |event| async {
-            match event {
-                Finalizer::Apply(route) => apply(&route, &ctx).await,
-                Finalizer::Cleanup(route) => cleanup(&route, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|error| match error {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
-        })
-    } else if deleting {
-        Ok(Action::await_change())
-    } else {
-        apply(&route, &ctx).await
-    };
+    let policy = route.spec.deletion_policy;
+    let result = crate::deletion::reconcile(&ctx, route.clone(), policy, |event| async {
+        match event {
+            Finalizer::Apply(route) => apply(&route, &ctx).await,
+            Finalizer::Cleanup(route) => cleanup(&route, &ctx).await,
+        }
+    })
+    .await;
     ctx.metrics
         .observe("GrpcKafkaRoute", started.elapsed(), result.is_ok());
     match &result {
@@ -143,17 +127,17 @@ async fn reconcile(
     result
 }
 
-/// Deletes the topics (only reached under `deletionPolicy: Delete`, or when it was Delete once).
+/// Deletes the topics the route created (under `deletionPolicy: Delete`), or gives up on them
+/// after `deletionTimeoutSeconds`.
 async fn cleanup(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, ReconcileError> {
-    if route.spec.deletion_policy == DeletionPolicy::Delete {
-        let names: Vec<String> = render::topics(route).into_iter().map(|t| t.name).collect();
-        let secrets = Api::namespaced(ctx.client.clone(), &route.namespace().unwrap_or_default());
-        let access = route.spec.kafka.kafka_ref().resolve(&secrets).await?;
-        let admin = ctx.kafka.get(&access)?;
-        crate::topics::delete(&admin, &access.bootstrap, &names).await?;
-        tracing::info!(topics = ?names, "deleted the topics (deletionPolicy: Delete)");
-    }
-    Ok(Action::await_change())
+    let created = route.status.as_ref().map(|s| s.created_topics.as_slice());
+    let topics = crate::deletion::Topics {
+        policy: route.spec.deletion_policy,
+        kafka: Some(route.spec.kafka.kafka_ref()),
+        created: created.unwrap_or_default(),
+        timeout_seconds: route.spec.deletion_timeout_seconds,
+    };
+    crate::deletion::cleanup(route, ctx, topics).await
 }
 
 async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -176,12 +160,9 @@ async fn apply(route: &GrpcKafkaRoute, ctx: &Context) -> Result<Action, Reconcil
     let access = route.spec.kafka.kafka_ref().resolve(&secrets).await?;
     let mut topics = render::topics(route);
     let admin = ctx.kafka.get(&access)?;
-    let partitions = crate::topics::ensure(&admin, bootstrap, &topics).await?;
-    let mut checks = vec![Check::ok(
-        status::TOPICS_READY,
-        "TopicsExist",
-        format!("{} topics: {}", partitions.len(), describe(&partitions)),
-    )];
+    let ensured = crate::topics::ensure(&admin, bootstrap, &topics).await?;
+    crate::deletion::record_created(route, ctx, &ensured.created).await?;
+    let mut checks = vec![topics_check(&ensured)];
 
     let owner = render::owner(route);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
@@ -415,12 +396,15 @@ async fn observe(
     ))
 }
 
-fn describe(partitions: &[(String, i32)]) -> String {
-    partitions
+/// `TopicsReady`: each topic with its partitions.
+fn topics_check(ensured: &crate::topics::Ensured) -> Check {
+    let listed = ensured
+        .partitions
         .iter()
         .map(|(topic, n)| format!("{topic} ({n} partitions)"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    ensured.check(format!("{} topics: {listed}", ensured.partitions.len()))
 }
 
 async fn write_status(
@@ -432,7 +416,11 @@ async fn write_status(
     let previous = route.status.clone().unwrap_or_default();
     // An error pass knows only Ready: the other fields keep what the last full pass found.
     let next = if fresh.routes.is_some() {
-        fresh
+        GrpcKafkaRouteStatus {
+            // Owned by its own field manager (crate::deletion::record_created); carried along.
+            created_topics: previous.created_topics.clone(),
+            ..fresh
+        }
     } else {
         previous.clone()
     };

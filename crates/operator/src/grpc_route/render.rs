@@ -81,6 +81,7 @@ pub fn topics(route: &GrpcKafkaRoute) -> Vec<TopicSpec> {
                 partitions: settings.partitions,
                 replication_factor: settings.replication_factor,
                 config: settings.config.clone(),
+                may_grow: !TopicSpec::compacted(&settings.config),
             }
         })
         .collect()

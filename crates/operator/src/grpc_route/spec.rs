@@ -13,6 +13,7 @@ use strait_config::auth::JwtAlgorithm;
 use strait_config::grpc::{ForwardMetadata, GrpcRoute, Retries, ZillaGroup};
 use strait_config::mqtt_kafka::Acks;
 
+pub use crate::deletion::DeletionPolicy;
 use crate::mqtt_bridge::spec::SecretKeyRef;
 
 #[allow(clippy::duplicated_attributes)] // the printer columns' repeated `type_ =`
@@ -73,9 +74,17 @@ pub struct GrpcKafkaRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_metadata: Option<ForwardMetadata>,
     pub backend: Backend,
-    /// What happens to the Kafka topics when the resource is deleted.
+    /// What happens to the Kafka topics when the resource is deleted: `Retain` (the default)
+    /// keeps them; `Delete` deletes those this resource created (`status.createdTopics`), never
+    /// a topic that existed before it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Under `deletionPolicy: Delete`, how long the deletion may wait for Kafka (or its Secret)
+    /// to delete the topics; then the resource goes, the topics stay, and a Warning Event names
+    /// them.
+    #[serde(default = "crate::deletion::default_timeout_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub deletion_timeout_seconds: i64,
     /// Prometheus scraping of every pod's `/metrics`.
     #[serde(default)]
     pub monitoring: crate::monitoring::Monitoring,
@@ -357,17 +366,6 @@ pub struct Autoscale {
     pub max_partitions: Option<i32>,
 }
 
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
-pub enum DeletionPolicy {
-    /// Topics stay when the resource is deleted (their data is yours).
-    #[default]
-    Retain,
-    /// Topics are deleted with the resource (a finalizer holds the deletion until they are).
-    Delete,
-}
-
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcKafkaRouteStatus {
@@ -401,6 +399,11 @@ pub struct GrpcKafkaRouteStatus {
     /// here so a new operator leader continues it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recommendations: Vec<crate::autoscale::Recommendation>,
+    /// Topics this resource created (not those that existed before it): what
+    /// `deletionPolicy: Delete` deletes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::deletion::created_topics_schema")]
+    pub created_topics: Vec<String>,
 }
 
 fn default_partitions() -> i32 {

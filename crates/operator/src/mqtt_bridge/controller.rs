@@ -1,6 +1,7 @@
 //! Reconciles an `MqttBridge`: applies what `render` produces (server-side apply, one field
 //! manager, owner references so Kubernetes deletes it all with the bridge), then reports how far
-//! the rollout got in the status.
+//! the rollout got in the status. In Kafka mode the topics it created are deleted with it only
+//! under `deletionPolicy: Delete` (see crate::deletion).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -90,10 +92,20 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
 async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let _slot = ctx.reconcile_slots.acquire().await.expect("never closed");
     let started = Instant::now();
-    let result = apply(&bridge, &ctx).await;
+    let policy = bridge.spec.deletion_policy;
+    let result = crate::deletion::reconcile(&ctx, bridge.clone(), policy, |event| async {
+        match event {
+            Finalizer::Apply(bridge) => apply(&bridge, &ctx).await,
+            Finalizer::Cleanup(bridge) => cleanup(&bridge, &ctx).await,
+        }
+    })
+    .await;
     ctx.metrics
         .observe("MqttBridge", started.elapsed(), result.is_ok());
-    if let Err(error) = &result {
+    let deleting = bridge.meta().deletion_timestamp.is_some();
+    if let Err(error) = &result
+        && !deleting
+    {
         // The failure goes into the status too, so `kubectl get mqb` says why it is not Ready.
         let check = Check::failed(status::READY, error.reason(), error.to_string());
         // The other fields keep what the last full pass found.
@@ -110,6 +122,19 @@ async fn reconcile(bridge: Arc<MqttBridge>, ctx: Arc<Context>) -> Result<Action,
         ctx.reset_backoff(bridge.as_ref());
     }
     result
+}
+
+/// Deletes the topics the bridge created (Kafka mode, `deletionPolicy: Delete`), or gives up on
+/// them after `deletionTimeoutSeconds`.
+async fn cleanup(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileError> {
+    let created = bridge.status.as_ref().map(|s| s.created_topics.as_slice());
+    let topics = crate::deletion::Topics {
+        policy: bridge.spec.deletion_policy,
+        kafka: bridge.spec.upstream.kafka.as_ref().map(|k| k.kafka_ref()),
+        created: created.unwrap_or_default(),
+        timeout_seconds: bridge.spec.deletion_timeout_seconds,
+    };
+    crate::deletion::cleanup(bridge, ctx, topics).await
 }
 
 async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -251,12 +276,12 @@ async fn apply(bridge: &MqttBridge, ctx: &Context) -> Result<Action, ReconcileEr
     let mode = if let Some(access) = &kafka_access {
         let topics = render::kafka_topics(bridge);
         let admin = ctx.kafka.get(access)?;
-        let partitions = crate::topics::ensure(&admin, &access.bootstrap, &topics).await?;
-        checks.push(Check::ok(
-            status::TOPICS_READY,
-            "TopicsExist",
-            format!("{} topics ready in Kafka", partitions.len()),
-        ));
+        let ensured = crate::topics::ensure(&admin, &access.bootstrap, &topics).await?;
+        crate::deletion::record_created(bridge, ctx, &ensured.created).await?;
+        checks.push(ensured.check(format!(
+            "{} topics ready in Kafka",
+            ensured.partitions.len()
+        )));
         shared = scaling::shared_lag(bridge, ctx, access).await?;
         "kafka"
     } else {

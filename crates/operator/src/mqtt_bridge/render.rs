@@ -289,10 +289,13 @@ pub fn kafka_topics(bridge: &MqttBridge) -> Vec<TopicSpec> {
         return Vec::new();
     };
     let compacted = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    // The retained and sessions tables are compacted and read by key: their partitions are
+    // never raised after creation.
     let topic = |name: &str, config: BTreeMap<String, String>| TopicSpec {
         name: name.into(),
         partitions: kafka.new_topics.partitions,
         replication_factor: kafka.new_topics.replication_factor,
+        may_grow: !TopicSpec::compacted(&config),
         config,
     };
     let mut topics = vec![
@@ -1089,5 +1092,25 @@ mod tests {
         bad.spec.upstream.kafka.as_mut().unwrap().routes[0].topic_pattern = Some("(".into());
         let error = render(&bad, &inputs()).unwrap_err().to_string();
         assert!(error.contains("kafka.routes.topicPattern"), "{error}");
+    }
+
+    #[test]
+    fn the_compacted_tables_are_never_grown() {
+        let bridge = bridge(json!({
+            "upstream": {"kafka": {"bootstrap": "k:9092", "newTopics": {"partitions": 6, "replicationFactor": 1}}},
+            "auth": {"mode": "anonymous"},
+        }));
+        let growable: Vec<(String, bool)> = kafka_topics(&bridge)
+            .into_iter()
+            .map(|t| (t.name, t.may_grow))
+            .collect();
+        assert_eq!(
+            growable,
+            [
+                ("mqtt-messages".to_string(), true),
+                ("mqtt-retained".to_string(), false),
+                ("mqtt-sessions".to_string(), false),
+            ]
+        );
     }
 }

@@ -43,6 +43,8 @@ use strait_config::relay::ClientLimits;
     .message("spec.auth.mode is required with a Kafka upstream (Kafka does not authenticate devices): jwt, clientCertificate, password, or anonymous spelled out"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.upstream.kafka) || !has(self.auth) || !has(self.auth.jwt) || has(self.auth.jwt.clientIdClaim)")
     .message("spec.auth.jwt.clientIdClaim is required with a Kafka upstream: sessions persist, and a token must not take over another device's session"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.deletionPolicy) || self.deletionPolicy == 'Retain' || has(self.upstream.kafka)")
+    .message("spec.deletionPolicy Delete needs a Kafka upstream (a broker upstream has no topics of the bridge's)"))]
 pub struct MqttBridgeSpec {
     /// What serves sessions and messages behind s-proxy.
     pub upstream: Upstream,
@@ -74,6 +76,17 @@ pub struct MqttBridgeSpec {
     /// strait-proxy image; the operator's `--proxy-image` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Kafka mode: what happens to the topics when the bridge is deleted. `Retain` (the
+    /// default) keeps them; `Delete` deletes those this bridge created (`status.createdTopics`),
+    /// never a topic that existed before it.
+    #[serde(default)]
+    pub deletion_policy: crate::deletion::DeletionPolicy,
+    /// Under `deletionPolicy: Delete`, how long the deletion may wait for Kafka (or its Secret)
+    /// to delete the topics; then the bridge goes, the topics stay, and a Warning Event names
+    /// them.
+    #[serde(default = "crate::deletion::default_timeout_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub deletion_timeout_seconds: i64,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -345,6 +358,11 @@ pub struct MqttBridgeStatus {
     /// s-proxy's load and scaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s_proxy: Option<RoleScaling>,
+    /// Kafka mode: topics this bridge created (not those that existed before it): what
+    /// `deletionPolicy: Delete` deletes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::deletion::created_topics_schema")]
+    pub created_topics: Vec<String>,
 }
 
 /// One role's load as its pods report it, and what the autoscaler made of it.

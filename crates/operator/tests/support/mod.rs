@@ -3,9 +3,15 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
-use k8s_openapi::api::core::v1::Namespace;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Client;
 use kube::api::{Api, PostParams};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 #[allow(unused_imports)] // each test file uses a different part
 pub use strait_e2e::cluster::{helm_ok, kubectl, kubectl_ok, repo_file};
 use strait_e2e::{Daemon, unique_name};
@@ -136,4 +142,56 @@ pub async fn chart_operator_with(
     )
     .await;
     (operator, release, account)
+}
+
+/// Partitions of `topic` (0 when it does not exist).
+pub fn partitions(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len())
+}
+
+/// The `greeter-protos` ConfigMap the routes name, in `ns`.
+pub async fn create_greeter_protos(client: &Client, ns: &str) {
+    let protos: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "greeter-protos"},
+        "data": {"greeter.proto": "syntax = \"proto3\";\npackage example;\nmessage Hi { string name = 1; }\nservice Greeter { rpc Hello(Hi) returns (Hi); }\n"},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &protos)
+        .await
+        .unwrap();
+}
+
+pub fn kafka_admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap()
+}
+
+/// The value of `key` in `topic`'s config as Kafka reports it.
+pub async fn topic_config(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    key: &str,
+) -> Option<String> {
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let config = described[0]
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{topic}: {e}"));
+    config.get(key).and_then(|e| e.value.clone())
 }
