@@ -1571,3 +1571,60 @@ async fn subscribers_are_served_from_the_topics_of_param_routes() {
         );
     }
 }
+
+/// s-proxy stopping (a scale-down, a rolling update) drains its sessions: an MQTT 5 client is
+/// told DISCONNECT 0x8B, a 3.1.1 client's connection closes, and no will is published (the
+/// client did not cause it; it reconnects to another s-proxy).
+#[tokio::test]
+async fn a_stopping_s_proxy_drains_kafka_sessions_with_0x8b_and_no_will() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let mut relay = KafkaRelay::start(&kafka, "drain").await;
+    let wills = unique_name("drainwills");
+    let (mut v5, _) = raw_session(
+        &relay,
+        Protocol::V5,
+        support::connect_with_will(&unique_name("drain5"), &format!("{wills}/v5"), b"v5 gone"),
+    )
+    .await;
+    let (mut v3, _) = raw_session(
+        &relay,
+        Protocol::V311,
+        support::connect_with_will(&unique_name("drain3"), &format!("{wills}/v3"), b"v3 gone"),
+    )
+    .await;
+
+    let status = relay.s_proxy.terminate(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "s-proxy exits 0 on SIGTERM, got {status}\n{}",
+        relay.s_proxy.log()
+    );
+    support::assert_disconnected_with(&v5.until_closed().await, ReasonCode::SERVER_SHUTTING_DOWN);
+    assert_eq!(
+        v3.until_closed().await,
+        [],
+        "3.1.1: closed without a packet"
+    );
+
+    // A sentinel through a new s-proxy; no will record came before it.
+    relay.restart_s_proxy().await;
+    let (mut publisher, _) = raw_session(
+        &relay,
+        Protocol::V5,
+        connect_packet(&unique_name("sentinel")),
+    )
+    .await;
+    publish_qos1(&mut publisher, &format!("{wills}/sentinel"), 1, b"sentinel").await;
+    let messages = &relay.topics.messages;
+    assert_eq!(
+        count_records(&kafka, messages, &format!("{wills}/sentinel")).await,
+        1
+    );
+    for will in ["v5", "v3"] {
+        assert_eq!(
+            count_records(&kafka, messages, &format!("{wills}/{will}")).await,
+            0,
+            "no will for the drained {will} session"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! the fewest sessions from this r-proxy (ties in turn), skipping any that refuses.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct SProxyPool {
     next: AtomicUsize,
     /// Largest relay frame either way.
     max_message: usize,
+    /// The clock of the targets' `unreachable_until`.
+    clock: std::time::Instant,
 }
 
 /// One entry of `sProxy.endpoints`.
@@ -52,6 +54,10 @@ struct Target {
     addr: Option<SocketAddr>,
     channels: Vec<Channel>,
     sessions: Arc<AtomicUsize>,
+    /// Until when (ms on the pool's clock) the s-proxy is tried last: it refused or could not be
+    /// reached (a pod that went away stays in DNS answers for a while, and each attempt at it
+    /// can cost a whole connect timeout).
+    unreachable_until: AtomicU64,
 }
 
 /// An open relay stream: frames go out through `to_server`, come back from `from_server`.
@@ -122,6 +128,7 @@ impl Configured {
             addr,
             channels,
             sessions: Arc::default(),
+            unreachable_until: AtomicU64::new(0),
         })
     }
 
@@ -189,6 +196,7 @@ impl SProxyPool {
             targets: RwLock::default(),
             next: AtomicUsize::new(0),
             max_message: max_frame_size(max_packet_size),
+            clock: std::time::Instant::now(),
         };
         pool.refresh().await?;
         Ok(pool)
@@ -281,8 +289,12 @@ impl SProxyPool {
     pub async fn open(&self, first: ClientFrame) -> Result<RelayStream, tonic::Status> {
         let targets = self.targets.read().expect("never poisoned").clone();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let loads: Vec<usize> = (targets.iter())
-            .map(|t| t.sessions.load(Ordering::Relaxed))
+        let now = self.clock.elapsed().as_millis() as u64;
+        let loads: Vec<(bool, usize)> = (targets.iter())
+            .map(|t| {
+                let unreachable = t.unreachable_until.load(Ordering::Relaxed) > now;
+                (unreachable, t.sessions.load(Ordering::Relaxed))
+            })
             .collect();
         let mut last_error = tonic::Status::unavailable("no s-proxy endpoint");
         for index in placement(&loads, start) {
@@ -304,7 +316,9 @@ impl SProxyPool {
                     });
                 }
                 Err(status) => {
-                    tracing::warn!(endpoint = %target.uri, %status, "s-proxy refused or unreachable");
+                    tracing::warn!(endpoint = %target.uri, %status, "s-proxy refused or unreachable; trying it last for {UNREACHABLE_COOLDOWN:?}");
+                    let until = now + UNREACHABLE_COOLDOWN.as_millis() as u64;
+                    target.unreachable_until.store(until, Ordering::Relaxed);
                     last_error = status;
                 }
             }
@@ -313,9 +327,13 @@ impl SProxyPool {
     }
 }
 
-/// The order in which to try the s-proxies: fewest sessions first, ties in turn from `start`,
-/// so equal s-proxies share new sessions evenly.
-fn placement(loads: &[usize], start: usize) -> Vec<usize> {
+/// How long an s-proxy that refused a session or could not be reached is tried last.
+const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// The order in which to try the s-proxies, given (recently unreachable, sessions) of each:
+/// reachable ones first, then fewest sessions, ties in turn from `start`, so equal s-proxies
+/// share new sessions evenly.
+fn placement(loads: &[(bool, usize)], start: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..loads.len()).collect();
     if !order.is_empty() {
         order.rotate_left(start % loads.len());
@@ -329,28 +347,48 @@ fn placement(loads: &[usize], start: usize) -> Vec<usize> {
 mod tests {
     use super::placement;
 
+    fn reachable(loads: &[usize]) -> Vec<(bool, usize)> {
+        loads.iter().map(|&l| (false, l)).collect()
+    }
+
     #[test]
     fn the_least_loaded_s_proxy_comes_first_and_ties_take_turns() {
-        assert_eq!(placement(&[3, 1, 2], 0), [1, 2, 0]);
-        assert_eq!(placement(&[0, 0, 0], 0), [0, 1, 2]);
-        assert_eq!(placement(&[0, 0, 0], 1), [1, 2, 0]);
-        assert_eq!(placement(&[0, 0, 0], 5), [2, 0, 1]);
+        assert_eq!(placement(&reachable(&[3, 1, 2]), 0), [1, 2, 0]);
+        assert_eq!(placement(&reachable(&[0, 0, 0]), 0), [0, 1, 2]);
+        assert_eq!(placement(&reachable(&[0, 0, 0]), 1), [1, 2, 0]);
+        assert_eq!(placement(&reachable(&[0, 0, 0]), 5), [2, 0, 1]);
         assert!(placement(&[], 7).is_empty());
     }
 
     #[test]
     fn a_new_s_proxy_takes_the_new_sessions_until_it_catches_up() {
         // Two busy s-proxies and one just added: new sessions go to the new one.
-        let mut loads = vec![10, 10, 0];
+        let mut loads = vec![(false, 10), (false, 10), (false, 0)];
         for start in 0..10 {
             let first = placement(&loads, start)[0];
-            loads[first] += 1;
+            loads[first].1 += 1;
         }
-        assert_eq!(loads, [10, 10, 10]);
+        assert_eq!(loads, reachable(&[10, 10, 10]));
         for start in 0..30 {
             let first = placement(&loads, start)[0];
-            loads[first] += 1;
+            loads[first].1 += 1;
         }
-        assert_eq!(loads, [20, 20, 20], "then all three share evenly");
+        assert_eq!(
+            loads,
+            reachable(&[20, 20, 20]),
+            "then all three share evenly"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_s_proxy_is_tried_last_however_idle() {
+        // A drained pod has no sessions left, and would otherwise be everyone's first choice.
+        let loads = [(false, 7), (true, 0), (false, 5)];
+        assert_eq!(placement(&loads, 0), [2, 0, 1]);
+        assert_eq!(
+            placement(&[(true, 0), (true, 1)], 0),
+            [0, 1],
+            "all unreachable: still tried"
+        );
     }
 }

@@ -339,7 +339,7 @@ pub(super) async fn relay_round_trip(bridge: SocketAddr, broker: &str) {
 
 /// `mosquitto_sub -V mqttv5 -d` connected through `address` with a will on `will_topic`: a real
 /// MQTT 5 client whose debug lines say what it receives.
-struct MqttSubProcess {
+pub(super) struct MqttSubProcess {
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     seen: Vec<String>,
     _child: tokio::process::Child,
@@ -350,7 +350,7 @@ impl MqttSubProcess {
     /// Service still pointed at a pod that is gone) or one refusing with 0x88 (server unavailable,
     /// which r-proxy answers while its link to a replaced s-proxy comes back) means a new
     /// attempt, for up to 90 s.
-    async fn connect(address: SocketAddr, will_topic: &str) -> Self {
+    pub(super) async fn connect(address: SocketAddr, will_topic: &str) -> Self {
         let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
         let mut attempts = Vec::new();
         loop {
@@ -432,7 +432,11 @@ impl MqttSubProcess {
     }
 
     /// The next output line containing `text`, if one comes within `deadline`.
-    async fn try_line_containing(&mut self, text: &str, deadline: Duration) -> Option<String> {
+    pub(super) async fn try_line_containing(
+        &mut self,
+        text: &str,
+        deadline: Duration,
+    ) -> Option<String> {
         let found = tokio::time::timeout(deadline, async {
             while let Ok(Some(line)) = self.lines.next_line().await {
                 let hit = line.contains(text);

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use super::*;
 
+/// rumqttc clients (they reconnect by themselves) and mosquitto_sub clients (their debug output
+/// shows the DISCONNECT they are sent: rumqttc reports a DISCONNECT that arrives with the
+/// connection's end as a plain close).
 const CLIENTS: usize = 6;
+const SUBS: usize = 4;
 
 fn autoscale(ns: &str, autoscale: &str) {
     kubectl_ok(
@@ -46,8 +50,8 @@ async fn wait_scaled(ns: &str, what: &str, ok: impl Fn(i64, &serde_json::Value) 
 
 pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, fleet: SocketAddr) {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 
     let base = format!("scale/{}", unique_name("s"));
     let wills = format!("{base}/wills");
@@ -105,14 +109,22 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connacks.fetch_add(1, Ordering::SeqCst);
                     }
-                    Ok(Event::Incoming(Packet::Disconnect(d)))
-                        if d.reason_code == DisconnectReasonCode::ServerShuttingDown =>
-                    {
-                        drained.fetch_add(1, Ordering::SeqCst);
-                    }
                     Ok(_) => {}
-                    // rumqttc reconnects on the next poll.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    // rumqttc reports a server's DISCONNECT as an error, and reconnects on the
+                    // next poll.
+                    Err(error) => {
+                        // The connection ended (rumqttc may report the 0x8B DISCONNECT as a
+                        // plain close when both arrive together).
+                        if matches!(
+                            error,
+                            ConnectionError::MqttState(
+                                StateError::ServerDisconnect { .. } | StateError::ConnectionAborted
+                            )
+                        ) {
+                            drained.fetch_add(1, Ordering::SeqCst);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }));
@@ -121,13 +133,17 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
         (connacks.load(Ordering::SeqCst) >= CLIENTS).then_some(())
     })
     .await;
+    let mut subs = Vec::new();
+    for i in 0..SUBS {
+        subs.push(super::mqtt::MqttSubProcess::connect(fleet, &format!("{wills}/sub{i}")).await);
+    }
     // The operator reads the sessions from the pods' own metrics.
     wait_scaled(
         ns,
         "status.sProxy.sessions to count the clients",
         |_, status| {
             // The clients and the watcher (and any session an earlier step left draining).
-            status["sProxy"]["sessions"].as_i64() >= Some(CLIENTS as i64 + 1)
+            status["sProxy"]["sessions"].as_i64() >= Some((CLIENTS + SUBS) as i64 + 1)
         },
     )
     .await;
@@ -135,23 +151,45 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
     // Now one pod carries them all: two of the three go, and their sessions move.
     autoscale(
         ns,
-        r#"{"minReplicas":1,"maxReplicas":3,"sessionsPerPod":10,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
+        r#"{"minReplicas":1,"maxReplicas":3,"sessionsPerPod":20,"scaleDownStabilizationSeconds":5,"pollIntervalSeconds":2}"#,
     );
     wait_scaled(ns, "s-proxy scaled down to 1 pod", |replicas, _| {
         replicas == 1
     })
     .await;
-    let moved = drained.load(Ordering::SeqCst);
+    // The removed pods drain as they terminate: their sessions are told 0x8B (Server shutting
+    // down). mosquitto_sub exits on it; those on the pod that stays hear nothing.
+    let heard = futures::future::join_all(
+        subs.iter_mut()
+            .map(|sub| sub.try_line_containing("Received DISCONNECT", Duration::from_secs(45))),
+    )
+    .await;
+    let heard: Vec<String> = heard.into_iter().flatten().collect();
     assert!(
-        moved >= 1,
-        "the sessions on the two removed pods were drained with DISCONNECT 0x8B"
+        !heard.is_empty()
+            && heard
+                .iter()
+                .all(|line| line.contains("Received DISCONNECT (139)")),
+        "the sessions on the removed pods were drained with DISCONNECT 0x8B (139): {heard:?}"
     );
+    let moved = wait_until(
+        READY,
+        "the rumqttc clients on removed pods to reconnect",
+        || async {
+            let moved = drained.load(Ordering::SeqCst);
+            (moved >= 1).then_some(moved)
+        },
+    )
+    .await;
     // Every drained client is back.
     wait_until(READY, "the drained clients to reconnect", || async {
         (connacks.load(Ordering::SeqCst) >= CLIENTS + moved).then_some(())
     })
     .await;
-    eprintln!("scale-down moved {moved} sessions (0x8B, reconnected)");
+    eprintln!(
+        "scale-down: {} mosquitto_sub sessions told 0x8B, {moved} rumqttc sessions moved",
+        heard.len()
+    );
 
     // And up again: at 2 sessions per pod, 7 sessions want 4 pods, capped at the maximum of 2.
     autoscale(
@@ -210,5 +248,5 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
     for poller in pollers {
         poller.abort();
     }
-    drop(clients);
+    drop((clients, subs));
 }
