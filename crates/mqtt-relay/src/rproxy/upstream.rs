@@ -81,7 +81,9 @@ impl Drop for SessionLoad {
 fn endpoint(uri: Uri) -> Endpoint {
     Endpoint::from(uri)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        // In a cluster a connect takes milliseconds; one to a pod that is gone should not hold a
+        // client's CONNECT for long before the next s-proxy is tried.
+        .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)

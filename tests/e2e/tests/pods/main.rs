@@ -268,22 +268,33 @@ async fn real_pods_end_to_end() {
 
     // Kafka mode: the example as written, but for the one-broker test Kafka.
     step("MqttBridge Kafka example, persistent session across deleted s-proxy pods");
+    let fleet_topics = unique_name("fleet");
     kubectl_ok(
         &["apply", "-n", &ns, "-f", "-"],
         Some(&example(
             "examples/mqttbridge-kafka.yaml",
-            &[("replicationFactor: 3", "replicationFactor: 1")],
+            &[
+                ("replicationFactor: 3", "replicationFactor: 1"),
+                // Topics of this run's own, so this bridge creates them (and may delete them).
+                ("mqtt-messages", &format!("{fleet_topics}-messages")),
+                ("mqtt-retained", &format!("{fleet_topics}-retained")),
+                ("mqtt-sessions", &format!("{fleet_topics}-sessions")),
+            ],
         )),
     );
     wait_for_condition("mqttbridge/fleet", &ns, "Ready", READY, || {
         diagnostics(&ns, &operator)
     });
     let fleet = service_address(&ns, "fleet", 1883);
-    persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &operator).await;
+    let messages = format!("{fleet_topics}-messages");
+    persistent_session_survives_s_proxy_pods(&ns, fleet, &ground.kafka, &messages, &operator).await;
     step("Kafka example: sessions spread over every s-proxy pod");
     sessions_spread_over_every_s_proxy_pod(&ns, fleet).await;
     step("Kafka example: s-proxy follows its sessions; scale-down drains with 0x8B, no will");
     scaling::s_proxy_follows_sessions_and_drains_on_scale_down(&ns, fleet).await;
+    step("Kafka example deleted under deletionPolicy: Delete: the topics it created go");
+    scaling::deleting_the_bridge_deletes_the_topics_it_created(&ns, &ground.kafka, &fleet_topics)
+        .await;
 
     // TLS, SASL and listener certificates from Secrets.
     step("Secrets: Kafka SASL_SSL, MQTT TLS listener");

@@ -72,6 +72,7 @@ pub(super) async fn persistent_session_survives_s_proxy_pods(
     ns: &str,
     fleet: SocketAddr,
     kafka: &str,
+    messages: &str,
     operator: &Operator,
 ) {
     use rumqttc::{Packet, QoS};
@@ -127,7 +128,7 @@ pub(super) async fn persistent_session_survives_s_proxy_pods(
         },
     )
     .await;
-    let in_kafka = strait_e2e::kafka_record_keys(kafka, "mqtt-messages", &topic, MESSAGES).await;
+    let in_kafka = strait_e2e::kafka_record_keys(kafka, messages, &topic, MESSAGES).await;
     assert_eq!(
         in_kafka.len(),
         MESSAGES,
