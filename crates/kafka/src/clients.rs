@@ -25,6 +25,9 @@ pub type Reader = BaseConsumer<KafkaReport>;
 pub type StreamReader = StreamConsumer<KafkaReport>;
 pub type Admin = AdminClient<KafkaReport>;
 
+/// Most record bytes a producer holds before Kafka has taken them (see [`KafkaClients::producer`]).
+pub const PRODUCER_QUEUE_KBYTES: &str = "65536";
+
 /// The group id of readers that assign their partitions themselves: librdkafka wants one, but
 /// nothing is committed under it.
 const UNUSED_GROUP: &str = "strait-reader-unused";
@@ -103,7 +106,10 @@ impl KafkaClients {
     /// - gives up on a record after 10 s (`message.timeout.ms`), so a write Kafka cannot take
     ///   fails visibly (MQTT: a negative PUBACK; gRPC: the call's error or a retry) instead of
     ///   waiting librdkafka's default five minutes;
-    /// - lingers as `linger` says.
+    /// - lingers as `linger` says;
+    /// - holds at most 64 MiB of records not yet written (`queue.buffering.max.kbytes`; librdkafka
+    ///   would hold 1 GiB), so while Kafka is away a producer refuses more at once (MQTT: PUBACK
+    ///   0x97 Quota exceeded) instead of growing the process.
     ///
     /// `kafka.properties` may set `linger.ms`, `message.timeout.ms` and the partitioner (the
     /// MQTT config refuses the latter); what the caller acknowledges is still acknowledged only
@@ -118,6 +124,7 @@ impl KafkaClients {
             ("partitioner", "murmur2_random"),
             ("linger.ms", linger.millis()),
             ("message.timeout.ms", "10000"),
+            ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
         ] {
             if config.get(key).is_none() {
                 config.set(key, default);

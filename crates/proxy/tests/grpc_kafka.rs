@@ -722,6 +722,123 @@ async fn unavailable_service_is_retried_then_dead_lettered() {
     assert!(metrics.contains("strait_grpc_retries_total"), "{metrics}");
 }
 
+/// A reply Kafka will not take (larger than its topic allows) must not hold the request's
+/// partition: the request is dead-lettered with why, counted, and the calls after it are
+/// answered and committed.
+#[tokio::test]
+async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let dead_letters = unique_name("grpc-dlq-reply");
+    create_topic(&bootstrap, &dead_letters, 1).await;
+    let bridge = Bridge::start_with(
+        &bootstrap,
+        target,
+        &format!("deadLetterTopic: {dead_letters}\n"),
+    )
+    .await;
+    // Replies of more than 2 KiB do not fit the reply topic.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+    let altered = admin
+        .alter_configs(
+            &[
+                rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(
+                    &bridge.replies,
+                ))
+                .set("max.message.bytes", "2048"),
+            ],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+
+    let mut kafka = bridge.client().await;
+    let big = "x".repeat(8 * 1024);
+    let refused = kafka
+        .unary(with_timeout(request(&big), Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::DeadlineExceeded,
+        "no answer: {refused:?}"
+    );
+    let reply = kafka
+        .unary(with_timeout(request("small"), CALL))
+        .await
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()));
+    assert_eq!(reply.into_inner().text, "small");
+
+    // The big request in the dead-letter topic, saying why.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dead_letters]).unwrap();
+    let (value, error) = wait_until(Duration::from_secs(20), "the dead letter", || async {
+        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .ok()?
+            .ok()?;
+        let error = message
+            .headers()?
+            .iter()
+            .find(|h| h.key == "strait:error")
+            .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())?;
+        Some((message.payload()?.to_vec(), error))
+    })
+    .await;
+    let dead: EchoRequest = prost::Message::decode(value.as_slice()).unwrap();
+    assert_eq!(dead.text.len(), big.len());
+    assert!(
+        error.contains(&format!("the reply to {} was not written", bridge.replies)),
+        "{error}"
+    );
+    // Both requests are committed: the refused reply held nothing up.
+    let group: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &bridge.group)
+        .create()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "both requests committed",
+        || async {
+            let mut wanted = rdkafka::TopicPartitionList::new();
+            for partition in 0..3 {
+                wanted.add_partition(&bridge.requests, partition);
+            }
+            let committed = group
+                .committed_offsets(wanted, Duration::from_secs(5))
+                .ok()?;
+            let sum: i64 = committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                })
+                .sum();
+            (sum == 2).then_some(())
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(bridge.back[0].admin, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("strait_grpc_reply_failures_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_drains_calls_in_progress() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");

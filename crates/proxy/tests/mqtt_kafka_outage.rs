@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kafka_support::*;
 use strait_e2e::{require, unique_name};
-use strait_mqtt_codec::{Protocol, QoS, ReasonCode};
+use strait_mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
 use support::connect_packet;
 
 /// `tests/e2e/services stop|start kafka` (the test services of this checkout and state dir).
@@ -61,7 +61,8 @@ async fn kafka_down_gives_negative_acks_then_publishing_recovers() {
     let relay = KafkaRelay::start_with(
         &kafka,
         Topics::unique("outage"),
-        "  librdkafka: { message.timeout.ms: '4000' }\n",
+        // A producer queue of 256 KiB (64 MiB by default), to fill it in a test.
+        "  librdkafka: { message.timeout.ms: '4000', queue.buffering.max.kbytes: '256' }\n",
     )
     .await;
     let (mut sub, _) = raw_session(&relay, Protocol::V5, quiet_client("sub")).await;
@@ -86,6 +87,37 @@ async fn kafka_down_gives_negative_acks_then_publishing_recovers() {
         "a publish while Kafka is down is refused, got {}",
         reason.name()
     );
+    // A burst larger than the producer's queue: what does not fit is refused at once with 0x97
+    // (the rest when Kafka does not take it in time), and nothing is acknowledged falsely.
+    let payload = vec![b'x'; 64 * 1024];
+    for id in 100..108 {
+        publisher
+            .send(&publish_packet(
+                "outage/burst",
+                QoS::AtLeastOnce,
+                id,
+                &payload,
+            ))
+            .await;
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 8 {
+        match next_packet(&mut publisher, Duration::from_secs(15)).await {
+            Some(Packet::PubAck(ack)) => codes.push(ack.reason_code),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(
+        codes.len(),
+        8,
+        "every PUBLISH of the burst answered: {codes:?}"
+    );
+    assert!(
+        codes.contains(&ReasonCode::QUOTA_EXCEEDED),
+        "the producer's queue is bounded: {codes:?}"
+    );
+    assert!(!codes.contains(&ReasonCode::SUCCESS), "{codes:?}");
     outage.end();
 
     // Kafka needs a few seconds to take writes again; each attempt waits for its answer.

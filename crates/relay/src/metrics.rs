@@ -40,6 +40,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_relay_errors_total",
     "strait_mqtt_session_setup_seconds",
     "strait_mqtt_restored_subscriptions_dropped_total",
+    "strait_mqtt_keep_alive_capped_total",
 ];
 
 /// Metrics of one relay role (`r-proxy` or `s-proxy`), labelled with it.

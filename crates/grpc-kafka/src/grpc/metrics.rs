@@ -15,6 +15,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_grpc_calls_in_flight",
     "strait_grpc_retries_total",
     "strait_grpc_dead_letters_total",
+    "strait_grpc_reply_failures_total",
     "strait_grpc_duplicate_calls_total",
     "strait_grpc_bad_records_total",
     "strait_grpc_refused_total",
@@ -28,6 +29,8 @@ pub struct GrpcMetrics {
     pub in_flight: IntGauge,
     pub retries: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    /// Calls whose reply Kafka did not take (kafka-grpc): dead-lettered, or given up on.
+    pub reply_failures: IntCounterVec,
     pub duplicates: IntCounterVec,
     pub bad_records: IntCounterVec,
     /// Calls (grpc-kafka) and request records (kafka-grpc) refused before reaching Kafka or
@@ -81,6 +84,14 @@ impl GrpcMetrics {
             ),
             &["method"],
         )?;
+        let reply_failures = IntCounterVec::new(
+            opts(
+                "strait_grpc_reply_failures_total",
+                "Calls whose reply Kafka did not take: the request is dead-lettered (or given up \
+                 on without a deadLetterTopic) so its partition moves on",
+            ),
+            &["method"],
+        )?;
         let duplicates = IntCounterVec::new(
             opts(
                 "strait_grpc_duplicate_calls_total",
@@ -114,6 +125,7 @@ impl GrpcMetrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(reply_failures.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(bad_records.clone()))?;
         registry.register(Box::new(refused.clone()))?;
@@ -124,6 +136,7 @@ impl GrpcMetrics {
             in_flight,
             retries,
             dead_letters,
+            reply_failures,
             duplicates,
             bad_records,
             refused,

@@ -94,11 +94,17 @@ pub(super) async fn run_call(
     };
     // Nobody waits for a cancelled call's answer, and a stale end record could reach a retry
     // of the call (same correlation id): a cancelled call ends without one.
-    let (durable, mut replies) = if status.code() == Code::Cancelled && cancel.is_cancelled() {
+    let (written, mut replies) = if status.code() == Code::Cancelled && cancel.is_cancelled() {
         writer.flush().await
     } else {
         writer.end(&status).await
     };
+    if !written {
+        // The partition moves on all the same: the service was called, only its answer is
+        // missing.
+        let error = writer.failure().unwrap_or("not acknowledged").to_owned();
+        reply_not_written(&backend, &start, &upload, &error).await;
+    }
     if matches!(
         status.code(),
         Code::Cancelled | Code::DeadlineExceeded | Code::Unavailable
@@ -115,7 +121,6 @@ pub(super) async fn run_call(
         correlation_id: start.correlation_id,
         instance,
         replies: replies.map(Arc::new),
-        durable,
     });
 }
 
@@ -192,6 +197,52 @@ async fn attempts(
                 status.message()
             )),
         };
+    }
+}
+
+/// A reply Kafka did not take (after the producer's own retries) must not hold its partition's
+/// committed offset forever (nothing after it could be committed, and a restart would call the
+/// service again for everything since): the request goes to the dead-letter topic with why, a
+/// few attempts, or, without one (or when that fails too), is given up on, logged and counted.
+/// The caller gets no answer and sees its deadline pass.
+async fn reply_not_written(
+    backend: &Arc<Backend>,
+    start: &CallStart,
+    upload: &Arc<tokio::sync::Mutex<Upload>>,
+    error: &str,
+) {
+    let method = backend.metrics.method_label(&start.method);
+    backend
+        .metrics
+        .reply_failures
+        .with_label_values(&[method])
+        .inc();
+    let reply_to = start.reply_to.as_deref().unwrap_or("(none)");
+    let status = Status::internal(format!("the reply to {reply_to} was not written: {error}"));
+    let Some(topic) = &backend.config.dead_letter_topic else {
+        tracing::error!(correlation_id = %start.correlation_id, reply_to, error, "the reply was not written and there is no deadLetterTopic: the request is given up (its caller gets no answer)");
+        return;
+    };
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match dead_letter(backend, start, upload, topic, &status, 1).await {
+            Ok(()) => {
+                backend
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&[method])
+                    .inc();
+                tracing::warn!(correlation_id = %start.correlation_id, reply_to, error, dead_letters = %topic, "the reply was not written; the request was moved to the dead-letter topic");
+                return;
+            }
+            Err(dead_letter_error) if attempt < ATTEMPTS => {
+                tracing::warn!(%dead_letter_error, attempt, "writing the dead letter failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            Err(dead_letter_error) => {
+                tracing::error!(correlation_id = %start.correlation_id, reply_to, error, %dead_letter_error, "neither the reply nor the dead letter was written: the request is given up");
+            }
+        }
     }
 }
 
@@ -417,6 +468,11 @@ impl ReplyWriter {
         }
         self.write(None, extra).await;
         self.flush().await
+    }
+
+    /// Why writing the reply failed, once it has.
+    pub(super) fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Waits for the records written so far to be acknowledged.

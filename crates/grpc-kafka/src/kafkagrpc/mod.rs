@@ -59,7 +59,6 @@ enum Done {
         correlation_id: String,
         instance: u64,
         replies: Option<Arc<Answer>>,
-        durable: bool,
     },
     Records(Vec<(String, i32, i64)>),
 }
@@ -337,10 +336,12 @@ async fn on_record(
                     ReplyWriter::new(backend.clone(), id.clone(), Some(reply_to.clone()));
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
-                    let (durable, _) = writer.end(&status).await;
-                    if durable {
-                        let _ = done_tx.send(Done::Records(vec![record]));
+                    let (written, _) = writer.end(&status).await;
+                    if !written {
+                        tracing::warn!("the error reply to a bad request record was not written");
                     }
+                    // A bad record is done either way: it must not hold its partition.
+                    let _ = done_tx.send(Done::Records(vec![record]));
                 });
             }
             _ => tracker.done(&(topic.to_owned(), partition), offset),
@@ -533,16 +534,13 @@ fn finish(
             correlation_id,
             instance,
             replies,
-            durable,
         } => {
             if calls
                 .get(&correlation_id)
                 .is_none_or(|c| c.instance != instance)
             {
                 // A run replaced by a repeat: only its records remain to be done.
-                if let Some(records) = superseded.remove(&instance)
-                    && durable
-                {
+                if let Some(records) = superseded.remove(&instance) {
                     for (topic, partition, offset) in records {
                         tracker.done(&(topic.clone(), partition), offset);
                     }
@@ -550,10 +548,6 @@ fn finish(
                 return;
             }
             let call = calls.remove(&correlation_id).expect("checked");
-            if !durable {
-                tracing::error!(%correlation_id, "the reply was not acknowledged by Kafka; its request stays uncommitted and will be redelivered");
-                return;
-            }
             for (topic, partition, offset) in &call.records {
                 tracker.done(&(topic.to_owned(), *partition), *offset);
             }

@@ -1,9 +1,14 @@
 //! A session's bounded queue of records to deliver, and what happens when it is full: QoS 0
-//! records are dropped (counted), QoS ≥ 1 records are left out but remembered as the lowest
-//! offset per partition to read again from Kafka once the client has caught up, so nothing
+//! records are dropped (counted), QoS ≥ 1 records are left out but remembered as the range of
+//! offsets per partition to read again from Kafka once the client has caught up, so nothing
 //! acknowledged-worthy is lost and memory stays bounded.
+//!
+//! Once a partition has records left out, its later records are left out too until that range
+//! is read back, even when the queue has room again: queued, they would reach the client before
+//! the older ones the catch-up brings (out of order).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 
 use strait_mqtt_codec::QoS;
 
@@ -13,9 +18,9 @@ pub type Partition = (usize, i32);
 #[derive(Debug)]
 pub struct DeliveryQueue<T> {
     pub items: VecDeque<T>,
-    /// Lowest offset per partition of a QoS ≥ 1 record left out because the queue was full:
-    /// the session resumes from there.
-    pub overflow: HashMap<Partition, i64>,
+    /// Per partition, the offsets of the records left out because the queue was full (from
+    /// the lowest QoS ≥ 1 one to past the last one): the session reads them back from Kafka.
+    pub overflow: HashMap<Partition, Range<i64>>,
     pub dropped_qos0: u64,
 }
 
@@ -40,15 +45,22 @@ impl<T> DeliveryQueue<T> {
         offset: i64,
         capacity: usize,
     ) -> bool {
-        if self.items.len() < capacity {
+        let left_out = self.overflow.get_mut(&partition);
+        if left_out.is_none() && self.items.len() < capacity {
             self.items.push_back(item);
             return true;
         }
         if qos == QoS::AtMostOnce {
             self.dropped_qos0 += 1;
+            // Past it too: a later QoS ≥ 1 record of the partition must not be queued ahead of
+            // the range.
+            if let Some(range) = left_out {
+                range.end = range.end.max(offset + 1);
+            }
         } else {
-            let floor = self.overflow.entry(partition).or_insert(offset);
-            *floor = (*floor).min(offset);
+            let range = self.overflow.entry(partition).or_insert(offset..offset + 1);
+            range.start = range.start.min(offset);
+            range.end = range.end.max(offset + 1);
         }
         false
     }
@@ -79,11 +91,28 @@ mod tests {
         assert!(!q.push(5, QoS::AtLeastOnce, (0, 0), 13, 2));
         assert!(!q.push(6, QoS::AtLeastOnce, (0, 1), 7, 2));
         assert_eq!(q.dropped_qos0, 1);
-        assert_eq!(q.overflow, HashMap::from([((0, 0), 13), ((0, 1), 7)]));
+        assert_eq!(
+            q.overflow,
+            HashMap::from([((0, 0), 13..15), ((0, 1), 7..8)])
+        );
         assert_eq!(q.items, [1, 2]);
-        // Drained, it takes records again.
+        // Drained, it takes records again, but not of a partition with records left out: those
+        // would overtake the ones read back from Kafka.
         q.items.clear();
-        assert!(q.push(7, QoS::AtLeastOnce, (0, 0), 15, 2));
+        assert!(!q.push(7, QoS::AtLeastOnce, (0, 0), 15, 2));
+        assert!(!q.push(8, QoS::AtMostOnce, (0, 0), 16, 2));
+        assert_eq!(
+            q.overflow[&(0, 0)],
+            13..17,
+            "the range covers what came after"
+        );
+        assert!(
+            q.push(9, QoS::AtLeastOnce, (0, 2), 3, 2),
+            "other partitions go on"
+        );
+        // Once the range is taken to be read back, the partition is queued again.
+        q.overflow.clear();
+        assert!(q.push(10, QoS::AtLeastOnce, (0, 0), 17, 2));
     }
 
     #[test]

@@ -54,8 +54,8 @@ struct Target {
     addr: Option<SocketAddr>,
     channels: Vec<Channel>,
     sessions: Arc<AtomicUsize>,
-    /// Until when (ms on the pool's clock) the s-proxy is tried last: it refused or could not be
-    /// reached (a pod that went away stays in DNS answers for a while, and each attempt at it
+    /// Until when (ms on the pool's clock) the s-proxy is tried last: an attempt at it failed
+    /// slowly (a pod that went away stays in DNS answers for a while, and each attempt at it
     /// can cost a whole connect timeout).
     unreachable_until: AtomicU64,
 }
@@ -307,6 +307,7 @@ impl SProxyPool {
                 .try_send(first.clone())
                 .expect("fresh channel has room");
             let frames = ReceiverStream::new(outbound);
+            let attempted_at = std::time::Instant::now();
             match strait_relay::open_session(channel, frames, self.max_message).await {
                 Ok(from_server) => {
                     target.sessions.fetch_add(1, Ordering::Relaxed);
@@ -318,9 +319,16 @@ impl SProxyPool {
                     });
                 }
                 Err(status) => {
-                    tracing::warn!(endpoint = %target.uri, %status, "s-proxy refused or unreachable; trying it last for {UNREACHABLE_COOLDOWN:?}");
-                    let until = now + UNREACHABLE_COOLDOWN.as_millis() as u64;
-                    target.unreachable_until.store(until, Ordering::Relaxed);
+                    // A quick refusal costs nothing to try again (an s-proxy starting up is
+                    // soon there); a slow one (a connect timeout, a host that is gone) would
+                    // hold every new session for as long.
+                    if attempted_at.elapsed() >= SLOW_FAILURE {
+                        tracing::warn!(endpoint = %target.uri, %status, "s-proxy unreachable; trying it last for {UNREACHABLE_COOLDOWN:?}");
+                        let until = now + UNREACHABLE_COOLDOWN.as_millis() as u64;
+                        target.unreachable_until.store(until, Ordering::Relaxed);
+                    } else {
+                        tracing::warn!(endpoint = %target.uri, %status, "s-proxy refused or unreachable");
+                    }
                     last_error = status;
                 }
             }
@@ -329,8 +337,9 @@ impl SProxyPool {
     }
 }
 
-/// How long an s-proxy that refused a session or could not be reached is tried last.
+/// How long an s-proxy that took [`SLOW_FAILURE`] or more to fail a session is tried last.
 const UNREACHABLE_COOLDOWN: Duration = Duration::from_secs(10);
+const SLOW_FAILURE: Duration = Duration::from_millis(500);
 
 /// The order in which to try the s-proxies, given (recently unreachable, sessions) of each:
 /// reachable ones first, then fewest sessions, ties in turn from `start`, so equal s-proxies

@@ -56,6 +56,10 @@ impl SessionHandler for RelayService {
     type Outbound = ReceiverStream<Result<ServerFrame, Status>>;
 
     async fn session(&self, mut inbound: Incoming<ClientFrame>) -> Result<Self::Outbound, Status> {
+        // Draining: a new session would only be told 0x8B at once; r-proxy tries another s-proxy.
+        if self.ctx.shutdown.is_cancelled() {
+            return Err(Status::unavailable("s-proxy is shutting down"));
+        }
         // A stream that never says which session it is would hold its task forever.
         let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, inbound.message())
             .await

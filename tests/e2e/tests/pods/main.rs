@@ -279,6 +279,7 @@ async fn real_pods_end_to_end() {
                 ("mqtt-messages", &format!("{fleet_topics}-messages")),
                 ("mqtt-retained", &format!("{fleet_topics}-retained")),
                 ("mqtt-sessions", &format!("{fleet_topics}-sessions")),
+                ("sensor-readings", &format!("{fleet_topics}-readings")),
             ],
         )),
     );

@@ -282,13 +282,14 @@ fn existing_topics(bootstrap: &str, names: &[String]) -> Vec<String> {
 }
 
 /// `deletionPolicy: Delete` set on the running bridge: deleting it deletes the topics it created
-/// (this run's messages, retained and sessions topics), recorded in `status.createdTopics`.
+/// (this run's messages, retained, sessions and route topics), recorded in
+/// `status.createdTopics`.
 pub(super) async fn deleting_the_bridge_deletes_the_topics_it_created(
     ns: &str,
     kafka: &str,
     fleet_topics: &str,
 ) {
-    let ours: Vec<String> = ["messages", "retained", "sessions"]
+    let ours: Vec<String> = ["messages", "retained", "sessions", "readings"]
         .iter()
         .map(|kind| format!("{fleet_topics}-{kind}"))
         .collect();

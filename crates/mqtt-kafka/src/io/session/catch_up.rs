@@ -44,13 +44,15 @@ impl Session {
         let mut later = None;
         let ranges = overflow
             .into_iter()
-            .map(|((t, p), from)| {
+            .map(|((t, p), left_out)| {
                 // A topic added since `now` was read: a later reading covers it as well.
                 let positions = match now.get(t) {
                     Some(_) => &now,
                     None => later.get_or_insert_with(|| self.up.positions()),
                 };
-                (t, p, from, positions[t][p as usize])
+                // Records left out after `now` was read are past it: read them back as well.
+                let to = positions[t][p as usize].max(left_out.end);
+                (t, p, left_out.start, to)
             })
             .collect();
         self.catch_up(ranges, CatchUpReason::Overflow)
@@ -101,8 +103,8 @@ impl Session {
                     lower(&mut floor, (item.topic, item.partition), item.offset);
                 }
             }
-            for (key, offset) in &state.overflow {
-                lower(&mut floor, *key, *offset);
+            for (key, left_out) in &state.overflow {
+                lower(&mut floor, *key, left_out.start);
             }
         }
         for (_, outgoing) in self.outbound.in_flight() {
