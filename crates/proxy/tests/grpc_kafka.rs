@@ -763,9 +763,10 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
         .unary(with_timeout(request(&big), Duration::from_secs(5)))
         .await
         .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Code::DeadlineExceeded,
+    // The reply's end record (small) may get through without its message: the caller then
+    // sees INTERNAL "Missing response message"; otherwise its deadline passes.
+    assert!(
+        [Code::DeadlineExceeded, Code::Internal].contains(&refused.code()),
         "no answer: {refused:?}"
     );
     let reply = kafka
@@ -801,7 +802,7 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
         error.contains(&format!("the reply to {} was not written", bridge.replies)),
         "{error}"
     );
-    // Both requests are committed: the refused reply held nothing up.
+    // Every request record is committed: the refused reply held nothing up.
     let group: rdkafka::consumer::BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", &bridge.group)
@@ -809,7 +810,7 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
         .unwrap();
     wait_until(
         Duration::from_secs(20),
-        "both requests committed",
+        "every request committed",
         || async {
             let mut wanted = rdkafka::TopicPartitionList::new();
             for partition in 0..3 {
@@ -818,15 +819,22 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
             let committed = group
                 .committed_offsets(wanted, Duration::from_secs(5))
                 .ok()?;
-            let sum: i64 = committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    rdkafka::Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                })
-                .sum();
-            (sum == 2).then_some(())
+            for partition in 0..3 {
+                let (_, high) = group
+                    .fetch_watermarks(&bridge.requests, partition, Duration::from_secs(5))
+                    .ok()?;
+                let at = match committed
+                    .find_partition(&bridge.requests, partition)?
+                    .offset()
+                {
+                    rdkafka::Offset::Offset(offset) => offset,
+                    _ => 0,
+                };
+                if at != high {
+                    return None;
+                }
+            }
+            Some(())
         },
     )
     .await;
