@@ -213,7 +213,12 @@ mod tests {
             tonic::Code::Ok,
             std::time::Duration::from_millis(1),
         );
-        for counter in [&metrics.retries, &metrics.dead_letters, &metrics.duplicates] {
+        for counter in [
+            &metrics.retries,
+            &metrics.dead_letters,
+            &metrics.reply_failures,
+            &metrics.duplicates,
+        ] {
             counter.with_label_values(&["a.S/M"]).inc();
         }
         metrics.bad_records.with_label_values(&["decode"]).inc();

@@ -66,10 +66,15 @@ pub(super) async fn s_proxy_follows_sessions_and_drains_on_scale_down(ns: &str, 
     .await;
 
     // A watcher of wills through the bridge itself (Kafka mode: wills are records too).
-    let (watcher, mut watch_events) = AsyncClient::new(
-        MqttOptions::new(unique_name("watcher"), fleet.ip().to_string(), fleet.port()),
-        16,
-    );
+    // A persistent session: its s-proxy may be one the scale-down removes, and its subscription
+    // and what it missed must survive the reconnect.
+    let mut watcher_options =
+        MqttOptions::new(unique_name("watcher"), fleet.ip().to_string(), fleet.port());
+    watcher_options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(600))
+        .set_connection_timeout(30);
+    let (watcher, mut watch_events) = AsyncClient::new(watcher_options, 16);
     watcher
         .subscribe(format!("{wills}/#"), QoS::AtLeastOnce)
         .await
