@@ -457,19 +457,6 @@ impl MqttSubProcess {
 /// on the one with the fewest of its sessions: with more clients than s-proxy pods, every pod
 /// serves some (a ClusterIP Service would have pinned each r-proxy to one or two of them).
 pub(super) async fn sessions_spread_over_every_s_proxy_pod(ns: &str, fleet: SocketAddr) {
-    const CLIENTS: usize = 12;
-    let mut pollers = Vec::new();
-    for i in 0..CLIENTS {
-        let (client, mut events) = mqtt311(fleet, &unique_name(&format!("spread{i}")), true);
-        pollers.push(tokio::spawn(async move {
-            let _client = client;
-            loop {
-                if events.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }));
-    }
     // The pods behind the headless Service, as r-proxy's DNS lookups see them.
     let ready = kubectl_ok(
         &[
@@ -489,23 +476,47 @@ pub(super) async fn sessions_spread_over_every_s_proxy_pod(ns: &str, fleet: Sock
         .map(|ip| format!("{ip}:9090").parse().unwrap())
         .collect();
     assert_eq!(pods.len(), 3, "the example's three s-proxy pods: {ready:?}");
-    let counts = wait_until(
-        Duration::from_secs(90),
-        "every s-proxy pod to serve sessions",
-        || {
-            let pods = pods.clone();
-            async move {
-                let mut counts = Vec::new();
-                for pod in &pods {
-                    counts.push(s_proxy_sessions(*pod).await?);
+    // Clients connect in rounds: the previous step replaced every s-proxy pod, and an r-proxy
+    // learns of a new one at its next lookup (every 5 s); from then on the new pod, having the
+    // fewest sessions, takes that r-proxy's new sessions.
+    const ROUND: usize = 6;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut pollers = Vec::new();
+    let mut counts = Vec::new();
+    'rounds: loop {
+        for _ in 0..ROUND {
+            let id = unique_name(&format!("spread{}", pollers.len()));
+            let (client, mut events) = mqtt311(fleet, &id, true);
+            pollers.push(tokio::spawn(async move {
+                let _client = client;
+                loop {
+                    if events.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
-                let all = counts.iter().sum::<i64>() >= CLIENTS as i64;
-                (all && counts.iter().all(|c| *c > 0)).then_some(counts)
+            }));
+        }
+        let round_ends = tokio::time::Instant::now() + Duration::from_secs(6);
+        while tokio::time::Instant::now() < round_ends {
+            counts.clear();
+            for pod in &pods {
+                counts.push(s_proxy_sessions(*pod).await.unwrap_or(0));
             }
-        },
-    )
-    .await;
-    eprintln!("sessions per s-proxy pod: {counts:?}");
+            let all = counts.iter().sum::<i64>() >= pollers.len() as i64;
+            if all && counts.iter().all(|c| *c > 0) {
+                break 'rounds;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "every s-proxy pod to serve sessions within 90 s; sessions per pod: {counts:?}"
+        );
+    }
+    eprintln!(
+        "sessions per s-proxy pod: {counts:?} ({} clients)",
+        pollers.len()
+    );
     for poller in pollers {
         poller.abort();
     }
