@@ -12,27 +12,28 @@ use serde_json::json;
 /// Deployment would drop to one pod).
 const HANDOVER_MANAGER: &str = "strait-operator-handover";
 
-/// The autoscalers in `namespace` that scale `kind`/`name`, by name.
-pub async fn targeting(
-    client: &kube::Client,
-    namespace: &str,
-    kind: &str,
-    name: &str,
-) -> Result<Vec<String>, kube::Error> {
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
-    let all = api.list(&ListParams::default()).await?;
-    let mut found: Vec<String> = all
-        .items
-        .iter()
-        .filter(|hpa| {
-            hpa.spec
-                .as_ref()
-                .is_some_and(|s| s.scale_target_ref.kind == kind && s.scale_target_ref.name == name)
-        })
-        .filter_map(|hpa| hpa.metadata.name.clone())
-        .collect();
-    found.sort();
-    Ok(found)
+/// The autoscalers of one namespace, listed once per reconcile.
+pub struct Autoscalers(Vec<HorizontalPodAutoscaler>);
+
+impl Autoscalers {
+    pub async fn list(client: &kube::Client, namespace: &str) -> Result<Self, kube::Error> {
+        let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+        Ok(Self(api.list(&ListParams::default()).await?.items))
+    }
+
+    /// The names of those that scale `kind`/`name`, sorted.
+    pub fn targeting(&self, kind: &str, name: &str) -> Vec<String> {
+        let mut found: Vec<String> = (self.0.iter())
+            .filter(|hpa| {
+                hpa.spec.as_ref().is_some_and(|s| {
+                    s.scale_target_ref.kind == kind && s.scale_target_ref.name == name
+                })
+            })
+            .filter_map(|hpa| hpa.metadata.name.clone())
+            .collect();
+        found.sort();
+        found
+    }
 }
 
 /// Makes sure the operator's field manager no longer owns the Deployment's `spec.replicas`, so

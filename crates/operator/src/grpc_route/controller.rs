@@ -269,9 +269,9 @@ async fn scale(
 ) -> Result<Scaled, ReconcileError> {
     let namespace = route.namespace().unwrap_or_default();
     let deployment = format!("{}-{BACKEND}", route.name_any());
-    let on_deployment = hpa::targeting(&ctx.client, &namespace, "Deployment", &deployment).await?;
-    let on_route =
-        hpa::targeting(&ctx.client, &namespace, "GrpcKafkaRoute", &route.name_any()).await?;
+    let autoscalers = hpa::Autoscalers::list(&ctx.client, &namespace).await?;
+    let on_deployment = autoscalers.targeting("Deployment", &deployment);
+    let on_route = autoscalers.targeting("GrpcKafkaRoute", &route.name_any());
     let autoscale = route.spec.backend.autoscale.as_ref();
     let mut scaled = Scaled {
         replicas: route.spec.backend.replicas,

@@ -38,9 +38,12 @@ pub struct Scaled {
 
 pub async fn scale(bridge: &MqttBridge, ctx: &Context) -> Result<Scaled, ReconcileError> {
     let previous = bridge.status.clone().unwrap_or_default();
+    let namespace = bridge.namespace().unwrap_or_default();
+    let autoscalers = hpa::Autoscalers::list(&ctx.client, &namespace).await?;
     let r_proxy = role(
         bridge,
         ctx,
+        &autoscalers,
         "r-proxy",
         &bridge.spec.r_proxy,
         previous.r_proxy,
@@ -49,6 +52,7 @@ pub async fn scale(bridge: &MqttBridge, ctx: &Context) -> Result<Scaled, Reconci
     let s_proxy = role(
         bridge,
         ctx,
+        &autoscalers,
         "s-proxy",
         &bridge.spec.s_proxy,
         previous.s_proxy,
@@ -79,13 +83,14 @@ pub async fn scale(bridge: &MqttBridge, ctx: &Context) -> Result<Scaled, Reconci
 async fn role(
     bridge: &MqttBridge,
     ctx: &Context,
+    autoscalers: &hpa::Autoscalers,
     role: &str,
     pods: &ProxyPods,
     previous: Option<RoleScaling>,
 ) -> Result<RoleScale, ReconcileError> {
     let namespace = bridge.namespace().unwrap_or_default();
     let deployment = format!("{}-{role}", bridge.name_any());
-    let autoscalers = hpa::targeting(&ctx.client, &namespace, "Deployment", &deployment).await?;
+    let autoscalers = autoscalers.targeting("Deployment", &deployment);
     if !autoscalers.is_empty() {
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
         hpa::release_replicas(&deployments, &deployment).await?;
