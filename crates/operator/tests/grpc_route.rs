@@ -64,6 +64,19 @@ async fn consumer_replicas(deployments: &Api<Deployment>, name: &str) -> Option<
     deployments.get(name).await.ok()?.spec?.replicas
 }
 
+/// Waits until the greeter route's consumer Deployment asks for `want` replicas.
+async fn wait_for_consumers(
+    deployments: &Api<Deployment>,
+    want: i32,
+    deadline: Duration,
+    what: &str,
+) {
+    wait_until(deadline, what, || async {
+        (consumer_replicas(deployments, "greeter-kafka-grpc").await == Some(want)).then_some(())
+    })
+    .await;
+}
+
 /// The operator as a local process, leading on a Lease of its own (named from `lease`).
 async fn start_operator(lease: &str) -> Daemon {
     let lease = unique_name(lease);
@@ -140,16 +153,11 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
             .await
             .unwrap();
     }
-    wait_until(
+    wait_for_consumers(
+        &deployments,
+        3,
         Duration::from_secs(60),
         "consumers to scale to the partition cap",
-        || {
-            let deployments = deployments.clone();
-            async move {
-                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(3))
-                    .then_some(())
-            }
-        },
     )
     .await;
     let route = wait_until(
@@ -186,16 +194,11 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
             .unwrap();
     }
     consumer.commit(&offsets, CommitMode::Sync).unwrap();
-    wait_until(
+    wait_for_consumers(
+        &deployments,
+        1,
         Duration::from_secs(60),
         "consumers to scale back down",
-        || {
-            let deployments = deployments.clone();
-            async move {
-                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(1))
-                    .then_some(())
-            }
-        },
     )
     .await;
     // The status is written at the end of the pass that applied the replicas.
@@ -249,16 +252,11 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
         ],
         None,
     );
-    wait_until(
+    wait_for_consumers(
+        &deployments,
+        2,
         Duration::from_secs(30),
         "the consumers to be scaled to 2",
-        || {
-            let deployments = deployments.clone();
-            async move {
-                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(2))
-                    .then_some(())
-            }
-        },
     )
     .await;
     // A spec change makes the operator apply again; the replicas stay the HPA's.
@@ -304,16 +302,11 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
     assert!(!owns_replicas, "the operator let go of spec.replicas");
     // The HPA gone, the operator's own autoscaler takes them back to what the lag calls for.
     kubectl_ok(&["delete", "hpa", "greeter-consumers", "-n", &ns], None);
-    wait_until(
+    wait_for_consumers(
+        &deployments,
+        1,
         Duration::from_secs(60),
         "the operator's autoscaler to take the consumers back",
-        || {
-            let deployments = deployments.clone();
-            async move {
-                (consumer_replicas(&deployments, "greeter-kafka-grpc").await == Some(1))
-                    .then_some(())
-            }
-        },
     )
     .await;
     wait_until(

@@ -661,6 +661,35 @@ async fn bad_input_unknown_method_malformed_protobuf_and_records_without_headers
     assert_eq!(reply.into_inner().text, "still alive");
 }
 
+/// The first record of `topic` with a payload, and its headers (waits up to 20 s).
+async fn first_dead_letter(bootstrap: &str, topic: &str) -> (Vec<u8>, HashMap<String, String>) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    wait_until(Duration::from_secs(20), "the dead letter", || async {
+        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
+            .await
+            .ok()?
+            .ok()?;
+        let headers: HashMap<String, String> = message
+            .headers()?
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        Some((message.payload()?.to_vec(), headers))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn unavailable_service_is_retried_then_dead_lettered() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
@@ -688,31 +717,7 @@ async fn unavailable_service_is_retried_then_dead_lettered() {
     assert!(status.message().contains("after 3 attempts"), "{status:?}");
     assert!(status.message().contains(&dead_letters), "{status:?}");
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&dead_letters]).unwrap();
-    let (value, headers) = wait_until(Duration::from_secs(20), "the dead letter", || async {
-        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
-            .await
-            .ok()?
-            .ok()?;
-        let headers: HashMap<String, String> = message
-            .headers()?
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
-        Some((message.payload()?.to_vec(), headers))
-    })
-    .await;
+    let (value, headers) = first_dead_letter(&bootstrap, &dead_letters).await;
     let dead: EchoRequest = prost::Message::decode(value.as_slice()).unwrap();
     assert_eq!(dead.text, "lost");
     assert_eq!(headers["strait:attempts"], "3");
@@ -776,26 +781,8 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
     assert_eq!(reply.into_inner().text, "small");
 
     // The big request in the dead-letter topic, saying why.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&dead_letters]).unwrap();
-    let (value, error) = wait_until(Duration::from_secs(20), "the dead letter", || async {
-        let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
-            .await
-            .ok()?
-            .ok()?;
-        let error = message
-            .headers()?
-            .iter()
-            .find(|h| h.key == "strait:error")
-            .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())?;
-        Some((message.payload()?.to_vec(), error))
-    })
-    .await;
+    let (value, headers) = first_dead_letter(&bootstrap, &dead_letters).await;
+    let error = &headers["strait:error"];
     let dead: EchoRequest = prost::Message::decode(value.as_slice()).unwrap();
     assert_eq!(dead.text.len(), big.len());
     assert!(

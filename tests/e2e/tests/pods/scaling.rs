@@ -14,7 +14,9 @@ use super::*;
 const CLIENTS: usize = 6;
 const SUBS: usize = 4;
 
-fn autoscale(ns: &str, autoscale: &str) {
+/// Merges `spec` (JSON) into the `fleet` bridge's spec.
+fn patch_fleet(ns: &str, spec: &str) {
+    let patch = format!(r#"{{"spec":{spec}}}"#);
     kubectl_ok(
         &[
             "patch",
@@ -24,10 +26,14 @@ fn autoscale(ns: &str, autoscale: &str) {
             ns,
             "--type=merge",
             "-p",
-            &format!(r#"{{"spec":{{"sProxy":{{"autoscale":{autoscale}}}}}}}"#),
+            &patch,
         ],
         None,
     );
+}
+
+fn autoscale(ns: &str, autoscale: &str) {
+    patch_fleet(ns, &format!(r#"{{"sProxy":{{"autoscale":{autoscale}}}}}"#));
 }
 
 /// The s-proxy Deployment's replicas and the bridge's view of s-proxy's load, once `ok` says
@@ -321,19 +327,7 @@ pub(super) async fn deleting_the_bridge_deletes_the_topics_it_created(
         ours,
         "the topics exist before"
     );
-    kubectl_ok(
-        &[
-            "patch",
-            "mqttbridge",
-            "fleet",
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"deletionPolicy":"Delete"}}"#,
-        ],
-        None,
-    );
+    patch_fleet(ns, r#"{"deletionPolicy":"Delete"}"#);
     wait_until(READY, "the finalizer on the bridge", || async {
         let bridge = kubectl_json(&["mqttbridge", "fleet", "-n", ns])?;
         let finalizers = bridge["metadata"]["finalizers"].as_array()?;
