@@ -87,6 +87,17 @@ impl AdminServer {
     }
 }
 
+/// The names of the metric families `registry` serves, sorted: what each registry's
+/// `METRIC_NAMES` list (the chart's dashboard and alerts are checked against those) must equal.
+/// A labelled family is served once it has a series.
+pub fn metric_names(registry: &prometheus::Registry) -> Vec<String> {
+    let mut names: Vec<String> = (registry.gather().iter())
+        .map(|family| family.name().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = Vec::new();
     match TextEncoder::new().encode(&state.metrics.gather(), &mut body) {

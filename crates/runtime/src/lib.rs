@@ -13,7 +13,7 @@ mod shutdown;
 
 use std::net::SocketAddr;
 
-pub use admin::AdminServer;
+pub use admin::{AdminServer, metric_names};
 pub use failure::{Context, Failed, error_chain};
 pub use health::{Health, ReadinessFlag};
 pub use logging::LogFormat;
