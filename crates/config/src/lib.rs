@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod kafka;
 pub mod mqtt_kafka;
 pub mod relay;
+pub mod session_limits;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ConfigError;
 pub use crate::kafka::{Acks, KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
 use crate::kafka::{check_security, is_typed_property};
+pub use crate::session_limits::SessionLimits;
 
 /// ```yaml
 /// kafka:
@@ -73,6 +74,10 @@ pub struct KafkaConfig {
     #[serde(default = "default_replica_lease", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub replica_lease: Duration,
+    /// What one client may make s-proxy hold: subscriptions, shared groups, unacknowledged
+    /// PUBLISHes, session expiry, catch-up readers.
+    #[serde(default)]
+    pub limits: SessionLimits,
     /// Extra librdkafka properties (e.g. `linger.ms`); they may not replace the ones Strait sets
     /// from the fields above.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -95,6 +100,7 @@ impl KafkaConfig {
             clients: Vec::new(),
             session_queue: default_session_queue(),
             replica_lease: default_replica_lease(),
+            limits: SessionLimits::default(),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -183,6 +189,7 @@ impl KafkaConfig {
                 "must be at least 1s",
             ));
         }
+        self.limits.check()?;
         if self.session_queue == 0 {
             return Err(ConfigError::invalid(
                 "kafka.sessionQueue",

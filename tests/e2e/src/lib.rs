@@ -249,6 +249,13 @@ impl Daemon {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// The process's threads now (`Threads` of /proc).
+    pub fn threads(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -36,16 +36,61 @@ pub struct Inbound {
     aliases: HashMap<u16, ByteString>,
     /// QoS 2 packet ids whose PUBLISH is written (PUBREC sent or due), PUBREL not yet received.
     qos2_received: HashSet<u16>,
+    /// QoS 1 and 2 packet ids not yet fully answered (PUBACK, failed PUBREC, or PUBCOMP sent):
+    /// what the client's Receive Maximum counts.
+    in_flight: HashSet<u16>,
+    /// The Receive Maximum announced to the client.
+    receive_maximum: u16,
 }
 
 impl Inbound {
     /// `qos2_received`: the packet ids a stored session had written (they survive reconnects).
     pub fn new(protocol: Protocol, qos2_received: impl IntoIterator<Item = u16>) -> Self {
+        let qos2_received: HashSet<u16> = qos2_received.into_iter().collect();
         Self {
             protocol,
             aliases: HashMap::new(),
-            qos2_received: qos2_received.into_iter().collect(),
+            in_flight: qos2_received.clone(),
+            qos2_received,
+            receive_maximum: u16::MAX,
         }
+    }
+
+    /// The Receive Maximum announced in CONNACK (unlimited until set).
+    pub fn with_receive_maximum(mut self, receive_maximum: u16) -> Self {
+        self.receive_maximum = receive_maximum;
+        self
+    }
+
+    /// A QoS 1 or 2 PUBLISH arrived: it counts against the Receive Maximum until answered. An
+    /// MQTT 5 client beyond it breaks the protocol (MQTT-3.3.4-7: 0x93); a 3.1.1 client has no
+    /// such limit (its packet ids bound it) and is throttled by not being read instead.
+    pub fn admit(&mut self, publish: &Publish) -> Result<(), Violation> {
+        if publish.qos == QoS::AtMostOnce || self.in_flight.contains(&publish.packet_id) {
+            return Ok(());
+        }
+        if self.protocol == Protocol::V5 && self.in_flight.len() >= usize::from(self.receive_maximum)
+        {
+            return Err(Violation::new(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                format!(
+                    "more than {} unacknowledged QoS 1 and 2 PUBLISHes",
+                    self.receive_maximum
+                ),
+            ));
+        }
+        self.in_flight.insert(publish.packet_id);
+        Ok(())
+    }
+
+    /// PUBACK, or a PUBREC refusing the message, was sent: the packet id is free again.
+    pub fn answered(&mut self, packet_id: u16) {
+        self.in_flight.remove(&packet_id);
+    }
+
+    /// QoS 1 and 2 PUBLISHes the client is waiting to have answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Resolves the PUBLISH's topic alias (setting or using one) and checks the topic name.
@@ -100,6 +145,7 @@ impl Inbound {
     /// PUBREL: the packet id is released; the PUBCOMP to send (v5: 0x92 for an unknown id).
     pub fn release(&mut self, rel: &PubRel) -> PubComp {
         let known = self.qos2_received.remove(&rel.packet_id);
+        self.in_flight.remove(&rel.packet_id);
         let mut comp = PubComp {
             packet_id: rel.packet_id,
             ..Default::default()

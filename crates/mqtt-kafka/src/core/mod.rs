@@ -4,6 +4,7 @@
 pub mod ending;
 pub mod flows;
 pub mod headers;
+pub mod limits;
 pub mod members;
 pub mod queue;
 pub mod routing;

@@ -8,6 +8,8 @@ use prometheus::{
 };
 use strait_mqtt_codec::QoS;
 
+pub use crate::core::limits::Limit;
+
 /// Every metric this module registers (the chart's dashboard and alerts are checked against it).
 pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_kafka_records_produced_total",
@@ -21,6 +23,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_kafka_table_bytes",
     "strait_mqtt_kafka_shared_groups",
     "strait_mqtt_kafka_shared_members",
+    "strait_mqtt_kafka_limit_hits_total",
 ];
 
 /// What a produced record is.
@@ -72,6 +75,8 @@ pub struct KafkaMetrics {
     table_bytes: IntGaugeVec,
     pub shared_groups: IntGauge,
     pub shared_members: IntGauge,
+    /// `[limit]`.
+    limit_hits: [IntCounter; 7],
 }
 
 /// The two gauges of one in-memory table (retained or sessions topic).
@@ -160,6 +165,16 @@ impl KafkaMetrics {
             "Sessions on this replica that are members of a shared subscription, summed over \
              the subscriptions",
         ))?;
+        let limit_hits = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_limit_hits_total",
+                "Times a client ran into a limit of kafka.limits, by limit: refused with 0x97 \
+                 (subscriptions, filters_per_subscribe, shared_subscriptions, shared_groups), \
+                 disconnected with 0x93 (receive_maximum), capped (session_expiry) or made to \
+                 wait (catch_ups)",
+            ),
+            &["limit"],
+        )?;
         for collector in [
             Box::new(produced.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(produce_failures.clone()),
@@ -172,6 +187,7 @@ impl KafkaMetrics {
             Box::new(table_bytes.clone()),
             Box::new(shared_groups.clone()),
             Box::new(shared_members.clone()),
+            Box::new(limit_hits.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -190,7 +206,13 @@ impl KafkaMetrics {
             table_bytes,
             shared_groups,
             shared_members,
+            limit_hits: Limit::LABELS.map(|limit| limit_hits.with_label_values(&[limit])),
         })
+    }
+
+    /// A client ran into `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].inc();
     }
 
     pub fn produced(&self, kind: RecordKind, qos: QoS) {

@@ -41,6 +41,7 @@ use self::shared::{SharedGroup, SharedOffsets};
 use self::table::{Table, TableEntry};
 use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
 use crate::core::headers::Message;
+use crate::core::limits::Limit;
 use crate::core::routing::{self, Routing};
 use crate::core::state;
 use crate::core::trie::Trie;
@@ -116,6 +117,8 @@ pub struct KafkaUpstream {
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
     local: Arc<OrderedMutex<HashMap<String, Local>>>,
+    /// Catch-up readers that may run at once (`limits.maxCatchUps`).
+    catch_up_readers: Arc<tokio::sync::Semaphore>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub(crate) metrics: Arc<KafkaMetrics>,
@@ -225,6 +228,9 @@ impl KafkaUpstream {
             retained,
             sessions,
             local,
+            catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_catch_ups as usize,
+            )),
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             config,
@@ -321,19 +327,20 @@ impl KafkaUpstream {
     }
 
     /// Adds a subscription; for a shared one, the returned receiver turns true once its group
-    /// consumer reads from the current end of its partitions.
+    /// consumer reads from the current end of its partitions. Refused when it would start one
+    /// shared subscription group more than `limits.maxSharedGroups`.
     fn subscribe(
         self: &Arc<Self>,
         id: u64,
         filter: &str,
-    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+    ) -> Result<Option<tokio::sync::watch::Receiver<bool>>, Limit> {
         let (inner, target) = Target::of(id, filter);
-        let ready = target
-            .shared
-            .as_ref()
-            .map(|group| self.join_shared(group.clone(), inner, id));
+        let ready = match &target.shared {
+            Some(group) => Some(self.join_shared(group.clone(), inner, id)?),
+            None => None,
+        };
         self.subscriptions.write().insert(inner, target);
-        ready
+        Ok(ready)
     }
 
     fn unsubscribe(&self, id: u64, filter: &str) {

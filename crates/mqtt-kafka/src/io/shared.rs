@@ -27,6 +27,7 @@ use super::lock_order::{Level, OrderedMutex};
 use super::{Delivery, KafkaUpstream, METADATA_TIMEOUT, SHARED_COMMIT_EVERY, now_ms};
 use crate::UpstreamError;
 use crate::core::headers;
+use crate::core::limits::Limit;
 use crate::core::members::Members;
 
 /// (topic index, partition).
@@ -93,19 +94,24 @@ impl SharedOffsets {
 }
 
 impl KafkaUpstream {
-    /// Adds a member to a shared subscription, starting its group consumer on the first.
+    /// Adds a member to a shared subscription, starting its group consumer on the first,
+    /// unless this process already serves `limits.maxSharedGroups` groups (each is a consumer
+    /// on a thread of its own).
     pub(crate) fn join_shared(
         self: &Arc<Self>,
         group: Arc<str>,
         inner: &str,
         id: u64,
-    ) -> tokio::sync::watch::Receiver<bool> {
+    ) -> Result<tokio::sync::watch::Receiver<bool>, Limit> {
         let mut shared = self.shared.lock();
         if let Some(existing) = shared.get_mut(&group) {
             existing.members.join(id);
             let ready = existing.ready.clone();
             self.count_shared(&shared);
-            return ready;
+            return Ok(ready);
+        }
+        if shared.len() >= self.config.limits.max_shared_groups as usize {
+            return Err(Limit::SharedGroups);
         }
         let stop = self.shutdown.child_token();
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
@@ -133,7 +139,7 @@ impl KafkaUpstream {
         if let Err(error) = spawned {
             tracing::warn!(%error, "cannot start a shared subscription consumer");
         }
-        ready
+        Ok(ready)
     }
 
     pub(crate) fn leave_shared(&self, group: &Arc<str>, id: u64) {

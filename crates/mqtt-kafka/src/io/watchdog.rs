@@ -49,6 +49,9 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
         if alive.first().copied() != Some(up.instance.as_str()) {
             continue;
         }
+        // Connections still recorded as connected: `handled` keeps only those, so it does not
+        // grow with every orphan ever handled.
+        let mut connected = HashSet::new();
         for (client_id, entry) in &entries {
             if client_id.starts_with(REPLICA_PREFIX) {
                 continue;
@@ -56,6 +59,9 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
             let Ok(record) = SessionRecord::decode(&entry.value) else {
                 continue;
             };
+            if record.disconnected_at_ms.is_none() {
+                connected.insert(record.connection.clone());
+            }
             if record.disconnected_at_ms.is_some() {
                 if record.expired(now) {
                     let _ = super::session::put_session(&up, client_id, None).await;
@@ -75,6 +81,7 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
             );
             tokio::spawn(orphaned(up.clone(), client_id.clone(), record));
         }
+        handled.retain(|connection| connected.contains(connection));
     }
 }
 

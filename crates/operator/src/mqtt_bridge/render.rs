@@ -248,6 +248,7 @@ pub fn s_proxy_config(bridge: &MqttBridge, inputs: &Inputs) -> Result<SProxyConf
         target.qos0_acks = kafka.qos0_acks;
         target.routes = kafka.routes.clone();
         target.clients = kafka.clients.clone();
+        target.limits = kafka.limits.clone();
         if let Some(queue) = kafka.session_queue {
             target.session_queue = queue as usize;
         }
@@ -1046,15 +1047,20 @@ mod tests {
     }
 
     #[test]
-    fn session_queue_and_replica_lease_reach_s_proxy() {
+    fn session_queue_replica_lease_and_limits_reach_s_proxy() {
         let bridge = bridge(json!({
-            "upstream": {"kafka": {"bootstrap": "k:9092", "sessionQueue": 64, "replicaLease": "30s"}},
+            "upstream": {"kafka": {"bootstrap": "k:9092", "sessionQueue": 64, "replicaLease": "30s",
+                "limits": {"maxSharedGroups": 5, "maxSessionExpiry": "1h", "receiveMaximum": 32}}},
             "auth": {"mode": "anonymous"},
         }));
         let (_, s) = configs(&render(&bridge, &inputs()).unwrap());
         let kafka = s.kafka.unwrap();
         assert_eq!(kafka.session_queue, 64);
         assert_eq!(kafka.replica_lease, std::time::Duration::from_secs(30));
+        assert_eq!(kafka.limits.max_shared_groups, 5);
+        assert_eq!(kafka.limits.max_session_expiry_seconds(), 3600);
+        assert_eq!(kafka.limits.receive_maximum, 32);
+        assert_eq!(kafka.limits.max_subscriptions, 100, "unset: the default");
     }
 
     #[test]

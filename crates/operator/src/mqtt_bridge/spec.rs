@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use strait_config::auth::{AuthMode, JwtAlgorithm};
-use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics};
+use strait_config::mqtt_kafka::{Acks, MqttKafkaRoute, MqttKafkaTopics, NewTopics, SessionLimits};
 use strait_config::relay::ClientLimits;
 
 /// An MQTT endpoint for devices, bridged to an MQTT broker or to Kafka acting as the broker.
@@ -155,6 +155,12 @@ pub struct KafkaUpstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub replica_lease: Option<String>,
+    /// What one device may make an s-proxy pod hold: subscriptions, shared subscription
+    /// groups (a Kafka consumer each), unacknowledged PUBLISHes (Receive Maximum), session
+    /// expiry, catch-up readers. Hits answer with 0x97 Quota exceeded (0x93 for Receive
+    /// Maximum) and are counted in `strait_mqtt_kafka_limit_hits_total{limit}`.
+    #[serde(default)]
+    pub limits: SessionLimits,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

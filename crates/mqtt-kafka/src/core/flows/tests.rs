@@ -399,3 +399,62 @@ proptest! {
         }
     }
 }
+
+fn numbered(packet_id: u16, qos: QoS) -> Publish {
+    Publish {
+        packet_id,
+        ..publish("a/b", qos)
+    }
+}
+
+#[test]
+fn an_mqtt5_client_beyond_the_announced_receive_maximum_is_told_0x93() {
+    let mut inbound = Inbound::new(Protocol::V5, [7]).with_receive_maximum(3);
+    // 7 was written before a reconnect and waits for its PUBREL: it counts.
+    inbound.admit(&numbered(1, QoS::AtLeastOnce)).unwrap();
+    inbound.admit(&numbered(0, QoS::AtMostOnce)).unwrap();
+    inbound.admit(&numbered(2, QoS::ExactlyOnce)).unwrap();
+    assert_eq!(inbound.in_flight(), 3);
+    // The resend of an id already in flight is not a new one.
+    inbound.admit(&numbered(7, QoS::ExactlyOnce)).unwrap();
+    let violation = inbound.admit(&numbered(3, QoS::AtLeastOnce)).unwrap_err();
+    assert_eq!(violation.reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+    assert!(violation.detail.contains('3'), "{}", violation.detail);
+    // PUBACK for 1 and PUBCOMP for 7 free two places.
+    inbound.answered(1);
+    inbound.release(&rel(7));
+    inbound.admit(&numbered(3, QoS::AtLeastOnce)).unwrap();
+    inbound.admit(&numbered(4, QoS::AtLeastOnce)).unwrap();
+    assert!(inbound.admit(&numbered(5, QoS::AtLeastOnce)).is_err());
+}
+
+#[test]
+fn a_311_client_has_no_receive_maximum_to_break() {
+    let mut inbound = Inbound::new(Protocol::V311, []).with_receive_maximum(1);
+    inbound.admit(&numbered(1, QoS::AtLeastOnce)).unwrap();
+    inbound.admit(&numbered(2, QoS::AtLeastOnce)).unwrap();
+    assert_eq!(inbound.in_flight(), 2, "throttled by the driver, not refused");
+}
+
+proptest! {
+    /// However acknowledgements interleave, a client that never has more than the Receive
+    /// Maximum unanswered is never refused, and the count is exactly what it has unanswered.
+    #[test]
+    fn a_client_within_its_window_is_never_refused(
+        steps in proptest::collection::vec((any::<bool>(), 1u16..20), 1..200),
+    ) {
+        let max = 5u16;
+        let mut inbound = Inbound::new(Protocol::V5, []).with_receive_maximum(max);
+        let mut unanswered: std::collections::BTreeSet<u16> = Default::default();
+        for (send, id) in steps {
+            if send && unanswered.len() < usize::from(max) && !unanswered.contains(&id) {
+                prop_assert!(inbound.admit(&numbered(id, QoS::AtLeastOnce)).is_ok());
+                unanswered.insert(id);
+            } else if let Some(first) = unanswered.iter().next().copied() {
+                inbound.answered(first);
+                unanswered.remove(&first);
+            }
+            prop_assert_eq!(inbound.in_flight(), unanswered.len());
+        }
+    }
+}

@@ -79,13 +79,29 @@ impl Session {
         let (tx, rx) = mpsc::channel(256);
         let clients = self.up.clients.clone();
         let metrics = self.up.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            // Active while the reader runs.
-            let _active = metrics.catch_up(reason);
-            if let Err(error) = catch_up(&clients, reads, &tx, &metrics.catch_up_records) {
-                tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
-                let _ = tx.blocking_send(Err(crate::error_chain(&error)));
-            }
+        let readers = self.up.catch_up_readers.clone();
+        tokio::spawn(async move {
+            // Each reader is a Kafka consumer on a blocking thread: a reconnect storm waits
+            // for a free one rather than starting thousands.
+            let permit = match readers.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    metrics.limit_hit(Limit::CatchUps);
+                    let Ok(permit) = readers.acquire_owned().await else {
+                        return;
+                    };
+                    permit
+                }
+            };
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                // Active while the reader runs.
+                let _active = metrics.catch_up(reason);
+                if let Err(error) = catch_up(&clients, reads, &tx, &metrics.catch_up_records) {
+                    tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
+                    let _ = tx.blocking_send(Err(crate::error_chain(&error)));
+                }
+            });
         });
         Some(rx)
     }

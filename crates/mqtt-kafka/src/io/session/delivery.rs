@@ -8,7 +8,10 @@ impl Session {
         let subscription_id = subscribe.properties.subscription_identifier;
         let mut reason_codes = Vec::with_capacity(subscribe.subscriptions.len());
         let mut retained_for = Vec::new();
-        for sub in &subscribe.subscriptions {
+        // What this SUBSCRIBE changed, to undo if it cannot be stored: (filter, the
+        // subscription it replaced).
+        let mut changed: Vec<(String, Option<StoredSubscription>)> = Vec::new();
+        for (position, sub) in subscribe.subscriptions.iter().enumerate() {
             let shared = match subscriptions::check(sub) {
                 Ok(Checked::Accepted { shared }) => shared,
                 Ok(Checked::Refused(code)) => {
@@ -17,12 +20,36 @@ impl Session {
                 }
                 Err(violation) => return Some(End::Server(violation.reason, violation.detail)),
             };
+            let new = !self.subscriptions.contains_key(&sub.filter);
+            let quota = limits::subscribe_quota(
+                &self.up.config.limits,
+                position,
+                new,
+                shared,
+                self.held(),
+            );
+            let joined = match quota {
+                Ok(()) if new => self.up.subscribe(self.id, &sub.filter),
+                Ok(()) => Ok(None),
+                Err(limit) => Err(limit),
+            };
+            let ready = match joined {
+                Ok(ready) => ready,
+                Err(limit) => {
+                    tracing::debug!(
+                        filter = sub.filter,
+                        limit = limit.label(),
+                        "subscription refused: limit reached"
+                    );
+                    self.up.metrics.limit_hit(limit);
+                    reason_codes.push(ReasonCode::QUOTA_EXCEEDED);
+                    continue;
+                }
+            };
             let stored = StoredSubscription::new(sub, subscription_id);
-            let new = self
-                .subscriptions
-                .insert(sub.filter.clone(), stored)
-                .is_none();
-            if new && let Some(mut ready) = self.up.subscribe(self.id, &sub.filter) {
+            let replaced = self.subscriptions.insert(sub.filter.clone(), stored);
+            changed.push((sub.filter.clone(), replaced));
+            if let Some(mut ready) = ready {
                 // SUBACK once the group consumer reads: nothing published after it is missed.
                 let joined = tokio::time::timeout(SYNC_DEADLINE, ready.wait_for(|r| *r)).await;
                 if !matches!(joined, Ok(Ok(_))) {
@@ -38,12 +65,25 @@ impl Session {
             reason_codes.push(ReasonCode(sub.options.qos as u8));
         }
         if self.expiry > 0
+            && !changed.is_empty()
             && let Err(error) = self.write_record(None).await
         {
             tracing::warn!(
                 error = crate::error_chain(&error),
                 "cannot store the subscription"
             );
+            // The SUBACK says failure: the subscriptions must not stay active either.
+            for (filter, replaced) in changed {
+                match replaced {
+                    Some(previous) => {
+                        self.subscriptions.insert(filter, previous);
+                    }
+                    None => {
+                        self.subscriptions.remove(&filter);
+                        self.up.unsubscribe(self.id, &filter);
+                    }
+                }
+            }
             for code in reason_codes.iter_mut().filter(|c| !c.is_error()) {
                 *code = ReasonCode::UNSPECIFIED_ERROR;
             }
@@ -99,6 +139,18 @@ impl Session {
             }
         }
         None
+    }
+
+    /// What the session holds, for the limits of a SUBSCRIBE.
+    fn held(&self) -> limits::Held {
+        limits::Held {
+            subscriptions: self.subscriptions.len(),
+            shared: self
+                .subscriptions
+                .keys()
+                .filter(|f| mqtt::topic::parse_shared(f).is_some())
+                .count(),
+        }
     }
 
     /// The PUBLISH this subscriber gets (see [`subscriptions::to_publish`]).

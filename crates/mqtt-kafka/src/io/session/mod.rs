@@ -33,7 +33,7 @@ use strait_relay::v1::{self, ClientFrame, ServerFrame};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::metrics::{CatchUpReason, RecordKind};
+use super::metrics::{CatchUpReason, Limit, RecordKind};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::UpstreamError;
 use crate::core::ending::{
@@ -44,6 +44,7 @@ use crate::core::headers::{self, Message};
 use crate::core::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
 };
+use crate::core::limits;
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
@@ -57,7 +58,6 @@ pub(crate) use self::writes::produce;
 type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 
 /// Publishes the client may have in flight towards us (CONNACK Receive Maximum).
-const RECEIVE_MAXIMUM: u16 = 256;
 /// How often a persistent session writes its delivery progress.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often a persistent session with nothing acknowledged stores its (moved) progress.
@@ -175,7 +175,13 @@ pub async fn run(
         .await;
     }
     let client_id = connect.client_id.clone();
-    let expiry = session_expiry(protocol, &connect);
+    let limits = up.config.limits.clone();
+    let requested_expiry = session_expiry(protocol, &connect);
+    // A session kept forever would keep its record in the sessions topic forever.
+    let expiry = requested_expiry.min(limits.max_session_expiry_seconds());
+    if expiry < requested_expiry {
+        up.metrics.limit_hit(Limit::SessionExpiry);
+    }
     let connected_at_ms = now_ms();
     let connection = format!("{}-{}", up.instance, up.next_id());
     let (kick_tx, mut kicked) = mpsc::channel(1);
@@ -223,7 +229,7 @@ pub async fn run(
         will: connect.will.clone(),
         subscriptions: BTreeMap::new(),
         inbox: inbox.clone(),
-        inbound: Inbound::new(protocol, []),
+        inbound: Inbound::new(protocol, []).with_receive_maximum(limits.receive_maximum),
         outbound: Outbound::new(protocol, &connect),
         qos2_resend: HashMap::new(),
         qos2_done: HashMap::new(),
@@ -240,7 +246,8 @@ pub async fn run(
     up.register(id, inbox);
     let mut catch_up = None;
     if let Some(record) = &resumed {
-        session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied());
+        session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied())
+            .with_receive_maximum(limits.receive_maximum);
         session.restore_qos2(record);
         for pending in &record.qos2_pending {
             session.qos2_pending.insert(
@@ -258,7 +265,16 @@ pub async fn run(
                 metrics.restored_subscriptions_dropped.inc();
                 continue;
             }
-            let _ = up.subscribe(id, &sub.filter);
+            if let Err(limit) = up.subscribe(id, &sub.filter) {
+                tracing::warn!(
+                    filter = %sub.filter,
+                    limit = limit.label(),
+                    "dropping a restored subscription: this s-proxy serves as many shared \
+                     subscription groups as it may"
+                );
+                up.metrics.limit_hit(limit);
+                continue;
+            }
             session
                 .subscriptions
                 .insert(sub.filter.clone(), sub.clone());
@@ -283,7 +299,11 @@ pub async fn run(
     };
     if protocol == Protocol::V5 {
         let p = &mut connack.properties;
-        p.receive_maximum = Some(RECEIVE_MAXIMUM);
+        p.receive_maximum = Some(limits.receive_maximum);
+        if expiry < requested_expiry {
+            // The client must use the server's (MQTT-3.2.2-?: Session Expiry Interval).
+            p.session_expiry_interval = Some(expiry);
+        }
         p.retain_available = Some(true);
         p.wildcard_subscription_available = Some(true);
         p.subscription_identifier_available = Some(true);
@@ -356,6 +376,15 @@ impl Session {
         mut catch_up: Option<CatchUp>,
     ) -> End {
         let mut acks: Acks = FuturesOrdered::new();
+        // MQTT 5 clients are read on, so one beyond its Receive Maximum is told (0x93); the
+        // bound on acknowledgements still waiting for Kafka only stops a client that reuses
+        // packet ids. 3.1.1 clients, which have no Receive Maximum, are just not read while
+        // that many wait.
+        let receive_maximum = usize::from(self.up.config.limits.receive_maximum);
+        let read_while_waiting = match self.protocol {
+            Protocol::V5 => 2 * receive_maximum,
+            Protocol::V311 => receive_maximum,
+        };
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for packet in pipelined {
@@ -399,7 +428,7 @@ impl Session {
             }
             let window_open = self.outbound.has_room();
             tokio::select! {
-                frame = inbound.message(), if acks.len() < usize::from(RECEIVE_MAXIMUM) => {
+                frame = inbound.message(), if acks.len() < read_while_waiting => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
                         Ok(None) | Err(_) => return End::Dropped,
@@ -481,6 +510,10 @@ impl Session {
         match packet {
             Packet::Publish(mut publish) => {
                 if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
+                    return Some(End::Server(violation.reason, violation.detail));
+                }
+                if let Err(violation) = self.inbound.admit(&publish) {
+                    self.up.metrics.limit_hit(Limit::ReceiveMaximum);
                     return Some(End::Server(violation.reason, violation.detail));
                 }
                 if self.up.routing.has_param_routes()
@@ -598,7 +631,8 @@ impl Session {
                 self.expiry = expiry_after_disconnect(
                     self.expiry,
                     disconnect.properties.session_expiry_interval,
-                );
+                )
+                .min(self.up.config.limits.max_session_expiry_seconds());
                 return Some(End::Disconnect(disconnect.reason_code));
             }
             Packet::Auth(_) => {

@@ -41,17 +41,24 @@ impl Session {
         }
         let reason_code = result.err().unwrap_or(ReasonCode::SUCCESS);
         match ack {
-            Ack::PubAck(packet_id) => self.out.push(
-                Packet::PubAck(PubAck {
-                    packet_id,
-                    reason_code,
-                    ..Default::default()
-                })
-                .into(),
-            ),
+            Ack::PubAck(packet_id) => {
+                self.inbound.answered(packet_id);
+                self.out.push(
+                    Packet::PubAck(PubAck {
+                        packet_id,
+                        reason_code,
+                        ..Default::default()
+                    })
+                    .into(),
+                );
+            }
             Ack::Refused(..) => unreachable!("unwrapped above"),
             Ack::PubRec(packet_id) => {
                 self.qos2_pending.remove(&packet_id);
+                if reason_code.is_error() {
+                    // Refused: the QoS 2 flow ends here, no PUBREL follows.
+                    self.inbound.answered(packet_id);
+                }
                 if !reason_code.is_error() && self.inbound.written(packet_id) && self.expiry > 0 {
                     // The packet id must survive a reconnect to another replica before PUBREC,
                     // or a resent PUBLISH would be written twice.
