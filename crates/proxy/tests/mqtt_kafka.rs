@@ -662,6 +662,20 @@ async fn bad_publishes_get_the_right_reason_codes() {
         .await;
     let parting = client.until_closed().await;
     assert_disconnected_with(&parting, ReasonCode::PACKET_TOO_LARGE);
+    // A QoS 0 PUBLISH Kafka refuses the same way cannot be answered, but it is counted.
+    let failures = r#"strait_mqtt_kafka_produce_failures_total{kind="messages",role="s-proxy"}"#;
+    let before = metric(relay.s_proxy.admin, failures).await.unwrap_or(0.0);
+    let (mut client, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("big0"))).await;
+    client
+        .send(&publish_packet(
+            "big/zero",
+            QoS::AtMostOnce,
+            0,
+            &vec![b'x'; 8 * 1024],
+        ))
+        .await;
+    wait_for_metric(relay.s_proxy.admin, failures, before + 1.0).await;
     // The process goes on serving.
     let (mut client, _) =
         raw_session(&relay, Protocol::V5, connect_packet(&unique_name("next"))).await;

@@ -101,7 +101,7 @@ impl KafkaMetrics {
             opts(
                 "strait_mqtt_kafka_produce_failures_total",
                 "Records Kafka did not take (refused when queued, or a failed acknowledgement), \
-                 by kind",
+                 by kind; QoS 0 ones too, which are lost (the client was not told)",
             ),
             &["kind"],
         )?;
@@ -109,7 +109,7 @@ impl KafkaMetrics {
             HistogramOpts::from(opts(
                 "strait_mqtt_kafka_produce_ack_seconds",
                 "From a record handed to the producer to Kafka's acknowledgement (the PUBACK or \
-                 PUBREC waits for it); QoS 0 records are not waited for and not timed",
+                 PUBREC waits for it); QoS 0 records are timed too, though no client waits for them",
             ))
             .buckets(vec![
                 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -537,8 +537,9 @@ impl Session {
                 }
                 match publish.qos {
                     QoS::AtMostOnce => {
-                        // Handed to the producer now; nobody waits for Kafka's answer.
-                        drop(produce(&self.up, &publish, &self.client_id));
+                        // Handed to the producer now; the client waits for nothing, but a
+                        // record Kafka then refuses is still counted (produce_failures).
+                        tokio::spawn(produce(&self.up, &publish, &self.client_id));
                     }
                     QoS::AtLeastOnce => {
                         let delivery = produce(&self.up, &publish, &self.client_id);
