@@ -124,10 +124,9 @@ impl KafkaUpstream {
                     }
                 }
             }
-            Err(error) => {
-                self.metrics
-                    .record_skipped(&error, record.topic(), partition, offset)
-            }
+            Err(error) => self
+                .metrics
+                .record_skipped(&error, record.topic(), partition, offset),
         }
         // After the hand-over: a session that reads this position finds every earlier record
         // in its inbox (see `Session::progress`).

@@ -230,6 +230,9 @@ mod tests {
         // reader never gets a record to move its position.
         assert!(read_to_end(None, 5, 5));
         assert!(read_to_end(Some(2), 5, 5));
-        assert!(!read_to_end(None, 5, 7), "records 5 and 6 are still to read");
+        assert!(
+            !read_to_end(None, 5, 7),
+            "records 5 and 6 are still to read"
+        );
     }
 }

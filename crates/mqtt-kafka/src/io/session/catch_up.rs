@@ -160,7 +160,10 @@ fn catch_up(
             RangeStart::LogStart(low) => {
                 metrics.catch_up_offsets_reset.inc();
                 tracing::warn!(
-                    topic, partition = p, stored = from, log_start = low,
+                    topic,
+                    partition = p,
+                    stored = from,
+                    log_start = low,
                     "the session's stored offset is no longer in Kafka (retention or \
                      delete-records): reading from the log start; the records in between are lost"
                 );
