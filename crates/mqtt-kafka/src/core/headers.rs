@@ -3,6 +3,7 @@
 //! becomes the PUBLISH a subscriber gets. A Zilla user keeps their topics and consumers.
 
 use bytes::Bytes;
+use strait_mqtt_codec::topic::{TopicError, validate_name};
 use strait_mqtt_codec::{PublishProperties, QoS};
 
 pub const FILTER: &str = "zilla:filter";
@@ -89,16 +90,47 @@ pub struct Message {
     pub properties: PublishProperties,
 }
 
-/// Why a record cannot be delivered over MQTT.
+/// Why a record cannot be delivered over MQTT: it is skipped (and counted), never sent, since
+/// a PUBLISH with such a topic would make the subscriber's r-proxy drop the connection, and a
+/// persistent session would get it again on each reconnect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("record has neither a UTF-8 key nor zilla:filter headers")]
+    #[error("record has neither a key nor zilla:filter headers")]
     NoTopic,
+    #[error("record key is not UTF-8")]
+    KeyNotUtf8,
+    #[error("record topic is not an MQTT topic name: {0}")]
+    InvalidTopic(TopicError),
+}
+
+impl RecordError {
+    /// A fixed label value for the metric of skipped records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoTopic => "no_topic",
+            Self::KeyNotUtf8 => "key_not_utf8",
+            Self::InvalidTopic(TopicError::TooLong) => "topic_too_long",
+            Self::InvalidTopic(TopicError::NullCharacter) => "topic_null_character",
+            Self::InvalidTopic(TopicError::WildcardInName) => "topic_wildcard",
+            Self::InvalidTopic(_) => "topic_invalid",
+        }
+    }
+
+    /// Every value [`Self::reason`] gives, for metrics that exist from the start.
+    pub const REASONS: [&'static str; 6] = [
+        "no_topic",
+        "key_not_utf8",
+        "topic_too_long",
+        "topic_null_character",
+        "topic_wildcard",
+        "topic_invalid",
+    ];
 }
 
 /// Reads a record: `key` and `headers` as stored. Known `zilla:*` headers become MQTT v5
 /// properties, other headers user properties (in order); headers whose value is not UTF-8 are
-/// skipped where MQTT needs a string.
+/// skipped where MQTT needs a string. The topic (the key, or the `zilla:filter` levels when the
+/// key is absent or empty) must be a valid MQTT topic name.
 pub fn decode<'a>(
     key: Option<&[u8]>,
     payload: Bytes,
@@ -161,10 +193,12 @@ pub fn decode<'a>(
         }
     }
     message.topic = match key.map(std::str::from_utf8) {
+        Some(Err(_)) => return Err(RecordError::KeyNotUtf8),
         Some(Ok(key)) if !key.is_empty() => key.to_string(),
         _ if !levels.is_empty() => levels.join("/"),
         _ => return Err(RecordError::NoTopic),
     };
+    validate_name(&message.topic).map_err(RecordError::InvalidTopic)?;
     Ok(message)
 }
 
@@ -283,6 +317,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_whose_topic_cannot_be_an_mqtt_topic_name_is_refused_with_its_reason() {
+        let refused = |key: Option<&[u8]>, filters: &[&[u8]]| {
+            let headers = filters.iter().map(|level| (FILTER, *level));
+            decode(key, Bytes::new(), headers).unwrap_err()
+        };
+        let long = vec![b'a'; 65_536];
+        let cases = [
+            (refused(Some(&long), &[]), "topic_too_long"),
+            (refused(Some(b"\xff\xfe"), &[b"a"]), "key_not_utf8"),
+            (refused(Some(b"a/+/b"), &[]), "topic_wildcard"),
+            (refused(Some(b"a/#"), &[]), "topic_wildcard"),
+            (refused(Some(b"a\0b"), &[]), "topic_null_character"),
+            (refused(Some(b""), &[]), "no_topic"),
+            (refused(None, &[b"a", b"#"]), "topic_wildcard"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason, "{error}");
+            assert!(RecordError::REASONS.contains(&reason));
+        }
+        // The longest topic name MQTT can carry is still delivered.
+        let longest = vec![b'a'; 65_535];
+        assert!(decode(Some(&longest), Bytes::new(), []).is_ok());
+    }
+
+    #[test]
     fn expiry_counts_from_the_record_timestamp_in_milliseconds() {
         assert_eq!(remaining_expiry(None, 0, 10_000_000), Some(None));
         assert_eq!(remaining_expiry(Some(10), 1_000, 1_000), Some(Some(10)));
@@ -295,7 +354,9 @@ mod tests {
     }
 
     fn topic() -> impl Strategy<Value = String> {
-        prop::collection::vec(level(), 1..5).prop_map(|l| l.join("/"))
+        prop::collection::vec(level(), 1..5)
+            .prop_map(|l| l.join("/"))
+            .prop_filter("an MQTT topic name is not empty", |t| !t.is_empty())
     }
 
     proptest! {

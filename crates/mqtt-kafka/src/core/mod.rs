@@ -1,6 +1,7 @@
 //! The sans-IO part of MQTT on Kafka: no sockets, no Kafka clients, no clocks of its own, so
 //! everything here is tested with plain unit tests.
 
+pub mod catch_up;
 pub mod ending;
 pub mod flows;
 pub mod headers;

@@ -124,7 +124,9 @@ impl KafkaUpstream {
                     }
                 }
             }
-            Err(error) => tracing::debug!(%error, offset, "skipping a record"),
+            Err(error) => self
+                .metrics
+                .record_skipped(&error, record.topic(), partition, offset),
         }
         // After the hand-over: a session that reads this position finds every earlier record
         // in its inbox (see `Session::progress`).

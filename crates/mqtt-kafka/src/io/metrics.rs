@@ -6,9 +6,15 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use strait_mqtt_codec::QoS;
 
 pub use crate::core::limits::Limit;
+use crate::core::headers::RecordError;
+
+/// At most one warning per this interval about skipped records (the rest at debug level).
+const SKIPPED_WARN_EVERY_MS: i64 = 60_000;
 
 /// Every metric this module registers (the chart's dashboard and alerts are checked against it).
 pub const METRIC_NAMES: &[&str] = &[
@@ -24,6 +30,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_kafka_shared_groups",
     "strait_mqtt_kafka_shared_members",
     "strait_mqtt_kafka_limit_hits_total",
+    "strait_mqtt_kafka_records_skipped_total",
+    "strait_mqtt_kafka_catch_up_offsets_reset_total",
 ];
 
 /// What a produced record is.
@@ -77,6 +85,13 @@ pub struct KafkaMetrics {
     pub shared_members: IntGauge,
     /// `[limit]`.
     limit_hits: [IntCounter; 7],
+    /// `[reason]`, indexed like `RecordError::REASONS`.
+    records_skipped: [IntCounter; RecordError::REASONS.len()],
+    /// When a skipped record was last logged as a warning (Unix ms, 0: never).
+    skipped_warned_ms: AtomicI64,
+    /// Catch-ups that found their start offset gone (below the log start: retention or
+    /// delete-records) and started from the log start.
+    pub catch_up_offsets_reset: IntCounter,
 }
 
 /// The two gauges of one in-memory table (retained or sessions topic).
@@ -175,6 +190,20 @@ impl KafkaMetrics {
             ),
             &["limit"],
         )?;
+        let records_skipped = IntCounterVec::new(
+            opts(
+                "strait_mqtt_kafka_records_skipped_total",
+                "Records of a messages or retained topic not delivered because they cannot \
+                 be an MQTT PUBLISH, by reason (no_topic, key_not_utf8, topic_too_long, \
+                 topic_null_character, topic_wildcard, topic_invalid)",
+            ),
+            &["reason"],
+        )?;
+        let catch_up_offsets_reset = IntCounter::with_opts(opts(
+            "strait_mqtt_kafka_catch_up_offsets_reset_total",
+            "Partitions a catch-up read from the log start because the session's stored \
+             offset was no longer in Kafka (retention or delete-records): those records are lost",
+        ))?;
         for collector in [
             Box::new(produced.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(produce_failures.clone()),
@@ -188,6 +217,8 @@ impl KafkaMetrics {
             Box::new(shared_groups.clone()),
             Box::new(shared_members.clone()),
             Box::new(limit_hits.clone()),
+            Box::new(records_skipped.clone()),
+            Box::new(catch_up_offsets_reset.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -207,12 +238,41 @@ impl KafkaMetrics {
             shared_groups,
             shared_members,
             limit_hits: Limit::LABELS.map(|limit| limit_hits.with_label_values(&[limit])),
+            records_skipped: RecordError::REASONS
+                .map(|reason| records_skipped.with_label_values(&[reason])),
+            skipped_warned_ms: AtomicI64::new(0),
+            catch_up_offsets_reset,
         })
     }
 
     /// A client ran into `limit`.
     pub fn limit_hit(&self, limit: Limit) {
         self.limit_hits[limit as usize].inc();
+    }
+
+    /// Counts a record skipped because it cannot be delivered, and logs it: a warning at most
+    /// once a minute (a bad producer may write many), the others at debug level.
+    pub fn record_skipped(&self, error: &RecordError, topic: &str, partition: i32, offset: i64) {
+        let reason = error.reason();
+        if let Some(i) = RecordError::REASONS.iter().position(|r| *r == reason) {
+            self.records_skipped[i].inc();
+        }
+        let now = super::now_ms();
+        let warned = self.skipped_warned_ms.load(Ordering::Relaxed);
+        let warn = now - warned >= SKIPPED_WARN_EVERY_MS
+            && self
+                .skipped_warned_ms
+                .compare_exchange(warned, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if warn {
+            tracing::warn!(
+                %error, topic, partition, offset,
+                "skipping a record that cannot be an MQTT PUBLISH (further ones this minute \
+                 are logged at debug level; see strait_mqtt_kafka_records_skipped_total)"
+            );
+        } else {
+            tracing::debug!(%error, topic, partition, offset, "skipping a record");
+        }
     }
 
     pub fn produced(&self, kind: RecordKind, qos: QoS) {

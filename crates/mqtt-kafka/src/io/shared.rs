@@ -232,6 +232,11 @@ impl KafkaUpstream {
                     Bytes::copy_from_slice(record.payload().unwrap_or_default()),
                     headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
                 )
+                .inspect_err(|error| {
+                    let (partition, offset) = (record.partition(), record.offset());
+                    self.metrics
+                        .record_skipped(error, record.topic(), partition, offset);
+                })
                 .ok()
                 .filter(|m| strait_mqtt_codec::topic::matches(inner, &m.topic));
                 offsets.read(key, record.offset(), message.is_some());

@@ -127,34 +127,49 @@ impl Table {
                         .positions
                         .insert(record.partition(), record.offset() + 1);
                 }
-                Polled::PartitionEnd(partition) => {
-                    if let Ok(positions) = self.consumer.position() {
-                        let mut state = self.state.lock();
-                        for element in positions.elements_for_topic(&self.topic) {
-                            if element.partition() == partition
-                                && let Offset::Offset(next) = element.offset()
-                            {
-                                state.positions.insert(partition, next);
-                            }
-                        }
+                // Nothing to read now: the reader's positions may have moved past offsets that
+                // hold no record (transaction markers, records compacted away).
+                Polled::PartitionEnd(_) | Polled::Idle => {
+                    if !self.take_positions() {
+                        return ControlFlow::Continue(());
                     }
                 }
-                Polled::Idle => return ControlFlow::Continue(()),
             }
             self.progress.notify_waiters();
             ControlFlow::Continue(())
         });
     }
 
+    /// Records the reader's positions that moved ahead of the records applied; whether any did.
+    fn take_positions(&self) -> bool {
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        let mut state = self.state.lock();
+        let mut moved = false;
+        for element in positions.elements_for_topic(&self.topic) {
+            if let Offset::Offset(next) = element.offset() {
+                let position = state.positions.entry(element.partition()).or_default();
+                if *position < next {
+                    *position = next;
+                    moved = true;
+                }
+            }
+        }
+        moved
+    }
+
     /// Waits until everything written to the topic before this call has been applied, so a
-    /// session reads what another replica wrote a moment ago.
+    /// session reads what another replica wrote a moment ago. A partition is read up to its end
+    /// when the reader's position reaches the end offset, or when the partition holds no record
+    /// (log start = end, also above 0 after delete-records or retention: no record will come).
     pub async fn sync(&self, deadline: Duration) -> Result<(), UpstreamError> {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
         let partitions = self.partitions;
-        let ends = tokio::task::spawn_blocking(move || {
+        let watermarks = tokio::task::spawn_blocking(move || {
             (0..partitions)
-                .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?.1)))
+                .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?)))
                 .collect::<Result<Vec<_>, KafkaError>>()
         })
         .await?
@@ -164,8 +179,8 @@ impl Table {
                 let notified = self.progress.notified();
                 {
                     let state = self.state.lock();
-                    let caught_up = ends.iter().all(|(p, end)| {
-                        *end == 0 || state.positions.get(p).is_some_and(|pos| pos >= end)
+                    let caught_up = watermarks.iter().all(|(p, (low, high))| {
+                        read_to_end(state.positions.get(p).copied(), *low, *high)
                     });
                     if caught_up {
                         return;
@@ -192,5 +207,32 @@ impl Table {
             .filter(|(k, _)| keep(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+}
+
+/// Whether a table reader at `position` (the next offset to read, `None` before the first)
+/// has read a partition with log start `low` and end `high`.
+fn read_to_end(position: Option<i64>, low: i64, high: i64) -> bool {
+    low >= high || position.is_some_and(|position| position >= high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_to_end;
+
+    #[test]
+    fn a_partition_is_read_to_its_end_by_position_or_when_it_holds_no_record() {
+        assert!(read_to_end(None, 0, 0), "never written");
+        assert!(!read_to_end(None, 0, 3));
+        assert!(!read_to_end(Some(2), 0, 3));
+        assert!(read_to_end(Some(3), 0, 3));
+        // Every record deleted (delete-records, retention): log start = end above 0, and the
+        // reader never gets a record to move its position.
+        assert!(read_to_end(None, 5, 5));
+        assert!(read_to_end(Some(2), 5, 5));
+        assert!(
+            !read_to_end(None, 5, 7),
+            "records 5 and 6 are still to read"
+        );
     }
 }

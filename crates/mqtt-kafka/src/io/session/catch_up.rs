@@ -2,6 +2,9 @@
 //! the stored delivery progress, and the progress itself.
 
 use super::*;
+use crate::core::catch_up::{KAFKA_STALL, KafkaWait, RangeStart, range_start};
+use crate::io::metrics::KafkaMetrics;
+use strait_kafka::Reader;
 
 impl Session {
     /// Starts reading what the session missed: records after its stored offsets up to the
@@ -97,7 +100,7 @@ impl Session {
                 let _permit = permit;
                 // Active while the reader runs.
                 let _active = metrics.catch_up(reason);
-                if let Err(error) = catch_up(&clients, reads, &tx, &metrics.catch_up_records) {
+                if let Err(error) = catch_up(&clients, reads, &tx, &metrics) {
                     tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
                     let _ = tx.blocking_send(Err(crate::error_chain(&error)));
                 }
@@ -154,33 +157,61 @@ fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64)
 }
 
 /// Reads `ranges` (topic index, topic, partition, from, to) and sends every record to `tx`.
+/// A range whose start Kafka no longer has (retention, delete-records) is read from the log
+/// start; a range is done once the reader's position reaches its end, whether or not a record
+/// sits at `to - 1` (deleted, compacted, a transaction marker).
 fn catch_up(
     clients: &KafkaClients,
     ranges: Vec<(usize, String, i32, i64, i64)>,
     tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
-    records: &prometheus::IntCounter,
+    metrics: &KafkaMetrics,
 ) -> Result<(), UpstreamError> {
     let consumer = clients.reader("catch-up reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
     for (t, topic, p, from, to) in ranges {
+        let (low, _) = consumer.fetch_watermarks(&topic, p, super::super::METADATA_TIMEOUT)?;
+        let from = match range_start(from, to, low) {
+            RangeStart::From(from) => from,
+            RangeStart::LogStart(low) => {
+                metrics.catch_up_offsets_reset.inc();
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    stored = from,
+                    log_start = low,
+                    "the session's stored offset is no longer in Kafka (retention or \
+                     delete-records): reading from the log start; the records in between are lost"
+                );
+                low
+            }
+            RangeStart::Nothing => continue,
+        };
         assignment.add_partition_offset(&topic, p, Offset::Offset(from))?;
         left.insert((topic, p), (t, to));
     }
+    if left.is_empty() {
+        return Ok(());
+    }
     consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut waiting = KafkaWait::start(std::time::Instant::now());
     let every = Duration::from_millis(200);
     poll_loop(&consumer, "catch-up reader", every, |polled| {
-        if left.is_empty() {
-            return ControlFlow::Break(Ok(()));
-        }
-        if std::time::Instant::now() >= deadline {
-            return ControlFlow::Break(Err(UpstreamError::Timeout(
-                "catch-up took over 60 s".into(),
-            )));
-        }
-        let Polled::Record(record) = polled else {
-            return ControlFlow::Continue(());
+        let record = match polled {
+            Polled::Record(record) => record,
+            Polled::PartitionEnd(_) | Polled::Idle => {
+                finish_read_ranges(&consumer, &mut left);
+                if left.is_empty() {
+                    return ControlFlow::Break(Ok(()));
+                }
+                if waiting.stalled(std::time::Instant::now()) {
+                    return ControlFlow::Break(Err(UpstreamError::Timeout(format!(
+                        "catch-up got nothing from Kafka for {} s",
+                        KAFKA_STALL.as_secs()
+                    ))));
+                }
+                return ControlFlow::Continue(());
+            }
         };
         let key = (record.topic().to_string(), record.partition());
         let Some((t, to)) = left.get(&key).copied() else {
@@ -188,30 +219,55 @@ fn catch_up(
         };
         if record.offset() >= to {
             left.remove(&key);
-            return ControlFlow::Continue(());
-        }
-        let headers = record_headers(&record);
-        if let Ok(message) = headers::decode(
-            record.key(),
-            Bytes::copy_from_slice(record.payload().unwrap_or_default()),
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-        ) {
-            let delivery = Arc::new(Delivery {
-                topic: t,
-                partition: record.partition(),
-                offset: record.offset(),
-                timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
-                message,
-                shared: None,
-            });
-            if tx.blocking_send(Ok(delivery)).is_err() {
-                return ControlFlow::Break(Ok(()));
+        } else {
+            let headers = record_headers(&record);
+            match headers::decode(
+                record.key(),
+                Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            ) {
+                Ok(message) => {
+                    let delivery = Arc::new(Delivery {
+                        topic: t,
+                        partition: record.partition(),
+                        offset: record.offset(),
+                        timestamp_ms: record.timestamp().to_millis().unwrap_or_else(now_ms),
+                        message,
+                        shared: None,
+                    });
+                    // Blocks while the client's window is closed: delivery pauses.
+                    if tx.blocking_send(Ok(delivery)).is_err() {
+                        return ControlFlow::Break(Ok(()));
+                    }
+                    metrics.catch_up_records.inc();
+                }
+                Err(error) => {
+                    metrics.record_skipped(&error, &key.0, key.1, record.offset());
+                }
             }
-            records.inc();
+            if record.offset() + 1 >= to {
+                left.remove(&key);
+            }
         }
-        if record.offset() + 1 >= to {
-            left.remove(&key);
+        waiting.progressed(std::time::Instant::now());
+        if left.is_empty() {
+            return ControlFlow::Break(Ok(()));
         }
         ControlFlow::Continue(())
     })
+}
+
+/// Drops from `left` the ranges the reader's position has reached.
+fn finish_read_ranges(consumer: &Reader, left: &mut HashMap<(String, i32), (usize, i64)>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        let key = (element.topic().to_string(), element.partition());
+        if let (Offset::Offset(position), Some((_, to))) = (element.offset(), left.get(&key))
+            && position >= *to
+        {
+            left.remove(&key);
+        }
+    }
 }

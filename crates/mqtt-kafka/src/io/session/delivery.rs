@@ -111,15 +111,21 @@ impl Session {
                 .retained
                 .select(|topic| retained_for.iter().any(|f| mqtt::topic::matches(f, topic)));
             for (topic, entry) in entries {
-                let Ok(message) = headers::decode(
+                let message = match headers::decode(
                     Some(topic.as_bytes()),
                     entry.value.clone(),
                     entry
                         .headers
                         .iter()
                         .map(|(n, v)| (n.as_str(), v.as_slice())),
-                ) else {
-                    continue;
+                ) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        // The table keeps the latest record per key, not where it was read.
+                        let retained = &self.up.config.topics.retained;
+                        self.up.metrics.record_skipped(&error, retained, -1, -1);
+                        continue;
+                    }
                 };
                 for filter in &retained_for {
                     if !mqtt::topic::matches(filter, &topic) {
