@@ -19,6 +19,8 @@ use crate::ConfigError;
 ///   receiveMaximum: 256
 ///   maxSessionExpiry: 7d
 ///   maxCatchUps: 16
+///   maxRetainedMessages: 100000
+///   maxRetainedBytes: 268435456
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -62,6 +64,17 @@ pub struct SessionLimits {
     #[serde(default = "default_max_catch_ups")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_catch_ups: u32,
+    /// Retained messages (distinct topics) every s-proxy process holds in memory. A RETAIN
+    /// PUBLISH that would set one more is refused with 0x97 (3.1.1: the connection closes);
+    /// replacing or clearing one always works.
+    #[serde(default = "default_max_retained_messages")]
+    #[schemars(range(min = 1))]
+    pub max_retained_messages: u64,
+    /// Bytes of retained topics and payloads every s-proxy process holds in memory; a RETAIN
+    /// PUBLISH beyond them is refused with 0x97.
+    #[serde(default = "default_max_retained_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_retained_bytes: u64,
 }
 
 impl Default for SessionLimits {
@@ -74,6 +87,8 @@ impl Default for SessionLimits {
             receive_maximum: default_receive_maximum(),
             max_session_expiry: default_max_session_expiry(),
             max_catch_ups: default_max_catch_ups(),
+            max_retained_messages: default_max_retained_messages(),
+            max_retained_bytes: default_max_retained_bytes(),
         }
     }
 }
@@ -93,6 +108,12 @@ impl SessionLimits {
             if value == 0 {
                 return Err(ConfigError::invalid(field, "must be at least 1"));
             }
+        }
+        if self.max_retained_messages == 0 || self.max_retained_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "kafka.limits.maxRetainedMessages",
+                "maxRetainedMessages and maxRetainedBytes must be at least 1",
+            ));
         }
         if self.max_session_expiry > Duration::from_secs(u32::MAX.into()) {
             return Err(ConfigError::invalid(
@@ -129,6 +150,12 @@ fn default_max_session_expiry() -> Duration {
 }
 fn default_max_catch_ups() -> u32 {
     16
+}
+fn default_max_retained_messages() -> u64 {
+    100_000
+}
+fn default_max_retained_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 #[cfg(test)]

@@ -282,7 +282,10 @@ async fn session_expiry_is_capped_for_v5_and_311_persistent_sessions() {
     let (_v5, connack) = raw_session(&relay, Protocol::V5, v5_connect(&id5, false, 60)).await;
     assert!(!connack.session_present, "the v5 session expired after 2 s");
     let (_v3, connack) = raw_session(&relay, Protocol::V311, persistent).await;
-    assert!(!connack.session_present, "the 3.1.1 session expired after 2 s");
+    assert!(
+        !connack.session_present,
+        "the 3.1.1 session expired after 2 s"
+    );
 }
 
 #[tokio::test]
@@ -368,4 +371,87 @@ async fn catch_ups_beyond_the_limit_wait_for_a_free_reader_and_miss_nothing() {
             .unwrap_or_else(|| panic!("message {i} for the waiting session"));
         assert_eq!(publish.payload, i.to_string().as_bytes(), "in order");
     }
+}
+
+fn retained(topic: &str, packet_id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(mqtt::Publish {
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: topic.into(),
+        packet_id,
+        payload: payload.to_vec().into(),
+        ..Default::default()
+    })
+}
+
+async fn puback(client: &mut RawClient, packet_id: u16) -> ReasonCode {
+    match next_packet(client, Duration::from_secs(10)).await {
+        Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => ack.reason_code,
+        other => panic!("expected PUBACK {packet_id}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn retained_messages_beyond_the_limit_are_refused_and_the_rest_streamed_to_a_slow_subscriber()
+{
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start_with(
+        &kafka,
+        Topics::unique("retained-cap"),
+        "  limits: { maxRetainedMessages: 3 }\n",
+    )
+    .await;
+    let admin = relay.s_proxy.admin;
+    let held = r#"strait_mqtt_kafka_table_records{role="s-proxy",table="retained"}"#;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    for (i, topic) in ["r/1", "r/2", "r/3"].into_iter().enumerate() {
+        let id = i as u16 + 1;
+        publisher.send(&retained(topic, id, topic.as_bytes())).await;
+        assert_eq!(puback(&mut publisher, id).await, ReasonCode::SUCCESS);
+    }
+    // Once this replica holds the three, a fourth topic is one too many.
+    wait_for_metric(admin, held, 3.0).await;
+    publisher.send(&retained("r/4", 4, b"r/4")).await;
+    assert_eq!(puback(&mut publisher, 4).await, ReasonCode::QUOTA_EXCEEDED);
+    assert_eq!(metric(admin, &limit_hits("retained")).await, Some(1.0));
+    // Replacing one is fine; clearing one makes room.
+    publisher.send(&retained("r/1", 5, b"r/1 again")).await;
+    assert_eq!(puback(&mut publisher, 5).await, ReasonCode::SUCCESS);
+    publisher.send(&retained("r/2", 6, b"")).await;
+    assert_eq!(puback(&mut publisher, 6).await, ReasonCode::SUCCESS);
+    wait_for_metric(admin, held, 2.0).await;
+    publisher.send(&retained("r/4", 7, b"r/4")).await;
+    assert_eq!(puback(&mut publisher, 7).await, ReasonCode::SUCCESS);
+    wait_for_metric(admin, held, 3.0).await;
+
+    // A subscriber with a window of one gets them one at a time, as it acknowledges.
+    let mut connect = connect_packet(&unique_name("slow"));
+    connect.properties.receive_maximum = Some(1);
+    let (mut slow, _) = raw_session(&relay, Protocol::V5, connect).await;
+    slow.send(&subscribe_packet(1, &[("r/#", QoS::AtLeastOnce)]))
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match next_packet(&mut slow, Duration::from_secs(10)).await {
+            Some(Packet::SubAck(_)) => {}
+            Some(Packet::Publish(p)) => {
+                assert!(p.retain);
+                // Nothing else comes while this one is unacknowledged.
+                assert_eq!(
+                    next_packet(&mut slow, Duration::from_millis(200)).await,
+                    None
+                );
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                slow.send(&Packet::PubAck(mqtt::PubAck {
+                    packet_id: p.packet_id,
+                    ..Default::default()
+                }))
+                .await;
+            }
+            other => panic!("expected retained messages, got {other:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["r/1 again", "r/3", "r/4"]);
 }

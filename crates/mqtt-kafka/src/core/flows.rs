@@ -69,7 +69,8 @@ impl Inbound {
         if publish.qos == QoS::AtMostOnce || self.in_flight.contains(&publish.packet_id) {
             return Ok(());
         }
-        if self.protocol == Protocol::V5 && self.in_flight.len() >= usize::from(self.receive_maximum)
+        if self.protocol == Protocol::V5
+            && self.in_flight.len() >= usize::from(self.receive_maximum)
         {
             return Err(Violation::new(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,

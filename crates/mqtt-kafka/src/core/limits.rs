@@ -15,11 +15,12 @@ pub enum Limit {
     SessionExpiry = 5,
     /// Not refused: the catch-up waited for a free reader.
     CatchUps = 6,
+    Retained = 7,
 }
 
 impl Limit {
     /// Label values, indexed by `Limit as usize`.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "subscriptions",
         "filters_per_subscribe",
         "shared_subscriptions",
@@ -27,6 +28,7 @@ impl Limit {
         "receive_maximum",
         "session_expiry",
         "catch_ups",
+        "retained",
     ];
 
     pub fn label(self) -> &'static str {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use strait_mqtt_codec::QoS;
 
-pub use crate::core::limits::Limit;
 use crate::core::headers::RecordError;
+pub use crate::core::limits::Limit;
 
 /// At most one warning per this interval about skipped records (the rest at debug level).
 const SKIPPED_WARN_EVERY_MS: i64 = 60_000;
@@ -84,7 +84,7 @@ pub struct KafkaMetrics {
     pub shared_groups: IntGauge,
     pub shared_members: IntGauge,
     /// `[limit]`.
-    limit_hits: [IntCounter; 7],
+    limit_hits: [IntCounter; Limit::LABELS.len()],
     /// `[reason]`, indexed like `RecordError::REASONS`.
     records_skipped: [IntCounter; RecordError::REASONS.len()],
     /// When a skipped record was last logged as a warning (Unix ms, 0: never).
@@ -184,9 +184,9 @@ impl KafkaMetrics {
             opts(
                 "strait_mqtt_kafka_limit_hits_total",
                 "Times a client ran into a limit of kafka.limits, by limit: refused with 0x97 \
-                 (subscriptions, filters_per_subscribe, shared_subscriptions, shared_groups), \
-                 disconnected with 0x93 (receive_maximum), capped (session_expiry) or made to \
-                 wait (catch_ups)",
+                 (subscriptions, filters_per_subscribe, shared_subscriptions, shared_groups, \
+                 retained), disconnected with 0x93 (receive_maximum), capped (session_expiry) or \
+                 made to wait (catch_ups)",
             ),
             &["limit"],
         )?;

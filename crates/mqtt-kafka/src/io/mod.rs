@@ -305,6 +305,22 @@ impl KafkaUpstream {
         Ok(high)
     }
 
+    /// Whether a RETAIN PUBLISH keeps the retained messages every replica holds in memory
+    /// within `limits.maxRetainedMessages` and `maxRetainedBytes` (clearing one always does).
+    fn admits_retained(&self, publish: &strait_mqtt_codec::Publish) -> bool {
+        if publish.payload.is_empty() {
+            return true;
+        }
+        let limits = &self.config.limits;
+        let size = (publish.topic.len() + publish.payload.len()) as u64;
+        self.retained.admits(
+            &publish.topic,
+            size,
+            limits.max_retained_messages,
+            limits.max_retained_bytes,
+        )
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

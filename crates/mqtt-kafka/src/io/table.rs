@@ -2,7 +2,8 @@
 //! every record (latest value per key), and a session waits until what other replicas wrote a
 //! moment ago has been applied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,11 @@ pub struct Table {
 
 #[derive(Default)]
 pub(crate) struct TableState {
-    pub(crate) entries: HashMap<String, TableEntry>,
+    /// Ordered, so a subscriber's retained messages are streamed from a cursor (see
+    /// [`Table::next_after`]) instead of copied out all at once.
+    pub(crate) entries: BTreeMap<String, TableEntry>,
+    /// Bytes of keys, values and headers held.
+    pub(crate) bytes: i64,
     /// Next offset to read per partition (everything before has been applied).
     pub(crate) positions: HashMap<i32, i64>,
 }
@@ -121,7 +126,8 @@ impl Table {
                         Some(entry) => state.entries.insert(key, entry),
                         None => state.entries.remove(&key),
                     };
-                    self.gauges.bytes.add(added - removed);
+                    state.bytes += added - removed;
+                    self.gauges.bytes.set(state.bytes);
                     self.gauges.records.set(state.entries.len() as i64);
                     state
                         .positions
@@ -198,6 +204,29 @@ impl Table {
         self.state.lock().entries.get(key).cloned()
     }
 
+    /// The first entry after `after` (from the start when `None`) whose key starts with
+    /// `prefix` and satisfies `keep`: one step of a scan that holds no copy of the table.
+    pub fn next_after(
+        &self,
+        after: Option<&str>,
+        prefix: &str,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Option<(String, TableEntry)> {
+        let state = self.state.lock();
+        scan_after(&state.entries, after, prefix, &mut keep).map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    /// Whether setting `key` to a value of `value_size` bytes (key and headers included)
+    /// keeps the table within `max_records` and `max_bytes`.
+    pub fn admits(&self, key: &str, value_size: u64, max_records: u64, max_bytes: u64) -> bool {
+        let state = self.state.lock();
+        let replaced = state.entries.get(key);
+        let records = state.entries.len() as u64 + u64::from(replaced.is_none());
+        let freed = replaced.map_or(0, |e| e.size(key)) as u64;
+        let bytes = (state.bytes as u64).saturating_sub(freed) + value_size;
+        records <= max_records && bytes <= max_bytes
+    }
+
     /// Entries whose key satisfies `keep`.
     pub fn select(&self, mut keep: impl FnMut(&str) -> bool) -> Vec<(String, TableEntry)> {
         let state = self.state.lock();
@@ -210,6 +239,23 @@ impl Table {
     }
 }
 
+/// The first key after `after` (or from `prefix`) that starts with `prefix` and is kept.
+fn scan_after<'a, V>(
+    entries: &'a BTreeMap<String, V>,
+    after: Option<&str>,
+    prefix: &str,
+    keep: &mut impl FnMut(&str) -> bool,
+) -> Option<(&'a String, &'a V)> {
+    let start = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    entries
+        .range::<str, _>((start, Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .find(|(k, _)| keep(k))
+}
+
 /// Whether a table reader at `position` (the next offset to read, `None` before the first)
 /// has read a partition with log start `low` and end `high`.
 fn read_to_end(position: Option<i64>, low: i64, high: i64) -> bool {
@@ -218,7 +264,33 @@ fn read_to_end(position: Option<i64>, low: i64, high: i64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::read_to_end;
+    use super::{BTreeMap, read_to_end, scan_after};
+
+    #[test]
+    fn a_scan_walks_the_keys_under_a_prefix_one_match_at_a_time() {
+        let entries: BTreeMap<String, ()> = ["a/1", "a/2", "a/3/x", "ab", "b/1"]
+            .into_iter()
+            .map(|k| (k.to_string(), ()))
+            .collect();
+        let walk = |prefix: &str, keep: &dyn Fn(&str) -> bool| {
+            let mut keys = Vec::new();
+            let mut after: Option<String> = None;
+            while let Some((key, _)) =
+                scan_after(&entries, after.as_deref(), prefix, &mut |k: &str| keep(k))
+            {
+                keys.push(key.clone());
+                after = Some(key.clone());
+            }
+            keys
+        };
+        assert_eq!(
+            walk("a/", &|k| strait_mqtt_codec::topic::matches("a/+", k)),
+            ["a/1", "a/2"]
+        );
+        assert_eq!(walk("", &|_| true).len(), 5);
+        assert_eq!(walk("b/", &|_| true), ["b/1"]);
+        assert!(walk("c", &|_| true).is_empty());
+    }
 
     #[test]
     fn a_partition_is_read_to_its_end_by_position_or_when_it_holds_no_record() {

@@ -433,7 +433,11 @@ fn a_311_client_has_no_receive_maximum_to_break() {
     let mut inbound = Inbound::new(Protocol::V311, []).with_receive_maximum(1);
     inbound.admit(&numbered(1, QoS::AtLeastOnce)).unwrap();
     inbound.admit(&numbered(2, QoS::AtLeastOnce)).unwrap();
-    assert_eq!(inbound.in_flight(), 2, "throttled by the driver, not refused");
+    assert_eq!(
+        inbound.in_flight(),
+        2,
+        "throttled by the driver, not refused"
+    );
 }
 
 proptest! {

@@ -21,13 +21,8 @@ impl Session {
                 Err(violation) => return Some(End::Server(violation.reason, violation.detail)),
             };
             let new = !self.subscriptions.contains_key(&sub.filter);
-            let quota = limits::subscribe_quota(
-                &self.up.config.limits,
-                position,
-                new,
-                shared,
-                self.held(),
-            );
+            let quota =
+                limits::subscribe_quota(&self.up.config.limits, position, new, shared, self.held());
             let joined = match quota {
                 Ok(()) if new => self.up.subscribe(self.id, &sub.filter),
                 Ok(()) => Ok(None),
@@ -105,43 +100,11 @@ impl Session {
                     "retained messages not read"
                 );
             }
-            let now = now_ms();
-            let entries = self
-                .up
-                .retained
-                .select(|topic| retained_for.iter().any(|f| mqtt::topic::matches(f, topic)));
-            for (topic, entry) in entries {
-                let message = match headers::decode(
-                    Some(topic.as_bytes()),
-                    entry.value.clone(),
-                    entry
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_slice())),
-                ) {
-                    Ok(message) => message,
-                    Err(error) => {
-                        // The table keeps the latest record per key, not where it was read.
-                        let retained = &self.up.config.topics.retained;
-                        self.up.metrics.record_skipped(&error, retained, -1, -1);
-                        continue;
-                    }
-                };
-                for filter in &retained_for {
-                    if !mqtt::topic::matches(filter, &topic) {
-                        continue;
-                    }
-                    let Some(sub) = self.subscriptions.get(filter) else {
-                        continue;
-                    };
-                    if let Some(publish) =
-                        self.to_publish(&message, entry.timestamp_ms, now, &[sub])
-                    {
-                        let mut publish = publish;
-                        publish.retain = true;
-                        self.pending.push_back(publish);
-                    }
-                }
+            for filter in retained_for {
+                // A filter subscribed again restarts its retained messages, never adds a
+                // second stream: at most one cursor per subscription.
+                self.retained_due.retain(|due| due.filter != filter);
+                self.retained_due.push_back(RetainedDue::new(filter));
             }
         }
         None
@@ -307,12 +270,52 @@ impl Session {
     }
 
     /// Sends queued retained messages while the client's receive window has room.
+    /// Sends retained messages due after SUBACKs while the client's window has room, read one
+    /// at a time from the retained table: a session holds a cursor per filter, never a copy.
     pub(super) fn fill_window(&mut self) {
         while self.outbound.has_room() {
-            let Some(publish) = self.pending.pop_front() else {
+            let Some(due) = self.retained_due.front_mut() else {
                 break;
             };
-            self.send_publish(publish, None);
+            let filter = due.filter.as_str();
+            let next = self
+                .up
+                .retained
+                .next_after(due.after.as_deref(), &due.prefix, |topic| {
+                    mqtt::topic::matches(filter, topic)
+                });
+            let Some((topic, entry)) = next else {
+                self.retained_due.pop_front();
+                continue;
+            };
+            due.after = Some(topic.clone());
+            // Unsubscribed meanwhile: nothing more for this filter.
+            let Some(sub) = self.subscriptions.get(filter) else {
+                self.retained_due.pop_front();
+                continue;
+            };
+            let message = match headers::decode(
+                Some(topic.as_bytes()),
+                entry.value.clone(),
+                entry
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_slice())),
+            ) {
+                Ok(message) => message,
+                Err(error) => {
+                    // The table keeps the latest record per key, not where it was read.
+                    let retained = &self.up.config.topics.retained;
+                    self.up.metrics.record_skipped(&error, retained, -1, -1);
+                    continue;
+                }
+            };
+            if let Some(mut publish) =
+                self.to_publish(&message, entry.timestamp_ms, now_ms(), &[sub])
+            {
+                publish.retain = true;
+                self.send_publish(publish, None);
+            }
         }
     }
 
@@ -341,5 +344,45 @@ impl Session {
         for delivery in queued {
             delivery.give_back();
         }
+    }
+}
+
+/// The retained messages of one filter still to send after its SUBACK: a cursor into the
+/// retained table.
+pub(super) struct RetainedDue {
+    filter: String,
+    /// Every topic the filter matches starts with this (the levels before its first
+    /// wildcard), so the scan starts there.
+    prefix: String,
+    /// The last topic sent.
+    after: Option<String>,
+}
+
+impl RetainedDue {
+    pub(super) fn new(filter: String) -> Self {
+        let literal = filter
+            .find(['+', '#'])
+            .map_or(filter.as_str(), |i| &filter[..i]);
+        // `a/#` also matches `a` itself.
+        let prefix = literal.strip_suffix('/').unwrap_or(literal).to_string();
+        Self {
+            filter,
+            prefix,
+            after: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RetainedDue;
+
+    #[test]
+    fn a_retained_scan_starts_at_the_filters_literal_levels() {
+        let prefix = |f: &str| RetainedDue::new(f.into()).prefix;
+        assert_eq!(prefix("a/b/+/c"), "a/b");
+        assert_eq!(prefix("a/#"), "a", "a/# matches a itself");
+        assert_eq!(prefix("#"), "");
+        assert_eq!(prefix("a/b"), "a/b");
     }
 }

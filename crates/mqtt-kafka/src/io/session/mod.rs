@@ -5,8 +5,12 @@
 mod catch_up;
 mod delivery;
 mod end;
+mod packets;
 mod persistence;
 mod writes;
+
+use delivery::RetainedDue;
+use writes::refuse_publish;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -41,10 +45,10 @@ use crate::core::ending::{
 };
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
+use crate::core::limits;
 use crate::core::state::{
     SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
 };
-use crate::core::limits;
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
@@ -113,8 +117,9 @@ struct Session {
     catching_up: HashMap<(usize, i32), i64>,
     /// Live deliveries below these offsets were read by the catch-up.
     live_from: HashMap<(usize, i32), i64>,
-    /// Retained messages waiting for room in the client's receive window.
-    pending: VecDeque<Publish>,
+    /// Filters whose retained messages are still to send, as room opens in the client's
+    /// receive window (at most one per subscription).
+    retained_due: VecDeque<RetainedDue>,
     last_checkpoint: Option<BTreeMap<String, BTreeMap<i32, i64>>>,
     last_write: std::time::Instant,
     /// The client acknowledged a delivery from Kafka since the last write.
@@ -237,7 +242,7 @@ pub async fn run(
         qos2_pending: HashMap::new(),
         catching_up: HashMap::new(),
         live_from: HashMap::new(),
-        pending: VecDeque::new(),
+        retained_due: VecDeque::new(),
         last_checkpoint: None,
         last_write: std::time::Instant::now(),
         acked_since_write: false,
@@ -498,157 +503,5 @@ impl Session {
                 _ = self.up.shutdown.cancelled() => return End::Shutdown,
             }
         }
-    }
-
-    /// Handles one packet from the client; `Some` ends the session.
-    async fn handle(
-        &mut self,
-        packet: Packet,
-        acks: &mut Acks,
-        metrics: &RelayMetrics,
-    ) -> Option<End> {
-        match packet {
-            Packet::Publish(mut publish) => {
-                if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
-                    return Some(End::Server(violation.reason, violation.detail));
-                }
-                if let Err(violation) = self.inbound.admit(&publish) {
-                    self.up.metrics.limit_hit(Limit::ReceiveMaximum);
-                    return Some(End::Server(violation.reason, violation.detail));
-                }
-                if self.up.routing.has_param_routes()
-                    && let Err(refusal) = self.up.ensure_routed(&publish.topic).await
-                {
-                    tracing::debug!(topic = %publish.topic, "PUBLISH refused: {refusal}");
-                    metrics.error(refusal.metric_kind());
-                    let ack = match publish.qos {
-                        // Nothing to answer: dropped, counted.
-                        QoS::AtMostOnce => return None,
-                        QoS::AtLeastOnce => Ack::PubAck(publish.packet_id),
-                        QoS::ExactlyOnce => Ack::PubRec(publish.packet_id),
-                    };
-                    // In order with the acknowledgements still waiting for Kafka.
-                    let refused = (
-                        Ack::Refused(Box::new(ack), refusal.to_string()),
-                        Err(refusal.reason_code()),
-                    );
-                    acks.push_back(Box::pin(async move { refused }));
-                    return None;
-                }
-                match publish.qos {
-                    QoS::AtMostOnce => {
-                        // Handed to the producer now; the client waits for nothing, but a
-                        // record Kafka then refuses is still counted (produce_failures).
-                        tokio::spawn(produce(&self.up, &publish, &self.client_id));
-                    }
-                    QoS::AtLeastOnce => {
-                        let delivery = produce(&self.up, &publish, &self.client_id);
-                        let id = publish.packet_id;
-                        acks.push_back(Box::pin(async move { (Ack::PubAck(id), delivery.await) }));
-                    }
-                    QoS::ExactlyOnce => {
-                        let id = publish.packet_id;
-                        if self.inbound.is_written(id) {
-                            // A resend of a message Kafka already has: acknowledge, do not
-                            // write it again.
-                            acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
-                        } else {
-                            match self.qos2_intent(&publish).await {
-                                Ok(true) => {
-                                    // The first attempt reached Kafka before a crash.
-                                    acks.push_back(Box::pin(
-                                        async move { (Ack::PubRec(id), Ok(())) },
-                                    ));
-                                    return None;
-                                }
-                                Ok(false) => {}
-                                Err(error) => {
-                                    tracing::warn!(
-                                        error = crate::error_chain(&error),
-                                        "cannot store QoS 2 intent"
-                                    );
-                                    let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
-                                    acks.push_back(Box::pin(
-                                        async move { (Ack::PubRec(id), failed) },
-                                    ));
-                                    return None;
-                                }
-                            }
-                            let delivery = produce(&self.up, &publish, &self.client_id);
-                            acks.push_back(Box::pin(
-                                async move { (Ack::PubRec(id), delivery.await) },
-                            ));
-                        }
-                    }
-                }
-            }
-            Packet::PubRel(rel) => {
-                let comp = self.inbound.release(&rel);
-                self.out.push(Packet::PubComp(comp).into());
-            }
-            Packet::PubAck(ack) => {
-                let acked = self.outbound.puback(ack.packet_id);
-                self.acknowledged(acked);
-            }
-            Packet::PubRec(rec) => {
-                let acked = self.outbound.pubrec(&rec);
-                self.acknowledged(acked);
-            }
-            Packet::PubComp(comp) => {
-                let acked = self.outbound.pubcomp(comp.packet_id);
-                self.acknowledged(acked);
-            }
-            Packet::Subscribe(subscribe) => return self.subscribe(subscribe).await,
-            Packet::Unsubscribe(unsubscribe) => {
-                let mut reason_codes = Vec::with_capacity(unsubscribe.filters.len());
-                for filter in &unsubscribe.filters {
-                    if self.subscriptions.remove(filter).is_some() {
-                        self.up.unsubscribe(self.id, filter);
-                        reason_codes.push(ReasonCode::SUCCESS);
-                    } else {
-                        reason_codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
-                    }
-                }
-                if self.expiry > 0
-                    && let Err(error) = self.write_record(None).await
-                {
-                    tracing::warn!(
-                        error = crate::error_chain(&error),
-                        "cannot store the unsubscribe"
-                    );
-                    reason_codes.fill(ReasonCode::UNSPECIFIED_ERROR);
-                }
-                self.out.push(
-                    Packet::UnsubAck(UnsubAck {
-                        packet_id: unsubscribe.packet_id,
-                        reason_codes,
-                        ..Default::default()
-                    })
-                    .into(),
-                );
-            }
-            Packet::PingReq => self.out.push(Packet::PingResp.into()),
-            Packet::Disconnect(disconnect) => {
-                self.expiry = expiry_after_disconnect(
-                    self.expiry,
-                    disconnect.properties.session_expiry_interval,
-                )
-                .min(self.up.config.limits.max_session_expiry_seconds());
-                return Some(End::Disconnect(disconnect.reason_code));
-            }
-            Packet::Auth(_) => {
-                return Some(End::Server(
-                    ReasonCode::BAD_AUTHENTICATION_METHOD,
-                    "enhanced authentication is not supported".into(),
-                ));
-            }
-            other => {
-                return Some(End::Server(
-                    ReasonCode::PROTOCOL_ERROR,
-                    format!("unexpected {} from a client", other.name()),
-                ));
-            }
-        }
-        None
     }
 }

@@ -88,6 +88,23 @@ impl Session {
     }
 }
 
+/// Refuses a PUBLISH before anything is produced: the acknowledgement carries `reason`, in
+/// order with those still waiting for Kafka; a QoS 0 one is dropped (and was counted).
+pub(super) fn refuse_publish(
+    publish: &Publish,
+    acks: &mut Acks,
+    reason: ReasonCode,
+    detail: String,
+) {
+    let ack = match publish.qos {
+        QoS::AtMostOnce => return,
+        QoS::AtLeastOnce => Ack::PubAck(publish.packet_id),
+        QoS::ExactlyOnce => Ack::PubRec(publish.packet_id),
+    };
+    let refused = (Ack::Refused(Box::new(ack), detail), Err(reason));
+    acks.push_back(Box::pin(async move { refused }));
+}
+
 /// Produces a PUBLISH (to the messages topic, and the retained topic when RETAIN is set).
 /// Returns at once with the future of the Kafka acknowledgement.
 pub(crate) fn produce(
