@@ -22,7 +22,10 @@ use crate::core::headers;
 impl KafkaUpstream {
     pub(crate) fn start_dispatcher(self: &Arc<Self>) -> Result<(), UpstreamError> {
         let consumer = self.clients.reader("dispatcher")?;
-        let mut assigned = self.assign_new(&consumer, 0)?;
+        // Partitions assigned, per topic index.
+        let mut assigned: Vec<usize> = Vec::new();
+        let mut generation = self.topics.generation();
+        self.assign_new(&consumer, &mut assigned)?;
         let upstream = self.clone();
         std::thread::Builder::new()
             .name("dispatcher".into())
@@ -35,11 +38,13 @@ impl KafkaUpstream {
                     if let Polled::Record(record) = polled {
                         upstream.dispatch(&record);
                     }
-                    if upstream.topics.len() > assigned {
-                        match upstream.assign_new(&consumer, assigned) {
-                            Ok(now) => assigned = now,
+                    let now = upstream.topics.generation();
+                    if now != generation {
+                        upstream.topics.apply_growth();
+                        match upstream.assign_new(&consumer, &mut assigned) {
+                            Ok(()) => generation = now,
                             Err(error) => {
-                                tracing::warn!(%error, "dispatcher cannot read a new topic")
+                                tracing::warn!(%error, "dispatcher cannot read new partitions")
                             }
                         }
                     }
@@ -49,32 +54,32 @@ impl KafkaUpstream {
         Ok(())
     }
 
-    /// Adds the partitions of the topics from index `from` on to the dispatcher's assignment;
-    /// returns how many topics it reads now.
+    /// Adds the partitions not in `assigned` (new topics, topics grown) to the dispatcher's
+    /// assignment, from their positions.
     pub(crate) fn assign_new(
         &self,
         consumer: &Reader,
-        from: usize,
-    ) -> Result<usize, UpstreamError> {
+        assigned: &mut Vec<usize>,
+    ) -> Result<(), UpstreamError> {
         let topics = self.topics.all();
         let mut assignment = TopicPartitionList::new();
-        for topic in &topics[from..] {
-            for (p, position) in topic.positions.iter().enumerate() {
+        for (t, topic) in topics.iter().enumerate() {
+            let from = assigned.get(t).copied().unwrap_or(0);
+            for (p, position) in topic.positions.iter().enumerate().skip(from) {
                 let offset = Offset::Offset(position.load(Ordering::Acquire));
                 assignment.add_partition_offset(&topic.name, p as i32, offset)?;
             }
         }
-        consumer.incremental_assign(&assignment)?;
-        Ok(topics.len())
+        if assignment.count() > 0 {
+            consumer.incremental_assign(&assignment)?;
+        }
+        *assigned = topics.iter().map(|t| t.positions.len()).collect();
+        Ok(())
     }
 
     pub(crate) fn dispatch(&self, record: &rdkafka::message::BorrowedMessage<'_>) {
-        let (topic, read) = {
-            let topics = self.topics.0.read();
-            let Some(t) = topics.iter().position(|t| t.name == record.topic()) else {
-                return;
-            };
-            (t, topics[t].clone())
+        let Some((topic, read)) = self.topics.find(record.topic()) else {
+            return;
         };
         let (partition, offset) = (record.partition(), record.offset());
         // Shared subscriptions are served by their group consumers.

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::UpstreamError;
+use futures::FutureExt as _;
 use rdkafka::consumer::Consumer;
 use strait_config::mqtt_kafka::{Acks, KafkaConfig};
 use strait_kafka::{KafkaClients, Linger, Producer, Reader};
@@ -51,6 +52,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const SHARED_COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How often the topics of `${params}` routes are looked for in Kafka.
 const ROUTED_TOPICS_SCAN: Duration = Duration::from_secs(2);
+/// How often partitions added to the topics are looked for.
+const PARTITIONS_SCAN: Duration = Duration::from_secs(5);
 
 /// A record of a messages topic, as the dispatcher hands it to sessions.
 #[derive(Debug)]
@@ -82,6 +85,11 @@ impl Delivery {
     }
 }
 
+/// A QoS 2 PUBLISH on its way to Kafka; awaited by its session and by a resend's.
+type Qos2Write = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<(), strait_mqtt_codec::ReasonCode>>,
+>;
+
 /// A locally connected session, for takeover.
 struct Local {
     connection: String,
@@ -105,8 +113,6 @@ pub struct KafkaUpstream {
     pub topics: MessagesTopics,
     /// Topics of `${params}` routes known to exist or being created.
     routed: routed::RoutedTopics,
-    /// Partition counts of the static messages topics and the retained and sessions topics.
-    partitions: HashMap<String, i32>,
     /// A client that never fetches: end offsets.
     watermarks: Arc<Reader>,
     subscriptions: OrderedRwLock<Trie<Target>>,
@@ -117,6 +123,9 @@ pub struct KafkaUpstream {
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
     local: Arc<OrderedMutex<HashMap<String, Local>>>,
+    /// QoS 2 PUBLISHes being written, by (client id, packet id): they outlive the session
+    /// that started them, so a resend on the next connection waits for their outcome.
+    qos2_writes: OrderedMutex<HashMap<(String, u16), Qos2Write>>,
     /// Catch-up readers that may run at once (`limits.maxCatchUps`).
     catch_up_readers: Arc<tokio::sync::Semaphore>,
     next_id: AtomicU64,
@@ -216,7 +225,6 @@ impl KafkaUpstream {
             clients,
             topics: messages_topics,
             routed: routed::RoutedTopics::default(),
-            partitions,
             watermarks: metadata_reader.clone(),
             subscriptions: OrderedRwLock::new(
                 Level::Subscriptions,
@@ -228,6 +236,7 @@ impl KafkaUpstream {
             retained,
             sessions,
             local,
+            qos2_writes: OrderedMutex::new(Level::Leaf, "QoS 2 writes", HashMap::new()),
             catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_catch_ups as usize,
             )),
@@ -243,6 +252,7 @@ impl KafkaUpstream {
             tokio::spawn(upstream.clone().watch_routed_topics());
         }
         upstream.start_dispatcher()?;
+        tokio::spawn(upstream.clone().watch_partitions());
         tokio::spawn(watchdog::run(upstream.clone()));
         Ok(upstream)
     }
@@ -261,12 +271,9 @@ impl KafkaUpstream {
             .collect()
     }
 
+    /// Partitions of a messages topic the dispatcher reads (they may grow at run time).
     pub fn partition_count(&self, topic: &str) -> Option<i32> {
-        if let Some(count) = self.partitions.get(topic) {
-            return Some(*count);
-        }
-        let topics = self.topics.0.read();
-        let found = topics.iter().find(|t| t.name == topic)?;
+        let (_, found) = self.topics.find(topic)?;
         Some(found.positions.len() as i32)
     }
 
@@ -303,6 +310,33 @@ impl KafkaUpstream {
         })
         .await??;
         Ok(high)
+    }
+
+    /// Tracks a QoS 2 PUBLISH's write until Kafka answers, whatever becomes of its session.
+    fn write_qos2(
+        self: &Arc<Self>,
+        client_id: &str,
+        packet_id: u16,
+        write: impl Future<Output = Result<(), strait_mqtt_codec::ReasonCode>> + Send + 'static,
+    ) -> Qos2Write {
+        let write = write.boxed().shared();
+        let key = (client_id.to_string(), packet_id);
+        self.qos2_writes.lock().insert(key.clone(), write.clone());
+        let (up, done) = (self.clone(), write.clone());
+        tokio::spawn(async move {
+            let _ = done.clone().await;
+            let mut writes = up.qos2_writes.lock();
+            if writes.get(&key).is_some_and(|w| w.ptr_eq(&done)) {
+                writes.remove(&key);
+            }
+        });
+        write
+    }
+
+    /// The write of an earlier attempt at this QoS 2 PUBLISH still waiting for Kafka.
+    fn qos2_write_in_flight(&self, client_id: &str, packet_id: u16) -> Option<Qos2Write> {
+        let key = (client_id.to_string(), packet_id);
+        self.qos2_writes.lock().get(&key).cloned()
     }
 
     /// Whether a RETAIN PUBLISH keeps the retained messages every replica holds in memory

@@ -186,8 +186,13 @@ impl KafkaUpstream {
             &[
                 // A replica that dies is noticed in 10 s, not Kafka's default 45.
                 ("session.timeout.ms", "10000"),
-                // Offsets are committed here once delivered, never when merely read.
-                ("auto.offset.reset", "latest"),
+                // The group starts from the end of every partition it has at first (see
+                // `start_shared`, which commits those positions); a partition without a
+                // committed offset later is one added to the topic since: read it all.
+                ("auto.offset.reset", "earliest"),
+                // Partitions added to the topic join the group within seconds, not the
+                // default five minutes.
+                ("topic.metadata.refresh.interval.ms", "5000"),
             ],
             self.clients.report().clone(),
             "shared subscription consumer",
@@ -211,7 +216,14 @@ impl KafkaUpstream {
                     }
                 }
                 if !*ready.borrow() {
-                    self.start_shared(&consumer, ready)?;
+                    let moved = self.start_shared(&consumer, ready)?;
+                    // A record of a partition whose start was just set was polled before:
+                    // it is older than the start (or read again from there).
+                    if let Polled::Record(record) = &polled
+                        && moved.contains(&(record.topic().to_string(), record.partition()))
+                    {
+                        return Ok(ControlFlow::Continue(()));
+                    }
                 }
                 if last_commit.elapsed() >= SHARED_COMMIT_EVERY {
                     last_commit = std::time::Instant::now();
@@ -270,14 +282,16 @@ impl KafkaUpstream {
 
     /// Once the group has an assignment: a new group starts from the current end of the
     /// partitions it has not consumed yet, so what is published after SUBACK is not skipped.
+    /// Returns the partitions whose position it set.
     pub(crate) fn start_shared(
         &self,
         consumer: &Reader,
         ready: &tokio::sync::watch::Sender<bool>,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<HashSet<(String, i32)>, UpstreamError> {
+        let mut moved = HashSet::new();
         let assignment = consumer.assignment()?;
         if assignment.count() == 0 {
-            return Ok(());
+            return Ok(moved);
         }
         let committed = consumer.committed(METADATA_TIMEOUT)?;
         let mut start = TopicPartitionList::new();
@@ -299,6 +313,7 @@ impl KafkaUpstream {
                     element.partition(),
                     Offset::Offset(end),
                 )?;
+                moved.insert((element.topic().to_string(), element.partition()));
             }
         }
         // Committed at once, so a replica that takes a partition over in a rebalance
@@ -307,7 +322,7 @@ impl KafkaUpstream {
             consumer.commit(&start, rdkafka::consumer::CommitMode::Sync)?;
         }
         let _ = ready.send(true);
-        Ok(())
+        Ok(moved)
     }
 
     /// Gives a shared subscription's record to the next member with room; when all are full,

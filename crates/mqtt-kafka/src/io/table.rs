@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use crate::UpstreamError;
@@ -28,7 +29,8 @@ use super::metrics::TableGauges;
 /// A compacted topic kept in memory: key → latest value (tombstones remove the key).
 pub struct Table {
     pub(crate) topic: String,
-    pub(crate) partitions: i32,
+    /// Partitions read (more when the topic grows, see [`Table::grow`]).
+    pub(crate) partitions: AtomicI32,
     pub(crate) state: OrderedMutex<TableState>,
     pub(crate) progress: Notify,
     pub(crate) consumer: Arc<Reader>,
@@ -87,7 +89,7 @@ impl Table {
         consumer.assign(&assignment)?;
         let table = Arc::new(Self {
             topic: topic.to_string(),
-            partitions,
+            partitions: AtomicI32::new(partitions),
             watermarks,
             state: OrderedMutex::new(Level::Leaf, "table", TableState::default()),
             progress: Notify::new(),
@@ -172,7 +174,7 @@ impl Table {
     pub async fn sync(&self, deadline: Duration) -> Result<(), UpstreamError> {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
-        let partitions = self.partitions;
+        let partitions = self.partitions.load(Ordering::Acquire);
         let watermarks = tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?)))
@@ -198,6 +200,30 @@ impl Table {
         .await
         .with_context(|| format!("{} not read up to its end within {deadline:?}", self.topic))
         .map_err(Into::into)
+    }
+
+    /// The topic has `count` partitions now: reads the new ones from their start. (Records
+    /// are placed by key hash, so a grown compacted topic has keys whose latest record is in
+    /// a new partition.)
+    pub(crate) fn grow(&self, count: i32) -> Result<(), UpstreamError> {
+        let read = self.partitions.load(Ordering::Acquire);
+        if count <= read {
+            return Ok(());
+        }
+        tracing::warn!(
+            topic = self.topic,
+            from = read,
+            to = count,
+            "a compacted topic has new partitions; reading them (keys now hash to other \
+             partitions: never grow the retained or sessions topic)"
+        );
+        let mut assignment = TopicPartitionList::new();
+        for p in read..count {
+            assignment.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+        }
+        self.consumer.incremental_assign(&assignment)?;
+        self.partitions.store(count, Ordering::Release);
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Option<TableEntry> {

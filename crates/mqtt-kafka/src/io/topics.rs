@@ -2,8 +2,9 @@
 //! routes as they appear in Kafka) and topic administration: creating missing topics, checking
 //! that the retained and sessions topics are compacted, reading partition counts and offsets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::UpstreamError;
@@ -14,8 +15,8 @@ use strait_config::mqtt_kafka::KafkaConfig;
 use strait_kafka::{KafkaClients, Reader};
 use strait_runtime::Context as _;
 
-use super::lock_order::{Level, OrderedRwLock};
-use super::{KafkaUpstream, METADATA_TIMEOUT, ROUTED_TOPICS_SCAN};
+use super::lock_order::{Level, OrderedMutex, OrderedRwLock};
+use super::{KafkaUpstream, METADATA_TIMEOUT, PARTITIONS_SCAN, ROUTED_TOPICS_SCAN};
 
 /// One messages topic the dispatcher reads.
 pub struct MessagesTopic {
@@ -36,46 +37,62 @@ impl MessagesTopic {
 
 /// The messages topics subscribers are served from, with indices that never change: the
 /// default and static routes' topics from the start, topics of `${params}` routes as they
-/// appear in Kafka.
-pub struct MessagesTopics(pub(crate) OrderedRwLock<Vec<Arc<MessagesTopic>>>);
+/// appear in Kafka. Partitions added to a topic later are read too (see [`Self::grow`]).
+pub struct MessagesTopics {
+    topics: OrderedRwLock<Vec<Arc<MessagesTopic>>>,
+    /// New partitions found in Kafka and not read yet: topic index -> the start offsets of
+    /// the partitions after those read. Applied by the dispatcher, the only writer of
+    /// positions, so no position it advances is lost.
+    grown: OrderedMutex<HashMap<usize, Vec<i64>>>,
+    /// Bumped when a topic is added or found grown: the dispatcher looks at one number per
+    /// poll.
+    generation: AtomicU64,
+}
 
 impl Default for MessagesTopics {
     fn default() -> Self {
-        Self(OrderedRwLock::new(
-            Level::Leaf,
-            "messages topics",
-            Vec::new(),
-        ))
+        Self {
+            topics: OrderedRwLock::new(Level::Leaf, "messages topics", Vec::new()),
+            grown: OrderedMutex::new(Level::Leaf, "grown topics", HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
     }
 }
 
 impl MessagesTopics {
     pub fn all(&self) -> Vec<Arc<MessagesTopic>> {
-        self.0.read().clone()
+        self.topics.read().clone()
     }
 
     pub fn names(&self) -> Vec<String> {
-        let topics = self.0.read();
+        let topics = self.topics.read();
         topics.iter().map(|t| t.name.clone()).collect()
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
-        let topics = self.0.read();
+        let topics = self.topics.read();
         topics.iter().position(|t| t.name == name)
+    }
+
+    /// The topic named `name` and its index.
+    pub(crate) fn find(&self, name: &str) -> Option<(usize, Arc<MessagesTopic>)> {
+        let topics = self.topics.read();
+        let t = topics.iter().position(|t| t.name == name)?;
+        Some((t, topics[t].clone()))
     }
 
     /// The name of topic `t` (indices handed out are never removed).
     pub fn name(&self, t: usize) -> String {
-        self.0.read()[t].name.clone()
+        self.topics.read()[t].name.clone()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.0.read().len()
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Adds a topic read from `starts` (per partition), unless it is there already.
     pub(crate) fn add(&self, name: &str, starts: &[i64]) -> usize {
-        let mut topics = self.0.write();
+        let mut topics = self.topics.write();
         if let Some(existing) = topics.iter().position(|t| t.name == name) {
             return existing;
         }
@@ -83,7 +100,45 @@ impl MessagesTopics {
             name: name.to_string(),
             positions: starts.iter().map(|o| AtomicI64::new(*o)).collect(),
         }));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         topics.len() - 1
+    }
+
+    /// Kafka has more partitions of topic `t` than are read: `starts` holds the start offsets
+    /// of the partitions from `first` on. The dispatcher picks them up at its next poll.
+    pub(crate) fn grow(&self, t: usize, first: usize, starts: Vec<i64>) {
+        if first == self.topics.read()[t].positions.len() && !starts.is_empty() {
+            self.grown.lock().insert(t, starts);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Extends the topics found grown with their new partitions (called by the dispatcher).
+    pub(crate) fn apply_growth(&self) {
+        let grown = std::mem::take(&mut *self.grown.lock());
+        if grown.is_empty() {
+            return;
+        }
+        let mut topics = self.topics.write();
+        for (t, starts) in grown {
+            let old = &topics[t];
+            tracing::info!(
+                topic = old.name,
+                from = old.positions.len(),
+                to = old.positions.len() + starts.len(),
+                "a messages topic has new partitions; reading them"
+            );
+            let positions = old
+                .positions
+                .iter()
+                .map(|p| AtomicI64::new(p.load(Ordering::Acquire)))
+                .chain(starts.into_iter().map(AtomicI64::new))
+                .collect();
+            topics[t] = Arc::new(MessagesTopic {
+                name: old.name.clone(),
+                positions,
+            });
+        }
     }
 }
 
@@ -139,6 +194,69 @@ impl KafkaUpstream {
                 );
             }
         }
+    }
+
+    /// Partitions added to the messages, retained or sessions topics after start are read
+    /// too: looked for every `PARTITIONS_SCAN`. Records a client publishes are placed by the
+    /// partition count the dispatcher reads, so they follow as soon as it does.
+    pub(crate) async fn watch_partitions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PARTITIONS_SCAN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Err(error) = self.follow_partitions().await {
+                tracing::debug!(
+                    error = crate::error_chain(&error),
+                    "looking for new partitions"
+                );
+            }
+        }
+    }
+
+    async fn follow_partitions(&self) -> Result<(), UpstreamError> {
+        let reader = self.watermarks.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .map(|t| (t.name().to_string(), t.partitions().len()))
+                    .collect::<HashMap<_, _>>(),
+            )
+        })
+        .await?
+        .context("reading partition counts")?;
+        for table in [&self.retained, &self.sessions] {
+            if let Some(count) = counts.get(&table.topic) {
+                table.grow(*count as i32)?;
+            }
+        }
+        for (t, topic) in self.topics.all().iter().enumerate() {
+            let read = topic.positions.len();
+            let Some(&count) = counts.get(&topic.name).filter(|c| **c > read) else {
+                continue;
+            };
+            // New partitions hold only records written since they were made: from their start.
+            let (reader, name) = (self.watermarks.clone(), topic.name.clone());
+            let starts = tokio::task::spawn_blocking(move || {
+                (read..count)
+                    .map(|p| {
+                        Ok(reader
+                            .fetch_watermarks(&name, p as i32, METADATA_TIMEOUT)?
+                            .0)
+                    })
+                    .collect::<Result<Vec<i64>, KafkaError>>()
+            })
+            .await?
+            .with_context(|| format!("reading the new partitions of {}", topic.name))?;
+            self.topics.grow(t, read, starts);
+        }
+        Ok(())
     }
 
     /// Makes the dispatcher read `topic` (it picks new topics up within a poll).

@@ -269,7 +269,6 @@ impl Session {
         }
     }
 
-    /// Sends queued retained messages while the client's receive window has room.
     /// Sends retained messages due after SUBACKs while the client's window has room, read one
     /// at a time from the retained table: a session holds a cursor per filter, never a copy.
     pub(super) fn fill_window(&mut self) {

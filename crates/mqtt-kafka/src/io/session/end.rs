@@ -7,6 +7,11 @@ impl Session {
     pub(super) async fn finish(mut self, end: End, to_client: &ToClient, metrics: &RelayMetrics) {
         let close = end.close();
         tracing::info!(reason = end.label(), "session ended");
+        if self.qos2_dirty && self.expiry > 0 && self.write_record(None).await.is_err() {
+            // The client must not see a QoS 2 PUBLISH or PUBREL whose state is not stored (see
+            // `serve`): after a restart it would get the message again as a new one.
+            self.out.clear();
+        }
         if let Some((reason, detail)) = &close {
             if matches!(end, End::Server(..)) {
                 metrics.error("session_error");

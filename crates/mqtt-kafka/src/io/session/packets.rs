@@ -77,7 +77,11 @@ impl Session {
                                     return None;
                                 }
                             }
-                            let delivery = produce(&self.up, &publish, &self.client_id);
+                            let delivery = self.up.write_qos2(
+                                &self.client_id,
+                                id,
+                                produce(&self.up, &publish, &self.client_id),
+                            );
                             acks.push_back(Box::pin(
                                 async move { (Ack::PubRec(id), delivery.await) },
                             ));

@@ -14,6 +14,17 @@ impl Session {
         if self.expiry == 0 {
             return Ok(false);
         }
+        if let Some(earlier) = self
+            .up
+            .qos2_write_in_flight(&self.client_id, publish.packet_id)
+        {
+            // An earlier connection's attempt is still on its way to Kafka from this process
+            // (the session ended while Kafka was slow or away): its outcome decides, or the
+            // search below would miss a record that lands a moment later.
+            if earlier.await.is_ok() {
+                return Ok(true);
+            }
+        }
         if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
             let clients = self.up.clients.clone();
             let end = self.up.end_offset(&topic, p).await?;
