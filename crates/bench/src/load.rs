@@ -32,6 +32,18 @@ impl Client {
         client_id: &str,
         keep_alive: u16,
     ) -> anyhow::Result<Self> {
+        let connect = Connect {
+            clean_start: true,
+            keep_alive,
+            client_id: client_id.into(),
+            ..Connect::default()
+        };
+        Self::raw(addr, connect).await
+    }
+
+    /// Connects with this CONNECT (a persistent session, say) and waits for a successful
+    /// CONNACK.
+    pub async fn raw(addr: SocketAddr, connect: Connect) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
@@ -39,12 +51,6 @@ impl Client {
         let mut client = Self {
             stream,
             buf: BytesMut::new(),
-        };
-        let connect = Connect {
-            clean_start: true,
-            keep_alive,
-            client_id: client_id.into(),
-            ..Connect::default()
         };
         client.send(&Packet::Connect(connect)).await?;
         match client.recv().await? {

@@ -1,6 +1,7 @@
 //! `strait-bench`: Strait's data plane measured against the system it fronts, in one command
 //! per protocol, on this machine.
 
+mod abuse;
 mod grpc;
 mod load;
 mod mqtt;
@@ -45,6 +46,9 @@ enum Command {
     /// gRPC: a service directly vs through grpc-kafka → Kafka → kafka-grpc → service.
     #[command(long_about = grpc::LONG_ABOUT, after_help = grpc::EXAMPLES)]
     Grpc(grpc::GrpcArgs),
+    /// Misbehaving MQTT clients against r-proxy → s-proxy on Kafka, beside a well-behaved one.
+    #[command(long_about = abuse::LONG_ABOUT, after_help = abuse::EXAMPLES)]
+    Abuse(abuse::AbuseArgs),
 }
 
 #[tokio::main]
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
                 Command::Mqtt(args) => mqtt::run(args).await,
                 Command::MqttKafka(args) => mqtt_kafka::run(args).await,
                 Command::Grpc(args) => grpc::run(args).await,
+                Command::Abuse(args) => abuse::run(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; proxies stopped"),

@@ -119,6 +119,14 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("parsing VmRSS")
 }
 
+/// Threads of a process, from `/proc/<pid>/status`.
+pub fn threads(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "Threads:")?
+        .trim()
+        .parse()
+        .context("parsing Threads")
+}
+
 /// The soft "Max open files" limit of a process, from `/proc/<pid>/limits`.
 pub fn open_files_limit(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;

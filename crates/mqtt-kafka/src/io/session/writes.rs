@@ -54,7 +54,7 @@ impl Session {
             }
             Ack::Refused(..) => unreachable!("unwrapped above"),
             Ack::PubRec(packet_id) => {
-                self.qos2_pending.remove(&packet_id);
+                let pending = self.qos2_pending.remove(&packet_id);
                 if reason_code.is_error() {
                     // Refused: the QoS 2 flow ends here, no PUBREL follows.
                     self.inbound.answered(packet_id);
@@ -68,6 +68,11 @@ impl Session {
                             "cannot store QoS 2 state"
                         );
                         self.inbound.unwritten(packet_id);
+                        // Until "written" is stored, the intent is what lets a resend find
+                        // this write: the session's last record must keep it.
+                        if let Some(pending) = pending {
+                            self.qos2_pending.insert(packet_id, pending);
+                        }
                         return Some(End::Server(
                             ReasonCode::UNSPECIFIED_ERROR,
                             "cannot store QoS 2 state".into(),

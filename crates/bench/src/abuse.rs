@@ -1,0 +1,411 @@
+//! `strait-bench abuse`: misbehaving MQTT clients against r-proxy → s-proxy on Kafka, while a
+//! well-behaved client publishes at QoS 1. Passes when the proxies' threads and memory stay
+//! within stated bounds and the good client's PUBACK p99 stays within 2x of its value without
+//! the abuse.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use strait_mqtt_codec::{
+    Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Subscription, SubscriptionOptions,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::Client;
+use crate::mqtt::latency::{Percentiles, histogram};
+use crate::procs::{self, ProxyArgs, Relay};
+
+/// The good client's PUBACK p99 under abuse, at most this multiple of its p99 without.
+const MAX_P99_RATIO: f64 = 2.0;
+/// Threads each proxy may gain under the abuse.
+const MAX_EXTRA_THREADS: u64 = 64;
+/// Resident memory each proxy may gain under the abuse.
+const MAX_EXTRA_RSS_MIB: u64 = 256;
+
+pub const LONG_ABOUT: &str = "\
+    Runs the ways a device fleet can try to exhaust Strait against r-proxy → s-proxy on Kafka \
+    (fresh topics, default limits), all at once, while one well-behaved client publishes QoS 1 \
+    messages one at a time:\n  \
+    shared-groups  one client subscribing to 300 distinct $share groups (each would be a Kafka \
+    consumer and threads)\n  \
+    subscriptions  one client sending SUBSCRIBEs of 1,000 filters, again and again\n  \
+    receive-max    clients sending QoS 2 PUBLISHes without PUBREL past the Receive Maximum, \
+    reconnecting after each 0x93\n  \
+    oversized      clients sending 8 MiB PUBLISHes (over the maximum packet size), reconnecting\n  \
+    idle-sockets   500 TCP connections that never send CONNECT\n  \
+    reconnects     200 persistent sessions reconnecting at once to catch up on missed \
+    messages, again and again\n\n\
+    Reports the good client's PUBACK latency without and with the abuse, and each proxy's \
+    threads and resident memory before and at their peak under it; fails when a bound is \
+    exceeded. Measure release builds.";
+
+pub const EXAMPLES: &str = "\
+    Example (Kafka from tests/e2e/services):\n  \
+    tests/e2e/services up kafka && eval \"$(tests/e2e/services env)\"\n  \
+    cargo build --release -p strait-proxy -p strait-bench\n  \
+    $CARGO_TARGET_DIR/release/strait-bench abuse";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AbuseArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    pub kafka: String,
+
+    #[command(flatten)]
+    pub proxies: ProxyArgs,
+
+    /// QoS 1 messages the well-behaved client publishes for each measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub probe: usize,
+}
+
+pub async fn run(args: AbuseArgs) -> anyhow::Result<()> {
+    let bin = args.proxies.bin()?;
+    let run_id = format!("{}-{}", std::process::id(), crate::grpc::rand_suffix());
+    let dir = std::env::temp_dir().join(format!("strait-bench-abuse-{run_id}"));
+    std::fs::create_dir_all(&dir)?;
+    let topics = [
+        format!("bench-abuse-{run_id}-messages"),
+        format!("bench-abuse-{run_id}-retained"),
+        format!("bench-abuse-{run_id}-sessions"),
+    ];
+    let config = dir.join("s-proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: kafka\nkafka:\n  bootstrap: '{}'\n  \
+             topics: {{ messages: {}, retained: {}, sessions: {} }}\n  \
+             newTopics: {{ partitions: 4 }}\n",
+            args.kafka, topics[0], topics[1], topics[2]
+        ),
+    )?;
+    eprintln!("strait-bench abuse: logs and config in {}", dir.display());
+    let spec = args.proxies.relay(
+        bin,
+        vec!["--config".into(), config.display().to_string()],
+        dir,
+    );
+    let mut relay = Relay::start(&spec).await?;
+    let result = measure(&args, &mut relay).await;
+    relay.stop().await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(error) = crate::grpc::delete_topics(&args.kafka, &names).await {
+        eprintln!("WARNING: bench topics not deleted: {error:#}");
+    }
+    let report = result?;
+    print!("{report}");
+    if report.contains("FAIL") {
+        bail!("a bound was exceeded");
+    }
+    Ok(())
+}
+
+/// What one proxy process holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    threads: u64,
+    rss_kib: u64,
+}
+
+fn held(pid: u32) -> Held {
+    Held {
+        threads: procs::threads(pid).unwrap_or(0),
+        rss_kib: procs::rss_kib(pid).unwrap_or(0),
+    }
+}
+
+async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> {
+    let addr = relay.mqtt;
+    // Warm up, then the baseline.
+    probe(addr, args.probe / 4).await?;
+    let calm = probe(addr, args.probe).await?;
+    let before = [held(relay.r_proxy.pid), held(relay.s_proxy.pid)];
+
+    let stop = CancellationToken::new();
+    let mut abusers = JoinSet::new();
+    abusers.spawn(shared_groups(addr, stop.clone()));
+    abusers.spawn(subscriptions(addr, stop.clone()));
+    for i in 0..2 {
+        abusers.spawn(receive_max(addr, i, stop.clone()));
+        abusers.spawn(oversized(addr, i, stop.clone()));
+    }
+    abusers.spawn(idle_sockets(addr, stop.clone()));
+    abusers.spawn(reconnects(addr, stop.clone()));
+    // Peaks, sampled while the abuse runs.
+    let sampler = {
+        let pids = [relay.r_proxy.pid, relay.s_proxy.pid];
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = [Held::default(); 2];
+            while !stop.is_cancelled() {
+                for (p, pid) in peak.iter_mut().zip(pids) {
+                    let now = held(pid);
+                    p.threads = p.threads.max(now.threads);
+                    p.rss_kib = p.rss_kib.max(now.rss_kib);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak
+        })
+    };
+    // Let every vector get going before measuring.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let abused = probe(addr, args.probe).await;
+    stop.cancel();
+    let mut effects = Vec::new();
+    while let Some(done) = abusers.join_next().await {
+        effects.push(done.context("abuse task")??);
+    }
+    let peak = sampler.await?;
+    relay.check_running()?;
+    let abused = abused?;
+
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    writeln!(out, "strait-bench abuse: r-proxy -> s-proxy on Kafka, default limits")?;
+    for effect in &effects {
+        writeln!(out, "  {effect}")?;
+    }
+    let ratio = abused.p99 / calm.p99;
+    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
+    writeln!(
+        out,
+        "good client, {} QoS 1 PUBLISHes one at a time: PUBACK p50/p99 {:.0}/{:.0} µs calm, \
+         {:.0}/{:.0} µs under abuse: p99 x{ratio:.2} (at most x{MAX_P99_RATIO}) {}",
+        args.probe,
+        calm.p50,
+        calm.p99,
+        abused.p50,
+        abused.p99,
+        verdict(ratio <= MAX_P99_RATIO)
+    )?;
+    for (i, name) in ["r-proxy", "s-proxy"].iter().enumerate() {
+        let threads = peak[i].threads.saturating_sub(before[i].threads);
+        let rss_mib = peak[i].rss_kib.saturating_sub(before[i].rss_kib) / 1024;
+        writeln!(
+            out,
+            "{name}: threads {} -> peak {} (+{threads}, at most +{MAX_EXTRA_THREADS}) {}; RSS \
+             {} -> peak {} MiB (+{rss_mib}, at most +{MAX_EXTRA_RSS_MIB}) {}",
+            before[i].threads,
+            peak[i].threads,
+            verdict(threads <= MAX_EXTRA_THREADS),
+            before[i].rss_kib / 1024,
+            peak[i].rss_kib / 1024,
+            verdict(rss_mib <= MAX_EXTRA_RSS_MIB)
+        )?;
+    }
+    Ok(out)
+}
+
+/// The well-behaved client: QoS 1 PUBLISHes one at a time, PUBACK latency.
+async fn probe(addr: SocketAddr, count: usize) -> anyhow::Result<Percentiles> {
+    let mut client = Client::connect(addr, &format!("good-{}", crate::grpc::rand_suffix()), 60)
+        .await
+        .context("the well-behaved client")?;
+    let mut latencies = histogram();
+    for i in 0..count {
+        let packet_id = (i % 60_000 + 1) as u16;
+        let started = Instant::now();
+        client
+            .send(&Packet::Publish(Publish {
+                qos: QoS::AtLeastOnce,
+                topic: "good/probe".into(),
+                packet_id,
+                payload: Bytes::from_static(&[0; 100]),
+                ..Publish::default()
+            }))
+            .await?;
+        match client.recv().await? {
+            Packet::PubAck(ack) if ack.packet_id == packet_id && !ack.reason_code.is_error() => {}
+            other => bail!("the well-behaved client got {other:?}"),
+        }
+        latencies.record(started.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Percentiles::of(&latencies))
+}
+
+fn subscribe_packet(packet_id: u16, filters: impl IntoIterator<Item = String>) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id,
+        subscriptions: filters
+            .into_iter()
+            .map(|filter| Subscription {
+                filter,
+                options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+            })
+            .collect(),
+        ..Subscribe::default()
+    })
+}
+
+/// Counts a SUBACK's refused and granted filters.
+fn tally(packet: Packet, granted: &mut usize, refused: &mut usize) -> anyhow::Result<()> {
+    let Packet::SubAck(ack) = packet else {
+        bail!("expected SUBACK, got {}", packet.name());
+    };
+    for code in ack.reason_codes {
+        if code.is_error() {
+            *refused += 1;
+        } else {
+            *granted += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn shared_groups(addr: SocketAddr, _stop: CancellationToken) -> anyhow::Result<String> {
+    let mut client = Client::connect(addr, "abuse-shared", 0).await?;
+    let (mut granted, mut refused) = (0, 0);
+    for batch in 0..10u16 {
+        let filters = (0..30).map(|i| format!("$share/g{}/abuse/#", batch * 30 + i));
+        client.send(&subscribe_packet(batch + 1, filters)).await?;
+        tally(client.recv().await?, &mut granted, &mut refused)?;
+    }
+    Ok(format!(
+        "shared-groups: 300 $share groups asked, {granted} granted, {refused} refused"
+    ))
+}
+
+async fn subscriptions(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
+    let mut client = Client::connect(addr, "abuse-subs", 0).await?;
+    let (mut granted, mut refused, mut packets) = (0, 0, 0u16);
+    while !stop.is_cancelled() && packets < 200 {
+        packets += 1;
+        let filters = (0..1000).map(|i| format!("abuse/{packets}/{i}"));
+        client.send(&subscribe_packet(packets, filters)).await?;
+        tally(client.recv().await?, &mut granted, &mut refused)?;
+    }
+    Ok(format!(
+        "subscriptions: {packets} SUBSCRIBEs of 1,000 filters, {granted} granted, {refused} refused"
+    ))
+}
+
+async fn receive_max(addr: SocketAddr, i: usize, stop: CancellationToken) -> anyhow::Result<String> {
+    let (mut sessions, mut told) = (0, 0);
+    while !stop.is_cancelled() {
+        sessions += 1;
+        let mut client = Client::connect(addr, &format!("abuse-rm-{i}"), 0).await?;
+        for packet_id in 1..=300u16 {
+            let publish = Packet::Publish(Publish {
+                qos: QoS::ExactlyOnce,
+                topic: "abuse/q2".into(),
+                packet_id,
+                payload: Bytes::from_static(b"x"),
+                ..Publish::default()
+            });
+            if client.send(&publish).await.is_err() {
+                break;
+            }
+        }
+        loop {
+            match client.recv().await {
+                Ok(Packet::Disconnect(d)) if d.reason_code == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED => {
+                    told += 1;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(format!(
+        "receive-max {i}: {sessions} sessions of 300 QoS 2 PUBLISHes without PUBREL, {told} ended with 0x93"
+    ))
+}
+
+async fn oversized(addr: SocketAddr, i: usize, stop: CancellationToken) -> anyhow::Result<String> {
+    let payload = Bytes::from(vec![b'x'; 8 * 1024 * 1024]);
+    let mut tries = 0;
+    while !stop.is_cancelled() {
+        tries += 1;
+        let mut client = Client::connect(addr, &format!("abuse-big-{i}"), 0).await?;
+        let publish = Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            topic: "abuse/big".into(),
+            packet_id: 1,
+            payload: payload.clone(),
+            ..Publish::default()
+        });
+        let _ = client.send(&publish).await;
+        while client.recv().await.is_ok() {}
+    }
+    Ok(format!(
+        "oversized {i}: {tries} PUBLISHes of 8 MiB, each ending its connection"
+    ))
+}
+
+async fn idle_sockets(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..500 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => held.push(stream),
+            Err(_) => refused += 1,
+        }
+    }
+    let opened = held.len();
+    stop.cancelled().await;
+    Ok(format!(
+        "idle-sockets: {opened} connections without CONNECT held open ({refused} not accepted)"
+    ))
+}
+
+async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
+    const SESSIONS: usize = 200;
+    let persistent = |i: usize, clean: bool| Connect {
+        clean_start: clean,
+        keep_alive: 0,
+        client_id: format!("abuse-persistent-{i}"),
+        properties: strait_mqtt_codec::ConnectProperties {
+            session_expiry_interval: Some(600),
+            ..Default::default()
+        },
+        ..Connect::default()
+    };
+    // Subscribed once, then away while messages arrive, then all back at once, again and again.
+    for i in 0..SESSIONS {
+        let mut client = Client::raw(addr, persistent(i, true)).await?;
+        client.send(&subscribe_packet(1, ["abuse/missed".to_string()])).await?;
+        client.recv().await?;
+    }
+    let mut publisher = Client::connect(addr, "abuse-missed-publisher", 0).await?;
+    let mut waves = 0;
+    while !stop.is_cancelled() {
+        waves += 1;
+        for packet_id in 1..=50u16 {
+            publisher
+                .send(&Packet::Publish(Publish {
+                    qos: QoS::AtLeastOnce,
+                    topic: "abuse/missed".into(),
+                    packet_id,
+                    payload: Bytes::from_static(b"missed"),
+                    ..Publish::default()
+                }))
+                .await?;
+        }
+        for _ in 0..50 {
+            publisher.recv().await?;
+        }
+        let mut back = JoinSet::new();
+        for i in 0..SESSIONS {
+            let connect = persistent(i, false);
+            back.spawn(async move {
+                // Connect, take a few messages, leave without acknowledging them.
+                let mut client = Client::raw(addr, connect).await?;
+                for _ in 0..5 {
+                    client.recv().await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = back.join_next().await {
+            done??;
+        }
+    }
+    Ok(format!(
+        "reconnects: {waves} waves of {SESSIONS} persistent sessions catching up at once"
+    ))
+}
