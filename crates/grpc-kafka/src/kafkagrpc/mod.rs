@@ -77,7 +77,15 @@ struct OpenCall {
 struct GroupContext {
     report: KafkaReport,
     ready: ReadinessFlag,
-    revoked: Mutex<Vec<(String, i32)>>,
+    /// Shared with the rebalance callback, which runs inside `recv` on the consumer loop's
+    /// task: never held across an await.
+    tracker: Mutex<Offsets>,
+}
+
+impl GroupContext {
+    fn offsets(&self) -> std::sync::MutexGuard<'_, Offsets> {
+        self.tracker.lock().expect("offset tracker lock poisoned")
+    }
 }
 
 /// Errors and librdkafka's logs are reported like every other client's.
@@ -92,6 +100,40 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    /// Partitions about to go (possibly to another member): commit what is done for them now,
+    /// while they are still ours, and forget them, so that no later commit of this member moves
+    /// them (calls still running for them finish, but their completion no longer counts; the
+    /// next holder reads their records again).
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let mut tracker = self.offsets();
+        let mut commit = TopicPartitionList::new();
+        for e in list.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if let Some(position) = tracker.position(&key) {
+                if let Err(error) =
+                    commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(position))
+                {
+                    tracing::warn!(%error, "cannot build the commit of revoked partitions");
+                }
+            }
+            tracker.revoke(&key);
+        }
+        drop(tracker);
+        if commit.count() > 0
+            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            // Their records are read again by the next holder: repeated, never lost.
+            tracing::warn!(%error, "committing revoked partitions failed");
+        }
+        tracing::info!(
+            count = list.count(),
+            "partitions revoked; what was done for them is committed"
+        );
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
@@ -103,13 +145,7 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(?partitions, "assigned");
                 self.ready.set(true);
             }
-            Rebalance::Revoke(list) => {
-                let mut revoked = self.revoked.lock().expect("revoked lock poisoned");
-                for e in list.elements() {
-                    revoked.push((e.topic().to_owned(), e.partition()));
-                }
-                tracing::info!(count = list.count(), "partitions revoked");
-            }
+            Rebalance::Revoke(_) => {} // handled before the rebalance
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }
     }
@@ -140,7 +176,7 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleE
     let context = GroupContext {
         report: clients.report().clone(),
         ready,
-        revoked: Mutex::new(Vec::new()),
+        tracker: Mutex::new(Offsets::default()),
     };
     let consumer: Arc<GroupConsumer> = Arc::new(clients.group_member(
         &group,
@@ -217,7 +253,7 @@ async fn consume(
 ) -> Result<(), RoleError> {
     let config = &backend.config;
     let names = &config.headers;
-    let mut tracker = Offsets::default();
+    let tracker = &consumer.context().tracker;
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
     let mut dedup = Dedup::new(config.dedup_window, 100_000);
     let mut superseded: Superseded = HashMap::new();
@@ -232,14 +268,9 @@ async fn consume(
             biased;
             () = shutdown.cancelled() => break,
             Some(done) = done_rx.recv() => {
-                finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded);
+                finish(done, &mut calls, tracker, &mut dedup, &mut superseded);
             }
-            _ = commit_tick.tick() => {
-                for (topic, partition) in consumer.context().revoked.lock().expect("revoked lock poisoned").drain(..) {
-                    tracker.revoke(&(topic, partition));
-                }
-                commit(&consumer, &mut tracker, CommitMode::Async);
-            }
+            _ = commit_tick.tick() => commit(&consumer, CommitMode::Async),
             message = consumer.recv(), if room_for_more(&calls, max_open) => {
                 let message = match message {
                     Ok(message) => message,
@@ -249,12 +280,12 @@ async fn consume(
                     }
                 };
                 let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-                tracker.read((topic.clone(), partition), offset);
+                consumer.context().offsets().read((topic.clone(), partition), offset);
                 let record = (topic, partition, offset);
                 let headers = CallHeaders::read(&message, names);
                 let value = message.payload().map(Bytes::copy_from_slice);
                 drop(message);
-                on_record(&backend, record, headers, value, &mut calls, &mut tracker, &mut dedup, &mut superseded, &done_tx).await;
+                on_record(&backend, record, headers, value, &mut calls, tracker, &mut dedup, &mut superseded, &done_tx).await;
             }
         }
     }
@@ -265,7 +296,7 @@ async fn consume(
     }
     while !calls.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(done)) => finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded),
+            Ok(Some(done)) => finish(done, &mut calls, tracker, &mut dedup, &mut superseded),
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(
@@ -276,7 +307,7 @@ async fn consume(
             }
         }
     }
-    commit(&consumer, &mut tracker, CommitMode::Sync);
+    commit(&consumer, CommitMode::Sync);
     Ok(())
 }
 
@@ -299,7 +330,7 @@ async fn on_record(
     headers: CallHeaders,
     value: Option<Bytes>,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut Offsets,
+    tracker: &Mutex<Offsets>,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
     done_tx: &mpsc::UnboundedSender<Done>,
@@ -344,7 +375,7 @@ async fn on_record(
                     let _ = done_tx.send(Done::Records(vec![record]));
                 });
             }
-            _ => tracker.done(&(topic.to_owned(), partition), offset),
+            _ => mark_done(tracker, topic, partition, offset),
         }
         return;
     };
@@ -360,7 +391,7 @@ async fn on_record(
             offset,
             "request record without a correlation id; skipped"
         );
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     };
     let full_name = format!("{service}/{method}");
@@ -375,7 +406,7 @@ async fn on_record(
         })
         .collect();
     if routes.is_empty() {
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if let Some(reply_to) = &headers.reply_to
@@ -396,7 +427,7 @@ async fn on_record(
             method = %full_name,
             "request record refused: its reply topic is not in the route's replyTo; the service is not called"
         );
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if value.is_none() && headers.status.is_some() {
@@ -406,7 +437,7 @@ async fn on_record(
         {
             call.cancel.cancel();
         }
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if value.is_some()
@@ -419,6 +450,11 @@ async fn on_record(
         let old = calls.remove(&id).expect("present");
         superseded.insert(old.instance, old.records);
     } else if let Some(call) = calls.get_mut(&id) {
+        if call.records.contains(&record) {
+            // Read again after a rebalance gave its partition back while the call still runs:
+            // done when the call is, and not a request message to send twice.
+            return;
+        }
         call.records.push(record);
         if call.requests.is_none() {
             call.repeated = true;
@@ -442,7 +478,7 @@ async fn on_record(
             if value.is_none() {
                 answered.request_ended = true;
             }
-            tracker.done(&(topic.to_owned(), partition), offset);
+            mark_done(tracker, topic, partition, offset);
             return;
         }
         // The original ended: this record belongs to a repeat of the call (a redelivery, or a
@@ -450,7 +486,7 @@ async fn on_record(
         match answered.replies.clone() {
             Some(answer) => {
                 if value.is_some() {
-                    tracker.done(&(topic.to_owned(), partition), offset);
+                    mark_done(tracker, topic, partition, offset);
                     return;
                 }
                 backend
@@ -520,14 +556,14 @@ async fn on_record(
 fn finish(
     done: Done,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut Offsets,
+    tracker: &Mutex<Offsets>,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
 ) {
     match done {
         Done::Records(records) => {
             for (topic, partition, offset) in records {
-                tracker.done(&(topic.clone(), partition), offset);
+                mark_done(tracker, &topic, partition, offset);
             }
         }
         Done::Call {
@@ -542,22 +578,28 @@ fn finish(
                 // A run replaced by a repeat: only its records remain to be done.
                 if let Some(records) = superseded.remove(&instance) {
                     for (topic, partition, offset) in records {
-                        tracker.done(&(topic.clone(), partition), offset);
+                        mark_done(tracker, &topic, partition, offset);
                     }
                 }
                 return;
             }
             let call = calls.remove(&correlation_id).expect("checked");
             for (topic, partition, offset) in &call.records {
-                tracker.done(&(topic.to_owned(), *partition), *offset);
+                mark_done(tracker, topic, *partition, *offset);
             }
             dedup.insert(correlation_id, replies, call.requests.is_none());
         }
     }
 }
 
-fn commit(consumer: &GroupConsumer, tracker: &mut Offsets, mode: CommitMode) {
-    let positions = tracker.committable();
+/// `offset` is done (ignored when its partition was revoked since).
+fn mark_done(tracker: &Mutex<Offsets>, topic: &str, partition: i32, offset: i64) {
+    let mut tracker = tracker.lock().expect("offset tracker lock poisoned");
+    tracker.done(&(topic.to_owned(), partition), offset);
+}
+
+fn commit(consumer: &GroupConsumer, mode: CommitMode) {
+    let positions = consumer.context().offsets().committable();
     if positions.is_empty() {
         return;
     }
