@@ -22,6 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use super::Frontend;
+use super::slots::Slot;
 use crate::grpc::fetch_id::{self, Progress};
 
 pub(crate) struct FetchCall {
@@ -61,6 +62,18 @@ impl StreamingService<Bytes> for FetchCall {
                     "a fetch takes an empty request message",
                 ));
             }
+            let Some(slot) = frontend.fetch_streams.take() else {
+                frontend
+                    .metrics
+                    .finished(&name, Code::ResourceExhausted, Duration::ZERO);
+                return Err(frontend.metrics.limit_reached(
+                    "limits.maxFetchStreams",
+                    Status::resource_exhausted(format!(
+                        "{} fetch streams are already open (limits.maxFetchStreams); try again later",
+                        frontend.fetch_streams.max
+                    )),
+                ));
+            };
             let consumer =
                 open(&frontend, &route.topic, resume.clone().unwrap_or_default()).await?;
             let (tx, rx) = mpsc::channel(64);
@@ -74,6 +87,7 @@ impl StreamingService<Bytes> for FetchCall {
                     consumer,
                     resume.unwrap_or_default(),
                     tx,
+                    slot,
                 )
                 .instrument(span),
             );
@@ -120,6 +134,7 @@ async fn stream(
     consumer: StreamReader,
     mut progress: Progress,
     tx: mpsc::Sender<Result<Bytes, Status>>,
+    _slot: Slot,
 ) {
     let started = tokio::time::Instant::now();
     let field = frontend.config.reliability.field;

@@ -34,15 +34,14 @@ use tracing::Instrument as _;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
-use dedup::Dedup;
+use dedup::{Dedup, DedupMetrics};
 use strait_kafka::{KafkaClients, KafkaReport, Linger, OffsetTracker};
 
 /// Readiness: the consumer has joined its group and received an assignment (possibly empty).
 pub const READINESS: [&str; 1] = ["kafka"];
 
-/// Reply records kept per call for answering a redelivered call (bigger answers are not kept,
-/// and such a call is made again).
-const MAX_KEPT_REPLY_BYTES: usize = 256 * 1024;
+/// Answers kept for repeated calls at most (besides `dedupMaxBytes`).
+const MAX_DEDUP_ENTRIES: usize = 100_000;
 const REQUEST_QUEUE: usize = 256;
 
 struct Backend {
@@ -255,7 +254,15 @@ async fn consume(
     let names = &config.headers;
     let tracker = &consumer.context().tracker;
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
-    let mut dedup = Dedup::new(config.dedup_window, 100_000);
+    let mut dedup = Dedup::new(
+        config.dedup_window,
+        MAX_DEDUP_ENTRIES,
+        config.dedup_max_bytes,
+        DedupMetrics {
+            bytes: backend.metrics.dedup_bytes.clone(),
+            evictions: backend.metrics.dedup_evictions.clone(),
+        },
+    );
     let mut superseded: Superseded = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     // Calls whose requests are all read but not answered yet are bounded: past this many, the
