@@ -111,12 +111,11 @@ impl ConsumerContext for GroupContext {
         let mut commit = TopicPartitionList::new();
         for e in list.elements() {
             let key = (e.topic().to_owned(), e.partition());
-            if let Some(position) = tracker.position(&key) {
-                if let Err(error) =
+            if let Some(position) = tracker.position(&key)
+                && let Err(error) =
                     commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(position))
-                {
-                    tracing::warn!(%error, "cannot build the commit of revoked partitions");
-                }
+            {
+                tracing::warn!(%error, "cannot build the commit of revoked partitions");
             }
             tracker.revoke(&key);
         }
