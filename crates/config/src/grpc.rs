@@ -398,8 +398,9 @@ pub struct GrpcKafkaLimits {
     /// RESOURCE_EXHAUSTED on every call for a moment, then closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// `fetch` streams open at once (each reads the topic with its own Kafka consumer);
-    /// further fetches get RESOURCE_EXHAUSTED.
+    /// `fetch` streams open at once (they share one Kafka reader per topic; a stream reading
+    /// older records has a consumer of its own until it catches up); further fetches get
+    /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_fetch_streams")]
     pub max_fetch_streams: usize,
     /// Largest request or reply message, in bytes.

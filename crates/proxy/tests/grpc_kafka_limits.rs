@@ -212,3 +212,142 @@ async fn recorded_answers_stay_within_their_byte_budget() {
     let hits = "strait_grpc_limit_hits_total{limit=\"dedupMaxAnswerBytes\",role=\"kafka-grpc\"}";
     assert!(metric(admin, hits).await.is_some_and(|n| n >= 1.0));
 }
+
+/// Many fetch streams of one topic share one Kafka reader: streams opened while records keep
+/// arriving, one resumed from its last message id and one that stops reading for longer than
+/// the shared reader keeps records, each get every record exactly once, in order per key.
+#[tokio::test]
+async fn fetch_streams_share_one_reader_and_miss_nothing() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use strait_grpc_kafka::grpc::fetch_id;
+
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, _service) = start_service().await;
+    let bridge = Bridge::start(&bootstrap, target).await;
+    let admin = bridge.front.admin;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let produce = |from: usize, to: usize| {
+        let (producer, topic) = (producer.clone(), bridge.events.clone());
+        async move {
+            let sends: Vec<_> = (from..to)
+                .map(|i| {
+                    let value = prost::Message::encode_to_vec(&grpc_support::pb::Event {
+                        text: format!("e{i}"),
+                    });
+                    let (producer, topic) = (producer.clone(), topic.clone());
+                    async move {
+                        producer
+                            .send(
+                                FutureRecord::to(&topic)
+                                    .key(&format!("k{}", i % 5))
+                                    .payload(&value),
+                                Duration::from_secs(10),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                })
+                .collect();
+            futures::future::join_all(sends).await;
+        }
+    };
+    // Reads `stream` until `count` events are in `seen`.
+    async fn read(
+        stream: &mut tonic::Streaming<Bytes>,
+        seen: &mut Vec<(usize, Vec<u8>)>,
+        count: usize,
+    ) {
+        while seen.len() < count {
+            let message = tokio::time::timeout(CALL, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {count} events", seen.len()))
+                .unwrap()
+                .unwrap();
+            let event: grpc_support::pb::Event = prost::Message::decode(message.as_ref()).unwrap();
+            let id = fetch_id::find_id(&message, 32767).unwrap();
+            seen.push((event.text[1..].parse().unwrap(), id));
+        }
+    }
+    fn check(seen: &[(usize, Vec<u8>)], count: usize, what: &str) {
+        let mut numbers: Vec<usize> = seen.iter().map(|(n, _)| *n).collect();
+        for key in 0..5 {
+            let of_key: Vec<usize> = numbers.iter().copied().filter(|n| n % 5 == key).collect();
+            assert!(
+                of_key.is_sorted(),
+                "{what}: k{key} out of order: {of_key:?}"
+            );
+        }
+        numbers.sort();
+        numbers.dedup();
+        assert_eq!(numbers.len(), count, "{what}: every event once");
+        assert_eq!(seen.len(), count, "{what}: no duplicate");
+    }
+
+    let channel = channel(&bridge).await;
+    produce(0, 100).await;
+    let mut slow = fetch(&channel).await.unwrap();
+    let mut streams = Vec::new();
+    for round in 0..10 {
+        streams.push((fetch(&channel).await.unwrap(), Vec::new()));
+        produce(100 + round * 20, 120 + round * 20).await;
+    }
+    // One stream stops after 150 events and resumes from its last message id.
+    let (first, mut seen) = streams.remove(0);
+    let mut first = first;
+    read(&mut first, &mut seen, 150).await;
+    drop(first);
+    let last_id = seen.last().unwrap().1.clone();
+    let mut resumed = {
+        let mut raw = tonic::client::Grpc::new(channel.clone());
+        raw.ready().await.unwrap();
+        let mut request = Request::new(futures::stream::iter([Bytes::new()]));
+        request.metadata_mut().insert(
+            "last-message-id",
+            fetch_id::to_text(&last_id).parse().unwrap(),
+        );
+        let path = http::uri::PathAndQuery::from_static("/strait.test.v1.Events/Fetch");
+        raw.streaming(request, path, RawCodec)
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // More than the shared reader keeps while `slow` reads nothing.
+    produce(300, 1600).await;
+    read(&mut resumed, &mut seen, 1600).await;
+    check(&seen, 1600, "resumed");
+    for (i, (stream, seen)) in streams.iter_mut().enumerate() {
+        read(stream, seen, 1600).await;
+        check(seen, 1600, &format!("stream {i}"));
+    }
+    let mut slow_seen = Vec::new();
+    read(&mut slow, &mut slow_seen, 1600).await;
+    check(&slow_seen, 1600, "slow");
+
+    // Caught up, live streams hold no consumer of their own: one shared reader.
+    let consumers = "strait_grpc_fetch_consumers{role=\"grpc-kafka\"}";
+    wait_until(
+        Duration::from_secs(10),
+        "the catch-up consumers to close",
+        || async { (metric(admin, consumers).await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        metric(admin, "strait_grpc_fetch_streams{role=\"grpc-kafka\"}").await,
+        Some(11.0)
+    );
+    produce(1600, 1650).await;
+    for (i, (stream, seen)) in streams.iter_mut().enumerate() {
+        read(stream, seen, 1650).await;
+        check(seen, 1650, &format!("stream {i}, live"));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "one consumer (the shared reader) once live again",
+        || async { (metric(admin, consumers).await == Some(1.0)).then_some(()) },
+    )
+    .await;
+}

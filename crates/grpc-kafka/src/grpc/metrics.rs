@@ -23,6 +23,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_grpc_limit_hits_total",
     "strait_grpc_connections",
     "strait_grpc_fetch_streams",
+    "strait_grpc_fetch_consumers",
     "strait_grpc_dedup_bytes",
     "strait_grpc_dedup_evictions_total",
 ];
@@ -49,6 +50,9 @@ pub struct GrpcMetrics {
     pub connections: IntGauge,
     /// `fetch` streams open (grpc-kafka).
     pub fetch_streams: IntGauge,
+    /// Kafka consumers open for fetch streams: one shared reader per fetched topic, plus one
+    /// per stream while it catches up (grpc-kafka).
+    pub fetch_consumers: IntGauge,
     /// Bytes of recorded answers kept for repeated calls (kafka-grpc).
     pub dedup_bytes: IntGauge,
     /// Recorded answers forgotten before their window ended, by the bound that forced it
@@ -148,6 +152,10 @@ impl GrpcMetrics {
             IntGauge::with_opts(opts("strait_grpc_connections", "Client connections open"))?;
         let fetch_streams =
             IntGauge::with_opts(opts("strait_grpc_fetch_streams", "fetch streams open"))?;
+        let fetch_consumers = IntGauge::with_opts(opts(
+            "strait_grpc_fetch_consumers",
+            "Kafka consumers open for fetch streams: a shared reader per fetched topic, and one per stream catching up",
+        ))?;
         let dedup_bytes = IntGauge::with_opts(opts(
             "strait_grpc_dedup_bytes",
             "Bytes of recorded answers kept for answering repeated calls",
@@ -162,6 +170,7 @@ impl GrpcMetrics {
         registry.register(Box::new(limit_hits.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(fetch_streams.clone()))?;
+        registry.register(Box::new(fetch_consumers.clone()))?;
         registry.register(Box::new(dedup_bytes.clone()))?;
         registry.register(Box::new(dedup_evictions.clone()))?;
         registry.register(Box::new(calls.clone()))?;
@@ -188,6 +197,7 @@ impl GrpcMetrics {
             limit_hits,
             connections,
             fetch_streams,
+            fetch_consumers,
             dedup_bytes,
             dedup_evictions,
             methods: Default::default(),

@@ -1,10 +1,12 @@
 //! grpc-kafka: a gRPC server for any service the `.proto` files describe. Each call becomes
 //! records on a route's request topic; its answer comes back as records on the reply topic,
 //! read by one consumer per reply topic (assigned all partitions) that hands each record to the
-//! waiting call by correlation id. `fetch` routes stream a topic to the client instead. Callers
+//! waiting call by correlation id. `fetch` routes stream a topic to the client instead, from one
+//! shared reader per topic (`feed`). Callers
 //! are authenticated (`auth`) before anything reaches Kafka.
 
 mod auth;
+mod feed;
 mod fetch;
 mod produce;
 mod replies;
@@ -69,6 +71,8 @@ pub(crate) struct Frontend {
     connections: Slots,
     /// `limits.maxFetchStreams`.
     fetch_streams: Slots,
+    /// The shared reader of each fetched topic.
+    feeds: feed::Feeds,
     /// Connections over `limits.maxConnections` being told so (RESOURCE_EXHAUSTED) before they
     /// are closed; past this many, they are closed at once.
     refusing: Slots,
@@ -131,6 +135,7 @@ pub async fn start(
             config.limits.max_fetch_streams,
             metrics.fetch_streams.clone(),
         ),
+        feeds: feed::Feeds::default(),
         refusing: Slots::new(
             MAX_REFUSING,
             prometheus::IntGauge::new("refusing", "-").expect("valid"),
