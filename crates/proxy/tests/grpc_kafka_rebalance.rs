@@ -226,3 +226,43 @@ async fn a_rebalance_never_commits_past_a_call_still_running() {
     );
     assert_eq!(answered.len(), SLOW_CALLS);
 }
+
+/// A client stream whose partition is revoked between two of its messages (a member joins)
+/// is answered with each message once, whichever member holds the partition afterwards.
+#[tokio::test]
+async fn a_client_stream_across_a_rebalance_gets_each_message_once() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let mut bridge = Bridge::start(&bootstrap, target).await;
+    let mut client = bridge.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request("s0")).await.unwrap();
+    let call = tokio::spawn(async move {
+        // One key: every message on one partition.
+        let mut call = with_timeout(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Duration::from_secs(60),
+        );
+        call.metadata_mut()
+            .insert("x-key", "fixed".parse().unwrap());
+        client.client_stream(call).await
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the first message to reach the service",
+        || async { (service.count("s0") > 0).then_some(()) },
+    )
+    .await;
+    let since: Vec<usize> = bridge.back.iter().map(|b| b.log().len()).collect();
+    bridge.add_backend().await;
+    wait_for_assignments(&bridge, &since).await;
+    tx.send(request("s1")).await.unwrap();
+    drop(tx);
+    let reply = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap_or_else(|_| panic!("no answer\n{}", bridge.logs()))
+        .unwrap()
+        .unwrap_or_else(|s| panic!("{s}\n{}", bridge.logs()))
+        .into_inner();
+    assert_eq!(reply.text, "s0+s1", "{}", bridge.logs());
+}

@@ -79,6 +79,9 @@ struct GroupContext {
     /// Shared with the rebalance callback, which runs inside `recv` on the consumer loop's
     /// task: never held across an await.
     tracker: Mutex<Offsets>,
+    /// Partitions revoked since the consumer loop last looked (it cancels their calls that
+    /// still wait for request records).
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl GroupContext {
@@ -118,6 +121,10 @@ impl ConsumerContext for GroupContext {
                 tracing::warn!(%error, "cannot build the commit of revoked partitions");
             }
             tracker.revoke(&key);
+            self.revoked
+                .lock()
+                .expect("revoked lock poisoned")
+                .push(key);
         }
         drop(tracker);
         if commit.count() > 0
@@ -175,6 +182,7 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleE
         report: clients.report().clone(),
         ready,
         tracker: Mutex::new(Offsets::default()),
+        revoked: Mutex::new(Vec::new()),
     };
     let consumer: Arc<GroupConsumer> = Arc::new(clients.group_member(
         &group,
@@ -278,6 +286,8 @@ async fn consume(
             }
             _ = commit_tick.tick() => commit(&consumer, CommitMode::Async),
             message = consumer.recv(), if room_for_more(&calls, max_open) => {
+                // The rebalance callback runs inside `recv`.
+                forget_revoked(&consumer, &mut calls);
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
@@ -315,6 +325,35 @@ async fn consume(
     }
     commit(&consumer, CommitMode::Sync);
     Ok(())
+}
+
+/// Calls of revoked partitions that still wait for request records can never get them here:
+/// cancelled (no reply is written for a cancelled call) and forgotten, so that the partition's
+/// next holder, this member again or another, makes the call from its first record. Calls with
+/// all their records go on and answer; their completion no longer counts for the commit.
+fn forget_revoked(consumer: &GroupConsumer, calls: &mut HashMap<String, OpenCall>) {
+    let revoked: Vec<(String, i32)> = std::mem::take(
+        &mut *consumer
+            .context()
+            .revoked
+            .lock()
+            .expect("revoked lock poisoned"),
+    );
+    if revoked.is_empty() {
+        return;
+    }
+    calls.retain(|id, call| {
+        let moved = call.requests.is_some()
+            && call
+                .records
+                .iter()
+                .any(|(t, p, _)| revoked.iter().any(|(rt, rp)| rt == t && rp == p));
+        if moved {
+            tracing::info!(correlation_id = %id, "call cancelled: its partition was revoked before all its request records were read");
+            call.cancel.cancel();
+        }
+        !moved
+    });
 }
 
 /// Whether to read more records: below `max_open` calls, or while some open call still waits
