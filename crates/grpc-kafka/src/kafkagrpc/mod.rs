@@ -6,6 +6,7 @@
 
 mod call;
 mod dedup;
+mod group;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,17 +14,11 @@ use std::time::Duration;
 
 use crate::RoleError;
 use bytes::Bytes;
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
 
-use strait_runtime::{Process, ReadinessFlag};
+use strait_runtime::Process;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +30,8 @@ use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
 use dedup::{Dedup, DedupMetrics};
-use strait_kafka::{KafkaClients, KafkaReport, Linger, OffsetTracker};
+use group::{GroupConsumer, GroupContext, Offsets, commit, mark_done, report_lag};
+use strait_kafka::{KafkaClients, Linger};
 
 /// Readiness: the consumer has joined its group and received an assignment (possibly empty).
 pub const READINESS: [&str; 1] = ["kafka"];
@@ -73,94 +69,6 @@ struct OpenCall {
     repeated: bool,
 }
 
-struct GroupContext {
-    report: KafkaReport,
-    ready: ReadinessFlag,
-    /// Shared with the rebalance callback, which runs inside `recv` on the consumer loop's
-    /// task: never held across an await.
-    tracker: Mutex<Offsets>,
-    /// Partitions revoked since the consumer loop last looked (it cancels their calls that
-    /// still wait for request records).
-    revoked: Mutex<Vec<(String, i32)>>,
-}
-
-impl GroupContext {
-    fn offsets(&self) -> std::sync::MutexGuard<'_, Offsets> {
-        self.tracker.lock().expect("offset tracker lock poisoned")
-    }
-}
-
-/// Errors and librdkafka's logs are reported like every other client's.
-impl ClientContext for GroupContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.report.error(error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.report.log(level, fac, log_message);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    /// Partitions about to go (possibly to another member): commit what is done for them now,
-    /// while they are still ours, and forget them, so that no later commit of this member moves
-    /// them (calls still running for them finish, but their completion no longer counts; the
-    /// next holder reads their records again).
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else {
-            return;
-        };
-        let mut tracker = self.offsets();
-        let mut commit = TopicPartitionList::new();
-        for e in list.elements() {
-            let key = (e.topic().to_owned(), e.partition());
-            if let Some(position) = tracker.position(&key)
-                && let Err(error) =
-                    commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(position))
-            {
-                tracing::warn!(%error, "cannot build the commit of revoked partitions");
-            }
-            tracker.revoke(&key);
-            self.revoked
-                .lock()
-                .expect("revoked lock poisoned")
-                .push(key);
-        }
-        drop(tracker);
-        if commit.count() > 0
-            && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
-        {
-            // Their records are read again by the next holder: repeated, never lost.
-            tracing::warn!(%error, "committing revoked partitions failed");
-        }
-        tracing::info!(
-            count = list.count(),
-            "partitions revoked; what was done for them is committed"
-        );
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions: Vec<String> = list
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                    .collect();
-                tracing::info!(?partitions, "assigned");
-                self.ready.set(true);
-            }
-            Rebalance::Revoke(_) => {} // handled before the rebalance
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-        }
-    }
-}
-
-type GroupConsumer = StreamConsumer<GroupContext>;
-
-/// Commit positions of the request partitions, per (topic, partition).
-type Offsets = OffsetTracker<(String, i32)>;
-
 /// Consumes until shutdown (`config` as validated by the caller).
 pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleError> {
     let ready = process.health.flag(READINESS[0]);
@@ -178,12 +86,7 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleE
     if !clients.wait_for_cluster(&process.shutdown.token()).await? {
         return Ok(());
     }
-    let context = GroupContext {
-        report: clients.report().clone(),
-        ready,
-        tracker: Mutex::new(Offsets::default()),
-        revoked: Mutex::new(Vec::new()),
-    };
+    let context = GroupContext::new(clients.report().clone(), ready);
     let consumer: Arc<GroupConsumer> = Arc::new(clients.group_member(
         &group,
         &[
@@ -332,13 +235,7 @@ async fn consume(
 /// next holder, this member again or another, makes the call from its first record. Calls with
 /// all their records go on and answer; their completion no longer counts for the commit.
 fn forget_revoked(consumer: &GroupConsumer, calls: &mut HashMap<String, OpenCall>) {
-    let revoked: Vec<(String, i32)> = std::mem::take(
-        &mut *consumer
-            .context()
-            .revoked
-            .lock()
-            .expect("revoked lock poisoned"),
-    );
+    let revoked = consumer.context().take_revoked();
     if revoked.is_empty() {
         return;
     }
@@ -633,72 +530,6 @@ fn finish(
                 mark_done(tracker, topic, *partition, *offset);
             }
             dedup.insert(correlation_id, replies, call.requests.is_none());
-        }
-    }
-}
-
-/// `offset` is done (ignored when its partition was revoked since).
-fn mark_done(tracker: &Mutex<Offsets>, topic: &str, partition: i32, offset: i64) {
-    let mut tracker = tracker.lock().expect("offset tracker lock poisoned");
-    tracker.done(&(topic.to_owned(), partition), offset);
-}
-
-fn commit(consumer: &GroupConsumer, mode: CommitMode) {
-    let positions = consumer.context().offsets().committable();
-    if positions.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in &positions {
-        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            tracing::warn!(%error, "cannot build the commit");
-        }
-    }
-    if let Err(error) = consumer.commit(&list, mode) {
-        tracing::warn!(%error, "offset commit failed (a rebalance may have moved the partition)");
-    }
-}
-
-async fn report_lag(
-    consumer: Arc<GroupConsumer>,
-    metrics: GrpcMetrics,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let c = consumer.clone();
-        let lags = tokio::task::spawn_blocking(move || {
-            let mut lags = Vec::new();
-            let Ok(positions) = c.position() else {
-                return lags;
-            };
-            for e in positions.elements() {
-                let Offset::Offset(position) = e.offset() else {
-                    continue;
-                };
-                if let Ok((_, high)) =
-                    c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                {
-                    lags.push((
-                        e.topic().to_owned(),
-                        e.partition(),
-                        (high - position).max(0),
-                    ));
-                }
-            }
-            lags
-        })
-        .await
-        .unwrap_or_default();
-        metrics.consumer_lag.reset();
-        for (topic, partition, lag) in lags {
-            metrics
-                .consumer_lag
-                .with_label_values(&[topic.as_str(), &partition.to_string()])
-                .set(lag);
         }
     }
 }
