@@ -403,6 +403,11 @@ pub struct GrpcKafkaLimits {
     /// RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_fetch_streams")]
     pub max_fetch_streams: usize,
+    /// Records each fetched topic's shared reader keeps for streams slower than it (memory:
+    /// this many times the topic's record size); a stream further behind reads from Kafka
+    /// until it has caught up.
+    #[serde(default = "default_fetch_buffered_records")]
+    pub fetch_buffered_records: usize,
     /// Largest request or reply message, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
@@ -418,6 +423,7 @@ impl Default for GrpcKafkaLimits {
             max_pending_calls: default_max_pending_calls(),
             max_connections: default_max_connections(),
             max_fetch_streams: default_max_fetch_streams(),
+            fetch_buffered_records: default_fetch_buffered_records(),
             max_message_size: default_max_message_size(),
             default_timeout: default_call_timeout(),
         }
@@ -567,6 +573,12 @@ impl Validate for GrpcKafkaConfig {
             return Err(ConfigError::invalid(
                 "limits.maxFetchStreams",
                 "must be at least 1",
+            ));
+        }
+        if self.limits.fetch_buffered_records < 16 {
+            return Err(ConfigError::invalid(
+                "limits.fetchBufferedRecords",
+                "must be at least 16",
             ));
         }
         if self.limits.max_message_size < 1024 {
@@ -950,6 +962,9 @@ fn default_max_connections() -> usize {
 fn default_max_fetch_streams() -> usize {
     256
 }
+fn default_fetch_buffered_records() -> usize {
+    1024
+}
 fn default_dedup_max_bytes() -> usize {
     64 * 1024 * 1024
 }
@@ -1098,6 +1113,9 @@ mod tests {
         let mut c = base();
         c.limits.max_fetch_streams = 0;
         assert_eq!(field_of(c.validate()), "limits.maxFetchStreams");
+        let mut c = base();
+        c.limits.fetch_buffered_records = 1;
+        assert_eq!(field_of(c.validate()), "limits.fetchBufferedRecords");
     }
 
     #[test]

@@ -215,7 +215,8 @@ async fn recorded_answers_stay_within_their_byte_budget() {
 
 /// Many fetch streams of one topic share one Kafka reader: streams opened while records keep
 /// arriving, one resumed from its last message id and one that stops reading for longer than
-/// the shared reader keeps records, each get every record exactly once, in order per key.
+/// the shared reader keeps records (`limits.fetchBufferedRecords`), each get every record
+/// exactly once, in order per key.
 #[tokio::test]
 async fn fetch_streams_share_one_reader_and_miss_nothing() {
     use rdkafka::ClientConfig;
@@ -224,7 +225,14 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
 
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let (target, _service) = start_service().await;
-    let bridge = Bridge::start(&bootstrap, target).await;
+    // A small ring, so slower streams fall behind it and catch up from Kafka often.
+    let bridge = Bridge::start_full(
+        &bootstrap,
+        &format!("http://{target}"),
+        "limits: { fetchBufferedRecords: 64 }\n",
+        "",
+    )
+    .await;
     let admin = bridge.front.admin;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -236,7 +244,8 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
             let sends: Vec<_> = (from..to)
                 .map(|i| {
                     let value = prost::Message::encode_to_vec(&grpc_support::pb::Event {
-                        text: format!("e{i}"),
+                        // Big enough that a stream not read stops its sender.
+                        text: format!("e{i}-{}", "x".repeat(2000)),
                     });
                     let (producer, topic) = (producer.clone(), topic.clone());
                     async move {
@@ -269,7 +278,8 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
                 .unwrap();
             let event: grpc_support::pb::Event = prost::Message::decode(message.as_ref()).unwrap();
             let id = fetch_id::find_id(&message, 32767).unwrap();
-            seen.push((event.text[1..].parse().unwrap(), id));
+            let number = event.text[1..].split('-').next().unwrap();
+            seen.push((number.parse().unwrap(), id));
         }
     }
     fn check(seen: &[(usize, Vec<u8>)], count: usize, what: &str) {
@@ -287,12 +297,13 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
         assert_eq!(seen.len(), count, "{what}: no duplicate");
     }
 
-    let channel = channel(&bridge).await;
+    // A connection per stream: streams the test does not read for a while would otherwise
+    // hold the one connection's HTTP/2 window and stall the others.
     produce(0, 100).await;
-    let mut slow = fetch(&channel).await.unwrap();
+    let mut slow = fetch(&channel(&bridge).await).await.unwrap();
     let mut streams = Vec::new();
     for round in 0..10 {
-        streams.push((fetch(&channel).await.unwrap(), Vec::new()));
+        streams.push((fetch(&channel(&bridge).await).await.unwrap(), Vec::new()));
         produce(100 + round * 20, 120 + round * 20).await;
     }
     // One stream stops after 150 events and resumes from its last message id.
@@ -302,7 +313,7 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
     drop(first);
     let last_id = seen.last().unwrap().1.clone();
     let mut resumed = {
-        let mut raw = tonic::client::Grpc::new(channel.clone());
+        let mut raw = tonic::client::Grpc::new(channel(&bridge).await);
         raw.ready().await.unwrap();
         let mut request = Request::new(futures::stream::iter([Bytes::new()]));
         request.metadata_mut().insert(
@@ -326,6 +337,12 @@ async fn fetch_streams_share_one_reader_and_miss_nothing() {
     let mut slow_seen = Vec::new();
     read(&mut slow, &mut slow_seen, 1600).await;
     check(&slow_seen, 1600, "slow");
+    let behind =
+        "strait_grpc_limit_hits_total{limit=\"limits.fetchBufferedRecords\",role=\"grpc-kafka\"}";
+    assert!(
+        metric(admin, behind).await.is_some_and(|n| n >= 1.0),
+        "the slow stream fell behind the ring and caught up"
+    );
 
     // Caught up, live streams hold no consumer of their own: one shared reader.
     let consumers = "strait_grpc_fetch_consumers{role=\"grpc-kafka\"}";

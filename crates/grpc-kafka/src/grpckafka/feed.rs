@@ -5,8 +5,8 @@
 //! A stream that needs older records (from the start, or a `last-message-id` behind the end)
 //! reads them with a catch-up consumer of its own up to the end offsets taken after it joined
 //! the broadcast, then drops it and takes the shared records from its own next offsets on: no
-//! gap, no duplicate. A stream that falls more than [`FEED_CAPACITY`] records behind the shared
-//! reader catches up the same way and joins again.
+//! gap, no duplicate. A stream that falls more than `limits.fetchBufferedRecords` behind the
+//! shared reader catches up the same way and joins again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +25,6 @@ use tonic::Status;
 
 use super::Frontend;
 use crate::grpc::fetch_id::Progress;
-
-/// Records the shared reader keeps for streams that are slower than it (the broadcast ring).
-pub(crate) const FEED_CAPACITY: usize = 1024;
 
 /// How long to wait for Kafka's metadata and end offsets.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,7 +110,7 @@ impl Feed {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::unavailable(format!("cannot read topic {topic}: {e}")))?;
-        let (records, _) = broadcast::channel(FEED_CAPACITY);
+        let (records, _) = broadcast::channel(frontend.config.limits.fetch_buffered_records);
         frontend.metrics.fetch_consumers.inc();
         tracing::info!(topic, partitions, "fetch: shared reader started");
         tokio::spawn(read(

@@ -160,6 +160,11 @@ async fn stream(
             let record = match record {
                 Ok(record) => record,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    frontend
+                        .metrics
+                        .limit_hits
+                        .with_label_values(&["limits.fetchBufferedRecords"])
+                        .inc();
                     tracing::debug!(
                         missed,
                         "fetch fell behind the shared reader; catching up from Kafka"
