@@ -394,6 +394,20 @@ pub struct GrpcKafkaLimits {
     /// Calls waiting for replies at once; further calls get RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_pending_calls")]
     pub max_pending_calls: usize,
+    /// Client connections (HTTP/2) open at once. A connection past it is answered
+    /// RESOURCE_EXHAUSTED on every call for a moment, then closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// `fetch` streams open at once (they share one Kafka reader per topic; a stream reading
+    /// older records has a consumer of its own until it catches up); further fetches get
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_fetch_streams")]
+    pub max_fetch_streams: usize,
+    /// Records each fetched topic's shared reader keeps for streams slower than it (memory:
+    /// this many times the topic's record size); a stream further behind reads from Kafka
+    /// until it has caught up.
+    #[serde(default = "default_fetch_buffered_records")]
+    pub fetch_buffered_records: usize,
     /// Largest request or reply message, in bytes.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
@@ -407,6 +421,9 @@ impl Default for GrpcKafkaLimits {
     fn default() -> Self {
         Self {
             max_pending_calls: default_max_pending_calls(),
+            max_connections: default_max_connections(),
+            max_fetch_streams: default_max_fetch_streams(),
+            fetch_buffered_records: default_fetch_buffered_records(),
             max_message_size: default_max_message_size(),
             default_timeout: default_call_timeout(),
         }
@@ -546,6 +563,24 @@ impl Validate for GrpcKafkaConfig {
                 "must be at least 1",
             ));
         }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "limits.maxConnections",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_fetch_streams == 0 {
+            return Err(ConfigError::invalid(
+                "limits.maxFetchStreams",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.fetch_buffered_records < 16 {
+            return Err(ConfigError::invalid(
+                "limits.fetchBufferedRecords",
+                "must be at least 16",
+            ));
+        }
         if self.limits.max_message_size < 1024 {
             return Err(ConfigError::invalid(
                 "limits.maxMessageSize",
@@ -616,6 +651,16 @@ pub struct KafkaGrpcConfig {
     #[serde(default = "default_dedup_window", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub dedup_window: Duration,
+    /// Bytes of recorded answers kept for `dedupWindow` in all (reply values and headers).
+    /// Past it the oldest are forgotten (counted in `strait_grpc_dedup_evictions_total`): a
+    /// call repeated after its answer was forgotten calls the target again.
+    #[serde(default = "default_dedup_max_bytes")]
+    pub dedup_max_bytes: usize,
+    /// Largest answer of one call recorded for a repeat (a server stream's replies in all). A
+    /// bigger answer is streamed to the reply topic as usual but not kept, so a repeat of the
+    /// call calls the target again.
+    #[serde(default = "default_dedup_max_answer_bytes")]
+    pub dedup_max_answer_bytes: usize,
     /// Consumer session timeout: how soon a dead replica's partitions move to the others.
     #[serde(default = "default_session_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -696,6 +741,8 @@ impl KafkaGrpcConfig {
             dead_letter_topic: None,
             acks: Acks::All,
             dedup_window: default_dedup_window(),
+            dedup_max_bytes: default_dedup_max_bytes(),
+            dedup_max_answer_bytes: default_dedup_max_answer_bytes(),
             session_timeout: default_session_timeout(),
             max_message_size: default_max_message_size(),
             drain_timeout: default_drain_timeout(),
@@ -762,6 +809,15 @@ impl Validate for KafkaGrpcConfig {
         }
         if self.call_timeout.is_zero() {
             return Err(ConfigError::invalid("callTimeout", "must be more than 0s"));
+        }
+        if self.dedup_max_answer_bytes > self.dedup_max_bytes {
+            return Err(ConfigError::invalid(
+                "dedupMaxAnswerBytes",
+                format!(
+                    "{} is more than dedupMaxBytes ({}): no answer that size could be kept",
+                    self.dedup_max_answer_bytes, self.dedup_max_bytes
+                ),
+            ));
         }
         if self.retries.attempts == 0 {
             return Err(ConfigError::invalid(
@@ -900,6 +956,21 @@ fn default_reliability_metadata() -> String {
 fn default_max_pending_calls() -> usize {
     10_000
 }
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_fetch_streams() -> usize {
+    256
+}
+fn default_fetch_buffered_records() -> usize {
+    1024
+}
+fn default_dedup_max_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_dedup_max_answer_bytes() -> usize {
+    256 * 1024
+}
 fn default_max_message_size() -> usize {
     4 * 1024 * 1024
 }
@@ -1036,6 +1107,30 @@ mod tests {
         let mut c = base();
         c.forward_metadata.deny = vec![String::new()];
         assert_eq!(field_of(c.validate()), "forwardMetadata.deny");
+        let mut c = base();
+        c.limits.max_connections = 0;
+        assert_eq!(field_of(c.validate()), "limits.maxConnections");
+        let mut c = base();
+        c.limits.max_fetch_streams = 0;
+        assert_eq!(field_of(c.validate()), "limits.maxFetchStreams");
+        let mut c = base();
+        c.limits.fetch_buffered_records = 1;
+        assert_eq!(field_of(c.validate()), "limits.fetchBufferedRecords");
+    }
+
+    #[test]
+    fn grpc_kafka_limits_parse_with_defaults_for_the_rest() {
+        let config: GrpcKafkaConfig = parse(
+            "kafka: { bootstrap: 'kafka:9092' }\n\
+             protos: { paths: [/protos] }\n\
+             routes: [{ method: a.B/*, produce: { topic: req, replyTo: rep } }]\n\
+             limits: { maxConnections: 5, maxFetchStreams: 2 }\n",
+        );
+        config.validate().unwrap();
+        assert_eq!(config.limits.max_connections, 5);
+        assert_eq!(config.limits.max_fetch_streams, 2);
+        assert_eq!(config.limits.max_pending_calls, 10_000);
+        assert_eq!(GrpcKafkaLimits::default().max_fetch_streams, 256);
     }
 
     #[test]
@@ -1115,6 +1210,9 @@ mod tests {
         let mut c = base();
         c.routes.clear();
         assert_eq!(field_of(c.validate()), "routes");
+        let mut c = base();
+        c.dedup_max_bytes = 1024;
+        assert_eq!(field_of(c.validate()), "dedupMaxAnswerBytes");
     }
 
     #[test]

@@ -631,6 +631,14 @@ async fn invalid_backend_settings_are_refused_naming_the_field() {
             "{target: 'http://s:1', tls: {secretName: ca}}",
             "spec.backend.tls needs an https:// target",
         ),
+        (
+            "{target: 'http://s:1', dedupMaxBytes: -1}",
+            "spec.backend.dedupMaxBytes",
+        ),
+        (
+            "{target: 'http://s:1', dedupMaxBytes: 1000, dedupMaxAnswerBytes: 2000}",
+            "spec.backend.dedupMaxAnswerBytes must be at most dedupMaxBytes",
+        ),
     ] {
         let yaml = format!(
             "apiVersion: strait.dev/v1alpha1\nkind: GrpcKafkaRoute\nmetadata: {{name: bad}}\nspec:\n  kafka: {{bootstrap: 'k:9092'}}\n  protos: {{configMap: p}}\n  routes: [{{method: a.B/C, produce: {{topic: t}}}}]\n  backend: {backend}\n"

@@ -20,6 +20,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_grpc_bad_records_total",
     "strait_grpc_refused_total",
     "strait_grpc_consumer_lag",
+    "strait_grpc_limit_hits_total",
+    "strait_grpc_connections",
+    "strait_grpc_fetch_streams",
+    "strait_grpc_fetch_consumers",
+    "strait_grpc_dedup_bytes",
+    "strait_grpc_dedup_evictions_total",
 ];
 
 #[derive(Clone)]
@@ -37,6 +43,21 @@ pub struct GrpcMetrics {
     /// the service, by reason.
     pub refused: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
+    /// Calls refused (or answers not kept) because a configured limit was reached, by the
+    /// limit's config field, e.g. `limits.maxFetchStreams`.
+    pub limit_hits: IntCounterVec,
+    /// Client connections open (grpc-kafka).
+    pub connections: IntGauge,
+    /// `fetch` streams open (grpc-kafka).
+    pub fetch_streams: IntGauge,
+    /// Kafka consumers open for fetch streams: one shared reader per fetched topic, plus one
+    /// per stream while it catches up (grpc-kafka).
+    pub fetch_consumers: IntGauge,
+    /// Bytes of recorded answers kept for repeated calls (kafka-grpc).
+    pub dedup_bytes: IntGauge,
+    /// Recorded answers forgotten before their window ended, by the bound that forced it
+    /// (kafka-grpc).
+    pub dedup_evictions: IntCounterVec,
     /// Method labels in use: at most [`MAX_METHODS`]; later ones are counted as `other`.
     methods: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -120,6 +141,38 @@ impl GrpcMetrics {
             ),
             &["topic", "partition"],
         )?;
+        let limit_hits = IntCounterVec::new(
+            opts(
+                "strait_grpc_limit_hits_total",
+                "Calls refused with RESOURCE_EXHAUSTED (or answers not recorded) because a configured limit was reached, by limit",
+            ),
+            &["limit"],
+        )?;
+        let connections =
+            IntGauge::with_opts(opts("strait_grpc_connections", "Client connections open"))?;
+        let fetch_streams =
+            IntGauge::with_opts(opts("strait_grpc_fetch_streams", "fetch streams open"))?;
+        let fetch_consumers = IntGauge::with_opts(opts(
+            "strait_grpc_fetch_consumers",
+            "Kafka consumers open for fetch streams: a shared reader per fetched topic, and one per stream catching up",
+        ))?;
+        let dedup_bytes = IntGauge::with_opts(opts(
+            "strait_grpc_dedup_bytes",
+            "Bytes of recorded answers kept for answering repeated calls",
+        ))?;
+        let dedup_evictions = IntCounterVec::new(
+            opts(
+                "strait_grpc_dedup_evictions_total",
+                "Recorded answers forgotten before their dedupWindow ended, by the bound that forced it (a repeat of such a call calls the service again)",
+            ),
+            &["bound"],
+        )?;
+        registry.register(Box::new(limit_hits.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(fetch_streams.clone()))?;
+        registry.register(Box::new(fetch_consumers.clone()))?;
+        registry.register(Box::new(dedup_bytes.clone()))?;
+        registry.register(Box::new(dedup_evictions.clone()))?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -141,8 +194,20 @@ impl GrpcMetrics {
             bad_records,
             refused,
             consumer_lag,
+            limit_hits,
+            connections,
+            fetch_streams,
+            fetch_consumers,
+            dedup_bytes,
+            dedup_evictions,
             methods: Default::default(),
         })
+    }
+
+    /// Counts a call refused by `limit` (its config field) and returns the status that says so.
+    pub fn limit_reached(&self, limit: &str, status: tonic::Status) -> tonic::Status {
+        self.limit_hits.with_label_values(&[limit]).inc();
+        status
     }
 
     /// Records one finished call.
@@ -224,6 +289,11 @@ mod tests {
         metrics.bad_records.with_label_values(&["decode"]).inc();
         metrics.refused.with_label_values(&["no_token"]).inc();
         metrics.consumer_lag.with_label_values(&["t", "0"]).set(1);
+        metrics
+            .limit_hits
+            .with_label_values(&["limits.maxFetchStreams"])
+            .inc();
+        metrics.dedup_evictions.with_label_values(&["bytes"]).inc();
         let mut listed = METRIC_NAMES.to_vec();
         listed.sort();
         assert_eq!(strait_runtime::metric_names(&registry), listed);

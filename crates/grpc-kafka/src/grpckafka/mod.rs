@@ -1,13 +1,16 @@
 //! grpc-kafka: a gRPC server for any service the `.proto` files describe. Each call becomes
 //! records on a route's request topic; its answer comes back as records on the reply topic,
 //! read by one consumer per reply topic (assigned all partitions) that hands each record to the
-//! waiting call by correlation id. `fetch` routes stream a topic to the client instead. Callers
+//! waiting call by correlation id. `fetch` routes stream a topic to the client instead, from one
+//! shared reader per topic (`feed`). Callers
 //! are authenticated (`auth`) before anything reaches Kafka.
 
 mod auth;
+mod feed;
 mod fetch;
 mod produce;
 mod replies;
+mod slots;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,6 +49,7 @@ use crate::grpc::protos::Protos;
 use crate::grpc::wire::{self, CallHeaders, TIMEOUT_HEADER};
 use produce::ProduceCall;
 use replies::{Pending, ReplyEvent};
+use slots::{Slot, Slots};
 use strait_kafka::{KafkaClients, Linger, Producer};
 
 /// Readiness flags: the gRPC listener is bound; every reply topic is being read.
@@ -63,7 +67,20 @@ pub(crate) struct Frontend {
     /// Stops the reply readers: only after the drain, so calls in progress still get answers.
     pub readers_stop: CancellationToken,
     calls: TaskTracker,
+    /// `limits.maxConnections`.
+    connections: Slots,
+    /// `limits.maxFetchStreams`.
+    fetch_streams: Slots,
+    /// The shared reader of each fetched topic.
+    feeds: feed::Feeds,
+    /// Connections over `limits.maxConnections` being told so (RESOURCE_EXHAUSTED) before they
+    /// are closed; past this many, they are closed at once.
+    refusing: Slots,
 }
+
+/// Connections over the limit answered at once, each for at most [`REFUSAL_TIME`].
+const MAX_REFUSING: usize = 64;
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Serves until shutdown (`config` as validated by the caller).
 pub async fn run(config: GrpcKafkaConfig, process: &Process) -> Result<(), RoleError> {
@@ -110,10 +127,20 @@ pub async fn start(
         routes,
         protos,
         producers,
-        metrics,
         shutdown: shutdown.clone(),
         readers_stop: CancellationToken::new(),
         calls: TaskTracker::new(),
+        connections: Slots::new(config.limits.max_connections, metrics.connections.clone()),
+        fetch_streams: Slots::new(
+            config.limits.max_fetch_streams,
+            metrics.fetch_streams.clone(),
+        ),
+        feeds: feed::Feeds::default(),
+        refusing: Slots::new(
+            MAX_REFUSING,
+            prometheus::IntGauge::new("refusing", "-").expect("valid"),
+        ),
+        metrics,
         config,
     });
     replies::start_readers(&frontend, kafka_ready)?;
@@ -138,9 +165,9 @@ pub async fn start(
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some((stream, peer)) = secured.recv() => {
+                Some((stream, peer, slot)) = secured.recv() => {
                     let subject = certificate_subject(&stream);
-                    serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer, subject);
+                    serve_connection(frontend.clone(), &graceful, TokioIo::new(stream), peer, subject, slot);
                     continue;
                 }
                 accepted = listener.accept() => match accepted {
@@ -153,6 +180,16 @@ pub async fn start(
                 },
             };
             let _ = stream.set_nodelay(true);
+            // Taken before the TLS handshake: handshakes count against the limit too.
+            let slot = frontend.connections.take();
+            if slot.is_none() {
+                frontend
+                    .metrics
+                    .limit_hits
+                    .with_label_values(&["limits.maxConnections"])
+                    .inc();
+                tracing::debug!(%peer, max = frontend.connections.max, "connection over limits.maxConnections");
+            }
             match tls
                 .as_ref()
                 .map(|tls| tokio_rustls::TlsAcceptor::from(tls.current()))
@@ -163,6 +200,7 @@ pub async fn start(
                     TokioIo::new(stream),
                     peer,
                     None,
+                    slot,
                 ),
                 Some(acceptor) => {
                     let handshaken = handshaken.clone();
@@ -171,7 +209,7 @@ pub async fn start(
                             .await
                         {
                             Ok(Ok(stream)) => {
-                                let _ = handshaken.send((stream, peer)).await;
+                                let _ = handshaken.send((stream, peer, slot)).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed")
@@ -215,15 +253,21 @@ fn certificate_subject(
 }
 
 /// Serves one connection; `certificate_subject` is its verified client certificate's, if any.
+/// Without a `slot` (over `limits.maxConnections`) its calls are refused instead.
 fn serve_connection<IO>(
     frontend: Arc<Frontend>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     io: TokioIo<IO>,
     peer: SocketAddr,
     certificate_subject: Option<Arc<str>>,
+    slot: Option<Slot>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(slot) = slot else {
+        refuse_connection(&frontend, io, peer);
+        return;
+    };
     let service = hyper::service::service_fn(move |request| {
         let frontend = frontend.clone();
         let subject = certificate_subject.clone();
@@ -236,6 +280,41 @@ fn serve_connection<IO>(
         if let Err(error) = connection.await {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
+        drop(slot);
+    });
+}
+
+/// A connection over `limits.maxConnections`: every call on it is answered RESOURCE_EXHAUSTED
+/// naming the limit, for a moment, then it is closed (at once when many are being refused).
+fn refuse_connection<IO>(frontend: &Arc<Frontend>, io: TokioIo<IO>, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(refusing) = frontend.refusing.take() else {
+        return; // dropped: closed
+    };
+    let max = frontend.connections.max;
+    let metrics = frontend.metrics.clone();
+    let service = hyper::service::service_fn(move |_request| {
+        metrics.finished("unknown", Code::ResourceExhausted, Duration::ZERO);
+        let status = Status::resource_exhausted(format!(
+            "grpc-kafka already serves {max} connections (limits.maxConnections); try again later"
+        ));
+        async move { Ok::<_, Infallible>(status.into_http::<tonic::body::Body>()) }
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service);
+    tokio::spawn(async move {
+        tokio::pin!(connection);
+        if tokio::time::timeout(REFUSAL_TIME, connection.as_mut())
+            .await
+            .is_err()
+        {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(REFUSAL_TIME, connection).await;
+        }
+        tracing::debug!(%peer, "refused connection closed");
+        drop(refusing);
     });
 }
 

@@ -125,6 +125,13 @@ pub(super) async fn produce_call(
                 frontend
                     .metrics
                     .finished(&name, status.code(), started.elapsed());
+                if status.code() == Code::ResourceExhausted {
+                    frontend
+                        .metrics
+                        .limit_hits
+                        .with_label_values(&["limits.maxPendingCalls"])
+                        .inc();
+                }
                 return Err(status);
             }
         },

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status};
 
-use super::{Backend, Done, MAX_KEPT_REPLY_BYTES};
+use super::{Backend, Done};
 use crate::grpc::codec::RawCodec;
 use crate::grpc::wire::{self, ReplyRecord};
 
@@ -431,8 +431,14 @@ impl ReplyWriter {
         }
         if let Some(kept) = &mut self.kept {
             self.kept_bytes += reply.size();
-            if self.kept_bytes > MAX_KEPT_REPLY_BYTES {
+            if self.kept_bytes > self.backend.config.dedup_max_answer_bytes {
+                // Too big to record for a repeat, which then calls the service again.
                 self.kept = None;
+                self.backend
+                    .metrics
+                    .limit_hits
+                    .with_label_values(&["dedupMaxAnswerBytes"])
+                    .inc();
             } else {
                 kept.push(reply);
             }

@@ -1,10 +1,15 @@
 //! Answered calls by correlation id, for a window: a redelivered or retried call is answered
 //! from its recorded replies instead of calling the service again.
+//!
+//! Bounded by entries and by bytes (`dedupMaxBytes`): past either, the oldest answers are
+//! forgotten early (counted), and a repeat of such a call calls the service again, as one
+//! after the window would.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
 use super::Answer;
@@ -15,22 +20,50 @@ pub(crate) struct Answered {
     /// Whether the request stream's end record was seen; until then, a null record belongs to
     /// the original call, not to a repeat.
     pub request_ended: bool,
+    /// What this entry counts against the byte budget.
+    bytes: usize,
+    /// When it was recorded: tells it from an older entry of the same id in `order`.
+    at: Instant,
+}
+
+/// Where the store reports its size and early evictions.
+pub(crate) struct DedupMetrics {
+    pub bytes: IntGauge,
+    pub evictions: IntCounterVec,
 }
 
 pub(crate) struct Dedup {
     window: Duration,
-    max: usize,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
     entries: HashMap<String, Answered>,
     order: VecDeque<(Instant, String)>,
+    metrics: DedupMetrics,
+}
+
+impl Answer {
+    /// Bytes the recorded replies hold.
+    pub(crate) fn size(&self) -> usize {
+        self.topic.len() + self.key.len() + self.records.iter().map(|r| r.size()).sum::<usize>()
+    }
 }
 
 impl Dedup {
-    pub fn new(window: Duration, max: usize) -> Self {
+    pub fn new(
+        window: Duration,
+        max_entries: usize,
+        max_bytes: usize,
+        metrics: DedupMetrics,
+    ) -> Self {
         Self {
             window,
-            max,
+            max_entries,
+            max_bytes,
+            bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            metrics,
         }
     }
 
@@ -39,20 +72,30 @@ impl Dedup {
             return;
         }
         self.expire();
-        while self.entries.len() >= self.max {
-            let Some((_, oldest)) = self.order.pop_front() else {
-                break;
-            };
-            self.entries.remove(&oldest);
+        let bytes = id.len() + replies.as_ref().map_or(0, |a| a.size());
+        if bytes > self.max_bytes {
+            return; // never fits (the config keeps answers below the budget)
         }
-        self.order.push_back((Instant::now(), id.clone()));
+        self.remove(&id);
+        while self.entries.len() >= self.max_entries {
+            self.evict_oldest("entries");
+        }
+        while self.bytes + bytes > self.max_bytes {
+            self.evict_oldest("bytes");
+        }
+        let at = Instant::now();
+        self.order.push_back((at, id.clone()));
+        self.bytes += bytes;
         self.entries.insert(
             id,
             Answered {
                 replies,
                 request_ended,
+                bytes,
+                at,
             },
         );
+        self.metrics.bytes.set(self.bytes as i64);
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Answered> {
@@ -61,7 +104,22 @@ impl Dedup {
     }
 
     pub fn remove(&mut self, id: &str) {
-        self.entries.remove(id);
+        if let Some(gone) = self.entries.remove(id) {
+            self.bytes -= gone.bytes;
+            self.metrics.bytes.set(self.bytes as i64);
+        }
+    }
+
+    /// Forgets the oldest entry before its window ends; `bound` is what forced it.
+    fn evict_oldest(&mut self, bound: &str) {
+        // `order` may still name entries removed or replaced since: skip those.
+        while let Some((at, oldest)) = self.order.pop_front() {
+            if self.is_current(&oldest, at) {
+                self.remove(&oldest);
+                self.metrics.evictions.with_label_values(&[bound]).inc();
+                return;
+            }
+        }
     }
 
     fn expire(&mut self) {
@@ -70,37 +128,101 @@ impl Dedup {
             if now.duration_since(*at) < self.window {
                 break;
             }
-            let (_, id) = self.order.pop_front().expect("front exists");
-            self.entries.remove(&id);
+            let (at, id) = self.order.pop_front().expect("front exists");
+            if self.is_current(&id, at) {
+                self.remove(&id);
+            }
         }
+    }
+
+    /// Whether `id`'s entry is the one recorded at `at` (not removed or replaced since).
+    fn is_current(&self, id: &str, at: Instant) -> bool {
+        self.entries.get(id).is_some_and(|e| e.at == at)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::wire::ReplyRecord;
+    use bytes::Bytes;
 
-    fn answer() -> Option<Arc<Answer>> {
+    fn metrics() -> DedupMetrics {
+        DedupMetrics {
+            bytes: IntGauge::new("b", "b").unwrap(),
+            evictions: IntCounterVec::new(prometheus::Opts::new("e", "e"), &["bound"]).unwrap(),
+        }
+    }
+
+    fn answer(value_bytes: usize) -> Option<Arc<Answer>> {
         Some(Arc::new(Answer {
             topic: "rep".into(),
             key: "k".into(),
-            records: Vec::new(),
+            records: vec![ReplyRecord {
+                value: Some(Bytes::from(vec![0u8; value_bytes])),
+                headers: Vec::new(),
+            }],
         }))
     }
 
     #[tokio::test(start_paused = true)]
     async fn entries_live_for_the_window_and_are_bounded() {
-        let mut dedup = Dedup::new(Duration::from_secs(60), 2);
-        dedup.insert("a".into(), answer(), true);
+        let mut dedup = Dedup::new(Duration::from_secs(60), 2, 1 << 20, metrics());
+        dedup.insert("a".into(), answer(0), true);
         assert!(dedup.get_mut("a").is_some());
         tokio::time::advance(Duration::from_secs(30)).await;
-        dedup.insert("b".into(), answer(), false);
-        dedup.insert("c".into(), answer(), true);
+        dedup.insert("b".into(), answer(0), false);
+        dedup.insert("c".into(), answer(0), true);
         assert!(dedup.get_mut("a").is_none(), "evicted by the size bound");
+        assert_eq!(
+            dedup
+                .metrics
+                .evictions
+                .with_label_values(&["entries"])
+                .get(),
+            1
+        );
         assert!(!dedup.get_mut("b").unwrap().request_ended);
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(dedup.get_mut("b").is_some());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(dedup.get_mut("b").is_none(), "expired after the window");
+        assert_eq!(
+            dedup
+                .metrics
+                .evictions
+                .with_label_values(&["entries"])
+                .get(),
+            1,
+            "expiry is no eviction"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_answers_go_when_the_byte_budget_is_reached() {
+        // Each entry: 1 (id) + 3 + 1 (topic, key) + 1000 (value) = 1005 bytes.
+        let mut dedup = Dedup::new(Duration::from_secs(60), 100, 3000, metrics());
+        for id in ["a", "b"] {
+            dedup.insert(id.into(), answer(1000), true);
+        }
+        assert_eq!(dedup.metrics.bytes.get(), 2010);
+        dedup.insert("c".into(), answer(1000), true);
+        assert!(dedup.get_mut("a").is_none(), "the oldest went");
+        assert!(dedup.get_mut("b").is_some() && dedup.get_mut("c").is_some());
+        assert_eq!(dedup.metrics.bytes.get(), 2010);
+        assert_eq!(
+            dedup.metrics.evictions.with_label_values(&["bytes"]).get(),
+            1
+        );
+        // Replacing an entry frees its old bytes first.
+        dedup.insert("c".into(), answer(10), true);
+        assert_eq!(dedup.metrics.bytes.get(), 1005 + 15);
+        dedup.remove("b");
+        dedup.remove("c");
+        assert_eq!(dedup.metrics.bytes.get(), 0);
+        assert_eq!(
+            dedup.metrics.evictions.with_label_values(&["bytes"]).get(),
+            1
+        );
     }
 }

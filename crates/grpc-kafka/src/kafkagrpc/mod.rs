@@ -6,6 +6,7 @@
 
 mod call;
 mod dedup;
+mod group;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,17 +14,11 @@ use std::time::Duration;
 
 use crate::RoleError;
 use bytes::Bytes;
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
 
-use strait_runtime::{Process, ReadinessFlag};
+use strait_runtime::Process;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,15 +29,15 @@ use tracing::Instrument as _;
 use crate::grpc::metrics::GrpcMetrics;
 use crate::grpc::wire::CallHeaders;
 use call::{Answer, CallStart, ReplyWriter, resend, run_call};
-use dedup::Dedup;
-use strait_kafka::{KafkaClients, KafkaReport, Linger, OffsetTracker};
+use dedup::{Dedup, DedupMetrics};
+use group::{GroupConsumer, GroupContext, Offsets, commit, mark_done, report_lag};
+use strait_kafka::{KafkaClients, Linger};
 
 /// Readiness: the consumer has joined its group and received an assignment (possibly empty).
 pub const READINESS: [&str; 1] = ["kafka"];
 
-/// Reply records kept per call for answering a redelivered call (bigger answers are not kept,
-/// and such a call is made again).
-const MAX_KEPT_REPLY_BYTES: usize = 256 * 1024;
+/// Answers kept for repeated calls at most (besides `dedupMaxBytes`).
+const MAX_DEDUP_ENTRIES: usize = 100_000;
 const REQUEST_QUEUE: usize = 256;
 
 struct Backend {
@@ -74,52 +69,6 @@ struct OpenCall {
     repeated: bool,
 }
 
-struct GroupContext {
-    report: KafkaReport,
-    ready: ReadinessFlag,
-    revoked: Mutex<Vec<(String, i32)>>,
-}
-
-/// Errors and librdkafka's logs are reported like every other client's.
-impl ClientContext for GroupContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.report.error(error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.report.log(level, fac, log_message);
-    }
-}
-
-impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let partitions: Vec<String> = list
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                    .collect();
-                tracing::info!(?partitions, "assigned");
-                self.ready.set(true);
-            }
-            Rebalance::Revoke(list) => {
-                let mut revoked = self.revoked.lock().expect("revoked lock poisoned");
-                for e in list.elements() {
-                    revoked.push((e.topic().to_owned(), e.partition()));
-                }
-                tracing::info!(count = list.count(), "partitions revoked");
-            }
-            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-        }
-    }
-}
-
-type GroupConsumer = StreamConsumer<GroupContext>;
-
-/// Commit positions of the request partitions, per (topic, partition).
-type Offsets = OffsetTracker<(String, i32)>;
-
 /// Consumes until shutdown (`config` as validated by the caller).
 pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleError> {
     let ready = process.health.flag(READINESS[0]);
@@ -137,11 +86,7 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleE
     if !clients.wait_for_cluster(&process.shutdown.token()).await? {
         return Ok(());
     }
-    let context = GroupContext {
-        report: clients.report().clone(),
-        ready,
-        revoked: Mutex::new(Vec::new()),
-    };
+    let context = GroupContext::new(clients.report().clone(), ready);
     let consumer: Arc<GroupConsumer> = Arc::new(clients.group_member(
         &group,
         &[
@@ -217,9 +162,17 @@ async fn consume(
 ) -> Result<(), RoleError> {
     let config = &backend.config;
     let names = &config.headers;
-    let mut tracker = Offsets::default();
+    let tracker = &consumer.context().tracker;
     let mut calls: HashMap<String, OpenCall> = HashMap::new();
-    let mut dedup = Dedup::new(config.dedup_window, 100_000);
+    let mut dedup = Dedup::new(
+        config.dedup_window,
+        MAX_DEDUP_ENTRIES,
+        config.dedup_max_bytes,
+        DedupMetrics {
+            bytes: backend.metrics.dedup_bytes.clone(),
+            evictions: backend.metrics.dedup_evictions.clone(),
+        },
+    );
     let mut superseded: Superseded = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     // Calls whose requests are all read but not answered yet are bounded: past this many, the
@@ -232,15 +185,12 @@ async fn consume(
             biased;
             () = shutdown.cancelled() => break,
             Some(done) = done_rx.recv() => {
-                finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded);
+                finish(done, &mut calls, tracker, &mut dedup, &mut superseded);
             }
-            _ = commit_tick.tick() => {
-                for (topic, partition) in consumer.context().revoked.lock().expect("revoked lock poisoned").drain(..) {
-                    tracker.revoke(&(topic, partition));
-                }
-                commit(&consumer, &mut tracker, CommitMode::Async);
-            }
+            _ = commit_tick.tick() => commit(&consumer, CommitMode::Async),
             message = consumer.recv(), if room_for_more(&calls, max_open) => {
+                // The rebalance callback runs inside `recv`.
+                forget_revoked(&consumer, &mut calls);
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
@@ -249,12 +199,12 @@ async fn consume(
                     }
                 };
                 let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-                tracker.read((topic.clone(), partition), offset);
+                consumer.context().offsets().read((topic.clone(), partition), offset);
                 let record = (topic, partition, offset);
                 let headers = CallHeaders::read(&message, names);
                 let value = message.payload().map(Bytes::copy_from_slice);
                 drop(message);
-                on_record(&backend, record, headers, value, &mut calls, &mut tracker, &mut dedup, &mut superseded, &done_tx).await;
+                on_record(&backend, record, headers, value, &mut calls, tracker, &mut dedup, &mut superseded, &done_tx).await;
             }
         }
     }
@@ -265,7 +215,7 @@ async fn consume(
     }
     while !calls.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(done)) => finish(done, &mut calls, &mut tracker, &mut dedup, &mut superseded),
+            Ok(Some(done)) => finish(done, &mut calls, tracker, &mut dedup, &mut superseded),
             Ok(None) => break,
             Err(_) => {
                 tracing::warn!(
@@ -276,8 +226,31 @@ async fn consume(
             }
         }
     }
-    commit(&consumer, &mut tracker, CommitMode::Sync);
+    commit(&consumer, CommitMode::Sync);
     Ok(())
+}
+
+/// Calls of revoked partitions that still wait for request records can never get them here:
+/// cancelled (no reply is written for a cancelled call) and forgotten, so that the partition's
+/// next holder, this member again or another, makes the call from its first record. Calls with
+/// all their records go on and answer; their completion no longer counts for the commit.
+fn forget_revoked(consumer: &GroupConsumer, calls: &mut HashMap<String, OpenCall>) {
+    let revoked = consumer.context().take_revoked();
+    if revoked.is_empty() {
+        return;
+    }
+    calls.retain(|id, call| {
+        let moved = call.requests.is_some()
+            && call
+                .records
+                .iter()
+                .any(|(t, p, _)| revoked.iter().any(|(rt, rp)| rt == t && rp == p));
+        if moved {
+            tracing::info!(correlation_id = %id, "call cancelled: its partition was revoked before all its request records were read");
+            call.cancel.cancel();
+        }
+        !moved
+    });
 }
 
 /// Whether to read more records: below `max_open` calls, or while some open call still waits
@@ -299,7 +272,7 @@ async fn on_record(
     headers: CallHeaders,
     value: Option<Bytes>,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut Offsets,
+    tracker: &Mutex<Offsets>,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
     done_tx: &mpsc::UnboundedSender<Done>,
@@ -344,7 +317,7 @@ async fn on_record(
                     let _ = done_tx.send(Done::Records(vec![record]));
                 });
             }
-            _ => tracker.done(&(topic.to_owned(), partition), offset),
+            _ => mark_done(tracker, topic, partition, offset),
         }
         return;
     };
@@ -360,7 +333,7 @@ async fn on_record(
             offset,
             "request record without a correlation id; skipped"
         );
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     };
     let full_name = format!("{service}/{method}");
@@ -375,7 +348,7 @@ async fn on_record(
         })
         .collect();
     if routes.is_empty() {
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if let Some(reply_to) = &headers.reply_to
@@ -396,7 +369,7 @@ async fn on_record(
             method = %full_name,
             "request record refused: its reply topic is not in the route's replyTo; the service is not called"
         );
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if value.is_none() && headers.status.is_some() {
@@ -406,7 +379,7 @@ async fn on_record(
         {
             call.cancel.cancel();
         }
-        tracker.done(&(topic.to_owned(), partition), offset);
+        mark_done(tracker, topic, partition, offset);
         return;
     }
     if value.is_some()
@@ -419,6 +392,11 @@ async fn on_record(
         let old = calls.remove(&id).expect("present");
         superseded.insert(old.instance, old.records);
     } else if let Some(call) = calls.get_mut(&id) {
+        if call.records.contains(&record) {
+            // Read again after a rebalance gave its partition back while the call still runs:
+            // done when the call is, and not a request message to send twice.
+            return;
+        }
         call.records.push(record);
         if call.requests.is_none() {
             call.repeated = true;
@@ -442,7 +420,7 @@ async fn on_record(
             if value.is_none() {
                 answered.request_ended = true;
             }
-            tracker.done(&(topic.to_owned(), partition), offset);
+            mark_done(tracker, topic, partition, offset);
             return;
         }
         // The original ended: this record belongs to a repeat of the call (a redelivery, or a
@@ -450,7 +428,7 @@ async fn on_record(
         match answered.replies.clone() {
             Some(answer) => {
                 if value.is_some() {
-                    tracker.done(&(topic.to_owned(), partition), offset);
+                    mark_done(tracker, topic, partition, offset);
                     return;
                 }
                 backend
@@ -520,14 +498,14 @@ async fn on_record(
 fn finish(
     done: Done,
     calls: &mut HashMap<String, OpenCall>,
-    tracker: &mut Offsets,
+    tracker: &Mutex<Offsets>,
     dedup: &mut Dedup,
     superseded: &mut Superseded,
 ) {
     match done {
         Done::Records(records) => {
             for (topic, partition, offset) in records {
-                tracker.done(&(topic.clone(), partition), offset);
+                mark_done(tracker, &topic, partition, offset);
             }
         }
         Done::Call {
@@ -542,76 +520,16 @@ fn finish(
                 // A run replaced by a repeat: only its records remain to be done.
                 if let Some(records) = superseded.remove(&instance) {
                     for (topic, partition, offset) in records {
-                        tracker.done(&(topic.clone(), partition), offset);
+                        mark_done(tracker, &topic, partition, offset);
                     }
                 }
                 return;
             }
             let call = calls.remove(&correlation_id).expect("checked");
             for (topic, partition, offset) in &call.records {
-                tracker.done(&(topic.to_owned(), *partition), *offset);
+                mark_done(tracker, topic, *partition, *offset);
             }
             dedup.insert(correlation_id, replies, call.requests.is_none());
-        }
-    }
-}
-
-fn commit(consumer: &GroupConsumer, tracker: &mut Offsets, mode: CommitMode) {
-    let positions = tracker.committable();
-    if positions.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in &positions {
-        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            tracing::warn!(%error, "cannot build the commit");
-        }
-    }
-    if let Err(error) = consumer.commit(&list, mode) {
-        tracing::warn!(%error, "offset commit failed (a rebalance may have moved the partition)");
-    }
-}
-
-async fn report_lag(
-    consumer: Arc<GroupConsumer>,
-    metrics: GrpcMetrics,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        let c = consumer.clone();
-        let lags = tokio::task::spawn_blocking(move || {
-            let mut lags = Vec::new();
-            let Ok(positions) = c.position() else {
-                return lags;
-            };
-            for e in positions.elements() {
-                let Offset::Offset(position) = e.offset() else {
-                    continue;
-                };
-                if let Ok((_, high)) =
-                    c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
-                {
-                    lags.push((
-                        e.topic().to_owned(),
-                        e.partition(),
-                        (high - position).max(0),
-                    ));
-                }
-            }
-            lags
-        })
-        .await
-        .unwrap_or_default();
-        metrics.consumer_lag.reset();
-        for (topic, partition, lag) in lags {
-            metrics
-                .consumer_lag
-                .with_label_values(&[topic.as_str(), &partition.to_string()])
-                .set(lag);
         }
     }
 }

@@ -158,6 +158,9 @@ pub fn frontend_config(route: &GrpcKafkaRoute, kafka_client_cert: bool) -> GrpcK
     if let Some(forward) = &spec.forward_metadata {
         config.forward_metadata = forward.clone();
     }
+    if let Some(limits) = &spec.frontend.limits {
+        config.limits = limits.clone();
+    }
     config
 }
 
@@ -211,6 +214,13 @@ pub fn backend_config(
     }
     if let Some(timeout) = duration("sessionTimeout", &backend.session_timeout)? {
         config.session_timeout = timeout;
+    }
+    // Negative values are refused by the CRD's schema.
+    if let Some(bytes) = backend.dedup_max_bytes {
+        config.dedup_max_bytes = bytes.max(0) as usize;
+    }
+    if let Some(bytes) = backend.dedup_max_answer_bytes {
+        config.dedup_max_answer_bytes = bytes.max(0) as usize;
     }
     if let Some(tls) = &backend.tls {
         let file = |name: &str| Some(format!("{BACKEND_TLS_DIR}/{name}").into());
@@ -738,5 +748,33 @@ mod tests {
         assert_eq!(back.acks, strait_config::mqtt_kafka::Acks::Leader);
         assert_eq!(back.dedup_window, std::time::Duration::from_secs(60));
         assert_eq!(back.session_timeout, std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn limits_reach_grpc_kafka_and_kafka_grpc_and_a_bad_budget_names_its_field() {
+        let mut spec = serde_json::to_value(&example().spec).unwrap();
+        spec["frontend"]["limits"] = json!({"maxConnections": 100, "maxFetchStreams": 8});
+        spec["backend"]["dedupMaxBytes"] = json!(1_048_576);
+        spec["backend"]["dedupMaxAnswerBytes"] = json!(65_536);
+        let route = route(spec.clone());
+        let front = frontend_config(&route, false);
+        front.validate().unwrap();
+        assert_eq!(front.limits.max_connections, 100);
+        assert_eq!(front.limits.max_fetch_streams, 8);
+        assert_eq!(
+            front.limits.max_pending_calls,
+            strait_config::grpc::GrpcKafkaLimits::default().max_pending_calls,
+            "unset: the default"
+        );
+        let back = backend_config(&route, false).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.dedup_max_bytes, 1_048_576);
+        assert_eq!(back.dedup_max_answer_bytes, 65_536);
+
+        spec["backend"]["dedupMaxBytes"] = json!(1000);
+        let Err(error) = render(&self::route(spec), "i", None, &plain_kafka()) else {
+            panic!("rendered");
+        };
+        assert!(error.to_string().contains("dedupMaxAnswerBytes"), "{error}");
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use strait_config::auth::JwtAlgorithm;
-use strait_config::grpc::{ForwardMetadata, GrpcRoute, Retries, ZillaGroup};
+use strait_config::grpc::{ForwardMetadata, GrpcKafkaLimits, GrpcRoute, Retries, ZillaGroup};
 use strait_config::mqtt_kafka::Acks;
 
 pub use crate::deletion::DeletionPolicy;
@@ -171,6 +171,12 @@ pub struct Frontend {
     /// wire in clear text is a token anyone on the path can use.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_plaintext_credentials: bool,
+    /// Per-pod limits of grpc-kafka; unset fields keep their defaults. Past `maxConnections`
+    /// (default 10000), `maxFetchStreams` (default 256) or `maxPendingCalls` (calls waiting for
+    /// a reply, default 10000), calls get RESOURCE_EXHAUSTED naming the limit, counted in
+    /// `strait_grpc_limit_hits_total{limit}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<GrpcKafkaLimits>,
 }
 
 impl Default for Frontend {
@@ -181,6 +187,7 @@ impl Default for Frontend {
             resources: None,
             tls: None,
             allow_plaintext_credentials: false,
+            limits: None,
         }
     }
 }
@@ -279,6 +286,8 @@ pub struct BackendTls {
     .message("spec.backend.tls needs an https:// target"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.groupId) || !has(self.zillaGroup)")
     .message("spec.backend takes groupId or zillaGroup, not both"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.dedupMaxBytes) || !has(self.dedupMaxAnswerBytes) || self.dedupMaxAnswerBytes <= self.dedupMaxBytes")
+    .message("spec.backend.dedupMaxAnswerBytes must be at most dedupMaxBytes"))]
 pub struct Backend {
     /// The real service: `http://HOST:PORT` (h2c) or `https://HOST:PORT`.
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')")
@@ -305,6 +314,18 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub dedup_window: Option<String>,
+    /// Bytes of recorded answers each pod keeps for `dedupWindow` (default 64 MiB). Past it the
+    /// oldest are forgotten early (`strait_grpc_dedup_evictions_total`): a repeat of such a call
+    /// calls the target again, as one after the window would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub dedup_max_bytes: Option<i64>,
+    /// Largest answer of one call (a server stream's replies in all) recorded for a repeat
+    /// (default 256 KiB, at most `dedupMaxBytes`); a bigger one is delivered but not kept, so a
+    /// repeat of that call calls the target again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub dedup_max_answer_bytes: Option<i64>,
     /// Consumer session timeout: how soon a dead pod's partitions move to the others, e.g. `10s`
     /// (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]

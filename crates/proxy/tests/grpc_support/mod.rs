@@ -43,6 +43,8 @@ pub struct Service {
     pub calls: Counts,
     /// Unary calls the caller stopped before the service answered.
     pub stopped: Counts,
+    /// Unary calls the service answered (counted before the answer leaves it).
+    pub answered: Counts,
 }
 
 impl Service {
@@ -52,6 +54,15 @@ impl Service {
 
     pub fn stopped(&self, text: &str) -> u32 {
         self.stopped.lock().unwrap().get(text).copied().unwrap_or(0)
+    }
+
+    pub fn answered(&self, text: &str) -> u32 {
+        self.answered
+            .lock()
+            .unwrap()
+            .get(text)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn seen(&self, request: &EchoRequest) {
@@ -116,6 +127,12 @@ impl Echo for Service {
         };
         tokio::time::sleep(Duration::from_millis(request.delay_ms.into())).await;
         unanswered.stopped = None;
+        *self
+            .answered
+            .lock()
+            .unwrap()
+            .entry(request.text.clone())
+            .or_default() += 1;
         if request.code != 0 {
             return Err(Status::new(Code::from_i32(request.code), request.error));
         }
