@@ -165,7 +165,10 @@ async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> 
 
     let mut out = String::new();
     use std::fmt::Write as _;
-    writeln!(out, "strait-bench abuse: r-proxy -> s-proxy on Kafka, default limits")?;
+    writeln!(
+        out,
+        "strait-bench abuse: r-proxy -> s-proxy on Kafka, default limits"
+    )?;
     for effect in &effects {
         writeln!(out, "  {effect}")?;
     }
@@ -283,7 +286,11 @@ async fn subscriptions(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
     ))
 }
 
-async fn receive_max(addr: SocketAddr, i: usize, stop: CancellationToken) -> anyhow::Result<String> {
+async fn receive_max(
+    addr: SocketAddr,
+    i: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
     let (mut sessions, mut told) = (0, 0);
     while !stop.is_cancelled() {
         sessions += 1;
@@ -302,7 +309,9 @@ async fn receive_max(addr: SocketAddr, i: usize, stop: CancellationToken) -> any
         }
         loop {
             match client.recv().await {
-                Ok(Packet::Disconnect(d)) if d.reason_code == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED => {
+                Ok(Packet::Disconnect(d))
+                    if d.reason_code == ReasonCode::RECEIVE_MAXIMUM_EXCEEDED =>
+                {
                     told += 1;
                     break;
                 }
@@ -368,7 +377,9 @@ async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result
     // Subscribed once, then away while messages arrive, then all back at once, again and again.
     for i in 0..SESSIONS {
         let mut client = Client::raw(addr, persistent(i, true)).await?;
-        client.send(&subscribe_packet(1, ["abuse/missed".to_string()])).await?;
+        client
+            .send(&subscribe_packet(1, ["abuse/missed".to_string()]))
+            .await?;
         client.recv().await?;
     }
     let mut publisher = Client::connect(addr, "abuse-missed-publisher", 0).await?;

@@ -41,6 +41,8 @@ pub enum RoleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
     #[error("cannot subscribe to {topics:?}")]
     Subscribe {
         topics: Vec<String>,

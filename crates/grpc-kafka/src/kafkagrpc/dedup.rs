@@ -67,6 +67,15 @@ impl Dedup {
         }
     }
 
+    /// An answer read back from a reply topic: kept unless this store knows the call already
+    /// (its own entry says more, e.g. whether the request stream has ended).
+    pub fn learn(&mut self, id: String, answer: Arc<Answer>) {
+        if !self.entries.contains_key(&id) {
+            // Written once the request was whole, so a record of it now is a repeat.
+            self.insert(id, Some(answer), true);
+        }
+    }
+
     pub fn insert(&mut self, id: String, replies: Option<Arc<Answer>>, request_ended: bool) {
         if self.window.is_zero() {
             return;

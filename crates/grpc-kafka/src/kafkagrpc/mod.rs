@@ -4,6 +4,7 @@
 //! (Zilla commits before); a redelivered call within the dedup window is answered from the
 //! recorded replies instead of calling the service twice.
 
+mod answers;
 mod call;
 mod dedup;
 mod group;
@@ -19,7 +20,7 @@ use rdkafka::message::Message as _;
 use strait_config::grpc::{KafkaGrpcConfig, method_matches};
 
 use strait_runtime::Process;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -113,12 +114,32 @@ pub async fn run(config: KafkaGrpcConfig, process: &Process) -> Result<(), RoleE
         producer,
         metrics,
     });
+    // Answers already in the reply topics (written before a crash, or by another member before
+    // a rebalance) are learned before the first request is read.
+    let mut reply_topics: Vec<String> = (backend.config.routes.iter())
+        .flat_map(|r| r.reply_to.iter().cloned())
+        .collect();
+    reply_topics.sort();
+    reply_topics.dedup();
+    let answers = if backend.config.dedup_window.is_zero() || reply_topics.is_empty() {
+        None
+    } else {
+        Some(answers::start(
+            &clients,
+            reply_topics,
+            backend.config.dedup_window,
+            backend.config.call_timeout,
+            &backend.config.headers,
+            backend.config.dedup_max_answer_bytes,
+            process.shutdown.token(),
+        )?)
+    };
     tokio::spawn(report_lag(
         consumer.clone(),
         backend.metrics.clone(),
         process.shutdown.token(),
     ));
-    consume(backend, consumer, process.shutdown.token()).await
+    consume(backend, consumer, answers, process.shutdown.token()).await
 }
 
 fn channel(config: &KafkaGrpcConfig) -> Result<Channel, RoleError> {
@@ -158,8 +179,13 @@ fn channel(config: &KafkaGrpcConfig) -> Result<Channel, RoleError> {
 async fn consume(
     backend: Arc<Backend>,
     consumer: Arc<GroupConsumer>,
+    answers: Option<(mpsc::Receiver<answers::Heard>, watch::Receiver<bool>)>,
     shutdown: CancellationToken,
 ) -> Result<(), RoleError> {
+    let (mut heard, mut learned) = match answers {
+        Some((heard, learned)) => (Some(heard), learned),
+        None => (None, watch::channel(true).1),
+    };
     let config = &backend.config;
     let names = &config.headers;
     let tracker = &consumer.context().tracker;
@@ -187,8 +213,12 @@ async fn consume(
             Some(done) = done_rx.recv() => {
                 finish(done, &mut calls, tracker, &mut dedup, &mut superseded);
             }
+            Some(answer) = async { heard.as_mut()?.recv().await }, if heard.is_some() => {
+                dedup.learn(answer.id, answer.answer);
+            }
+            Ok(()) = learned.changed(), if !*learned.borrow() => {}
             _ = commit_tick.tick() => commit(&consumer, CommitMode::Async),
-            message = consumer.recv(), if room_for_more(&calls, max_open) => {
+            message = consumer.recv(), if *learned.borrow() && room_for_more(&calls, max_open) => {
                 // The rebalance callback runs inside `recv`.
                 forget_revoked(&consumer, &mut calls);
                 let message = match message {
