@@ -28,7 +28,8 @@ pub struct Context {
     /// read a group's offsets from a consumer of that group).
     pub lag_readers: tokio::sync::Semaphore,
     recorder: Recorder,
-    /// Consecutive failures per object, for exponential backoff.
+    /// Consecutive failures per object (by uid: a new object of the same name starts afresh),
+    /// for exponential backoff; emptied when it passes `MAX_BACKED_OFF`.
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -94,7 +95,7 @@ impl Context {
         self.failures
             .lock()
             .expect("not poisoned")
-            .remove(&ObjectRef::from_obj(object).to_string());
+            .remove(&backoff_key(object));
     }
 
     /// An Event on `object` (a Ready transition), so `kubectl describe` tells the story.
@@ -280,6 +281,19 @@ where
     }
 }
 
+/// Objects whose failures are counted at most: past it the counts start over (a backoff that
+/// restarts early costs a few retries; a map that only grows costs the operator its memory).
+const MAX_BACKED_OFF: usize = 10_000;
+
+/// An object's key in `failures`: its kind, namespace, name and uid.
+fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}#{}",
+        ObjectRef::from_obj(object),
+        object.meta().uid.as_deref().unwrap_or_default()
+    )
+}
+
 /// Retries a failed object with exponential backoff from 1 s up to 5 minutes.
 pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
     object: Arc<K>,
@@ -288,7 +302,10 @@ pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(
 ) -> Action {
     let key = ObjectRef::from_obj(object.as_ref()).to_string();
     let mut failures = ctx.failures.lock().expect("not poisoned");
-    let count = failures.entry(key.clone()).or_default();
+    if failures.len() >= MAX_BACKED_OFF {
+        failures.clear();
+    }
+    let count = failures.entry(backoff_key(object.as_ref())).or_default();
     *count = count.saturating_add(1);
     let mut delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
     if let ReconcileError::TopicsNotDeleted { give_up_in, .. } = error {

@@ -90,10 +90,15 @@ impl TopicError {
 
 type Admin = AdminClient<DefaultClientContext>;
 
+/// Admin clients kept at most: one per cluster and credentials in use, and credentials rotate.
+const MAX_ADMINS: usize = 16;
+
 /// One admin client per Kafka cluster, shared by every reconcile. A librdkafka client owns
 /// threads, sockets and buffers; one per reconcile made them most of the operator's memory.
+/// Past `MAX_ADMINS` (rotated passwords and certificates make new keys), the least recently
+/// used is dropped.
 #[derive(Default)]
-pub struct Admins(Mutex<HashMap<String, Arc<Admin>>>);
+pub struct Admins(Mutex<HashMap<String, (Arc<Admin>, std::time::Instant)>>);
 
 impl Admins {
     /// The client for these settings, made on first use. librdkafka reconnects by itself, so a
@@ -101,8 +106,17 @@ impl Admins {
     pub fn get(&self, kafka: &KafkaAccess) -> Result<Arc<Admin>, TopicError> {
         let key = kafka.cache_key();
         let mut admins = self.0.lock().expect("not poisoned");
-        if let Some(admin) = admins.get(&key) {
+        if let Some((admin, used)) = admins.get_mut(&key) {
+            *used = std::time::Instant::now();
             return Ok(admin.clone());
+        }
+        while admins.len() >= MAX_ADMINS {
+            let oldest = admins
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone())
+                .expect("not empty");
+            admins.remove(&oldest);
         }
         let admin: Arc<Admin> = Arc::new(
             kafka
@@ -116,7 +130,7 @@ impl Admins {
                     error,
                 })?,
         );
-        admins.insert(key, admin.clone());
+        admins.insert(key, (admin.clone(), std::time::Instant::now()));
         Ok(admin)
     }
 }

@@ -31,6 +31,9 @@ impl Session {
         let plan = will_plan(self.will.as_ref(), &end, self.expiry);
         let will = self.will.take().filter(|_| plan != WillPlan::None);
         if end == End::TakenOver {
+            // Taken over from another replica, the client's entry here is ours to remove (one
+            // taken over here already names the new connection, and stays).
+            forget_local(&self.up, &self.client_id, &self.connection);
             // The new connection owns the session record now; a will without delay is
             // published, one with a delay is cancelled (see `will_plan`).
             if let Some(will) = will {
