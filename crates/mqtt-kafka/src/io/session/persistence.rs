@@ -2,6 +2,7 @@
 //! progress; QoS 2 intents that make a resent PUBLISH written at most once.
 
 use super::*;
+use crate::io::table::TableEntry;
 
 impl Session {
     /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
@@ -37,7 +38,10 @@ impl Session {
                 find_written(&clients, &topic, p, from, end, &key, &payload, &client)
             })
             .await??;
-            if found {
+            if let Some(written_at_ms) = found {
+                if publish.retain {
+                    self.restore_retained(publish, written_at_ms).await?;
+                }
                 return Ok(true);
             }
         }
@@ -46,6 +50,30 @@ impl Session {
             .insert(publish.packet_id, (messages, partition, from));
         self.write_record(None).await?;
         Ok(false)
+    }
+
+    /// The first attempt of a RETAIN QoS 2 PUBLISH reached the messages topic before a crash;
+    /// its retained record, written after it, may not have. Written again unless the retained
+    /// topic holds it, or something newer, already.
+    async fn restore_retained(
+        &self,
+        publish: &Publish,
+        written_at_ms: i64,
+    ) -> Result<(), UpstreamError> {
+        self.up.retained.sync(SYNC_DEADLINE).await?;
+        let current = self.up.retained.get(&publish.topic);
+        if retained_is_missing(current.as_ref(), &publish.payload, written_at_ms) {
+            tracing::info!(topic = %publish.topic, "restoring a retained message a crash interrupted");
+            super::writes::produce_retained(&self.up, publish, &self.client_id)
+                .await
+                .map_err(|reason| {
+                    UpstreamError::Topic(format!(
+                        "retained message not restored: {}",
+                        reason.name()
+                    ))
+                })?;
+        }
+        Ok(())
     }
 
     pub(super) fn stored_qos2_out(&self) -> Vec<StoredOutgoing> {
@@ -227,9 +255,9 @@ fn find_written(
     key: &str,
     payload: &[u8],
     publisher: &str,
-) -> Result<bool, UpstreamError> {
+) -> Result<Option<i64>, UpstreamError> {
     if from >= end {
-        return Ok(false);
+        return Ok(None);
     }
     let consumer = clients.reader("QoS 2 resend check")?;
     let mut assignment = TopicPartitionList::new();
@@ -250,11 +278,45 @@ fn find_written(
             && record.payload().unwrap_or_default() == payload
             && has_header(&record, headers::LOCAL, publisher.as_bytes())
         {
-            return ControlFlow::Break(Ok(true));
+            let at = record.timestamp().to_millis().unwrap_or(0);
+            return ControlFlow::Break(Ok(Some(at)));
         }
         if record.offset() + 1 >= end {
-            return ControlFlow::Break(Ok(false));
+            return ControlFlow::Break(Ok(None));
         }
         ControlFlow::Continue(())
     })
+}
+
+/// Whether a RETAIN message written at `written_at_ms` is missing from the retained topic,
+/// which holds `current` for its topic: nothing there, or an older, different message.
+fn retained_is_missing(current: Option<&TableEntry>, payload: &[u8], written_at_ms: i64) -> bool {
+    match current {
+        None => true,
+        Some(entry) => entry.value != payload && entry.timestamp_ms < written_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &'static [u8], at: i64) -> TableEntry {
+        TableEntry {
+            value: Bytes::from_static(value),
+            headers: Vec::new(),
+            timestamp_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_retained_message_is_rewritten_only_when_nothing_as_new_is_there() {
+        assert!(retained_is_missing(None, b"on", 100));
+        assert!(retained_is_missing(Some(&entry(b"off", 50)), b"on", 100));
+        assert!(!retained_is_missing(Some(&entry(b"on", 100)), b"on", 100));
+        assert!(
+            !retained_is_missing(Some(&entry(b"off", 150)), b"on", 100),
+            "a newer retained message stays"
+        );
+    }
 }

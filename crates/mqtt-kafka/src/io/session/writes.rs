@@ -131,8 +131,7 @@ pub(crate) fn produce(
     } else {
         &up.producer
     };
-    let mut deliveries = Vec::with_capacity(2);
-    deliveries.push(send(
+    let message = send(
         up,
         producer,
         Produced {
@@ -144,30 +143,57 @@ pub(crate) fn produce(
         &publish.topic,
         Some(&publish.payload),
         &headers,
-    ));
-    if publish.retain {
-        // An empty retained payload clears the topic: a tombstone.
-        let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
-        deliveries.push(send(
-            up,
-            &up.producer,
-            Produced {
-                kind: RecordKind::Retained,
-                qos: publish.qos,
-                topic: &up.config.topics.retained,
-                partition: None,
-            },
-            &publish.topic,
-            payload,
-            &headers,
-        ));
-    }
+    );
+    let retained = publish
+        .retain
+        .then(|| retained_record(up, publish, &headers));
     async move {
-        for delivery in deliveries {
-            delivery.await?;
+        message.await?;
+        if let Some(retained) = retained {
+            retained.await?;
         }
         Ok(())
     }
+}
+
+/// The retained record of a RETAIN PUBLISH (an empty payload clears the topic: a tombstone).
+fn retained_record(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    headers: &[(String, Vec<u8>)],
+) -> impl Future<Output = ProduceResult> + use<> {
+    let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
+    send(
+        up,
+        &up.producer,
+        Produced {
+            kind: RecordKind::Retained,
+            qos: publish.qos,
+            topic: &up.config.topics.retained,
+            partition: None,
+        },
+        &publish.topic,
+        payload,
+        headers,
+    )
+}
+
+/// Writes only the retained record of a RETAIN PUBLISH whose messages record is in Kafka.
+pub(super) fn produce_retained(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    client_id: &str,
+) -> impl Future<Output = ProduceResult> + use<> {
+    let (messages, _) = up.target(&publish.topic);
+    let headers = headers::encode(
+        &publish.topic,
+        publish.qos,
+        publish.retain,
+        &publish.properties,
+        client_id,
+        &messages,
+    );
+    retained_record(up, publish, &headers)
 }
 
 /// Where a record goes and what it is, for [`send`] and the metrics.
