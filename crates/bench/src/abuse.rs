@@ -38,6 +38,10 @@ pub const LONG_ABOUT: &str = "\
     idle-sockets   500 TCP connections that never send CONNECT\n  \
     reconnects     200 persistent sessions reconnecting at once to catch up on missed \
     messages, again and again\n\n\
+    Then the same against grpc-kafka → Kafka → kafka-grpc → an echo service, while one client \
+    makes unary calls one at a time:\n  \
+    fetch-streams  1,000 fetch streams opened at once\n  \
+    connections    2,000 TCP connections held open\n\n\
     Reports the good client's PUBACK latency without and with the abuse, and each proxy's \
     threads and resident memory before and at their peak under it; fails when a bound is \
     exceeded. Measure release builds.";
@@ -95,8 +99,11 @@ pub async fn run(args: AbuseArgs) -> anyhow::Result<()> {
     if let Err(error) = crate::grpc::delete_topics(&args.kafka, &names).await {
         eprintln!("WARNING: bench topics not deleted: {error:#}");
     }
-    let report = result?;
+    let mut report = result?;
     print!("{report}");
+    let grpc = grpc(&args).await?;
+    print!("{grpc}");
+    report.push_str(&grpc);
     if report.contains("FAIL") {
         bail!("a bound was exceeded");
     }
@@ -120,6 +127,7 @@ fn held(pid: u32) -> Held {
 async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> {
     let addr = relay.mqtt;
     // Warm up, then the baseline.
+    prepare_reconnects(addr).await?;
     probe(addr, args.probe / 4).await?;
     let calm = probe(addr, args.probe).await?;
     let before = [held(relay.r_proxy.pid), held(relay.s_proxy.pid)];
@@ -132,7 +140,7 @@ async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> 
         abusers.spawn(receive_max(addr, i, stop.clone()));
         abusers.spawn(oversized(addr, i, stop.clone()));
     }
-    abusers.spawn(idle_sockets(addr, stop.clone()));
+    abusers.spawn(idle_connections(addr, 500, stop.clone()));
     abusers.spawn(reconnects(addr, stop.clone()));
     // Peaks, sampled while the abuse runs.
     let sampler = {
@@ -244,10 +252,19 @@ fn subscribe_packet(packet_id: u16, filters: impl IntoIterator<Item = String>) -
     })
 }
 
-/// Counts a SUBACK's refused and granted filters.
-fn tally(packet: Packet, granted: &mut usize, refused: &mut usize) -> anyhow::Result<()> {
-    let Packet::SubAck(ack) = packet else {
-        bail!("expected SUBACK, got {}", packet.name());
+/// Reads up to the next SUBACK (PUBLISHes of earlier subscriptions may come first) and counts
+/// its refused and granted filters.
+async fn tally(
+    client: &mut Client,
+    granted: &mut usize,
+    refused: &mut usize,
+) -> anyhow::Result<()> {
+    let ack = loop {
+        match client.recv().await? {
+            Packet::SubAck(ack) => break ack,
+            Packet::Publish(_) => {}
+            other => bail!("expected SUBACK, got {}", other.name()),
+        }
     };
     for code in ack.reason_codes {
         if code.is_error() {
@@ -265,7 +282,7 @@ async fn shared_groups(addr: SocketAddr, _stop: CancellationToken) -> anyhow::Re
     for batch in 0..10u16 {
         let filters = (0..30).map(|i| format!("$share/g{}/abuse/#", batch * 30 + i));
         client.send(&subscribe_packet(batch + 1, filters)).await?;
-        tally(client.recv().await?, &mut granted, &mut refused)?;
+        tally(&mut client, &mut granted, &mut refused).await?;
     }
     Ok(format!(
         "shared-groups: 300 $share groups asked, {granted} granted, {refused} refused"
@@ -279,7 +296,7 @@ async fn subscriptions(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
         packets += 1;
         let filters = (0..1000).map(|i| format!("abuse/{packets}/{i}"));
         client.send(&subscribe_packet(packets, filters)).await?;
-        tally(client.recv().await?, &mut granted, &mut refused)?;
+        tally(&mut client, &mut granted, &mut refused).await?;
     }
     Ok(format!(
         "subscriptions: {packets} SUBSCRIBEs of 1,000 filters, {granted} granted, {refused} refused"
@@ -346,25 +363,11 @@ async fn oversized(addr: SocketAddr, i: usize, stop: CancellationToken) -> anyho
     ))
 }
 
-async fn idle_sockets(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
-    let mut held = Vec::new();
-    let mut refused = 0;
-    for _ in 0..500 {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(stream) => held.push(stream),
-            Err(_) => refused += 1,
-        }
-    }
-    let opened = held.len();
-    stop.cancelled().await;
-    Ok(format!(
-        "idle-sockets: {opened} connections without CONNECT held open ({refused} not accepted)"
-    ))
-}
+/// Persistent sessions of the reconnects vector.
+const SESSIONS: usize = 200;
 
-async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
-    const SESSIONS: usize = 200;
-    let persistent = |i: usize, clean: bool| Connect {
+fn persistent(i: usize, clean: bool) -> Connect {
+    Connect {
         clean_start: clean,
         keep_alive: 0,
         client_id: format!("abuse-persistent-{i}"),
@@ -373,8 +376,11 @@ async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result
             ..Default::default()
         },
         ..Connect::default()
-    };
-    // Subscribed once, then away while messages arrive, then all back at once, again and again.
+    }
+}
+
+/// The reconnects vector's sessions, subscribed once before anything is measured.
+async fn prepare_reconnects(addr: SocketAddr) -> anyhow::Result<()> {
     for i in 0..SESSIONS {
         let mut client = Client::raw(addr, persistent(i, true)).await?;
         client
@@ -382,6 +388,11 @@ async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result
             .await?;
         client.recv().await?;
     }
+    Ok(())
+}
+
+/// The persistent sessions, away while messages arrive, then all back at once, again and again.
+async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
     let mut publisher = Client::connect(addr, "abuse-missed-publisher", 0).await?;
     let mut waves = 0;
     while !stop.is_cancelled() {
@@ -418,5 +429,172 @@ async fn reconnects(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result
     }
     Ok(format!(
         "reconnects: {waves} waves of {SESSIONS} persistent sessions catching up at once"
+    ))
+}
+
+/// The gRPC half: grpc-kafka's limits under the same kind of abuse.
+async fn grpc(args: &AbuseArgs) -> anyhow::Result<String> {
+    use crate::grpc;
+    let bin = args.proxies.bin()?;
+    let service = grpc::start_service().await?;
+    let events = format!("bench-abuse-events-{}", grpc::rand_suffix());
+    grpc::create_topics(&args.kafka, &[&events], 1).await?;
+    let fetch_route =
+        format!("- {{ method: strait.bench.v1.Echo/Stream, fetch: {{ topic: {events} }} }}\n");
+    let bridge = grpc::start_bridge(&bin, &args.kafka, service, &fetch_route).await?;
+    let result = grpc_measure(args, &bridge).await;
+    bridge.front.stop().await;
+    bridge.back.stop().await;
+    let mut topics: Vec<&str> = bridge.topics.iter().map(String::as_str).collect();
+    topics.push(&events);
+    if let Err(error) = grpc::delete_topics(&args.kafka, &topics).await {
+        eprintln!("WARNING: bench topics not deleted: {error:#}");
+    }
+    result
+}
+
+async fn grpc_measure(args: &AbuseArgs, bridge: &crate::grpc::Bridge) -> anyhow::Result<String> {
+    let addr = bridge.front_addr;
+    grpc_probe(addr, args.probe / 8).await?;
+    let calm = grpc_probe(addr, args.probe / 2).await?;
+    let before = held(bridge.front.pid);
+
+    let stop = CancellationToken::new();
+    let mut abusers = JoinSet::new();
+    abusers.spawn(fetch_streams(addr, stop.clone()));
+    abusers.spawn(idle_connections(addr, 2000, stop.clone()));
+    let sampler = {
+        let (pid, stop) = (bridge.front.pid, stop.clone());
+        tokio::spawn(async move {
+            let mut peak = Held::default();
+            while !stop.is_cancelled() {
+                let now = held(pid);
+                peak.threads = peak.threads.max(now.threads);
+                peak.rss_kib = peak.rss_kib.max(now.rss_kib);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let abused = grpc_probe(addr, args.probe / 2).await;
+    stop.cancel();
+    let mut effects = Vec::new();
+    while let Some(done) = abusers.join_next().await {
+        effects.push(done.context("abuse task")??);
+    }
+    let peak = sampler.await?;
+    let abused = abused?;
+
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "strait-bench abuse: grpc-kafka -> Kafka -> kafka-grpc, default limits"
+    )?;
+    for effect in &effects {
+        writeln!(out, "  {effect}")?;
+    }
+    let ratio = abused.p99 / calm.p99;
+    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
+    writeln!(
+        out,
+        "good client, {} unary calls one at a time: p50/p99 {:.0}/{:.0} µs calm, {:.0}/{:.0} µs \
+         under abuse: p99 x{ratio:.2} (at most x{MAX_P99_RATIO}) {}",
+        args.probe / 2,
+        calm.p50,
+        calm.p99,
+        abused.p50,
+        abused.p99,
+        verdict(ratio <= MAX_P99_RATIO)
+    )?;
+    let threads = peak.threads.saturating_sub(before.threads);
+    let rss_mib = peak.rss_kib.saturating_sub(before.rss_kib) / 1024;
+    writeln!(
+        out,
+        "grpc-kafka: threads {} -> peak {} (+{threads}, at most +{MAX_EXTRA_THREADS}) {}; RSS {} \
+         -> peak {} MiB (+{rss_mib}, at most +{MAX_EXTRA_RSS_MIB}) {}",
+        before.threads,
+        peak.threads,
+        verdict(threads <= MAX_EXTRA_THREADS),
+        before.rss_kib / 1024,
+        peak.rss_kib / 1024,
+        verdict(rss_mib <= MAX_EXTRA_RSS_MIB)
+    )?;
+    Ok(out)
+}
+
+/// Unary calls one at a time through grpc-kafka: latency.
+async fn grpc_probe(addr: SocketAddr, count: usize) -> anyhow::Result<Percentiles> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("the well-behaved gRPC client")?;
+    let mut client = tonic::client::Grpc::new(channel);
+    let mut latencies = histogram();
+    for _ in 0..count {
+        let started = Instant::now();
+        // strait.bench.v1.Msg { payload: "probe" }
+        crate::grpc::one_call(
+            &mut client,
+            crate::grpc::UNARY,
+            Bytes::from_static(b"\x0a\x05probe"),
+        )
+        .await
+        .map_err(|status| anyhow::anyhow!("the well-behaved call failed: {status}"))?;
+        latencies.record(started.elapsed().as_nanos() as u64)?;
+    }
+    Ok(Percentiles::of(&latencies))
+}
+
+/// 1,000 fetch streams opened at once (grpc-kafka's default allows 256).
+async fn fetch_streams(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<String> {
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        for _ in 0..100 {
+            let mut client = tonic::client::Grpc::new(channel.clone());
+            client.ready().await?;
+            let path = http::uri::PathAndQuery::from_static(crate::grpc::STREAM);
+            match client
+                .server_streaming(
+                    tonic::Request::new(Bytes::new()),
+                    path,
+                    strait_grpc_kafka::grpc::codec::RawCodec,
+                )
+                .await
+            {
+                Ok(stream) => opened.push(stream),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => refused += 1,
+                Err(status) => bail!("a fetch stream failed: {status}"),
+            }
+        }
+    }
+    let open = opened.len();
+    stop.cancelled().await;
+    Ok(format!(
+        "fetch-streams: 1,000 asked, {open} open, {refused} refused with RESOURCE_EXHAUSTED"
+    ))
+}
+
+async fn idle_connections(
+    addr: SocketAddr,
+    count: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            held.push(stream);
+        }
+    }
+    let opened = held.len();
+    stop.cancelled().await;
+    Ok(format!(
+        "connections: {opened} of {count} TCP connections held open without a request"
     ))
 }

@@ -69,8 +69,8 @@ service Echo {
   rpc Stream(Msg) returns (stream Msg);
 }
 "#;
-const UNARY: &str = "/strait.bench.v1.Echo/Unary";
-const STREAM: &str = "/strait.bench.v1.Echo/Stream";
+pub const UNARY: &str = "/strait.bench.v1.Echo/Unary";
+pub const STREAM: &str = "/strait.bench.v1.Echo/Stream";
 const STREAM_REPLIES: usize = 10;
 const CONNECTIONS: usize = 4;
 
@@ -96,7 +96,7 @@ impl ServerStreamingService<Bytes> for Echo {
     }
 }
 
-async fn start_service() -> anyhow::Result<SocketAddr> {
+pub async fn start_service() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -142,7 +142,7 @@ async fn channels(addr: SocketAddr) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
-async fn one_call(
+pub async fn one_call(
     client: &mut tonic::client::Grpc<Channel>,
     path: &'static str,
     body: Bytes,
@@ -270,15 +270,30 @@ pub async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<(
     Ok(())
 }
 
-pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
-    let bin = crate::procs::proxy_bin(args.proxy_bin.as_deref())?;
-    let service = start_service().await?;
+/// grpc-kafka and kafka-grpc in front of the echo service at `service`, on fresh topics.
+pub struct Bridge {
+    pub front: Daemon,
+    pub back: Daemon,
+    /// grpc-kafka's listener.
+    pub front_addr: SocketAddr,
+    pub dir: PathBuf,
+    pub topics: Vec<String>,
+}
+
+/// Starts a [`Bridge`]; `routes` are more grpc-kafka routes, ahead of the Echo one (YAML list
+/// items).
+pub async fn start_bridge(
+    bin: &std::path::Path,
+    kafka: &str,
+    service: SocketAddr,
+    routes: &str,
+) -> anyhow::Result<Bridge> {
     let run_id = format!("{}-{}", std::process::id(), rand_suffix());
     let (requests, replies) = (
         format!("bench-grpc-req-{run_id}"),
         format!("bench-grpc-rep-{run_id}"),
     );
-    create_topics(&args.kafka, &[&requests, &replies], 8).await?;
+    create_topics(kafka, &[&requests, &replies], 8).await?;
     let dir = std::env::temp_dir().join(format!("strait-bench-grpc-{run_id}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.proto"), PROTO)?;
@@ -286,9 +301,8 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     std::fs::write(
         &front_config,
         format!(
-            "kafka: {{ bootstrap: '{}' }}\nprotos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
-             routes: [{{ method: strait.bench.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}]\n",
-            args.kafka,
+            "kafka: {{ bootstrap: '{kafka}' }}\nprotos: {{ paths: ['{}'], reloadInterval: 0s }}\n\
+             routes:\n{routes}- {{ method: strait.bench.v1.Echo/*, produce: {{ topic: {requests}, replyTo: {replies} }} }}\n",
             dir.join("bench.proto").display()
         ),
     )?;
@@ -296,14 +310,13 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     std::fs::write(
         &back_config,
         format!(
-            "kafka: {{ bootstrap: '{}' }}\ntarget: http://{service}\ngroupId: bench-{run_id}\n\
-             routes: [{{ topic: {requests}, replyTo: [{replies}] }}]\nconcurrency: 256\n",
-            args.kafka
+            "kafka: {{ bootstrap: '{kafka}' }}\ntarget: http://{service}\ngroupId: bench-{run_id}\n\
+             routes: [{{ topic: {requests}, replyTo: [{replies}] }}]\nconcurrency: 256\n"
         ),
     )?;
     let front_addr = procs::free_local_addr()?;
     let front = Daemon::start(
-        &bin,
+        bin,
         &[
             "grpc-kafka".into(),
             "--config".into(),
@@ -317,7 +330,7 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     .await?;
     // kafka-grpc listens on nothing; "ready" is its /readyz (joined the group).
     let back = Daemon::start(
-        &bin,
+        bin,
         &[
             "kafka-grpc".into(),
             "--config".into(),
@@ -327,6 +340,25 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
         dir.join("kafka-grpc.log"),
     )
     .await?;
+    Ok(Bridge {
+        front,
+        back,
+        front_addr,
+        dir,
+        topics: vec![requests, replies],
+    })
+}
+
+pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
+    let bin = crate::procs::proxy_bin(args.proxy_bin.as_deref())?;
+    let service = start_service().await?;
+    let Bridge {
+        front,
+        back,
+        front_addr,
+        dir,
+        ..
+    } = start_bridge(&bin, &args.kafka, service, "").await?;
     eprintln!(
         "strait-bench grpc: service {service}, grpc-kafka {front_addr}, logs in {}",
         dir.display()

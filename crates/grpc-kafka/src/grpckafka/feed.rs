@@ -70,7 +70,18 @@ pub(crate) struct Feed {
     partitions: i32,
     records: broadcast::Sender<Arc<FeedRecord>>,
     reader: Arc<StreamReader>,
+    /// End-offset lookups at once: each holds a blocking thread, and a thousand streams
+    /// opening together must not make a thousand of them.
+    lookups: Arc<tokio::sync::Semaphore>,
+    /// Streams reading from Kafka with a consumer of their own at once (librdkafka threads
+    /// each); the others wait their turn.
+    catch_ups: Arc<tokio::sync::Semaphore>,
 }
+
+/// End-offset lookups of one topic's streams at once.
+const LOOKUPS: usize = 4;
+/// Catch-up consumers of one topic's streams at once.
+const CATCH_UPS: usize = 8;
 
 /// The shared readers by topic, started on the first fetch of each.
 #[derive(Default)]
@@ -124,6 +135,8 @@ impl Feed {
             partitions,
             records,
             reader,
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS)),
+            catch_ups: Arc::new(tokio::sync::Semaphore::new(CATCH_UPS)),
         })
     }
 
@@ -137,6 +150,11 @@ impl Feed {
     pub async fn watermarks(&self) -> Result<Vec<(i64, i64)>, Status> {
         let (reader, topic, partitions) =
             (self.reader.clone(), self.topic.clone(), self.partitions);
+        let _lookup = self
+            .lookups
+            .acquire()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| {
@@ -154,7 +172,7 @@ impl Feed {
 
     /// A reader of the records a stream at `progress` has not seen below the `high` of
     /// `ends` (from [`Feed::watermarks`]); `None` when it has seen them all.
-    pub fn catch_up(
+    pub async fn catch_up(
         &self,
         frontend: &Frontend,
         progress: &Progress,
@@ -169,6 +187,12 @@ impl Feed {
         if behind.is_empty() {
             return Ok(None);
         }
+        let permit = self
+            .catch_ups
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let consumer = consumer(frontend, "fetch catch-up consumer", true)?;
         let mut list = TopicPartitionList::new();
         for p in &behind {
@@ -186,6 +210,7 @@ impl Feed {
             remaining: behind,
             highs: ends.iter().map(|&(_, high)| high).collect(),
             _open: Counted::new(frontend.metrics.fetch_consumers.clone()),
+            _permit: permit,
         }))
     }
 }
@@ -197,6 +222,7 @@ pub(crate) struct CatchUp {
     remaining: Vec<i32>,
     highs: Vec<i64>,
     _open: Counted,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl CatchUp {
