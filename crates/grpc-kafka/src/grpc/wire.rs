@@ -140,18 +140,24 @@ pub const TIMEOUT_HEADER: &str = "strait:timeout-ms";
 
 impl CallHeaders {
     pub fn read(message: &impl Message, names: &CorrelationHeaders) -> Self {
+        match message.headers() {
+            Some(headers) => Self::from_headers(headers.iter().map(|h| (h.key, h.value)), names),
+            None => Self::default(),
+        }
+    }
+
+    /// Reads headers given as `(name, value)`, in order (a null value is `None`).
+    pub fn from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        names: &CorrelationHeaders,
+    ) -> Self {
         let mut out = Self::default();
-        let Some(headers) = message.headers() else {
-            return out;
-        };
-        for header in headers.iter() {
+        for (key, value) in headers {
             let text = || {
-                header
-                    .value
+                value
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(str::to_owned)
             };
-            let key = header.key;
             if key == names.service {
                 out.service = text();
             } else if key == names.method {
@@ -167,8 +173,7 @@ impl CallHeaders {
             } else if key == TIMEOUT_HEADER {
                 out.timeout_ms = text().and_then(|s| s.parse().ok());
             }
-            out.all
-                .push((key.to_owned(), header.value.map(<[u8]>::to_vec)));
+            out.all.push((key.to_owned(), value.map(<[u8]>::to_vec)));
         }
         out
     }
@@ -202,7 +207,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
+    // Checked: the last char may be several bytes long (found while writing the
+    // grpc_kafka_records fuzz target; a HeaderValue's text is ASCII, but this takes any `&str`).
+    let (digits, unit) = value.split_at_checked(value.len() - 1)?;
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),

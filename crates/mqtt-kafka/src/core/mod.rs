@@ -3,6 +3,9 @@
 
 pub mod ending;
 pub mod flows;
+/// The bodies of the fuzz targets in `crates/mqtt-kafka/fuzz`, also run by `cargo test`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod members;
 pub mod queue;
