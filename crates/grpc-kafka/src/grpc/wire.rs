@@ -48,7 +48,8 @@ pub fn metadata_to_headers(
 }
 
 /// The `meta:*` headers of a record as gRPC metadata; entries that are not valid metadata are
-/// skipped (with their names logged) rather than failing the call.
+/// skipped (with their names logged) rather than failing the call, and so are those beyond the
+/// 24,576 names an HTTP header map holds.
 pub fn headers_to_metadata<'a>(
     headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> MetadataMap {
@@ -65,7 +66,11 @@ pub fn headers_to_metadata<'a>(
             http::HeaderValue::from_bytes(value),
         ) {
             (Ok(name), Ok(value)) => {
-                map.append(name, value);
+                // A record can carry more headers than a HeaderMap holds; `append` would panic.
+                if map.try_append(name, value).is_err() {
+                    tracing::debug!("skipping the metadata beyond what a header map holds");
+                    break;
+                }
             }
             _ => tracing::debug!(header = name, "skipping metadata that is not valid HTTP/2"),
         }
@@ -292,6 +297,20 @@ mod tests {
         let r2 = correlation_id(None, None, &names, "a.S", "M", Some("rep"));
         assert_ne!(r1, r2);
         assert!(r1.ends_with(&a[3..]), "{r1}");
+    }
+
+    /// A record may carry more headers than a HeaderMap can hold (24,576 names): the rest are
+    /// skipped, not a panic.
+    #[test]
+    fn more_meta_headers_than_a_header_map_holds_are_skipped() {
+        let names: Vec<String> = (0..30_000).map(|i| format!("{META_PREFIX}x{i}")).collect();
+        let metadata =
+            headers_to_metadata(names.iter().map(|name| (name.as_str(), Some(&b"v"[..]))));
+        assert!(
+            metadata.len() > 20_000 && metadata.len() < 30_000,
+            "{}",
+            metadata.len()
+        );
     }
 
     #[test]
