@@ -58,13 +58,12 @@ pub fn headers_to_metadata<'a>(
         let (Some(name), Some(value)) = (name.strip_prefix(META_PREFIX), value) else {
             continue;
         };
-        if is_reserved_metadata(name) {
-            continue;
-        }
         match (
             http::HeaderName::from_bytes(name.as_bytes()),
             http::HeaderValue::from_bytes(value),
         ) {
+            // Checked on the parsed name, which is lowercased: `meta:TE` is `te`.
+            (Ok(name), Ok(_)) if is_reserved_metadata(name.as_str()) => {}
             (Ok(name), Ok(value)) => {
                 // A record can carry more headers than a HeaderMap holds; `append` would panic.
                 if map.try_append(name, value).is_err() {
@@ -297,6 +296,26 @@ mod tests {
         let r2 = correlation_id(None, None, &names, "a.S", "M", Some("rep"));
         assert_ne!(r1, r2);
         assert!(r1.ends_with(&a[3..]), "{r1}");
+    }
+
+    /// Found by the grpc_kafka_records fuzz target: `meta:TE` passed the reserved-name check,
+    /// then became `te` as a header name (names are lowercased), so a record's producer could
+    /// set `te`, `grpc-timeout` or `content-type` on the call to the service.
+    #[test]
+    fn reserved_names_in_any_case_are_not_metadata() {
+        let headers = [
+            ("meta:TE", Some(&b"trailers"[..])),
+            ("meta:Grpc-Timeout", Some(b"1S")),
+            ("meta:Content-Type", Some(b"text/plain")),
+            ("meta:X-Tenant", Some(b"acme")),
+        ];
+        let metadata = headers_to_metadata(headers.into_iter());
+        let names: Vec<String> = metadata
+            .into_headers()
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(names, ["x-tenant"]);
     }
 
     /// A record may carry more headers than a HeaderMap can hold (24,576 names): the rest are
