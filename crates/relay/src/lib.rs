@@ -4,6 +4,9 @@
 
 pub mod codec;
 pub mod convert;
+/// The bodies of the fuzz targets in `crates/relay/fuzz`, also run by `cargo test`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod opening;
 pub mod rules;

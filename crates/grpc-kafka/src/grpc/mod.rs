@@ -4,6 +4,9 @@
 
 pub mod codec;
 pub mod fetch_id;
+/// The body of the fuzz target in `crates/grpc-kafka/fuzz`, also run by `cargo test`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod protos;
 pub mod wire;

@@ -48,7 +48,8 @@ pub fn metadata_to_headers(
 }
 
 /// The `meta:*` headers of a record as gRPC metadata; entries that are not valid metadata are
-/// skipped (with their names logged) rather than failing the call.
+/// skipped (with their names logged) rather than failing the call, and so are those beyond the
+/// 24,576 names an HTTP header map holds.
 pub fn headers_to_metadata<'a>(
     headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> MetadataMap {
@@ -57,15 +58,18 @@ pub fn headers_to_metadata<'a>(
         let (Some(name), Some(value)) = (name.strip_prefix(META_PREFIX), value) else {
             continue;
         };
-        if is_reserved_metadata(name) {
-            continue;
-        }
         match (
             http::HeaderName::from_bytes(name.as_bytes()),
             http::HeaderValue::from_bytes(value),
         ) {
+            // Checked on the parsed name, which is lowercased: `meta:TE` is `te`.
+            (Ok(name), Ok(_)) if is_reserved_metadata(name.as_str()) => {}
             (Ok(name), Ok(value)) => {
-                map.append(name, value);
+                // A record can carry more headers than a HeaderMap holds; `append` would panic.
+                if map.try_append(name, value).is_err() {
+                    tracing::debug!("skipping the metadata beyond what a header map holds");
+                    break;
+                }
             }
             _ => tracing::debug!(header = name, "skipping metadata that is not valid HTTP/2"),
         }
@@ -140,18 +144,24 @@ pub const TIMEOUT_HEADER: &str = "strait:timeout-ms";
 
 impl CallHeaders {
     pub fn read(message: &impl Message, names: &CorrelationHeaders) -> Self {
+        match message.headers() {
+            Some(headers) => Self::from_headers(headers.iter().map(|h| (h.key, h.value)), names),
+            None => Self::default(),
+        }
+    }
+
+    /// Reads headers given as `(name, value)`, in order (a null value is `None`).
+    pub fn from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        names: &CorrelationHeaders,
+    ) -> Self {
         let mut out = Self::default();
-        let Some(headers) = message.headers() else {
-            return out;
-        };
-        for header in headers.iter() {
+        for (key, value) in headers {
             let text = || {
-                header
-                    .value
+                value
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(str::to_owned)
             };
-            let key = header.key;
             if key == names.service {
                 out.service = text();
             } else if key == names.method {
@@ -167,8 +177,7 @@ impl CallHeaders {
             } else if key == TIMEOUT_HEADER {
                 out.timeout_ms = text().and_then(|s| s.parse().ok());
             }
-            out.all
-                .push((key.to_owned(), header.value.map(<[u8]>::to_vec)));
+            out.all.push((key.to_owned(), value.map(<[u8]>::to_vec)));
         }
         out
     }
@@ -202,7 +211,9 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
+    // Checked: the last char may be several bytes long (found while writing the
+    // grpc_kafka_records fuzz target; a HeaderValue's text is ASCII, but this takes any `&str`).
+    let (digits, unit) = value.split_at_checked(value.len() - 1)?;
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -285,6 +296,40 @@ mod tests {
         let r2 = correlation_id(None, None, &names, "a.S", "M", Some("rep"));
         assert_ne!(r1, r2);
         assert!(r1.ends_with(&a[3..]), "{r1}");
+    }
+
+    /// Found by the grpc_kafka_records fuzz target: `meta:TE` passed the reserved-name check,
+    /// then became `te` as a header name (names are lowercased), so a record's producer could
+    /// set `te`, `grpc-timeout` or `content-type` on the call to the service.
+    #[test]
+    fn reserved_names_in_any_case_are_not_metadata() {
+        let headers = [
+            ("meta:TE", Some(&b"trailers"[..])),
+            ("meta:Grpc-Timeout", Some(b"1S")),
+            ("meta:Content-Type", Some(b"text/plain")),
+            ("meta:X-Tenant", Some(b"acme")),
+        ];
+        let metadata = headers_to_metadata(headers.into_iter());
+        let names: Vec<String> = metadata
+            .into_headers()
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(names, ["x-tenant"]);
+    }
+
+    /// A record may carry more headers than a HeaderMap can hold (24,576 names): the rest are
+    /// skipped, not a panic.
+    #[test]
+    fn more_meta_headers_than_a_header_map_holds_are_skipped() {
+        let names: Vec<String> = (0..30_000).map(|i| format!("{META_PREFIX}x{i}")).collect();
+        let metadata =
+            headers_to_metadata(names.iter().map(|name| (name.as_str(), Some(&b"v"[..]))));
+        assert!(
+            metadata.len() > 20_000 && metadata.len() < 30_000,
+            "{}",
+            metadata.len()
+        );
     }
 
     #[test]

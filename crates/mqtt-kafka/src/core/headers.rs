@@ -213,14 +213,15 @@ pub fn remaining_expiry(
     let Some(expiry) = expiry else {
         return Some(None);
     };
+    // Saturating: a producer may give a record any timestamp.
     let deadline = timestamp_ms.saturating_add(i64::from(expiry) * 1000);
-    let left_ms = deadline - now_ms;
+    let left_ms = deadline.saturating_sub(now_ms);
     if left_ms <= 0 {
         return None;
     }
     // Round up: a message with 300 ms left still has "1 second" to live.
     Some(Some(
-        u32::try_from((left_ms + 999) / 1000).unwrap_or(expiry),
+        u32::try_from((left_ms - 1) / 1000 + 1).unwrap_or(expiry),
     ))
 }
 
@@ -347,6 +348,9 @@ mod tests {
         assert_eq!(remaining_expiry(Some(10), 1_000, 1_000), Some(Some(10)));
         assert_eq!(remaining_expiry(Some(10), 1_000, 4_500), Some(Some(7)));
         assert_eq!(remaining_expiry(Some(10), 1_000, 11_000), None);
+        // Found with the kafka_record fuzz target's body: both used to overflow.
+        assert_eq!(remaining_expiry(Some(10), i64::MIN, 1_000), None);
+        assert_eq!(remaining_expiry(Some(10), 0, i64::MIN), Some(Some(10)));
     }
 
     fn level() -> impl Strategy<Value = String> {

@@ -4,6 +4,9 @@
 pub mod catch_up;
 pub mod ending;
 pub mod flows;
+/// The bodies of the fuzz targets in `crates/mqtt-kafka/fuzz`, also run by `cargo test`.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod limits;
 pub mod members;

@@ -20,6 +20,14 @@ pub struct Heartbeat {
     pub alive_at_ms: i64,
 }
 
+impl Heartbeat {
+    /// Whether the replica counts as alive at `now_ms`, `lease_ms` after its last heartbeat.
+    pub fn alive(&self, now_ms: i64, lease_ms: i64) -> bool {
+        // Saturating: the value is whatever was written to the sessions topic.
+        self.alive_at_ms.saturating_add(lease_ms) > now_ms
+    }
+}
+
 /// A session as stored. A null record (tombstone) means no session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -214,7 +222,8 @@ impl SessionRecord {
         match self.disconnected_at_ms {
             None => false,
             Some(_) if self.expiry == u32::MAX => false,
-            Some(at) => now_ms >= at + i64::from(self.expiry) * 1000,
+            // Saturating: the record is whatever was written to the sessions topic.
+            Some(at) => now_ms >= at.saturating_add(i64::from(self.expiry) * 1000),
         }
     }
 
@@ -323,5 +332,23 @@ mod tests {
             .unwrap()
             .replace("\"version\":1", "\"version\":2");
         assert!(SessionRecord::decode(future.as_bytes()).is_err());
+    }
+
+    /// Found while writing the session_record fuzz target: a disconnect or heartbeat time near `i64::MAX`
+    /// (any client of the sessions topic can write one) overflowed.
+    #[test]
+    fn times_at_the_end_of_the_range_do_not_overflow() {
+        let at_the_end = format!(
+            r#"{{"version":1,"owner":"o","connection":"c","connectedAtMs":0,"disconnectedAtMs":{},"expiry":60,"subscriptions":[]}}"#,
+            i64::MAX
+        );
+        let record = SessionRecord::decode(at_the_end.as_bytes()).unwrap();
+        assert!(!record.expired(i64::MAX - 1));
+        assert!(record.expired(i64::MAX));
+        let beat = Heartbeat {
+            version: VERSION,
+            alive_at_ms: i64::MAX,
+        };
+        assert!(beat.alive(0, 10_000));
     }
 }

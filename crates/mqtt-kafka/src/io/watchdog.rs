@@ -42,7 +42,8 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
             .filter_map(|(key, entry)| {
                 let instance = key.strip_prefix(REPLICA_PREFIX)?;
                 let beat: Heartbeat = serde_json::from_slice(&entry.value).ok()?;
-                (beat.alive_at_ms + lease.as_millis() as i64 > now).then_some(instance)
+                beat.alive(now, lease.as_millis() as i64)
+                    .then_some(instance)
             })
             .collect();
         alive.sort_unstable();
