@@ -39,24 +39,9 @@ check_env() {
 mqtt_pub() { local addr=$1; shift; mosquitto_pub -V 5 -h "${addr%:*}" -p "${addr##*:}" "$@"; }
 
 # kafka_records TOPIC SINCE_MS NEEDLE: the records of TOPIC written since SINCE_MS whose value
-# contains NEEDLE, one per line: partition, key, headers (name=value; binary values in hex),
-# value. kcat's JSON carries headers as a flat [name, value, ...] list.
+# contains NEEDLE, one per line (records.py).
 kafka_records() {
-  kcat -b "$KAFKA_BOOTSTRAP" -C -t "$1" -o "s@$2" -e -q -J 2>/dev/null | python3 -c '
-import json, sys
-needle = sys.argv[1]
-for line in sys.stdin:
-    r = json.loads(line)
-    if needle not in (r.get("payload") or ""):
-        continue
-    h = r.get("headers") or []
-    pairs = []
-    for name, value in zip(h[0::2], h[1::2]):
-        if value is not None and not value.isprintable():
-            value = "0x" + value.encode("latin-1", "replace").hex()
-        pairs.append(f"{name}={value}")
-    print(f"partition={r[\"partition\"]} key={r[\"key\"]} headers=[{\", \".join(pairs)}] value={r[\"payload\"]}")
-' "$3"
+  kcat -b "$KAFKA_BOOTSTRAP" -C -t "$1" -o "s@$2" -e -q -J 2>/dev/null | python3 "$files/records.py" "$3"
 }
 
 # wait_record TOPIC SINCE_MS NEEDLE: the first matching record (see kafka_records), within 30 s.
@@ -76,23 +61,24 @@ wait_record() {
 mqtt_roundtrip() {
   local what=$1 sub=$2 pub=$3 topic=$4 out n=0 spid line
   out=$(mktemp)
-  mosquitto_sub -d -V 5 -h "${sub%:*}" -p "${sub##*:}" -q 1 -i "zilla-check-sub-$$-$RANDOM" \
-    -t "$topic" -C 1 -W 60 -F '@@MSG topic=%t payload=%p' >"$out" 2>&1 &
+  # Line-buffered, so its debug lines (SUBACK) show as they come.
+  stdbuf -oL mosquitto_sub -d -V 5 -h "${sub%:*}" -p "${sub##*:}" -q 1 -i "zilla-check-sub-$$-$RANDOM" \
+    -t "$topic" -C 1 -W 60 -F 'MSG> topic=%t payload=%p' >"$out" 2>&1 &
   spid=$!
   if ! until_within 20 grep -q 'received SUBACK' "$out"; then
-    kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
+    kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
     bad "$what: no SUBACK through $sub within 20 s: $(tr '\n' ' ' <"$out")"; rm -f "$out"; return
   fi
   local deadline=$((SECONDS + 40))
-  while ! grep -q '^@@MSG' "$out" && ((SECONDS < deadline)); do
+  while ! grep -q '^MSG> ' "$out" && ((SECONDS < deadline)); do
     n=$((n + 1))
     mqtt_pub "$pub" -q 1 -i "zilla-check-pub-$$" -t "$topic" -m "$what #$n" || true
-    until_within 5 grep -q '^@@MSG' "$out" || true
+    until_within 5 grep -q '^MSG> ' "$out" || true
   done
-  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
-  line=$(grep '^@@MSG' "$out" | head -n1 || true)
+  kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
+  line=$(grep '^MSG> ' "$out" | head -n1 || true)
   rm -f "$out"
-  if [ -n "$line" ]; then ok "$what: received ${line#@@MSG } (after $n publish(es))"
+  if [ -n "$line" ]; then ok "$what: received ${line#MSG> } (after $n publish(es))"
   else bad "$what: nothing received within 40 s ($n publishes through $pub)"; fi
 }
 
