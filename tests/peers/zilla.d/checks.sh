@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154 # files, repo, ZILLA_STATE, ... come from tests/peers/zilla
 # `tests/peers/zilla check` and `tests/peers/zilla interop`. Sourced by tests/peers/zilla, never
 # run. Both talk to the running Zilla and Kafka with mosquitto's clients and kcat, and count
 # what they verified: "N passed, M failed" at the end, exit 1 if anything failed.
