@@ -49,7 +49,7 @@ kafka_records() {
 wait_record() {
   local deadline=$((SECONDS + 30)) rec
   while ((SECONDS < deadline)); do
-    rec=$(kafka_records "$@" | head -n1)
+    rec=$(kafka_records "$@" 2>/dev/null | head -n1) # head leaving early is no error
     [ -n "$rec" ] && { printf '%s\n' "$rec"; return 0; }
     sleep 0.3
   done
@@ -160,7 +160,26 @@ cmd_check() {
   fi
   mqtt_roundtrip "MQTT -> Zilla -> Kafka -> Zilla -> MQTT" "$ZILLA_MQTT" "$ZILLA_MQTT" "strait/zilla-check/$id/rt"
   mqtt_retained "retained through Zilla" "$ZILLA_MQTT" "$ZILLA_MQTT" "strait/zilla-check/$id/retained" 0
+  grpc_check "$id"
   check_summary "zilla check"
+}
+
+# grpc_check ID: a unary call through Zilla's gRPC port, answered by an echo service this
+# check runs at ZILLA_GRPC_SERVICE (grpc_check.py); the request record in the requests topic.
+grpc_check() {
+  local id=$1 py since out rec
+  py=$("$repo/tests/e2e/python-grpcio") || { bad "gRPC: no Python with grpcio (tests/e2e/python-grpcio)"; return; }
+  since=$(now_ms)
+  if out=$("$py" "$files/grpc_check.py" "$ZILLA_GRPC" "$ZILLA_GRPC_SERVICE" "grpc $id" 2>&1); then
+    ok "gRPC unary through Zilla (grpc-kafka -> Kafka -> kafka-grpc -> echo): $out"
+  else
+    bad "gRPC unary through Zilla: $out"
+  fi
+  if rec=$(wait_record "$ZILLA_GRPC_REQUESTS" "$since" "grpc $id"); then
+    echo "  request record in $ZILLA_GRPC_REQUESTS: $rec"
+  else
+    bad "gRPC: no request record in $ZILLA_GRPC_REQUESTS"
+  fi
 }
 
 # ---- interop: the same Kafka topics served by Zilla and by Strait's s-proxy ------------------
