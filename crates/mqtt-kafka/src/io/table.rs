@@ -115,11 +115,17 @@ impl Table {
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default();
-                    let entry = record.payload().map(|value| TableEntry {
-                        value: Bytes::copy_from_slice(value),
-                        headers: record_headers(&record),
-                        timestamp_ms: record.timestamp().to_millis().unwrap_or(0),
-                    });
+                    // An empty value clears the key as a tombstone does: Zilla clears a
+                    // retained message that way.
+                    let entry =
+                        record
+                            .payload()
+                            .filter(|v| !v.is_empty())
+                            .map(|value| TableEntry {
+                                value: Bytes::copy_from_slice(value),
+                                headers: record_headers(&record),
+                                timestamp_ms: record.timestamp().to_millis().unwrap_or(0),
+                            });
                     on_change(&key, entry.as_ref());
                     let mut state = self.state.lock();
                     let removed = state.entries.get(&key).map_or(0, |e| e.size(&key));
