@@ -146,6 +146,17 @@ impl KafkaClients {
         for producer_only in ["linger.ms", "message.timeout.ms", "delivery.timeout.ms"] {
             config.remove(producer_only);
         }
+        // What a consumer fetches ahead is bounded: librdkafka's defaults (100,000 messages or
+        // 64 MiB per consumer) let a process with a few dozen readers (catch-ups, shared
+        // groups) hold gigabytes when a topic is busy. The librdkafka map may set others.
+        for (key, value) in [
+            ("queued.max.messages.kbytes", "8192"),
+            ("queued.min.messages", "10000"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
         for (key, value) in settings {
             config.set(*key, *value);
         }

@@ -126,6 +126,8 @@ pub struct KafkaUpstream {
     /// QoS 2 PUBLISHes being written, by (client id, packet id): they outlive the session
     /// that started them, so a resend on the next connection waits for their outcome.
     qos2_writes: OrderedMutex<HashMap<(String, u16), Qos2Write>>,
+    /// End-offset lookups at once (see [`KafkaUpstream::end_offset`]).
+    lookups: tokio::sync::Semaphore,
     /// Catch-up readers that may run at once (`limits.maxCatchUps`).
     catch_up_readers: Arc<tokio::sync::Semaphore>,
     next_id: AtomicU64,
@@ -237,6 +239,7 @@ impl KafkaUpstream {
             sessions,
             local,
             qos2_writes: OrderedMutex::new(Level::Leaf, "QoS 2 writes", HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(8),
             catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_catch_ups as usize,
             )),
@@ -303,6 +306,8 @@ impl KafkaUpstream {
 
     /// The end offset of a partition.
     pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, UpstreamError> {
+        // Each lookup holds a blocking thread while Kafka answers: at most a few at once.
+        let _lookup = self.lookups.acquire().await;
         let client = self.watermarks.clone();
         let topic = topic.to_string();
         let (_, high) = tokio::task::spawn_blocking(move || {

@@ -39,7 +39,14 @@ pub struct Table {
     pub(crate) watermarks: Arc<Reader>,
     /// Records and bytes held, for the metrics.
     gauges: TableGauges,
+    /// End-offset lookups of `sync` at once: every CONNECT syncs the sessions table, and each
+    /// lookup holds a blocking thread while Kafka answers, so a connect storm queues here
+    /// instead of growing the blocking pool by hundreds of threads.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// End-offset lookups of one table at once.
+const LOOKUPS: usize = 4;
 
 #[derive(Default)]
 pub(crate) struct TableState {
@@ -95,6 +102,7 @@ impl Table {
             progress: Notify::new(),
             consumer: Arc::new(consumer),
             gauges,
+            lookups: tokio::sync::Semaphore::new(LOOKUPS),
         });
         let reader = table.clone();
         std::thread::Builder::new()
@@ -181,6 +189,7 @@ impl Table {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
         let partitions = self.partitions.load(Ordering::Acquire);
+        let lookup = self.lookups.acquire().await;
         let watermarks = tokio::task::spawn_blocking(move || {
             (0..partitions)
                 .map(|p| Ok((p, consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?)))
@@ -188,6 +197,7 @@ impl Table {
         })
         .await?
         .with_context(|| format!("reading the end offsets of {}", self.topic))?;
+        drop(lookup);
         tokio::time::timeout(deadline, async {
             loop {
                 let notified = self.progress.notified();

@@ -34,7 +34,10 @@ impl Session {
                 publish.payload.clone(),
                 self.client_id.clone(),
             );
+            // A reader of its own, like a catch-up's: it waits for one of theirs.
+            let reader = self.up.catch_up_readers.clone().acquire_owned().await;
             let found = tokio::task::spawn_blocking(move || {
+                let _reader = reader;
                 find_written(&clients, &topic, p, from, end, &key, &payload, &client)
             })
             .await??;
