@@ -73,15 +73,10 @@ pub(crate) struct Feed {
     /// End-offset lookups at once: each holds a blocking thread, and a thousand streams
     /// opening together must not make a thousand of them.
     lookups: Arc<tokio::sync::Semaphore>,
-    /// Streams reading from Kafka with a consumer of their own at once (librdkafka threads
-    /// each); the others wait their turn.
-    catch_ups: Arc<tokio::sync::Semaphore>,
 }
 
 /// End-offset lookups of one topic's streams at once.
 const LOOKUPS: usize = 4;
-/// Catch-up consumers of one topic's streams at once.
-const CATCH_UPS: usize = 8;
 
 /// The shared readers by topic, started on the first fetch of each.
 #[derive(Default)]
@@ -136,7 +131,6 @@ impl Feed {
             records,
             reader,
             lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS)),
-            catch_ups: Arc::new(tokio::sync::Semaphore::new(CATCH_UPS)),
         })
     }
 
@@ -187,12 +181,6 @@ impl Feed {
         if behind.is_empty() {
             return Ok(None);
         }
-        let permit = self
-            .catch_ups
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
         let consumer = consumer(frontend, "fetch catch-up consumer", true)?;
         let mut list = TopicPartitionList::new();
         for p in &behind {
@@ -210,7 +198,6 @@ impl Feed {
             remaining: behind,
             highs: ends.iter().map(|&(_, high)| high).collect(),
             _open: Counted::new(frontend.metrics.fetch_consumers.clone()),
-            _permit: permit,
         }))
     }
 }
@@ -222,7 +209,6 @@ pub(crate) struct CatchUp {
     remaining: Vec<i32>,
     highs: Vec<i64>,
     _open: Counted,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl CatchUp {
