@@ -126,6 +126,22 @@ struct Held {
     rss_kib: u64,
 }
 
+/// The most each process held, sampled every 200 ms until `stop`.
+fn peaks(pids: Vec<u32>, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Held>> {
+    tokio::spawn(async move {
+        let mut peak = vec![Held::default(); pids.len()];
+        while !stop.is_cancelled() {
+            for (p, pid) in peak.iter_mut().zip(&pids) {
+                let now = held(*pid);
+                p.threads = p.threads.max(now.threads);
+                p.rss_kib = p.rss_kib.max(now.rss_kib);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        peak
+    })
+}
+
 fn held(pid: u32) -> Held {
     Held {
         threads: procs::threads(pid).unwrap_or(0),
@@ -164,23 +180,7 @@ async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> 
     if on("reconnects") {
         abusers.spawn(reconnects(addr, stop.clone()));
     }
-    // Peaks, sampled while the abuse runs.
-    let sampler = {
-        let pids = [relay.r_proxy.pid, relay.s_proxy.pid];
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut peak = [Held::default(); 2];
-            while !stop.is_cancelled() {
-                for (p, pid) in peak.iter_mut().zip(pids) {
-                    let now = held(pid);
-                    p.threads = p.threads.max(now.threads);
-                    p.rss_kib = p.rss_kib.max(now.rss_kib);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    };
+    let sampler = peaks(vec![relay.r_proxy.pid, relay.s_proxy.pid], stop.clone());
     // Let every vector get going before measuring.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let abused = probe(addr, args.probe).await;
@@ -491,19 +491,7 @@ async fn grpc_measure(args: &AbuseArgs, bridge: &crate::grpc::Bridge) -> anyhow:
     let mut abusers = JoinSet::new();
     abusers.spawn(fetch_streams(addr, stop.clone()));
     abusers.spawn(idle_connections(addr, 2000, stop.clone()));
-    let sampler = {
-        let (pid, stop) = (bridge.front.pid, stop.clone());
-        tokio::spawn(async move {
-            let mut peak = Held::default();
-            while !stop.is_cancelled() {
-                let now = held(pid);
-                peak.threads = peak.threads.max(now.threads);
-                peak.rss_kib = peak.rss_kib.max(now.rss_kib);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    };
+    let sampler = peaks(vec![bridge.front.pid], stop.clone());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let abused = grpc_probe(addr, args.probe / 2).await;
     stop.cancel();
@@ -511,7 +499,7 @@ async fn grpc_measure(args: &AbuseArgs, bridge: &crate::grpc::Bridge) -> anyhow:
     while let Some(done) = abusers.join_next().await {
         effects.push(done.context("abuse task")??);
     }
-    let peak = sampler.await?;
+    let peak = sampler.await?[0];
     let abused = abused?;
 
     use std::fmt::Write as _;

@@ -12,16 +12,6 @@ use strait_e2e::{require, unique_name};
 use strait_mqtt_codec::{Packet, Protocol, QoS, ReasonCode};
 use support::connect_packet;
 
-/// `tests/e2e/services stop|start kafka` (the test services of this checkout and state dir).
-fn services(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/services");
-    let status = std::process::Command::new(script)
-        .args([action, "kafka"])
-        .status()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(status.success(), "services {action} kafka: {status}");
-}
-
 /// A client without keep-alive: Kafka may take a minute to come back, longer than a
 /// keep-alive the test would have to serve with PINGREQs.
 fn quiet_client(prefix: &str) -> strait_mqtt_codec::Connect {

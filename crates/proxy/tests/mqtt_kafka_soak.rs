@@ -26,16 +26,6 @@ use tokio::sync::watch;
 /// acknowledgements and sessions lose Kafka mid-flight.
 const OUTAGE: Duration = Duration::from_secs(6);
 
-/// `tests/e2e/services stop|start kafka` (the services of this checkout and state dir).
-fn services(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/services");
-    let status = std::process::Command::new(script)
-        .args([action, "kafka"])
-        .status()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(status.success(), "services {action} kafka: {status}");
-}
-
 /// Kafka down for `OUTAGE`, started again however the test ends. The clients' tasks run on
 /// other threads meanwhile.
 async fn kafka_outage() {

@@ -14,6 +14,17 @@ use strait_mqtt_codec::{self as mqtt, Packet, Protocol, QoS};
 
 use crate::support::{BIN, RawClient};
 
+/// `tests/e2e/services stop|start kafka` (the test services of this checkout and state dir):
+/// for the tests that take Kafka away, each in a file of its own.
+pub fn services(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/services");
+    let status = std::process::Command::new(script)
+        .args([action, "kafka"])
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "services {action} kafka: {status}");
+}
+
 /// The three topics of one test.
 #[derive(Debug, Clone)]
 pub struct Topics {

@@ -117,15 +117,7 @@ pub(crate) fn produce(
     publish: &Publish,
     client_id: &str,
 ) -> impl Future<Output = ProduceResult> + use<> {
-    let (messages, partition) = up.target(&publish.topic);
-    let headers = headers::encode(
-        &publish.topic,
-        publish.qos,
-        publish.retain,
-        &publish.properties,
-        client_id,
-        &messages,
-    );
+    let (messages, partition, headers) = placed(up, publish, client_id);
     let producer = if publish.qos == QoS::AtMostOnce {
         &up.qos0
     } else {
@@ -184,7 +176,21 @@ pub(super) fn produce_retained(
     publish: &Publish,
     client_id: &str,
 ) -> impl Future<Output = ProduceResult> + use<> {
-    let (messages, _) = up.target(&publish.topic);
+    let (_, _, headers) = placed(up, publish, client_id);
+    retained_record(up, publish, &headers)
+}
+
+/// Record headers, name and value.
+type Headers = Vec<(String, Vec<u8>)>;
+
+/// Where a PUBLISH goes (its messages topic and, when known, partition) and its records'
+/// headers in Zilla's layout.
+fn placed(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    client_id: &str,
+) -> (String, Option<i32>, Headers) {
+    let (messages, partition) = up.target(&publish.topic);
     let headers = headers::encode(
         &publish.topic,
         publish.qos,
@@ -193,7 +199,7 @@ pub(super) fn produce_retained(
         client_id,
         &messages,
     );
-    retained_record(up, publish, &headers)
+    (messages, partition, headers)
 }
 
 /// Where a record goes and what it is, for [`send`] and the metrics.
