@@ -80,20 +80,12 @@ pub async fn run(args: AbuseArgs) -> anyhow::Result<()> {
     let run_id = format!("{}-{}", std::process::id(), crate::grpc::rand_suffix());
     let dir = std::env::temp_dir().join(format!("strait-bench-abuse-{run_id}"));
     std::fs::create_dir_all(&dir)?;
-    let topics = [
-        format!("bench-abuse-{run_id}-messages"),
-        format!("bench-abuse-{run_id}-retained"),
-        format!("bench-abuse-{run_id}-sessions"),
-    ];
-    let config = dir.join("s-proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "upstream: kafka\nkafka:\n  bootstrap: '{}'\n  \
-             topics: {{ messages: {}, retained: {}, sessions: {} }}\n  \
-             newTopics: {{ partitions: 4 }}\n",
-            args.kafka, topics[0], topics[1], topics[2]
-        ),
+    let (config, topics) = crate::mqtt_kafka::s_proxy_config(
+        &dir,
+        &args.kafka,
+        &format!("bench-abuse-{run_id}"),
+        4,
+        &[],
     )?;
     eprintln!("strait-bench abuse: logs and config in {}", dir.display());
     let spec = args.proxies.relay(
@@ -185,54 +177,72 @@ async fn measure(args: &AbuseArgs, relay: &mut Relay) -> anyhow::Result<String> 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let abused = probe(addr, args.probe).await;
     stop.cancel();
+    let (effects, peak) = finish(abusers, sampler).await?;
+    relay.check_running()?;
+    let abused = abused?;
+    report(
+        "r-proxy -> s-proxy on Kafka",
+        &effects,
+        &format!("{} QoS 1 PUBLISHes one at a time: PUBACK", args.probe),
+        (calm, abused),
+        &[
+            ("r-proxy", MAX_EXTRA_THREADS, before[0], peak[0]),
+            ("s-proxy", MAX_EXTRA_S_PROXY_THREADS, before[1], peak[1]),
+        ],
+    )
+}
+
+/// Waits for every abuser's account of what it did, and the peaks sampled meanwhile.
+async fn finish(
+    mut abusers: JoinSet<anyhow::Result<String>>,
+    sampler: tokio::task::JoinHandle<Vec<Held>>,
+) -> anyhow::Result<(Vec<String>, Vec<Held>)> {
     let mut effects = Vec::new();
     while let Some(done) = abusers.join_next().await {
         effects.push(done.context("abuse task")??);
     }
-    let peak = sampler.await?;
-    relay.check_running()?;
-    let abused = abused?;
+    Ok((effects, sampler.await?))
+}
 
-    let mut out = String::new();
+/// What one side of the bench saw: the vectors, the good client's latency calm and abused,
+/// and each process's threads and memory (name, thread bound, before, peak), with verdicts.
+fn report(
+    path: &str,
+    effects: &[String],
+    good: &str,
+    (calm, abused): (Percentiles, Percentiles),
+    processes: &[(&str, u64, Held, Held)],
+) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    writeln!(
-        out,
-        "strait-bench abuse: r-proxy -> s-proxy on Kafka, default limits"
-    )?;
-    for effect in &effects {
+    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
+    let mut out = String::new();
+    writeln!(out, "strait-bench abuse: {path}, default limits")?;
+    for effect in effects {
         writeln!(out, "  {effect}")?;
     }
     let ratio = abused.p99 / calm.p99;
-    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
     writeln!(
         out,
-        "good client, {} QoS 1 PUBLISHes one at a time: PUBACK p50/p99 {:.0}/{:.0} µs calm, \
-         {:.0}/{:.0} µs under abuse: p99 x{ratio:.2} (at most x{MAX_P99_RATIO}) {}",
-        args.probe,
+        "good client, {good} p50/p99 {:.0}/{:.0} µs calm, {:.0}/{:.0} µs under abuse: p99 \
+         x{ratio:.2} (at most x{MAX_P99_RATIO}) {}",
         calm.p50,
         calm.p99,
         abused.p50,
         abused.p99,
         verdict(ratio <= MAX_P99_RATIO)
     )?;
-    for (i, (name, max_threads)) in [
-        ("r-proxy", MAX_EXTRA_THREADS),
-        ("s-proxy", MAX_EXTRA_S_PROXY_THREADS),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let threads = peak[i].threads.saturating_sub(before[i].threads);
-        let rss_mib = peak[i].rss_kib.saturating_sub(before[i].rss_kib) / 1024;
+    for (name, max_threads, before, peak) in processes {
+        let threads = peak.threads.saturating_sub(before.threads);
+        let rss_mib = peak.rss_kib.saturating_sub(before.rss_kib) / 1024;
         writeln!(
             out,
-            "{name}: threads {} -> peak {} (+{threads}, at most +{max_threads}) {}; RSS \
-             {} -> peak {} MiB (+{rss_mib}, at most +{MAX_EXTRA_RSS_MIB}) {}",
-            before[i].threads,
-            peak[i].threads,
-            verdict(threads <= max_threads),
-            before[i].rss_kib / 1024,
-            peak[i].rss_kib / 1024,
+            "{name}: threads {} -> peak {} (+{threads}, at most +{max_threads}) {}; RSS {} -> \
+             peak {} MiB (+{rss_mib}, at most +{MAX_EXTRA_RSS_MIB}) {}",
+            before.threads,
+            peak.threads,
+            verdict(threads <= *max_threads),
+            before.rss_kib / 1024,
+            peak.rss_kib / 1024,
             verdict(rss_mib <= MAX_EXTRA_RSS_MIB)
         )?;
     }
@@ -495,49 +505,15 @@ async fn grpc_measure(args: &AbuseArgs, bridge: &crate::grpc::Bridge) -> anyhow:
     tokio::time::sleep(Duration::from_secs(5)).await;
     let abused = grpc_probe(addr, args.probe / 2).await;
     stop.cancel();
-    let mut effects = Vec::new();
-    while let Some(done) = abusers.join_next().await {
-        effects.push(done.context("abuse task")??);
-    }
-    let peak = sampler.await?[0];
+    let (effects, peak) = finish(abusers, sampler).await?;
     let abused = abused?;
-
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    writeln!(
-        out,
-        "strait-bench abuse: grpc-kafka -> Kafka -> kafka-grpc, default limits"
-    )?;
-    for effect in &effects {
-        writeln!(out, "  {effect}")?;
-    }
-    let ratio = abused.p99 / calm.p99;
-    let verdict = |ok: bool| if ok { "ok" } else { "FAIL" };
-    writeln!(
-        out,
-        "good client, {} unary calls one at a time: p50/p99 {:.0}/{:.0} µs calm, {:.0}/{:.0} µs \
-         under abuse: p99 x{ratio:.2} (at most x{MAX_P99_RATIO}) {}",
-        args.probe / 2,
-        calm.p50,
-        calm.p99,
-        abused.p50,
-        abused.p99,
-        verdict(ratio <= MAX_P99_RATIO)
-    )?;
-    let threads = peak.threads.saturating_sub(before.threads);
-    let rss_mib = peak.rss_kib.saturating_sub(before.rss_kib) / 1024;
-    writeln!(
-        out,
-        "grpc-kafka: threads {} -> peak {} (+{threads}, at most +{MAX_EXTRA_THREADS}) {}; RSS {} \
-         -> peak {} MiB (+{rss_mib}, at most +{MAX_EXTRA_RSS_MIB}) {}",
-        before.threads,
-        peak.threads,
-        verdict(threads <= MAX_EXTRA_THREADS),
-        before.rss_kib / 1024,
-        peak.rss_kib / 1024,
-        verdict(rss_mib <= MAX_EXTRA_RSS_MIB)
-    )?;
-    Ok(out)
+    report(
+        "grpc-kafka -> Kafka -> kafka-grpc",
+        &effects,
+        &format!("{} unary calls one at a time:", args.probe / 2),
+        (calm, abused),
+        &[("grpc-kafka", MAX_EXTRA_THREADS, before, peak[0])],
+    )
 }
 
 /// Unary calls one at a time through grpc-kafka: latency.

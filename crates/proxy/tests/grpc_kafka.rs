@@ -13,7 +13,7 @@ use grpc_support::pb::echo_server::EchoServer;
 use grpc_support::pb::{self, EchoReply, EchoRequest};
 use grpc_support::*;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strait_e2e::{free_local_addr, http_get, require, unique_name, wait_until};
@@ -220,13 +220,7 @@ async fn status_message_and_metadata_propagate_both_ways() {
     );
 
     // The request records carry Zilla's headers.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&bridge.requests]).unwrap();
+    let consumer = inspector(&bootstrap, &bridge.requests);
     let headers = wait_until(
         Duration::from_secs(20),
         "the meta request record",
@@ -235,16 +229,7 @@ async fn status_message_and_metadata_propagate_both_ways() {
                 .await
                 .ok()?
                 .ok()?;
-            let headers: HashMap<String, String> = message
-                .headers()?
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = text_headers(&message)?;
             (headers.get("meta:x-tenant").map(String::as_str) == Some("acme")).then_some(headers)
         },
     )
@@ -605,13 +590,7 @@ async fn bad_input_unknown_method_malformed_protobuf_and_records_without_headers
         .set("bootstrap.servers", &bootstrap)
         .create()
         .unwrap();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&bridge.replies]).unwrap();
+    let consumer = inspector(&bootstrap, &bridge.replies);
     let id = unique_name("headerless");
     producer
         .send(
@@ -663,28 +642,13 @@ async fn bad_input_unknown_method_malformed_protobuf_and_records_without_headers
 
 /// The first record of `topic` with a payload, and its headers (waits up to 20 s).
 async fn first_dead_letter(bootstrap: &str, topic: &str) -> (Vec<u8>, HashMap<String, String>) {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = inspector(bootstrap, topic);
     wait_until(Duration::from_secs(20), "the dead letter", || async {
         let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
             .await
             .ok()?
             .ok()?;
-        let headers: HashMap<String, String> = message
-            .headers()?
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = text_headers(&message)?;
         Some((message.payload()?.to_vec(), headers))
     })
     .await
@@ -1127,13 +1091,7 @@ async fn a_route_chosen_by_metadata_makes_a_one_way_call() {
         "one-way calls answer an empty message"
     );
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&bridge.oneway]).unwrap();
+    let consumer = inspector(&bootstrap, &bridge.oneway);
     let (value, headers) = wait_until(Duration::from_secs(20), "the one-way record", || async {
         let message = tokio::time::timeout(Duration::from_secs(1), consumer.recv())
             .await
@@ -1185,16 +1143,7 @@ async fn the_kafka_side_is_zillas_record_layout() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .unwrap();
-    let consumer = |topic: &str| {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", unique_name("inspect"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        consumer
-    };
+    let consumer = |topic: &str| inspector(&bootstrap, topic);
 
     // 1. grpc-kafka alone; the test answers its request by hand.
     let front = Bridge::start_with(&bootstrap, target, NO_BACKEND).await;

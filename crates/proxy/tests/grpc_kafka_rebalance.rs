@@ -11,23 +11,17 @@ use std::time::Duration;
 
 use grpc_support::pb::EchoRequest;
 use grpc_support::*;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use strait_e2e::{require, unique_name, wait_until};
+use strait_e2e::{require, wait_until};
 
 const SLOW_CALLS: usize = 6;
 const SLOW: Duration = Duration::from_secs(25);
 
 /// Where each slow call's request record landed: offset by partition, the lowest per partition.
 async fn slow_records(bootstrap: &str, topic: &str) -> BTreeMap<i32, (i64, String)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = inspector(bootstrap, topic);
     let mut found: BTreeMap<i32, (i64, String)> = BTreeMap::new();
     let mut seen = 0;
     while seen < SLOW_CALLS {

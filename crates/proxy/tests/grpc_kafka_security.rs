@@ -11,7 +11,7 @@ use grpc_support::pb::echo_client::EchoClient;
 use grpc_support::pb::{EchoReply, EchoRequest};
 use grpc_support::*;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -224,13 +224,7 @@ async fn calls_without_a_valid_token_or_outside_its_methods_are_refused() {
 
 /// Every header of every record in `topic` (from the beginning), once `count` records are read.
 async fn record_headers(bootstrap: &str, topic: &str, count: usize) -> Vec<Vec<(String, Vec<u8>)>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("inspect"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = inspector(bootstrap, topic);
     let mut records = Vec::new();
     while records.len() < count {
         let message = tokio::time::timeout(CALL, consumer.recv())

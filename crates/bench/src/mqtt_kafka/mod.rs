@@ -256,31 +256,14 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
     let run_id = format!("{}-{}", std::process::id(), crate::grpc::rand_suffix());
     let dir = std::env::temp_dir().join(format!("strait-bench-mqtt-kafka-{run_id}"));
     std::fs::create_dir_all(&dir)?;
-    let topics = [
-        format!("bench-mk-{run_id}-messages"),
-        format!("bench-mk-{run_id}-retained"),
-        format!("bench-mk-{run_id}-sessions"),
-    ];
-    let perf_topic = format!("bench-mk-{run_id}-perf");
-    let config = dir.join("s-proxy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "upstream: kafka\nkafka:\n  bootstrap: '{}'\n  \
-             topics: {{ messages: {}, retained: {}, sessions: {} }}\n  \
-             newTopics: {{ partitions: {} }}\n  librdkafka: {{ {} }}\n",
-            args.kafka,
-            topics[0],
-            topics[1],
-            topics[2],
-            args.partitions,
-            args.kafka_property
-                .iter()
-                .map(|(k, v)| format!("'{k}': '{v}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let (config, topics) = s_proxy_config(
+        &dir,
+        &args.kafka,
+        &format!("bench-mk-{run_id}"),
+        args.partitions,
+        &args.kafka_property,
     )?;
+    let perf_topic = format!("bench-mk-{run_id}-perf");
     eprintln!(
         "strait-bench mqtt-kafka: logs and config in {}",
         dir.display()
@@ -308,6 +291,37 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         print!("{text}");
     }
     Ok(())
+}
+
+/// Writes s-proxy's config for Kafka mode into `dir`: fresh topics named `{prefix}-messages`,
+/// `-retained` and `-sessions` with `partitions` each, and extra librdkafka `properties`.
+/// Returns the file and the three topic names.
+pub fn s_proxy_config(
+    dir: &std::path::Path,
+    kafka: &str,
+    prefix: &str,
+    partitions: i32,
+    properties: &[(String, String)],
+) -> anyhow::Result<(PathBuf, [String; 3])> {
+    let topics = ["messages", "retained", "sessions"].map(|t| format!("{prefix}-{t}"));
+    let config = dir.join("s-proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: kafka\nkafka:\n  bootstrap: '{kafka}'\n  \
+             topics: {{ messages: {}, retained: {}, sessions: {} }}\n  \
+             newTopics: {{ partitions: {partitions} }}\n  librdkafka: {{ {} }}\n",
+            topics[0],
+            topics[1],
+            topics[2],
+            properties
+                .iter()
+                .map(|(k, v)| format!("'{k}': '{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    Ok((config, topics))
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {

@@ -72,7 +72,7 @@ pub(crate) struct Feed {
     reader: Arc<StreamReader>,
     /// End-offset lookups at once: each holds a blocking thread, and a thousand streams
     /// opening together must not make a thousand of them.
-    lookups: Arc<tokio::sync::Semaphore>,
+    lookups: tokio::sync::Semaphore,
 }
 
 /// End-offset lookups of one topic's streams at once.
@@ -130,7 +130,7 @@ impl Feed {
             partitions,
             records,
             reader,
-            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS)),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS),
         })
     }
 
@@ -166,7 +166,7 @@ impl Feed {
 
     /// A reader of the records a stream at `progress` has not seen below the `high` of
     /// `ends` (from [`Feed::watermarks`]); `None` when it has seen them all.
-    pub async fn catch_up(
+    pub fn catch_up(
         &self,
         frontend: &Frontend,
         progress: &Progress,

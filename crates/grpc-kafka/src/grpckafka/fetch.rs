@@ -126,7 +126,7 @@ async fn stream(
                 break code;
             }
         };
-        match feed.catch_up(&frontend, &progress, &ends).await {
+        match feed.catch_up(&frontend, &progress, &ends) {
             Ok(None) => {}
             Ok(Some(mut catch_up)) => loop {
                 let record = tokio::select! {

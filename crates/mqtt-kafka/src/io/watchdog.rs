@@ -60,15 +60,13 @@ pub(super) async fn run(up: Arc<KafkaUpstream>) {
             let Ok(record) = SessionRecord::decode(&entry.value) else {
                 continue;
             };
-            if record.disconnected_at_ms.is_none() {
-                connected.insert(record.connection.clone());
-            }
             if record.disconnected_at_ms.is_some() {
                 if record.expired(now) {
                     let _ = super::session::put_session(&up, client_id, None).await;
                 }
                 continue;
             }
+            connected.insert(record.connection.clone());
             if record.owner == up.instance
                 || alive.binary_search(&record.owner.as_str()).is_ok()
                 || !handled.insert(record.connection.clone())

@@ -428,6 +428,36 @@ impl Bridge {
     }
 }
 
+/// A consumer of `topic` from its beginning, in a group of its own: for looking at records.
+pub fn inspector(bootstrap: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("inspect"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// A record's headers as text (`None` when it has none).
+pub fn text_headers(message: &impl rdkafka::message::Message) -> Option<HashMap<String, String>> {
+    use rdkafka::message::Headers as _;
+    Some(
+        message
+            .headers()?
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
 pub fn request(text: &str) -> EchoRequest {
     EchoRequest {
         text: text.into(),
