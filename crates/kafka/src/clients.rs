@@ -83,6 +83,24 @@ impl KafkaClients {
         })
     }
 
+    /// Clients from librdkafka `properties` already built (the operator's, from Secrets held in
+    /// memory), reporting through `report`.
+    pub fn from_properties<'a>(
+        properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+        report: KafkaReport,
+    ) -> Self {
+        let mut config = ClientConfig::new();
+        for (key, value) in properties {
+            config.set(key, value);
+        }
+        Self { config, report }
+    }
+
+    /// The librdkafka property `key` every client of the connection gets.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.config.get(key)
+    }
+
     pub fn report(&self) -> &KafkaReport {
         &self.report
     }
@@ -198,8 +216,29 @@ impl KafkaClients {
         create(&self.consumer_config(Some(group), settings), context, what)
     }
 
+    /// A consumer that never subscribes nor fetches: it asks the cluster for metadata,
+    /// watermarks and consumer groups, and, given a `group`, that group's coordinator for its
+    /// committed offsets (the operator's lag readings). It commits nothing.
+    pub fn offsets_reader(&self, group: Option<&str>) -> Result<Reader, KafkaClientError> {
+        let mut config = self.config.clone();
+        if let Some(group) = group {
+            config.set("group.id", group);
+        }
+        config.set("enable.auto.commit", "false");
+        create(&config, self.report.clone(), "offsets reader")
+    }
+
     pub fn admin(&self) -> Result<Admin, KafkaClientError> {
-        create(&self.config, self.report.clone(), "admin client")
+        self.admin_with(&[])
+    }
+
+    /// An admin client with `settings` (e.g. `socket.timeout.ms`) over the connection's.
+    pub fn admin_with(&self, settings: &[(&str, &str)]) -> Result<Admin, KafkaClientError> {
+        let mut config = self.config.clone();
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        create(&config, self.report.clone(), "admin client")
     }
 }
 

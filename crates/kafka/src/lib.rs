@@ -1,4 +1,4 @@
-//! Every Kafka client of Strait's proxies is made here: one client configuration per
+//! Every Kafka client of Strait (its proxies and its operator) is made here: one client configuration per
 //! connection ([`KafkaClients`]: bootstrap, TLS, SASL, pass-through properties), the producer
 //! and reader factories on it, the failure reporting they all share ([`KafkaReport`]), the
 //! loop reader threads run ([`poll::poll_loop`]), the commit rule of group consumers
@@ -13,7 +13,7 @@ pub mod topics;
 
 pub use clients::{Admin, KafkaClients, Linger, Producer, Reader, StreamReader, create_topics};
 pub use offsets::OffsetTracker;
-pub use report::{KafkaReport, Problem};
+pub use report::{Advice, KafkaReport, Problem};
 
 /// Why a Kafka client could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +29,15 @@ pub enum KafkaClientError {
     },
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
+}
+
+impl KafkaClientError {
+    /// librdkafka's error, for callers that report it in their own words (the operator's
+    /// conditions); a settings or topic error as a client-creation error.
+    pub fn into_kafka_error(self) -> rdkafka::error::KafkaError {
+        match self {
+            Self::Client { error, .. } => error,
+            other => rdkafka::error::KafkaError::ClientCreation(other.to_string()),
+        }
+    }
 }

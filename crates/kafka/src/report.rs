@@ -2,7 +2,6 @@
 //! certificate not trusted), shared by every Kafka client, and the wait that keeps a role not
 //! ready until the cluster answers.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,9 @@ struct ReportInner {
     bootstrap: String,
     /// e.g. `SASL_SSL, SASL SCRAM-SHA-512 as "strait"`: what was tried, never the password.
     credentials: String,
-    ca: Option<PathBuf>,
+    /// Where the user sets the SASL credentials and the CA, for the advice in messages.
+    check_sasl: String,
+    check_ca: String,
     last: Mutex<Option<Reported>>,
 }
 
@@ -76,25 +77,55 @@ struct Reported {
     message: String,
 }
 
+/// Where a user fixes the settings behind a failure, as messages advise it.
+pub struct Advice {
+    /// e.g. `kafka.sasl (user name, password file, mechanism enabled on the brokers)`.
+    pub sasl: String,
+    /// e.g. `kafka.tls.ca (/etc/ca.crt)`: what the brokers' certificate must chain to.
+    pub ca: String,
+}
+
 /// The same problem is logged again (at its level) after this long.
 const REPEAT_AFTER: Duration = Duration::from_secs(30);
 
 impl KafkaReport {
+    /// The report of a proxy's connection, whose messages name its `kafka.…` config fields.
     pub fn new(connection: &KafkaConnection) -> Self {
-        let credentials = match &connection.sasl {
-            Some(sasl) => format!(
-                "{}, SASL {} as {:?}",
-                connection.security_protocol(),
-                sasl.mechanism.as_str(),
-                sasl.username
-            ),
-            None => connection.security_protocol().to_string(),
+        let ca = connection.tls.as_ref().and_then(|t| t.ca.as_ref());
+        let ca = ca.map_or_else(|| "none".into(), |path| path.display().to_string());
+        Self::with_advice(
+            &connection.bootstrap,
+            connection.security_protocol(),
+            connection
+                .sasl
+                .as_ref()
+                .map(|sasl| (sasl.mechanism.as_str(), sasl.username.as_str())),
+            Advice {
+                sasl: "kafka.sasl (user name, password file, mechanism enabled on the brokers)"
+                    .into(),
+                ca: format!("kafka.tls.ca ({ca})"),
+            },
+        )
+    }
+
+    /// The report of a connection made from other settings (the operator's, from Secrets):
+    /// `protocol` is librdkafka's `security.protocol`, `sasl` the mechanism and user name.
+    pub fn with_advice(
+        bootstrap: &str,
+        protocol: &str,
+        sasl: Option<(&str, &str)>,
+        advice: Advice,
+    ) -> Self {
+        let credentials = match sasl {
+            Some((mechanism, username)) => format!("{protocol}, SASL {mechanism} as {username:?}"),
+            None => protocol.to_string(),
         };
         Self {
             inner: Arc::new(ReportInner {
-                bootstrap: connection.bootstrap.clone(),
+                bootstrap: bootstrap.to_string(),
                 credentials,
-                ca: connection.tls.as_ref().and_then(|t| t.ca.clone()),
+                check_sasl: advice.sasl,
+                check_ca: advice.ca,
                 last: Mutex::new(None),
             }),
         }
@@ -148,20 +179,14 @@ impl KafkaReport {
         let bootstrap = &inner.bootstrap;
         match problem {
             Problem::Authentication => format!(
-                "Kafka authentication failed at {bootstrap} ({}): check kafka.sasl (user name, \
-                 password file, mechanism enabled on the brokers): {reason}",
-                inner.credentials
+                "Kafka authentication failed at {bootstrap} ({}): check {}: {reason}",
+                inner.credentials, inner.check_sasl
             ),
-            Problem::Certificate => {
-                let ca = inner
-                    .ca
-                    .as_ref()
-                    .map_or_else(|| "none".into(), |p| p.display().to_string());
-                format!(
-                    "Kafka TLS certificate verify failed at {bootstrap}: the brokers' certificate \
-                     does not chain to kafka.tls.ca ({ca}) or does not name the host: {reason}"
-                )
-            }
+            Problem::Certificate => format!(
+                "Kafka TLS certificate verify failed at {bootstrap}: the brokers' certificate \
+                 does not chain to {} or does not name the host: {reason}",
+                inner.check_ca
+            ),
             Problem::Tls => format!(
                 "Kafka TLS handshake failed at {bootstrap} ({}): {reason}",
                 inner.credentials

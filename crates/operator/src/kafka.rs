@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::autoscale::Observation;
+use strait_kafka::Reader;
+
 use crate::kafka_access::KafkaAccess;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,14 +45,12 @@ fn observe_counting(
 ) -> Result<Observation, LagError> {
     let bootstrap = kafka.bootstrap.as_str();
     // A consumer that never subscribes: it only asks the group coordinator about offsets.
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
+    let consumer = kafka
+        .clients()
+        .offsets_reader(Some(group))
         .map_err(|error| LagError::Unreachable {
             bootstrap: bootstrap.into(),
-            error,
+            error: error.into_kafka_error(),
         })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
@@ -135,7 +135,10 @@ pub fn groups_lag(
         bootstrap: kafka.bootstrap.clone(),
         error,
     };
-    let lister: BaseConsumer = kafka.client_config().create().map_err(unreachable)?;
+    let lister = kafka
+        .clients()
+        .offsets_reader(None)
+        .map_err(|error| unreachable(error.into_kafka_error()))?;
     let list = lister
         .fetch_group_list(None, TIMEOUT)
         .map_err(unreachable)?;
@@ -172,7 +175,7 @@ pub fn groups_lag(
 /// The group's committed offsets. A group Kafka has not seen yet gets a coordinator on first
 /// asking, so "not coordinator"-kind answers are retried briefly.
 fn committed_offsets(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     wanted: &TopicPartitionList,
 ) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
     use rdkafka::types::RDKafkaErrorCode::{

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Secret;
 use kube::KubeSchema;
 use kube::api::Api;
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use strait_config::kafka::{KafkaConnection, KafkaSasl, KafkaTls, SaslMechanism};
+use strait_kafka::{Advice, KafkaClients, KafkaReport};
 
 use crate::context::ReconcileError;
 
@@ -199,34 +199,49 @@ impl KafkaAccess {
             .is_some_and(|(pem, _)| pem.cert_and_key.is_some())
     }
 
-    /// librdkafka settings for the operator's own clients.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
+    /// The operator's own clients of this cluster (made by strait-kafka, reporting failures
+    /// in words that point at the resource's Secrets).
+    pub fn clients(&self) -> KafkaClients {
         let protocol = match (&self.tls, &self.sasl) {
             (None, None) => "PLAINTEXT",
             (Some(_), None) => "SSL",
             (None, Some(_)) => "SASL_PLAINTEXT",
             (Some(_), Some(_)) => "SASL_SSL",
         };
-        config.set("security.protocol", protocol);
+        let mut properties = vec![
+            ("bootstrap.servers", self.bootstrap.as_str()),
+            ("security.protocol", protocol),
+        ];
         if let Some((pem, verify_hostname)) = &self.tls {
-            config.set("ssl.ca.pem", &pem.ca);
+            properties.push(("ssl.ca.pem", &pem.ca));
             if let Some((cert, key)) = &pem.cert_and_key {
-                config.set("ssl.certificate.pem", cert);
-                config.set("ssl.key.pem", key);
+                properties.push(("ssl.certificate.pem", cert));
+                properties.push(("ssl.key.pem", key));
             }
-            config.set(
+            properties.push((
                 "ssl.endpoint.identification.algorithm",
                 if *verify_hostname { "https" } else { "none" },
-            );
+            ));
         }
         if let Some((mechanism, username, password)) = &self.sasl {
-            config.set("sasl.mechanism", mechanism.as_str());
-            config.set("sasl.username", username);
-            config.set("sasl.password", password);
+            properties.push(("sasl.mechanism", mechanism.as_str()));
+            properties.push(("sasl.username", username));
+            properties.push(("sasl.password", password));
         }
-        config
+        let report = KafkaReport::with_advice(
+            &self.bootstrap,
+            protocol,
+            self.sasl
+                .as_ref()
+                .map(|(mechanism, username, _)| (mechanism.as_str(), username.as_str())),
+            Advice {
+                sasl: "the resource's kafka.sasl (user name, the password in its Secret, \
+                       mechanism enabled on the brokers)"
+                    .into(),
+                ca: "ca.crt of the resource's kafka.tls Secret".into(),
+            },
+        );
+        KafkaClients::from_properties(properties, report)
     }
 
     /// Identifies the settings (a hash: credentials never become a map key in the clear).
@@ -328,7 +343,7 @@ mod tests {
     #[test]
     fn operator_clients_speak_sasl_ssl_and_never_print_the_password() {
         let access = access("s3cret");
-        let config = access.client_config();
+        let config = access.clients();
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(config.get("ssl.ca.pem"), Some("CA"));

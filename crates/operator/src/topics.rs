@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
+    AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
+use strait_kafka::Admin;
 
 use crate::kafka_access::KafkaAccess;
 use crate::status::{Check, TOPICS_READY};
@@ -88,8 +88,6 @@ impl TopicError {
     }
 }
 
-type Admin = AdminClient<DefaultClientContext>;
-
 /// Admin clients kept at most: one per cluster and credentials in use, and credentials rotate.
 const MAX_ADMINS: usize = 16;
 
@@ -120,14 +118,15 @@ impl Admins {
         }
         let admin: Arc<Admin> = Arc::new(
             kafka
-                .client_config()
-                .set("socket.timeout.ms", "10000")
-                // Asking for one topic's metadata must not create it.
-                .set("allow.auto.create.topics", "false")
-                .create()
+                .clients()
+                .admin_with(&[
+                    ("socket.timeout.ms", "10000"),
+                    // Asking for one topic's metadata must not create it.
+                    ("allow.auto.create.topics", "false"),
+                ])
                 .map_err(|error| TopicError::Unreachable {
                     bootstrap: kafka.bootstrap.clone(),
-                    error,
+                    error: error.into_kafka_error(),
                 })?,
         );
         admins.insert(key, (admin.clone(), std::time::Instant::now()));
