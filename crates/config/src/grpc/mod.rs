@@ -4,8 +4,9 @@
 //! Record layout and header names follow Zilla's (`zilla:service`, `zilla:method`,
 //! `zilla:reply-to`, `zilla:correlation-id`, `meta:*`), so a Zilla deployment can switch.
 //!
-//! One file per proxy's config (`grpc_kafka`, `kafka_grpc`, and `auth` for grpc-kafka's callers); here what both share: the
-//! correlation header names, topic and method-pattern rules and common defaults.
+//! One file per proxy's config (`grpc_kafka`, `kafka_grpc`; `auth` for grpc-kafka's callers);
+//! here what both share: the correlation header names, topic and method-pattern rules and
+//! common defaults.
 
 mod auth;
 mod grpc_kafka;
