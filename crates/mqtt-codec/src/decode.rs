@@ -5,6 +5,9 @@
 //! `freeze`, no copy) and parse it. Binary fields and the PUBLISH payload are
 //! `Bytes` slices of that frame, and so is the PUBLISH topic (a `ByteString`); other strings
 //! are validated and copied into `String`s.
+//!
+//! One file on purpose (about 740 lines): the frame reader and one decoder per packet type,
+//! sharing its `Reader`, read as one table beside spec §3; a split would scatter it.
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;

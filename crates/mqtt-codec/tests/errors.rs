@@ -1,5 +1,7 @@
 //! One test per error: malformed input for every `DecodeError` variant, and
 //! every `EncodeError` variant.
+//!
+//! One file (about 1000 lines) on purpose: one test per error variant, a table to check against the enums.
 
 use bytes::{Bytes, BytesMut};
 use strait_mqtt_codec::topic::TopicError;

@@ -2,6 +2,8 @@
 //!
 //! Each fixture is decoded (must give the packet and consume every byte) and
 //! the packet encoded (must give the same bytes back).
+//!
+//! One file (about 900 lines) on purpose: one table of fixtures over every packet kind, read as a whole.
 
 use bytes::{Bytes, BytesMut};
 use strait_mqtt_codec::*;

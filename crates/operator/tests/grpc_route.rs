@@ -1,6 +1,8 @@
 //! GrpcKafkaRoute against a real kube-apiserver and a real Kafka: topics created with their
 //! settings, consumers scaled from the group's lag up to the partition count and back down after
 //! the window, Kafka unreachable reported and recovered, topics deleted under `Delete`.
+//!
+//! One file (about 700 lines) on purpose: each test binary links and starts its services once.
 
 mod support;
 

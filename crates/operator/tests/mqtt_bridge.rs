@@ -2,6 +2,8 @@
 //! so Deployments really roll out): the CRD is served, bad specs are refused naming the field, and
 //! the operator turns an example into owned objects, reports Ready, rolls on change, reports a
 //! missing Secret, and Kubernetes deletes what it owns with the bridge.
+//!
+//! One file (about 1100 lines) on purpose: each test binary links and starts its services once.
 
 use std::path::Path;
 use std::process::Command;

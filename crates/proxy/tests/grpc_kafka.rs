@@ -1,5 +1,7 @@
 //! gRPC over Kafka as clients and services see it: a real tonic service with all four RPC
 //! kinds behind grpc-kafka → Kafka → kafka-grpc, against the Kafka of the test services.
+//!
+//! One file (about 1400 lines) on purpose: each test binary links and starts its services once.
 
 mod grpc_support;
 

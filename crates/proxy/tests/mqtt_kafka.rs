@@ -1,5 +1,7 @@
 //! s-proxy with Kafka as the broker, against the real Kafka of the test services, through
 //! r-proxy, with real MQTT clients: what a client sees, and what a plain Kafka client sees.
+//!
+//! One file (about 1600 lines) on purpose: each test binary links and starts its services once.
 
 mod kafka_support;
 mod support;

@@ -1,6 +1,8 @@
 //! Every way a client reaches r-proxy (TLS with and without client certificates, WebSocket,
 //! WebSocket over TLS), the relay link itself over TLS, the reference command-line clients, and
 //! a thousand clients at once.
+//!
+//! One file (about 1000 lines) on purpose: each test binary links and starts its services once.
 
 mod support;
 

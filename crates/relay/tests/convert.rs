@@ -2,6 +2,8 @@
 //! protocols survive `codec → proto → codec` (also through protobuf bytes), hand-built fixtures
 //! pin the field mapping (a round trip alone would not catch two fields swapped both ways), and
 //! every way a protobuf packet can be invalid gives a [`ConvertError`] naming the field.
+//!
+//! One file (about 800 lines) on purpose: one table of cases per direction over every packet kind.
 
 use bytes::Bytes;
 use proptest::prelude::*;
