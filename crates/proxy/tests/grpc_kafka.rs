@@ -360,25 +360,8 @@ async fn kafka_grpc_killed_mid_call_completes_after_restart() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let (target, service) = start_service().await;
     let mut bridge = Bridge::start(&bootstrap, target).await;
-    let mut kafka = bridge.client().await;
-    let call = tokio::spawn(async move {
-        kafka
-            .unary(with_timeout(
-                EchoRequest {
-                    text: "survivor".into(),
-                    delay_ms: 3_000,
-                    ..Default::default()
-                },
-                Duration::from_secs(60),
-            ))
-            .await
-    });
-    wait_until(
-        Duration::from_secs(20),
-        "the call to reach the service",
-        || async { (service.count("survivor") > 0).then_some(()) },
-    )
-    .await;
+    let kafka = bridge.client().await;
+    let call = call_in_progress(kafka, &service, "survivor", 3_000, Duration::from_secs(60)).await;
     bridge.back[0].kill().await;
     bridge.back.clear();
     bridge.add_backend().await;
@@ -805,25 +788,8 @@ async fn sigterm_drains_calls_in_progress() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
     let (target, service) = start_service().await;
     let mut bridge = Bridge::start(&bootstrap, target).await;
-    let mut kafka = bridge.client().await;
-    let call = tokio::spawn(async move {
-        kafka
-            .unary(with_timeout(
-                EchoRequest {
-                    text: "draining".into(),
-                    delay_ms: 1_500,
-                    ..Default::default()
-                },
-                CALL,
-            ))
-            .await
-    });
-    wait_until(
-        Duration::from_secs(20),
-        "the call to reach the service",
-        || async { (service.count("draining") > 0).then_some(()) },
-    )
-    .await;
+    let kafka = bridge.client().await;
+    let call = call_in_progress(kafka, &service, "draining", 1_500, CALL).await;
     // Both at once: grpc-kafka waits for the reply; kafka-grpc finishes the call and commits.
     let (front, back) = (&mut bridge.front, &mut bridge.back[0]);
     let (status, back_status) = tokio::join!(
@@ -1227,7 +1193,7 @@ async fn the_kafka_side_is_zillas_record_layout() {
     let back = Bridge::start(&bootstrap, target).await;
     let replies = consumer(&back.replies);
     let id = unique_name("zilla-style");
-    let request_headers = || {
+    let request_headers = {
         OwnedHeaders::new()
             .insert(Header {
                 key: "zilla:service",
@@ -1251,20 +1217,7 @@ async fn the_kafka_side_is_zillas_record_layout() {
             })
     };
     let body = prost::Message::encode_to_vec(&request("from zilla"));
-    for record in [
-        FutureRecord::to(&back.requests)
-            .key(&id)
-            .payload(&body)
-            .headers(request_headers()),
-        FutureRecord::to(&back.requests)
-            .key(&id)
-            .headers(request_headers()),
-    ] {
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+    produce_call(&producer, &back.requests, &id, &body, request_headers).await;
     let mut answer = Vec::new();
     while answer.len() < 2 {
         let message = tokio::time::timeout(CALL, replies.recv())

@@ -13,7 +13,7 @@ use grpc_support::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use strait_e2e::jwt::{Signer, now, write_jwks};
 use strait_e2e::pki::Pki;
@@ -337,7 +337,7 @@ async fn a_reply_to_outside_the_routes_topics_is_refused_and_counted() {
         .create()
         .unwrap();
     let id = unique_name("hijack");
-    let headers = || {
+    let headers = {
         [
             ("zilla:service", "strait.test.v1.Echo"),
             ("zilla:method", "Unary"),
@@ -353,20 +353,7 @@ async fn a_reply_to_outside_the_routes_topics_is_refused_and_counted() {
         })
     };
     let body = prost::Message::encode_to_vec(&grpc_support::request("hijack"));
-    for record in [
-        FutureRecord::to(&bridge.requests)
-            .key(&id)
-            .payload(&body)
-            .headers(headers()),
-        FutureRecord::to(&bridge.requests)
-            .key(&id)
-            .headers(headers()),
-    ] {
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+    produce_call(&producer, &bridge.requests, &id, &body, headers).await;
     metric(
         bridge.back[0].admin,
         "strait_grpc_refused_total{reason=\"reply_to_not_allowed\",role=\"kafka-grpc\"} 2",

@@ -86,11 +86,9 @@ impl Dedup {
             return; // never fits (the config keeps answers below the budget)
         }
         self.remove(&id);
-        while self.entries.len() >= self.max_entries {
-            self.evict_oldest("entries");
-        }
-        while self.bytes + bytes > self.max_bytes {
-            self.evict_oldest("bytes");
+        // The oldest go until the new entry fits both bounds; each eviction counts its bound.
+        while let Some(bound) = self.bound_reached(bytes) {
+            self.evict_oldest(bound);
         }
         let at = Instant::now();
         self.order.push_back((at, id.clone()));
@@ -116,6 +114,17 @@ impl Dedup {
         if let Some(gone) = self.entries.remove(id) {
             self.bytes -= gone.bytes;
             self.metrics.bytes.set(self.bytes as i64);
+        }
+    }
+
+    /// The bound (`entries` or `bytes`) an entry of `bytes` more would pass, if any.
+    fn bound_reached(&self, bytes: usize) -> Option<&'static str> {
+        if self.entries.len() >= self.max_entries {
+            Some("entries")
+        } else if self.bytes + bytes > self.max_bytes {
+            Some("bytes")
+        } else {
+            None
         }
     }
 
@@ -163,6 +172,11 @@ mod tests {
         }
     }
 
+    /// Entries forgotten early because of `bound` (`entries` or `bytes`).
+    fn evictions(dedup: &Dedup, bound: &str) -> u64 {
+        dedup.metrics.evictions.with_label_values(&[bound]).get()
+    }
+
     fn answer(value_bytes: usize) -> Option<Arc<Answer>> {
         Some(Arc::new(Answer {
             topic: "rep".into(),
@@ -183,28 +197,13 @@ mod tests {
         dedup.insert("b".into(), answer(0), false);
         dedup.insert("c".into(), answer(0), true);
         assert!(dedup.get_mut("a").is_none(), "evicted by the size bound");
-        assert_eq!(
-            dedup
-                .metrics
-                .evictions
-                .with_label_values(&["entries"])
-                .get(),
-            1
-        );
+        assert_eq!(evictions(&dedup, "entries"), 1);
         assert!(!dedup.get_mut("b").unwrap().request_ended);
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(dedup.get_mut("b").is_some());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(dedup.get_mut("b").is_none(), "expired after the window");
-        assert_eq!(
-            dedup
-                .metrics
-                .evictions
-                .with_label_values(&["entries"])
-                .get(),
-            1,
-            "expiry is no eviction"
-        );
+        assert_eq!(evictions(&dedup, "entries"), 1, "expiry is no eviction");
     }
 
     #[tokio::test(start_paused = true)]
@@ -219,19 +218,13 @@ mod tests {
         assert!(dedup.get_mut("a").is_none(), "the oldest went");
         assert!(dedup.get_mut("b").is_some() && dedup.get_mut("c").is_some());
         assert_eq!(dedup.metrics.bytes.get(), 2010);
-        assert_eq!(
-            dedup.metrics.evictions.with_label_values(&["bytes"]).get(),
-            1
-        );
+        assert_eq!(evictions(&dedup, "bytes"), 1);
         // Replacing an entry frees its old bytes first.
         dedup.insert("c".into(), answer(10), true);
         assert_eq!(dedup.metrics.bytes.get(), 1005 + 15);
         dedup.remove("b");
         dedup.remove("c");
         assert_eq!(dedup.metrics.bytes.get(), 0);
-        assert_eq!(
-            dedup.metrics.evictions.with_label_values(&["bytes"]).get(),
-            1
-        );
+        assert_eq!(evictions(&dedup, "bytes"), 1);
     }
 }

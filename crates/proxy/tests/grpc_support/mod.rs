@@ -441,6 +441,30 @@ pub fn inspector(bootstrap: &str, topic: &str) -> rdkafka::consumer::StreamConsu
     consumer
 }
 
+/// Produces one call the way a Zilla client does: the request record under `id`, then the record
+/// with no value that ends the request stream, both with `headers`.
+pub async fn produce_call(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    id: &str,
+    body: &[u8],
+    headers: rdkafka::message::OwnedHeaders,
+) {
+    use rdkafka::producer::FutureRecord;
+    for record in [
+        FutureRecord::to(topic)
+            .key(id)
+            .payload(body)
+            .headers(headers.clone()),
+        FutureRecord::to(topic).key(id).headers(headers),
+    ] {
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
 /// A record's headers as text (`None` when it has none).
 pub fn text_headers(message: &impl rdkafka::message::Message) -> Option<HashMap<String, String>> {
     use rdkafka::message::Headers as _;
@@ -456,6 +480,30 @@ pub fn text_headers(message: &impl rdkafka::message::Message) -> Option<HashMap<
             })
             .collect(),
     )
+}
+
+/// A unary call of `text` that the service answers after `delay_ms`, started on a task of its
+/// own and at the service when this returns: for stopping a proxy in the middle of a call.
+pub async fn call_in_progress(
+    mut client: EchoClient<Channel>,
+    service: &Service,
+    text: &str,
+    delay_ms: u32,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<Response<EchoReply>, Status>> {
+    let request = EchoRequest {
+        text: text.into(),
+        delay_ms,
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move { client.unary(with_timeout(request, timeout)).await });
+    strait_e2e::wait_until(
+        Duration::from_secs(20),
+        "the call to reach the service",
+        || async { (service.count(text) > 0).then_some(()) },
+    )
+    .await;
+    call
 }
 
 pub fn request(text: &str) -> EchoRequest {
