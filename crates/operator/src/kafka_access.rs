@@ -353,6 +353,33 @@ mod tests {
     }
 
     #[test]
+    fn operator_client_failures_point_at_the_resources_secrets() {
+        let report = access("s3cret").clients().report().clone();
+        report.report(
+            &rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed",
+        );
+        let logged = report.last_problem().unwrap();
+        assert!(
+            logged.starts_with(
+                "Kafka authentication failed at k:9093 (SASL_SSL, SASL SCRAM-SHA-512 as \"strait\"): \
+                 check the resource's kafka.sasl"
+            ),
+            "{logged}"
+        );
+        assert!(!logged.contains("s3cret"), "{logged}");
+        report.report(
+            &rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::SSL),
+            "SSL handshake failed: certificate verify failed",
+        );
+        let logged = report.last_problem().unwrap();
+        assert!(
+            logged.contains("does not chain to ca.crt of the resource's kafka.tls Secret"),
+            "{logged}"
+        );
+    }
+
+    #[test]
     fn proxies_get_the_mounted_files() {
         let tls = KafkaTlsSpec {
             secret_name: "kafka-ca".into(),
