@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use strait_runtime::Process;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// The demo service's generated code (proto/strait/demo/v1/echo.proto).
@@ -61,7 +60,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .add_service(proto::echo_server::EchoServer::new(Echo { delay }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            // Small answers go out at once (tonic sets this only on listeners it binds).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
         .context("the demo service failed")
 }

@@ -16,9 +16,10 @@ use strait_relay::v1::{ClientFrame, ServerFrame};
 use strait_relay::{Incoming, Opening, RelayServer, SessionHandler};
 use strait_runtime::Process;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
+use tonic::transport::server::TcpIncoming;
 
 use strait_config::SProxyConfig;
 use strait_config::relay::Upstream;
@@ -218,7 +219,10 @@ pub async fn start(
                 router.serve_with_incoming_shutdown(incoming, stop).await
             }
             None => {
-                let incoming = TcpListenerStream::new(listener);
+                // tonic sets TCP_NODELAY only on listeners it binds itself. Without it a small
+                // frame (a PUBACK) waits behind other sessions' unacknowledged data for the
+                // peer's delayed ACK: 40 ms stalls on a busy link.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
                 router.serve_with_incoming_shutdown(incoming, stop).await
             }
         };
