@@ -381,6 +381,105 @@ async fn one_address_gets_at_most_its_share_of_sessions() {
     .await;
 }
 
+/// A burst of CONNECTs is paced: beyond the burst each waits its turn, and one whose turn would
+/// come after its connect deadline is refused with 0x9F Connection rate exceeded; every wait
+/// and refusal is counted.
+#[tokio::test]
+async fn connects_beyond_the_rate_wait_their_turn_or_get_0x9f() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    // Turns 200 ms apart, a burst of one; each CONNECT may wait up to about a second.
+    let relay = Relay::start_with(
+        &broker,
+        &["--max-connect-rate", "5", "--connect-timeout", "1s"],
+    )
+    .await;
+    let tries = futures::future::join_all((0..12).map(|i| {
+        RawClient::try_session(
+            relay.mqtt,
+            Protocol::V5,
+            connect_packet(&unique_name(&format!("rate{i}"))),
+        )
+    }))
+    .await;
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for tried in tries {
+        match tried {
+            Ok((client, _)) => admitted.push(client),
+            Err(Some(Packet::ConnAck(ack))) => {
+                assert_eq!(ack.reason_code, ReasonCode::CONNECTION_RATE_EXCEEDED);
+                refused += 1;
+            }
+            Err(other) => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+    // Turns at 0, 200, ..., 800 ms fit in the second (fewer on a slow machine); 12 never do.
+    assert!(
+        (3..=5).contains(&admitted.len()) && refused == 12 - admitted.len(),
+        "{} admitted, {refused} refused",
+        admitted.len()
+    );
+    let (_, metrics) = strait_e2e::http_get(relay.r_proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    let counted = |prefix: &str, label: &str, value: usize| {
+        metrics.lines().any(|l| {
+            l.starts_with(prefix) && l.contains(label) && l.ends_with(&format!(" {value}"))
+        })
+    };
+    assert!(
+        counted("strait_mqtt_relay_errors_total", r#"kind="connect_rate""#, refused),
+        "{metrics}"
+    );
+    // Every admitted one but the first waited.
+    assert!(
+        counted("strait_mqtt_connects_paced_total", "", admitted.len() - 1),
+        "{metrics}"
+    );
+}
+
+/// One address connecting faster than its own share is refused at once (3.1.1: server
+/// unavailable), and served again once its next turn comes.
+#[tokio::test]
+async fn an_address_connecting_too_fast_is_refused_at_once() {
+    let broker = require!("MQTT_BROKER", "mosquitto");
+    let relay = Relay::start_with(
+        &broker,
+        &["--max-connect-rate-per-address", "1", "--max-connect-rate", "0"],
+    )
+    .await;
+    let _first = RawClient::session(relay.mqtt, Protocol::V5, connect_packet(&unique_name("a")))
+        .await
+        .0;
+    for (protocol, expected) in [
+        (Protocol::V5, ReasonCode::CONNECTION_RATE_EXCEEDED),
+        // 3.1.1 has no such code: return code 3, read back as 0x88.
+        (Protocol::V311, ReasonCode::SERVER_UNAVAILABLE),
+    ] {
+        let started = Instant::now();
+        let refused =
+            RawClient::try_session(relay.mqtt, protocol, connect_packet(&unique_name("b")))
+                .await
+                .map(|(_, ack)| ack);
+        let Err(Some(Packet::ConnAck(ack))) = &refused else {
+            panic!("a second CONNECT within the second is refused, got {refused:?}");
+        };
+        assert_eq!(ack.reason_code, expected, "{protocol:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "refused without waiting for a turn: {:?}",
+            started.elapsed()
+        );
+    }
+    strait_e2e::wait_until(Duration::from_secs(10), "the address's next turn", || async {
+        RawClient::try_session(relay.mqtt, Protocol::V5, connect_packet(&unique_name("c")))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn keep_alive_is_capped_and_a_silent_client_is_disconnected() {
     let broker = require!("MQTT_BROKER", "mosquitto");

@@ -41,6 +41,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_session_setup_seconds",
     "strait_mqtt_restored_subscriptions_dropped_total",
     "strait_mqtt_keep_alive_capped_total",
+    "strait_mqtt_connects_paced_total",
 ];
 
 /// Metrics of one relay role (`r-proxy` or `s-proxy`), labelled with it.
@@ -58,6 +59,9 @@ pub struct RelayMetrics {
     /// Sessions whose keep-alive r-proxy lowered, or set where the client asked for none
     /// (`limits.maxKeepAlive`).
     pub keep_alive_capped: IntCounter,
+    /// CONNECTs that waited their turn under `limits.maxConnectRate` (refused ones are counted
+    /// as errors, `connect_rate`).
+    pub connects_paced: IntCounter,
 }
 
 impl RelayMetrics {
@@ -103,6 +107,11 @@ impl RelayMetrics {
             "strait_mqtt_keep_alive_capped_total",
             "Sessions whose keep-alive was lowered to limits.maxKeepAlive, or set where the client asked for none",
         ))?;
+        let connects_paced = IntCounter::with_opts(with_role(
+            "strait_mqtt_connects_paced_total",
+            "CONNECTs that waited their turn under limits.maxConnectRate (refused ones count as \
+             errors, kind connect_rate)",
+        ))?;
         let restored_subscriptions_dropped = IntCounter::with_opts(with_role(
             "strait_mqtt_restored_subscriptions_dropped_total",
             "Subscriptions of resumed persistent sessions dropped: the client's permissions no \
@@ -117,6 +126,7 @@ impl RelayMetrics {
             Box::new(session_setup_seconds.clone()),
             Box::new(restored_subscriptions_dropped.clone()),
             Box::new(keep_alive_capped.clone()),
+            Box::new(connects_paced.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -135,6 +145,7 @@ impl RelayMetrics {
             session_setup_seconds,
             restored_subscriptions_dropped,
             keep_alive_capped,
+            connects_paced,
         })
     }
 

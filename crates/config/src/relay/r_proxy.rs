@@ -129,6 +129,19 @@ pub struct ClientLimits {
     /// beyond them gets CONNACK 0x97 Quota exceeded (3.1.1: 3 Server unavailable).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
+    /// CONNECTs this r-proxy admits per second, whatever their address (`0`: no limit). A
+    /// burst of a tenth of a second's worth goes at once; beyond it, CONNECTs wait their turn
+    /// (the session setup a reconnect storm would otherwise start all at once is paced), and
+    /// one whose turn would come after its `connectTimeout` gets CONNACK 0x9F Connection rate
+    /// exceeded (3.1.1: 3 Server unavailable). Each r-proxy replica has its own.
+    #[serde(default = "default_max_connect_rate")]
+    pub max_connect_rate: u32,
+    /// CONNECTs admitted per second from one client address (`0`: no limit); beyond it a
+    /// CONNECT gets 0x9F at once. Off by default: behind a load balancer that rewrites source
+    /// addresses (a Kubernetes Service with `externalTrafficPolicy: Cluster`), every client
+    /// shares a few addresses.
+    #[serde(default)]
+    pub max_connect_rate_per_address: u32,
     /// Longest keep-alive a client may have. A client asking for more, or for none (0), gets
     /// this one: MQTT 5 clients are told (Server Keep Alive in CONNACK); 3.1.1 clients cannot be,
     /// and are disconnected after one and a half of it in silence. An upstream's own Server Keep
@@ -151,6 +164,8 @@ impl Default for ClientLimits {
             max_packet_size: default_max_packet_size(),
             max_connections: default_max_connections(),
             max_connections_per_address: default_max_connections_per_address(),
+            max_connect_rate: default_max_connect_rate(),
+            max_connect_rate_per_address: 0,
             max_keep_alive: default_max_keep_alive(),
             tcp_keep_alive: default_tcp_keep_alive(),
         }
@@ -292,6 +307,11 @@ fn default_connections_per_endpoint() -> usize {
 }
 fn default_max_connections_per_address() -> usize {
     10_000
+}
+/// What one r-proxy in front of a 2-core s-proxy sustains without slowing the sessions already
+/// open (docs/benchmarks.md, `strait-bench abuse`).
+fn default_max_connect_rate() -> u32 {
+    100
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(5)

@@ -3,6 +3,7 @@
 
 mod addresses;
 mod conn;
+mod connect_rate;
 mod link_tls;
 mod listener;
 mod session;
@@ -31,6 +32,8 @@ pub(crate) struct Context {
     pub upstream: Arc<upstream::SProxyPool>,
     /// Connections per client address (`limits.maxConnectionsPerAddress`).
     pub addresses: Arc<addresses::AddressSlots>,
+    /// `limits.maxConnectRate` and `limits.maxConnectRatePerAddress`.
+    pub connect_rates: connect_rate::ConnectRates,
     pub metrics: RelayMetrics,
     /// From accepting a connection to its CONNECT: TLS and WebSocket handshakes included.
     pub connect_timeout: Duration,
@@ -87,6 +90,10 @@ pub async fn start(
         max_keep_alive: config.limits.max_keep_alive_seconds(),
         tcp_keep_alive: Some(config.limits.tcp_keep_alive).filter(|d| !d.is_zero()),
         addresses: addresses::AddressSlots::new(config.limits.max_connections_per_address),
+        connect_rates: connect_rate::ConnectRates::new(
+            config.limits.max_connect_rate,
+            config.limits.max_connect_rate_per_address,
+        ),
         ws_path: config.listeners.ws_path.clone(),
         shutdown: process.shutdown.token(),
         auth,

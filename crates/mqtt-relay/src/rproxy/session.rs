@@ -12,6 +12,7 @@ use strait_relay::v1;
 
 use super::Context;
 use super::conn::{ClientConn, ClientReader, ClientWriter};
+use super::connect_rate::Refusal;
 use super::listener::Transport;
 use super::upstream::RelayStream;
 use crate::auth::guard::{PartialSubAcks, TopicGuard, Verdict};
@@ -103,6 +104,26 @@ pub async fn run(
         writer.close().await;
         return;
     };
+    // Paced before anything costly (authentication, the relay stream, the session upstream).
+    let left = connect_by.saturating_duration_since(tokio::time::Instant::now());
+    match ctx.connect_rates.admit(peer.ip(), Instant::now(), left) {
+        Ok(wait) if wait.is_zero() => {}
+        Ok(wait) => {
+            ctx.metrics.connects_paced.inc();
+            tokio::time::sleep(wait).await;
+        }
+        Err(refused) => {
+            let limit = match refused {
+                Refusal::Address => "limits.maxConnectRatePerAddress",
+                Refusal::Process => "limits.maxConnectRate",
+            };
+            tracing::info!(address = %peer.ip(), limit, "refusing connection: connecting too fast");
+            ctx.metrics.error("connect_rate");
+            write_parting(&mut writer, protocol, refusal(ReasonCode::CONNECTION_RATE_EXCEEDED)).await;
+            writer.close().await;
+            return;
+        }
+    }
     let session = match ctx.auth.authenticate(&mut connect, identity).await {
         Ok(session) => session,
         Err(refused) => {

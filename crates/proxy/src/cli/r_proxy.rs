@@ -124,6 +124,18 @@ pub struct RProxyArgs {
     #[arg(long)]
     pub max_connections_per_address: Option<usize>,
 
+    /// CONNECTs admitted per second by this r-proxy (`0`: no limit); a burst of a tenth of a
+    /// second's worth goes at once, later ones wait their turn, and one whose turn would come
+    /// after --connect-timeout gets CONNACK 0x9F Connection rate exceeded [default: 100].
+    #[arg(long)]
+    pub max_connect_rate: Option<u32>,
+
+    /// CONNECTs admitted per second from one client address (`0`: no limit); more get 0x9F at
+    /// once. Off by default: a load balancer may give every client the same few addresses
+    /// [default: 0].
+    #[arg(long)]
+    pub max_connect_rate_per_address: Option<u32>,
+
     /// Longest keep-alive a client may have: more, or none (0), becomes this; MQTT 5 clients
     /// are told in CONNACK (Server Keep Alive). `0s` allows any, including none [default: 30m].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -255,6 +267,10 @@ impl RProxyArgs {
         limits.max_connections_per_address = self
             .max_connections_per_address
             .unwrap_or(limits.max_connections_per_address);
+        limits.max_connect_rate = self.max_connect_rate.unwrap_or(limits.max_connect_rate);
+        limits.max_connect_rate_per_address = self
+            .max_connect_rate_per_address
+            .unwrap_or(limits.max_connect_rate_per_address);
         limits.max_keep_alive = self.max_keep_alive.unwrap_or(limits.max_keep_alive);
         limits.tcp_keep_alive = self.tcp_keep_alive.unwrap_or(limits.tcp_keep_alive);
         config.drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
