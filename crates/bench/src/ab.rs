@@ -50,7 +50,7 @@ pub enum Build {
 impl Build {
     /// A,B in the first round, B,A in the second, and so on.
     fn order(round: u32) -> [Build; 2] {
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             [Build::A, Build::B]
         } else {
             [Build::B, Build::A]
@@ -213,7 +213,13 @@ impl Builds {
     /// `current` with its binary swapped for `baseline` as A; each build logs to its own
     /// directory under `current.log_dir`.
     pub fn new(current: RelaySpec, baseline: &Path) -> anyhow::Result<Self> {
-        let baseline = crate::procs::proxy_bin(Some(baseline))?;
+        anyhow::ensure!(
+            baseline.is_file(),
+            "--baseline-bin {} not found: build the baseline strait-proxy first (docs/benchmarks.md, \
+             \"A/B of two builds\")",
+            baseline.display()
+        );
+        let baseline = baseline.to_path_buf();
         let with_logs = |mut spec: RelaySpec, dir: &str| -> anyhow::Result<RelaySpec> {
             spec.log_dir = spec.log_dir.join(dir);
             std::fs::create_dir_all(&spec.log_dir)
