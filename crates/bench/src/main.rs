@@ -1,6 +1,7 @@
 //! `strait-bench`: Strait's data plane measured against the system it fronts, in one command
 //! per protocol, on this machine.
 
+mod ab;
 mod abuse;
 mod grpc;
 mod load;

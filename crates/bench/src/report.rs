@@ -105,6 +105,14 @@ impl Report {
         self.warnings.push(warning);
     }
 
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn load_average_start(&self) -> &str {
+        &self.machine.load_average_start
+    }
+
     pub fn set_broker_pid(&mut self, pid: u32, open_files_limit: Option<u64>) {
         self.machine.broker_pid = Some(pid);
         self.machine.broker_open_files_limit = open_files_limit;

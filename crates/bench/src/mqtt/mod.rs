@@ -1,6 +1,7 @@
 //! `strait-bench mqtt`: the same MQTT load straight to the broker and through
 //! r-proxy → s-proxy → broker, case by case.
 
+mod ab;
 pub mod idle;
 pub mod latency;
 pub mod throughput;
@@ -15,6 +16,7 @@ pub use idle::Idle;
 pub use latency::{Latency, Percentiles};
 pub use throughput::Throughput;
 
+use crate::ab::AbArgs;
 use crate::procs::{self, ProxyArgs, Relay, Watched};
 use crate::report::{self, Report};
 
@@ -22,7 +24,8 @@ use crate::report::{self, Report};
 pub const LONG_ABOUT: &str = "\
     Runs the same MQTT 5 load twice per case, straight to the broker and through \
     r-proxy → s-proxy → broker, and prints both with their ratio and our targets (✓/✗). \
-    The throughput cases alternate the two paths in --rounds rounds.\n\n\
+    The throughput cases alternate the two paths in --rounds rounds. With --baseline-bin, \
+    the relay cases run on two strait-proxy builds instead (A/B, see that option).\n\n\
     The relay is started here as two child processes (`strait-proxy s-proxy` and \
     `strait-proxy r-proxy`) on free 127.0.0.1 ports, fresh for each case, and killed at the \
     end, on error and on Ctrl-C. Load is generated in this process with tokio and Strait's \
@@ -45,7 +48,8 @@ pub const EXAMPLES: &str = "\
     tests/e2e/services up mosquitto && eval \"$(tests/e2e/services env)\"\n  \
     cargo build --release -p strait-proxy -p strait-bench\n  \
     $CARGO_TARGET_DIR/release/strait-bench mqtt\n  \
-    $CARGO_TARGET_DIR/release/strait-bench mqtt --cases qos1 --duration 5s --json > qos1.json";
+    $CARGO_TARGET_DIR/release/strait-bench mqtt --cases qos1 --duration 5s --json > qos1.json\n  \
+    $CARGO_TARGET_DIR/release/strait-bench mqtt --baseline-bin /tmp/base/target/release/strait-proxy";
 
 /// `strait-bench mqtt`: compare the broker reached directly and through the relay.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +60,9 @@ pub struct MqttArgs {
 
     #[command(flatten)]
     pub proxies: ProxyArgs,
+
+    #[command(flatten)]
+    pub ab: AbArgs,
 
     /// Cases to run, comma-separated.
     #[arg(
@@ -211,6 +218,9 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
         .proxies
         .relay(bin, vec!["--broker".into(), broker.to_string()], log_dir);
     let watched = Watched::new(broker_pid);
+    if let Some(baseline) = &args.ab.baseline_bin {
+        return ab::run(&args, &report, spec, baseline, &watched, idle_connections).await;
+    }
 
     for &case in &args.cases {
         let rounds = match case {

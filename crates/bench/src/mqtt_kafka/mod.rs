@@ -1,6 +1,7 @@
 //! `strait-bench mqtt-kafka`: MQTT with Kafka as the broker (r-proxy → s-proxy --upstream
 //! kafka → Kafka) beside Kafka's own producer benchmark, on the same Kafka and record size.
 
+mod ab;
 mod cases;
 mod perf_test;
 mod publish;
@@ -14,6 +15,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use self::perf_test::PerfTest;
+use crate::ab::AbArgs;
 use crate::mqtt::latency::Percentiles;
 use crate::procs::{self, ProxyArgs, Relay, RelaySpec, Watched};
 use crate::report::{Target, cpu_model, load_average};
@@ -38,6 +40,8 @@ pub const LONG_ABOUT: &str = "\
     connections  Kafka connections held by the s-proxy process (established TCP to the Kafka \
     port, from /proc/<pid>/net/tcp and /proc/<pid>/fd) with no client and at each of --clients \
     idle MQTT sessions.\n\n\
+    With --baseline-bin, the cases run on two strait-proxy builds (A/B, see that option) \
+    and kafka-producer-perf-test is not run.\n\n\
     Measure release builds: a debug strait-proxy is many times slower.";
 
 pub const EXAMPLES: &str = "\
@@ -45,7 +49,8 @@ pub const EXAMPLES: &str = "\
     tests/e2e/services up kafka && eval \"$(tests/e2e/services env)\"\n  \
     cargo build --release -p strait-proxy -p strait-bench\n  \
     $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka\n  \
-    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --cases publish --publishers 32 --json";
+    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --cases publish --publishers 32 --json\n  \
+    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --baseline-bin /tmp/base/target/release/strait-proxy";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MqttKafkaArgs {
@@ -59,6 +64,9 @@ pub struct MqttKafkaArgs {
 
     #[command(flatten)]
     pub proxies: ProxyArgs,
+
+    #[command(flatten)]
+    pub ab: AbArgs,
 
     /// Cases to run, comma-separated.
     #[arg(
@@ -263,13 +271,22 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         dir.clone(),
     );
     let watched = Watched::new(kafka_pid);
-    let result = run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report).await;
+    let result = match &args.ab.baseline_bin {
+        Some(baseline) => ab::run(&args, &report, spec, baseline, &watched, kafka_port)
+            .await
+            .map(Some),
+        None => run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report)
+            .await
+            .map(|()| None),
+    };
     let mut all_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     all_topics.push(&perf_topic);
     if let Err(error) = crate::grpc::delete_topics(&args.kafka, &all_topics).await {
         eprintln!("WARNING: bench topics not deleted: {error:#}");
     }
-    result?;
+    if let Some(ab) = result? {
+        return ab.print(args.json);
+    }
     report.load_average_end = load_average();
     report.targets = targets(&report);
     let text = render(&report);

@@ -50,9 +50,10 @@ use crate::core::trie::Trie;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a shared subscription's group commits what its members delivered.
 const SHARED_COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// How often the topics of `${params}` routes are looked for in Kafka.
+/// How often the cluster's metadata is read for new topics of `${params}` routes and new
+/// partitions, when there are such routes.
 const ROUTED_TOPICS_SCAN: Duration = Duration::from_secs(2);
-/// How often partitions added to the topics are looked for.
+/// How often the cluster's metadata is read for new partitions, without `${params}` routes.
 const PARTITIONS_SCAN: Duration = Duration::from_secs(5);
 
 /// A record of a messages topic, as the dispatcher hands it to sessions.
@@ -250,12 +251,12 @@ impl KafkaUpstream {
         });
         if upstream.routing.has_param_routes() {
             // Topics of `${params}` routes that exist now are read from their end, like the
-            // static ones; later ones are found by `watch_routed_topics`.
-            upstream.discover_routed_topics(From::End).await?;
-            tokio::spawn(upstream.clone().watch_routed_topics());
+            // static ones; later ones are found by `watch_metadata`.
+            let cluster = upstream.cluster_topics().await?;
+            upstream.discover_routed_topics(&cluster, From::End).await?;
         }
         upstream.start_dispatcher()?;
-        tokio::spawn(upstream.clone().watch_partitions());
+        tokio::spawn(upstream.clone().watch_metadata());
         tokio::spawn(watchdog::run(upstream.clone()));
         Ok(upstream)
     }

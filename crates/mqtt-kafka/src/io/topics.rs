@@ -152,63 +152,82 @@ pub(crate) enum From {
     Beginning,
 }
 
+/// The topics in Kafka and their partition counts, from one metadata request.
+pub(crate) type ClusterTopics = HashMap<String, usize>;
+
 impl KafkaUpstream {
-    /// Adds every topic in Kafka that a `${params}` route renders and the dispatcher does not
-    /// read yet.
-    pub(crate) async fn discover_routed_topics(&self, from: From) -> Result<(), UpstreamError> {
+    /// Every topic in the cluster with its partition count.
+    pub(crate) async fn cluster_topics(&self) -> Result<ClusterTopics, UpstreamError> {
         let reader = self.watermarks.clone();
-        let names = tokio::task::spawn_blocking(move || {
+        let topics = tokio::task::spawn_blocking(move || {
             let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
             Ok::<_, KafkaError>(
                 metadata
                     .topics()
                     .iter()
-                    .map(|t| t.name().to_string())
-                    .collect::<Vec<_>>(),
+                    .map(|t| (t.name().to_string(), t.partitions().len()))
+                    .collect::<ClusterTopics>(),
             )
         })
         .await?
-        .context("listing Kafka topics")?;
-        for name in names {
-            if self.routing.is_routed_topic(&name) && self.topics.index(&name).is_none() {
-                self.read_topic(&name, from).await?;
+        .context("reading the Kafka topics and their partition counts")?;
+        Ok(topics)
+    }
+
+    /// Adds every topic in `cluster` that a `${params}` route renders and the dispatcher does
+    /// not read yet.
+    pub(crate) async fn discover_routed_topics(
+        &self,
+        cluster: &ClusterTopics,
+        from: From,
+    ) -> Result<(), UpstreamError> {
+        for name in cluster.keys() {
+            if self.routing.is_routed_topic(name) && self.topics.index(name).is_none() {
+                self.read_topic(name, from).await?;
             }
         }
         Ok(())
     }
 
-    /// Looks for new topics of `${params}` routes every few seconds (other replicas' clients
-    /// publish to them too).
-    pub(crate) async fn watch_routed_topics(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(ROUTED_TOPICS_SCAN);
+    /// Reads the cluster's metadata every few seconds and follows it: new topics of
+    /// `${params}` routes (other replicas' clients publish to them too) and partitions added
+    /// to the messages, retained or sessions topics after start. One whole-cluster request
+    /// serves both: it is the costly part on a large cluster.
+    pub(crate) async fn watch_metadata(self: Arc<Self>) {
+        let routed = self.routing.has_param_routes();
+        // Routed topics are looked for more often: a subscriber waits for them.
+        let mut tick = tokio::time::interval(if routed {
+            ROUTED_TOPICS_SCAN
+        } else {
+            PARTITIONS_SCAN
+        });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-            if let Err(error) = self.discover_routed_topics(From::Beginning).await {
-                tracing::debug!(
-                    error = crate::error_chain(&error),
-                    "looking for routed topics"
-                );
-            }
-        }
-    }
-
-    /// Partitions added to the messages, retained or sessions topics after start are read
-    /// too: looked for every `PARTITIONS_SCAN`. Records a client publishes are placed by the
-    /// partition count the dispatcher reads, so they follow as soon as it does.
-    pub(crate) async fn watch_partitions(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(PARTITIONS_SCAN);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; start-up has just read the metadata.
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            if let Err(error) = self.follow_partitions().await {
+            let cluster = match self.cluster_topics().await {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    tracing::debug!(
+                        error = crate::error_chain(&error),
+                        "looking for routed topics and new partitions"
+                    );
+                    continue;
+                }
+            };
+            if routed
+                && let Err(error) = self.discover_routed_topics(&cluster, From::Beginning).await
+            {
+                tracing::debug!(
+                    error = crate::error_chain(&error),
+                    "looking for routed topics"
+                );
+            }
+            if let Err(error) = self.follow_partitions(&cluster).await {
                 tracing::debug!(
                     error = crate::error_chain(&error),
                     "looking for new partitions"
@@ -217,28 +236,17 @@ impl KafkaUpstream {
         }
     }
 
-    async fn follow_partitions(&self) -> Result<(), UpstreamError> {
-        let reader = self.watermarks.clone();
-        let counts = tokio::task::spawn_blocking(move || {
-            let metadata = reader.fetch_metadata(None, METADATA_TIMEOUT)?;
-            Ok::<_, KafkaError>(
-                metadata
-                    .topics()
-                    .iter()
-                    .map(|t| (t.name().to_string(), t.partitions().len()))
-                    .collect::<HashMap<_, _>>(),
-            )
-        })
-        .await?
-        .context("reading partition counts")?;
+    /// Reads the partitions `cluster` has beyond those read. Records a client publishes are
+    /// placed by the partition count the dispatcher reads, so they follow as soon as it does.
+    async fn follow_partitions(&self, cluster: &ClusterTopics) -> Result<(), UpstreamError> {
         for table in [&self.retained, &self.sessions] {
-            if let Some(count) = counts.get(&table.topic) {
+            if let Some(count) = cluster.get(&table.topic) {
                 table.grow(*count as i32)?;
             }
         }
         for (t, topic) in self.topics.all().iter().enumerate() {
             let read = topic.positions.len();
-            let Some(&count) = counts.get(&topic.name).filter(|c| **c > read) else {
+            let Some(&count) = cluster.get(&topic.name).filter(|c| **c > read) else {
                 continue;
             };
             // New partitions hold only records written since they were made: from their start.
