@@ -164,7 +164,9 @@ fn spawn_vector(
     match vector {
         "shared-groups" => drop(abusers.spawn(shared_groups(addr, stop.clone()))),
         "subscriptions" => drop(abusers.spawn(subscriptions(addr, stop.clone()))),
-        "receive-max" => (0..2).for_each(|i| drop(abusers.spawn(receive_max(addr, i, stop.clone())))),
+        "receive-max" => {
+            (0..2).for_each(|i| drop(abusers.spawn(receive_max(addr, i, stop.clone()))))
+        }
         "oversized" => (0..2).for_each(|i| drop(abusers.spawn(oversized(addr, i, stop.clone())))),
         "idle-sockets" => drop(abusers.spawn(idle_connections(addr, 500, stop.clone()))),
         "reconnects" => drop(abusers.spawn(reconnects(addr, stop.clone()))),
@@ -298,7 +300,10 @@ fn report(
         }
         let ratio = m.abused.p99 / calm.p99;
         let bound = if m.checked {
-            format!("(at most x{MAX_P99_RATIO}) {}", verdict(ratio <= MAX_P99_RATIO))
+            format!(
+                "(at most x{MAX_P99_RATIO}) {}",
+                verdict(ratio <= MAX_P99_RATIO)
+            )
         } else {
             "(not checked)".into()
         };

@@ -428,7 +428,11 @@ async fn connects_beyond_the_rate_wait_their_turn_or_get_0x9f() {
         })
     };
     assert!(
-        counted("strait_mqtt_relay_errors_total", r#"kind="connect_rate""#, refused),
+        counted(
+            "strait_mqtt_relay_errors_total",
+            r#"kind="connect_rate""#,
+            refused
+        ),
         "{metrics}"
     );
     // Every admitted one but the first waited.
@@ -445,7 +449,12 @@ async fn an_address_connecting_too_fast_is_refused_at_once() {
     let broker = require!("MQTT_BROKER", "mosquitto");
     let relay = Relay::start_with(
         &broker,
-        &["--max-connect-rate-per-address", "1", "--max-connect-rate", "0"],
+        &[
+            "--max-connect-rate-per-address",
+            "1",
+            "--max-connect-rate",
+            "0",
+        ],
     )
     .await;
     let _first = RawClient::session(relay.mqtt, Protocol::V5, connect_packet(&unique_name("a")))
@@ -471,12 +480,16 @@ async fn an_address_connecting_too_fast_is_refused_at_once() {
             started.elapsed()
         );
     }
-    strait_e2e::wait_until(Duration::from_secs(10), "the address's next turn", || async {
-        RawClient::try_session(relay.mqtt, Protocol::V5, connect_packet(&unique_name("c")))
-            .await
-            .ok()
-            .map(|_| ())
-    })
+    strait_e2e::wait_until(
+        Duration::from_secs(10),
+        "the address's next turn",
+        || async {
+            RawClient::try_session(relay.mqtt, Protocol::V5, connect_packet(&unique_name("c")))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await;
 }
 

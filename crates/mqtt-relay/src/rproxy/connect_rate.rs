@@ -87,7 +87,12 @@ impl ConnectRates {
 
     /// The wait before a CONNECT from `address` may go on, or why it may not. The address is
     /// checked first (at once, no waiting), so an address refused costs the others nothing.
-    pub fn admit(&self, address: IpAddr, now: Instant, max_wait: Duration) -> Result<Duration, Refusal> {
+    pub fn admit(
+        &self,
+        address: IpAddr,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Result<Duration, Refusal> {
         if let Some((rate, tats)) = &self.per_address {
             let mut tats = tats.lock().expect("never poisoned");
             if tats.len() >= MAX_TRACKED_ADDRESSES && !tats.contains_key(&address) {
@@ -104,10 +109,12 @@ impl ConnectRates {
         }
         match &self.process {
             None => Ok(Duration::ZERO),
-            Some((rate, tat)) => match rate.turn(&mut tat.lock().expect("never poisoned"), now, max_wait) {
-                Turn::After(wait) => Ok(wait),
-                Turn::Refused => Err(Refusal::Process),
-            },
+            Some((rate, tat)) => {
+                match rate.turn(&mut tat.lock().expect("never poisoned"), now, max_wait) {
+                    Turn::After(wait) => Ok(wait),
+                    Turn::Refused => Err(Refusal::Process),
+                }
+            }
         }
     }
 
@@ -136,9 +143,17 @@ mod tests {
                 Turn::Refused => panic!("refused within the deadline"),
             })
             .collect();
-        assert!(waits[..20].iter().all(|w| w.is_zero()), "{:?}", &waits[..21]);
+        assert!(
+            waits[..20].iter().all(|w| w.is_zero()),
+            "{:?}",
+            &waits[..21]
+        );
         assert_eq!(waits[20], 5 * MS);
-        assert_eq!(waits[199], 180 * 5 * MS, "200 at once are all in within a second");
+        assert_eq!(
+            waits[199],
+            180 * 5 * MS,
+            "200 at once are all in within a second"
+        );
         assert!(waits.windows(2).all(|w| w[1] - w[0] <= 5 * MS));
     }
 
@@ -147,13 +162,19 @@ mod tests {
         let rate = Gcra::per_second(10); // 100 ms apart, bursts of 1
         let t0 = Instant::now();
         let mut tat = t0;
-        assert_eq!(rate.turn(&mut tat, t0, Duration::ZERO), Turn::After(Duration::ZERO));
+        assert_eq!(
+            rate.turn(&mut tat, t0, Duration::ZERO),
+            Turn::After(Duration::ZERO)
+        );
         assert_eq!(rate.turn(&mut tat, t0, 50 * MS), Turn::Refused);
         // The refusal took nothing: the next turn is still 100 ms after the first.
         assert_eq!(rate.turn(&mut tat, t0, 100 * MS), Turn::After(100 * MS));
         // Idle time does not bank more than the burst.
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(rate.turn(&mut tat, later, Duration::ZERO), Turn::After(Duration::ZERO));
+        assert_eq!(
+            rate.turn(&mut tat, later, Duration::ZERO),
+            Turn::After(Duration::ZERO)
+        );
         assert_eq!(rate.turn(&mut tat, later, Duration::ZERO), Turn::Refused);
     }
 

@@ -119,7 +119,12 @@ pub async fn run(
             };
             tracing::info!(address = %peer.ip(), limit, "refusing connection: connecting too fast");
             ctx.metrics.error("connect_rate");
-            write_parting(&mut writer, protocol, refusal(ReasonCode::CONNECTION_RATE_EXCEEDED)).await;
+            write_parting(
+                &mut writer,
+                protocol,
+                refusal(ReasonCode::CONNECTION_RATE_EXCEEDED),
+            )
+            .await;
             writer.close().await;
             return;
         }
