@@ -25,6 +25,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "strait_mqtt_kafka_catch_ups_total",
     "strait_mqtt_kafka_catch_ups_active",
     "strait_mqtt_kafka_catch_up_records_total",
+    "strait_mqtt_kafka_catch_up_pauses_total",
     "strait_mqtt_kafka_table_records",
     "strait_mqtt_kafka_table_bytes",
     "strait_mqtt_kafka_shared_groups",
@@ -79,6 +80,8 @@ pub struct KafkaMetrics {
     catch_ups: [IntCounter; 2],
     pub catch_ups_active: IntGauge,
     pub catch_up_records: IntCounter,
+    /// Catch-ups that gave their reader up while their client's window stayed closed.
+    pub catch_up_pauses: IntCounter,
     table_records: IntGaugeVec,
     table_bytes: IntGaugeVec,
     pub shared_groups: IntGauge,
@@ -155,6 +158,11 @@ impl KafkaMetrics {
             "strait_mqtt_kafka_catch_up_records_total",
             "Records read again from Kafka by catch-ups",
         ))?;
+        let catch_up_pauses = IntCounter::with_opts(opts(
+            "strait_mqtt_kafka_catch_up_pauses_total",
+            "Catch-ups that gave their reader (limits.maxCatchUps) up to others while their client \
+             read nothing, resuming from where they were once it read on",
+        ))?;
         let table_records = IntGaugeVec::new(
             opts(
                 "strait_mqtt_kafka_table_records",
@@ -212,6 +220,7 @@ impl KafkaMetrics {
             Box::new(catch_ups.clone()),
             Box::new(catch_ups_active.clone()),
             Box::new(catch_up_records.clone()),
+            Box::new(catch_up_pauses.clone()),
             Box::new(table_records.clone()),
             Box::new(table_bytes.clone()),
             Box::new(shared_groups.clone()),
@@ -233,6 +242,7 @@ impl KafkaMetrics {
             catch_ups: CATCH_UP_REASONS.map(|reason| catch_ups.with_label_values(&[reason])),
             catch_ups_active,
             catch_up_records,
+            catch_up_pauses,
             table_records,
             table_bytes,
             shared_groups,

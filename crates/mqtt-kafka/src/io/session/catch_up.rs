@@ -84,27 +84,48 @@ impl Session {
         let metrics = self.up.metrics.clone();
         let readers = self.up.catch_up_readers.clone();
         tokio::spawn(async move {
-            // Each reader is a Kafka consumer on a blocking thread: a reconnect storm waits
-            // for a free one rather than starting thousands.
-            let permit = match readers.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    metrics.limit_hit(Limit::CatchUps);
-                    let Ok(permit) = readers.acquire_owned().await else {
+            let mut reads = reads;
+            let mut held_back = None;
+            loop {
+                if let Some(delivery) = held_back.take() {
+                    // The client read nothing for a while: wait for it without a reader.
+                    if tx.send(Ok(delivery)).await.is_err() || reads.is_empty() {
                         return;
-                    };
-                    permit
+                    }
                 }
-            };
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                // Active while the reader runs.
-                let _active = metrics.catch_up(reason);
-                if let Err(error) = catch_up(&clients, reads, &tx, &metrics) {
-                    tracing::warn!(error = crate::error_chain(&error), "catch-up failed");
-                    let _ = tx.blocking_send(Err(crate::error_chain(&error)));
+                // Each reader is a Kafka consumer on a blocking thread: a reconnect storm waits
+                // for a free one rather than starting thousands.
+                let permit = match readers.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        metrics.limit_hit(Limit::CatchUps);
+                        let Ok(permit) = readers.clone().acquire_owned().await else {
+                            return;
+                        };
+                        permit
+                    }
+                };
+                let reader = (clients.clone(), metrics.clone(), tx.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    let (clients, metrics, tx) = reader;
+                    let _permit = permit;
+                    // Active while the reader runs.
+                    let _active = metrics.catch_up(reason);
+                    catch_up(&clients, reads, &tx, &metrics).inspect_err(|error| {
+                        tracing::warn!(error = crate::error_chain(error), "catch-up failed");
+                        let _ = tx.blocking_send(Err(crate::error_chain(error)));
+                    })
+                })
+                .await;
+                match read {
+                    Ok(Ok(Some(paused))) => {
+                        metrics.catch_up_pauses.inc();
+                        reads = paused.rest;
+                        held_back = Some(paused.held_back);
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
                 }
-            });
+            }
         });
         Some(rx)
     }
@@ -156,19 +177,31 @@ fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64)
     *entry = (*entry).min(offset);
 }
 
+/// How long a catch-up reader waits for its client to take a record before giving the reader
+/// up (`limits.maxCatchUps` are few: a client that keeps its window closed must not keep one).
+const SLOW_CLIENT: Duration = Duration::from_secs(1);
+
+/// A catch-up that gave its reader up: the record its client did not take, and what is left.
+struct Paused {
+    held_back: Arc<Delivery>,
+    rest: Vec<(usize, String, i32, i64, i64)>,
+}
+
 /// Reads `ranges` (topic index, topic, partition, from, to) and sends every record to `tx`.
 /// A range whose start Kafka no longer has (retention, delete-records) is read from the log
 /// start; a range is done once the reader's position reaches its end, whether or not a record
-/// sits at `to - 1` (deleted, compacted, a transaction marker).
+/// sits at `to - 1` (deleted, compacted, a transaction marker). When the client takes nothing
+/// for [`SLOW_CLIENT`], the read stops and says where it was.
 fn catch_up(
     clients: &KafkaClients,
     ranges: Vec<(usize, String, i32, i64, i64)>,
     tx: &mpsc::Sender<Result<Arc<Delivery>, String>>,
     metrics: &KafkaMetrics,
-) -> Result<(), UpstreamError> {
+) -> Result<Option<Paused>, UpstreamError> {
     let consumer = clients.reader("catch-up reader")?;
     let mut assignment = TopicPartitionList::new();
-    let mut left: HashMap<(String, i32), (usize, i64)> = HashMap::new();
+    // Per partition: its topic index, the next offset to hand on, and the range's end.
+    let mut left: HashMap<(String, i32), (usize, i64, i64)> = HashMap::new();
     for (t, topic, p, from, to) in ranges {
         let (low, _) = consumer.fetch_watermarks(&topic, p, super::super::METADATA_TIMEOUT)?;
         let from = match range_start(from, to, low) {
@@ -188,15 +221,17 @@ fn catch_up(
             RangeStart::Nothing => continue,
         };
         assignment.add_partition_offset(&topic, p, Offset::Offset(from))?;
-        left.insert((topic, p), (t, to));
+        left.insert((topic, p), (t, from, to));
     }
     if left.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     consumer.assign(&assignment)?;
+    let runtime = tokio::runtime::Handle::current();
     let mut waiting = KafkaWait::start(std::time::Instant::now());
     let every = Duration::from_millis(200);
-    poll_loop(&consumer, "catch-up reader", every, |polled| {
+    let mut paused = None;
+    let read = poll_loop(&consumer, "catch-up reader", every, |polled| {
         let record = match polled {
             Polled::Record(record) => record,
             Polled::PartitionEnd(_) | Polled::Idle => {
@@ -214,12 +249,12 @@ fn catch_up(
             }
         };
         let key = (record.topic().to_string(), record.partition());
-        let Some((t, to)) = left.get(&key).copied() else {
+        let Some((t, next, to)) = left.get(&key).copied() else {
             return ControlFlow::Continue(());
         };
         if record.offset() >= to {
             left.remove(&key);
-        } else {
+        } else if record.offset() >= next {
             let headers = record_headers(&record);
             match headers::decode(
                 record.key(),
@@ -235,16 +270,23 @@ fn catch_up(
                         message,
                         shared: None,
                     });
-                    // Blocks while the client's window is closed: delivery pauses.
-                    if tx.blocking_send(Ok(delivery)).is_err() {
-                        return ControlFlow::Break(Ok(()));
+                    // Waits while the client's window is closed: delivery pauses, and after
+                    // a while the reader goes to others.
+                    match runtime.block_on(tx.send_timeout(Ok(delivery), SLOW_CLIENT)) {
+                        Ok(()) => metrics.catch_up_records.inc(),
+                        Err(mpsc::error::SendTimeoutError::Timeout(Ok(delivery))) => {
+                            left.insert(key, (t, record.offset() + 1, to));
+                            paused = Some(delivery);
+                            return ControlFlow::Break(Ok(()));
+                        }
+                        Err(_) => return ControlFlow::Break(Ok(())),
                     }
-                    metrics.catch_up_records.inc();
                 }
                 Err(error) => {
                     metrics.record_skipped(&error, &key.0, key.1, record.offset());
                 }
             }
+            left.insert(key.clone(), (t, record.offset() + 1, to));
             if record.offset() + 1 >= to {
                 left.remove(&key);
             }
@@ -254,17 +296,26 @@ fn catch_up(
             return ControlFlow::Break(Ok(()));
         }
         ControlFlow::Continue(())
-    })
+    });
+    read?;
+    Ok(paused.map(|held_back| Paused {
+        held_back,
+        rest: left
+            .into_iter()
+            .filter(|(_, (_, next, to))| next < to)
+            .map(|((topic, p), (t, next, to))| (t, topic, p, next, to))
+            .collect(),
+    }))
 }
 
 /// Drops from `left` the ranges the reader's position has reached.
-fn finish_read_ranges(consumer: &Reader, left: &mut HashMap<(String, i32), (usize, i64)>) {
+fn finish_read_ranges(consumer: &Reader, left: &mut HashMap<(String, i32), (usize, i64, i64)>) {
     let Ok(positions) = consumer.position() else {
         return;
     };
     for element in positions.elements() {
         let key = (element.topic().to_string(), element.partition());
-        if let (Offset::Offset(position), Some((_, to))) = (element.offset(), left.get(&key))
+        if let (Offset::Offset(position), Some((_, _, to))) = (element.offset(), left.get(&key))
             && position >= *to
         {
             left.remove(&key);
