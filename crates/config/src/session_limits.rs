@@ -64,6 +64,15 @@ pub struct SessionLimits {
     #[serde(default = "default_max_catch_ups")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_catch_ups: u32,
+    /// Sessions this s-proxy sets up per second (`0`: no limit). Each costs a session record,
+    /// a read of the sessions table and, resumed, a catch-up reader: a reconnect storm doing
+    /// all of them at once takes the CPU the open sessions need. A burst of a tenth of a
+    /// second's worth goes at once; later CONNECTs wait their turn, and one whose turn is more
+    /// than 10 s away gets CONNACK 0x9F Connection rate exceeded (3.1.1: return code 3). Sized
+    /// for a 2-core box that also runs Kafka (docs/benchmarks.md, `strait-bench abuse`); raise
+    /// it where s-proxy and Kafka have cores of their own.
+    #[serde(default = "default_max_connect_rate")]
+    pub max_connect_rate: u32,
     /// Retained messages (distinct topics) every s-proxy process holds in memory. A RETAIN
     /// PUBLISH that would set one more is refused with 0x97 (3.1.1: the connection closes);
     /// replacing or clearing one always works.
@@ -87,6 +96,7 @@ impl Default for SessionLimits {
             receive_maximum: default_receive_maximum(),
             max_session_expiry: default_max_session_expiry(),
             max_catch_ups: default_max_catch_ups(),
+            max_connect_rate: default_max_connect_rate(),
             max_retained_messages: default_max_retained_messages(),
             max_retained_bytes: default_max_retained_bytes(),
         }
@@ -130,6 +140,9 @@ impl SessionLimits {
     }
 }
 
+fn default_max_connect_rate() -> u32 {
+    50
+}
 fn default_max_subscriptions() -> u32 {
     100
 }

@@ -463,3 +463,50 @@ async fn retained_messages_beyond_the_limit_are_refused_and_the_rest_streamed_to
     got.sort();
     assert_eq!(got, ["r/1 again", "r/3", "r/4"]);
 }
+
+/// Session setups are paced: a storm of CONNECTs waits its turn, and one whose turn is more
+/// than 10 s away gets 0x9F Connection rate exceeded; every wait and refusal is counted.
+#[tokio::test]
+async fn a_connect_storm_waits_its_turn_and_the_rest_get_0x9f() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    // One session a second, a burst of one: twelve at once need eleven seconds.
+    let relay = KafkaRelay::start_with(
+        &kafka,
+        Topics::unique("connect-rate"),
+        "  limits: { maxConnectRate: 1 }\n",
+    )
+    .await;
+    let mqtt = relay.mqtt;
+    let tries = futures::future::join_all((0..12).map(|i| async move {
+        let mut client = RawClient::connect(mqtt, Protocol::V5).await;
+        client
+            .send(&Packet::Connect(connect_packet(&unique_name(&format!(
+                "storm{i}"
+            )))))
+            .await;
+        // Longer than the longest turn s-proxy grants.
+        let answer = client.recv_within(Duration::from_secs(20)).await;
+        (client, answer)
+    }))
+    .await;
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for (client, answer) in tries {
+        match answer {
+            Some(Packet::ConnAck(ack)) if !ack.reason_code.is_error() => admitted.push(client),
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.reason_code, ReasonCode::CONNECTION_RATE_EXCEEDED);
+                refused += 1;
+            }
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+    // Turns at 0, 1, ..., 10 s are within the wait (fewer when the CONNECTs arrived apart).
+    assert!(
+        (9..=11).contains(&admitted.len()) && refused == 12 - admitted.len(),
+        "{} admitted, {refused} refused",
+        admitted.len()
+    );
+    // Every CONNECT but the first waited or was refused.
+    wait_for_metric(relay.s_proxy.admin, &limit_hits("connect_rate"), 11.0).await;
+}

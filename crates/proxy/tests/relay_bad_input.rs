@@ -413,9 +413,10 @@ async fn connects_beyond_the_rate_wait_their_turn_or_get_0x9f() {
             Err(other) => panic!("expected a CONNACK, got {other:?}"),
         }
     }
-    // Turns at 0, 200, ..., 800 ms fit in the second (fewer on a slow machine); 12 never do.
+    // Turns at 0, 200, ..., 800 ms fit in the second after the first CONNECT, a few more when
+    // the CONNECTs arrived apart (each deadline counts from its own accept); 12 never do.
     assert!(
-        (3..=5).contains(&admitted.len()) && refused == 12 - admitted.len(),
+        (3..=8).contains(&admitted.len()) && refused == 12 - admitted.len(),
         "{} admitted, {refused} refused",
         admitted.len()
     );

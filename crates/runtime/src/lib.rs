@@ -9,6 +9,7 @@ mod admin;
 mod failure;
 mod health;
 mod logging;
+pub mod pace;
 mod shutdown;
 
 use std::net::SocketAddr;

@@ -129,12 +129,12 @@ pub struct ClientLimits {
     /// beyond them gets CONNACK 0x97 Quota exceeded (3.1.1: 3 Server unavailable).
     #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
-    /// CONNECTs this r-proxy admits per second, whatever their address (`0`: no limit). A
-    /// burst of a tenth of a second's worth goes at once; beyond it, CONNECTs wait their turn
-    /// (the session setup a reconnect storm would otherwise start all at once is paced), and
-    /// one whose turn would come after its `connectTimeout` gets CONNACK 0x9F Connection rate
-    /// exceeded (3.1.1: 3 Server unavailable). Each r-proxy replica has its own.
-    #[serde(default = "default_max_connect_rate")]
+    /// CONNECTs this r-proxy admits per second, whatever their address (`0`: no limit, the
+    /// default; on Kafka, s-proxy paces session setups itself with `kafka.limits.maxConnectRate`).
+    /// A burst of a tenth of a second's worth goes at once; beyond it, CONNECTs wait their turn,
+    /// and one whose turn would come after its `connectTimeout` gets CONNACK 0x9F Connection
+    /// rate exceeded (3.1.1: 3 Server unavailable). Each r-proxy replica has its own.
+    #[serde(default)]
     pub max_connect_rate: u32,
     /// CONNECTs admitted per second from one client address (`0`: no limit); beyond it a
     /// CONNECT gets 0x9F at once. Off by default: behind a load balancer that rewrites source
@@ -164,7 +164,7 @@ impl Default for ClientLimits {
             max_packet_size: default_max_packet_size(),
             max_connections: default_max_connections(),
             max_connections_per_address: default_max_connections_per_address(),
-            max_connect_rate: default_max_connect_rate(),
+            max_connect_rate: 0,
             max_connect_rate_per_address: 0,
             max_keep_alive: default_max_keep_alive(),
             tcp_keep_alive: default_tcp_keep_alive(),
@@ -307,12 +307,6 @@ fn default_connections_per_endpoint() -> usize {
 }
 fn default_max_connections_per_address() -> usize {
     10_000
-}
-/// What a 2-core box running r-proxy, s-proxy and Kafka together takes in reconnecting
-/// persistent sessions (each a session record, a table read and a catch-up reader) while the
-/// open sessions' p99 stays within 1.5x (docs/benchmarks.md, `strait-bench abuse`).
-fn default_max_connect_rate() -> u32 {
-    50
 }
 fn default_resolve_interval() -> Duration {
     Duration::from_secs(5)

@@ -16,11 +16,13 @@ pub enum Limit {
     /// Not refused: the catch-up waited for a free reader.
     CatchUps = 6,
     Retained = 7,
+    /// A CONNECT waited its turn, or was refused with 0x9F (`maxConnectRate`).
+    ConnectRate = 8,
 }
 
 impl Limit {
     /// Label values, indexed by `Limit as usize`.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "subscriptions",
         "filters_per_subscribe",
         "shared_subscriptions",
@@ -29,6 +31,7 @@ impl Limit {
         "session_expiry",
         "catch_ups",
         "retained",
+        "connect_rate",
     ];
 
     pub fn label(self) -> &'static str {
@@ -120,5 +123,6 @@ mod tests {
     fn labels_follow_the_variants() {
         assert_eq!(Limit::CatchUps.label(), "catch_ups");
         assert_eq!(Limit::Subscriptions.label(), "subscriptions");
+        assert_eq!(Limit::ConnectRate.label(), "connect_rate");
     }
 }

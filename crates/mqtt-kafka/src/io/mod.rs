@@ -131,6 +131,8 @@ pub struct KafkaUpstream {
     lookups: tokio::sync::Semaphore,
     /// Catch-up readers that may run at once (`limits.maxCatchUps`).
     catch_up_readers: Arc<tokio::sync::Semaphore>,
+    /// Session setups per second (`limits.maxConnectRate`) and the pace's next turn.
+    connect_pace: Option<(strait_runtime::pace::Gcra, OrderedMutex<std::time::Instant>)>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub(crate) metrics: Arc<KafkaMetrics>,
@@ -150,6 +152,18 @@ pub enum TopicCheck {
 }
 
 impl KafkaUpstream {
+    /// When a new session may be set up (`limits.maxConnectRate`): after the wait returned,
+    /// or never (`None`) when its turn is more than `max_wait` away.
+    pub(crate) fn connect_turn(&self, max_wait: Duration) -> Option<Duration> {
+        let Some((pace, next)) = &self.connect_pace else {
+            return Some(Duration::ZERO);
+        };
+        match pace.turn(&mut next.lock(), std::time::Instant::now(), max_wait) {
+            strait_runtime::pace::Turn::After(wait) => Some(wait),
+            strait_runtime::pace::Turn::Refused => None,
+        }
+    }
+
     /// Connects, checks (or creates) the topics, and starts the readers. Its metrics are
     /// registered in `registry`, labelled `role="s-proxy"`.
     pub async fn start(
@@ -244,6 +258,12 @@ impl KafkaUpstream {
             catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_catch_ups as usize,
             )),
+            connect_pace: (config.limits.max_connect_rate > 0).then(|| {
+                (
+                    strait_runtime::pace::Gcra::per_second(config.limits.max_connect_rate),
+                    OrderedMutex::new(Level::Leaf, "connect pace", std::time::Instant::now()),
+                )
+            }),
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             config,

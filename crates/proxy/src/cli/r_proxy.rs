@@ -126,7 +126,8 @@ pub struct RProxyArgs {
 
     /// CONNECTs admitted per second by this r-proxy (`0`: no limit); a burst of a tenth of a
     /// second's worth goes at once, later ones wait their turn, and one whose turn would come
-    /// after --connect-timeout gets CONNACK 0x9F Connection rate exceeded [default: 50].
+    /// after --connect-timeout gets CONNACK 0x9F Connection rate exceeded. On Kafka, s-proxy
+    /// paces session setups itself (kafka.limits.maxConnectRate) [default: 0].
     #[arg(long)]
     pub max_connect_rate: Option<u32>,
 

@@ -75,6 +75,10 @@ type ProduceResult = Result<(), ReasonCode>;
 type CatchUp = mpsc::Receiver<Result<Arc<Delivery>, String>>;
 
 /// Acknowledgements waiting for Kafka, in the order the PUBLISHes came.
+/// The longest a CONNECT waits for its turn under `limits.maxConnectRate` (as long as r-proxy
+/// gives a client to send its CONNECT).
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Acks = FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = (Ack, ProduceResult)> + Send>>>;
 
 // The variants are the packets they answer with (`PubAck` ends in `Ack` by MQTT's naming).
@@ -178,6 +182,26 @@ pub async fn run(
             "client ids starting with $strait/ are reserved".into(),
         )
         .await;
+    }
+    // Setting a session up costs a record, a table read and perhaps a catch-up: a reconnect
+    // storm waits its turn rather than taking the CPU the open sessions need.
+    match up.connect_turn(CONNECT_WAIT) {
+        Some(wait) if wait.is_zero() => {}
+        Some(wait) => {
+            up.metrics.limit_hit(Limit::ConnectRate);
+            tokio::time::sleep(wait).await;
+        }
+        None => {
+            up.metrics.limit_hit(Limit::ConnectRate);
+            tracing::info!(
+                "refusing the client: sessions are being set up faster than kafka.limits.maxConnectRate"
+            );
+            return refuse(
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+                "kafka.limits.maxConnectRate: the turn is too far away".into(),
+            )
+            .await;
+        }
     }
     let client_id = connect.client_id.clone();
     let limits = up.config.limits.clone();
