@@ -203,15 +203,6 @@ impl Rounds {
     }
 }
 
-/// Whether the r-proxy of `bin` has `--max-connect-rate` (builds before it do not).
-fn knows_connect_pacing(bin: &Path) -> anyhow::Result<bool> {
-    let help = std::process::Command::new(bin)
-        .args(["r-proxy", "--help"])
-        .output()
-        .with_context(|| format!("running {} r-proxy --help", bin.display()))?;
-    Ok(String::from_utf8_lossy(&help.stdout).contains("--max-connect-rate"))
-}
-
 /// The two relays an A/B run starts, one build each.
 pub struct Builds {
     a: RelaySpec,
@@ -235,16 +226,14 @@ impl Builds {
                 .with_context(|| format!("creating {}", spec.log_dir.display()))?;
             Ok(spec)
         };
-        let mut a = RelaySpec {
-            bin: baseline,
-            ..current.clone()
-        };
-        if !knows_connect_pacing(&a.bin)? {
-            // A build from before CONNECT pacing: it has none to turn off.
-            a.r_proxy_args.retain(|arg| arg != crate::procs::UNPACED);
-        }
         Ok(Self {
-            a: with_logs(a, "a-baseline")?,
+            a: with_logs(
+                RelaySpec {
+                    bin: baseline,
+                    ..current.clone()
+                },
+                "a-baseline",
+            )?,
             b: with_logs(current, "b-current")?,
         })
     }

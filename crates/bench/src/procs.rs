@@ -273,22 +273,6 @@ impl ProxyArgs {
     }
 }
 
-/// The r-proxy flag that turns its CONNECT pacing off.
-pub const UNPACED: &str = "--max-connect-rate=0";
-
-impl RelaySpec {
-    /// The throughput and idle benches open connections far faster than r-proxy's default
-    /// CONNECT pace (`limits.maxConnectRate`) and measure other things: pacing is off unless a
-    /// `--r-proxy-arg` sets it. (`strait-bench abuse` keeps the defaults.)
-    pub fn unpaced(mut self) -> Self {
-        let set = |a: &String| a == "--max-connect-rate" || a.starts_with("--max-connect-rate=");
-        if !self.r_proxy_args.iter().any(set) {
-            self.r_proxy_args.push(UNPACED.into());
-        }
-        self
-    }
-}
-
 /// A loopback address whose port was free a moment ago, for a child process to bind.
 pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;

@@ -2,6 +2,7 @@
 //! "theoretical arrival time" per bucket, so a turn is reserved when it is given and waiters
 //! never race each other for it. Used for CONNECTs (r-proxy per address, s-proxy on Kafka).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One rate: `per_second` admissions, of which a tenth of a second's worth may come at once.
@@ -42,6 +43,30 @@ impl Gcra {
         }
         *tat = due + self.interval;
         Turn::After(wait)
+    }
+}
+
+/// One paced bucket: a rate and its next turn, shared by whoever asks (`None` when the rate
+/// is `0`, no limit).
+#[derive(Debug)]
+pub struct Pace {
+    rate: Gcra,
+    tat: Mutex<Instant>,
+}
+
+impl Pace {
+    pub fn per_second(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| Self {
+            rate: Gcra::per_second(per_second),
+            tat: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The turn of a request at `now` that can wait at most `max_wait` (see [`Gcra::turn`]).
+    pub fn turn(&self, now: Instant, max_wait: Duration) -> Turn {
+        // Held for the arithmetic only; nothing else is locked inside.
+        let mut tat = self.tat.lock().expect("never poisoned");
+        self.rate.turn(&mut tat, now, max_wait)
     }
 }
 

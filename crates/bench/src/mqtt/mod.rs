@@ -216,8 +216,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     eprintln!("proxy logs: {}", log_dir.display());
     let spec = args
         .proxies
-        .relay(bin, vec!["--broker".into(), broker.to_string()], log_dir)
-        .unpaced();
+        .relay(bin, vec!["--broker".into(), broker.to_string()], log_dir);
     let watched = Watched::new(broker_pid);
     if let Some(baseline) = &args.ab.baseline_bin {
         return ab::run(&args, &report, spec, baseline, &watched, idle_connections).await;

@@ -265,14 +265,11 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         "strait-bench mqtt-kafka: logs and config in {}",
         dir.display()
     );
-    let spec = args
-        .proxies
-        .relay(
-            bin,
-            vec!["--config".into(), config.display().to_string()],
-            dir.clone(),
-        )
-        .unpaced();
+    let spec = args.proxies.relay(
+        bin,
+        vec!["--config".into(), config.display().to_string()],
+        dir.clone(),
+    );
     let watched = Watched::new(kafka_pid);
     let result = match &args.ab.baseline_bin {
         Some(baseline) => ab::run(&args, &report, spec, baseline, &watched, kafka_port)

@@ -132,7 +132,7 @@ pub struct KafkaUpstream {
     /// Catch-up readers that may run at once (`limits.maxCatchUps`).
     catch_up_readers: Arc<tokio::sync::Semaphore>,
     /// Session setups per second (`limits.maxConnectRate`) and the pace's next turn.
-    connect_pace: Option<(strait_runtime::pace::Gcra, OrderedMutex<std::time::Instant>)>,
+    connect_pace: Option<strait_runtime::pace::Pace>,
     next_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub(crate) metrics: Arc<KafkaMetrics>,
@@ -155,10 +155,10 @@ impl KafkaUpstream {
     /// When a new session may be set up (`limits.maxConnectRate`): after the wait returned,
     /// or never (`None`) when its turn is more than `max_wait` away.
     pub(crate) fn connect_turn(&self, max_wait: Duration) -> Option<Duration> {
-        let Some((pace, next)) = &self.connect_pace else {
+        let Some(pace) = &self.connect_pace else {
             return Some(Duration::ZERO);
         };
-        match pace.turn(&mut next.lock(), std::time::Instant::now(), max_wait) {
+        match pace.turn(std::time::Instant::now(), max_wait) {
             strait_runtime::pace::Turn::After(wait) => Some(wait),
             strait_runtime::pace::Turn::Refused => None,
         }
@@ -258,12 +258,7 @@ impl KafkaUpstream {
             catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_catch_ups as usize,
             )),
-            connect_pace: (config.limits.max_connect_rate > 0).then(|| {
-                (
-                    strait_runtime::pace::Gcra::per_second(config.limits.max_connect_rate),
-                    OrderedMutex::new(Level::Leaf, "connect pace", std::time::Instant::now()),
-                )
-            }),
+            connect_pace: strait_runtime::pace::Pace::per_second(config.limits.max_connect_rate),
             next_id: AtomicU64::new(1),
             shutdown: shutdown.clone(),
             config,

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use strait_runtime::pace::{Gcra, Turn};
+use strait_runtime::pace::{Gcra, Pace, Turn};
 
 /// Addresses tracked at once by the per-address pace. Only addresses that connected within the
 /// last burst window are kept; past this many, a new address is refused until some age out.
@@ -30,16 +30,15 @@ pub enum Refusal {
 
 /// The paces of one r-proxy.
 pub struct ConnectRates {
-    process: Option<(Gcra, Mutex<Instant>)>,
+    process: Option<Pace>,
     per_address: Option<(Gcra, Mutex<HashMap<IpAddr, Instant>>)>,
 }
 
 impl ConnectRates {
     /// Paces of `per_second` and `per_address_per_second` CONNECTs (`0`: not paced).
     pub fn new(per_second: u32, per_address_per_second: u32) -> Self {
-        let now = Instant::now();
         Self {
-            process: (per_second > 0).then(|| (Gcra::per_second(per_second), Mutex::new(now))),
+            process: Pace::per_second(per_second),
             per_address: (per_address_per_second > 0)
                 .then(|| (Gcra::per_second(per_address_per_second), Mutex::default())),
         }
@@ -69,12 +68,10 @@ impl ConnectRates {
         }
         match &self.process {
             None => Ok(Duration::ZERO),
-            Some((rate, tat)) => {
-                match rate.turn(&mut tat.lock().expect("never poisoned"), now, max_wait) {
-                    Turn::After(wait) => Ok(wait),
-                    Turn::Refused => Err(Refusal::Process),
-                }
-            }
+            Some(pace) => match pace.turn(now, max_wait) {
+                Turn::After(wait) => Ok(wait),
+                Turn::Refused => Err(Refusal::Process),
+            },
         }
     }
 
