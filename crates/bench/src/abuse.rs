@@ -88,6 +88,7 @@ pub async fn run(args: AbuseArgs) -> anyhow::Result<()> {
         &args.kafka,
         &format!("bench-abuse-{run_id}"),
         4,
+        "",
         &[],
     )?;
     eprintln!("strait-bench abuse: logs and config in {}", dir.display());

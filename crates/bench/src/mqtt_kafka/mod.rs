@@ -258,6 +258,9 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         &args.kafka,
         &format!("bench-mk-{run_id}"),
         args.partitions,
+        // The connections case opens 10,000 sessions: session setups are not paced here, as
+        // this bench measures throughput and memory, not admission (`strait-bench abuse` does).
+        "maxConnectRate: 0",
         &args.kafka_property,
     )?;
     let perf_topic = format!("bench-mk-{run_id}-perf");
@@ -300,13 +303,15 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
 }
 
 /// Writes s-proxy's config for Kafka mode into `dir`: fresh topics named `{prefix}-messages`,
-/// `-retained` and `-sessions` with `partitions` each, and extra librdkafka `properties`.
+/// `-retained` and `-sessions` with `partitions` each, `limits` (YAML flow-mapping entries of
+/// `kafka.limits`, empty for the defaults) and extra librdkafka `properties`.
 /// Returns the file and the three topic names.
 pub fn s_proxy_config(
     dir: &std::path::Path,
     kafka: &str,
     prefix: &str,
     partitions: i32,
+    limits: &str,
     properties: &[(String, String)],
 ) -> anyhow::Result<(PathBuf, [String; 3])> {
     let topics = ["messages", "retained", "sessions"].map(|t| format!("{prefix}-{t}"));
@@ -316,7 +321,8 @@ pub fn s_proxy_config(
         format!(
             "upstream: kafka\nkafka:\n  bootstrap: '{kafka}'\n  \
              topics: {{ messages: {}, retained: {}, sessions: {} }}\n  \
-             newTopics: {{ partitions: {partitions} }}\n  librdkafka: {{ {} }}\n",
+             newTopics: {{ partitions: {partitions} }}\n  limits: {{ {limits} }}\n  \
+             librdkafka: {{ {} }}\n",
             topics[0],
             topics[1],
             topics[2],
