@@ -27,7 +27,7 @@ until_within() {
 }
 
 check_env() {
-  svc_running zilla || die "Zilla is not running: tests/peers/zilla start"
+  svc_running "$ZILLA_INSTANCE" || die "Zilla is not running: tests/peers/zilla start"
   # shellcheck disable=SC1091
   source "$ZILLA_STATE/env"
   services_env
@@ -200,8 +200,8 @@ readyz() { curl -sf -o /dev/null "http://$1/readyz"; }
 # $STRAIT_STATE/zilla-interop. Sets STRAIT_MQTT.
 strait_start() {
   local bin=$1 dir grpc s_admin r_admin mqtt
-  dir=$(svc_dir zilla-interop)
-  stop_svc zilla-interop
+  dir=$(svc_dir "$ZILLA_INSTANCE-interop")
+  stop_svc "$ZILLA_INSTANCE-interop"
   mkdir -p "$dir"
   grpc=127.0.0.1:$(free_port); s_admin=127.0.0.1:$(free_port)
   mqtt=127.0.0.1:$(free_port); r_admin=127.0.0.1:$(free_port)
@@ -213,9 +213,9 @@ kafka:
   topics: { messages: $ZILLA_MQTT_MESSAGES, retained: $ZILLA_MQTT_RETAINED, sessions: strait-zilla-interop-sessions }
   newTopics: { partitions: 4 }
 YAML
-  start_bg zilla-interop s-proxy "$bin" s-proxy --config "$dir/s-proxy.yaml" --metrics-addr "$s_admin"
+  start_bg "$ZILLA_INSTANCE-interop" s-proxy "$bin" s-proxy --config "$dir/s-proxy.yaml" --metrics-addr "$s_admin"
   until_within 60 readyz "$s_admin" || { tail -n 30 "$dir/s-proxy.log" >&2; die "s-proxy not ready within 60 s"; }
-  start_bg zilla-interop r-proxy "$bin" r-proxy --listen "$mqtt" --s-proxy "http://$grpc" --metrics-addr "$r_admin"
+  start_bg "$ZILLA_INSTANCE-interop" r-proxy "$bin" r-proxy --listen "$mqtt" --s-proxy "http://$grpc" --metrics-addr "$r_admin"
   until_within 30 readyz "$r_admin" || { tail -n 30 "$dir/r-proxy.log" >&2; die "r-proxy not ready within 30 s"; }
   STRAIT_MQTT=$mqtt
   log "Strait: r-proxy MQTT on $mqtt -> s-proxy $grpc (logs in $dir)"
@@ -249,7 +249,7 @@ cmd_interop() {
     echo "zilla interop: skipped, no strait-proxy binary (cargo build -p strait-proxy, or set STRAIT_PROXY_BIN)"
     return 0
   fi
-  trap 'stop_svc zilla-interop' EXIT
+  trap 'stop_svc "$ZILLA_INSTANCE-interop"' EXIT
   strait_start "$bin"
   id=$(date +%s)-$$
   echo "Zilla at $ZILLA_MQTT and Strait ($bin) at $STRAIT_MQTT on $ZILLA_MQTT_MESSAGES / $ZILLA_MQTT_RETAINED"
