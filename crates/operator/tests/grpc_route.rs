@@ -15,7 +15,7 @@ use kube::api::{Api, PostParams};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{Daemon, require, unique_name, wait_until};
@@ -181,11 +181,7 @@ async fn route_gets_topics_consumers_follow_lag_and_delete_removes_topics() {
 
     // The group catches up (commits to the end): back to one consumer once the window passes.
     let group = format!("strait-{ns}-greeter");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .create()
-        .unwrap();
+    let consumer = strait_e2e::group_offsets_client(&bootstrap, &group);
     let mut offsets = TopicPartitionList::new();
     for partition in 0..3 {
         let (_, high) = consumer

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strait_e2e::{require, unique_name};
@@ -68,12 +68,7 @@ async fn lag_counts_uncommitted_records_and_drives_the_replica_count() {
     assert_eq!((decision.replicas, decision.reason), (3, "PartitionCapped"));
 
     // The group commits partition 0 to its end: its 10 records no longer count.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = strait_e2e::group_offsets_client(&bootstrap, &group);
     let mut offsets = TopicPartitionList::new();
     offsets
         .add_partition_offset(&topic, 0, Offset::Offset(10))

@@ -999,11 +999,7 @@ async fn kafka_bridge_creates_compacted_topics_and_relays_through_kafka() {
     }
     {
         use rdkafka::consumer::Consumer as _;
-        let member: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .create()
-            .unwrap();
+        let member = strait_e2e::group_offsets_client(&bootstrap, &group);
         let mut offsets = rdkafka::TopicPartitionList::new();
         offsets
             .add_partition_offset(&messages, 0, rdkafka::Offset::Offset(0))

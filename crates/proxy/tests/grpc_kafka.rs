@@ -739,11 +739,7 @@ async fn a_reply_kafka_refuses_is_dead_lettered_and_the_partition_moves_on() {
         "{error}"
     );
     // Every request record is committed: the refused reply held nothing up.
-    let group: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", &bridge.group)
-        .create()
-        .unwrap();
+    let group = strait_e2e::group_offsets_client(&bootstrap, &bridge.group);
     wait_until(
         Duration::from_secs(20),
         "every request committed",

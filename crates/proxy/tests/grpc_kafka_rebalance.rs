@@ -13,7 +13,7 @@ use grpc_support::pb::EchoRequest;
 use grpc_support::*;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use strait_e2e::{require, wait_until};
 
 const SLOW_CALLS: usize = 6;
@@ -155,12 +155,7 @@ async fn a_rebalance_never_commits_past_a_call_still_running() {
         );
         let (service, stop, watched) = (service.clone(), stop.clone(), watched.clone());
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .create()
-                .unwrap();
+            let consumer = strait_e2e::group_offsets_client(&bootstrap, &group);
             let partitions: Vec<i32> = watched.keys().copied().collect();
             let mut violations = Vec::new();
             let mut checks = 0u32;

@@ -275,6 +275,17 @@ impl Daemon {
     }
 }
 
+/// A Kafka client of consumer group `group` that never joins it: what a test uses to read or
+/// set the offsets the group has committed, as one of its members would.
+pub fn group_offsets_client(bootstrap: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a Kafka consumer")
+}
+
 /// The keys of the records on `topic` that start with `key_prefix`, read from the beginning
 /// until `want` of them are found (or 60 s pass, returning what was found): what a Kafka
 /// consumer of the user's would see.

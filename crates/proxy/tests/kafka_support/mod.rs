@@ -328,12 +328,7 @@ pub async fn record_partitions(bootstrap: &str, topic: &str, prefix: &str) -> Ve
 pub async fn committed_sum(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
     let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("a Kafka consumer");
+        let consumer = strait_e2e::group_offsets_client(&bootstrap, &group);
         let mut wanted = rdkafka::TopicPartitionList::new();
         for partition in 0..partitions {
             wanted.add_partition(&topic, partition);
