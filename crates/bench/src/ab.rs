@@ -238,6 +238,13 @@ impl Builds {
         })
     }
 
+    /// The baseline's s-proxy upstream flags, where its config must differ (an older build
+    /// refuses fields it does not know).
+    pub fn with_baseline_upstream(mut self, upstream: Vec<String>) -> Self {
+        self.a.upstream = upstream;
+        self
+    }
+
     fn spec(&self, build: Build) -> &RelaySpec {
         match build {
             Build::A => &self.a,

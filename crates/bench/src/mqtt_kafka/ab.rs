@@ -14,10 +14,14 @@ pub(super) async fn run(
     report: &Report,
     current: RelaySpec,
     baseline: &Path,
+    baseline_config: &Path,
     watched: &Watched,
     kafka_port: u16,
 ) -> anyhow::Result<AbReport> {
-    let builds = Builds::new(current, baseline)?;
+    let builds = Builds::new(current, baseline)?.with_baseline_upstream(vec![
+        "--config".into(),
+        baseline_config.display().to_string(),
+    ]);
     let cases = builds
         .run(
             args.ab.ab_rounds,

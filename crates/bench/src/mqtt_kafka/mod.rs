@@ -275,9 +275,30 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
     );
     let watched = Watched::new(kafka_pid);
     let result = match &args.ab.baseline_bin {
-        Some(baseline) => ab::run(&args, &report, spec, baseline, &watched, kafka_port)
+        Some(baseline) => {
+            // The same config without `limits`: builds before s-proxy's session limits refuse
+            // the field, and have no connect pace to turn off.
+            let baseline_config = dir.join("s-proxy-baseline.yaml");
+            let current_config = std::fs::read_to_string(&config)?;
+            let unpaced = current_config.replace("  limits: { maxConnectRate: 0 }\n", "");
+            anyhow::ensure!(
+                unpaced != current_config,
+                "no limits line in {}",
+                config.display()
+            );
+            std::fs::write(&baseline_config, unpaced)?;
+            ab::run(
+                &args,
+                &report,
+                spec,
+                baseline,
+                &baseline_config,
+                &watched,
+                kafka_port,
+            )
             .await
-            .map(Some),
+            .map(Some)
+        }
         None => run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report)
             .await
             .map(|()| None),
