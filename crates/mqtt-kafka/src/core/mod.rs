@@ -3,6 +3,7 @@
 
 pub mod catch_up;
 pub mod ending;
+pub mod exactly_once;
 pub mod flows;
 /// The bodies of the fuzz targets in `crates/mqtt-kafka/fuzz`, also run by `cargo test`.
 #[doc(hidden)]

@@ -43,12 +43,11 @@ use crate::UpstreamError;
 use crate::core::ending::{
     End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
 };
+use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::limits;
-use crate::core::state::{
-    SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
-};
+use crate::core::state::{SessionRecord, StoredOutgoing, StoredSubscription, StoredWill, VERSION};
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
@@ -115,8 +114,8 @@ struct Session {
     qos2_done: HashMap<(usize, i32), BTreeSet<i64>>,
     /// QoS 2 delivery state changed: store it before the client sees the next packets.
     qos2_dirty: bool,
-    /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
-    qos2_pending: HashMap<u16, (String, i32, i64)>,
+    /// QoS 2 PUBLISHes being written: where, and the partition's end offset before.
+    intents: Intents,
     /// Catch-up in progress: next offset it will deliver per (topic, partition).
     catching_up: HashMap<(usize, i32), i64>,
     /// Live deliveries below these offsets were read by the catch-up.
@@ -263,7 +262,7 @@ pub async fn run(
         qos2_resend: HashMap::new(),
         qos2_done: HashMap::new(),
         qos2_dirty: false,
-        qos2_pending: HashMap::new(),
+        intents: Intents::default(),
         catching_up: HashMap::new(),
         live_from: HashMap::new(),
         retained_due: VecDeque::new(),
@@ -278,12 +277,7 @@ pub async fn run(
         session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied())
             .with_receive_maximum(limits.receive_maximum);
         session.restore_qos2(record);
-        for pending in &record.qos2_pending {
-            session.qos2_pending.insert(
-                pending.packet_id,
-                (pending.topic.clone(), pending.partition, pending.from),
-            );
-        }
+        session.intents = Intents::restore(&record.qos2_pending);
         for sub in &record.subscriptions {
             // Allowed when it was made; the client's token or the ACL may have changed since.
             if !allowed.may_subscribe(&sub.filter) {

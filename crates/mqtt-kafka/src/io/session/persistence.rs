@@ -6,9 +6,14 @@ use crate::io::table::TableEntry;
 
 impl Session {
     /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
-    /// whose write may have reached Kafka before a crash, look for it (`Ok(true)`: it is
-    /// there); otherwise store where it goes and the partition's end offset first.
-    pub(super) async fn qos2_intent(&mut self, publish: &Publish) -> Result<bool, UpstreamError> {
+    /// whose write may have reached Kafka before a crash (`step`, see [`Intents::decide`]),
+    /// look for it (`Ok(true)`: it is there); otherwise store where it goes and the
+    /// partition's end offset first.
+    pub(super) async fn qos2_intent(
+        &mut self,
+        publish: &Publish,
+        step: Qos2Publish,
+    ) -> Result<bool, UpstreamError> {
         let (messages, Some(partition)) = self.up.target(&publish.topic) else {
             return Ok(false);
         };
@@ -26,7 +31,12 @@ impl Session {
                 return Ok(true);
             }
         }
-        if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
+        if let Qos2Publish::LookFor(Intent {
+            topic,
+            partition: p,
+            from,
+        }) = step
+        {
             let clients = self.up.clients.clone();
             let end = self.up.end_offset(&topic, p).await?;
             let (key, payload, client) = (
@@ -49,8 +59,12 @@ impl Session {
             }
         }
         let from = self.up.end_offset(&messages, partition).await?;
-        self.qos2_pending
-            .insert(publish.packet_id, (messages, partition, from));
+        let intent = Intent {
+            topic: messages,
+            partition,
+            from,
+        };
+        self.intents.intend(publish.packet_id, intent);
         self.write_record(None).await?;
         Ok(false)
     }
@@ -158,16 +172,7 @@ impl Session {
             will: self.will.as_ref().map(StoredWill::from_will),
             qos2_out: self.stored_qos2_out(),
             qos2_done: BTreeMap::new(),
-            qos2_pending: self
-                .qos2_pending
-                .iter()
-                .map(|(id, (topic, partition, from))| StoredPending {
-                    packet_id: *id,
-                    topic: topic.clone(),
-                    partition: *partition,
-                    from: *from,
-                })
-                .collect(),
+            qos2_pending: self.intents.stored(),
         };
         // Completed deliveries below the progress are covered by it.
         for ((t, p), done) in &self.qos2_done {
