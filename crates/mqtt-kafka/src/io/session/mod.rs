@@ -41,7 +41,7 @@ use super::metrics::{CatchUpReason, Limit, RecordKind};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::UpstreamError;
 use crate::core::ending::{
-    End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
+    self, End, Finish, Store, WillPlan, expiry_after_disconnect, session_expiry, will_publish,
 };
 use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
@@ -362,15 +362,9 @@ async fn load(
     clean_start: bool,
 ) -> Result<Option<SessionRecord>, UpstreamError> {
     up.sessions.sync(SYNC_DEADLINE).await?;
-    if clean_start {
-        return Ok(None);
-    }
-    let Some(entry) = up.sessions.get(client_id) else {
-        return Ok(None);
-    };
-    match SessionRecord::decode(&entry.value) {
-        Ok(record) if !record.expired(now_ms()) => Ok(Some(record)),
-        Ok(_) => Ok(None),
+    let entry = up.sessions.get(client_id);
+    match ending::resume(clean_start, entry.as_ref().map(|e| &e.value[..]), now_ms()) {
+        Ok(resumed) => Ok(resumed),
         Err(error) => {
             tracing::warn!(%error, "ignoring an unreadable session record");
             Ok(None)
