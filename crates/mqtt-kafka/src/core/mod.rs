@@ -13,6 +13,7 @@ pub mod limits;
 pub mod members;
 pub mod queue;
 pub mod routing;
+pub mod shared;
 pub mod state;
 pub mod subscriptions;
 pub mod trie;

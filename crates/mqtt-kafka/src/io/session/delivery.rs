@@ -334,10 +334,8 @@ impl Session {
     /// Shared subscriptions' records this session holds undelivered (unacknowledged or still
     /// queued) go to other members (MQTT 4.8.2): the group only commits delivered ones.
     pub(super) fn give_back_shared(&mut self) {
-        for outgoing in self.outbound.in_flight_mut() {
-            if let Some(shared) = outgoing.shared.take() {
-                shared.give_back();
-            }
+        for shared in self.outbound.take_shared() {
+            shared.give_back();
         }
         let queued = std::mem::take(&mut self.inbox.state.lock().items);
         for delivery in queued {
