@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod headers;
 pub mod limits;
 pub mod members;
+pub mod progress;
 pub mod queue;
 pub mod routing;
 pub mod shared;

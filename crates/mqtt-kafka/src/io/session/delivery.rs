@@ -139,12 +139,7 @@ impl Session {
             return self.deliver_shared(delivery);
         }
         let key = (delivery.topic, delivery.partition);
-        if !from_catch_up
-            && self
-                .live_from
-                .get(&key)
-                .is_some_and(|from| delivery.offset < *from)
-        {
+        if !from_catch_up && self.catch_ups.skips_live(key, delivery.offset) {
             return;
         }
         if from_catch_up && delivery.message.qos == QoS::AtMostOnce {

@@ -47,6 +47,7 @@ use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::limits;
+use crate::core::progress::CatchUps;
 use crate::core::state::{SessionRecord, StoredOutgoing, StoredSubscription, StoredWill, VERSION};
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
@@ -116,10 +117,8 @@ struct Session {
     qos2_dirty: bool,
     /// QoS 2 PUBLISHes being written: where, and the partition's end offset before.
     intents: Intents,
-    /// Catch-up in progress: next offset it will deliver per (topic, partition).
-    catching_up: HashMap<(usize, i32), i64>,
-    /// Live deliveries below these offsets were read by the catch-up.
-    live_from: HashMap<(usize, i32), i64>,
+    /// Catch-ups in progress, and the live deliveries they stand for.
+    catch_ups: CatchUps,
     /// Filters whose retained messages are still to send, as room opens in the client's
     /// receive window (at most one per subscription).
     retained_due: VecDeque<RetainedDue>,
@@ -263,8 +262,7 @@ pub async fn run(
         qos2_done: HashMap::new(),
         qos2_dirty: false,
         intents: Intents::default(),
-        catching_up: HashMap::new(),
-        live_from: HashMap::new(),
+        catch_ups: CatchUps::default(),
         retained_due: VecDeque::new(),
         last_checkpoint: None,
         last_write: std::time::Instant::now(),
@@ -493,12 +491,12 @@ impl Session {
                         }
                         Some(Ok(delivery)) => {
                             let key = (delivery.topic, delivery.partition);
-                            self.catching_up.insert(key, delivery.offset + 1);
+                            self.catch_ups.delivered(key, delivery.offset);
                             self.deliver(&delivery, true);
                         }
                         None => {
                             catch_up = None;
-                            self.catching_up.clear();
+                            self.catch_ups.finished();
                         }
                     }
                 }
