@@ -13,6 +13,7 @@ pub mod limits;
 pub mod members;
 pub mod progress;
 pub mod queue;
+pub mod redelivery;
 pub mod routing;
 pub mod shared;
 pub mod state;

@@ -135,7 +135,7 @@ impl Session {
         });
         floor.hold_in_flight(&self.outbound);
         self.catch_ups.hold(&mut floor);
-        for (t, p, offset) in self.qos2_resend.keys() {
+        for (t, p, offset) in self.qos2.owed() {
             floor.hold((*t, *p), *offset);
         }
         for (t, topic_positions) in positions.iter().enumerate() {

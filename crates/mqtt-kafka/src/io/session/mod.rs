@@ -12,7 +12,7 @@ mod writes;
 use delivery::RetainedDue;
 use writes::refuse_publish;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,7 @@ use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::limits;
 use crate::core::progress::CatchUps;
+use crate::core::redelivery::{Qos2Deliveries, Redeliver};
 use crate::core::state::{SessionRecord, StoredOutgoing, StoredSubscription, StoredWill, VERSION};
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
@@ -109,10 +110,8 @@ struct Session {
     /// outgoing topic aliases.
     outbound: Outbound<Arc<Delivery>>,
     /// QoS 2 deliveries restored from the session record, to resend (DUP) with their packet
-    /// id when the catch-up reads them again: (topic, partition, offset) → packet id.
-    qos2_resend: HashMap<(usize, i32, i64), u16>,
-    /// Offsets of completed or released QoS 2 deliveries at or above the stored progress.
-    qos2_done: HashMap<(usize, i32), BTreeSet<i64>>,
+    /// id when the catch-up reads them again, and the offsets done above the progress.
+    qos2: Qos2Deliveries,
     /// QoS 2 delivery state changed: store it before the client sees the next packets.
     qos2_dirty: bool,
     /// QoS 2 PUBLISHes being written: where, and the partition's end offset before.
@@ -258,8 +257,7 @@ pub async fn run(
         inbox: inbox.clone(),
         inbound: Inbound::new(protocol, []).with_receive_maximum(limits.receive_maximum),
         outbound: Outbound::new(protocol, &connect),
-        qos2_resend: HashMap::new(),
-        qos2_done: HashMap::new(),
+        qos2: Qos2Deliveries::default(),
         qos2_dirty: false,
         intents: Intents::default(),
         catch_ups: CatchUps::default(),
