@@ -4,7 +4,7 @@
 
 use strait_mqtt_codec::{Connect, Protocol, Publish, ReasonCode, Will};
 
-use crate::core::state::StoredWill;
+use crate::core::state::{SessionRecord, StoredWill};
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,117 +121,80 @@ pub fn will_publish(will: &Will) -> Publish {
     StoredWill::from_will(will).to_publish()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use strait_mqtt_codec::QoS;
+/// What a session that ended does with its record in the sessions topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Nothing: the connection that took the session over owns the record.
+    Nothing,
+    /// Delete it: a session without expiry ends with its connection.
+    Delete,
+    /// Keep it, marked disconnected now: the session lives on for its expiry.
+    Disconnected,
+}
 
-    fn will(delay: Option<u32>) -> Will {
-        let mut will = Will {
-            topic: "status/c".into(),
-            payload: bytes::Bytes::from_static(b"offline"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            ..Default::default()
-        };
-        will.properties.will_delay_interval = delay;
-        will.properties.content_type = Some("text/plain".into());
-        will
-    }
+/// What a session does when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    /// The DISCONNECT reason and detail the client is told, if any.
+    pub close: Option<(ReasonCode, String)>,
+    pub will: WillPlan,
+    pub store: Store,
+}
 
-    #[test]
-    fn session_expiry_from_connect_and_disconnect() {
-        let mut connect = Connect {
-            client_id: "c".into(),
-            clean_start: true,
-            ..Default::default()
-        };
-        assert_eq!(session_expiry(Protocol::V311, &connect), 0);
-        connect.clean_start = false;
-        assert_eq!(session_expiry(Protocol::V311, &connect), u32::MAX);
-        assert_eq!(session_expiry(Protocol::V5, &connect), 0, "v5 default");
-        connect.properties.session_expiry_interval = Some(300);
-        assert_eq!(session_expiry(Protocol::V5, &connect), 300);
-
-        assert_eq!(expiry_after_disconnect(300, Some(10)), 10);
-        assert_eq!(expiry_after_disconnect(300, None), 300);
-        assert_eq!(
-            expiry_after_disconnect(0, Some(10)),
-            0,
-            "a session without expiry may not get one at DISCONNECT"
-        );
-    }
-
-    #[test]
-    fn the_will_after_each_kind_of_end() {
-        let now = will(None);
-        let plans = [
-            (End::Dropped, WillPlan::Now),
-            (
-                End::Server(ReasonCode::PROTOCOL_ERROR, "x".into()),
-                WillPlan::Now,
-            ),
-            (End::Disconnect(ReasonCode::SUCCESS), WillPlan::None),
-            (
-                End::Disconnect(ReasonCode::DISCONNECT_WITH_WILL_MESSAGE),
-                WillPlan::Now,
-            ),
-            (End::Shutdown, WillPlan::None),
-            (End::RelayRestart, WillPlan::None),
-            (End::TakenOver, WillPlan::Now),
-        ];
-        for (end, plan) in plans {
-            assert_eq!(will_plan(Some(&now), &end, 300), plan, "{end:?}");
-        }
-        assert_eq!(will_plan(None, &End::Dropped, 300), WillPlan::None);
-    }
-
-    #[test]
-    fn will_delay_is_capped_by_the_session_expiry_and_cancelled_by_a_takeover() {
-        let delayed = will(Some(60));
-        assert_eq!(
-            will_plan(Some(&delayed), &End::Dropped, 300),
-            WillPlan::After(60)
-        );
-        assert_eq!(
-            will_plan(Some(&delayed), &End::Dropped, 10),
-            WillPlan::After(10)
-        );
-        assert_eq!(
-            will_plan(Some(&delayed), &End::Dropped, 0),
-            WillPlan::Now,
-            "a session that ends with the connection publishes at once"
-        );
-        assert_eq!(
-            will_plan(Some(&delayed), &End::TakenOver, 300),
-            WillPlan::None,
-            "the new connection cancels a delayed will"
-        );
-    }
-
-    #[test]
-    fn the_client_is_told_why_the_server_ended_the_session() {
-        assert_eq!(
-            End::TakenOver.close().map(|(r, _)| r),
-            Some(ReasonCode::SESSION_TAKEN_OVER)
-        );
-        assert_eq!(
-            End::Shutdown.close().map(|(r, _)| r),
-            Some(ReasonCode::SERVER_SHUTTING_DOWN)
-        );
-        assert_eq!(End::Dropped.close(), None);
-        assert_eq!(End::Disconnect(ReasonCode::SUCCESS).close(), None);
-    }
-
-    #[test]
-    fn a_will_becomes_the_publish_it_describes() {
-        let publish = will_publish(&will(Some(5)));
-        assert_eq!(&*publish.topic, "status/c");
-        assert_eq!(&publish.payload[..], b"offline");
-        assert_eq!((publish.qos, publish.retain), (QoS::AtLeastOnce, true));
-        assert_eq!(
-            publish.properties.content_type.as_deref(),
-            Some("text/plain")
-        );
+/// How a session with `will` and session expiry `expiry` ends with `end`.
+pub fn finish(will: Option<&Will>, end: &End, expiry: u32) -> Finish {
+    let store = match (end, expiry) {
+        (End::TakenOver, _) => Store::Nothing,
+        (_, 0) => Store::Delete,
+        _ => Store::Disconnected,
+    };
+    Finish {
+        close: end.close(),
+        will: will_plan(will, end, expiry),
+        store,
     }
 }
+
+/// The session a CONNECT resumes, from the client's latest record in the sessions topic
+/// (`stored`): none on a clean start, an expired session or none stored; `Err` for a record
+/// that cannot be read (the caller logs it and starts afresh).
+pub fn resume(
+    clean_start: bool,
+    stored: Option<&[u8]>,
+    now_ms: i64,
+) -> Result<Option<SessionRecord>, String> {
+    let Some(stored) = stored.filter(|_| !clean_start) else {
+        return Ok(None);
+    };
+    let record = SessionRecord::decode(stored)?;
+    Ok((!record.expired(now_ms)).then_some(record))
+}
+
+/// Whether the client's latest record (`current`) is still the one of `connection`, which may
+/// write its end: a newer connection, maybe on another replica, may own it by now. An
+/// unreadable or missing record is no one else's.
+pub fn still_ours(current: Option<&[u8]>, connection: &str) -> bool {
+    current.is_none_or(|value| {
+        SessionRecord::decode(value).map_or(true, |r| r.connection == connection)
+    })
+}
+
+/// Whether the record the client's connection `connection` (connected at `connected_at_ms`)
+/// sees written (`current`) takes the session over: a newer, live connection of the client.
+pub fn taken_over_by(current: &[u8], connection: &str, connected_at_ms: i64) -> bool {
+    SessionRecord::decode(current).is_ok_and(|r| r.takes_over(connection, connected_at_ms))
+}
+
+/// Whether a delayed will of `connection` is still due once its delay has passed: not when the
+/// client has connected again meanwhile, here (`connected_here`) or anywhere (the latest record,
+/// `current`, names another connection).
+pub fn delayed_will_due(connected_here: bool, current: Option<&[u8]>, connection: &str) -> bool {
+    if connected_here {
+        return false;
+    }
+    !current
+        .is_some_and(|value| SessionRecord::decode(value).is_ok_and(|r| r.connection != connection))
+}
+
+#[cfg(test)]
+mod tests;

@@ -263,6 +263,15 @@ impl<T> Outbound<T> {
         self.in_flight.values_mut()
     }
 
+    /// The session ends: the shared subscriptions' records it has not delivered (sent and not
+    /// acknowledged), for other members.
+    pub fn take_shared(&mut self) -> Vec<T> {
+        self.in_flight
+            .values_mut()
+            .filter_map(|o| o.shared.take())
+            .collect()
+    }
+
     /// A QoS 2 message released before a reconnect (PUBREL due again).
     pub fn restore_released(&mut self, packet_id: u16, source: Source) {
         self.in_flight.insert(

@@ -65,6 +65,16 @@ impl<T> DeliveryQueue<T> {
         false
     }
 
+    /// Once the queue is drained, the ranges left out, to read back from Kafka; forgotten here,
+    /// so their partitions are queued again. `None` while records are queued or none were
+    /// left out.
+    pub fn take_overflow(&mut self) -> Option<HashMap<Partition, Range<i64>>> {
+        if self.overflow.is_empty() || !self.items.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.overflow))
+    }
+
     /// Queues a shared subscription's record unless full (`false`: the group tries another
     /// member, or waits; nothing is remembered here).
     pub fn try_push(&mut self, item: T, capacity: usize) -> bool {
@@ -74,6 +84,13 @@ impl<T> DeliveryQueue<T> {
         self.items.push_back(item);
         true
     }
+}
+
+/// What to read back of a partition whose records `left_out` were left out, now that every
+/// record before `position` is read: from the first one left out to the position, or past the
+/// last one left out if that is later (left out after the position was taken).
+pub fn read_back(left_out: &Range<i64>, position: i64) -> Range<i64> {
+    left_out.start..position.max(left_out.end)
 }
 
 #[cfg(test)]

@@ -44,7 +44,6 @@ use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
 use crate::core::headers::Message;
 use crate::core::limits::Limit;
 use crate::core::routing::{self, Routing};
-use crate::core::state;
 use crate::core::trie::Trie;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -461,12 +460,9 @@ fn takeover_check(
     entry: Option<&TableEntry>,
 ) {
     let Some(entry) = entry else { return };
-    let Ok(record) = state::SessionRecord::decode(&entry.value) else {
-        return;
-    };
     let local = local.lock();
     if let Some(mine) = local.get(client_id)
-        && record.takes_over(&mine.connection, mine.connected_at_ms)
+        && crate::core::ending::taken_over_by(&entry.value, &mine.connection, mine.connected_at_ms)
     {
         let _ = mine.kick.try_send(());
     }

@@ -4,11 +4,11 @@
 //! Delivery progress of one shared subscription's group consumer: which offsets may be
 //! committed. An offset is committed only once every record before it on its partition was
 //! delivered (QoS 0 sent, QoS ≥ 1 acknowledged by the client) or was not for delivery (another
-//! filter, unreadable), so a replica that dies repeats records but never skips one: the rule of
-//! [`strait_kafka::OffsetTracker`], shared between the group consumer's thread and the
+//! filter, unreadable), so a replica that dies repeats records but never skips one. The rules
+//! are `core::shared`'s; its progress is shared between the group consumer's thread and the
 //! sessions that deliver.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,9 @@ use bytes::Bytes;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
+use strait_kafka::Reader;
 use strait_kafka::headers::record_headers;
 use strait_kafka::poll::{Polled, poll_loop};
-use strait_kafka::{OffsetTracker, Reader};
-use strait_mqtt_codec::QoS;
 use tokio_util::sync::CancellationToken;
 
 use super::lock_order::{Level, OrderedMutex};
@@ -29,67 +28,60 @@ use crate::UpstreamError;
 use crate::core::headers;
 use crate::core::limits::Limit;
 use crate::core::members::Members;
+use crate::core::queue::Partition;
+use crate::core::shared::{AllFull, GroupProgress, when_all_full};
 
-/// (topic index, partition).
-type Partition = (usize, i32);
-
+/// A shared subscription's [`GroupProgress`], shared between its group consumer's thread and
+/// the sessions that deliver.
 pub struct SharedOffsets {
-    tracker: OrderedMutex<OffsetTracker<Partition>>,
-    /// Deliveries whose member went away before delivering them: handed to another member.
-    returned: OrderedMutex<VecDeque<Arc<Delivery>>>,
+    progress: OrderedMutex<GroupProgress<Arc<Delivery>>>,
 }
 
 impl Default for SharedOffsets {
     fn default() -> Self {
         Self {
-            tracker: OrderedMutex::new(Level::Leaf, "shared offsets", OffsetTracker::default()),
-            returned: OrderedMutex::new(Level::Leaf, "returned deliveries", VecDeque::new()),
+            progress: OrderedMutex::new(Level::Leaf, "shared offsets", GroupProgress::default()),
         }
     }
 }
 
 impl std::fmt::Debug for SharedOffsets {
-    // Not derived: returned deliveries point back here.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tracker = self.tracker.lock();
+        let progress = self.progress.lock();
         f.debug_struct("SharedOffsets")
-            .field("tracker", &*tracker)
-            .finish_non_exhaustive()
+            .field("progress", &*progress)
+            .finish()
     }
 }
 
 impl SharedOffsets {
-    /// The group consumer read `offset`; `for_delivery` when it goes to a member (otherwise it
-    /// counts as done at once).
+    /// See [`GroupProgress::read`].
     pub fn read(&self, partition: Partition, offset: i64, for_delivery: bool) {
-        let mut tracker = self.tracker.lock();
-        tracker.read_as(partition, offset, for_delivery);
+        self.progress.lock().read(partition, offset, for_delivery);
     }
 
     /// A member delivered it.
     pub fn done(&self, partition: Partition, offset: i64) {
-        let mut tracker = self.tracker.lock();
-        tracker.done(&partition, offset);
+        self.progress.lock().done(partition, offset);
     }
 
     /// A member cannot deliver it (its session ended, or it unsubscribed): another one will.
     pub fn give_back(&self, delivery: Arc<Delivery>) {
-        self.returned.lock().push_back(delivery);
+        self.progress.lock().give_back(delivery);
     }
 
     pub fn take_returned(&self) -> Vec<Arc<Delivery>> {
-        self.returned.lock().drain(..).collect()
+        self.progress.lock().take_returned()
     }
 
     /// Per partition whose position moved since the last call, the offset to commit.
     pub fn committable(&self) -> Vec<(Partition, i64)> {
-        self.tracker.lock().committable()
+        self.progress.lock().committable()
     }
 
-    /// Forgets partitions this replica no longer owns (a rebalance moved them): their new
-    /// owner continues from the last commit, and this replica must not commit for them.
+    /// Forgets partitions this replica no longer owns (see [`GroupProgress::retain`]).
     pub fn retain(&self, assigned: &HashSet<Partition>) {
-        self.tracker.lock().retain(|key| assigned.contains(key));
+        self.progress.lock().retain(assigned);
     }
 }
 
@@ -356,10 +348,12 @@ impl KafkaUpstream {
             if taken {
                 return true;
             }
-            if delivery.message.qos == QoS::AtMostOnce {
-                // QoS 0 may be dropped: as good as delivered.
-                delivery.delivered();
-                return true;
+            match when_all_full(delivery.message.qos) {
+                AllFull::Drop => {
+                    delivery.delivered();
+                    return true;
+                }
+                AllFull::Wait => {}
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::core::catch_up::{KAFKA_STALL, KafkaWait, RangeStart, range_start};
+use crate::core::progress::{Floor, owed};
+use crate::core::queue::read_back;
 use crate::io::metrics::KafkaMetrics;
 use strait_kafka::Reader;
 
@@ -33,13 +35,7 @@ impl Session {
     pub(super) fn resume_overflow(&mut self) -> Option<CatchUp> {
         // Positions first: every record before them is in the inbox or in `overflow`.
         let now = self.up.positions();
-        let overflow = {
-            let mut state = self.inbox.state.lock();
-            if state.overflow.is_empty() || !state.items.is_empty() {
-                return None;
-            }
-            std::mem::take(&mut state.overflow)
-        };
+        let overflow = self.inbox.state.lock().take_overflow()?;
         tracing::debug!(
             partitions = overflow.len(),
             "delivery queue overflowed; reading the rest from Kafka"
@@ -53,9 +49,8 @@ impl Session {
                     Some(_) => &now,
                     None => later.get_or_insert_with(|| self.up.positions()),
                 };
-                // Records left out after `now` was read are past it: read them back as well.
-                let to = positions[t][p as usize].max(left_out.end);
-                (t, p, left_out.start, to)
+                let range = read_back(&left_out, positions[t][p as usize]);
+                (t, p, range.start, range.end)
             })
             .collect();
         self.catch_up(ranges, CatchUpReason::Overflow)
@@ -70,10 +65,8 @@ impl Session {
     ) -> Option<CatchUp> {
         let mut reads = Vec::new();
         for (t, p, from, to) in ranges {
-            self.live_from.insert((t, p), to);
-            if from < to {
+            if self.catch_ups.start((t, p), from, to) {
                 reads.push((t, self.up.topics.name(t), p, from, to));
-                self.catching_up.insert((t, p), from);
             }
         }
         if reads.is_empty() {
@@ -135,46 +128,25 @@ impl Session {
         // The positions first: every record before them is in the inbox or was handled.
         let positions = self.up.positions();
         let mut progress: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-        let mut floor: HashMap<(usize, i32), i64> = HashMap::new();
-        {
-            let state = self.inbox.state.lock();
-            for item in &state.items {
-                if item.message.qos != QoS::AtMostOnce && item.shared.is_none() {
-                    lower(&mut floor, (item.topic, item.partition), item.offset);
-                }
-            }
-            for (key, left_out) in &state.overflow {
-                lower(&mut floor, *key, left_out.start);
-            }
-        }
-        for (_, outgoing) in self.outbound.in_flight() {
-            if let Some((t, p, offset)) = outgoing.source {
-                lower(&mut floor, (t, p), offset);
-            }
-        }
-        for (key, offset) in &self.catching_up {
-            lower(&mut floor, *key, *offset);
-        }
-        for (t, p, offset) in self.qos2_resend.keys() {
-            lower(&mut floor, (*t, *p), *offset);
+        let mut floor = Floor::default();
+        floor.hold_queue(&self.inbox.state.lock(), |item| {
+            owed(item.message.qos, item.shared.is_some())
+                .then_some(((item.topic, item.partition), item.offset))
+        });
+        floor.hold_in_flight(&self.outbound);
+        self.catch_ups.hold(&mut floor);
+        for (t, p, offset) in self.qos2.owed() {
+            floor.hold((*t, *p), *offset);
         }
         for (t, topic_positions) in positions.iter().enumerate() {
             let partitions = progress.entry(self.up.topics.name(t)).or_default();
             for (p, position) in topic_positions.iter().enumerate() {
                 let p = p as i32;
-                let at = floor
-                    .get(&(t, p))
-                    .map_or(*position, |f| (*f).min(*position));
-                partitions.insert(p, at);
+                partitions.insert(p, floor.progress((t, p), *position));
             }
         }
         progress
     }
-}
-
-fn lower(floor: &mut HashMap<(usize, i32), i64>, key: (usize, i32), offset: i64) {
-    let entry = floor.entry(key).or_insert(offset);
-    *entry = (*entry).min(offset);
 }
 
 /// How long a catch-up reader waits for its client to take a record before giving the reader

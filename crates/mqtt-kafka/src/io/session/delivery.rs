@@ -139,12 +139,7 @@ impl Session {
             return self.deliver_shared(delivery);
         }
         let key = (delivery.topic, delivery.partition);
-        if !from_catch_up
-            && self
-                .live_from
-                .get(&key)
-                .is_some_and(|from| delivery.offset < *from)
-        {
+        if !from_catch_up && self.catch_ups.skips_live(key, delivery.offset) {
             return;
         }
         if from_catch_up && delivery.message.qos == QoS::AtMostOnce {
@@ -165,20 +160,14 @@ impl Session {
             return;
         };
         let source = (delivery.topic, delivery.partition, delivery.offset);
-        if from_catch_up
-            && self
-                .qos2_done
-                .get(&(source.0, source.1))
-                .is_some_and(|done| done.contains(&source.2))
-        {
-            return;
-        }
         let mut publish = publish;
-        let resend = self.qos2_resend.remove(&source);
-        if resend.is_some() && publish.qos == QoS::ExactlyOnce {
-            publish.dup = true;
+        match self.qos2.redeliver(source, from_catch_up, publish.qos) {
+            Redeliver::Skip => {}
+            Redeliver::Send { packet_id, dup } => {
+                publish.dup |= dup;
+                self.send_publish_as(publish, Some(source), packet_id, None);
+            }
         }
-        self.send_publish_as(publish, Some(source), resend, None);
     }
 
     /// The subscriptions, shared or plain, whose filter matches `topic`.
@@ -227,8 +216,8 @@ impl Session {
         shared: Option<Arc<Delivery>>,
     ) {
         let qos2_from_kafka = publish.qos == QoS::ExactlyOnce && source.is_some();
-        let resend = &self.qos2_resend;
-        let reserved = |id| resend.values().any(|r| *r == id);
+        let qos2 = &self.qos2;
+        let reserved = |id| qos2.reserved(id);
         match self
             .outbound
             .send(publish, source, packet_id, shared, reserved)
@@ -260,8 +249,8 @@ impl Session {
             shared.delivered();
         }
         self.acked_since_write |= acked.from_kafka;
-        if let Some((t, p, offset)) = acked.released {
-            self.qos2_done.entry((t, p)).or_default().insert(offset);
+        if let Some(source) = acked.released {
+            self.qos2.released(source);
             self.qos2_dirty = true;
         }
         if let Some(rel) = acked.reply {
@@ -334,10 +323,8 @@ impl Session {
     /// Shared subscriptions' records this session holds undelivered (unacknowledged or still
     /// queued) go to other members (MQTT 4.8.2): the group only commits delivered ones.
     pub(super) fn give_back_shared(&mut self) {
-        for outgoing in self.outbound.in_flight_mut() {
-            if let Some(shared) = outgoing.shared.take() {
-                shared.give_back();
-            }
+        for shared in self.outbound.take_shared() {
+            shared.give_back();
         }
         let queued = std::mem::take(&mut self.inbox.state.lock().items);
         for delivery in queued {

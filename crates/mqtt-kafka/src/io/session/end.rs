@@ -5,7 +5,11 @@ use super::*;
 
 impl Session {
     pub(super) async fn finish(mut self, end: End, to_client: &ToClient, metrics: &RelayMetrics) {
-        let close = end.close();
+        let Finish {
+            close,
+            will: plan,
+            store,
+        } = ending::finish(self.will.as_ref(), &end, self.expiry);
         tracing::info!(reason = end.label(), "session ended");
         if self.qos2_dirty && self.expiry > 0 && self.write_record(None).await.is_err() {
             // The client must not see a QoS 2 PUBLISH or PUBREL whose state is not stored (see
@@ -28,10 +32,9 @@ impl Session {
         self.up
             .unregister(self.id, self.subscriptions.keys().cloned());
         self.give_back_shared();
-        let plan = will_plan(self.will.as_ref(), &end, self.expiry);
         let will = self.will.take().filter(|_| plan != WillPlan::None);
-        if end == End::TakenOver {
-            // Taken over from another replica, the client's entry here is ours to remove (one
+        if store == Store::Nothing {
+            // Taken over (see `ending::finish`) from another replica, the client's entry here is ours to remove (one
             // taken over here already names the new connection, and stays).
             forget_local(&self.up, &self.client_id, &self.connection);
             // The new connection owns the session record now; a will without delay is
@@ -47,16 +50,13 @@ impl Session {
             return;
         }
         forget_local(&self.up, &self.client_id, &self.connection);
-        let stored = if self.expiry == 0 {
-            None
-        } else {
-            Some(self.record(Some(now_ms())).encode())
+        let stored = match store {
+            Store::Disconnected => Some(self.record(Some(now_ms())).encode()),
+            Store::Delete | Store::Nothing => None,
         };
         // A newer connection (maybe on another replica) may own the record by now.
-        let still_ours = self.up.sessions.get(&self.client_id).is_none_or(|entry| {
-            SessionRecord::decode(&entry.value).map_or(true, |r| r.connection == self.connection)
-        });
-        if !still_ours {
+        let current = self.up.sessions.get(&self.client_id);
+        if !ending::still_ours(current.as_ref().map(|e| &e.value[..]), &self.connection) {
             tracing::debug!("session record already taken over; not writing the end");
         } else if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
             tracing::warn!(
@@ -76,13 +76,10 @@ impl Session {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_secs(delay.into())).await;
                     // A reconnect within the delay cancels the will.
-                    if up.local.lock().contains_key(&client_id) {
-                        return;
-                    }
-                    if let Some(entry) = up.sessions.get(&client_id)
-                        && SessionRecord::decode(&entry.value)
-                            .is_ok_and(|r| r.connection != connection)
-                    {
+                    let connected_here = up.local.lock().contains_key(&client_id);
+                    let current = up.sessions.get(&client_id);
+                    let current = current.as_ref().map(|e| &e.value[..]);
+                    if !ending::delayed_will_due(connected_here, current, &connection) {
                         return;
                     }
                 }

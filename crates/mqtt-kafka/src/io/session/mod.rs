@@ -12,7 +12,7 @@ mod writes;
 use delivery::RetainedDue;
 use writes::refuse_publish;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,14 +41,15 @@ use super::metrics::{CatchUpReason, Limit, RecordKind};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::UpstreamError;
 use crate::core::ending::{
-    End, WillPlan, expiry_after_disconnect, session_expiry, will_plan, will_publish,
+    self, End, Finish, Store, WillPlan, expiry_after_disconnect, session_expiry, will_publish,
 };
+use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
 use crate::core::limits;
-use crate::core::state::{
-    SessionRecord, StoredOutgoing, StoredPending, StoredSubscription, StoredWill, VERSION,
-};
+use crate::core::progress::CatchUps;
+use crate::core::redelivery::{Qos2Deliveries, Redeliver};
+use crate::core::state::{SessionRecord, StoredOutgoing, StoredSubscription, StoredWill, VERSION};
 use crate::core::subscriptions::{self, Checked};
 use strait_relay::Opening;
 use strait_relay::metrics::RelayMetrics;
@@ -109,18 +110,14 @@ struct Session {
     /// outgoing topic aliases.
     outbound: Outbound<Arc<Delivery>>,
     /// QoS 2 deliveries restored from the session record, to resend (DUP) with their packet
-    /// id when the catch-up reads them again: (topic, partition, offset) → packet id.
-    qos2_resend: HashMap<(usize, i32, i64), u16>,
-    /// Offsets of completed or released QoS 2 deliveries at or above the stored progress.
-    qos2_done: HashMap<(usize, i32), BTreeSet<i64>>,
+    /// id when the catch-up reads them again, and the offsets done above the progress.
+    qos2: Qos2Deliveries,
     /// QoS 2 delivery state changed: store it before the client sees the next packets.
     qos2_dirty: bool,
-    /// QoS 2 PUBLISHes being written: packet id → (messages topic, partition, end offset before).
-    qos2_pending: HashMap<u16, (String, i32, i64)>,
-    /// Catch-up in progress: next offset it will deliver per (topic, partition).
-    catching_up: HashMap<(usize, i32), i64>,
-    /// Live deliveries below these offsets were read by the catch-up.
-    live_from: HashMap<(usize, i32), i64>,
+    /// QoS 2 PUBLISHes being written: where, and the partition's end offset before.
+    intents: Intents,
+    /// Catch-ups in progress, and the live deliveries they stand for.
+    catch_ups: CatchUps,
     /// Filters whose retained messages are still to send, as room opens in the client's
     /// receive window (at most one per subscription).
     retained_due: VecDeque<RetainedDue>,
@@ -260,12 +257,10 @@ pub async fn run(
         inbox: inbox.clone(),
         inbound: Inbound::new(protocol, []).with_receive_maximum(limits.receive_maximum),
         outbound: Outbound::new(protocol, &connect),
-        qos2_resend: HashMap::new(),
-        qos2_done: HashMap::new(),
+        qos2: Qos2Deliveries::default(),
         qos2_dirty: false,
-        qos2_pending: HashMap::new(),
-        catching_up: HashMap::new(),
-        live_from: HashMap::new(),
+        intents: Intents::default(),
+        catch_ups: CatchUps::default(),
         retained_due: VecDeque::new(),
         last_checkpoint: None,
         last_write: std::time::Instant::now(),
@@ -278,12 +273,7 @@ pub async fn run(
         session.inbound = Inbound::new(protocol, record.qos2_received.iter().copied())
             .with_receive_maximum(limits.receive_maximum);
         session.restore_qos2(record);
-        for pending in &record.qos2_pending {
-            session.qos2_pending.insert(
-                pending.packet_id,
-                (pending.topic.clone(), pending.partition, pending.from),
-            );
-        }
+        session.intents = Intents::restore(&record.qos2_pending);
         for sub in &record.subscriptions {
             // Allowed when it was made; the client's token or the ACL may have changed since.
             if !allowed.may_subscribe(&sub.filter) {
@@ -368,15 +358,9 @@ async fn load(
     clean_start: bool,
 ) -> Result<Option<SessionRecord>, UpstreamError> {
     up.sessions.sync(SYNC_DEADLINE).await?;
-    if clean_start {
-        return Ok(None);
-    }
-    let Some(entry) = up.sessions.get(client_id) else {
-        return Ok(None);
-    };
-    match SessionRecord::decode(&entry.value) {
-        Ok(record) if !record.expired(now_ms()) => Ok(Some(record)),
-        Ok(_) => Ok(None),
+    let entry = up.sessions.get(client_id);
+    match ending::resume(clean_start, entry.as_ref().map(|e| &e.value[..]), now_ms()) {
+        Ok(resumed) => Ok(resumed),
         Err(error) => {
             tracing::warn!(%error, "ignoring an unreadable session record");
             Ok(None)
@@ -505,12 +489,12 @@ impl Session {
                         }
                         Some(Ok(delivery)) => {
                             let key = (delivery.topic, delivery.partition);
-                            self.catching_up.insert(key, delivery.offset + 1);
+                            self.catch_ups.delivered(key, delivery.offset);
                             self.deliver(&delivery, true);
                         }
                         None => {
                             catch_up = None;
-                            self.catching_up.clear();
+                            self.catch_ups.finished();
                         }
                     }
                 }

@@ -51,41 +51,36 @@ impl Session {
                     }
                     QoS::ExactlyOnce => {
                         let id = publish.packet_id;
-                        if self.inbound.is_written(id) {
+                        let step = self.intents.decide(&self.inbound, id);
+                        if step == Qos2Publish::Acknowledge {
                             // A resend of a message Kafka already has: acknowledge, do not
                             // write it again.
                             acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
-                        } else {
-                            match self.qos2_intent(&publish).await {
-                                Ok(true) => {
-                                    // The first attempt reached Kafka before a crash.
-                                    acks.push_back(Box::pin(
-                                        async move { (Ack::PubRec(id), Ok(())) },
-                                    ));
-                                    return None;
-                                }
-                                Ok(false) => {}
-                                Err(error) => {
-                                    tracing::warn!(
-                                        error = crate::error_chain(&error),
-                                        "cannot store QoS 2 intent"
-                                    );
-                                    let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
-                                    acks.push_back(Box::pin(
-                                        async move { (Ack::PubRec(id), failed) },
-                                    ));
-                                    return None;
-                                }
-                            }
-                            let delivery = self.up.write_qos2(
-                                &self.client_id,
-                                id,
-                                produce(&self.up, &publish, &self.client_id),
-                            );
-                            acks.push_back(Box::pin(
-                                async move { (Ack::PubRec(id), delivery.await) },
-                            ));
+                            return None;
                         }
+                        match self.qos2_intent(&publish, step).await {
+                            Ok(true) => {
+                                // The first attempt reached Kafka before a crash.
+                                acks.push_back(Box::pin(async move { (Ack::PubRec(id), Ok(())) }));
+                                return None;
+                            }
+                            Ok(false) => {}
+                            Err(error) => {
+                                tracing::warn!(
+                                    error = crate::error_chain(&error),
+                                    "cannot store QoS 2 intent"
+                                );
+                                let failed = Err(ReasonCode::UNSPECIFIED_ERROR);
+                                acks.push_back(Box::pin(async move { (Ack::PubRec(id), failed) }));
+                                return None;
+                            }
+                        }
+                        let delivery = self.up.write_qos2(
+                            &self.client_id,
+                            id,
+                            produce(&self.up, &publish, &self.client_id),
+                        );
+                        acks.push_back(Box::pin(async move { (Ack::PubRec(id), delivery.await) }));
                     }
                 }
             }

@@ -6,9 +6,14 @@ use crate::io::table::TableEntry;
 
 impl Session {
     /// Before a QoS 2 PUBLISH of a persistent session is written: if it is a resend of one
-    /// whose write may have reached Kafka before a crash, look for it (`Ok(true)`: it is
-    /// there); otherwise store where it goes and the partition's end offset first.
-    pub(super) async fn qos2_intent(&mut self, publish: &Publish) -> Result<bool, UpstreamError> {
+    /// whose write may have reached Kafka before a crash (`step`, see [`Intents::decide`]),
+    /// look for it (`Ok(true)`: it is there); otherwise store where it goes and the
+    /// partition's end offset first.
+    pub(super) async fn qos2_intent(
+        &mut self,
+        publish: &Publish,
+        step: Qos2Publish,
+    ) -> Result<bool, UpstreamError> {
         let (messages, Some(partition)) = self.up.target(&publish.topic) else {
             return Ok(false);
         };
@@ -26,7 +31,12 @@ impl Session {
                 return Ok(true);
             }
         }
-        if let Some((topic, p, from)) = self.qos2_pending.get(&publish.packet_id).cloned() {
+        if let Qos2Publish::LookFor(Intent {
+            topic,
+            partition: p,
+            from,
+        }) = step
+        {
             let clients = self.up.clients.clone();
             let end = self.up.end_offset(&topic, p).await?;
             let (key, payload, client) = (
@@ -49,8 +59,12 @@ impl Session {
             }
         }
         let from = self.up.end_offset(&messages, partition).await?;
-        self.qos2_pending
-            .insert(publish.packet_id, (messages, partition, from));
+        let intent = Intent {
+            topic: messages,
+            partition,
+            from,
+        };
+        self.intents.intend(publish.packet_id, intent);
         self.write_record(None).await?;
         Ok(false)
     }
@@ -95,15 +109,7 @@ impl Session {
                 })
             })
             .collect();
-        for ((t, p, offset), id) in &self.qos2_resend {
-            stored.push(StoredOutgoing {
-                packet_id: *id,
-                topic: self.up.topics.name(*t),
-                partition: *p,
-                offset: *offset,
-                released: false,
-            });
-        }
+        stored.extend(self.qos2.stored_resends(|t| self.up.topics.name(t)));
         stored.sort_by_key(|o| o.packet_id);
         stored
     }
@@ -112,34 +118,16 @@ impl Session {
     /// ones, the same packet id (DUP) for the others when the catch-up reads them.
     pub(super) fn restore_qos2(&mut self, record: &SessionRecord) {
         let index = |topic: &str| self.up.topics.index(topic);
-        for (topic, partitions) in &record.qos2_done {
-            let Some(t) = index(topic) else { continue };
-            for (p, offsets) in partitions {
-                self.qos2_done
-                    .entry((t, *p))
-                    .or_default()
-                    .extend(offsets.iter().copied());
-            }
-        }
-        for out in &record.qos2_out {
-            let Some(t) = index(&out.topic) else { continue };
-            let source = (t, out.partition, out.offset);
-            if out.released {
-                self.outbound.restore_released(out.packet_id, source);
-                self.qos2_done
-                    .entry((t, out.partition))
-                    .or_default()
-                    .insert(out.offset);
-                self.out.push(
-                    Packet::PubRel(PubRel {
-                        packet_id: out.packet_id,
-                        ..Default::default()
-                    })
-                    .into(),
-                );
-            } else {
-                self.qos2_resend.insert(source, out.packet_id);
-            }
+        let (restored, pubrels) = Qos2Deliveries::restore(record, index, &mut self.outbound);
+        self.qos2 = restored;
+        for packet_id in pubrels {
+            self.out.push(
+                Packet::PubRel(PubRel {
+                    packet_id,
+                    ..Default::default()
+                })
+                .into(),
+            );
         }
     }
 
@@ -158,34 +146,14 @@ impl Session {
             will: self.will.as_ref().map(StoredWill::from_will),
             qos2_out: self.stored_qos2_out(),
             qos2_done: BTreeMap::new(),
-            qos2_pending: self
-                .qos2_pending
-                .iter()
-                .map(|(id, (topic, partition, from))| StoredPending {
-                    packet_id: *id,
-                    topic: topic.clone(),
-                    partition: *partition,
-                    from: *from,
-                })
-                .collect(),
+            qos2_pending: self.intents.stored(),
         };
         // Completed deliveries below the progress are covered by it.
-        for ((t, p), done) in &self.qos2_done {
-            let topic = &self.up.topics.name(*t);
-            let from = record
-                .offsets
-                .get(topic)
-                .and_then(|o| o.get(p))
-                .copied()
-                .unwrap_or(0);
-            let kept: Vec<i64> = done.range(from..).copied().collect();
-            if !kept.is_empty() {
-                record
-                    .qos2_done
-                    .entry(topic.clone())
-                    .or_default()
-                    .insert(*p, kept);
-            }
+        let progress =
+            |(t, p): (usize, i32)| stored_progress(&record.offsets, &self.up.topics.name(t), p);
+        for ((t, p), kept) in self.qos2.stored_done(progress) {
+            let topic = self.up.topics.name(t);
+            record.qos2_done.entry(topic).or_default().insert(p, kept);
         }
         record
     }
@@ -197,15 +165,9 @@ impl Session {
         let record = self.record(disconnected_at_ms);
         let offsets = record.offsets.clone();
         // Completed QoS 2 deliveries below the progress need no memory any more.
-        for ((t, p), done) in &mut self.qos2_done {
-            let from = offsets
-                .get(&self.up.topics.name(*t))
-                .and_then(|o| o.get(p))
-                .copied()
-                .unwrap_or(0);
-            done.retain(|offset| *offset >= from);
-        }
-        self.qos2_done.retain(|_, done| !done.is_empty());
+        let topics = &self.up.topics;
+        self.qos2
+            .prune(|(t, p)| stored_progress(&offsets, &topics.name(t), p));
         put_session(&self.up, &self.client_id, Some(record.encode())).await?;
         self.last_checkpoint = Some(offsets);
         self.last_write = std::time::Instant::now();
@@ -225,6 +187,15 @@ impl Session {
         }
         self.write_record(None).await
     }
+}
+
+/// The stored progress of `topic`'s partition `p` (0 when the record has none).
+fn stored_progress(offsets: &BTreeMap<String, BTreeMap<i32, i64>>, topic: &str, p: i32) -> i64 {
+    offsets
+        .get(topic)
+        .and_then(|o| o.get(&p))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Writes (or with `None` deletes) a client's session record, acks=all.

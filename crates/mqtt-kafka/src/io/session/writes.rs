@@ -54,12 +54,12 @@ impl Session {
             }
             Ack::Refused(..) => unreachable!("unwrapped above"),
             Ack::PubRec(packet_id) => {
-                let pending = self.qos2_pending.remove(&packet_id);
-                if reason_code.is_error() {
-                    // Refused: the QoS 2 flow ends here, no PUBREL follows.
-                    self.inbound.answered(packet_id);
-                }
-                if !reason_code.is_error() && self.inbound.written(packet_id) && self.expiry > 0 {
+                let persistent = self.expiry > 0;
+                let accepted = !reason_code.is_error();
+                let written =
+                    self.intents
+                        .answered(&mut self.inbound, packet_id, accepted, persistent);
+                if let Qos2Written::StoreThenPubRec(undo) = written {
                     // The packet id must survive a reconnect to another replica before PUBREC,
                     // or a resent PUBLISH would be written twice.
                     if let Err(error) = self.write_record(None).await {
@@ -67,12 +67,9 @@ impl Session {
                             error = crate::error_chain(&error),
                             "cannot store QoS 2 state"
                         );
-                        self.inbound.unwritten(packet_id);
                         // Until "written" is stored, the intent is what lets a resend find
                         // this write: the session's last record must keep it.
-                        if let Some(pending) = pending {
-                            self.qos2_pending.insert(packet_id, pending);
-                        }
+                        self.intents.undo(&mut self.inbound, undo);
                         return Some(End::Server(
                             ReasonCode::UNSPECIFIED_ERROR,
                             "cannot store QoS 2 state".into(),
