@@ -51,15 +51,27 @@ pub(super) async fn run(
                     }
                     Case::Connections => {
                         let c = connections_case(args, relay, &watched, kafka_port, &tag).await?;
+                        let first = c.rows.first().expect("the row without clients at least");
                         let last = c.rows.last().expect("the row without clients at least");
                         let at = format!("at {} clients", last.clients);
+                        // What a session costs, not the process's total: the total also holds
+                        // the binary's code and the runtime, which differ between builds and
+                        // do not grow with clients.
+                        let sessions = last.open.saturating_sub(first.open).max(1) as f64;
+                        let kib_per_session = |from: f64, to: f64| (to - from) * 1024.0 / sessions;
                         vec![
                             Figure::lower(
                                 format!("s-proxy → Kafka TCP {at}"),
                                 last.kafka_connections as f64,
                             ),
-                            Figure::lower(format!("s-proxy RSS MiB {at}"), last.s_proxy_rss_mib),
-                            Figure::lower(format!("r-proxy RSS MiB {at}"), last.r_proxy_rss_mib),
+                            Figure::lower(
+                                "s-proxy KiB per session",
+                                kib_per_session(first.s_proxy_rss_mib, last.s_proxy_rss_mib),
+                            ),
+                            Figure::lower(
+                                "r-proxy KiB per session",
+                                kib_per_session(first.r_proxy_rss_mib, last.r_proxy_rss_mib),
+                            ),
                         ]
                     }
                 })
