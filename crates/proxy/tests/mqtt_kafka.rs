@@ -907,6 +907,17 @@ async fn a_will_with_a_delay_waits_and_is_cancelled_by_a_reconnect() {
         });
         connect
     };
+    let admin = relay.s_proxy.admin;
+    // Comes back within the delay and ends that session at once (expiry 0, deleted) before
+    // the delay has passed: the will stays cancelled (MQTT 5 §3.1.3.2.2).
+    let ended = unique_name("ended");
+    let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&ended, "late/ended")).await;
+    drop(client);
+    support::wait_for_sessions(admin, 1, "s-proxy, the first connection ended").await;
+    let (returned, ack) = raw_session(&relay, Protocol::V5, v5_connect(&ended, false, 0)).await;
+    assert!(ack.session_present, "the reconnect resumes the session");
+    drop(returned);
+    support::wait_for_sessions(admin, 1, "s-proxy, the reconnect ended").await;
     // Comes back within the delay: no will.
     let back = unique_name("back");
     let (client, _) = raw_session(&relay, Protocol::V5, with_delay(&back, "late/back")).await;

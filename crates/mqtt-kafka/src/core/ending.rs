@@ -170,30 +170,79 @@ pub fn resume(
     Ok((!record.expired(now_ms)).then_some(record))
 }
 
-/// Whether the client's latest record (`current`) is still the one of `connection`, which may
-/// write its end: a newer connection, maybe on another replica, may own it by now. An
-/// unreadable or missing record is no one else's.
-pub fn still_ours(current: Option<&[u8]>, connection: &str) -> bool {
-    current.is_none_or(|value| {
-        SessionRecord::decode(value).map_or(true, |r| r.connection == connection)
-    })
-}
-
 /// Whether the record the client's connection `connection` (connected at `connected_at_ms`)
 /// sees written (`current`) takes the session over: a newer, live connection of the client.
 pub fn taken_over_by(current: &[u8], connection: &str, connected_at_ms: i64) -> bool {
     SessionRecord::decode(current).is_ok_and(|r| r.takes_over(connection, connected_at_ms))
 }
 
-/// Whether a delayed will of `connection` is still due once its delay has passed: not when the
-/// client has connected again meanwhile, here (`connected_here`) or anywhere (the latest record,
-/// `current`, names another connection).
-pub fn delayed_will_due(connected_here: bool, current: Option<&[u8]>, connection: &str) -> bool {
-    if connected_here {
-        return false;
+/// One connection of a client id, and whether a newer connection of the same client id has
+/// claimed the session since, as far as this replica has seen: by its claim in the sessions
+/// topic (every replica reads every record, in order, so a claim is seen before the deletion
+/// that may follow it) or by taking the connection over here. The latest record alone cannot
+/// tell a session deleted by a newer connection from one never stored, nor whether the client
+/// reconnected within a will's delay and ended again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    pub connection: String,
+    pub connected_at_ms: i64,
+    replaced: bool,
+}
+
+impl Ownership {
+    pub fn new(connection: impl Into<String>, connected_at_ms: i64) -> Self {
+        Self {
+            connection: connection.into(),
+            connected_at_ms,
+            replaced: false,
+        }
     }
-    !current
-        .is_some_and(|value| SessionRecord::decode(value).is_ok_and(|r| r.connection != connection))
+
+    /// A record of the client written to the sessions topic (not a tombstone): notes a newer
+    /// connection's, and says whether it takes this connection (if still open) over.
+    pub fn observe(&mut self, record: &[u8]) -> bool {
+        let Ok(record) = SessionRecord::decode(record) else {
+            return false;
+        };
+        if record.newer_than(&self.connection, self.connected_at_ms) {
+            self.replaced = true;
+        }
+        record.takes_over(&self.connection, self.connected_at_ms)
+    }
+
+    /// A newer connection of the client took this one over (told here, or by its claim).
+    pub fn replace(&mut self) {
+        self.replaced = true;
+    }
+
+    /// Whether a newer connection of the client has claimed the session.
+    pub fn replaced(&self) -> bool {
+        self.replaced
+    }
+
+    /// Whether the connection may write its end over the client's latest record (`current`):
+    /// not once a newer connection, maybe on another replica, has claimed the session, even if
+    /// that one has deleted the record since; not over another connection's record. An
+    /// unreadable record, or none when no newer connection came, is no one else's.
+    pub fn still_ours(&self, current: Option<&[u8]>) -> bool {
+        !self.replaced
+            && current.is_none_or(|value| {
+                SessionRecord::decode(value).map_or(true, |r| r.connection == self.connection)
+            })
+    }
+
+    /// Whether the connection's delayed will is still due once its delay has passed: not when
+    /// the client has connected again meanwhile (MQTT 5 §3.1.3.2.2), here (`connected_here`)
+    /// or anywhere (a newer connection's claim was seen, or the latest record, `current`, names
+    /// another connection), even if that connection has ended since.
+    pub fn delayed_will_due(&self, connected_here: bool, current: Option<&[u8]>) -> bool {
+        if connected_here || self.replaced {
+            return false;
+        }
+        !current.is_some_and(|value| {
+            SessionRecord::decode(value).is_ok_and(|r| r.connection != self.connection)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -231,9 +231,14 @@ impl SessionRecord {
     /// connection `connection` (connected at `connected_at_ms`): it is newer (by connect time,
     /// then by connection id, so two replicas agree) and still connected.
     pub fn takes_over(&self, connection: &str, connected_at_ms: i64) -> bool {
+        self.newer_than(connection, connected_at_ms) && self.disconnected_at_ms.is_none()
+    }
+
+    /// Whether this record was written by a newer connection of the same client than
+    /// `connection` (connected at `connected_at_ms`): by connect time, then by connection id.
+    pub fn newer_than(&self, connection: &str, connected_at_ms: i64) -> bool {
         self.connection != connection
             && (self.connected_at_ms, self.connection.as_str()) > (connected_at_ms, connection)
-            && self.disconnected_at_ms.is_none()
     }
 }
 

@@ -13,7 +13,8 @@
 //!    dispatcher and the shared groups push into an inbox while holding it.
 //! 4. [`Level::Inbox`]: one session's queue (`Inbox::state`).
 //! 5. [`Level::Leaf`]: locks under which no other lock is taken: the messages topics, the
-//!    local sessions (takeover), a table's entries, a shared group's delivery progress.
+//!    local sessions (takeover), the delayed wills, a table's entries, a shared group's
+//!    delivery progress.
 //!
 //! Release builds only lock; the check costs a thread-local access per lock in debug builds.
 

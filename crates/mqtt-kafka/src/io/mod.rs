@@ -41,6 +41,7 @@ use self::lock_order::{Level, OrderedMutex, OrderedRwLock};
 use self::shared::{SharedGroup, SharedOffsets};
 use self::table::{Table, TableEntry};
 use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
+use crate::core::ending::Ownership;
 use crate::core::headers::Message;
 use crate::core::limits::Limit;
 use crate::core::routing::{self, Routing};
@@ -123,6 +124,10 @@ pub struct KafkaUpstream {
     pub retained: Arc<Table>,
     pub sessions: Arc<Table>,
     local: Arc<OrderedMutex<HashMap<String, Local>>>,
+    /// Connections whose delayed will waits out its delay here, by client id: a newer
+    /// connection's claim in the sessions topic, written on any replica, cancels the will for
+    /// good (see [`Ownership`]), even once that connection has ended and deleted the record.
+    delayed_wills: Arc<OrderedMutex<HashMap<String, Vec<Ownership>>>>,
     /// QoS 2 PUBLISHes being written, by (client id, packet id): they outlive the session
     /// that started them, so a resend on the next connection waits for their outcome.
     qos2_writes: OrderedMutex<HashMap<(String, u16), Qos2Write>>,
@@ -216,7 +221,12 @@ impl KafkaUpstream {
             metrics.table("retained"),
             Box::new(|_, _| {}),
         )?;
-        let watched = local.clone();
+        let delayed_wills = Arc::new(OrderedMutex::new(
+            Level::Leaf,
+            "delayed wills",
+            HashMap::new(),
+        ));
+        let (watched, waiting) = (local.clone(), delayed_wills.clone());
         let sessions = Table::start(
             &clients,
             metadata_reader.clone(),
@@ -224,7 +234,10 @@ impl KafkaUpstream {
             partitions[&config.topics.sessions],
             shutdown.clone(),
             metrics.table("sessions"),
-            Box::new(move |client_id, entry| takeover_check(&watched, client_id, entry)),
+            Box::new(move |client_id, entry| {
+                takeover_check(&watched, client_id, entry);
+                reconnect_check(&waiting, client_id, entry);
+            }),
         )?;
 
         let instance = format!(
@@ -252,6 +265,7 @@ impl KafkaUpstream {
             retained,
             sessions,
             local,
+            delayed_wills,
             qos2_writes: OrderedMutex::new(Level::Leaf, "QoS 2 writes", HashMap::new()),
             lookups: tokio::sync::Semaphore::new(8),
             catch_up_readers: Arc::new(tokio::sync::Semaphore::new(
@@ -465,6 +479,21 @@ fn takeover_check(
         && crate::core::ending::taken_over_by(&entry.value, &mine.connection, mine.connected_at_ms)
     {
         let _ = mine.kick.try_send(());
+    }
+}
+
+/// Another connection of a client whose delayed will waits here has written its session record:
+/// if it is newer, the client reconnected within the delay.
+fn reconnect_check(
+    delayed_wills: &OrderedMutex<HashMap<String, Vec<Ownership>>>,
+    client_id: &str,
+    entry: Option<&TableEntry>,
+) {
+    let Some(entry) = entry else { return };
+    if let Some(waiting) = delayed_wills.lock().get_mut(client_id) {
+        for ownership in waiting {
+            ownership.observe(&entry.value);
+        }
     }
 }
 

@@ -113,15 +113,31 @@ fn a_will_becomes_the_publish_it_describes() {
     );
 }
 
-/// The sessions topic, as far as one client id goes: its latest record.
+/// The sessions topic, as far as one client id goes: its records in order (`None`: a
+/// tombstone), which every replica reads.
 #[derive(Default)]
 struct SessionsTopic {
-    latest: Option<Vec<u8>>,
+    written: Vec<Option<Vec<u8>>>,
 }
 
 impl SessionsTopic {
     fn latest(&self) -> Option<&[u8]> {
-        self.latest.as_deref()
+        self.written.last().and_then(|r| r.as_deref())
+    }
+
+    fn write(&mut self, value: Option<Vec<u8>>) {
+        self.written.push(value);
+    }
+
+    /// Hands `ownership` the records written since `seen`, as the sessions table's reader does
+    /// (`io::takeover_check`); whether one took the connection over.
+    fn read(&self, ownership: &mut Ownership, seen: &mut usize) -> bool {
+        let mut taken_over = false;
+        for record in self.written[*seen..].iter().flatten() {
+            taken_over |= ownership.observe(record);
+        }
+        *seen = self.written.len();
+        taken_over
     }
 }
 
@@ -132,6 +148,9 @@ struct Connection {
     expiry: u32,
     will: Option<Will>,
     record: SessionRecord,
+    /// What it learned of newer connections of the client, from the records up to `seen`.
+    ownership: Ownership,
+    seen: usize,
 }
 
 impl Connection {
@@ -166,13 +185,15 @@ impl Connection {
         record.disconnected_at_ms = None;
         record.expiry = expiry;
         record.will = connect.will.as_ref().map(StoredWill::from_will);
-        topic.latest = Some(record.encode());
+        topic.write(Some(record.encode()));
         let connection = Self {
             connection: name.into(),
             connected_at_ms: at_ms,
             expiry,
             will: connect.will.clone(),
             record,
+            ownership: Ownership::new(name, at_ms),
+            seen: topic.written.len(),
         };
         (connection, session_present)
     }
@@ -184,20 +205,29 @@ impl Connection {
             .is_some_and(|r| taken_over_by(r, &self.connection, self.connected_at_ms))
     }
 
-    /// The session ends with `end` at `at_ms`: writes its end if it may, and says what the
+    /// The session ends with `end` at `at_ms`, after its replica has read the sessions topic
+    /// (a takeover it did not act on yet included): writes its end if it may, and says what the
     /// client was told and what becomes of the will.
-    fn end(mut self, topic: &mut SessionsTopic, end: End, at_ms: i64) -> Finish {
+    fn end(&mut self, topic: &mut SessionsTopic, end: End, at_ms: i64) -> Finish {
+        topic.read(&mut self.ownership, &mut self.seen);
         let finish = finish(self.will.as_ref(), &end, self.expiry);
-        if finish.store != Store::Nothing && still_ours(topic.latest(), &self.connection) {
-            topic.latest = match finish.store {
+        if finish.store != Store::Nothing && self.ownership.still_ours(topic.latest()) {
+            topic.write(match finish.store {
                 Store::Disconnected => {
                     self.record.disconnected_at_ms = Some(at_ms);
                     Some(self.record.encode())
                 }
                 Store::Delete | Store::Nothing => None,
-            };
+            });
         }
         finish
+    }
+
+    /// Whether its delayed will (after the connection ended) is due now, with nobody
+    /// connected on its replica: the replica has read the sessions topic meanwhile.
+    fn will_due(&mut self, topic: &SessionsTopic) -> bool {
+        topic.read(&mut self.ownership, &mut self.seen);
+        self.ownership.delayed_will_due(false, topic.latest())
     }
 }
 
@@ -236,7 +266,7 @@ fn a_reconnect_within_the_will_delay_cancels_the_will_and_resumes_the_session() 
         "the connection is gone: nothing to tell"
     );
     // Nobody back yet: half-way through the delay the will would still be due.
-    assert!(delayed_will_due(false, topic.latest(), "a-1"));
+    assert!(a.will_due(&topic));
 
     // 30 s later the client is back, on any replica.
     let (b, present) =
@@ -245,9 +275,9 @@ fn a_reconnect_within_the_will_delay_cancels_the_will_and_resumes_the_session() 
     assert_eq!(b.record.qos2_received, [3]);
     assert_eq!(b.record.subscriptions[0].filter, "x/#");
     // When the delay has passed, the will of the first connection is not published.
-    assert!(!delayed_will_due(false, topic.latest(), "a-1"));
+    assert!(!a.will_due(&topic));
     assert!(
-        !delayed_will_due(true, None, "a-1"),
+        !Ownership::new("a-1", 1_000).delayed_will_due(true, None),
         "connected on this replica"
     );
 }
@@ -255,7 +285,7 @@ fn a_reconnect_within_the_will_delay_cancels_the_will_and_resumes_the_session() 
 #[test]
 fn without_a_reconnect_the_delayed_will_goes_after_its_delay() {
     let mut topic = SessionsTopic::default();
-    let (a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), Some(60)));
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), Some(60)));
     let finish = a.end(
         &mut topic,
         End::Server(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive".into()),
@@ -266,15 +296,16 @@ fn without_a_reconnect_the_delayed_will_goes_after_its_delay() {
         finish.close.map(|(r, _)| r),
         Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
     );
-    assert!(delayed_will_due(false, topic.latest(), "a-1"));
+    assert!(a.will_due(&topic));
     // The session record was deleted meanwhile (it expired): still due.
-    assert!(delayed_will_due(false, None, "a-1"));
+    topic.write(None);
+    assert!(a.will_due(&topic));
 }
 
 #[test]
 fn a_session_without_expiry_is_deleted_at_its_end_and_its_will_goes_at_once() {
     let mut topic = SessionsTopic::default();
-    let (a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(None, Some(60)));
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(None, Some(60)));
     let finish = a.end(&mut topic, End::Dropped, 2_000);
     assert_eq!(
         finish.will,
@@ -290,7 +321,7 @@ fn a_session_without_expiry_is_deleted_at_its_end_and_its_will_goes_at_once() {
 #[test]
 fn a_session_resumes_until_its_expiry_and_not_after() {
     let mut topic = SessionsTopic::default();
-    let (a, _) = Connection::connect(&mut topic, "a-1", 0, &connect(Some(10), None));
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 0, &connect(Some(10), None));
     // A normal DISCONNECT: no will, and the session is kept for 10 s.
     let finish = a.end(&mut topic, End::Disconnect(ReasonCode::SUCCESS), 5_000);
     assert_eq!(
@@ -310,10 +341,11 @@ fn a_second_connect_with_the_same_client_id_takes_the_session_over() {
     let mut topic = SessionsTopic::default();
     let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), None));
     a.record.qos2_received = vec![5];
-    topic.latest = Some(a.record.encode());
+    topic.write(Some(a.record.encode()));
     assert!(!a.sees_takeover(&topic), "its own record");
 
-    let (b, present) = Connection::connect(&mut topic, "b-2", 2_000, &connect(Some(300), Some(30)));
+    let (mut b, present) =
+        Connection::connect(&mut topic, "b-2", 2_000, &connect(Some(300), Some(30)));
     assert!(present, "the new connection resumes the state");
     assert_eq!(b.record.qos2_received, [5]);
     assert!(a.sees_takeover(&topic));
@@ -341,7 +373,7 @@ fn a_second_connect_with_the_same_client_id_takes_the_session_over() {
 #[test]
 fn a_connection_that_ends_after_being_replaced_does_not_overwrite_the_new_record() {
     let mut topic = SessionsTopic::default();
-    let (a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), None));
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), None));
     // b claims the session before a notices; then a's client drops.
     let (_b, _) = Connection::connect(&mut topic, "b-2", 2_000, &connect(Some(300), None));
     let finish = a.end(&mut topic, End::Dropped, 2_050);
@@ -357,6 +389,66 @@ fn a_connection_that_ends_after_being_replaced_does_not_overwrite_the_new_record
     older.connection = "z-0".into();
     older.connected_at_ms = 500;
     assert!(!taken_over_by(&older.encode(), "b-2", 2_000));
+}
+
+#[test]
+fn a_connection_replaced_by_one_that_deleted_the_session_does_not_write_it_back() {
+    let mut topic = SessionsTopic::default();
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), None));
+    // b claims the session (a is told 0x8E but drops first), then ends with expiry 0: its
+    // session is deleted.
+    let (mut b, present) = Connection::connect(&mut topic, "b-2", 2_000, &connect(None, None));
+    assert!(present);
+    let finish = b.end(&mut topic, End::Disconnect(ReasonCode::SUCCESS), 2_500);
+    assert_eq!(finish.store, Store::Delete);
+    assert_eq!(topic.latest(), None);
+    let finish = a.end(&mut topic, End::Dropped, 3_000);
+    assert_eq!(finish.store, Store::Disconnected, "what a would store…");
+    assert_eq!(topic.latest(), None, "…but b deleted the session");
+    let (_, present) = Connection::connect(&mut topic, "c-3", 4_000, &connect(Some(300), None));
+    assert!(!present, "nothing of a's to resume");
+}
+
+#[test]
+fn a_deleted_record_is_not_taken_for_one_never_stored() {
+    let mut a = Ownership::new("a-1", 1_000);
+    assert!(a.still_ours(None), "no newer connection: a's to write");
+    let mut older = Connection::connect(
+        &mut SessionsTopic::default(),
+        "z-0",
+        500,
+        &connect(Some(300), None),
+    )
+    .0
+    .record;
+    assert!(!a.observe(&older.encode()), "an older connection's record");
+    assert!(!a.replaced());
+    older.connection = "b-2".into();
+    older.connected_at_ms = 2_000;
+    assert!(a.observe(&older.encode()), "a newer claim takes a over");
+    assert!(a.replaced());
+    assert!(!a.still_ours(None), "deleted by b");
+    assert!(!a.delayed_will_due(false, None), "b reconnected");
+    assert!(!a.observe(b"{not json"));
+}
+
+#[test]
+fn a_reconnect_within_the_will_delay_cancels_the_will_even_once_that_session_has_ended() {
+    let mut topic = SessionsTopic::default();
+    let (mut a, _) = Connection::connect(&mut topic, "a-1", 1_000, &connect(Some(300), Some(60)));
+    assert_eq!(
+        a.end(&mut topic, End::Dropped, 2_000).will,
+        WillPlan::After(60)
+    );
+    // 10 s later the client is back (MQTT 5 §3.1.3.2.2: a's will must not be sent), and ends
+    // its session with expiry 0 before a's delay has passed: the record is deleted.
+    let (mut b, present) = Connection::connect(&mut topic, "b-2", 12_000, &connect(None, None));
+    assert!(present);
+    let finish = b.end(&mut topic, End::Disconnect(ReasonCode::SUCCESS), 20_000);
+    assert_eq!((finish.will, finish.store), (WillPlan::None, Store::Delete));
+    assert_eq!(topic.latest(), None);
+    // At 62 s a's delay has passed: its will stays cancelled.
+    assert!(!a.will_due(&topic));
 }
 
 #[derive(Debug, Clone)]
@@ -382,15 +474,13 @@ fn event() -> impl proptest::strategy::Strategy<Value = Event> {
 }
 
 proptest::proptest! {
-    /// For any sequence of connections of one client id and of their ends, on any replicas,
-    /// while the newest connection is open: the session record is its claim (an older one's
-    /// end never overwrites it), every older connection still open sees itself taken over
-    /// while the newest never does, and no older connection's delayed will is due.
-    ///
-    /// Not covered, because it does not hold: once the newest connection has ended with
-    /// expiry 0 (its record deleted), an older connection that missed the takeover and ends
-    /// then finds no record and writes its own again (`still_ours` cannot tell a deleted
-    /// record from none).
+    /// For any sequence of connections of one client id and of their ends in any order, on
+    /// any replicas (an older connection may end for its own reason before acting on the
+    /// takeover): while the newest connection is open, the session record is its claim (an
+    /// older one's end never overwrites it), every older connection still open sees itself
+    /// taken over while the newest never does; once the newest has ended, the record is its
+    /// end or none (an older one's end never writes a deleted session back); and the delayed
+    /// will of an older connection is never due, the newest having reconnected after it.
     #[test]
     fn the_newest_connection_always_owns_the_session(
         events in proptest::collection::vec(event(), 1..40),
@@ -398,7 +488,7 @@ proptest::proptest! {
         let mut topic = SessionsTopic::default();
         let mut open: Vec<Connection> = Vec::new();
         let mut newest: Option<String> = None;
-        let mut ended: Vec<String> = Vec::new();
+        let mut ended: Vec<Connection> = Vec::new();
         for (at, event) in events.into_iter().enumerate() {
             let at_ms = at as i64 * 1_000;
             match event {
@@ -411,25 +501,27 @@ proptest::proptest! {
                     newest = Some(name);
                 }
                 Event::End(n, end) if !open.is_empty() => {
-                    let connection = open.remove(n.index(open.len()));
-                    ended.push(connection.connection.clone());
+                    let mut connection = open.remove(n.index(open.len()));
                     connection.end(&mut topic, end, at_ms);
+                    ended.push(connection);
                 }
                 Event::End(..) => {}
             }
-            let newest_open = open.iter().any(|c| Some(&c.connection) == newest.as_ref());
-            if newest_open {
+            let is_newest = |c: &Connection| Some(&c.connection) == newest.as_ref();
+            if open.iter().any(is_newest) {
                 let latest = topic.latest().expect("the newest connection's claim");
                 let record = SessionRecord::decode(latest).unwrap();
                 proptest::prop_assert_eq!(Some(&record.connection), newest.as_ref());
                 proptest::prop_assert_eq!(record.disconnected_at_ms, None);
                 for connection in &open {
-                    let is_newest = Some(&connection.connection) == newest.as_ref();
-                    proptest::prop_assert_eq!(connection.sees_takeover(&topic), !is_newest);
+                    proptest::prop_assert_eq!(connection.sees_takeover(&topic), !is_newest(connection));
                 }
-                for name in ended.iter().filter(|n| Some(*n) != newest.as_ref()) {
-                    proptest::prop_assert!(!delayed_will_due(false, Some(latest), name));
-                }
+            } else if let Some(latest) = topic.latest() {
+                let record = SessionRecord::decode(latest).unwrap();
+                proptest::prop_assert_eq!(Some(&record.connection), newest.as_ref());
+            }
+            for connection in ended.iter_mut().filter(|c| !is_newest(c)) {
+                proptest::prop_assert!(!connection.will_due(&topic), "{}", connection.connection);
             }
         }
     }

@@ -4,7 +4,15 @@
 use super::*;
 
 impl Session {
-    pub(super) async fn finish(mut self, end: End, to_client: &ToClient, metrics: &RelayMetrics) {
+    /// `kicked` says whether a newer connection of the client took this one over (see
+    /// `super::takeover_check`), maybe after the session had ended for its own reason.
+    pub(super) async fn finish(
+        mut self,
+        end: End,
+        kicked: &mut mpsc::Receiver<()>,
+        to_client: &ToClient,
+        metrics: &RelayMetrics,
+    ) {
         let Finish {
             close,
             will: plan,
@@ -49,14 +57,24 @@ impl Session {
             }
             return;
         }
+        let mut ownership = Ownership::new(self.connection.clone(), self.connected_at_ms);
+        // Watched from before the record is read and the local entry forgotten: every newer
+        // claim from then on reaches the will, every earlier one kicked this connection.
+        if will.is_some() && matches!(plan, WillPlan::After(_)) {
+            wait_for_reconnects(&self.up, &self.client_id, ownership.clone());
+        }
+        let current = self.up.sessions.get(&self.client_id);
         forget_local(&self.up, &self.client_id, &self.connection);
+        if kicked.try_recv().is_ok() {
+            ownership.replace();
+        }
         let stored = match store {
             Store::Disconnected => Some(self.record(Some(now_ms())).encode()),
             Store::Delete | Store::Nothing => None,
         };
-        // A newer connection (maybe on another replica) may own the record by now.
-        let current = self.up.sessions.get(&self.client_id);
-        if !ending::still_ours(current.as_ref().map(|e| &e.value[..]), &self.connection) {
+        // A newer connection (maybe on another replica) may own the record by now, or have
+        // deleted it.
+        if !ownership.still_ours(current.as_ref().map(|e| &e.value[..])) {
             tracing::debug!("session record already taken over; not writing the end");
         } else if let Err(error) = put_session(&self.up, &self.client_id, stored).await {
             tracing::warn!(
@@ -76,10 +94,13 @@ impl Session {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_secs(delay.into())).await;
                     // A reconnect within the delay cancels the will.
+                    if stop_waiting(&up, &client_id, &connection).is_some_and(|o| o.replaced()) {
+                        ownership.replace();
+                    }
                     let connected_here = up.local.lock().contains_key(&client_id);
                     let current = up.sessions.get(&client_id);
                     let current = current.as_ref().map(|e| &e.value[..]);
-                    if !ending::delayed_will_due(connected_here, current, &connection) {
+                    if !ownership.delayed_will_due(connected_here, current) {
                         return;
                     }
                 }
@@ -93,4 +114,28 @@ impl Session {
             });
         }
     }
+}
+
+/// Watches the client's session records for a newer connection while the delayed will of
+/// `ownership` waits (see `io::reconnect_check`).
+fn wait_for_reconnects(up: &KafkaUpstream, client_id: &str, ownership: Ownership) {
+    let mut waiting = up.delayed_wills.lock();
+    waiting
+        .entry(client_id.to_string())
+        .or_default()
+        .push(ownership);
+}
+
+/// Stops watching for the delayed will of `connection`; what was seen meanwhile.
+fn stop_waiting(up: &KafkaUpstream, client_id: &str, connection: &str) -> Option<Ownership> {
+    let mut waiting = up.delayed_wills.lock();
+    let wills = waiting.get_mut(client_id)?;
+    let seen = wills
+        .iter()
+        .position(|o| o.connection == connection)
+        .map(|at| wills.swap_remove(at));
+    if wills.is_empty() {
+        waiting.remove(client_id);
+    }
+    seen
 }

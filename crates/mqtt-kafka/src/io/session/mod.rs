@@ -41,7 +41,8 @@ use super::metrics::{CatchUpReason, Limit, RecordKind};
 use super::{Delivery, Inbox, KafkaUpstream, Local, now_ms};
 use crate::UpstreamError;
 use crate::core::ending::{
-    self, End, Finish, Store, WillPlan, expiry_after_disconnect, session_expiry, will_publish,
+    self, End, Finish, Ownership, Store, WillPlan, expiry_after_disconnect, session_expiry,
+    will_publish,
 };
 use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
@@ -348,7 +349,7 @@ pub async fn run(
             catch_up,
         )
         .await;
-    session.finish(end, &to_client, &metrics).await;
+    session.finish(end, &mut kicked, &to_client, &metrics).await;
 }
 
 /// The stored session to resume, after reading the sessions topic up to its end.
