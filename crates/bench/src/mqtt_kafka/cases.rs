@@ -113,6 +113,7 @@ pub(super) async fn publish_case(
         cpu_us_per_msg,
         sent: total.sent,
         unacked: total.sent - total.total,
+        disconnected: total.disconnected,
         threads,
         s_proxy_per_core: total.acked as f64 / s_proxy_seconds.max(f64::MIN_POSITIVE),
         perf_test: None,

@@ -189,6 +189,8 @@ struct PublishOutcome {
     /// the last PUBACK).
     sent: u64,
     unacked: u64,
+    /// Publishers the server disconnected (DISCONNECT packet).
+    disconnected: u64,
     /// Threads of each process at the end of the window, by name.
     threads: BTreeMap<&'static str, u64>,
     /// Messages per CPU second of s-proxy.

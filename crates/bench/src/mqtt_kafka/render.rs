@@ -117,8 +117,13 @@ pub(super) fn render(report: &Report) -> String {
             ]);
         }
         table.row([
-            "PUBLISHes sent / unacknowledged".into(),
-            format!("{} / {}", thousands(p.sent as f64), p.unacked),
+            "PUBLISHes sent / unacknowledged, publishers disconnected".into(),
+            format!(
+                "{} / {}, {}",
+                thousands(p.sent as f64),
+                p.unacked,
+                p.disconnected
+            ),
             String::new(),
         ]);
         table.row([
