@@ -54,7 +54,7 @@ pub const EXAMPLES: &str = "\
     $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --cases publish --publishers 32 --json\n  \
     $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --baseline-bin /tmp/base/target/release/strait-proxy\n  \
     tests/peers/zilla build   # once (see its --help)\n  \
-    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --peer zilla --ab-rounds 3";
+    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --peer zilla --in-flight 8 --warmup 10s";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MqttKafkaArgs {

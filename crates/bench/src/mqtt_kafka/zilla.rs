@@ -34,7 +34,9 @@ pub const PEER_HELP: &str = "\
     (Zilla's JVM; r-proxy, s-proxy; Kafka; the bench), PUBLISHes sent and never acknowledged, \
     threads, publishers the server disconnected; and the ratios Strait/Zilla. A round in which \
     nothing was acknowledged counts for msg/s only. kafka-producer-perf-test and the other \
-    cases are not run.";
+    cases are not run. Zilla disconnects (0x83) clients with a few dozen QoS 1 PUBLISHes in \
+    flight (docs/benchmarks.md): the default --in-flight 64 measures that; --in-flight 8 or \
+    less is a load it mostly survives.";
 
 /// The issue 21 targets: Strait's msg/s at least this many times Zilla's.
 const MIN_RATE_RATIO: f64 = 2.0;
