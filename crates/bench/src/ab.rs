@@ -33,7 +33,8 @@ pub struct AbArgs {
     #[arg(long, long_help = BASELINE_HELP)]
     pub baseline_bin: Option<PathBuf>,
 
-    /// Rounds of an A/B run (with --baseline-bin): each runs every case once per binary.
+    /// Rounds of an A/B run (with --baseline-bin: each runs every case once per binary) or of
+    /// a run beside a peer (`mqtt-kafka --peer`).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
     pub ab_rounds: u32,
 }

@@ -60,6 +60,11 @@ impl Watched {
         Self(list)
     }
 
+    /// The processes watched, by role.
+    pub fn processes(&self) -> &[(Role, u32)] {
+        &self.0
+    }
+
     /// User + system CPU time of each process now (a process that vanished is left out).
     pub fn cpu(&self) -> BTreeMap<Role, Duration> {
         self.0

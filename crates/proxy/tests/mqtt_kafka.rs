@@ -238,6 +238,90 @@ async fn retained_messages_are_set_replaced_and_cleared() {
     let _ = value;
 }
 
+/// Zilla clears a retained message by writing an empty value (not a tombstone) to the retained
+/// topic, and an empty record to the messages topic: Strait takes the first as a clear (MQTT 5
+/// §3.3.1.3: a zero-byte retained message is not stored) and delivers the second to live
+/// subscribers as an empty message, as Zilla does.
+#[tokio::test]
+async fn an_empty_value_written_to_the_retained_topic_clears_it_as_zilla_writes_it() {
+    let kafka = require!("KAFKA_BOOTSTRAP", "kafka");
+    let relay = KafkaRelay::start(&kafka, "emptyret").await;
+    let (mut publisher, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("pub"))).await;
+    publisher
+        .send(&Packet::Publish(mqtt::Publish {
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: "zilla/clear".into(),
+            packet_id: 1,
+            payload: Bytes::from_static(b"online"),
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        matches!(publisher.recv().await, Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::SUCCESS)
+    );
+    let held = r#"strait_mqtt_kafka_table_records{role="s-proxy",table="retained"}"#;
+    wait_for_metric(relay.s_proxy.admin, held, 1.0).await;
+    let (mut live, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("live"))).await;
+    subscribe(&mut live, 1, &[("zilla/+", QoS::AtLeastOnce)]).await;
+    let got = next_publish(&mut live, Duration::from_secs(10))
+        .await
+        .expect("the retained message on subscribe");
+    assert_eq!((&got.payload[..], got.retain), (&b"online"[..], true));
+
+    // What Zilla writes for `mosquitto_pub -r -n`: an empty value, key = MQTT topic, its
+    // headers, to both topics.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka)
+        .create()
+        .expect("a Kafka producer");
+    for topic in [&relay.topics.retained, &relay.topics.messages] {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in [
+            ("zilla:filter", &b"zilla"[..]),
+            ("zilla:filter", b"clear"),
+            ("zilla:local", b"a-zilla-client"),
+            ("zilla:qos", b"1"),
+        ] {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key("zilla/clear")
+                    .payload(&b""[..])
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+
+    // Gone from the table, and a new subscriber gets nothing.
+    wait_for_metric(relay.s_proxy.admin, held, 0.0).await;
+    let (mut late, _) =
+        raw_session(&relay, Protocol::V5, connect_packet(&unique_name("late"))).await;
+    subscribe(&mut late, 1, &[("zilla/+", QoS::AtLeastOnce)]).await;
+    assert_eq!(
+        next_publish(&mut late, QUIET).await.map(|p| p.payload),
+        None,
+        "an empty retained value clears the retained message"
+    );
+    // The record in the messages topic is a message like any other: an empty one.
+    let got = next_publish(&mut live, Duration::from_secs(10))
+        .await
+        .expect("the empty message from the messages topic");
+    assert_eq!(
+        (&*got.topic, &got.payload[..], got.retain),
+        ("zilla/clear", &b""[..], false)
+    );
+}
+
 #[tokio::test]
 async fn the_messages_topic_has_zillas_record_layout() {
     let kafka = require!("KAFKA_BOOTSTRAP", "kafka");

@@ -32,7 +32,7 @@ pub(super) async fn run(
                 let tag = format!("mk{}-{}", std::process::id(), crate::grpc::rand_suffix());
                 Ok(match case {
                     Case::Publish => {
-                        let p = publish_case(args, relay, &watched, &tag).await?;
+                        let p = publish_case(args, relay.mqtt, &watched, &[], &tag).await?;
                         let mut figures = vec![
                             Figure::higher("messages/s", p.per_sec),
                             Figure::lower("PUBACK p50 µs", p.puback_us.p50),

@@ -1,6 +1,7 @@
 //! The three cases of `strait-bench mqtt-kafka`: publishing, fan-out and idle connections.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,10 +44,13 @@ fn name(role: Role) -> &'static str {
     }
 }
 
+/// The publish case against the MQTT listener at `mqtt` (r-proxy's, or a peer's). `others`
+/// are processes to report the CPU of beside `watched` (a peer, by name and pid).
 pub(super) async fn publish_case(
     args: &MqttKafkaArgs,
-    relay: &Relay,
+    mqtt: SocketAddr,
     watched: &Watched,
+    others: &[(&'static str, u32)],
     tag: &str,
 ) -> anyhow::Result<PublishOutcome> {
     let start = Instant::now();
@@ -62,14 +66,27 @@ pub(super) async fn publish_case(
             from,
             to,
         };
-        let (addr, stop, id) = (relay.mqtt, stop.clone(), format!("{tag}-pub{i}"));
+        let (addr, stop, id) = (mqtt, stop.clone(), format!("{tag}-pub{i}"));
         publishers.spawn(async move { publish::run(addr, &id, settings, stop).await });
     }
     let _stop_on_error = stop.clone().drop_guard();
     tokio::time::sleep_until(from.into()).await;
-    let cpu_before = watched.cpu();
+    let others_cpu = || -> Vec<Option<Duration>> {
+        others
+            .iter()
+            .map(|&(_, pid)| procs::cpu_time(pid).ok())
+            .collect()
+    };
+    let (cpu_before, others_before) = (watched.cpu(), others_cpu());
     tokio::time::sleep_until(to.into()).await;
-    let cpu_after = watched.cpu();
+    let (cpu_after, others_after) = (watched.cpu(), others_cpu());
+    let threads = watched
+        .processes()
+        .iter()
+        .map(|&(role, pid)| (name(role), pid))
+        .chain(others.iter().copied())
+        .filter_map(|(name, pid)| Some((name, procs::threads(pid).ok()?)))
+        .collect();
     let mut total = publish::Published::empty();
     while let Some(joined) = publishers.join_next().await {
         total.add(&joined??)?;
@@ -78,6 +95,13 @@ pub(super) async fn publish_case(
         .get(&Role::SProxy)
         .zip(cpu_before.get(&Role::SProxy))
         .map_or(0.0, |(a, b)| a.saturating_sub(*b).as_secs_f64());
+    let mut cpu_us_per_msg = cpu_per_message(&cpu_before, &cpu_after, total.acked);
+    for ((name, _), (before, after)) in others.iter().zip(others_before.iter().zip(&others_after)) {
+        if let (Some(before), Some(after)) = (before, after) {
+            let us = after.saturating_sub(*before).as_secs_f64() * 1e6;
+            cpu_us_per_msg.insert(name, us / total.acked.max(1) as f64);
+        }
+    }
     Ok(PublishOutcome {
         publishers: args.publishers,
         in_flight: args.in_flight,
@@ -86,7 +110,11 @@ pub(super) async fn publish_case(
         messages: total.acked,
         per_sec: total.acked as f64 / args.duration.as_secs_f64(),
         puback_us: Percentiles::of(&total.puback),
-        cpu_us_per_msg: cpu_per_message(&cpu_before, &cpu_after, total.acked),
+        cpu_us_per_msg,
+        sent: total.sent,
+        unacked: total.sent - total.total,
+        disconnected: total.disconnected,
+        threads,
         s_proxy_per_core: total.acked as f64 / s_proxy_seconds.max(f64::MIN_POSITIVE),
         perf_test: None,
     })

@@ -6,6 +6,7 @@ mod cases;
 mod perf_test;
 mod publish;
 mod render;
+mod zilla;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +42,8 @@ pub const LONG_ABOUT: &str = "\
     port, from /proc/<pid>/net/tcp and /proc/<pid>/fd) with no client and at each of --clients \
     idle MQTT sessions.\n\n\
     With --baseline-bin, the cases run on two strait-proxy builds (A/B, see that option) \
-    and kafka-producer-perf-test is not run.\n\n\
+    and kafka-producer-perf-test is not run. With --peer zilla, the publish case runs against \
+    Zilla and against Strait in alternating rounds (see that option).\n\n\
     Measure release builds: a debug strait-proxy is many times slower.";
 
 pub const EXAMPLES: &str = "\
@@ -50,7 +52,9 @@ pub const EXAMPLES: &str = "\
     cargo build --release -p strait-proxy -p strait-bench\n  \
     $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka\n  \
     $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --cases publish --publishers 32 --json\n  \
-    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --baseline-bin /tmp/base/target/release/strait-proxy";
+    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --baseline-bin /tmp/base/target/release/strait-proxy\n  \
+    tests/peers/zilla build   # once (see its --help)\n  \
+    $CARGO_TARGET_DIR/release/strait-bench mqtt-kafka --peer zilla --in-flight 8 --warmup 10s";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MqttKafkaArgs {
@@ -128,6 +132,16 @@ pub struct MqttKafkaArgs {
     #[arg(long, value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
 
+    /// Side by side with a peer: `zilla` runs the publish case against Zilla and against
+    /// Strait, alternating in --ab-rounds rounds [--help: how].
+    #[arg(long, value_enum, long_help = zilla::PEER_HELP, conflicts_with = "baseline_bin")]
+    pub peer: Option<zilla::Peer>,
+
+    /// With --peer zilla: the script that builds, starts and stops Zilla, run as
+    /// `SCRIPT start`, `SCRIPT env` and `SCRIPT stop` for every measurement.
+    #[arg(long, env = "STRAIT_ZILLA_SCRIPT", default_value = "tests/peers/zilla")]
+    pub zilla_script: PathBuf,
+
     /// Print the results as one JSON document on stdout (the tables then go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -171,6 +185,14 @@ struct PublishOutcome {
     per_sec: f64,
     puback_us: Percentiles,
     cpu_us_per_msg: CpuPerMessage,
+    /// PUBLISHes sent in all (warm-up included) and those never acknowledged (within 10 s of
+    /// the last PUBACK).
+    sent: u64,
+    unacked: u64,
+    /// Publishers the server disconnected (DISCONNECT packet).
+    disconnected: u64,
+    /// Threads of each process at the end of the window, by name.
+    threads: BTreeMap<&'static str, u64>,
     /// Messages per CPU second of s-proxy.
     s_proxy_per_core: f64,
     perf_test: Option<PerfTest>,
@@ -274,8 +296,12 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         dir.clone(),
     );
     let watched = Watched::new(kafka_pid);
-    let result = match &args.ab.baseline_bin {
-        Some(baseline) => {
+    let prefix = format!("bench-mk-{run_id}");
+    let result = match (&args.peer, &args.ab.baseline_bin) {
+        (Some(zilla::Peer::Zilla), _) => zilla::run(&args, &report, &spec, &watched, &prefix)
+            .await
+            .map(Compared::Peer),
+        (None, Some(baseline)) => {
             // The same config without `limits`: builds before s-proxy's session limits refuse
             // the field, and have no connect pace to turn off.
             let baseline_config = dir.join("s-proxy-baseline.yaml");
@@ -297,19 +323,25 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
                 kafka_port,
             )
             .await
-            .map(Some)
+            .map(Compared::Builds)
         }
-        None => run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report)
+        (None, None) => run_cases(&args, &spec, &watched, kafka_port, &perf_topic, &mut report)
             .await
-            .map(|()| None),
+            .map(|()| Compared::No),
     };
-    let mut all_topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    all_topics.push(&perf_topic);
+    let mut all_topics: Vec<String> = topics.to_vec();
+    all_topics.push(perf_topic);
+    if args.peer.is_some() {
+        all_topics.extend(zilla::topics(&prefix));
+    }
+    let all_topics: Vec<&str> = all_topics.iter().map(String::as_str).collect();
     if let Err(error) = crate::grpc::delete_topics(&args.kafka, &all_topics).await {
         eprintln!("WARNING: bench topics not deleted: {error:#}");
     }
-    if let Some(ab) = result? {
-        return ab.print(args.json);
+    match result? {
+        Compared::Builds(ab) => return ab.print(args.json),
+        Compared::Peer(peer) => return peer.print(args.json),
+        Compared::No => {}
     }
     report.load_average_end = load_average();
     report.targets = targets(&report);
@@ -321,6 +353,13 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
         print!("{text}");
     }
     Ok(())
+}
+
+/// What a run compared, when more than the cases on one build.
+enum Compared {
+    No,
+    Builds(crate::ab::AbReport),
+    Peer(zilla::PeerReport),
 }
 
 /// Writes s-proxy's config for Kafka mode into `dir`: fresh topics named `{prefix}-messages`,
@@ -377,7 +416,7 @@ async fn run_cases(
         let watched = watched.with_relay(&relay);
         let tag = format!("mk{}-{}", std::process::id(), crate::grpc::rand_suffix());
         let outcome = match case {
-            Case::Publish => publish_case(args, &relay, &watched, &tag)
+            Case::Publish => publish_case(args, relay.mqtt, &watched, &[], &tag)
                 .await
                 .map(|o| report.publish = Some(o)),
             Case::FanOut => fan_out_case(args, &relay, &watched, &tag)

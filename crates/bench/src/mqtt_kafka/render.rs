@@ -27,6 +27,12 @@ pub(super) fn targets(report: &Report) -> Vec<Target> {
             });
         }
         targets.push(Target {
+            what: "every PUBACK delivered (PUBLISHes unacknowledged)".into(),
+            measured: publish.unacked as f64,
+            limit: 0.0,
+            met: publish.unacked == 0,
+        });
+        targets.push(Target {
             what: format!(
                 "≥ {} QoS 1 msg/s per core of s-proxy",
                 thousands(MIN_PER_CORE)
@@ -110,6 +116,16 @@ pub(super) fn render(report: &Report) -> String {
                 perf_cell,
             ]);
         }
+        table.row([
+            "PUBLISHes sent / unacknowledged, publishers disconnected".into(),
+            format!(
+                "{} / {}, {}",
+                thousands(p.sent as f64),
+                p.unacked,
+                p.disconnected
+            ),
+            String::new(),
+        ]);
         table.row([
             "msg/s per core of s-proxy".into(),
             thousands(p.s_proxy_per_core),

@@ -26,7 +26,8 @@ use super::METADATA_TIMEOUT;
 use super::lock_order::{Level, OrderedMutex};
 use super::metrics::TableGauges;
 
-/// A compacted topic kept in memory: key → latest value (tombstones remove the key).
+/// A compacted topic kept in memory: key → latest value (tombstones and empty values remove
+/// the key).
 pub struct Table {
     pub(crate) topic: String,
     /// Partitions read (more when the topic grows, see [`Table::grow`]).
@@ -123,8 +124,10 @@ impl Table {
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default();
-                    // An empty value clears the key as a tombstone does: Zilla clears a
-                    // retained message that way.
+                    // An empty value clears the key as a tombstone does. Retained: Zilla
+                    // clears a retained message that way, and MQTT 5 §3.3.1.3 keeps no
+                    // zero-byte retained message. Sessions: Strait never writes an empty session
+                    // record (it is JSON), and an empty one would hold no session anyway.
                     let entry =
                         record
                             .payload()
