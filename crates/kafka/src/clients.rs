@@ -47,6 +47,9 @@ pub enum Linger {
     Batch,
     /// 1 ms: a caller waits for each record (gRPC calls and replies).
     Latency,
+    /// None: each record goes as soon as the producer can send it (s-proxy's quick lane, for
+    /// MQTT clients that wait for each PUBACK while the load is light).
+    None,
 }
 
 impl Linger {
@@ -54,6 +57,7 @@ impl Linger {
         match self {
             Self::Batch => "5",
             Self::Latency => "1",
+            Self::None => "0",
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod lanes;
 pub mod limits;
 pub mod members;
 pub mod progress;

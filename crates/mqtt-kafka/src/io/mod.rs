@@ -43,6 +43,7 @@ use self::table::{Table, TableEntry};
 use self::topics::{From, MessagesTopics, ensure_topics, read_partitions};
 use crate::core::ending::Ownership;
 use crate::core::headers::Message;
+use crate::core::lanes::{LIGHT_BELOW_PER_SEC, LoadGauge};
 use crate::core::limits::Limit;
 use crate::core::routing::{self, Routing};
 use crate::core::trie::Trie;
@@ -106,6 +107,11 @@ pub struct KafkaUpstream {
     pub routing: Routing,
     /// acks=all, idempotent: QoS 1 and 2, retained, sessions.
     pub producer: Producer,
+    /// The same without a linger: QoS 1 and 2 while the load is light (`core::lanes`); none
+    /// when the config sets `linger.ms`, which then holds for every record.
+    pub quick: Option<Producer>,
+    /// QoS ≥ 1 records produced, for the lane of the next ones.
+    pub load: LoadGauge,
     /// QoS 0 with `qos0Acks`.
     pub qos0: Producer,
     /// Makes the readers (the dispatcher, shared groups, catch-up) and the admin clients.
@@ -190,6 +196,10 @@ impl KafkaUpstream {
         }
 
         let producer = clients.producer(Acks::All, Linger::Batch)?;
+        let quick = match clients.get("linger.ms") {
+            Some(_) => None,
+            None => Some(clients.producer(Acks::All, Linger::None)?),
+        };
         let qos0 = clients
             .producer(config.qos0_acks, Linger::Batch)
             .context("creating the Kafka QoS 0 producer")?;
@@ -250,6 +260,8 @@ impl KafkaUpstream {
             instance,
             routing,
             producer,
+            quick,
+            load: LoadGauge::new(LIGHT_BELOW_PER_SEC),
             qos0,
             clients,
             topics: messages_topics,
@@ -324,10 +336,14 @@ impl KafkaUpstream {
     /// Waits (up to `deadline`) for queued records, QoS 0 ones included, to reach Kafka.
     pub async fn flush(&self, deadline: Duration) {
         use rdkafka::producer::Producer as _;
-        let (producer, qos0) = (self.producer.clone(), self.qos0.clone());
-        let flushed =
-            tokio::task::spawn_blocking(move || qos0.flush(deadline).and(producer.flush(deadline)))
-                .await;
+        let mut producers = vec![self.producer.clone(), self.qos0.clone()];
+        producers.extend(self.quick.clone());
+        let flushed = tokio::task::spawn_blocking(move || {
+            producers
+                .iter()
+                .try_for_each(|producer| producer.flush(deadline))
+        })
+        .await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!(?deadline, "records still queued for Kafka at shutdown");
         }

@@ -47,6 +47,7 @@ use crate::core::ending::{
 use crate::core::exactly_once::{Intent, Intents, Qos2Publish, Qos2Written};
 use crate::core::flows::{Acked, Inbound, Outbound, Sent, TOPIC_ALIAS_MAXIMUM};
 use crate::core::headers::{self, Message};
+use crate::core::lanes::{Lane, next_lane};
 use crate::core::limits;
 use crate::core::progress::CatchUps;
 use crate::core::redelivery::{Qos2Deliveries, Redeliver};
@@ -59,7 +60,7 @@ use strait_relay::rules::refusal;
 use strait_relay::topics::Policy;
 
 pub(crate) use self::persistence::put_session;
-pub(crate) use self::writes::produce;
+pub(crate) use self::writes::{produce, produce_on};
 
 type ToClient = mpsc::Sender<Result<ServerFrame, Status>>;
 
@@ -127,6 +128,8 @@ struct Session {
     /// The client acknowledged a delivery from Kafka since the last write.
     acked_since_write: bool,
     out: Vec<v1::Packet>,
+    /// The producer the session's QoS ≥ 1 records go through now.
+    lane: Lane,
 }
 
 /// Serves one relayed MQTT session on Kafka until it ends (the client, a takeover, shutdown).
@@ -267,6 +270,7 @@ pub async fn run(
         last_write: std::time::Instant::now(),
         acked_since_write: false,
         out: Vec::new(),
+        lane: Lane::default(),
     };
     up.register(id, inbox);
     let mut catch_up = None;

@@ -4,6 +4,14 @@
 use super::*;
 
 impl Session {
+    /// The producer lane of the session's next QoS ≥ 1 record (`core::lanes`): it changes only
+    /// while none of the session's records waits for Kafka.
+    fn lane(&mut self, acks: &Acks) -> Lane {
+        let light = self.up.quick.is_some() && self.up.load.is_light(now_ms() as u64);
+        self.lane = next_lane(self.lane, acks.len(), light);
+        self.lane
+    }
+
     /// Handles one packet from the client; `Some` ends the session.
     pub(super) async fn handle(
         &mut self,
@@ -45,7 +53,8 @@ impl Session {
                         tokio::spawn(produce(&self.up, &publish, &self.client_id));
                     }
                     QoS::AtLeastOnce => {
-                        let delivery = produce(&self.up, &publish, &self.client_id);
+                        let lane = self.lane(acks);
+                        let delivery = produce_on(&self.up, &publish, &self.client_id, lane);
                         let id = publish.packet_id;
                         acks.push_back(Box::pin(async move { (Ack::PubAck(id), delivery.await) }));
                     }
@@ -75,10 +84,11 @@ impl Session {
                                 return None;
                             }
                         }
+                        let lane = self.lane(acks);
                         let delivery = self.up.write_qos2(
                             &self.client_id,
                             id,
-                            produce(&self.up, &publish, &self.client_id),
+                            produce_on(&self.up, &publish, &self.client_id, lane),
                         );
                         acks.push_back(Box::pin(async move { (Ack::PubRec(id), delivery.await) }));
                     }

@@ -107,19 +107,32 @@ pub(super) fn refuse_publish(
     acks.push_back(Box::pin(async move { refused }));
 }
 
-/// Produces a PUBLISH (to the messages topic, and the retained topic when RETAIN is set).
-/// Returns at once with the future of the Kafka acknowledgement.
+/// Produces a PUBLISH (to the messages topic, and the retained topic when RETAIN is set)
+/// through the batch lane. Returns at once with the future of the Kafka acknowledgement.
 pub(crate) fn produce(
     up: &KafkaUpstream,
     publish: &Publish,
     client_id: &str,
 ) -> impl Future<Output = ProduceResult> + use<> {
+    produce_on(up, publish, client_id, Lane::Batch)
+}
+
+/// [`produce`] through `lane` (QoS 0 always goes through the QoS 0 producer).
+pub(crate) fn produce_on(
+    up: &KafkaUpstream,
+    publish: &Publish,
+    client_id: &str,
+    lane: Lane,
+) -> impl Future<Output = ProduceResult> + use<> {
     let (messages, partition, headers) = placed(up, publish, client_id);
-    let producer = if publish.qos == QoS::AtMostOnce {
-        &up.qos0
-    } else {
-        &up.producer
+    let producer = match (publish.qos, lane) {
+        (QoS::AtMostOnce, _) => &up.qos0,
+        (_, Lane::Quick) => up.quick.as_ref().unwrap_or(&up.producer),
+        (_, Lane::Batch) => &up.producer,
     };
+    if publish.qos != QoS::AtMostOnce {
+        up.load.note(now_ms() as u64);
+    }
     let message = send(
         up,
         producer,
@@ -133,9 +146,11 @@ pub(crate) fn produce(
         Some(&publish.payload),
         &headers,
     );
+    // The retained record follows the message through the same producer, so a client's
+    // retained messages on one topic stay in order too.
     let retained = publish
         .retain
-        .then(|| retained_record(up, publish, &headers));
+        .then(|| retained_record(up, producer, publish, &headers));
     async move {
         message.await?;
         if let Some(retained) = retained {
@@ -148,13 +163,14 @@ pub(crate) fn produce(
 /// The retained record of a RETAIN PUBLISH (an empty payload clears the topic: a tombstone).
 fn retained_record(
     up: &KafkaUpstream,
+    producer: &Producer,
     publish: &Publish,
     headers: &[(String, Vec<u8>)],
 ) -> impl Future<Output = ProduceResult> + use<> {
     let payload = (!publish.payload.is_empty()).then_some(&publish.payload);
     send(
         up,
-        &up.producer,
+        producer,
         Produced {
             kind: RecordKind::Retained,
             qos: publish.qos,
@@ -174,7 +190,7 @@ pub(super) fn produce_retained(
     client_id: &str,
 ) -> impl Future<Output = ProduceResult> + use<> {
     let (_, _, headers) = placed(up, publish, client_id);
-    retained_record(up, publish, &headers)
+    retained_record(up, &up.producer, publish, &headers)
 }
 
 /// Record headers, name and value.
