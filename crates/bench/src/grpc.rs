@@ -250,14 +250,15 @@ pub async fn load(
                     )
                     .await
                     .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer within 10 s")));
-                    if began >= measure_from {
-                        match result {
-                            Ok(()) => {
-                                calls += 1;
-                                let _ = histogram.record(began.elapsed().as_micros() as u64);
-                            }
-                            Err(_) => errors += 1,
+                    // Successes count when they started in the measured time; failures when
+                    // they ended in it, so a call lost in the warm-up (10 s to fail) shows.
+                    match result {
+                        Ok(()) if began >= measure_from => {
+                            calls += 1;
+                            let _ = histogram.record(began.elapsed().as_micros() as u64);
                         }
+                        Err(_) if Instant::now() >= measure_from => errors += 1,
+                        _ => {}
                     }
                 }
                 (calls, errors, histogram)

@@ -589,7 +589,10 @@ async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
     rest.sort();
     let mut expected = seen[4..].to_vec();
     expected.sort();
-    assert_eq!(rest, expected, "resumed from Zilla's form of the id {zilla_id}");
+    assert_eq!(
+        rest, expected,
+        "resumed from Zilla's form of the id {zilla_id}"
+    );
 
     // A route with a key filter delivers only that key's events.
     let mut stream = fetch_with(None, Some("k1")).await;
