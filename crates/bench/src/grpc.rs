@@ -31,13 +31,28 @@ pub const LONG_ABOUT: &str = "\
     Cases: unary and server-streaming (10 replies per call), each at every --concurrency \
     (calls in flight at once, spread over 4 HTTP/2 connections).\n\n\
     Targets: ≥ 5,000 unary calls/s through Kafka at concurrency 64; p50 ≤ 5 ms at \
-    concurrency 1. Measure release builds.";
+    concurrency 1. Measure release builds.\n\n\
+    --peer zilla: the same load through a running Zilla (tests/peers/zilla start, whose \
+    environment `tests/peers/zilla env` prints: ZILLA_GRPC, ZILLA_GRPC_SERVICE, ZILLA_PID, \
+    ZILLA_GRPC_REQUESTS, ZILLA_WORKERS) and through Strait's grpc-kafka → Kafka → kafka-grpc, \
+    alternating in --rounds rounds, both answered by the one echo service this process runs at \
+    ZILLA_GRPC_SERVICE (where Zilla's kafka-grpc calls; so start Zilla with that address \
+    free). Strait's topics get as many partitions as Zilla's requests topic. Prints calls/s, \
+    p50/p99, CPU µs per call of each process (Zilla's JVM, grpc-kafka, kafka-grpc, Kafka, this \
+    process) and Strait/Zilla ratios; target: unary ≥ 2x Zilla's calls/s at concurrency 64 \
+    and a p50 no higher at concurrency 1. Terms: acks=all on both (Zilla in_sync_replicas), \
+    Zilla with one worker (-w 1), Strait with its defaults (linger.ms 1 on both producers, \
+    one Tokio worker per core).";
 
 pub const EXAMPLES: &str = "\
     Example (Kafka from tests/e2e/services):\n  \
     tests/e2e/services up kafka && eval \"$(tests/e2e/services env)\"\n  \
     cargo build --release -p strait-proxy -p strait-bench\n  \
-    $CARGO_TARGET_DIR/release/strait-bench grpc --duration 10s";
+    $CARGO_TARGET_DIR/release/strait-bench grpc --duration 10s\n\n\
+    Beside Zilla (a fresh one: tests/peers/zilla --help):\n  \
+    ZILLA_GRPC_SERVICE=127.0.0.1:50151 tests/peers/zilla start && eval \"$(tests/peers/zilla env)\"\n  \
+    $CARGO_TARGET_DIR/release/strait-bench grpc --peer zilla --rounds 3 --duration 15s\n  \
+    tests/peers/zilla stop";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GrpcArgs {
@@ -59,6 +74,17 @@ pub struct GrpcArgs {
     /// Request payload bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Compare with a peer instead of the service direct: `zilla`, a running Zilla (see
+    /// --help), the same load through each in alternating rounds.
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    #[command(flatten)]
+    pub zilla: crate::grpc_zilla::ZillaArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    Zilla,
 }
 
 const PROTO: &str = r#"syntax = "proto3";
@@ -73,6 +99,8 @@ pub const UNARY: &str = "/strait.bench.v1.Echo/Unary";
 pub const STREAM: &str = "/strait.bench.v1.Echo/Stream";
 const STREAM_REPLIES: usize = 10;
 const CONNECTIONS: usize = 4;
+/// The longest a measured call may take before it counts as an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy)]
 struct Echo;
@@ -97,7 +125,14 @@ impl ServerStreamingService<Bytes> for Echo {
 }
 
 pub async fn start_service() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    start_service_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// The echo service on `bind` (port 0: a free one); its address.
+pub async fn start_service_at(bind: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("the echo service cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -121,11 +156,11 @@ pub async fn start_service() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-struct Outcome {
-    calls: u64,
-    errors: u64,
-    seconds: f64,
-    latency: Histogram<u64>,
+pub struct Outcome {
+    pub calls: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub latency: Histogram<u64>,
 }
 
 async fn channels(addr: SocketAddr) -> anyhow::Result<Vec<Channel>> {
@@ -172,7 +207,7 @@ pub async fn one_call(
     Ok(())
 }
 
-async fn load(
+pub async fn load(
     addr: SocketAddr,
     path: &'static str,
     concurrency: usize,
@@ -207,15 +242,23 @@ async fn load(
                     if began >= end {
                         break;
                     }
-                    let result = one_call(&mut client, path, body.clone()).await;
-                    if began >= measure_from {
-                        match result {
-                            Ok(()) => {
-                                calls += 1;
-                                let _ = histogram.record(began.elapsed().as_micros() as u64);
-                            }
-                            Err(_) => errors += 1,
+                    // A call that never ends (a peer that lost it) counts as an error instead
+                    // of holding its caller for the rest of the run.
+                    let result = tokio::time::timeout(
+                        CALL_TIMEOUT,
+                        one_call(&mut client, path, body.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer within 10 s")));
+                    // Successes count when they started in the measured time; failures when
+                    // they ended in it, so a call lost in the warm-up (10 s to fail) shows.
+                    match result {
+                        Ok(()) if began >= measure_from => {
+                            calls += 1;
+                            let _ = histogram.record(began.elapsed().as_micros() as u64);
                         }
+                        Err(_) if Instant::now() >= measure_from => errors += 1,
+                        _ => {}
                     }
                 }
                 (calls, errors, histogram)
@@ -288,12 +331,23 @@ pub async fn start_bridge(
     service: SocketAddr,
     routes: &str,
 ) -> anyhow::Result<Bridge> {
+    start_bridge_with(bin, kafka, service, routes, 8).await
+}
+
+/// [`start_bridge`] with topics of `partitions` partitions.
+pub async fn start_bridge_with(
+    bin: &std::path::Path,
+    kafka: &str,
+    service: SocketAddr,
+    routes: &str,
+    partitions: i32,
+) -> anyhow::Result<Bridge> {
     let run_id = format!("{}-{}", std::process::id(), rand_suffix());
     let (requests, replies) = (
         format!("bench-grpc-req-{run_id}"),
         format!("bench-grpc-rep-{run_id}"),
     );
-    create_topics(kafka, &[&requests, &replies], 8).await?;
+    create_topics(kafka, &[&requests, &replies], partitions).await?;
     let dir = std::env::temp_dir().join(format!("strait-bench-grpc-{run_id}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.proto"), PROTO)?;
@@ -350,6 +404,9 @@ pub async fn start_bridge(
 }
 
 pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
+    if args.peer == Some(Peer::Zilla) {
+        return crate::grpc_zilla::run(args).await;
+    }
     let bin = crate::procs::proxy_bin(args.proxy_bin.as_deref())?;
     let service = start_service().await?;
     let Bridge {
@@ -368,13 +425,7 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     }
     // CPU per call of each process on the Kafka path (the bench process runs the load and the
     // service; Kafka is found by its listening port).
-    let kafka_pid = args
-        .kafka
-        .split(',')
-        .next()
-        .and_then(|s| s.rsplit_once(':'))
-        .and_then(|(_, port)| port.parse().ok())
-        .and_then(procs::listener_pid);
+    let kafka_pid = kafka_pid(&args.kafka);
     let mut watched = vec![("grpc-kafka", front.pid), ("kafka-grpc", back.pid)];
     if let Some(pid) = kafka_pid {
         watched.push(("kafka", pid));
@@ -435,6 +486,16 @@ pub async fn run(args: GrpcArgs) -> anyhow::Result<()> {
     front.stop().await;
     back.stop().await;
     Ok(())
+}
+
+/// The Kafka broker's pid, found by the port of the first bootstrap server.
+pub fn kafka_pid(bootstrap: &str) -> Option<u32> {
+    bootstrap
+        .split(',')
+        .next()
+        .and_then(|s| s.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(procs::listener_pid)
 }
 
 pub fn rand_suffix() -> u32 {

@@ -4,6 +4,7 @@
 mod ab;
 mod abuse;
 mod grpc;
+mod grpc_zilla;
 mod load;
 mod mqtt;
 mod mqtt_kafka;

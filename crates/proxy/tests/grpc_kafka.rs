@@ -355,6 +355,49 @@ async fn idempotent_retry_gets_the_written_answer_without_calling_again() {
     );
 }
 
+/// Found beside Zilla (tests/peers/zilla interop grpc): a reply topic whose records are all older
+/// than `dedupWindow` left kafka-grpc's answers reader waiting forever for a position, so it
+/// never became ready nor took a request.
+#[tokio::test]
+async fn kafka_grpc_serves_when_its_reply_topic_has_only_answers_older_than_the_window() {
+    let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
+    let (target, service) = start_service().await;
+    let mut bridge = Bridge::start_with(&bootstrap, target, NO_BACKEND).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    for partition in 0..2 {
+        producer
+            .send(
+                FutureRecord::to(&bridge.replies)
+                    .partition(partition)
+                    .key("an-old-call")
+                    .payload("old")
+                    .timestamp(an_hour_ago),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    bridge.backend_extra = "dedupWindow: 5m\n".into();
+    bridge.add_backend().await;
+    let reply = bridge
+        .client()
+        .await
+        .unary(with_timeout(request("after old answers"), CALL))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(reply.text, "after old answers");
+    assert_eq!(service.count("after old answers"), 1);
+}
+
 #[tokio::test]
 async fn kafka_grpc_killed_mid_call_completes_after_restart() {
     let bootstrap = require!("KAFKA_BOOTSTRAP", "kafka");
@@ -520,6 +563,36 @@ async fn fetch_resumes_from_the_last_message_id_without_gap_or_duplicate() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), 10, "every event exactly once: {seen:?}");
+
+    // The same resume with the id as Zilla writes it: every partition listed, those not read
+    // yet at -2 (its HISTORICAL). They are read from the beginning: again the other six.
+    let mut zilla_progress = fetch_id::decode_id(&last_id).unwrap();
+    for partition in 0..2 {
+        zilla_progress.entry(partition).or_insert(-2);
+    }
+    let zilla_id = fetch_id::to_text(&fetch_id::encode_id(&zilla_progress));
+    let mut stream = fetch(Some(zilla_id.clone())).await;
+    let mut rest = Vec::new();
+    while rest.len() < 6 {
+        let message = tokio::time::timeout(CALL, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("the rest of the events after Zilla's id {zilla_id}"))
+            .unwrap()
+            .unwrap();
+        rest.push(decode(&message).0);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), stream.message())
+            .await
+            .is_err()
+    );
+    rest.sort();
+    let mut expected = seen[4..].to_vec();
+    expected.sort();
+    assert_eq!(
+        rest, expected,
+        "resumed from Zilla's form of the id {zilla_id}"
+    );
 
     // A route with a key filter delivers only that key's events.
     let mut stream = fetch_with(None, Some("k1")).await;

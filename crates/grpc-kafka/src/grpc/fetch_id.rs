@@ -2,6 +2,11 @@
 //! (number 32767 by default) appended to each delivered message, holding `0x01`, a zigzag varint
 //! partition count, and per partition a zigzag varint id and a zigzag varint64 *next* offset.
 //! Clients resume by sending it back base64url-encoded in `last-message-id`.
+//!
+//! Zilla's ids also list the partitions its stream has not read from yet, with offset -2 (its
+//! HISTORICAL: from the beginning); ours list only partitions read from. A negative offset in
+//! a received id is therefore read as "not listed": that partition is read from its beginning
+//! (tests/peers/zilla interop resumes streams across the two).
 
 use std::collections::BTreeMap;
 
@@ -52,7 +57,8 @@ pub fn encode_id(progress: &Progress) -> Bytes {
     buf.freeze()
 }
 
-/// Parses the field's bytes; `None` when they are not a version-1 id.
+/// Parses the field's bytes; `None` when they are not a version-1 id. Partitions with a negative
+/// offset (Zilla's -2, HISTORICAL) are left out: read from the beginning, as unlisted ones.
 pub fn decode_id(mut bytes: &[u8]) -> Option<Progress> {
     let (&1, rest) = bytes.split_first()? else {
         return None;
@@ -66,7 +72,9 @@ pub fn decode_id(mut bytes: &[u8]) -> Option<Progress> {
     for _ in 0..count {
         let partition = i32::try_from(unzigzag(get_varint(&mut bytes)?)).ok()?;
         let offset = unzigzag(get_varint(&mut bytes)?);
-        progress.insert(partition, offset);
+        if offset >= 0 {
+            progress.insert(partition, offset);
+        }
     }
     bytes.is_empty().then_some(progress)
 }
@@ -129,6 +137,18 @@ mod tests {
         // zilla-wire.md §2: `AQIABA` = 01 02 00 04 = one partition, p0 at offset 2.
         assert_eq!(from_text("AQIABA"), Some(Progress::from([(0, 2)])));
         assert_eq!(to_text(&encode_id(&Progress::from([(0, 2)]))), "AQIABA");
+    }
+
+    #[test]
+    fn a_zilla_id_with_unread_partitions_resumes_only_the_read_ones() {
+        // Written by Zilla 2f894347's grpc-kafka fetch after one record of partition 0 of four
+        // (tests/peers/zilla interop): p1 -2, p0 1, p2 -2, p3 -2.
+        assert_eq!(from_text("AQgCAwACBAMGAw"), Some(Progress::from([(0, 1)])));
+        // Later in the same stream: p1 2, p0 1, p2 2, p3 1.
+        assert_eq!(
+            from_text("AQgCBAACBAQGAg"),
+            Some(Progress::from([(0, 1), (1, 2), (2, 2), (3, 1)]))
+        );
     }
 
     #[test]

@@ -212,7 +212,8 @@ pub(super) fn start(
     Ok((heard, ready))
 }
 
-/// Assigns every partition of `topics` from `window` ago; their end offsets now.
+/// Assigns every partition of `topics` from `window` ago; the end offsets now of those with
+/// records to read from there (what the reader must reach to have caught up).
 fn assign_from(
     reader: &Reader,
     topics: &[String],
@@ -239,6 +240,11 @@ fn assign_from(
             // No record that recent: from the end.
             _ => ends[&key],
         };
+        if start >= ends[&key] {
+            // Nothing to read before the start: the reader's position stays unknown until a
+            // record comes, so waiting for it to reach the end would never be ready.
+            ends.remove(&key);
+        }
         starts.add_partition_offset(element.topic(), element.partition(), Offset::Offset(start))?;
     }
     reader.assign(&starts)?;
