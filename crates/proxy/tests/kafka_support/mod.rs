@@ -176,13 +176,20 @@ pub async fn publish_qos1(
     client
         .send(&publish_packet(topic, QoS::AtLeastOnce, packet_id, payload))
         .await;
-    loop {
+    // A subscriber of its own topic may get the message before the PUBACK (the record can
+    // reach the dispatcher before its acknowledgement reaches s-proxy): kept for the next read.
+    let mut early = Vec::new();
+    let reason_code = loop {
         match client.recv_within(Duration::from_secs(30)).await {
-            Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => return ack.reason_code,
-            Some(Packet::Publish(_)) => {}
+            Some(Packet::PubAck(ack)) if ack.packet_id == packet_id => break ack.reason_code,
+            Some(publish @ Packet::Publish(_)) => early.push(publish),
             other => panic!("expected PUBACK {packet_id}, got {other:?}"),
         }
+    };
+    for publish in early {
+        client.hold(publish);
     }
+    reason_code
 }
 
 /// The next PUBLISH within `deadline` (acknowledging QoS 1 ones), `None` if none came.

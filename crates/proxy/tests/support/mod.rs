@@ -106,6 +106,9 @@ pub struct RawClient {
     stream: TcpStream,
     buf: BytesMut,
     pub protocol: Protocol,
+    /// Packets read while waiting for another one (a PUBLISH delivered before the PUBACK of
+    /// the client's own publish), handed out first by the next read.
+    held: std::collections::VecDeque<Packet>,
 }
 
 impl RawClient {
@@ -116,6 +119,7 @@ impl RawClient {
             stream,
             buf: BytesMut::new(),
             protocol,
+            held: Default::default(),
         }
     }
 
@@ -159,6 +163,9 @@ impl RawClient {
     }
 
     pub async fn recv_within(&mut self, deadline: Duration) -> Option<Packet> {
+        if let Some(packet) = self.held.pop_front() {
+            return Some(packet);
+        }
         tokio::time::timeout(deadline, async {
             loop {
                 if let Some(packet) =
@@ -175,6 +182,11 @@ impl RawClient {
         })
         .await
         .unwrap_or_else(|_| panic!("nothing from r-proxy within {deadline:?}"))
+    }
+
+    /// Sets a packet read too early aside for the next read (in arrival order).
+    pub fn hold(&mut self, packet: Packet) {
+        self.held.push_back(packet);
     }
 
     /// Waits for the server to close the connection, returning any packets it sent first.
