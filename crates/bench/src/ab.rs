@@ -363,14 +363,7 @@ impl AbReport {
     /// Prints the tables (stdout, or stderr when `json`) and, with `json`, the JSON document on
     /// stdout.
     pub fn print(&self, json: bool) -> anyhow::Result<()> {
-        let text = self.render();
-        if json {
-            eprint!("{text}");
-            println!("{}", serde_json::to_string_pretty(self)?);
-        } else {
-            print!("{text}");
-        }
-        Ok(())
+        crate::report::emit(&self.render(), self, json)
     }
 
     fn render(&self) -> String {

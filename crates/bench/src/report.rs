@@ -184,10 +184,16 @@ fn targets(case: Case, outcome: &Outcome) -> Vec<Target> {
 /// Prints the tables (stdout, or stderr when `json`) and, with `json`, the JSON document on
 /// stdout.
 pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
-    let text = render(report);
+    emit(&render(report), report, json)
+}
+
+/// What every subcommand prints: `text` (the tables) on stdout, or, with `json`, on stderr
+/// with `document` as JSON on stdout, so a script can pipe the JSON and a person still sees the
+/// tables.
+pub fn emit(text: &str, document: &impl Serialize, json: bool) -> anyhow::Result<()> {
     if json {
         eprint!("{text}");
-        println!("{}", serde_json::to_string_pretty(report)?);
+        println!("{}", serde_json::to_string_pretty(document)?);
     } else {
         print!("{text}");
     }

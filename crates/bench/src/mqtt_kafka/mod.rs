@@ -345,14 +345,7 @@ pub async fn run(args: MqttKafkaArgs) -> anyhow::Result<()> {
     }
     report.load_average_end = load_average();
     report.targets = targets(&report);
-    let text = render(&report);
-    if args.json {
-        eprint!("{text}");
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{text}");
-    }
-    Ok(())
+    crate::report::emit(&render(&report), &report, args.json)
 }
 
 /// What a run compared, when more than the cases on one build.

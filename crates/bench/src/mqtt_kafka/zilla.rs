@@ -432,14 +432,7 @@ fn targets(peer: &PeerReport) -> Vec<Target> {
 
 impl PeerReport {
     pub fn print(&self, json: bool) -> anyhow::Result<()> {
-        let text = self.render();
-        if json {
-            eprint!("{text}");
-            println!("{}", serde_json::to_string_pretty(self)?);
-        } else {
-            print!("{text}");
-        }
-        Ok(())
+        crate::report::emit(&self.render(), self, json)
     }
 
     fn render(&self) -> String {
