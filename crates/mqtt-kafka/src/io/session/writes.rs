@@ -130,7 +130,8 @@ pub(crate) fn produce_on(
         (_, Lane::Quick) => up.quick.as_ref().unwrap_or(&up.producer),
         (_, Lane::Batch) => &up.producer,
     };
-    if publish.qos != QoS::AtMostOnce {
+    // The load only picks a lane when there is a quick one.
+    if publish.qos != QoS::AtMostOnce && up.quick.is_some() {
         up.load.note(now_ms() as u64);
     }
     let message = send(
